@@ -1,0 +1,322 @@
+"""One frozen, typed model config, parsed once from config.json in any of its spellings.
+
+Spellings normalised here and nowhere else:
+  - Hugging Face gpt-oss: `rope_scaling` + `rope_theta` (older) or `rope_parameters` with `rope_theta` inside (newer);
+  - the openai `original/` layout: `num_experts`, `experts_per_token`, `rope_scaling_factor`, `rope_ntk_alpha`
+    (= beta_slow), `rope_ntk_beta` (= beta_fast), `initial_context_length`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mxport.errors import MxportError
+
+SLIDING = "sliding_attention"
+FULL = "full_attention"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """gpt-oss hyper-parameters. Defaults are the published gpt-oss-20b values."""
+
+    architecture: str = "gpt_oss"  # model family; only gpt_oss for now
+    vocab_size: int = 201088  # rows of embed_tokens and lm_head
+    hidden_size: int = 2880  # residual stream width H
+    intermediate_size: int = 2880  # expert width I (gate_up is 2I wide)
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 64  # query heads
+    num_key_value_heads: int = 8  # KV heads (GQA groups of heads // kv_heads)
+    head_dim: int = 64
+    num_experts: int = 32  # experts per MoE layer (HF `num_local_experts`)
+    experts_per_token: int = 4  # top-k (HF `num_experts_per_tok`)
+    sliding_window: int = 128  # window of sliding layers: query i sees keys i-window < j <= i
+    layer_types: tuple[str, ...] = field(default=())  # per layer: "sliding_attention" | "full_attention"
+    rope_theta: float = 150000.0
+    rope_scaling_factor: float = 32.0  # YaRN s; 1.0 means plain RoPE
+    rope_beta_fast: float = 32.0
+    rope_beta_slow: float = 1.0
+    rope_original_max_position: int = 4096  # YaRN L: the pre-training context
+    rope_truncate: bool = False  # YaRN: floor/ceil the correction range (transformers' default True; gpt-oss false)
+    max_position_embeddings: int = 131072
+    swiglu_limit: float = 7.0  # clamp of the expert SwiGLU
+    swiglu_alpha: float = 1.702  # glu * sigmoid(alpha * glu)
+    rms_norm_eps: float = 1e-5
+    attention_bias: bool = True
+    tie_word_embeddings: bool = False
+    eos_token_ids: tuple[int, ...] = (200002, 199999, 200012)
+    pad_token_id: int | None = 199999
+    experts_mxfp4: bool = True  # expert weights stored as MXFP4 blocks/scales (else dense float)
+
+    def __post_init__(self) -> None:
+        if not self.layer_types:
+            types = tuple(SLIDING if i % 2 == 0 else FULL for i in range(self.num_hidden_layers))
+            object.__setattr__(self, "layer_types", types)
+        problems = []
+        if len(self.layer_types) != self.num_hidden_layers:
+            problems.append(f"layer_types has {len(self.layer_types)} entries for {self.num_hidden_layers} layers")
+        if bad := sorted({t for t in self.layer_types if t not in (SLIDING, FULL)}):
+            problems.append(f"layer_types has unknown values {bad} (expected {SLIDING!r} or {FULL!r})")
+        if self.num_attention_heads % self.num_key_value_heads:
+            problems.append(
+                f"num_attention_heads={self.num_attention_heads} is not a multiple of "
+                f"num_key_value_heads={self.num_key_value_heads}"
+            )
+        if self.head_dim % 2:
+            problems.append(f"head_dim={self.head_dim} must be even for RoPE")
+        if self.experts_mxfp4 and (self.hidden_size % 32 or self.intermediate_size % 32):
+            problems.append(
+                f"MXFP4 experts need hidden_size ({self.hidden_size}) and intermediate_size "
+                f"({self.intermediate_size}) to be multiples of 32"
+            )
+        if not 0 < self.experts_per_token <= self.num_experts:
+            problems.append(f"experts_per_token={self.experts_per_token} not in 1..num_experts={self.num_experts}")
+        if problems:
+            raise MxportError("invalid model config: " + "; ".join(problems))
+
+    # ---- derived values -------------------------------------------------------------------------------------
+    @property
+    def sliding_layers(self) -> tuple[bool, ...]:
+        return tuple(t == SLIDING for t in self.layer_types)
+
+    def window(self, layer: int) -> int:
+        """Attention window of `layer` in tokens, 0 for full attention."""
+        return self.sliding_window if self.layer_types[layer] == SLIDING else 0
+
+    @property
+    def q_per_kv(self) -> int:
+        return self.num_attention_heads // self.num_key_value_heads
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    # ---- config.json ----------------------------------------------------------------------------------------
+    def to_hf_dict(self) -> dict[str, Any]:
+        """config.json as transformers writes it for GptOssForCausalLM (older `rope_scaling` spelling)."""
+        d: dict[str, Any] = {
+            "architectures": ["GptOssForCausalLM"],
+            "model_type": "gpt_oss",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "num_local_experts": self.num_experts,
+            "num_experts_per_tok": self.experts_per_token,
+            "experts_per_token": self.experts_per_token,
+            "sliding_window": self.sliding_window,
+            "layer_types": list(self.layer_types),
+            "rope_theta": self.rope_theta,
+            "rope_scaling": {
+                "rope_type": "yarn",
+                "factor": self.rope_scaling_factor,
+                "beta_fast": self.rope_beta_fast,
+                "beta_slow": self.rope_beta_slow,
+                "original_max_position_embeddings": self.rope_original_max_position,
+                "truncate": self.rope_truncate,
+            },
+            "max_position_embeddings": self.max_position_embeddings,
+            "swiglu_limit": self.swiglu_limit,
+            "rms_norm_eps": self.rms_norm_eps,
+            "attention_bias": self.attention_bias,
+            "attention_dropout": 0.0,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "eos_token_id": self.eos_token_ids[0] if len(self.eos_token_ids) == 1 else list(self.eos_token_ids),
+            "pad_token_id": self.pad_token_id,
+            "hidden_act": "silu",
+            "initializer_range": 0.02,
+            "output_router_logits": False,
+            "router_aux_loss_coef": 0.9,
+            "use_cache": True,
+            "torch_dtype": "bfloat16",
+        }
+        if self.experts_mxfp4:
+            d["quantization_config"] = {
+                "quant_method": "mxfp4",
+                "modules_to_not_convert": [
+                    "model.layers.*.self_attn",
+                    "model.layers.*.mlp.router",
+                    "model.embed_tokens",
+                    "lm_head",
+                ],
+            }
+        return d
+
+    def to_original_dict(self) -> dict[str, Any]:
+        """config.json of the openai `original/` layout."""
+        return {
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_experts": self.num_experts,
+            "experts_per_token": self.experts_per_token,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "swiglu_limit": self.swiglu_limit,
+            "head_dim": self.head_dim,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "sliding_window": self.sliding_window,
+            "initial_context_length": self.rope_original_max_position,
+            "rope_theta": self.rope_theta,
+            "rope_scaling_factor": self.rope_scaling_factor,
+            "rope_ntk_alpha": self.rope_beta_slow,
+            "rope_ntk_beta": self.rope_beta_fast,
+            # not in the published original config; written so that a round trip keeps them
+            "layer_types": list(self.layer_types),
+            "rms_norm_eps": self.rms_norm_eps,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, source: str = "config.json") -> ModelConfig:
+        """Parse either layout's config.json. Raises MxportError naming `source` and the missing/bad key."""
+        if not isinstance(d, dict):
+            raise MxportError(f"{source}: expected a JSON object, found {type(d).__name__}")
+        if "num_experts" in d and "num_local_experts" not in d or "rope_ntk_beta" in d:
+            return _from_original(d, source)
+        return _from_hf(d, source)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ModelConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise MxportError(f"{path}: config file not found")
+        try:
+            d = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise MxportError(f"{path}: not valid JSON ({exc})") from None
+        return cls.from_dict(d, source=str(path))
+
+
+def _need(d: dict[str, Any], key: str, source: str, kind: type = int) -> Any:
+    if key not in d:
+        raise MxportError(f"{source}: missing required key {key!r}")
+    value = d[key]
+    try:
+        if kind is int and (isinstance(value, bool) or float(value) != int(value)):
+            raise ValueError
+        return kind(value)
+    except (TypeError, ValueError):
+        raise MxportError(f"{source}: key {key!r} should be {kind.__name__}, found {value!r}") from None
+
+
+def _from_hf(d: dict[str, Any], source: str) -> ModelConfig:
+    arch = d.get("model_type") or ""
+    archs = d.get("architectures") or []
+    if arch != "gpt_oss" and "GptOssForCausalLM" not in archs:
+        raise MxportError(
+            f"{source}: unknown architecture (model_type={arch!r}, architectures={archs!r}); "
+            "supported: gpt_oss (GptOssForCausalLM)"
+        )
+    H = _need(d, "hidden_size", source)
+    heads = _need(d, "num_attention_heads", source)
+    layers = _need(d, "num_hidden_layers", source)
+    # Newer transformers: rope_parameters {rope_type, rope_theta, factor, ...}; older: rope_theta + rope_scaling.
+    rope = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
+    theta = rope.get("rope_theta", d.get("rope_theta"))
+    if theta is None:
+        raise MxportError(f"{source}: missing required key 'rope_theta' (top level or in 'rope_parameters')")
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("yarn", "default"):
+        raise MxportError(f"{source}: rope type {rope_type!r} is not supported (expected 'yarn' or 'default')")
+    yarn = rope_type == "yarn"
+    eos = d.get("eos_token_id", 200002)
+    quant = d.get("quantization_config") or {}
+    if quant and quant.get("quant_method") not in ("mxfp4", None):
+        raise MxportError(f"{source}: quantization_config.quant_method {quant.get('quant_method')!r} is not supported")
+    return ModelConfig(
+        architecture="gpt_oss",
+        vocab_size=_need(d, "vocab_size", source),
+        hidden_size=H,
+        intermediate_size=_need(d, "intermediate_size", source),
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=int(d.get("num_key_value_heads", heads)),
+        head_dim=int(d.get("head_dim") or H // heads),
+        num_experts=_need(d, "num_local_experts", source),
+        experts_per_token=int(d.get("num_experts_per_tok", d.get("experts_per_token", 4))),
+        sliding_window=int(d.get("sliding_window") or 0),
+        layer_types=tuple(d.get("layer_types") or ()),
+        rope_theta=float(theta),
+        rope_scaling_factor=float(rope.get("factor", 1.0)) if yarn else 1.0,
+        rope_beta_fast=float(rope.get("beta_fast", 32.0)),
+        rope_beta_slow=float(rope.get("beta_slow", 1.0)),
+        rope_original_max_position=int(
+            rope.get("original_max_position_embeddings", d.get("max_position_embeddings", 4096))
+        ),
+        rope_truncate=bool(rope.get("truncate", True)),
+        max_position_embeddings=int(d.get("max_position_embeddings", 131072)),
+        swiglu_limit=float(d.get("swiglu_limit", 7.0)),
+        rms_norm_eps=float(d.get("rms_norm_eps", 1e-5)),
+        attention_bias=bool(d.get("attention_bias", True)),
+        tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+        eos_token_ids=tuple(eos) if isinstance(eos, list) else (int(eos),),
+        pad_token_id=d.get("pad_token_id"),
+        experts_mxfp4=bool(quant),
+    )
+
+
+def _from_original(d: dict[str, Any], source: str) -> ModelConfig:
+    layers = _need(d, "num_hidden_layers", source)
+    factor = float(d.get("rope_scaling_factor", 1.0))
+    return ModelConfig(
+        architecture="gpt_oss",
+        vocab_size=_need(d, "vocab_size", source),
+        hidden_size=_need(d, "hidden_size", source),
+        intermediate_size=_need(d, "intermediate_size", source),
+        num_hidden_layers=layers,
+        num_attention_heads=_need(d, "num_attention_heads", source),
+        num_key_value_heads=_need(d, "num_key_value_heads", source),
+        head_dim=_need(d, "head_dim", source),
+        num_experts=_need(d, "num_experts", source),
+        experts_per_token=_need(d, "experts_per_token", source),
+        sliding_window=int(d.get("sliding_window", 128)),
+        layer_types=tuple(d.get("layer_types") or ()),
+        rope_theta=float(d.get("rope_theta", 150000.0)),
+        rope_scaling_factor=factor,
+        rope_beta_fast=float(d.get("rope_ntk_beta", 32.0)),
+        rope_beta_slow=float(d.get("rope_ntk_alpha", 1.0)),
+        rope_original_max_position=int(d.get("initial_context_length", 4096)),
+        rope_truncate=False,  # the openai reference never truncates
+        max_position_embeddings=int(d.get("max_position_embeddings", 131072)),
+        swiglu_limit=float(d.get("swiglu_limit", 7.0)),
+        rms_norm_eps=float(d.get("rms_norm_eps", 1e-5)),
+        attention_bias=True,
+        tie_word_embeddings=False,
+        experts_mxfp4=True,
+    )
+
+
+def yarn_inv_freq(cfg: ModelConfig) -> tuple["np.ndarray", float]:  # noqa: F821
+    """RoPE inverse frequencies [head_dim/2] (float64) and the cos/sin scale (YaRN's attention factor).
+
+    Follows transformers' `_compute_yarn_parameters` and the openai reference (NUMERICS.md):
+      freq_i = theta^(2i/d); low/high = d/2 * ln(L / (beta * 2 pi)) / ln(theta) for beta_fast / beta_slow;
+      ramp = clip((i - low) / (high - low), 0, 1); inv = (1/(s freq)) ramp + (1/freq) (1 - ramp); scale 0.1 ln s + 1.
+    """
+    import numpy as np
+
+    d = cfg.head_dim
+    freq = cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d)
+    s = cfg.rope_scaling_factor
+    if s == 1.0:
+        return 1.0 / freq, 1.0
+
+    def correction_dim(beta: float) -> float:
+        return d * math.log(cfg.rope_original_max_position / (beta * 2 * math.pi)) / (2 * math.log(cfg.rope_theta))
+
+    low, high = correction_dim(cfg.rope_beta_fast), correction_dim(cfg.rope_beta_slow)
+    if cfg.rope_truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, d - 1)
+    if low == high:
+        high += 0.001  # transformers' guard against a zero-width ramp
+    ramp = np.clip((np.arange(d // 2, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
+    inv_freq = (1.0 / (s * freq)) * ramp + (1.0 / freq) * (1.0 - ramp)
+    return inv_freq, 0.1 * math.log(s) + 1.0

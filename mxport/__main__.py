@@ -1,0 +1,3 @@
+from mxport.cli import main
+
+raise SystemExit(main())

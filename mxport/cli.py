@@ -1,0 +1,69 @@
+"""`mxport` command line: a thin layer over the Python API.
+
+Each subcommand lives in the module that owns its feature and exposes two functions:
+  register(parser: argparse.ArgumentParser) -> None   adds the subcommand's options
+  run(args: argparse.Namespace) -> int                 does the work, returns the exit code
+Modules are imported only when their subcommand runs, so `mxport --help` stays fast and torch-free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from mxport import __version__
+from mxport.errors import MxportError
+
+# subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("mxport.runtime.demo", "build, export, verify and chat with a tiny built-in gpt-oss (no download)"),
+    "synth": ("mxport.exporter.synth", "write a synthetic checkpoint (tiny, mini, gpt-oss-20b, gpt-oss-120b)"),
+    "export": ("mxport.exporter.export", "export a checkpoint to ONNX"),
+    "inspect": ("mxport.exporter.inspect", "summarise an exported folder: ops, inputs/outputs, bytes by dtype"),
+    "run": ("mxport.runtime.run_cli", "run a checkpoint or an exported folder (greedy or sampled)"),
+    "chat": ("mxport.runtime.chat", "chat with an exported gpt-oss folder in the harmony format"),
+    "verify": ("mxport.runtime.verify", "compare an export against the NumPy reference model"),
+    "bench": ("mxport.runtime.bench", "benchmark prefill/decode speed, memory and file size"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on bad options already; keep that, with the message on stderr."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mxport", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"mxport {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    argv = sys.argv[1:]
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        # Import a command's module only when that command is asked for (keeps start-up light).
+        if name in argv[:1]:
+            importlib.import_module(module).register(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    parser = build_parser()
+    args = parser.parse_args()
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.run(args) or 0)
+    except MxportError as exc:
+        print(f"mxport {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
