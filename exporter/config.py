@@ -226,7 +226,7 @@ def _from_hf(d: dict[str, Any], source: str) -> ModelConfig:
     if rope_type not in ("yarn", "default"):
         raise MxportError(f"{source}: rope type {rope_type!r} is not supported (expected 'yarn' or 'default')")
     yarn = rope_type == "yarn"
-    eos = d.get("eos_token_id", 200002)
+    eos = d.get("eos_token_id")
     quant = d.get("quantization_config") or {}
     if quant and quant.get("quant_method") not in ("mxfp4", None):
         raise MxportError(f"{source}: quantization_config.quant_method {quant.get('quant_method')!r} is not supported")
@@ -256,7 +256,7 @@ def _from_hf(d: dict[str, Any], source: str) -> ModelConfig:
         rms_norm_eps=float(d.get("rms_norm_eps", 1e-5)),
         attention_bias=bool(d.get("attention_bias", True)),
         tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-        eos_token_ids=tuple(eos) if isinstance(eos, list) else (int(eos),),
+        eos_token_ids=tuple(int(e) for e in eos) if isinstance(eos, list) else (() if eos is None else (int(eos),)),
         pad_token_id=d.get("pad_token_id"),
         experts_mxfp4=bool(quant),
     )
