@@ -1,0 +1,120 @@
+"""Pure NumPy building blocks of the gpt-oss forward pass (NUMERICS.md "Forward"), one function per step.
+
+Every function computes in the dtype of its floating inputs (float32 or float64) and allocates nothing that
+outlives the call. The model (`runtime.reference_model`) wires them together and feeds them weights.
+
+    x ─► rms_norm ─► q,k,v proj ─► rope(q,k) ─► attention(+past, mask, window, sinks) ─► o proj ─► + x
+      ─► rms_norm ─► router ─► top-k softmax ─► experts: W1 ─► clamped SwiGLU ─► W2, weighted sum ─► + x
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """x * rsqrt(mean(x²) + eps) * weight over the last axis."""
+    variance = np.mean(x * x, axis=-1, keepdims=True)
+    return x / np.sqrt(variance + x.dtype.type(eps)) * weight
+
+
+def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """x [..., in] @ weight[out, in]ᵀ + bias[out]  (torch.nn.Linear)."""
+    y = x @ weight.T
+    return y if bias is None else y + bias
+
+
+def rope_cos_sin(
+    position_ids: np.ndarray, inv_freq: np.ndarray, scale: float, dtype: np.dtype
+) -> tuple[np.ndarray, np.ndarray]:
+    """position_ids [B,S] -> cos, sin [B,S,D/2] (times YaRN's attention factor `scale`), angles in float64."""
+    angles = position_ids.astype(np.float64)[..., None] * inv_freq  # [B,S,D/2]
+    return (np.cos(angles) * scale).astype(dtype), (np.sin(angles) * scale).astype(dtype)
+
+
+def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Non-interleaved RoPE. x [B,heads,S,D]; cos, sin [B,S,D/2]. First half / second half of each head rotate."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    c, s = cos[:, None], sin[:, None]  # [B,1,S,D/2]
+    return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1)
+
+
+def attention_keep_mask(attention_mask: np.ndarray, past_len: int, seq_len: int, window: int) -> np.ndarray:
+    """Which key slots each query row may see: bool [B,S,P+S].
+
+    Cache slots are absolute: query row s sits in slot P+s. Causal keeps j <= P+s; a sliding window keeps
+    P+s-window < j as well; slots whose attention_mask is 0 (padding) are excluded.
+    """
+    total = past_len + seq_len
+    q_slot = past_len + np.arange(seq_len)[:, None]  # [S,1]
+    k_slot = np.arange(total)[None, :]  # [1,P+S]
+    keep = k_slot <= q_slot
+    if window:
+        keep &= k_slot > q_slot - window
+    return keep[None] & (attention_mask[:, None, :] != 0)  # [B,S,P+S]
+
+
+def attention(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, keep: np.ndarray, sinks: np.ndarray, scale: float
+) -> np.ndarray:
+    """Grouped-query attention with sinks.
+
+    q [B,Hq,S,D]; k, v [B,Hkv,T,D] (past and new); keep bool [B,S,T]; sinks [Hq]. Returns [B,S,Hq*D].
+    Query head h reads KV head h // (Hq/Hkv). Each head's sink logit joins its softmax as one more column and
+    is dropped after it, so a row's weights sum to < 1. A row that sees no key (padding) gets weights 0
+    instead of NaN; with -inf sinks as well its output is 0.
+    """
+    B, Hq, S, D = q.shape
+    Hkv = k.shape[1]
+    g = Hq // Hkv
+    qg = q.reshape(B, Hkv, g, S, D)
+    scores = np.einsum("bkgsd,bktd->bkgst", qg, k) * q.dtype.type(scale)  # [B,Hkv,g,S,T]
+    scores = np.where(keep[:, None, None], scores, -np.inf)
+    sink = sinks.astype(q.dtype).reshape(1, Hkv, g, 1, 1)
+    row_max = np.maximum(scores.max(axis=-1, keepdims=True), sink)  # [B,Hkv,g,S,1]
+    row_max = np.where(np.isfinite(row_max), row_max, 0)  # nothing visible and no sink: avoid inf - inf
+    weights = np.exp(scores - row_max)  # masked slots -> exp(-inf) = 0
+    denom = weights.sum(axis=-1, keepdims=True) + np.exp(sink - row_max)
+    weights = weights / np.where(denom > 0, denom, 1)
+    out = np.einsum("bkgst,bktd->bskgd", weights, v)  # [B,S,Hkv,g,D]: head h = kv*g + i
+    return out.reshape(B, S, Hq * D)
+
+
+def route(router_logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """router_logits [T,E] -> (expert ids [T,k] by descending logit, weights [T,k] = softmax of those k logits)."""
+    order = np.argsort(-router_logits, axis=-1, kind="stable")[:, :k]
+    top = np.take_along_axis(router_logits, order, axis=-1)
+    e = np.exp(top - top[:, :1])  # top[:, 0] is the row maximum
+    return order, e / e.sum(axis=-1, keepdims=True)
+
+
+def swiglu(h: np.ndarray, limit: float, alpha: float) -> np.ndarray:
+    """gpt-oss clamped SwiGLU on interleaved h [..., 2I]: gate = h[0::2], up = h[1::2] -> [..., I]."""
+    gate, up = h[..., 0::2], h[..., 1::2]
+    gate = np.minimum(gate, limit)
+    up = np.clip(up, -limit, limit)
+    return gate / (1 + np.exp(-alpha * gate)) * (up + 1)
+
+
+def moe(
+    x: np.ndarray,
+    router_logits: np.ndarray,
+    k: int,
+    expert_weights,
+    limit: float,
+    alpha: float,
+) -> np.ndarray:
+    """Mixture of experts over tokens x [T,H].
+
+    `expert_weights(e) -> (w1 [2I,H], b1 [2I], w2 [H,I], b2 [H])` (out-major) is called once per chosen
+    expert, so only the experts some token chose are read and dequantized, each once per call.
+    """
+    ids, weights = route(router_logits, k)  # [T,k], [T,k]
+    out = np.zeros_like(x)
+    for e in np.unique(ids):
+        rows, slot = np.nonzero(ids == e)
+        w1, b1, w2, b2 = expert_weights(int(e))
+        y = linear(swiglu(linear(x[rows], w1, b1), limit, alpha), w2, b2)  # [n,H]
+        out[rows] += weights[rows, slot, None] * y  # a token picks an expert at most once: rows are unique
+    return out

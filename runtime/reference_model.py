@@ -1,0 +1,366 @@
+"""The NumPy reference model of gpt-oss: the numbers every export is checked against.
+
+    model = ReferenceModel("ckpt_dir")                    # or an open Checkpoint; dtype=np.float64 for a tighter oracle
+    out = model.forward(ids)                              # ModelOutput(logits [B,S,V], present [(k, v)] per layer)
+    outputs = model.infer(feeds)                          # the model I/O names of ARCHITECTURE.md, like an ORT session
+    ids = model.generate_greedy(ids, max_new_tokens=8)    # KV-cached greedy decoding
+
+Weights are read lazily from the Checkpoint. Dense tensors are converted to the compute dtype once and cached
+(`cache_weights=False` re-reads them on every use, for checkpoints that do not fit in memory as float). MXFP4
+experts stay MXFP4: per call and layer, only the experts some token chose are dequantized (ops.mxfp4.decode).
+The math is `runtime.reference_layers`; this module only wires weights, cache, masks and positions.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from mxport.errors import MxportError
+from mxport.exporter.config import ModelConfig, yarn_inv_freq
+from mxport.ops import mxfp4
+from mxport.runtime import reference_layers as L
+
+KVCache = list[tuple[np.ndarray, np.ndarray]]  # per layer (key [B,Hkv,T,D] after RoPE, value [B,Hkv,T,D])
+
+
+@dataclass
+class ModelOutput:
+    logits: np.ndarray  # [B,S,V]
+    present: KVCache  # per layer, past and new concatenated: [B,Hkv,P+S,D]
+    hidden_states: list[np.ndarray] | None = field(default=None)  # per layer, residual stream after it: [B,S,H]
+
+
+def _open(checkpoint_or_path: Any) -> tuple[Any, bool]:
+    """A Checkpoint (anything with config/names/get/get_f32) as is, or a path opened here (then owned)."""
+    if isinstance(checkpoint_or_path, (str, os.PathLike)):
+        from mxport.exporter.checkpoint import open_checkpoint
+
+        return open_checkpoint(Path(checkpoint_or_path)), True
+    return checkpoint_or_path, False
+
+
+class ReferenceModel:
+    """gpt-oss forward pass in NumPy, float32 (matches transformers' fp32 eager path) or float64."""
+
+    def __init__(
+        self,
+        checkpoint_or_path: Any,
+        dtype: Any = np.float32,
+        *,
+        cache_weights: bool = True,
+        output_hidden_states: bool = False,
+    ) -> None:
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise MxportError(f"ReferenceModel: dtype must be float32 or float64, found {self.dtype}")
+        self.ckpt, self._owns_ckpt = _open(checkpoint_or_path)
+        self.cfg: ModelConfig = self.ckpt.config
+        self.cache_weights = cache_weights
+        self.output_hidden_states = output_hidden_states
+        self._cache: dict[str, np.ndarray] = {}
+        names = set(self.ckpt.names())
+        missing = [n for n in self._required_names() if n not in names]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise MxportError(f"checkpoint {self._where()}: missing tensors {shown}")
+        inv_freq, self._rope_scale = yarn_inv_freq(self.cfg)
+        self._inv_freq = np.asarray(inv_freq, dtype=np.float64)
+
+    # ---- weights ----------------------------------------------------------------------------------------------
+    def _where(self) -> str:
+        return str(getattr(self.ckpt, "path", getattr(self.ckpt, "root", "<in memory>")))
+
+    def _required_names(self) -> list[str]:
+        per_layer = [
+            "input_layernorm.weight",
+            "post_attention_layernorm.weight",
+            "self_attn.sinks",
+            "mlp.router.weight",
+            "mlp.router.bias",
+            "mlp.experts.gate_up_proj_bias",
+            "mlp.experts.down_proj_bias",
+        ]
+        per_layer += [f"self_attn.{p}_proj.weight" for p in "qkvo"]
+        if self.cfg.attention_bias:
+            per_layer += [f"self_attn.{p}_proj.bias" for p in "qkvo"]
+        if self.cfg.experts_mxfp4:
+            per_layer += [f"mlp.experts.{w}_{part}" for w in ("gate_up_proj", "down_proj") for part in ("blocks", "scales")]
+        else:
+            per_layer += ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
+        names = ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"]
+        for i in range(self.cfg.num_hidden_layers):
+            names += [f"model.layers.{i}.{n}" for n in per_layer]
+        return names
+
+    def _w(self, name: str) -> np.ndarray:
+        """A dense tensor in the compute dtype (cached unless cache_weights=False)."""
+        w = self._cache.get(name)
+        if w is None:
+            w = np.asarray(self.ckpt.get_f32(name)).astype(self.dtype)
+            if self.cache_weights:
+                self._cache[name] = w
+        return w
+
+    def _raw(self, name: str) -> np.ndarray:
+        """A tensor as stored (MXFP4 halves as uint8), cached unless cache_weights=False."""
+        key = "raw:" + name
+        w = self._cache.get(key)
+        if w is None:
+            w = np.asarray(self.ckpt.get(name))
+            if self.cache_weights:
+                self._cache[key] = w
+        return w
+
+    def _expert_loader(self, layer: int):
+        """e -> (w1 [2I,H], b1 [2I], w2 [H,I], b2 [H]) in the compute dtype, dequantizing only expert e."""
+        p = f"model.layers.{layer}.mlp.experts."
+        b1, b2 = self._w(p + "gate_up_proj_bias"), self._w(p + "down_proj_bias")
+        if self.cfg.experts_mxfp4:
+            halves = {n: (self._raw(f"{p}{n}_blocks"), self._raw(f"{p}{n}_scales")) for n in ("gate_up_proj", "down_proj")}
+
+            def load(e: int):
+                w1 = mxfp4.decode(halves["gate_up_proj"][0][e], halves["gate_up_proj"][1][e]).astype(self.dtype)
+                w2 = mxfp4.decode(halves["down_proj"][0][e], halves["down_proj"][1][e]).astype(self.dtype)
+                return w1, b1[e], w2, b2[e]
+
+        else:  # dense experts are stored input-major, as transformers saves them: [E,H,2I] and [E,I,H]
+            gate_up, down = self._w(p + "gate_up_proj"), self._w(p + "down_proj")
+
+            def load(e: int):
+                return gate_up[e].T, b1[e], down[e].T, b2[e]
+
+        return load
+
+    # ---- forward ----------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray | None = None,
+        position_ids: np.ndarray | None = None,
+        past: KVCache | None = None,
+        return_hidden_states: bool = False,
+    ) -> ModelOutput:
+        """input_ids [B,S]; attention_mask [B,P+S] (1 keep, 0 pad, left padding); position_ids [B,S];
+        past: per layer (key, value) [B,Hkv,P,D]. Defaults: mask all ones, positions cumsum(mask)-1 clipped at 0."""
+        cfg = self.cfg
+        ids, mask, pos, past = self._check_inputs(input_ids, attention_mask, position_ids, past)
+        B, S = ids.shape
+        P = mask.shape[1] - S
+        cos, sin = L.rope_cos_sin(pos, self._inv_freq, self._rope_scale, self.dtype)
+        keep = {w: L.attention_keep_mask(mask, P, S, w) for w in {cfg.window(i) for i in range(cfg.num_hidden_layers)}}
+
+        x = self._w("model.embed_tokens.weight")[ids]  # [B,S,H]
+        present: KVCache = []
+        hidden: list[np.ndarray] = []
+        for i in range(cfg.num_hidden_layers):
+            p = f"model.layers.{i}."
+            h = L.rms_norm(x, self._w(p + "input_layernorm.weight"), cfg.rms_norm_eps)
+            attn, kv = self._attention(i, h, cos, sin, keep[cfg.window(i)], None if past is None else past[i])
+            present.append(kv)
+            x = x + attn
+            h = L.rms_norm(x, self._w(p + "post_attention_layernorm.weight"), cfg.rms_norm_eps)
+            x = x + self._moe(i, h.reshape(B * S, -1)).reshape(B, S, -1)
+            if return_hidden_states:
+                hidden.append(x)
+        x = L.rms_norm(x, self._w("model.norm.weight"), cfg.rms_norm_eps)
+        logits = x @ self._w("lm_head.weight").T
+        return ModelOutput(logits, present, hidden if return_hidden_states else None)
+
+    def _attention(self, i, h, cos, sin, keep, past_kv):
+        cfg = self.cfg
+        p = f"model.layers.{i}.self_attn."
+        B, S, _ = h.shape
+        D = cfg.head_dim
+
+        def proj(name: str, heads: int) -> np.ndarray:  # [B,S,H] -> [B,heads,S,D]
+            bias = self._w(p + f"{name}.bias") if cfg.attention_bias else None
+            return L.linear(h, self._w(p + f"{name}.weight"), bias).reshape(B, S, heads, D).transpose(0, 2, 1, 3)
+
+        q = L.apply_rope(proj("q_proj", cfg.num_attention_heads), cos, sin)
+        k = L.apply_rope(proj("k_proj", cfg.num_key_value_heads), cos, sin)
+        v = proj("v_proj", cfg.num_key_value_heads)
+        if past_kv is not None:
+            k = np.concatenate([past_kv[0].astype(self.dtype, copy=False), k], axis=2)
+            v = np.concatenate([past_kv[1].astype(self.dtype, copy=False), v], axis=2)
+        out = L.attention(q, k, v, keep, self._w(p + "sinks"), D**-0.5)  # [B,S,Hq*D]
+        o_bias = self._w(p + "o_proj.bias") if cfg.attention_bias else None
+        return L.linear(out, self._w(p + "o_proj.weight"), o_bias), (k, v)
+
+    def _moe(self, i: int, h: np.ndarray) -> np.ndarray:
+        cfg = self.cfg
+        p = f"model.layers.{i}.mlp.router."
+        router_logits = L.linear(h, self._w(p + "weight"), self._w(p + "bias"))  # [T,E]
+        with np.errstate(over="ignore"):  # exp(-alpha*gate) may overflow to inf: sigmoid -> 0, as intended
+            return L.moe(
+                h, router_logits, cfg.experts_per_token, self._expert_loader(i), cfg.swiglu_limit, cfg.swiglu_alpha
+            )
+
+    def _check_inputs(self, input_ids, attention_mask, position_ids, past):
+        cfg = self.cfg
+        ids = np.asarray(input_ids)
+        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+            raise MxportError(f"input_ids: expected an integer array [B,S], found {ids.dtype} {ids.shape}")
+        B, S = ids.shape
+        if ids.size and (ids.min() < 0 or ids.max() >= cfg.vocab_size):
+            raise MxportError(
+                f"input_ids: ids must lie in [0, vocab_size={cfg.vocab_size}), found {ids.min()}..{ids.max()}"
+            )
+        if past is not None:
+            if len(past) != cfg.num_hidden_layers:
+                raise MxportError(f"past: expected {cfg.num_hidden_layers} (key, value) pairs, found {len(past)}")
+            want = (B, cfg.num_key_value_heads, None, cfg.head_dim)
+            for i, (k, v) in enumerate(past):
+                for name, t in (("key", k), ("value", v)):
+                    if t.ndim != 4 or any(w is not None and w != s for w, s in zip(want, t.shape)) or t.shape != past[0][0].shape:
+                        raise MxportError(
+                            f"past_key_values.{i}.{name}: expected shape [B={B}, {want[1]}, P, {want[3]}] "
+                            f"like past_key_values.0.key {past[0][0].shape}, found {t.shape}"
+                        )
+        P = 0 if past is None else past[0][0].shape[2]
+        if attention_mask is None:
+            mask = np.ones((B, P + S), dtype=np.int64)
+        else:
+            mask = np.asarray(attention_mask)
+            if mask.shape != (B, P + S):
+                raise MxportError(f"attention_mask: expected shape [B, P+S] = {(B, P + S)}, found {mask.shape}")
+        if position_ids is None:
+            pos = np.maximum(np.cumsum(mask, axis=1) - 1, 0)[:, P:]
+        else:
+            pos = np.asarray(position_ids)
+            if pos.shape != (B, S):
+                raise MxportError(f"position_ids: expected shape [B, S] = {(B, S)}, found {pos.shape}")
+        return ids, mask, pos.astype(np.int64), past
+
+    # ---- runner interface (ARCHITECTURE.md "Model I/O") ---------------------------------------------------------
+    def infer(self, feeds: dict[str, np.ndarray], *, hidden_states: bool | None = None) -> dict[str, np.ndarray]:
+        """Feeds and outputs named as in the exported graph; outputs float32 like the graph's.
+
+        `past_key_values.{i}.key/.value` are optional as a whole (absent = empty cache); `hidden_states.{i}` are
+        returned when `hidden_states` (default: the constructor's `output_hidden_states`) is true."""
+        n = self.cfg.num_hidden_layers
+        known = {"input_ids", "attention_mask", "position_ids"}
+        known |= {f"past_key_values.{i}.{kv}" for i in range(n) for kv in ("key", "value")}
+        if unknown := sorted(set(feeds) - known):
+            raise MxportError(f"infer: unknown feeds {unknown} (expected {sorted(known)[:3]} + past_key_values.{{i}}.key/value)")
+        if "input_ids" not in feeds:
+            raise MxportError("infer: missing feed 'input_ids'")
+        past_names = [(f"past_key_values.{i}.key", f"past_key_values.{i}.value") for i in range(n)]
+        given = [name for pair in past_names for name in pair if name in feeds]
+        if given and len(given) != 2 * n:
+            missing = [name for pair in past_names for name in pair if name not in feeds]
+            raise MxportError(f"infer: past_key_values incomplete, missing {missing[:4]}")
+        past = [(feeds[k], feeds[v]) for k, v in past_names] if given else None
+        want_hidden = self.output_hidden_states if hidden_states is None else hidden_states
+        out = self.forward(
+            feeds["input_ids"], feeds.get("attention_mask"), feeds.get("position_ids"), past, want_hidden
+        )
+        result = {"logits": out.logits.astype(np.float32)}
+        for i, (k, v) in enumerate(out.present):
+            result[f"present.{i}.key"] = k.astype(np.float32)
+            result[f"present.{i}.value"] = v.astype(np.float32)
+        for i, h in enumerate(out.hidden_states or ()):
+            result[f"hidden_states.{i}"] = h.astype(np.float32)
+        return result
+
+    # ---- decoding ---------------------------------------------------------------------------------------------
+    def generate_greedy(
+        self,
+        input_ids: np.ndarray,
+        max_new_tokens: int,
+        attention_mask: np.ndarray | None = None,
+        *,
+        eos_token_ids: Iterable[int] | None = None,
+        logits_out: list[np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """Greedy decoding with the KV cache: prefill the prompt, then feed one token at a time.
+
+        Returns ids [B, S+N] (prompt and the N <= max_new_tokens new tokens). With `eos_token_ids`, a row that
+        produced one keeps repeating it and decoding stops once every row has. When `logits_out` is a list,
+        the logits of every call are appended to it ([B,S,V] for the prompt, then [B,1,V] per step)."""
+        ids = np.asarray(input_ids, dtype=np.int64)
+        if ids.ndim != 2:
+            raise MxportError(f"input_ids: expected [B,S], found shape {ids.shape}")
+        if max_new_tokens < 0:
+            raise MxportError(f"max_new_tokens must be >= 0, found {max_new_tokens}")
+        B, S = ids.shape
+        mask = np.ones((B, S), np.int64) if attention_mask is None else np.asarray(attention_mask, np.int64)
+        eos = np.array(sorted(set(eos_token_ids or ())), dtype=np.int64)
+        done = np.zeros(B, dtype=bool)
+        tokens = [ids]
+        step_ids, past = ids, None
+        pos = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+        for _ in range(max_new_tokens):
+            out = self.forward(step_ids, mask, pos[:, -step_ids.shape[1]:], past)
+            if logits_out is not None:
+                logits_out.append(out.logits)
+            nxt = out.logits[:, -1].argmax(axis=-1).astype(np.int64)
+            nxt = np.where(done, tokens[-1][:, -1], nxt)
+            tokens.append(nxt[:, None])
+            done |= np.isin(nxt, eos)
+            if done.all():
+                break
+            step_ids, past = nxt[:, None], out.present
+            mask = np.concatenate([mask, np.ones((B, 1), np.int64)], axis=1)
+            pos = np.concatenate([pos, pos[:, -1:] + 1], axis=1)
+        return np.concatenate(tokens, axis=1)
+
+    def close(self) -> None:
+        self._cache.clear()
+        if self._owns_ckpt:
+            self.ckpt.close()
+
+    def __enter__(self) -> ReferenceModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_checkpoint(
+    ckpt_dir: str | os.PathLike,
+    input_ids: np.ndarray,
+    max_new_tokens: int = 0,
+    logits_out: str | os.PathLike | None = None,
+    *,
+    dtype: Any = np.float32,
+    eos_token_ids: Iterable[int] | None = None,
+) -> np.ndarray:
+    """The `mxport run --backend numpy` hook: greedy-decode `input_ids` ([S] or [B,S]) on the checkpoint.
+
+    Returns ids [B, S+N]. With `logits_out`, writes (atomically) float32 logits of every position that was run
+    through the model: [B, S+N-1, V] when N >= 1 new tokens were produced (row t predicts token t+1), [B,S,V]
+    when max_new_tokens is 0."""
+    ids = np.asarray(input_ids)
+    if ids.ndim == 1:
+        ids = ids[None]
+    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+        raise MxportError(f"input ids: expected integers of shape [S] or [B,S], found {ids.dtype} {ids.shape}")
+    with ReferenceModel(ckpt_dir, dtype=dtype) as model:
+        if max_new_tokens == 0:
+            logits = [model.forward(ids).logits]
+            result = ids.astype(np.int64)
+        else:
+            logits = []
+            result = model.generate_greedy(ids, max_new_tokens, eos_token_ids=eos_token_ids, logits_out=logits)
+    if logits_out is not None:
+        _save_atomic(Path(logits_out), np.concatenate(logits, axis=1).astype(np.float32))
+    return result
+
+
+def _save_atomic(path: Path, array: np.ndarray) -> None:
+    """np.save to a temporary file next to `path`, then rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
