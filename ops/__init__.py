@@ -1,10 +1,68 @@
-"""mxport.ops: the custom op set `ai.mxport`, version 1 (see docs/ARCHITECTURE.md, "Custom ops").
+"""mxport.ops: the custom op set `ai.mxport`, version 1 (contract: docs/ARCHITECTURE.md, "Custom ops").
 
-Op modules are added to ALL_OPS as they land; each holds the op's schema docstring, its ONNX function body
-and its NumPy kernel.
+One module per op, each with the op's schema docstring, its ONNX function body (`FUNCTION`, an onnxscript
+function in OPSET) and its NumPy kernel for onnx.reference (a class named like the op).
+
+    functions()      FunctionProtos to put in ModelProto.functions (every body, incl. helpers they call)
+    kernels()        OpRun classes for onnx.reference.ReferenceEvaluator(model, new_ops=kernels())
+    opset_imports()  the opset imports a model using these ops needs
+    make_node(...)   a NodeProto with every attribute filled in (onnx.reference ignores function defaults)
+    make_model(...)  a ModelProto around a graph, with functions and opset imports attached
 """
 
 from __future__ import annotations
 
+import onnx
+from onnxscript.values import Opset
+
 DOMAIN = "ai.mxport"
 VERSION = 1
+STANDARD_OPSET = 23  # the ONNX opset the function bodies are written in (ORT 1.32 CPU runs all of it)
+OPSET = Opset(DOMAIN, VERSION)  # the onnxscript opset the function bodies belong to
+
+# The op modules import DOMAIN and OPSET from here, so they come after the names above.
+from mxport.ops import dequantize_mxfp4  # noqa: E402
+
+ALL_OPS = (dequantize_mxfp4,)
+
+
+def functions() -> list[onnx.FunctionProto]:
+    """Every op's function body (callees before callers), ready for ModelProto.functions / ir.Model.functions."""
+    return [module.FUNCTION.to_function_proto() for module in ALL_OPS]
+
+
+def kernels() -> list[type]:
+    """The NumPy kernels, for onnx.reference.ReferenceEvaluator(..., new_ops=kernels())."""
+    return [getattr(module, module.FUNCTION.name) for module in ALL_OPS]
+
+
+def opset_imports() -> list[onnx.OperatorSetIdProto]:
+    """Opset imports for a model that uses ai.mxport ops: the standard opset and ai.mxport."""
+    return [onnx.helper.make_opsetid("", STANDARD_OPSET), onnx.helper.make_opsetid(DOMAIN, VERSION)]
+
+
+def _function(op_type: str) -> onnx.FunctionProto:
+    for proto in functions():
+        if proto.name == op_type:
+            return proto
+    raise ValueError(f"{DOMAIN} has no op {op_type!r}; ops: {[m.FUNCTION.name for m in ALL_OPS]}")
+
+
+def make_node(op_type: str, inputs: list[str], outputs: list[str], name: str | None = None, **attrs) -> onnx.NodeProto:
+    """An ai.mxport node with every attribute written out (defaults from the function body filled in).
+
+    onnx.reference does not apply FunctionProto attribute defaults, so nodes should carry all attributes.
+    """
+    proto = _function(op_type)
+    known = {a.name: a for a in proto.attribute_proto}
+    unknown = set(attrs) - set(known) - set(proto.attribute)
+    if unknown:
+        raise ValueError(f"{DOMAIN}.{op_type}: unknown attributes {sorted(unknown)}; known: {sorted(known)}")
+    full = {a.name: onnx.helper.get_attribute_value(a) for a in proto.attribute_proto}
+    full.update(attrs)
+    return onnx.helper.make_node(op_type, inputs, outputs, name=name, domain=DOMAIN, **full)
+
+
+def make_model(graph: onnx.GraphProto, **kwargs) -> onnx.ModelProto:
+    """A ModelProto for `graph` with the ai.mxport functions and opset imports attached."""
+    return onnx.helper.make_model(graph, opset_imports=opset_imports(), functions=functions(), **kwargs)
