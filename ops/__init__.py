@@ -21,9 +21,9 @@ STANDARD_OPSET = 23  # the ONNX opset the function bodies are written in (ORT 1.
 OPSET = Opset(DOMAIN, VERSION)  # the onnxscript opset the function bodies belong to
 
 # The op modules import DOMAIN and OPSET from here, so they come after the names above.
-from mxport.ops import dequantize_mxfp4  # noqa: E402
+from mxport.ops import dequantize_mxfp4, matmul_mxfp4  # noqa: E402
 
-ALL_OPS = (dequantize_mxfp4,)
+ALL_OPS = (dequantize_mxfp4, matmul_mxfp4)
 
 
 def functions() -> list[onnx.FunctionProto]:
