@@ -247,7 +247,10 @@ class ReferenceModel:
         known = {"input_ids", "attention_mask", "position_ids"}
         known |= {f"past_key_values.{i}.{kv}" for i in range(n) for kv in ("key", "value")}
         if unknown := sorted(set(feeds) - known):
-            raise MxportError(f"infer: unknown feeds {unknown} (expected {sorted(known)[:3]} + past_key_values.{{i}}.key/value)")
+            raise MxportError(
+                f"infer: unknown feeds {unknown} (expected input_ids, attention_mask, position_ids and "
+                f"past_key_values.{{i}}.key/.value for i < {n})"
+            )
         if "input_ids" not in feeds:
             raise MxportError("infer: missing feed 'input_ids'")
         past_names = [(f"past_key_values.{i}.key", f"past_key_values.{i}.value") for i in range(n)]
