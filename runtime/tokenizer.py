@@ -1,0 +1,193 @@
+"""Tokenizers for generation: a folder's tokenizer.json via the `tokenizers` library (no transformers),
+incremental decoding for streaming, and a small self-built harmony tokenizer for tiny models and tests.
+
+Incremental decoding never splits a multi-byte UTF-8 character: byte-level BPE can put the bytes of one
+character into different tokens, and decoding a prefix then shows '\\ufffd' at its end. The decoder holds the
+text back until the character is complete (the trick of transformers' TextStreamer and vLLM's detokenizer):
+
+    ids ... [prefix_offset ........ read_offset) [new ids ...]
+             text already emitted from here  |   decode(prefix..end) minus decode(prefix..read) = delta
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tokenizers import Tokenizer as _HFTokenizer, decoders, models, pre_tokenizers, trainers
+
+from mxport.errors import MxportError
+
+# Harmony special tokens and their ids in o200k_harmony (NUMERICS.md "Harmony chat format").
+# Code that needs an id asks the tokenizer (token_to_id); these ids are used only to *build* a tokenizer.
+HARMONY_SPECIAL_TOKENS: dict[str, int] = {
+    "<|endoftext|>": 199999,
+    "<|return|>": 200002,
+    "<|constrain|>": 200003,
+    "<|channel|>": 200005,
+    "<|start|>": 200006,
+    "<|end|>": 200007,
+    "<|message|>": 200008,
+    "<|call|>": 200012,
+}
+O200K_HARMONY_VOCAB = 201088  # rows of gpt-oss' embedding (o200k_harmony padded)
+
+
+class Tokenizer:
+    """A `tokenizers.Tokenizer` with the few calls generation needs. Special tokens are matched in text."""
+
+    def __init__(self, tok: _HFTokenizer, source: str = "<memory>") -> None:
+        self._tok = tok
+        self.source = source
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> Tokenizer:
+        path = Path(path)
+        if path.is_dir():
+            path = path / "tokenizer.json"
+        if not path.is_file():
+            raise MxportError(f"{path}: tokenizer file not found (generation with text needs tokenizer.json)")
+        try:
+            return cls(_HFTokenizer.from_file(str(path)), str(path))
+        except Exception as exc:  # the Rust side raises plain Exception subclasses
+            raise MxportError(f"{path}: cannot load tokenizer ({exc})") from None
+
+    @property
+    def vocab_size(self) -> int:
+        """Largest id + 1 (added tokens included)."""
+        return max(self._tok.get_vocab(with_added_tokens=True).values()) + 1
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=False).ids)
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
+
+    def id_to_token(self, token_id: int) -> str | None:
+        return self._tok.id_to_token(int(token_id))
+
+    def special_ids(self) -> set[int]:
+        return {int(i) for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
+
+    def require(self, token: str) -> int:
+        """The id of a token that must exist (e.g. '<|start|>'), else MxportError naming it and the file."""
+        token_id = self.token_to_id(token)
+        if token_id is None:
+            raise MxportError(f"{self.source}: tokenizer has no token {token!r} (needed for the harmony format)")
+        return token_id
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        self._tok.save(str(path))
+        return path
+
+    def incremental(self, skip_special_tokens: bool = False) -> IncrementalDecoder:
+        return IncrementalDecoder(self, skip_special_tokens)
+
+
+class IncrementalDecoder:
+    """Feed token ids one at a time, get text deltas; the deltas concatenate to decode(all ids)."""
+
+    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = False) -> None:
+        self._tok = tokenizer
+        self._skip = skip_special_tokens
+        self.ids: list[int] = []
+        self._prefix = 0  # decode window start: a few tokens back, so merges at the boundary decode right
+        self._read = 0  # ids up to here are emitted
+        self.text = ""  # everything emitted so far
+
+    def add(self, token_id: int) -> str:
+        self.ids.append(int(token_id))
+        prefix_text = self._tok.decode(self.ids[self._prefix : self._read], self._skip)
+        new_text = self._tok.decode(self.ids[self._prefix :], self._skip)
+        if len(new_text) <= len(prefix_text) or new_text.endswith("\ufffd"):
+            return ""  # an incomplete UTF-8 character (or nothing visible yet): hold back
+        delta = new_text[len(prefix_text) :]
+        self._prefix, self._read = self._read, len(self.ids)
+        self.text += delta
+        return delta
+
+    def flush(self) -> str:
+        """Whatever is held back at the end (a truly broken byte sequence decodes to '\\ufffd' here)."""
+        full = self._tok.decode(self.ids, self._skip)
+        delta = full[len(self.text) :] if full.startswith(self.text) else ""
+        self.text += delta
+        self._prefix = self._read = len(self.ids)
+        return delta
+
+
+# ---- a small harmony tokenizer built in code ------------------------------------------------------------------
+
+_CORPUS = """\
+The quick brown fox jumps over the lazy dog. A language model predicts the next token from the ones before it.
+You are a helpful assistant. What is the capital of France? The capital of France is Paris.
+User asks a simple question; answer briefly and correctly. Reasoning: low, medium, high.
+analysis commentary final system developer user assistant Instructions Knowledge cutoff Current date
+Valid channels: analysis, commentary, final. Channel must be included for every message.
+Numbers: 0 1 2 3 4 5 6 7 8 9 10 100 2024-06 2025-01-01. Hello, world! How are you today?
+Mixture of experts routes every token to a few experts; attention sinks and sliding windows keep long contexts cheap.
+ONNX Runtime runs the exported graph; the NumPy reference checks every number it produces.
+Les élèves étudient à l'école. Über den Wolken. ¿Qué tal? 日本語のテキスト。 Emoji 🙂 and symbols ±×÷.
+"""
+
+
+def build_harmony_tokenizer(vocab_size: int, corpus: str | None = None) -> Tokenizer:
+    """A byte-level BPE tokenizer with exactly `vocab_size` ids and the harmony special tokens.
+
+    When the vocab is as large as o200k_harmony's, the special tokens sit at their o200k ids; otherwise they take
+    the top ids of the vocab (like o200k, whose specials follow the regular tokens). Ids between the trained BPE
+    tokens and the specials are filled with `<|reserved_N|>` specials, so every id decodes. Deterministic.
+    """
+    specials = list(HARMONY_SPECIAL_TOKENS)
+    n_base_min = 256 + 1  # the byte alphabet plus at least one merge
+    if vocab_size < n_base_min + len(specials):
+        raise MxportError(
+            f"vocab_size={vocab_size} is too small for a byte-level harmony tokenizer "
+            f"(needs >= {n_base_min + len(specials)}: 256 bytes, merges, {len(specials)} special tokens)"
+        )
+    if vocab_size >= O200K_HARMONY_VOCAB:
+        special_ids = dict(HARMONY_SPECIAL_TOKENS)
+        base_target = min(vocab_size, 4096)  # a real o200k needs its own file; this is for shape-faithful tests
+    else:
+        special_ids = {tok: vocab_size - len(specials) + i for i, tok in enumerate(specials)}
+        base_target = vocab_size - len(specials)
+    base_target = min(base_target, min(special_ids.values()))
+
+    bpe = _HFTokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=base_target,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[],
+        show_progress=False,
+    )
+    text = corpus if corpus is not None else _CORPUS
+    bpe.train_from_iterator(text.splitlines() * 4, trainer)
+
+    spec = json.loads(bpe.to_str())
+    vocab: dict[str, int] = spec["model"]["vocab"]
+    used = set(vocab.values())
+    added = []
+    for tok, tid in special_ids.items():
+        vocab[tok] = tid
+        used.add(tid)
+        added.append((tok, tid))
+    # Fill every unused id below vocab_size with a reserved special (o200k_harmony does the same).
+    # For o200k-sized vocabs only the range up to the last harmony special is filled (keeps the file small).
+    last = vocab_size if vocab_size < O200K_HARMONY_VOCAB else max(special_ids.values()) + 1
+    for tid in range(last):
+        if tid not in used:
+            tok = f"<|reserved_{tid}|>"
+            vocab[tok] = tid
+            added.append((tok, tid))
+    spec["added_tokens"] = [
+        {"id": tid, "content": tok, "single_word": False, "lstrip": False, "rstrip": False,
+         "normalized": False, "special": True}
+        for tok, tid in sorted(added, key=lambda t: t[1])
+    ]
+    tok = _HFTokenizer.from_str(json.dumps(spec))
+    return Tokenizer(tok, f"<harmony byte-level BPE, vocab {vocab_size}>")
