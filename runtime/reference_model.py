@@ -107,6 +107,13 @@ class ReferenceModel:
                 self._cache[name] = w
         return w
 
+    def _embed(self, ids: np.ndarray) -> np.ndarray:
+        """Embedding rows [B,S,H]; without the weight cache only the rows asked for are converted."""
+        name = "model.embed_tokens.weight"
+        if self.cache_weights or name in self._cache:
+            return self._w(name)[ids]
+        return np.asarray(self.ckpt.get(name))[ids].astype(np.float32).astype(self.dtype)
+
     def _raw(self, name: str) -> np.ndarray:
         """A tensor as stored (MXFP4 halves as uint8), cached unless cache_weights=False."""
         key = "raw:" + name
@@ -155,7 +162,7 @@ class ReferenceModel:
         cos, sin = L.rope_cos_sin(pos, self._inv_freq, self._rope_scale, self.dtype)
         keep = {w: L.attention_keep_mask(mask, P, S, w) for w in {cfg.window(i) for i in range(cfg.num_hidden_layers)}}
 
-        x = self._w("model.embed_tokens.weight")[ids]  # [B,S,H]
+        x = self._embed(ids)  # [B,S,H]
         present: KVCache = []
         hidden: list[np.ndarray] = []
         for i in range(cfg.num_hidden_layers):
