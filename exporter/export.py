@@ -1,0 +1,242 @@
+"""`export()`: a gpt-oss checkpoint folder -> an export folder (model.onnx + model.onnx.data, mxport.json, tokenizer).
+
+    checkpoint ──open_checkpoint──► build (gpt_oss.build: portable ir.Model, lazy weights)
+                                       │
+                                       ▼
+                                    lower(model, target, experts, dtype)      exporter/lower (only when asked)
+                                       │
+                                       ▼
+                                    save: ir.save streams the weights tensor by tensor into model.onnx.data,
+                                          inside a temporary sibling folder renamed onto out_dir at the end
+
+Memory: every weight is an ir.LazyTensor that reads its one tensor from the checkpoint (mmap) when ir.save
+writes it, so peak RSS stays near the largest tensor whatever the model size. Identical input gives identical
+bytes (names, node order and the external data layout depend on the checkpoint only).
+
+CLI: `mxport export CKPT_DIR -o OUT_DIR [--target T] [--experts E] [--dtype D] [--force] [--hidden-states]
+[--no-progress]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import onnx_ir as ir
+
+from mxport import __version__
+from mxport.errors import MxportError
+from mxport.exporter import gpt_oss
+
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+META_FILE = "mxport.json"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
+# How dense matrices are stored: bf16 bytes + Cast to float32 in the graph (see docs/EXPORT.md for the measurement).
+DENSE_STORAGE = "bfloat16"
+
+# The options this module implements itself; exporter/lower may add more (see `_options`).
+PORTABLE = ("portable", "mxfp4", "float32")
+
+
+def _lowering():
+    """exporter/lower when it is installed, else None. It may declare TARGETS, EXPERTS, DTYPES and `lower()`."""
+    try:
+        from mxport.exporter import lower
+    except ImportError:
+        return None
+    return lower if hasattr(lower, "lower") else None
+
+
+def _options() -> dict[str, tuple[str, ...]]:
+    lower = _lowering()
+    known = {"target": ("portable",), "experts": ("mxfp4",), "dtype": ("float32",)}
+    if lower is not None:
+        for option, attr in (("target", "TARGETS"), ("experts", "EXPERTS"), ("dtype", "DTYPES")):
+            known[option] += tuple(v for v in getattr(lower, attr, ()) if v not in known[option])
+    return known
+
+
+def _validate(target: str, experts: str, dtype: str) -> None:
+    for option, value in (("target", target), ("experts", experts), ("dtype", dtype)):
+        allowed = _options()[option]
+        if value not in allowed:
+            raise MxportError(f"export: unknown {option} {value!r}; expected one of {', '.join(allowed)}")
+
+
+# ---- the steps ------------------------------------------------------------------------------------------------
+def build_portable(ckpt, *, hidden_states: bool = False, dense: str = DENSE_STORAGE) -> ir.Model:
+    """The portable graph (opset 23 + ai.mxport 1) with the ai.mxport function bodies attached."""
+    b, inputs, outputs = gpt_oss.build(ckpt, dense=dense, hidden_states=hidden_states)
+    return b.model(inputs, outputs, name="gpt_oss", functions=_functions(b))
+
+
+def _functions(b) -> list[ir.Function]:
+    """ai.mxport function bodies for every custom op the graph uses (mxport.ops.functions())."""
+    from mxport import ops
+
+    used = sorted({n.op_type for n in b.nodes if n.domain == gpt_oss.DOMAIN})
+    protos = ops.functions()
+    have = {p.name for p in protos if p.domain == gpt_oss.DOMAIN}
+    if missing := [op for op in used if op not in have]:
+        raise MxportError(
+            f"export: custom ops {', '.join(f'{gpt_oss.DOMAIN}::{m}' for m in missing)} have no function body "
+            "in mxport.ops.functions() (ops/ not complete?)"
+        )
+    for p in protos:  # the bodies may use other opsets (e.g. the standard one at a different version)
+        for opset in p.opset_import:
+            if opset.domain not in b.opsets:
+                b.use_domain(opset.domain, opset.version)
+    return [ir.serde.deserialize_function(p) for p in protos]
+
+
+def lower(model: ir.Model, *, target: str, experts: str, dtype: str) -> ir.Model:
+    """The seam for exporter/lower: rewrite the portable model for a target. Identity for the portable defaults."""
+    if (target, experts, dtype) == PORTABLE:
+        return model
+    lowering = _lowering()
+    if lowering is None:
+        raise MxportError(f"export: target={target!r} experts={experts!r} dtype={dtype!r} need exporter/lower")
+    return lowering.lower(model, target=target, experts=experts, dtype=dtype)
+
+
+def _metadata(ckpt, checkpoint_dir: Path, model: ir.Model, **options) -> dict:
+    cfg = ckpt.config
+    return {
+        "mxport_version": __version__,
+        "checkpoint": str(checkpoint_dir.resolve()),
+        "layout": ckpt.layout,
+        "config": cfg.to_hf_dict(),
+        **options,
+        "dense_storage": DENSE_STORAGE,
+        "opset_imports": dict(sorted(model.opset_imports.items())),
+        "inputs": [v.name for v in model.graph.inputs],
+        "outputs": [v.name for v in model.graph.outputs],
+        "eos_token_ids": list(cfg.eos_token_ids),
+        "pad_token_id": cfg.pad_token_id,
+    }
+
+
+class _Progress:
+    """A one-line progress bar on stderr, fed by ir.save's per-tensor callback."""
+
+    def __init__(self, model: ir.Model, enabled: bool) -> None:
+        self.enabled = enabled
+        self.total = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+        self.done, self.start = 0, time.monotonic()
+
+    def __call__(self, tensor, info) -> None:
+        if not self.enabled:
+            return
+        self.done += tensor.nbytes
+        frac = self.done / max(self.total, 1)
+        bar = "#" * int(30 * frac)
+        sys.stderr.write(
+            f"\rexport [{bar:<30}] {info.index + 1}/{info.total} tensors {self.done / 1e9:.2f}/{self.total / 1e9:.2f} GB "
+            f"{time.monotonic() - self.start:.0f}s"
+        )
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def _check_out_dir(out_dir: Path, force: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MxportError(f"export: output {out_dir} exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise MxportError(f"export: output directory {out_dir} is not empty (use --force / force=True to replace it)")
+
+
+def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    """Move the finished tmp folder onto out_dir; an existing out_dir is removed only after the move."""
+    old = None
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        os.rename(out_dir, old / "previous")
+    os.rename(tmp, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---- the API --------------------------------------------------------------------------------------------------
+def export(
+    checkpoint_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    target: str = "portable",
+    experts: str = "mxfp4",
+    dtype: str = "float32",
+    progress: bool = True,
+    hidden_states: bool = False,
+    force: bool = False,
+) -> Path:
+    """Export the checkpoint at `checkpoint_dir` into `out_dir`; returns out_dir. Raises MxportError on bad input."""
+    from mxport.exporter.checkpoint import open_checkpoint
+
+    _validate(target, experts, dtype)
+    checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
+    _check_out_dir(out_dir, force)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open_checkpoint(checkpoint_dir) as ckpt:
+        model = build_portable(ckpt, hidden_states=hidden_states)
+        model = lower(model, target=target, experts=experts, dtype=dtype)
+        options = dict(target=target, experts=experts, dtype=dtype, hidden_states=hidden_states)
+        meta = _metadata(ckpt, checkpoint_dir, model, **options)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+        try:
+            bar = _Progress(model, progress)
+            ir.save(model, tmp / MODEL_FILE, external_data=DATA_FILE, callback=bar)
+            bar.finish()
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+            for name in TOKENIZER_FILES:
+                if (checkpoint_dir / name).is_file():
+                    shutil.copyfile(checkpoint_dir / name, tmp / name)
+            _replace_dir(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return out_dir
+
+
+# ---- CLI ------------------------------------------------------------------------------------------------------
+def register(parser: argparse.ArgumentParser) -> None:
+    options = _options()
+    parser.add_argument("checkpoint", metavar="CKPT_DIR", help="checkpoint folder (config.json + *.safetensors)")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="export folder to write")
+    parser.add_argument("--target", default="portable", help=f"one of {', '.join(options['target'])}")
+    parser.add_argument("--experts", default="mxfp4", help=f"one of {', '.join(options['experts'])}")
+    parser.add_argument("--dtype", default="float32", help=f"one of {', '.join(options['dtype'])}")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
+    parser.add_argument("--hidden-states", action="store_true", help="add outputs hidden_states.{i} per layer")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def run(args: argparse.Namespace) -> int:
+    start = time.monotonic()
+    out = export(
+        args.checkpoint,
+        args.output,
+        target=args.target,
+        experts=args.experts,
+        dtype=args.dtype,
+        progress=not args.no_progress,
+        hidden_states=args.hidden_states,
+        force=args.force,
+    )
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    print(f"exported {args.checkpoint} -> {out} ({size / 1e6:.1f} MB, {time.monotonic() - start:.1f}s)")
+    return 0

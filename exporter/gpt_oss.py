@@ -1,0 +1,234 @@
+"""gpt-oss as an ONNX graph: short pure builder functions over onnx-ir values (the portable form).
+
+    input_ids [B,S] ─ Gather(embed) ─► x [B,S,H] ──┬─────────────────────────────────────────┐
+    position_ids [B,S] ─► cos, sin [B,S,1,D/2]      │  per layer i:                           │
+                                                    ▼                                         │
+        x += o_proj(Attention(rope(q_proj(n)), rope(k_proj(n)), v_proj(n), past, mask, sinks))  n = rmsnorm(x)
+        x += MoEMXFP4(n, router(n), experts)                                                    n = rmsnorm(x)
+                                                    ▼
+                                    rmsnorm ─► lm_head ─► logits [B,S,V]
+
+Custom ops (domain ai.mxport, ARCHITECTURE.md "Custom ops"): Attention (GQA, sinks, window, KV cache),
+MoEMXFP4 (router top-k, MXFP4 experts kept as uint8 blocks/scales). Everything else is standard opset 23.
+Dense weights come from the checkpoint at save time (lazy initializers, see `Weights`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ml_dtypes
+import numpy as np
+import onnx_ir as ir
+
+from mxport.exporter.config import ModelConfig, yarn_inv_freq
+from mxport.exporter.graph import Builder, set_output, tensor_value
+
+DOMAIN = "ai.mxport"  # = mxport.ops.DOMAIN (the contract); spelled here so the graph builds before ops/ lands
+DOMAIN_VERSION = 1
+FLOAT = ir.DataType.FLOAT
+INT64 = ir.DataType.INT64
+
+# Symbolic dims of the model I/O (ARCHITECTURE.md "Model I/O").
+BATCH, SEQ, PAST, TOTAL = "batch", "seq", "past_seq", "total_seq"  # TOTAL = past_seq + seq
+
+
+@dataclass(frozen=True)
+class IONames:
+    """The model I/O names of ARCHITECTURE.md for `layers` layers."""
+
+    layers: int
+
+    inputs_fixed = ("input_ids", "attention_mask", "position_ids")
+
+    def past(self, i: int) -> tuple[str, str]:
+        return f"past_key_values.{i}.key", f"past_key_values.{i}.value"
+
+    def present(self, i: int) -> tuple[str, str]:
+        return f"present.{i}.key", f"present.{i}.value"
+
+    def inputs(self) -> list[str]:
+        return [*self.inputs_fixed, *(n for i in range(self.layers) for n in self.past(i))]
+
+    def outputs(self, hidden_states: bool = False) -> list[str]:
+        names = ["logits", *(n for i in range(self.layers) for n in self.present(i))]
+        return names + ([f"hidden_states.{i}" for i in range(self.layers)] if hidden_states else [])
+
+
+class Weights:
+    """Checkpoint tensors as graph initializers, read lazily at save time (one tensor in memory at a time).
+
+    dense="bfloat16": matrices keep the checkpoint's bf16 bytes and a Cast to float32 follows (exact, half size);
+    dense="float32": matrices are stored as float32. Vectors (norms, biases, sinks) are always float32.
+    MatMul weights are stored transposed, [in, out], so the graph is a plain `x @ W`.
+    """
+
+    def __init__(self, b: Builder, ckpt, dense: str = "bfloat16") -> None:
+        if dense not in ("bfloat16", "float32"):
+            raise ValueError(f"dense storage must be 'bfloat16' or 'float32', found {dense!r}")
+        self.b, self.ckpt, self.dense = b, ckpt, dense
+
+    def _stored_dtype(self, name: str) -> np.dtype:
+        return np.dtype(self.ckpt.spec(name).dtype)
+
+    def matrix(self, name: str, *, role: str, as_name: str | None = None) -> ir.Value:
+        """A float32 [in, out] matrix from the checkpoint's [out, in] `name` (initializer `as_name` or `name`)."""
+        ckpt, shape = self.ckpt, tuple(self.ckpt.spec(name).shape)[::-1]
+        keep_bf16 = self.dense == "bfloat16" and self._stored_dtype(name) == ml_dtypes.bfloat16
+        dtype = np.dtype(ml_dtypes.bfloat16) if keep_bf16 else np.dtype(np.float32)
+
+        def produce() -> np.ndarray:
+            a = ckpt.get(name) if keep_bf16 else ckpt.get_f32(name)
+            return a.T
+
+        value = self.b.lazy_initializer(as_name or name, ir.DataType.from_numpy(dtype), shape, produce)
+        return self.b.op("Cast", value, role=f"{role}/weight_f32", to=FLOAT) if keep_bf16 else value
+
+    def stored(self, name: str) -> ir.Value:
+        """A tensor exactly as stored (bf16 matrices for Gather, uint8 MXFP4 halves)."""
+        spec = self.ckpt.spec(name)
+        dtype = ir.DataType.from_numpy(np.dtype(spec.dtype))
+        return self.b.lazy_initializer(name, dtype, spec.shape, lambda: self.ckpt.get(name))
+
+    def vector(self, name: str) -> ir.Value:
+        """A float32 tensor (norm scales, biases, sinks)."""
+        shape = self.ckpt.spec(name).shape
+        return self.b.lazy_initializer(name, FLOAT, shape, lambda: self.ckpt.get_f32(name))
+
+
+# ---- layers ---------------------------------------------------------------------------------------------------
+def linear(b: Builder, w: Weights, x: ir.Value, prefix: str, role: str, bias: bool = True) -> ir.Value:
+    """x @ W.T + bias with W [out, in] from `prefix.weight`."""
+    y = b.op("MatMul", x, w.matrix(f"{prefix}.weight", role=role), role=role)
+    return b.op("Add", y, w.vector(f"{prefix}.bias"), role=f"{role}/bias") if bias else y
+
+
+def rms_norm(b: Builder, cfg: ModelConfig, w: Weights, x: ir.Value, name: str, role: str) -> ir.Value:
+    """x * rsqrt(mean(x^2) + eps) * scale over the last axis, in float32 (standard RMSNormalization-23)."""
+    return b.op("RMSNormalization", x, w.vector(name), role=role, axis=-1, epsilon=cfg.rms_norm_eps)
+
+
+def rope_tables(b: Builder, cfg: ModelConfig, position_ids: ir.Value) -> tuple[ir.Value, ir.Value]:
+    """cos, sin [B,S,1,D/2] in float32: YaRN inverse frequencies times positions, times the attention factor.
+
+    transformers computes `inv_freq.float() @ position_ids.float()` then cos/sin * attention_scaling in fp32;
+    this is the same product, one multiply per element.
+    """
+    inv_freq, factor = yarn_inv_freq(cfg)
+    with b.scope("rope"):
+        pos = b.op("Cast", position_ids, role="positions", to=FLOAT)  # [B,S]
+        pos = b.op("Unsqueeze", pos, b.const([2, 3], np.int64, "axes_2_3"), role="positions_4d")  # [B,S,1,1]
+        freqs = b.op("Mul", pos, b.const(inv_freq.astype(np.float32), role="inv_freq"), role="freqs")  # [B,S,1,D/2]
+        scale = b.const(np.float32(factor), role="attention_factor")
+        cos = b.op("Mul", b.op("Cos", freqs, role="cos_raw"), scale, role="cos")
+        sin = b.op("Mul", b.op("Sin", freqs, role="sin_raw"), scale, role="sin")
+    return cos, sin
+
+
+def apply_rope(b: Builder, cfg: ModelConfig, x: ir.Value, cos: ir.Value, sin: ir.Value, role: str) -> ir.Value:
+    """Non-interleaved RoPE on x [B,S,heads*D]: halves (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)."""
+    D = cfg.head_dim
+    with b.scope(role):
+        heads = b.op("Reshape", x, b.const([0, 0, -1, D], np.int64, "shape_heads"), role="heads")  # [B,S,h,D]
+        x1, x2 = b.op("Split", heads, axis=-1, num_outputs=2, outputs=2, role="halves")  # [B,S,h,D/2] each
+        first = b.op("Sub", b.op("Mul", x1, cos, role="x1_cos"), b.op("Mul", x2, sin, role="x2_sin"), role="first")
+        second = b.op("Add", b.op("Mul", x2, cos, role="x2_cos"), b.op("Mul", x1, sin, role="x1_sin"), role="second")
+        out = b.op("Concat", first, second, axis=-1, role="concat")
+        return b.op("Reshape", out, b.const([0, 0, -1], np.int64, "shape_flat"), role="flat")  # [B,S,h*D]
+
+
+def attention(
+    b: Builder,
+    cfg: ModelConfig,
+    w: Weights,
+    layer: int,
+    x: ir.Value,
+    rope: tuple[ir.Value, ir.Value],
+    past: tuple[ir.Value, ir.Value],
+    attention_mask: ir.Value,
+) -> tuple[ir.Value, ir.Value, ir.Value]:
+    """Self-attention block on normed x [B,S,H] -> (out [B,S,H], present_key, present_value)."""
+    p = f"model.layers.{layer}.self_attn"
+    bias = cfg.attention_bias
+    with b.scope("attn"):
+        q = apply_rope(b, cfg, linear(b, w, x, f"{p}.q_proj", "q_proj", bias), *rope, role="q_rope")
+        k = apply_rope(b, cfg, linear(b, w, x, f"{p}.k_proj", "k_proj", bias), *rope, role="k_rope")
+        v = linear(b, w, x, f"{p}.v_proj", "v_proj", bias)
+        out, present_k, present_v = b.op(
+            "Attention", q, k, v, *past, attention_mask, w.vector(f"{p}.sinks"),
+            role="attention", domain=DOMAIN, outputs=3,
+            num_heads=cfg.num_attention_heads, kv_num_heads=cfg.num_key_value_heads,
+            scale=float(cfg.head_dim**-0.5), window=cfg.window(layer),
+        )  # out [B,S,Hq*D], present [B,Hkv,P+S,D]
+        return linear(b, w, out, f"{p}.o_proj", "o_proj", bias), present_k, present_v
+
+
+def moe(b: Builder, cfg: ModelConfig, w: Weights, layer: int, x: ir.Value) -> ir.Value:
+    """Router + top-k MXFP4 experts on normed x [B,S,H] -> [B,S,H] (tokens flattened to [T,H] for the op)."""
+    p = f"model.layers.{layer}.mlp"
+    H, E = cfg.hidden_size, cfg.num_experts
+    with b.scope("moe"):
+        logits = linear(b, w, x, f"{p}.router", "router")  # [B,S,E]
+        tokens = b.op("Reshape", x, b.const([-1, H], np.int64, "shape_tokens"), role="tokens")  # [T,H]
+        logits = b.op("Reshape", logits, b.const([-1, E], np.int64, "shape_router"), role="router_logits")
+        e = f"{p}.experts"
+        y = b.op(
+            "MoEMXFP4", tokens, logits,
+            w.stored(f"{e}.gate_up_proj_blocks"), w.stored(f"{e}.gate_up_proj_scales"), w.vector(f"{e}.gate_up_proj_bias"),
+            w.stored(f"{e}.down_proj_blocks"), w.stored(f"{e}.down_proj_scales"), w.vector(f"{e}.down_proj_bias"),
+            role="experts", domain=DOMAIN,
+            k=cfg.experts_per_token, normalize_routing_weights=1, swiglu_interleaved=1,
+            swiglu_limit=float(cfg.swiglu_limit), activation_alpha=float(cfg.swiglu_alpha), activation_beta=1.0,
+        )  # [T,H]
+        return b.op("Reshape", y, b.op("Shape", x, role="shape_in"), role="unflatten")  # [B,S,H]
+
+
+def decoder_layer(b, cfg, w, layer, x, rope, past, attention_mask) -> tuple[ir.Value, ir.Value, ir.Value]:
+    """x [B,S,H] -> (x after the layer, present_key, present_value)."""
+    p = f"model.layers.{layer}"
+    with b.scope(f"layers.{layer}"):
+        n = rms_norm(b, cfg, w, x, f"{p}.input_layernorm.weight", "input_norm")
+        a, present_k, present_v = attention(b, cfg, w, layer, n, rope, past, attention_mask)
+        x = b.op("Add", x, a, role="attn_residual")
+        n = rms_norm(b, cfg, w, x, f"{p}.post_attention_layernorm.weight", "post_attn_norm")
+        x = b.op("Add", x, moe(b, cfg, w, layer, n), role="moe_residual")
+    return x, present_k, present_v
+
+
+def build(ckpt, *, dense: str = "bfloat16", hidden_states: bool = False) -> tuple[Builder, list, list]:
+    """The whole portable graph: (builder with nodes/initializers, graph inputs, graph outputs)."""
+    cfg: ModelConfig = ckpt.config
+    b = Builder()
+    b.use_domain(DOMAIN, DOMAIN_VERSION)
+    w = Weights(b, ckpt, dense)
+    L, Hkv, D, V, H = cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, cfg.vocab_size, cfg.hidden_size
+    io = IONames(L)
+
+    input_ids = tensor_value("input_ids", INT64, [BATCH, SEQ])
+    attention_mask = tensor_value("attention_mask", INT64, [BATCH, TOTAL])
+    position_ids = tensor_value("position_ids", INT64, [BATCH, SEQ])
+    pasts = [tuple(tensor_value(n, FLOAT, [BATCH, Hkv, PAST, D]) for n in io.past(i)) for i in range(L)]
+
+    with b.scope("embed"):
+        x = b.op("Gather", w.stored("model.embed_tokens.weight"), input_ids, role="gather", axis=0)  # [B,S,H]
+        x = b.op("Cast", x, role="to_float", to=FLOAT)  # bf16 rows only: the table stays as stored
+    rope = rope_tables(b, cfg, position_ids)
+
+    presents, hidden = [], []
+    for i in range(L):
+        x, pk, pv = decoder_layer(b, cfg, w, i, x, rope, pasts[i], attention_mask)
+        presents += [set_output(v, n, FLOAT, [BATCH, Hkv, TOTAL, D]) for v, n in zip((pk, pv), io.present(i))]
+        if hidden_states:
+            # The residual also feeds the next layer; an Identity gives the output its own name.
+            with b.scope(f"layers.{i}"):
+                hidden.append(set_output(b.op("Identity", x, role="hidden"), f"hidden_states.{i}", FLOAT, [BATCH, SEQ, H]))
+
+    with b.scope("final"):
+        x = rms_norm(b, cfg, w, x, "model.norm.weight", "norm")
+    head = "lm_head.weight" if "lm_head.weight" in set(ckpt.names()) else "model.embed_tokens.weight"  # tied
+    with b.scope("lm_head"):
+        logits = b.op("MatMul", x, w.matrix(head, role="matmul", as_name="lm_head.weight"), role="matmul")
+    logits = set_output(logits, "logits", FLOAT, [BATCH, SEQ, V])
+
+    inputs = [input_ids, attention_mask, position_ids, *(v for pair in pasts for v in pair)]
+    return b, inputs, [logits, *presents, *hidden]
