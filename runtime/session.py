@@ -1,0 +1,172 @@
+"""Step models for generation: one forward call with a KV cache, on ONNX Runtime or any `infer(feeds)` runner.
+
+    step(input_ids [B,S], attention_mask [B,P+S], position_ids [B,S], cache(P)) -> logits [B,S,V], cache(P+S)
+
+`OrtStepModel` keeps the cache in ORT values on the session's device: each step binds the presents as outputs
+(allocated by ORT on the device) and binds them as the next step's past inputs, so the cache is never copied
+to host memory. Only the logits come back to numpy.
+
+`InferStepModel` wraps anything with `infer(feeds) -> dict` (the NumPy reference model, onnx.reference over the
+graph, or an OrtRunner) and keeps the cache as numpy arrays.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from mxport.errors import MxportError
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+_PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
+
+
+@dataclass(frozen=True)
+class CacheShape:
+    """What an empty cache looks like: per layer key and value [B, kv_heads, 0, head_dim]."""
+
+    num_layers: int
+    kv_heads: int
+    head_dim: int
+
+
+class StepModel(Protocol):
+    cache_shape: CacheShape
+
+    def new_cache(self, batch: int) -> Any: ...
+
+    def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
+             cache: Any) -> tuple[np.ndarray, Any]: ...
+
+
+def read_export_meta(folder: str | Path) -> dict[str, Any]:
+    """mxport.json of an exported folder ({} when the folder has none)."""
+    path = Path(folder) / "mxport.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MxportError(f"{path}: not valid JSON ({exc})") from None
+
+
+def resolve_provider(provider: str | None) -> str:
+    """'cpu' | 'cuda' | 'auto' | a full ORT provider name -> an available ORT provider name, else MxportError."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    wanted = (provider or "cpu").strip()
+    if wanted.lower() == "auto":
+        return PROVIDERS["cuda"] if PROVIDERS["cuda"] in available else PROVIDERS["cpu"]
+    name = PROVIDERS.get(wanted.lower(), wanted)
+    if name not in available:
+        raise MxportError(
+            f"--provider {wanted!r}: {name} is not available in this onnxruntime build; "
+            f"available: {', '.join(available)}"
+        )
+    return name
+
+
+class OrtStepModel:
+    """An ORT InferenceSession over model.onnx with the KV cache kept in ORT values (IOBinding)."""
+
+    def __init__(self, model_path: str | Path, provider: str | None = "cpu",
+                 session_options: Any = None) -> None:
+        import onnxruntime as ort
+
+        path = Path(model_path)
+        if path.is_dir():
+            path = path / "model.onnx"
+        if not path.is_file():
+            raise MxportError(f"{path}: model file not found (expected an exported folder with model.onnx)")
+        self.provider = resolve_provider(provider)
+        self.device = "cuda" if self.provider == PROVIDERS["cuda"] else "cpu"
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=session_options, providers=[self.provider])
+        except Exception as exc:  # ORT raises its own exception types (InvalidGraph, Fail, ...)
+            raise MxportError(f"{path}: onnxruntime cannot load the model ({exc})") from None
+        self.path = path
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        self.input_names = list(inputs)
+        self.past_names, self.present_names = _cache_names(list(inputs), [o.name for o in self.session.get_outputs()],
+                                                           str(path))
+        key0 = inputs[self.past_names[0]].shape if self.past_names else [None, 1, None, 1]
+        kv_heads, head_dim = key0[1], key0[3]
+        if not isinstance(kv_heads, int) or not isinstance(head_dim, int):
+            raise MxportError(f"{path}: {self.past_names[0]} needs static kv_heads and head_dim, found shape {key0}")
+        self.cache_shape = CacheShape(len(self.past_names) // 2, kv_heads, head_dim)
+        self._ort = ort
+
+    def new_cache(self, batch: int) -> list[Any]:
+        empty = np.zeros((batch, self.cache_shape.kv_heads, 0, self.cache_shape.head_dim), np.float32)
+        value = self._ort.OrtValue.ortvalue_from_numpy(empty, self.device, 0)
+        return [value] * len(self.past_names)
+
+    def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
+             cache: list[Any]) -> tuple[np.ndarray, list[Any]]:
+        io = self.session.io_binding()
+        io.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, np.int64))
+        io.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask, np.int64))
+        if "position_ids" in self.input_names:
+            io.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, np.int64))
+        for name, value in zip(self.past_names, cache):
+            io.bind_ortvalue_input(name, value)
+        io.bind_output("logits", "cpu")
+        for name in self.present_names:
+            io.bind_output(name, self.device, 0)  # allocated by ORT on the device, fed back next step
+        self.session.run_with_iobinding(io)
+        outputs = io.get_outputs()
+        logits = outputs[0].numpy()
+        return logits, list(outputs[1:])
+
+
+class InferStepModel:
+    """Any runner with infer(feeds) -> dict (model I/O names of ARCHITECTURE.md); the cache is numpy."""
+
+    def __init__(self, runner: Any, cache_shape: CacheShape) -> None:
+        if not hasattr(runner, "infer"):
+            raise TypeError(f"{type(runner).__name__} has no infer(feeds) method")
+        self.runner = runner
+        self.cache_shape = cache_shape
+
+    def new_cache(self, batch: int) -> list[np.ndarray]:
+        c = self.cache_shape
+        empty = np.zeros((batch, c.kv_heads, 0, c.head_dim), np.float32)
+        return [empty] * (2 * c.num_layers)
+
+    def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
+             cache: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        feeds = {
+            "input_ids": np.asarray(input_ids, np.int64),
+            "attention_mask": np.asarray(attention_mask, np.int64),
+            "position_ids": np.asarray(position_ids, np.int64),
+        }
+        for i in range(self.cache_shape.num_layers):
+            feeds[f"past_key_values.{i}.key"] = cache[2 * i]
+            feeds[f"past_key_values.{i}.value"] = cache[2 * i + 1]
+        out = self.runner.infer(feeds)
+        presents = []
+        for i in range(self.cache_shape.num_layers):
+            presents += [np.asarray(out[f"present.{i}.key"]), np.asarray(out[f"present.{i}.value"])]
+        return np.asarray(out["logits"], np.float32), presents
+
+
+def _cache_names(inputs: list[str], outputs: list[str], where: str) -> tuple[list[str], list[str]]:
+    """past_key_values.{i}.key/value inputs and present.{i}.key/value outputs, in layer order, checked to pair."""
+    layers = sorted({int(m.group(1)) for n in inputs if (m := _PAST.match(n))})
+    past = [f"past_key_values.{i}.{kv}" for i in layers for kv in ("key", "value")]
+    present = [f"present.{i}.{kv}" for i in layers for kv in ("key", "value")]
+    missing = [n for n in past if n not in inputs] + [n for n in present if n not in outputs]
+    if "logits" not in outputs:
+        missing.append("logits")
+    for name in ("input_ids", "attention_mask"):
+        if name not in inputs:
+            missing.append(name)
+    if layers != list(range(len(layers))) or missing:
+        raise MxportError(f"{where}: graph does not follow the model I/O contract; missing {missing or layers}")
+    return past, present
