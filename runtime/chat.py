@@ -1,0 +1,132 @@
+"""`mxport chat OUT`: harmony chat with an exported gpt-oss folder (interactive on a terminal, one-shot from stdin).
+
+ChatSession keeps the history: each turn renders system + developer + earlier turns (their analysis dropped, their
+`<|return|>` written as `<|end|>`) + the user message + `<|start|>assistant`, generates until `<|return|>` or
+`<|call|>` (or an eos id), and streams the reply's channels as they are decoded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from mxport.errors import MxportError
+from mxport.runtime.generate import GenerationConfig, Generator
+from mxport.runtime.harmony import REASONING_EFFORTS, Harmony, Message, Reply, StreamParser, SystemContent
+
+
+class ChatSession:
+    """A harmony conversation over a Generator (its tokenizer must have the harmony special tokens)."""
+
+    def __init__(self, generator: Generator, system: SystemContent | None = None, developer: str | None = None) -> None:
+        if generator.tokenizer is None:
+            raise MxportError(f"{generator.name}: chat needs a tokenizer (tokenizer.json in the exported folder)")
+        self.generator = generator
+        self.harmony = Harmony(generator.tokenizer)
+        self.system = system or SystemContent()
+        self.developer = developer
+        self.messages: list[Message] = []
+        self.last_prompt_ids: list[int] = []
+        self.last_token_count = 0
+
+    def prompt_ids(self, user_text: str) -> list[int]:
+        return self.harmony.render_ids([*self.messages, Message("user", user_text)], self.system, self.developer)
+
+    def send(self, user_text: str, config: GenerationConfig | None = None,
+             on_delta: Callable[[str | None, str], None] | None = None, **options) -> Reply:
+        """One turn: returns the parsed reply; on_delta(channel, text) gets content as it is decoded."""
+        ids = self.prompt_ids(user_text)
+        stops = tuple(dict.fromkeys([*self.harmony.stop_token_ids, *self.generator.eos_token_ids]))
+        options.setdefault("stop_token_ids", stops)
+        parser = StreamParser(self.harmony)
+        self.last_prompt_ids, self.last_token_count = ids, 0
+        for delta in self.generator.stream(ids, config, **options):
+            self.last_token_count += 1
+            channel, text = parser.add(delta.token_id)
+            if text and on_delta is not None:
+                on_delta(channel, text)
+        reply = parser.reply()
+        self.messages.append(Message("user", user_text))
+        self.messages.extend(self.harmony.to_history(reply))
+        return reply
+
+
+# ---- CLI ----------------------------------------------------------------------------------------------------------
+
+def add_generation_options(parser: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
+    """Options shared by `run` and `chat`."""
+    g = parser.add_argument_group("generation")
+    g.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="tokens to generate at most")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    g.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0 = all)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0 = all)")
+    g.add_argument("--seed", type=int, default=None, help="seed of the sampler (same seed, same text)")
+    g.add_argument("--provider", default="cpu", help="onnxruntime provider: cpu, cuda, auto or a full name")
+    g.add_argument("--backend", default="ort", choices=("ort", "numpy"),
+                   help="ort = ONNX Runtime; numpy = onnx.reference over the graph / the NumPy reference model")
+    g.add_argument("--max-context", type=int, default=None, help="context limit (default max_position_embeddings)")
+
+
+def generation_config(args: argparse.Namespace, **extra) -> GenerationConfig:
+    from mxport.runtime.sampling import SamplingConfig
+
+    if args.max_context is not None and args.max_context < 1:
+        raise MxportError(f"--max-context must be >= 1, found {args.max_context}")
+    sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)
+    return GenerationConfig(max_new_tokens=args.max_new_tokens, sampling=sampling, **extra)
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("folder", help="exported folder (model.onnx, mxport.json, tokenizer.json)")
+    parser.add_argument("--reasoning", default="medium", choices=REASONING_EFFORTS, help="reasoning effort")
+    parser.add_argument("--show-analysis", action="store_true", help="print the analysis channel too")
+    parser.add_argument("--system", default=None, help="model identity line of the system message")
+    parser.add_argument("--developer", default=None, help="developer instructions (the usual 'system prompt')")
+    parser.add_argument("--date", default=None, help="current date in the system message (default today)")
+    add_generation_options(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = generation_config(args)  # checks the options before the model loads
+    generator = Generator.from_folder(args.folder, backend=args.backend, provider=args.provider,
+                                      max_context=args.max_context)
+    system = SystemContent(reasoning=args.reasoning, current_date=args.date,
+                           **({"identity": args.system} if args.system else {}))
+    chat = ChatSession(generator, system, args.developer)
+    interactive = sys.stdin.isatty()
+    if not interactive:
+        text = sys.stdin.read().strip()
+        if not text:
+            raise MxportError("chat: stdin is empty (pipe a message in, or run on a terminal)")
+        _turn(chat, text, config, args.show_analysis)
+        return 0
+    print(f"mxport chat — {generator.name}; empty line or Ctrl-D to quit", file=sys.stderr)
+    while True:
+        try:
+            text = input("> ").strip()
+        except EOFError:
+            print()
+            return 0
+        if not text:
+            return 0
+        _turn(chat, text, config, args.show_analysis)
+
+
+def _turn(chat: ChatSession, text: str, config: GenerationConfig, show_analysis: bool) -> Reply:
+    state = {"channel": None}
+
+    def on_delta(channel: str | None, delta: str) -> None:
+        if channel == "analysis" and not show_analysis:
+            return
+        if channel != state["channel"] and show_analysis:
+            sys.stdout.write(f"\n[{channel or 'no channel'}] ")
+            state["channel"] = channel
+        sys.stdout.write(delta)
+        sys.stdout.flush()
+
+    reply = chat.send(text, config, on_delta=on_delta)
+    sys.stdout.write("\n")
+    for call in reply.tool_calls:
+        print(f"[tool call -> {call.recipient}] {call.content}")
+    return reply

@@ -1,0 +1,250 @@
+"""The harmony chat format of gpt-oss: render a conversation to token ids, parse the reply back into messages.
+
+    <|start|>system<|message|>{identity}\\nKnowledge cutoff: ..\\nCurrent date: ..\\n\\nReasoning: medium\\n\\n
+        # Valid channels: analysis, commentary, final. Channel must be included for every message.<|end|>
+    <|start|>developer<|message|># Instructions\\n\\n{instructions}<|end|>           (optional)
+    <|start|>user<|message|>{text}<|end|>
+    <|start|>assistant<|channel|>final<|message|>{text}<|end|>                      (history: <|return|> -> <|end|>)
+    <|start|>assistant                                                              (the prompt ends here)
+
+The reply: <|channel|>analysis<|message|>..<|end|><|start|>assistant<|channel|>final<|message|>..<|return|>
+or a tool call: <|channel|>commentary to=functions.f <|constrain|>json<|message|>{..}<|call|>.
+Special token ids always come from the tokenizer (token_to_id), never from constants: a tiny model's tokenizer
+puts them inside its small vocab.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+
+from mxport.errors import MxportError
+from mxport.runtime.tokenizer import IncrementalDecoder, Tokenizer
+
+IDENTITY = "You are ChatGPT, a large language model trained by OpenAI."
+KNOWLEDGE_CUTOFF = "2024-06"
+REASONING_EFFORTS = ("low", "medium", "high")
+CHANNELS = ("analysis", "commentary", "final")
+SPECIALS = ("<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>", "<|return|>", "<|call|>")
+
+
+@dataclass(frozen=True)
+class Message:
+    """One harmony message. recipient is a tool ('functions.get_weather') for calls; author names a tool reply."""
+
+    role: str  # system | developer | user | assistant | tool
+    content: str
+    channel: str | None = None
+    recipient: str | None = None
+    content_type: str | None = None  # after <|constrain|>, e.g. 'json'
+    author: str | None = None  # tool messages: 'functions.get_weather'
+
+
+@dataclass(frozen=True)
+class SystemContent:
+    reasoning: str = "medium"
+    current_date: str | None = None  # YYYY-MM-DD; None = today (UTC)
+    knowledge_cutoff: str = KNOWLEDGE_CUTOFF
+    identity: str = IDENTITY
+    channels: tuple[str, ...] = CHANNELS
+    function_tools: bool = False  # adds the "Calls to these tools must go to the commentary channel" line
+
+    def __post_init__(self) -> None:
+        if self.reasoning not in REASONING_EFFORTS:
+            raise MxportError(f"--reasoning {self.reasoning!r}: expected one of {', '.join(REASONING_EFFORTS)}")
+
+    def render(self) -> str:
+        date = self.current_date or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
+        text = (f"{self.identity}\nKnowledge cutoff: {self.knowledge_cutoff}\nCurrent date: {date}\n\n"
+                f"Reasoning: {self.reasoning}\n\n"
+                f"# Valid channels: {', '.join(self.channels)}. Channel must be included for every message.")
+        if self.function_tools:
+            text += "\nCalls to these tools must go to the commentary channel: 'functions'."
+        return text
+
+
+@dataclass
+class Reply:
+    """A parsed assistant reply."""
+
+    messages: list[Message]
+    stop: str | None = None  # "return" | "call" | None (cut off by length)
+
+    def channel_text(self, channel: str) -> str:
+        return "".join(m.content for m in self.messages if m.channel == channel and m.recipient is None)
+
+    @property
+    def final(self) -> str:
+        return self.channel_text("final")
+
+    @property
+    def analysis(self) -> str:
+        return self.channel_text("analysis")
+
+    @property
+    def tool_calls(self) -> list[Message]:
+        return [m for m in self.messages if m.recipient is not None]
+
+
+# ---- rendering ----------------------------------------------------------------------------------------------------
+
+def render_message(m: Message, end: str = "<|end|>") -> str:
+    """'<|start|>{role}[ to=..][<|channel|>{channel}][ to={recipient}][ <|constrain|>{type}]<|message|>{content}{end}'"""
+    head = m.author or m.role
+    if m.role == "tool":  # a tool's answer: '<|start|>functions.f to=assistant<|channel|>commentary<|message|>'
+        head += f" to={m.recipient or 'assistant'}"
+    if m.channel:
+        head += f"<|channel|>{m.channel}"
+    if m.recipient and m.role != "tool":  # a call: 'assistant<|channel|>commentary to=functions.f'
+        head += f" to={m.recipient}"
+    if m.content_type:
+        head += f" <|constrain|>{m.content_type}"
+    return f"<|start|>{head}<|message|>{m.content}{end}"
+
+
+def history(messages: Sequence[Message]) -> list[Message]:
+    """Drop the analysis of turns that ended in a final answer (kept while a tool call is still open)."""
+    out = []
+    for i, m in enumerate(messages):
+        later_final = any(n.role == "assistant" and n.channel == "final" for n in messages[i + 1:])
+        if m.role == "assistant" and m.channel == "analysis" and later_final:
+            continue
+        out.append(m)
+    return out
+
+
+def render_conversation(messages: Sequence[Message], system: SystemContent | None = None,
+                        developer: str | None = None, *, for_completion: bool = True) -> str:
+    """The prompt string (with special tokens spelled out) ending with `<|start|>assistant`."""
+    system = system or SystemContent()
+    parts = [render_message(Message("system", system.render()))]
+    if developer:
+        parts.append(render_message(Message("developer", f"# Instructions\n\n{developer}")))
+    for m in history(messages):
+        if m.role in ("system", "developer"):
+            raise MxportError(f"harmony: pass {m.role} text as system=/developer=, not as a message")
+        call = m.role == "assistant" and m.recipient is not None
+        parts.append(render_message(m, "<|call|>" if call else "<|end|>"))
+    if for_completion:
+        parts.append("<|start|>assistant")
+    return "".join(parts)
+
+
+class Harmony:
+    """Harmony over one tokenizer: ids of its special tokens, rendering to ids and parsing of reply ids."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.ids = {name: tokenizer.require(name) for name in SPECIALS}
+        self.names = {v: k for k, v in self.ids.items()}
+
+    @property
+    def stop_token_ids(self) -> tuple[int, ...]:
+        return (self.ids["<|return|>"], self.ids["<|call|>"])
+
+    def render_ids(self, messages: Sequence[Message], system: SystemContent | None = None,
+                   developer: str | None = None) -> list[int]:
+        return self.tokenizer.encode(render_conversation(messages, system, developer))
+
+    def parse(self, token_ids: Iterable[int], stop_token_id: int | None = None) -> Reply:
+        """Reply tokens (after the prompt's `<|start|>assistant`) -> messages. Lenient: a model that breaks the
+        format still gives a Reply (text outside any message header lands in a message with channel None)."""
+        parser = StreamParser(self)
+        for t in token_ids:
+            parser.add(t)
+        if stop_token_id is not None:
+            parser.add(stop_token_id)
+        return parser.reply()
+
+    def to_history(self, reply: Reply) -> list[Message]:
+        """The reply's messages as they go into the next prompt (the renderer turns <|return|> into <|end|>)."""
+        return [replace(m, role="assistant") for m in reply.messages]
+
+
+@dataclass
+class _Open:
+    header: list[int] = field(default_factory=list)
+    content: list[int] = field(default_factory=list)
+    in_content: bool = False
+
+
+class StreamParser:
+    """Token-by-token harmony parsing. add(id) returns (channel, text delta) of message content, for streaming."""
+
+    def __init__(self, harmony: Harmony, role: str = "assistant") -> None:
+        self.h = harmony
+        self.messages: list[Message] = []
+        self.stop: str | None = None
+        self._role = role
+        self._cur = _Open()
+        self._started_with_start = False
+        self._header: dict = {}
+        self._decoder: IncrementalDecoder | None = None
+
+    def add(self, token_id: int) -> tuple[str | None, str]:
+        ids = self.h.ids
+        t = int(token_id)
+        if self.stop is not None:
+            return None, ""
+        if t == ids["<|start|>"]:
+            self._close()
+            self._started_with_start = True
+            return None, ""
+        if t in (ids["<|end|>"], ids["<|return|>"], ids["<|call|>"]):
+            channel = self._header.get("channel")
+            tail = self._decoder.flush() if self._decoder else ""
+            self._close()
+            if t == ids["<|return|>"]:
+                self.stop = "return"
+            elif t == ids["<|call|>"]:
+                self.stop = "call"
+            return channel, tail
+        if not self._cur.in_content:
+            if t == ids["<|message|>"]:
+                self._header = self._parse_header(self._cur.header)
+                self._cur.in_content = True
+                self._decoder = self.h.tokenizer.incremental()
+                return self._header.get("channel"), ""
+            self._cur.header.append(t)
+            return None, ""
+        self._cur.content.append(t)
+        return self._header.get("channel"), self._decoder.add(t)
+
+    def reply(self) -> Reply:
+        if self.stop is None:
+            self._close()
+        return Reply(list(self.messages), self.stop)
+
+    def _parse_header(self, header_ids: list[int]) -> dict:
+        """'assistant<|channel|>commentary to=functions.f <|constrain|>json' -> role, channel, recipient, type."""
+        text = self.h.tokenizer.decode(header_ids)
+        role_part, _, rest = text.partition("<|channel|>")
+        channel_part, _, ctype = rest.partition("<|constrain|>")
+        if "<|constrain|>" in role_part:
+            role_part, _, ctype = role_part.partition("<|constrain|>")
+        out = {"role": self._role, "channel": None, "recipient": None, "content_type": ctype.strip() or None}
+        words = role_part.split()
+        if self._started_with_start and words and not words[0].startswith("to="):
+            out["role"] = words.pop(0)
+        for part in (words, channel_part.split()):
+            for w in part:
+                if w.startswith("to="):
+                    out["recipient"] = w[3:]
+                elif part is not words and out["channel"] is None:
+                    out["channel"] = w
+        return out
+
+    def _close(self) -> None:
+        cur = self._cur
+        if cur.in_content or cur.header:
+            if cur.in_content:
+                content = self.h.tokenizer.decode(cur.content)
+                head = self._header
+            else:  # text without a <|message|>: keep it as channel-less content
+                content, head = self.h.tokenizer.decode(cur.header), {"role": self._role}
+            role = head.get("role") or self._role
+            self.messages.append(Message("assistant" if role == "assistant" else role, content,
+                                         head.get("channel"), head.get("recipient"), head.get("content_type")))
+        self._cur, self._header, self._decoder = _Open(), {}, None
+        self._started_with_start = False
