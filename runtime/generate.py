@@ -364,7 +364,7 @@ def _reference_model_runner(folder: Path):
         from mxport.exporter.checkpoint import open_checkpoint
 
         return ReferenceModel(open_checkpoint(folder))
-    return ReferenceModelRunner(folder)
+    return ReferenceModelRunner(folder, hidden_states=False)
 
 
 class _OnnxReference:
