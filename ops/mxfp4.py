@@ -33,6 +33,9 @@ FP4_VALUES = np.array(
 HF_SUFFIXES = ("_blocks", "_scales")  # model.layers.N.mlp.experts.gate_up_proj_blocks / _scales
 ORIGINAL_SUFFIXES = (".blocks", ".scales")  # block.N.mlp.mlp1_weight.blocks / .scales
 
+# Rounding boundaries between neighbouring non-negative E2M1 values (0.25, 0.75, ..., 5).
+_E2M1_MIDPOINTS = (FP4_VALUES[1:8] + FP4_VALUES[0:7]) / 2
+
 FLOAT4 = ml_dtypes.float4_e2m1fn
 FLOAT8_E8M0 = ml_dtypes.float8_e8m0fnu
 BFLOAT16 = ml_dtypes.bfloat16
@@ -89,21 +92,33 @@ def encode(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     OCP MX v1.0: shared exponent X = floor(log2(amax)) - 2 per block, clamped to E8M0's range [-127, 127];
     each element v / 2^X rounds to the nearest E2M1 value (ties to even mantissa) and saturates at +-6.
     An all-zero block gets scale byte 0 (2^-127). NaN inputs are not representable in E2M1 and raise.
+
+    float32 (and narrower float) inputs are scaled in float32, where v / 2^X is exact; other inputs in float64,
+    rounded once to float32 for ml_dtypes' E2M1 cast, with the one double-rounding case (a float64 value that
+    lands exactly on an E2M1 midpoint in float32) nudged back to its side of the midpoint.
     """
-    v = np.asarray(values, dtype=np.float64)
+    v = np.asarray(values)
+    work = np.float32 if v.dtype.kind == "f" and v.dtype.itemsize <= 4 else np.float64
+    v = v.astype(work, copy=False)
     if v.shape[-1] % BLOCK_SIZE:
         raise ValueError(f"encode: last dimension {v.shape[-1]} is not a multiple of {BLOCK_SIZE}")
     if not np.isfinite(v).all():
         raise ValueError("encode: values must be finite (E2M1 has no NaN or infinity)")
     v = v.reshape(v.shape[:-1] + (v.shape[-1] // BLOCK_SIZE, BLOCK_SIZE))
     amax = np.abs(v).max(axis=-1)
-    with np.errstate(divide="ignore"):
-        X = np.floor(np.log2(np.where(amax > 0, amax, 1.0))) - E2M1_EMAX
-    X = np.where(amax > 0, X, -E8M0_BIAS)
+    _, e = np.frexp(amax)  # amax = m * 2^e with m in [0.5, 1), so floor(log2(amax)) = e - 1
+    X = np.where(amax > 0, e - 1 - E2M1_EMAX, -E8M0_BIAS)
     X = np.clip(X, -E8M0_BIAS, E8M0_BIAS).astype(np.int32)
-    scaled = np.clip(np.ldexp(v, -X[..., None]), -E2M1_MAX, E2M1_MAX)
+    # 2^-X is a power of two within float32's normal range, so the product is exact (|v / 2^X| < 8).
+    scaled = v * np.ldexp(work(1.0), -X)[..., None]
+    np.clip(scaled, work(-E2M1_MAX), work(E2M1_MAX), out=scaled)  # saturate
+    s32 = scaled.astype(np.float32, copy=False)
+    if work is np.float64:
+        off_tie = (s32 != scaled) & np.isin(np.abs(s32), _E2M1_MIDPOINTS)
+        toward = np.where(scaled[off_tie] > s32[off_tie], np.float32(np.inf), np.float32(-np.inf))
+        s32[off_tie] = np.nextafter(s32[off_tie], toward)
     # ml_dtypes rounds to nearest, ties to even, as the spec asks; its code is the low nibble of the byte.
-    codes = scaled.astype(np.float32).astype(FLOAT4).view(np.uint8) & 0x0F
+    codes = s32.astype(FLOAT4).view(np.uint8) & 0x0F
     return pack_codes(codes), (X + E8M0_BIAS).astype(np.uint8)
 
 

@@ -1,0 +1,373 @@
+"""Synthetic gpt-oss checkpoints: deterministic random weights in the published layouts, written tensor by tensor.
+
+    write_checkpoint("ckpt", PRESETS["tiny"], layout="hf", seed=0)       # config.json + model.safetensors
+    mxport synth --preset mini --layout original -o ckpt [--seed S] [--list] [--force]
+
+Every canonical tensor draws from its own generator, seeded by (seed, canonical name), in row chunks whose size
+depends only on the tensor's shape. So the HF and original layouts (and any sharding) hold the same weights for
+the same seed, and no more than one chunk (~4M values) of float data is alive at a time:
+
+    Gaussian float32 chunk --(bf16)--------------------------------> dense tensor bytes at their offset
+                           --(ops.mxfp4.encode)--> blocks, scales -> both tensors' bytes at their offsets
+                           --(encode, decode, transpose)-----------> dense experts (bf16, input-major)
+
+The safetensors files are written by `SafetensorsWriter`: header first (offsets known from the config), then
+each tensor's bytes written at its offset, so nothing needs the whole checkpoint (or a whole tensor) in memory.
+Output is atomic: everything goes to a temporary sibling folder that is renamed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import struct
+import sys
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from mxport.errors import MxportError
+from mxport.exporter.checkpoint import (
+    INDEX_FILE,
+    Expected,
+    original_sources,
+    expected_tensors,
+    stored_tensors,
+)
+from mxport.exporter.config import FULL, SLIDING, ModelConfig
+from mxport.ops import mxfp4
+
+CHUNK_VALUES = 1 << 22  # float values generated per step (16 MB as float32)
+DEFAULT_SHARD_BYTES = 5 * 10**9  # the published gpt-oss repos use ~5 GB shards
+
+PRESETS: dict[str, ModelConfig] = {
+    # seconds to write and run; small window so sliding attention matters on short prompts
+    "tiny": ModelConfig(
+        vocab_size=512, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, num_experts=8, experts_per_token=2, sliding_window=8,
+        max_position_embeddings=4096, eos_token_ids=(2,), pad_token_id=0,
+    ),
+    # ~0.57 GB: big enough for timing and memory checks, small enough for CI
+    "mini": ModelConfig(
+        vocab_size=32000, hidden_size=1024, intermediate_size=1024, num_hidden_layers=8, num_attention_heads=16,
+        num_key_value_heads=4, head_dim=64, num_experts=32, experts_per_token=4, sliding_window=128,
+        eos_token_ids=(2,), pad_token_id=0,
+    ),
+    # the published shapes (ModelConfig's defaults are gpt-oss-20b)
+    "gpt-oss-20b": ModelConfig(),
+    "gpt-oss-120b": ModelConfig(num_hidden_layers=36, num_experts=128),
+}
+assert PRESETS["tiny"].layer_types == (SLIDING, FULL)
+
+
+# ---- how each tensor is initialised ------------------------------------------------------------------------------
+def init_std_mean(name: str, cfg: ModelConfig) -> tuple[float, float]:
+    """(std, mean) of the Gaussian a canonical tensor is drawn from: sensible magnitudes, norms around 1."""
+    H, I = cfg.hidden_size, cfg.intermediate_size
+    attn = cfg.num_attention_heads * cfg.head_dim
+    if name.endswith("norm.weight"):
+        return 0.1, 1.0
+    if name.endswith("sinks"):
+        return 0.5, 0.0
+    if name.endswith("bias"):
+        return 0.02, 0.0
+    if name.endswith(("embed_tokens.weight", "lm_head.weight")):
+        return 0.02, 0.0
+    if "o_proj" in name:
+        return 1.0 / np.sqrt(attn), 0.0
+    if "down_proj" in name:
+        return 1.0 / np.sqrt(I), 0.0
+    return 1.0 / np.sqrt(H), 0.0  # q, k, v, router, gate_up: fan_in H
+
+
+def _rng(seed: int, name: str) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+
+
+def gaussian_rows(name: str, shape: tuple[int, ...], cfg: ModelConfig, seed: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (first row, float32 chunk [rows, *shape[1:]]) covering the tensor; deterministic per (seed, name)."""
+    std, mean = init_std_mean(name, cfg)
+    rng = _rng(seed, name)
+    row_values = int(np.prod(shape[1:], dtype=np.int64))
+    step = max(1, CHUNK_VALUES // max(row_values, 1))
+    for start in range(0, shape[0], step):
+        rows = min(step, shape[0] - start)
+        chunk = rng.standard_normal((rows,) + tuple(shape[1:]), dtype=np.float32)
+        chunk *= np.float32(std)
+        chunk += np.float32(mean)
+        yield start, chunk
+
+
+def expert_weight_name(name: str) -> str:
+    """Canonical experts weight a stored tensor comes from: '...gate_up_proj' for '_blocks', '_scales' or dense."""
+    for suffix in mxfp4.HF_SUFFIXES:
+        name = name.removesuffix(suffix)
+    return name
+
+
+def expert_rows(name: str, cfg: ModelConfig, seed: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Out-major expert weight [E, R, C] (gate_up: R = 2I, C = H; down: R = H, C = I) as (expert, first row, chunk).
+
+    Both the MXFP4 and the dense variant are made from these values, so they hold the same numbers."""
+    E, H, I = cfg.num_experts, cfg.hidden_size, cfg.intermediate_size
+    R, C = (2 * I, H) if name.endswith("gate_up_proj") else (H, I)
+    std, _ = init_std_mean(name, cfg)
+    rng = _rng(seed, name)
+    step = max(1, CHUNK_VALUES // C)
+    for e in range(E):
+        for start in range(0, R, step):
+            rows = min(step, R - start)
+            chunk = rng.standard_normal((rows, C), dtype=np.float32)
+            chunk *= np.float32(std)
+            yield e, start, chunk
+
+
+# ---- streaming safetensors writer ---------------------------------------------------------------------------------
+_ST_NAME = {np.dtype(mxfp4.BFLOAT16): "BF16", np.dtype(np.uint8): "U8", np.dtype(np.float32): "F32"}
+
+
+class SafetensorsWriter:
+    """Write one .safetensors file without holding its tensors: header first, then bytes at known offsets.
+
+    Format (safetensors spec): 8-byte little-endian header length N, N bytes of JSON {name: {dtype, shape,
+    data_offsets [begin, end)}} (padded with spaces to a multiple of 8), then the tensors' bytes back to back.
+    `put` may be called in any order and in pieces; `close` checks that every byte of every tensor was written.
+    """
+
+    def __init__(self, path: Path, tensors: list[tuple[str, tuple[int, ...], np.dtype]], metadata: dict | None = None):
+        self.path = path
+        header: dict = {"__metadata__": metadata or {"format": "np"}}
+        self._offsets: dict[str, tuple[int, int]] = {}
+        pos = 0
+        for name, shape, dtype in tensors:
+            size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+            header[name] = {"dtype": _ST_NAME[np.dtype(dtype)], "shape": list(shape), "data_offsets": [pos, pos + size]}
+            self._offsets[name] = (pos, pos + size)
+            pos += size
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        self._base = 8 + len(raw)
+        self._written = dict.fromkeys(self._offsets, 0)
+        self._file = open(path, "wb")
+        self._file.write(struct.pack("<Q", len(raw)) + raw)
+        self._file.truncate(self._base + pos)
+
+    def put(self, name: str, array: np.ndarray, offset: int = 0) -> None:
+        """Write `array`'s bytes (C order) into tensor `name`, `offset` bytes from the tensor's start."""
+        begin, end = self._offsets[name]
+        data = np.ascontiguousarray(array)
+        if begin + offset + data.nbytes > end:
+            raise ValueError(f"{self.path}: {name}: write of {data.nbytes} bytes at {offset} overruns {end - begin}")
+        self._file.seek(self._base + begin + offset)
+        self._file.write(data.view(np.uint8).data if data.ndim else data.tobytes())
+        self._written[name] += data.nbytes
+
+    def close(self) -> None:
+        """Close the file (idempotent) and check that every tensor was completely written."""
+        self._file.close()
+        short = {n: (w, e - b) for n, w in self._written.items() for b, e in [self._offsets[n]] if w != e - b}
+        if short:
+            raise RuntimeError(f"{self.path}: tensors not completely written (written, size): {short}")
+
+
+# ---- planning: stored tensors, dtypes, shards ---------------------------------------------------------------------
+def stored_plan(cfg: ModelConfig, layout: str) -> list[tuple[str, tuple[int, ...], np.dtype]]:
+    """(stored name, shape, dtype) of every tensor the layout stores: bf16 dense, uint8 MXFP4 halves."""
+    if layout not in ("hf", "original"):
+        raise MxportError(f"layout {layout!r} is not supported (expected 'hf' or 'original')")
+    if layout == "original" and not cfg.experts_mxfp4:
+        raise MxportError("the original layout stores MXFP4 experts only (dense experts need layout='hf')")
+    bf16, u8 = np.dtype(mxfp4.BFLOAT16), np.dtype(np.uint8)
+    return [(e.name, e.shape, u8 if e.packed else bf16) for e in stored_tensors(cfg, layout)]
+
+
+def shard_plan(plan: list, max_shard_bytes: int | None) -> list[list]:
+    """Split the plan greedily, in order, into shards of at most max_shard_bytes (a bigger tensor gets its own)."""
+    if not max_shard_bytes:
+        return [plan]
+    shards: list[list] = [[]]
+    size = 0
+    for item in plan:
+        nbytes = int(np.prod(item[1], dtype=np.int64)) * item[2].itemsize
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(item)
+        size += nbytes
+    return shards
+
+
+def plan_bytes(plan: list) -> int:
+    return sum(int(np.prod(s, dtype=np.int64)) * d.itemsize for _, s, d in plan)
+
+
+# ---- writing -------------------------------------------------------------------------------------------------------
+def _fill(put, cfg: ModelConfig, layout: str, seed: int) -> None:
+    """Generate every canonical tensor and hand its bytes to put(stored name, array, byte offset)."""
+    sources = original_sources(cfg) if layout == "original" else {}
+    bf16 = mxfp4.BFLOAT16
+    done_experts: set[str] = set()
+    for e in expected_tensors(cfg):
+        src = sources.get(e.name)
+        stored = src.stored if src else e.name
+        base = 0
+        if src and src.rows:  # a q/k/v slice of the fused qkv tensor
+            base = src.rows[0] * int(np.prod(e.shape[1:], dtype=np.int64)) * np.dtype(bf16).itemsize
+        if e.packed:  # blocks and scales come out of one encode: write both halves on the first of them
+            weight = expert_weight_name(e.name)
+            if weight not in done_experts:
+                done_experts.add(weight)
+                _write_experts(put, cfg, seed, weight, sources)
+            continue
+        if e.name.endswith(("gate_up_proj", "down_proj")):  # dense experts
+            _write_experts(put, cfg, seed, e.name, sources)
+            continue
+        row_bytes = int(np.prod(e.shape[1:], dtype=np.int64)) * np.dtype(bf16).itemsize
+        for start, chunk in gaussian_rows(e.name, e.shape, cfg, seed):
+            put(stored, chunk.astype(bf16), base + start * row_bytes)
+
+
+def _write_experts(put, cfg: ModelConfig, seed: int, weight: str, sources: dict) -> None:
+    """One experts weight (…gate_up_proj or …down_proj): MXFP4 halves, or dense bf16 input-major [E, C, R]."""
+    E, H, I = cfg.num_experts, cfg.hidden_size, cfg.intermediate_size
+    R, C = (2 * I, H) if weight.endswith("gate_up_proj") else (H, I)
+    if cfg.experts_mxfp4:
+        names = [weight + s for s in mxfp4.HF_SUFFIXES]
+        blocks_name, scales_name = (sources[n].stored if sources else n for n in names)
+        nb = C // mxfp4.BLOCK_SIZE
+        for e, start, chunk in expert_rows(weight, cfg, seed):
+            blocks, scales = mxfp4.encode(chunk)  # [rows, nb, 16], [rows, nb]
+            put(blocks_name, blocks, (e * R + start) * nb * mxfp4.BYTES_PER_BLOCK)
+            put(scales_name, scales, (e * R + start) * nb)
+        return
+    # Dense: the MXFP4-representable values (so dense and MXFP4 checkpoints of one seed agree), input-major.
+    current, rows = -1, None
+    for e, start, chunk in expert_rows(weight, cfg, seed):
+        if e != current:
+            current, rows = e, np.empty((R, C), dtype=np.float32)
+        rows[start : start + len(chunk)] = mxfp4.decode(*mxfp4.encode(chunk))
+        if start + len(chunk) == R:
+            put(weight, rows.T.astype(mxfp4.BFLOAT16), e * R * C * np.dtype(mxfp4.BFLOAT16).itemsize)
+
+
+def _check_target(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MxportError(f"{out_dir}: exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise MxportError(f"{out_dir}: folder exists and is not empty (use --force / overwrite=True to replace it)")
+
+
+def write_checkpoint(
+    out_dir: str | os.PathLike,
+    cfg: ModelConfig,
+    *,
+    layout: str = "hf",
+    seed: int = 0,
+    max_shard_bytes: int | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a synthetic checkpoint (config.json + safetensors [+ index]) atomically; returns out_dir.
+
+    layout "hf": Hugging Face names, MXFP4 or dense experts as cfg.experts_mxfp4 says; sharded with
+    model.safetensors.index.json when max_shard_bytes is given. layout "original": the openai original/ names
+    and config keys, one model.safetensors (or shards) - MXFP4 experts only.
+    """
+    out_dir = Path(out_dir)
+    _check_target(out_dir, overwrite)
+    plan = stored_plan(cfg, layout)
+    shards = shard_plan(plan, max_shard_bytes)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        config = cfg.to_hf_dict() if layout == "hf" else cfg.to_original_dict()
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        writers, where = [], {}
+        for k, shard in enumerate(shards):
+            fname = "model.safetensors" if len(shards) == 1 else f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+            writers.append(SafetensorsWriter(tmp / fname, shard))
+            where.update({name: writers[-1] for name, _, _ in shard})
+        try:
+            _fill(lambda name, arr, off: where[name].put(name, arr, off), cfg, layout, seed)
+        finally:
+            for w in writers:
+                w._file.close()
+        for w in writers:
+            w.close()
+        if len(shards) > 1:
+            index = {
+                "metadata": {"total_size": plan_bytes(plan)},
+                "weight_map": {name: where[name].path.name for name, _, _ in plan},
+            }
+            (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+        if out_dir.exists():  # overwrite: move the old folder aside, swap, then delete it
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            out_dir.rename(old / "x")
+            tmp.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+# ---- CLI ----------------------------------------------------------------------------------------------------------
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model shape (default tiny)")
+    parser.add_argument("--layout", choices=("hf", "original"), default="hf", help="tensor names and config keys")
+    parser.add_argument("-o", "--output", type=Path, help="output folder (written atomically)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--dense-experts", action="store_true", help="dense bf16 experts instead of MXFP4 (hf only)")
+    parser.add_argument("--max-shard-bytes", type=int, default=None,
+                        help="split into shards with an index (default: 5e9 for gpt-oss-20b/120b, else one file)")
+    parser.add_argument("--list", action="store_true", help="print the tensor table and totals, write nothing")
+    parser.add_argument("--force", action="store_true", help="replace an existing non-empty output folder")
+
+
+def _shard_bytes(args: argparse.Namespace) -> int | None:
+    if args.max_shard_bytes is not None:
+        if args.max_shard_bytes <= 0:
+            raise MxportError(f"--max-shard-bytes must be positive, found {args.max_shard_bytes}")
+        return args.max_shard_bytes
+    return DEFAULT_SHARD_BYTES if args.preset.startswith("gpt-oss") else None
+
+
+def _config(args: argparse.Namespace) -> ModelConfig:
+    cfg = PRESETS[args.preset]
+    return cfg.replace(experts_mxfp4=False) if args.dense_experts else cfg
+
+
+def print_table(cfg: ModelConfig, layout: str, max_shard_bytes: int | None, out=sys.stdout) -> None:
+    plan = stored_plan(cfg, layout)
+    shards = shard_plan(plan, max_shard_bytes)
+    width = max(len(n) for n, _, _ in plan)
+    print(f"{'name':<{width}}  {'shape':<22} {'dtype':<5} {'bytes':>14}", file=out)
+    for name, shape, dtype in plan:
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        print(f"{name:<{width}}  {str(list(shape)):<22} {_ST_NAME[dtype]:<5} {nbytes:>14,}", file=out)
+    by_dtype: dict[str, int] = {}
+    for _, shape, dtype in plan:
+        by_dtype[_ST_NAME[dtype]] = by_dtype.get(_ST_NAME[dtype], 0) + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    total = plan_bytes(plan)
+    print(f"total: {len(plan)} tensors, {total:,} bytes ({total / 1e9:.3f} GB) in {len(shards)} file(s); "
+          + ", ".join(f"{k} {v:,}" for k, v in sorted(by_dtype.items())), file=out)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg, shard_bytes = _config(args), _shard_bytes(args)
+    if args.list:
+        stored_plan(cfg, args.layout)  # validates the layout / experts combination
+        print_table(cfg, args.layout, shard_bytes)
+        return 0
+    if args.output is None:
+        raise MxportError("synth: -o/--output is required (or use --list)")
+    path = write_checkpoint(args.output, cfg, layout=args.layout, seed=args.seed, max_shard_bytes=shard_bytes,
+                            overwrite=args.force)
+    print(f"wrote {args.preset} ({args.layout} layout, seed {args.seed}) to {path}")
+    return 0
