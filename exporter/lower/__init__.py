@@ -1,0 +1,62 @@
+"""Lowering: rewrite the portable graph for an ONNX Runtime execution provider, one small rule at a time.
+
+    lower(model, target="cpu", experts="fp32", dtype="float32") -> model (rewritten in place and returned)
+
+    target    rules, in order                                              experts modes        dtypes
+    portable  none (the portable graph; only the defaults)                 mxfp4                float32
+    cpu       fused QKV, SimplifiedLayerNorm, SkipSimplifiedLayerNorm,     fp32 | int8 | int4   float32
+              GroupQueryAttention, MoE / QMoE                              (mxfp4: MoE kept portable)
+    cuda      the same; experts=mxfp4 -> QMoE quant_type='fp4'            mxfp4 | fp32 | int8 | int4   float32
+
+Every rule lives in its own module (moe, attention, norm, linear) as pattern / check / rewrite; `rules.apply`
+records what was rewritten and what was refused with the reason (model.metadata_props["mxport.lowering"]).
+A refused node stays portable, so a lowered graph is always a correct graph. docs/LOWERING.md has the
+numbers each mode costs.
+"""
+
+from __future__ import annotations
+
+import json
+
+import onnx_ir as ir
+
+from mxport.errors import MxportError
+
+from . import rules
+from .attention import LowerAttention
+from .linear import FuseSiblingLinear
+from .moe import LowerMoE
+from .norm import SimplifiedNorm, SkipSimplifiedNorm
+
+TARGETS = ("portable", "cpu", "cuda")
+EXPERTS = ("mxfp4", "fp32", "int8", "int4")
+DTYPES = ("float32",)
+
+RULES = {
+    "portable": (),
+    "cpu": (FuseSiblingLinear(), SimplifiedNorm(), SkipSimplifiedNorm(), LowerAttention(), LowerMoE()),
+    "cuda": (FuseSiblingLinear(), SimplifiedNorm(), SkipSimplifiedNorm(), LowerAttention(), LowerMoE()),
+}
+METADATA_KEY = "mxport.lowering"
+
+
+def lower(model: ir.Model, *, target: str, experts: str = "mxfp4", dtype: str = "float32") -> ir.Model:
+    """Rewrite `model` (the portable graph) for `target`; returns it. Raises MxportError for bad options."""
+    for option, value, allowed in (("target", target, TARGETS), ("experts", experts, EXPERTS), ("dtype", dtype, DTYPES)):
+        if value not in allowed:
+            raise MxportError(f"lower: unknown {option} {value!r}; expected one of {', '.join(allowed)}")
+    if target == "portable" and experts != "mxfp4":
+        raise MxportError(f"lower: --experts {experts} needs --target cpu or cuda (the portable graph keeps MXFP4)")
+    ctx = rules.Context(model=model, target=target, experts=experts, dtype=dtype)
+    rules.apply(RULES[target], ctx)
+    rules.remove_dead(ctx)
+    model.metadata_props[METADATA_KEY] = json.dumps(
+        {"target": target, "experts": experts, "dtype": dtype, **ctx.report.as_dict()}, sort_keys=True
+    )
+    return model
+
+
+def report(model: ir.Model) -> dict:
+    """What `lower` did to `model` (empty for a model that was never lowered)."""
+    text = model.metadata_props.get(METADATA_KEY)
+    return json.loads(text) if text else {}

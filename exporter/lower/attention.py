@@ -1,0 +1,113 @@
+"""Lower ai.mxport Attention to com.microsoft GroupQueryAttention (rotary stays outside, in the graph).
+
+    ai.mxport.Attention(q, k, v, past_k, past_v, attention_mask [B,T] int64, sinks [Hq]) {num_heads, kv_num_heads,
+                        scale, window}
+      ─► com.microsoft.GroupQueryAttention(q, k, v, past_k, past_v,
+              seqlens_k = T-1 for every row (int32 [B]),   total_sequence_length = T (int32 scalar),
+              attention_bias = 0 | float32 min where attention_mask == 0   [B,1,S,T],
+              head_sink = sinks,   query_seqlens = S for every row (int32 [B]))
+           {num_heads, kv_num_heads, scale, local_window_size = window (or -1), do_rotary = 0}
+
+Why this spelling (checked against the NumPy kernel on CPU, onnxruntime 1.32):
+  - GQA's own padding model is right padding (seqlens_k = valid length - 1). mxport's I/O is left padding, and
+    cache slots are absolute: row b's slots are [0, T) with pad slots masked. Telling GQA every row is full
+    (seqlens_k = T-1) and masking pad slots through attention_bias is exact, including sliding layers, whose
+    window counts absolute slots in both contracts.
+  - local_window_size = W makes query slot i see keys i-W < j <= i: the same as `window` (not W-1).
+  - query_seqlens lifts "batch_size must be 1 when sequence_length > 1 and past is given" (chunked prefill).
+  - Rotary stays outside: GQA's in-kernel rotary takes only position_ids[b, 0] for a first prompt and assumes
+    consecutive positions; left-padded rows have positions 0,0,..,0,1,2,.. (cumsum(mask) - 1, clipped).
+  - Bias uses the dtype's most negative finite value, not -inf: a pad query row sees only masked keys and
+    the sink, and stays finite (its output is unspecified by the I/O contract, but it must not be NaN).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from .rules import MS_DOMAIN, Context, attr, replace
+
+INT32 = ir.DataType.INT32
+
+
+class LowerAttention:
+    name = "attention"
+
+    def pattern(self, node: ir.Node) -> bool:
+        from mxport.ops import DOMAIN
+
+        return node.domain == DOMAIN and node.op_type == "Attention"
+
+    def check(self, node: ir.Node, ctx: Context) -> str | None:
+        if len(node.inputs) < 6 or node.inputs[5] is None:
+            return "no attention_mask input: GQA needs it for seqlens_k and the padding bias"
+        if any(v is None for v in node.inputs[:5]):
+            return "query/key/value and past_key/past_value must all be given (GQA derives the cache from them)"
+        window = attr(node, "window", 0)
+        if window < 0:
+            return f"window={window} is negative"
+        return None
+
+    def rewrite(self, node: ir.Node, ctx: Context) -> None:
+        ctx.use_ms_domain()
+        q, k, v, past_k, past_v, mask = node.inputs[:6]
+        sinks = node.inputs[6] if len(node.inputs) > 6 else None
+        nodes, seqlens_k, total, bias, query_seqlens = _shared_inputs(ctx, mask, q)
+        window = int(attr(node, "window", 0))
+        attrs = {
+            "num_heads": int(attr(node, "num_heads")),
+            "kv_num_heads": int(attr(node, "kv_num_heads")),
+            "local_window_size": window if window > 0 else -1,
+            "do_rotary": 0,
+        }
+        if (scale := attr(node, "scale")) is not None:
+            attrs["scale"] = float(scale)
+        # GQA inputs: query key value past_key past_value seqlens_k total_sequence_length cos_cache sin_cache
+        #             position_ids attention_bias head_sink k_scale v_scale q_norm_weight k_norm_weight query_seqlens
+        inputs = [q, k, v, past_k, past_v, seqlens_k, total, None, None, None, bias, sinks,
+                  None, None, None, None, query_seqlens]
+        prefix = node.name or "attention"
+        gqa = ir.node("GroupQueryAttention", inputs, attrs, domain=MS_DOMAIN, num_outputs=3, name=f"{prefix}/gqa")
+        replace(ctx, node, [*nodes, gqa], gqa.outputs)
+
+
+def _shared_inputs(ctx: Context, mask: ir.Value, query: ir.Value):
+    """seqlens_k, total_sequence_length, attention_bias and query_seqlens: built once per mask, shared by layers.
+
+    Returns the nodes to insert (empty after the first call) and the four values.
+    """
+    key = ("gqa_inputs", id(mask))
+    if key in ctx.shared:
+        return [], *ctx.shared[key]
+    t = ir.tape.Tape()
+
+    def c(name: str, array) -> ir.Value:
+        return t.initializer(ir.tensor(np.asarray(array), name=f"gqa/{name}"), name=f"gqa/{name}")
+
+    shape = t.op("Shape", [mask])  # [B, T]
+    batch = t.op("Slice", [shape, c("zero", [0]), c("one", [1])])  # [1]
+    total64 = t.op("Gather", [shape, c("one_scalar", np.int64(1))], {"axis": 0})  # scalar T
+    total = t.op("Cast", [total64], {"to": INT32})
+    seqlens_k = t.op("Expand", [t.op("Sub", [total, c("one_i32", np.int32(1))]), batch])  # [B] = T-1
+    seq64 = t.op("Gather", [t.op("Shape", [query]), c("one_scalar_q", np.int64(1))], {"axis": 0})  # scalar S
+    query_seqlens = t.op("Expand", [t.op("Cast", [seq64], {"to": INT32}), batch])  # [B] = S
+    # bias [B,1,S,T]: 0 for kept slots, float32 min for pad slots
+    keep = t.op("Cast", [mask], {"to": ir.DataType.BOOL})
+    big_negative = c("masked", np.float32(np.finfo(np.float32).min))
+    bias2 = t.op("Where", [keep, c("kept", np.float32(0.0)), big_negative])  # [B,T]
+    bias4 = t.op("Unsqueeze", [bias2, c("axes_1_2", [1, 2])])  # [B,1,1,T]
+    target = t.op("Concat", [batch, c("one_dim", [1]), t.op("Reshape", [seq64, c("one_shape", [1])]),
+                             t.op("Reshape", [total64, c("one_shape_t", [1])])], {"axis": 0})
+    bias = t.op("Expand", [bias4, target])  # [B,1,S,T]
+    for value in t.initializers:
+        if value.name not in ctx.graph.initializers:
+            ctx.graph.register_initializer(value)
+    for i, node in enumerate(t.nodes):
+        node.name = f"gqa_inputs/{node.op_type}_{i}"
+        for out in node.outputs:
+            out.name = f"gqa_inputs/{node.op_type}_{i}"
+    ctx.shared[key] = (seqlens_k, total, bias, query_seqlens)
+    # The mask may be used before the first Attention only as a graph input; insert the shared nodes before
+    # the first Attention (every later one reuses them, and graph order is topological).
+    return list(t.nodes), seqlens_k, total, bias, query_seqlens

@@ -1,0 +1,227 @@
+"""Lower the portable MoE nodes (ai.mxport MoEMXFP4 / MoE) to ONNX Runtime's com.microsoft MoE and QMoE.
+
+    ai.mxport.MoEMXFP4(x, router_logits, w1_blocks, w1_scales, b1, w2_blocks, w2_scales, b2)
+    ai.mxport.MoE(x, router_logits, w1, b1, w2, b2)
+        │  experts=fp32 ─► com.microsoft.MoE   fc1 = decode(w1) f32 [E,2I,H], fc2 = decode(w2) f32 [E,H,I]   exact
+        │  experts=int8 ─► com.microsoft.QMoE  8 bit, block 32: q = 2·E2M1 code value ∈ [-12,12] stored q+128,
+        │                                      scale 2^(s-128)  (ops.mxfp4.exact_int8): weights exact; ORT's
+        │                                      block-wise 8-bit kernel quantizes activations to int8 (lossy)
+        │  experts=int4 ─► com.microsoft.QMoE  4 bit, block 32, scale per block minimising squared error,
+        │                                      q+8 packed low nibble first; fp32 activations (accuracy_level 0)
+        └  experts=mxfp4, target cuda ─► com.microsoft.QMoE quant_type='fp4': the MXFP4 bytes as they are,
+                                      [E,N,K/32,16] viewed as [E,N,K/2], scales as float8e8m0 [E,N,K/32]
+
+ORT's contract (onnxruntime 1.32, contrib_defs / docs/ContribOperators.md): weights are [E, N, K·bits/8]
+(out-major, "column major per expert"), block scales [E, N, K/block], default zero point 2^(bits-1);
+swiglu_fusion=1 means gate/up interleaved on each fc1 row (= gpt-oss); router_probs with
+normalize_routing_weights=1 takes the top-k logits and softmaxes them (checked against the NumPy kernel).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from mxport.ops import mxfp4
+
+from .rules import MS_DOMAIN, Context, add_initializer, attr, const, lazy, replace
+
+INT4_BLOCK = 32
+INT4_MIN, INT4_MAX = -8, 7  # symmetric int4 with zero point 8
+# Divisors t of a block's absmax tried as its int4 scale (absmax / t); the best squared error wins.
+INT4_SCALE_DIVISORS = np.linspace(4.0, 8.0, 33)
+
+
+# ---- weight transforms (pure NumPy, one expert tensor at a time) --------------------------------------------
+def int8_exact(blocks: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """MXFP4 [E,N,K/32,16] + [E,N,K/32] -> QMoE 8-bit (uint8 [E,N,K] = q+128, float32 scales [E,N,K/32]), exact."""
+    q, scale = mxfp4.exact_int8(blocks, scales)
+    return (q.astype(np.int16) + 128).astype(np.uint8), scale
+
+
+def int4_quantize(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float [..., K] -> (uint8 [..., K/2] packed q+8 low nibble first, float32 scales [..., K/32]).
+
+    Symmetric int4 per block of 32 with the scale absmax/t, t from INT4_SCALE_DIVISORS, chosen per block to
+    minimise the block's squared error (round-to-nearest for each candidate).
+    """
+    shape = w.shape
+    blocks = np.asarray(w, dtype=np.float32).reshape(-1, INT4_BLOCK)  # (M, 32)
+    amax = np.abs(blocks).max(axis=1)
+    amax = np.where(amax > 0, amax, 1.0).astype(np.float32)
+    best_err = np.full(len(blocks), np.inf, dtype=np.float32)
+    best_scale = amax / INT4_MAX
+    for t in INT4_SCALE_DIVISORS:
+        s = (amax / np.float32(t)).astype(np.float32)
+        q = np.clip(np.rint(blocks / s[:, None]), INT4_MIN, INT4_MAX)
+        err = np.square(q * s[:, None] - blocks).sum(axis=1)
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best_scale = np.where(better, s, best_scale)
+    q = np.clip(np.rint(blocks / best_scale[:, None]), INT4_MIN, INT4_MAX).astype(np.int16) + 8
+    u = q.astype(np.uint8).reshape(shape)
+    packed = (u[..., 0::2] & 0x0F) | (u[..., 1::2] << 4)
+    return packed.astype(np.uint8), best_scale.reshape(shape[:-1] + (shape[-1] // INT4_BLOCK,))
+
+
+def int4_dequantize(packed: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """Inverse of int4_quantize, for error reports and tests."""
+    q = np.empty(packed.shape[:-1] + (packed.shape[-1] * 2,), dtype=np.int16)
+    q[..., 0::2] = packed & 0x0F
+    q[..., 1::2] = packed >> 4
+    q -= 8
+    blocks = q.reshape(q.shape[:-1] + (-1, INT4_BLOCK)).astype(np.float32) * scales[..., None]
+    return blocks.reshape(q.shape)
+
+
+# ---- the rule ------------------------------------------------------------------------------------------------
+class LowerMoE:
+    """ai.mxport MoEMXFP4 / MoE -> com.microsoft MoE (fp32) or QMoE (int8, int4, fp4 on CUDA)."""
+
+    name = "moe"
+    MODES = ("fp32", "int8", "int4", "mxfp4")
+
+    def pattern(self, node: ir.Node) -> bool:
+        from mxport.ops import DOMAIN
+
+        return node.domain == DOMAIN and node.op_type in ("MoEMXFP4", "MoE")
+
+    def check(self, node: ir.Node, ctx: Context) -> str | None:
+        mode = ctx.experts
+        if mode not in self.MODES:
+            return f"unknown experts mode {mode!r} (expected one of {self.MODES})"
+        if mode == "mxfp4" and ctx.target != "cuda":
+            return "ORT has no CPU kernel for MXFP4 experts (QMoE quant_type='fp4' is CUDA only): kept portable; use --experts fp32|int8|int4"
+        if mode == "mxfp4" and node.op_type != "MoEMXFP4":
+            return "experts are stored dense (not MXFP4): --experts mxfp4 has nothing to keep"
+        if attr(node, "swiglu_interleaved", 0) != 1:
+            return "swiglu_interleaved=0 (ORT MoE CPU only runs the interleaved swiglu_fusion=1 layout here)"
+        weights = node.inputs[2:]
+        missing = [i for i, v in enumerate(weights) if v is not None and const(v) is None]
+        if missing:
+            return f"expert weights must be initializers (inputs {[i + 2 for i in missing]} are computed)"
+        if node.op_type == "MoE" and mode in ("int8", "mxfp4"):
+            return f"experts={mode} needs MXFP4 experts (int8 is the exact image of MXFP4 only); dense experts take fp32 or int4"
+        return None
+
+    def rewrite(self, node: ir.Node, ctx: Context) -> None:
+        ctx.use_ms_domain()
+        x, router = node.inputs[0], node.inputs[1]
+        if node.op_type == "MoEMXFP4":
+            w1b, w1s, b1, w2b, w2s, b2 = node.inputs[2:8]
+            w1 = _Mxfp4Source(w1b, w1s)
+            w2 = _Mxfp4Source(w2b, w2s)
+        else:
+            w1v, b1, w2v, b2 = node.inputs[2:6]
+            w1, w2 = _DenseSource(w1v), _DenseSource(w2v)
+        prefix = (node.name or "moe").replace("/", "_")
+        attrs = {
+            "k": attr(node, "k", 1),
+            "activation_type": "swiglu",
+            "swiglu_fusion": 1,
+            "activation_alpha": float(attr(node, "activation_alpha", 1.0)),
+            "activation_beta": float(attr(node, "activation_beta", 0.0)),
+            "normalize_routing_weights": int(attr(node, "normalize_routing_weights", 1)),
+        }
+        limit = float(attr(node, "swiglu_limit", 0.0))
+        if limit:
+            attrs["swiglu_limit"] = limit  # absent = no clamp in ORT; 0 in ai.mxport means no clamp
+        mode = ctx.experts
+        if mode == "fp32":
+            fc1 = add_initializer(ctx, lazy(f"{prefix}.fc1", ir.DataType.FLOAT, w1.shape, w1.float32))
+            fc2 = add_initializer(ctx, lazy(f"{prefix}.fc2", ir.DataType.FLOAT, w2.shape, w2.float32))
+            new = ir.node("MoE", [x, router, fc1, b1, fc2, b2], attrs, domain=MS_DOMAIN, name=f"{prefix}.MoE")
+        else:
+            inputs = []
+            for tag, src in (("fc1", w1), ("fc2", w2)):
+                if mode == "int8":
+                    wq, sc = src.int8_parts(ctx, prefix, tag)
+                elif mode == "int4":
+                    wq, sc = src.int4_parts(ctx, prefix, tag)
+                else:
+                    wq, sc = src.fp4_parts(ctx, prefix, tag)
+                inputs.append((wq, sc))
+            (fc1, s1), (fc2, s2) = inputs
+            qin: list[ir.Value | None] = [x, router, fc1, s1, b1, fc2, s2, b2]
+            if mode == "mxfp4":
+                attrs.update(quant_type="fp4", block_size=mxfp4.BLOCK_SIZE)
+                E = w1.shape[0]
+                ones = lambda: np.ones(E, dtype=np.float32)  # noqa: E731 - MXFP4 needs no global scale
+                g1 = add_initializer(ctx, lazy(f"{prefix}.fc1_global_scale", ir.DataType.FLOAT, [E], ones))
+                g2 = add_initializer(ctx, lazy(f"{prefix}.fc2_global_scale", ir.DataType.FLOAT, [E], ones))
+                ctx.shared.setdefault("keep_float32", set()).update({g1.name, g2.name})
+                # inputs 8..13: fc3 w/s/b, fc1/fc2/fc3 zero points, 14 router_weights, 15/16 global scales
+                qin += [None] * 7 + [g1, g2]
+            else:
+                attrs.update(expert_weight_bits=8 if mode == "int8" else 4, block_size=INT4_BLOCK, accuracy_level=0)
+            new = ir.node("QMoE", qin, attrs, domain=MS_DOMAIN, name=f"{prefix}.QMoE")
+        replace(ctx, node, [new], new.outputs)
+
+
+class _Mxfp4Source:
+    """An expert weight stored as MXFP4 blocks [E,N,K/32,16] + scales [E,N,K/32] (out-major, as ORT wants)."""
+
+    def __init__(self, blocks: ir.Value, scales: ir.Value):
+        self.blocks, self.scales = const(blocks), const(scales)
+        E, N, NB, _ = self.blocks.shape
+        self.shape = (E, N, NB * mxfp4.BLOCK_SIZE)
+
+    def float32(self) -> np.ndarray:
+        return mxfp4.decode(self.blocks.numpy(), self.scales.numpy(), np.float32)
+
+    def int8_parts(self, ctx: Context, prefix: str, tag: str) -> tuple[ir.Value, ir.Value]:
+        E, N, K = self.shape
+        w = lazy(f"{prefix}.{tag}_q8", ir.DataType.UINT8, [E, N, K],
+                 lambda: int8_exact(self.blocks.numpy(), self.scales.numpy())[0])
+        s = lazy(f"{prefix}.{tag}_q8_scales", ir.DataType.FLOAT, [E, N, K // mxfp4.BLOCK_SIZE],
+                 lambda: mxfp4.exact_int8(self.blocks.numpy(), self.scales.numpy())[1])
+        return add_initializer(ctx, w), add_initializer(ctx, s)
+
+    def int4_parts(self, ctx: Context, prefix: str, tag: str) -> tuple[ir.Value, ir.Value]:
+        return _int4_parts(ctx, prefix, tag, self.shape, self.float32)
+
+    def fp4_parts(self, ctx: Context, prefix: str, tag: str) -> tuple[ir.Value, ir.Value]:
+        E, N, K = self.shape
+        w = lazy(f"{prefix}.{tag}_fp4", ir.DataType.UINT8, [E, N, K // 2],
+                 lambda: np.ascontiguousarray(self.blocks.numpy()).reshape(E, N, K // 2))
+        s = lazy(f"{prefix}.{tag}_e8m0", ir.DataType.FLOAT8E8M0, [E, N, K // mxfp4.BLOCK_SIZE],
+                 lambda: mxfp4.as_e8m0(self.scales.numpy()))
+        return add_initializer(ctx, w), add_initializer(ctx, s)
+
+
+class _DenseSource:
+    """An expert weight stored dense, out-major [E,N,K] as the portable MoE takes it."""
+
+    def __init__(self, value: ir.Value):
+        self.tensor = const(value)
+        self.shape = tuple(self.tensor.shape)
+
+    def float32(self) -> np.ndarray:
+        return np.asarray(self.tensor.numpy(), dtype=np.float32)
+
+    def int4_parts(self, ctx: Context, prefix: str, tag: str) -> tuple[ir.Value, ir.Value]:
+        return _int4_parts(ctx, prefix, tag, self.shape, self.float32)
+
+
+def _int4_parts(ctx: Context, prefix: str, tag: str, shape: tuple[int, ...], source) -> tuple[ir.Value, ir.Value]:
+    E, N, K = shape
+    cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def parts() -> tuple[np.ndarray, np.ndarray]:
+        # Both halves come from one quantization; whichever is saved first computes it, the other takes it.
+        if "q" not in cache:
+            cache["q"] = int4_quantize(source())
+        return cache["q"]
+
+    def take(i: int):
+        def make() -> np.ndarray:
+            out = parts()[i]
+            if i == 1:
+                cache.clear()  # the scales are written after the weights: free the pair
+            return out
+
+        return make
+
+    w = lazy(f"{prefix}.{tag}_q4", ir.DataType.UINT8, [E, N, K // 2], take(0))
+    s = lazy(f"{prefix}.{tag}_q4_scales", ir.DataType.FLOAT, [E, N, K // INT4_BLOCK], take(1))
+    return add_initializer(ctx, w), add_initializer(ctx, s)
