@@ -1,7 +1,8 @@
 """mxport.ops: the custom op set `ai.mxport`, version 1 (contract: docs/ARCHITECTURE.md, "Custom ops").
 
-One module per op, each with the op's schema docstring, its ONNX function body (`FUNCTION`, an onnxscript
-function in OPSET) and its NumPy kernel for onnx.reference (a class named like the op).
+One module per op (MoE and MoEMXFP4 share ops/moe.py), each with the op's schema docstring, its ONNX function
+body (in the module's FUNCTIONS, an onnxscript function in OPSET) and its NumPy kernel for onnx.reference
+(a class named like the op).
 
     functions()      FunctionProtos to put in ModelProto.functions (every body, incl. helpers they call)
     kernels()        OpRun classes for onnx.reference.ReferenceEvaluator(model, new_ops=kernels())
@@ -21,19 +22,57 @@ STANDARD_OPSET = 23  # the ONNX opset the function bodies are written in (ORT 1.
 OPSET = Opset(DOMAIN, VERSION)  # the onnxscript opset the function bodies belong to
 
 # The op modules import DOMAIN and OPSET from here, so they come after the names above.
-from mxport.ops import dequantize_mxfp4, matmul_mxfp4  # noqa: E402
+from mxport.ops import dequantize_mxfp4, matmul_mxfp4, moe  # noqa: E402
 
-ALL_OPS = (dequantize_mxfp4, matmul_mxfp4)
+# Op modules. Each defines FUNCTIONS (its ops' onnxscript bodies), HELPERS (functions those bodies call) and one
+# OpRun kernel class per op, named like the op.
+ALL_OPS = (dequantize_mxfp4, matmul_mxfp4, moe)
+
+
+def op_types() -> list[str]:
+    """The op names of ai.mxport version 1."""
+    return [body.name for module in ALL_OPS for body in module.FUNCTIONS]
 
 
 def functions() -> list[onnx.FunctionProto]:
-    """Every op's function body (callees before callers), ready for ModelProto.functions / ir.Model.functions."""
-    return [module.FUNCTION.to_function_proto() for module in ALL_OPS]
+    """Every op's function body and every helper they call (callees first), for ModelProto.functions."""
+    bodies = [body for module in ALL_OPS for body in (*module.HELPERS, *module.FUNCTIONS)]
+    return [_explicit_loop_conditions(body.to_function_proto()) for body in bodies]
+
+
+_TRUE = "mxport_loop_cond_true"
+
+
+def _explicit_loop_conditions(proto: onnx.FunctionProto) -> onnx.FunctionProto:
+    """Give every Loop an explicit `cond` input (a Constant true) where onnxscript leaves it empty.
+
+    ONNX says an empty `cond` means true; onnx.reference (1.23) reads it as false and runs the Loop zero times.
+    """
+    loops = []
+
+    def collect(nodes):
+        for node in nodes:
+            if node.op_type == "Loop" and node.domain in ("", "ai.onnx") and len(node.input) > 1 and not node.input[1]:
+                loops.append(node)
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    collect(attr.g.node)
+
+    collect(proto.node)
+    if not loops:
+        return proto
+    for node in loops:
+        node.input[1] = _TRUE
+    true = onnx.helper.make_node("Constant", [], [_TRUE], value=onnx.helper.make_tensor(_TRUE, onnx.TensorProto.BOOL, [], [True]))
+    nodes = [true, *proto.node]
+    del proto.node[:]
+    proto.node.extend(nodes)
+    return proto
 
 
 def kernels() -> list[type]:
     """The NumPy kernels, for onnx.reference.ReferenceEvaluator(..., new_ops=kernels())."""
-    return [getattr(module, module.FUNCTION.name) for module in ALL_OPS]
+    return [getattr(module, body.name) for module in ALL_OPS for body in module.FUNCTIONS]
 
 
 def opset_imports() -> list[onnx.OperatorSetIdProto]:
@@ -45,7 +84,7 @@ def _function(op_type: str) -> onnx.FunctionProto:
     for proto in functions():
         if proto.name == op_type:
             return proto
-    raise ValueError(f"{DOMAIN} has no op {op_type!r}; ops: {[m.FUNCTION.name for m in ALL_OPS]}")
+    raise ValueError(f"{DOMAIN} has no op {op_type!r}; ops: {op_types()}")
 
 
 def make_node(op_type: str, inputs: list[str], outputs: list[str], name: str | None = None, **attrs) -> onnx.NodeProto:
