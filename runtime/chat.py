@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable
 
 from mxport.errors import MxportError
@@ -28,7 +29,12 @@ class ChatSession:
         self.developer = developer
         self.messages: list[Message] = []
         self.last_prompt_ids: list[int] = []
-        self.last_token_count = 0
+        self.last_token_ids: list[int] = []  # the reply as generated, stop token included
+        self.last_timing = (0.0, 0.0)  # seconds to the first token (prefill), seconds for the whole turn
+
+    @property
+    def last_token_count(self) -> int:
+        return len(self.last_token_ids)
 
     def prompt_ids(self, user_text: str) -> list[int]:
         return self.harmony.render_ids([*self.messages, Message("user", user_text)], self.system, self.developer)
@@ -40,12 +46,16 @@ class ChatSession:
         stops = tuple(dict.fromkeys([*self.harmony.stop_token_ids, *self.generator.eos_token_ids]))
         options.setdefault("stop_token_ids", stops)
         parser = StreamParser(self.harmony)
-        self.last_prompt_ids, self.last_token_count = ids, 0
+        self.last_prompt_ids, self.last_token_ids = ids, []
+        t0 = time.perf_counter()
+        first = None
         for delta in self.generator.stream(ids, config, **options):
-            self.last_token_count += 1
+            first = first if first is not None else time.perf_counter() - t0
+            self.last_token_ids.append(delta.token_id)
             channel, text = parser.add(delta.token_id)
             if text and on_delta is not None:
                 on_delta(channel, text)
+        self.last_timing = (first or 0.0, time.perf_counter() - t0)
         reply = parser.reply()
         self.messages.append(Message("user", user_text))
         self.messages.extend(self.harmony.to_history(reply))

@@ -180,3 +180,67 @@ def test_provider_errors_name_the_provider_and_the_available_ones(toy):
             Generator.from_folder(toy, provider="cuda")
     with pytest.raises(MxportError, match="--provider 'warp'"):
         resolve_provider("warp")
+
+
+# ---- the real tiny gpt-oss (synth checkpoint): NumPy reference model backend, and the export when it runs -----
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(make_checkpoint, tiny_config):
+    return make_checkpoint(tiny_config)
+
+
+@pytest.fixture(scope="module")
+def tiny_np(tiny_ckpt):
+    return Generator.from_folder(tiny_ckpt, backend="numpy")
+
+
+TINY_PROMPTS = [[5, 17, 300, 42, 7, 99, 123, 4, 8, 15, 16, 23], [42, 7], [1, 2, 3, 4, 5, 6]]
+
+
+def test_checkpoint_numpy_backend_equals_reference_generate_greedy(tiny_np, tiny_ckpt):
+    from mxport.runtime.reference_model import ReferenceModel
+
+    assert tiny_np.name == "NumPy reference model"
+    ours = tiny_np.generate(TINY_PROMPTS[0], max_new_tokens=10, stop_token_ids=())[0]
+    with ReferenceModel(tiny_ckpt) as ref:
+        want = ref.generate_greedy(np.array([TINY_PROMPTS[0]]), 10)[0, len(TINY_PROMPTS[0]):]
+    assert ours.token_ids == want.tolist()
+
+
+def test_checkpoint_batch_equals_one_at_a_time(tiny_np):
+    """Sinks, a sliding window of 8 and left padding: batched greedy == each prompt alone."""
+    batched = tiny_np.generate(TINY_PROMPTS, max_new_tokens=6, stop_token_ids=())
+    single = [tiny_np.generate(p, max_new_tokens=6, stop_token_ids=())[0] for p in TINY_PROMPTS]
+    assert [r.token_ids for r in batched] == [r.token_ids for r in single]
+
+
+def test_checkpoint_needs_numpy_backend(tiny_ckpt):
+    with pytest.raises(MxportError, match="is a checkpoint .* run it with --backend numpy"):
+        Generator.from_folder(tiny_ckpt)
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tiny_ckpt, tmp_path_factory):
+    from mxport.exporter.export import export
+
+    try:
+        return export(tiny_ckpt, tmp_path_factory.mktemp("tiny") / "export", progress=False)
+    except MxportError as exc:  # the exporter is being built in parallel: report, do not hide, the gap
+        pytest.xfail(f"exporter cannot export the tiny checkpoint yet: {exc}")
+
+
+def test_export_greedy_ort_equals_numpy_reference(tiny_export, tiny_np):
+    ort = Generator.from_folder(tiny_export)
+    a = ort.generate(TINY_PROMPTS, max_new_tokens=8, stop_token_ids=())
+    b = tiny_np.generate(TINY_PROMPTS, max_new_tokens=8, stop_token_ids=())
+    assert [r.token_ids for r in a] == [r.token_ids for r in b]
+    single = [ort.generate(p, max_new_tokens=8, stop_token_ids=())[0].token_ids for p in TINY_PROMPTS]
+    assert single == [r.token_ids for r in a]
+
+
+def test_export_onnx_reference_backend_equals_ort(tiny_export):
+    ort = Generator.from_folder(tiny_export)
+    ref = Generator.from_folder(tiny_export, backend="numpy")
+    a = ort.generate(TINY_PROMPTS[:2], max_new_tokens=4, stop_token_ids=())
+    b = ref.generate(TINY_PROMPTS[:2], max_new_tokens=4, stop_token_ids=())
+    assert [r.token_ids for r in a] == [r.token_ids for r in b]
