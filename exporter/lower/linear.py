@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from .rules import Context, add_initializer, const, lazy
+from .rules import Context, add_initializer, const, lazy, move_uses
 
 
 def _weight(matmul: ir.Node) -> tuple[ir.TensorProtocol, int | None] | None:
@@ -104,8 +104,5 @@ class FuseSiblingLinear:
         ctx.graph.insert_before(node, list(t.nodes))
         for m, b, out in zip(group, biases, outs):
             last = b[0] if b is not None else m
-            name = last.outputs[0].name
-            last.outputs[0].replace_all_uses_with(out, replace_graph_outputs=True)
-            last.outputs[0].name = None
-            out.name = name
+            move_uses(last.outputs[0], out)
             ctx.graph.remove([b[0], m] if b is not None else [m], safe=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from .rules import MS_DOMAIN, Context, attr, const, replace
+from .rules import MS_DOMAIN, Context, attr, const, move_uses, replace
 
 
 class SimplifiedNorm:
@@ -75,9 +75,6 @@ class SkipSimplifiedNorm:
         out, _mean, _inv_std, total = fused.outputs
         # Insert at the Add: its users (next residual, a hidden_states Identity) may sit before the norm.
         ctx.graph.insert_before(add, fused)
-        for old, new in ((node.outputs[0], out), (add.outputs[0], total)):
-            name = old.name
-            old.replace_all_uses_with(new, replace_graph_outputs=True)
-            old.name = None
-            new.name = name
+        move_uses(node.outputs[0], out)
+        move_uses(add.outputs[0], total)
         ctx.graph.remove([node, add], safe=True)

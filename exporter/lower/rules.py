@@ -13,7 +13,6 @@ lowering only makes it faster, so a rule that cannot prove its rewrite exact-or-
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
@@ -142,13 +141,18 @@ def replace(ctx: Context, old: ir.Node, new_nodes: Sequence[ir.Node], new_output
             if old_value.uses() or old_value.is_graph_output():
                 raise AssertionError(f"{old.name}: output {old_value.name} is used but has no replacement")
             continue
-        name, typ, shape = old_value.name, old_value.type, old_value.shape
-        old_value.replace_all_uses_with(new_value, replace_graph_outputs=True)
-        old_value.name = None
-        new_value.name = name
-        new_value.type = new_value.type or typ
-        new_value.shape = new_value.shape or shape
+        move_uses(old_value, new_value)
     ctx.graph.remove(old, safe=True)
+
+
+def move_uses(old: ir.Value, new: ir.Value) -> None:
+    """Every use of `old` (graph outputs too) reads `new`, which takes old's name, type and shape."""
+    name, typ, shape = old.name, old.type, old.shape
+    old.replace_all_uses_with(new, replace_graph_outputs=True)
+    old.name = None
+    new.name = name
+    new.type = new.type or typ
+    new.shape = new.shape or shape
 
 
 def remove_dead(ctx: Context) -> None:
@@ -156,11 +160,3 @@ def remove_dead(ctx: Context) -> None:
     import onnx_ir.passes.common as common
 
     common.RemoveUnusedNodesPass()(ctx.model)
-
-
-def np_dtype(dtype: ir.DataType) -> np.dtype:
-    return dtype.numpy()
-
-
-def replace_fields(obj: Any, **changes: Any) -> Any:
-    return dataclasses.replace(obj, **changes)
