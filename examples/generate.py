@@ -1,0 +1,36 @@
+"""Generate from an exported folder with the Python API.
+
+    mxport demo                                   # builds and exports a tiny gpt-oss into ~/.cache/mxport/demo
+    python examples/generate.py ~/.cache/mxport/demo/tiny-v1/export
+"""
+
+import sys
+
+from mxport.runtime.chat import ChatSession
+from mxport.runtime.generate import Generator
+from mxport.runtime.harmony import SystemContent
+
+
+def main(folder: str) -> None:
+    gen = Generator.from_folder(folder)  # ONNX Runtime on CPU; Generator.from_folder(folder, provider="cuda")
+    print(f"backend: {gen.name}")
+
+    # 1. greedy, streamed: text deltas arrive as tokens are chosen
+    for delta in gen.stream("The capital of France is", max_new_tokens=16):
+        print(delta.text, end="", flush=True)
+    print()
+
+    # 2. a batch of prompts of different lengths, sampled with a seed (same seed -> same text)
+    for r in gen.generate(["Hello", "Once upon a time there was"], max_new_tokens=12, temperature=0.8,
+                          top_p=0.95, seed=0):
+        print(f"{r.finish_reason:>11}: {r.text!r}")
+
+    # 3. one harmony chat turn (gpt-oss): only the final channel is printed as it streams
+    chat = ChatSession(gen, SystemContent(reasoning="low"))
+    reply = chat.send("What is 2 + 2?", max_new_tokens=32,
+                      on_delta=lambda channel, text: print(text, end="") if channel == "final" else None)
+    print(f"\n[analysis: {len(reply.analysis)} chars, stop: {reply.stop}]")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "out")
