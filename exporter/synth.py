@@ -50,7 +50,7 @@ PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(
         vocab_size=512, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, head_dim=16, num_experts=8, experts_per_token=2, sliding_window=8,
-        max_position_embeddings=4096, eos_token_ids=(2,), pad_token_id=0,
+        eos_token_ids=(2,), pad_token_id=0,
     ),
     # ~0.57 GB: big enough for timing and memory checks, small enough for CI
     "mini": ModelConfig(
@@ -325,7 +325,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--dense-experts", action="store_true", help="dense bf16 experts instead of MXFP4 (hf only)")
     parser.add_argument("--max-shard-bytes", type=int, default=None,
-                        help="split into shards with an index (default: 5e9 for gpt-oss-20b/120b, else one file)")
+                        help="split into shards with an index (default: 5e9 for gpt-oss-20b/120b in hf layout, else one file)")
     parser.add_argument("--list", action="store_true", help="print the tensor table and totals, write nothing")
     parser.add_argument("--force", action="store_true", help="replace an existing non-empty output folder")
 
@@ -335,7 +335,8 @@ def _shard_bytes(args: argparse.Namespace) -> int | None:
         if args.max_shard_bytes <= 0:
             raise MxportError(f"--max-shard-bytes must be positive, found {args.max_shard_bytes}")
         return args.max_shard_bytes
-    return DEFAULT_SHARD_BYTES if args.preset.startswith("gpt-oss") else None
+    # the published repos shard the HF weights; their original/ folder holds one model.safetensors
+    return DEFAULT_SHARD_BYTES if args.preset.startswith("gpt-oss") and args.layout == "hf" else None
 
 
 def _config(args: argparse.Namespace) -> ModelConfig:
