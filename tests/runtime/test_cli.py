@@ -123,3 +123,35 @@ def test_chat_empty_stdin_is_an_error(toy, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
     code, _, err = _run(capsys, "chat", toy)
     assert code == 2 and "stdin is empty" in err
+
+
+def test_demo_end_to_end(tmp_path, capsys):
+    code, out, err = _run(capsys, "demo", "--cache-dir", tmp_path / "cache", "--max-new-tokens", "8")
+    assert code == 0, err
+    assert "building tiny checkpoint" in err
+    for row in ("export time", "file size", "vs reference  PASS", "prefill", "decode", "tok/s"):
+        assert row in out, out
+    assert (tmp_path / "cache" / "tiny-v1" / "export" / "model.onnx").is_file()
+
+
+def test_demo_cache_is_reused_and_rebuilt(tmp_path):
+    from mxport.runtime.demo import demo_config, ensure_checkpoint
+
+    logs = []
+    first = ensure_checkpoint(tmp_path, log=logs.append)
+    stamp = (first / "config.json").stat().st_mtime_ns
+    assert ensure_checkpoint(tmp_path, log=logs.append) == first
+    assert (first / "config.json").stat().st_mtime_ns == stamp
+    assert logs[1].startswith("using cached")
+    ensure_checkpoint(tmp_path, fresh=True, log=logs.append)
+    assert logs[2].startswith("building")
+    cfg, tok = demo_config()
+    assert cfg.eos_token_ids == (tok.token_to_id("<|return|>"), tok.token_to_id("<|call|>"))
+    assert max(cfg.eos_token_ids) < cfg.vocab_size
+    assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]
+
+
+def test_demo_bad_cache_dir(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    code, _, err = _run(capsys, "demo", "--cache-dir", tmp_path / "file" / "sub")
+    assert code == 2 and "--cache-dir" in err
