@@ -22,11 +22,11 @@ STANDARD_OPSET = 23  # the ONNX opset the function bodies are written in (ORT 1.
 OPSET = Opset(DOMAIN, VERSION)  # the onnxscript opset the function bodies belong to
 
 # The op modules import DOMAIN and OPSET from here, so they come after the names above.
-from mxport.ops import dequantize_mxfp4, matmul_mxfp4, moe  # noqa: E402
+from mxport.ops import attention, dequantize_mxfp4, matmul_mxfp4, moe  # noqa: E402
 
 # Op modules. Each defines FUNCTIONS (its ops' onnxscript bodies), HELPERS (functions those bodies call) and one
 # OpRun kernel class per op, named like the op.
-ALL_OPS = (dequantize_mxfp4, matmul_mxfp4, moe)
+ALL_OPS = (dequantize_mxfp4, matmul_mxfp4, moe, attention)
 
 
 def op_types() -> list[str]:
