@@ -72,8 +72,8 @@ def _dequantize_mxfp4(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
         return mxfp4.decode(blocks, scales, np.float32)
 
 
-FUNCTION = DequantizeMXFP4  # the function body; onnx.reference finds kernels by class name, so the kernel
-#                             class below takes over the name DequantizeMXFP4 in this module.
+FUNCTIONS = (DequantizeMXFP4,)  # the op's function body; onnx.reference finds kernels by class name, so the
+HELPERS = ()                    # kernel class below takes over the name DequantizeMXFP4 in this module.
 
 
 class DequantizeMXFP4(OpRun):  # noqa: F811

@@ -18,8 +18,10 @@ from onnxscript import FLOAT, UINT8, script
 from onnxscript import opset23 as op
 
 from mxport.ops import DOMAIN, OPSET
-from mxport.ops.dequantize_mxfp4 import FUNCTION as dequantize_mxfp4
+from mxport.ops.dequantize_mxfp4 import FUNCTIONS as _DEQUANTIZE
 from mxport.ops.dequantize_mxfp4 import _dequantize_mxfp4
+
+(dequantize_mxfp4,) = _DEQUANTIZE  # the DequantizeMXFP4 function body (its module name is the kernel class)
 
 
 @script(OPSET, default_opset=op)
@@ -42,7 +44,8 @@ def _matmul_mxfp4(a: np.ndarray, blocks: np.ndarray, scales: np.ndarray) -> np.n
     return np.matmul(a, weight.astype(a.dtype, copy=False).T)
 
 
-FUNCTION = MatMulMXFP4  # the function body; the kernel class below takes the op's name (see dequantize_mxfp4.py)
+FUNCTIONS = (MatMulMXFP4,)  # the function body; the kernel class below takes the op's name (see dequantize_mxfp4.py)
+HELPERS = ()
 
 
 class MatMulMXFP4(OpRun):  # noqa: F811
