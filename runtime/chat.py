@@ -139,4 +139,7 @@ def _turn(chat: ChatSession, text: str, config: GenerationConfig, show_analysis:
     sys.stdout.write("\n")
     for call in reply.tool_calls:
         print(f"[tool call -> {call.recipient}] {call.content}")
+    if not reply.final and not reply.tool_calls:  # e.g. a model with random weights ignores the format
+        raw = chat.generator.tokenizer.decode(chat.last_token_ids)
+        print(f"[no final-channel text in the reply (stop: {reply.stop}); raw reply: {raw!r}]", file=sys.stderr)
     return reply

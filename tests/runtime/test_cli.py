@@ -155,3 +155,21 @@ def test_demo_bad_cache_dir(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     code, _, err = _run(capsys, "demo", "--cache-dir", tmp_path / "file" / "sub")
     assert code == 2 and "--cache-dir" in err
+
+
+def test_run_checkpoint_with_numpy_backend(make_checkpoint, tiny_config, tmp_path, capsys):
+    from mxport.runtime.reference_model import ReferenceModel
+
+    ckpt = make_checkpoint(tiny_config)
+    ids = np.array([[5, 17, 300, 42, 7, 99]], np.int64)
+    np.save(tmp_path / "ids.npy", ids)
+    code, out, err = _run(capsys, "run", ckpt, "--backend", "numpy", "--input-ids", tmp_path / "ids.npy",
+                          "--logits-out", tmp_path / "logits.npy", "--max-new-tokens", "5", "--no-eos")
+    assert code == 0, err
+    with ReferenceModel(ckpt) as ref:
+        want = ref.generate_greedy(ids, 5)[0, ids.shape[1]:].tolist()
+        logits = ref.infer({"input_ids": ids})["logits"]
+    assert list(map(int, out.split())) == want
+    np.testing.assert_array_equal(np.load(tmp_path / "logits.npy"), logits)
+    code, _, err = _run(capsys, "run", ckpt, "--input-ids", tmp_path / "ids.npy")
+    assert code == 2 and "export it first" in err and "--backend numpy" in err
