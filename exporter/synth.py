@@ -344,7 +344,8 @@ def _config(args: argparse.Namespace) -> ModelConfig:
     return cfg.replace(experts_mxfp4=False) if args.dense_experts else cfg
 
 
-def print_table(cfg: ModelConfig, layout: str, max_shard_bytes: int | None, out=sys.stdout) -> None:
+def print_table(cfg: ModelConfig, layout: str, max_shard_bytes: int | None, out=None) -> None:
+    out = out or sys.stdout
     plan = stored_plan(cfg, layout)
     shards = shard_plan(plan, max_shard_bytes)
     width = max(len(n) for n, _, _ in plan)
