@@ -66,7 +66,7 @@ class GenerationConfig:
         if self.max_new_tokens < 1:
             raise MxportError(f"--max-new-tokens must be >= 1, found {self.max_new_tokens}")
         if any(not s for s in self.stop_strings):
-            raise MxportError("stop strings must be non-empty")
+            raise MxportError(f"--stop: stop strings must be non-empty, found {list(self.stop_strings)}")
 
 
 class Generator:

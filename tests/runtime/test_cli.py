@@ -72,6 +72,8 @@ def test_run_sampling_is_seeded(toy, capsys):
     (["--prompt", "x", "--max-context", "4", "--max-new-tokens", "8"], "context length exceeded"),
     (["--input-ids", "missing.npy"], "--input-ids missing.npy: file not found"),
     (["--prompt", "x", "--logits-out", "l.npy"], "--logits-out needs --input-ids"),
+    (["--prompt", "x", "--stop", ""], "--stop: stop strings must be non-empty"),
+    (["--prompt", "x", "--max-context", "0"], "--max-context must be >= 1"),
 ])
 def test_run_bad_options_exit_2(toy, capsys, monkeypatch, tmp_path, args, match):
     monkeypatch.chdir(tmp_path)

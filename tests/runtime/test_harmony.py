@@ -88,6 +88,22 @@ def test_parse_analysis_and_final(harmony):
     assert reply.tool_calls == []
 
 
+def test_stream_parser_deltas_add_up_per_channel(harmony):
+    from mxport.runtime.harmony import StreamParser
+
+    tok = harmony.tokenizer
+    text = ("<|channel|>analysis<|message|>Think: 日本 🙂<|end|>"
+            "<|start|>assistant<|channel|>final<|message|>Answer: ü 🚀 done<|return|>")
+    parser = StreamParser(harmony)
+    got = {}
+    for t in tok.encode(text):
+        channel, delta = parser.add(t)
+        assert "\ufffd" not in delta
+        got[channel] = got.get(channel, "") + delta
+    assert got == {None: "", "analysis": "Think: 日本 🙂", "final": "Answer: ü 🚀 done"}
+    assert parser.reply().stop == "return"
+
+
 def test_parse_tool_call(harmony):
     tok = harmony.tokenizer
     reply_text = ("<|channel|>analysis<|message|>Need weather.<|end|><|start|>assistant<|channel|>commentary "
