@@ -23,11 +23,13 @@ import onnx_ir as ir
 
 from mxport.exporter.config import ModelConfig, yarn_inv_freq
 from mxport.exporter.graph import Builder, set_output, tensor_value
+from mxport.ops import mxfp4
 
 DOMAIN = "ai.mxport"  # = mxport.ops.DOMAIN (the contract); spelled here so the graph builds before ops/ lands
 DOMAIN_VERSION = 1
 FLOAT = ir.DataType.FLOAT
 INT64 = ir.DataType.INT64
+UINT8 = ir.DataType.UINT8
 
 # Symbolic dims of the model I/O (ARCHITECTURE.md "Model I/O").
 BATCH, SEQ, PAST, TOTAL = "batch", "seq", "past_seq", "total_seq"  # TOTAL = past_seq + seq
@@ -89,6 +91,25 @@ class Weights:
         spec = self.ckpt.spec(name)
         dtype = ir.DataType.from_numpy(np.dtype(spec.dtype))
         return self.b.lazy_initializer(name, dtype, spec.shape, lambda: self.ckpt.get(name))
+
+    def experts_mxfp4(self, name: str) -> tuple[ir.Value, ir.Value]:
+        """MXFP4 (blocks [E,out,in/32,16], scales [E,out,in/32]) of `name` (e.g. `...experts.gate_up_proj`).
+
+        MXFP4 checkpoints: the stored uint8 halves. Dense-expert checkpoints ([E,in,out], input-major) are encoded
+        here, at save time (ops.mxfp4.encode: exact when the values are MXFP4 values already, else lossy).
+        """
+        names = self.ckpt.names()
+        if f"{name}_blocks" in names:
+            return self.stored(f"{name}_blocks"), self.stored(f"{name}_scales")
+        E, n_in, n_out = self.ckpt.spec(name).shape
+        ckpt = self.ckpt
+
+        def half(i: int):
+            return lambda: mxfp4.encode(np.swapaxes(ckpt.get_f32(name), 1, 2))[i]  # [E,out,in] -> blocks | scales
+
+        nb = n_in // mxfp4.BLOCK_SIZE
+        blocks = self.b.lazy_initializer(f"{name}_blocks", UINT8, (E, n_out, nb, mxfp4.BYTES_PER_BLOCK), half(0))
+        return blocks, self.b.lazy_initializer(f"{name}_scales", UINT8, (E, n_out, nb), half(1))
 
     def vector(self, name: str) -> ir.Value:
         """A float32 tensor (norm scales, biases, sinks)."""
@@ -174,8 +195,8 @@ def moe(b: Builder, cfg: ModelConfig, w: Weights, layer: int, x: ir.Value) -> ir
         e = f"{p}.experts"
         y = b.op(
             "MoEMXFP4", tokens, logits,
-            w.stored(f"{e}.gate_up_proj_blocks"), w.stored(f"{e}.gate_up_proj_scales"), w.vector(f"{e}.gate_up_proj_bias"),
-            w.stored(f"{e}.down_proj_blocks"), w.stored(f"{e}.down_proj_scales"), w.vector(f"{e}.down_proj_bias"),
+            *w.experts_mxfp4(f"{e}.gate_up_proj"), w.vector(f"{e}.gate_up_proj_bias"),
+            *w.experts_mxfp4(f"{e}.down_proj"), w.vector(f"{e}.down_proj_bias"),
             role="experts", domain=DOMAIN,
             k=cfg.experts_per_token, normalize_routing_weights=1, swiglu_interleaved=1,
             swiglu_limit=float(cfg.swiglu_limit), activation_alpha=float(cfg.swiglu_alpha), activation_beta=1.0,
