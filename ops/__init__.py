@@ -97,6 +97,9 @@ def make_node(op_type: str, inputs: list[str], outputs: list[str], name: str | N
     unknown = set(attrs) - set(known) - set(proto.attribute)
     if unknown:
         raise ValueError(f"{DOMAIN}.{op_type}: unknown attributes {sorted(unknown)}; known: {sorted(known)}")
+    missing = [name for name in proto.attribute if name not in attrs]
+    if missing:
+        raise ValueError(f"{DOMAIN}.{op_type}: required attributes {missing} are missing")
     full = {a.name: onnx.helper.get_attribute_value(a) for a in proto.attribute_proto}
     full.update(attrs)
     return onnx.helper.make_node(op_type, inputs, outputs, name=name, domain=DOMAIN, **full)

@@ -46,3 +46,9 @@ def run_three_ways(op_type: str, inputs: dict[str, np.ndarray], n_outputs: int =
 def run_op():
     """run_op(op_type, inputs: dict[name, ndarray], n_outputs=1, **attrs) -> {"kernel"|"reference"|"ort": outputs}."""
     return run_three_ways
+
+
+@pytest.fixture
+def op_model():
+    """op_model(op_type, inputs, n_outputs, **attrs) -> the one-node ModelProto run_op uses."""
+    return build_model

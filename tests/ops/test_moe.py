@@ -7,7 +7,6 @@ import onnx
 import pytest
 from onnx.reference import ReferenceEvaluator
 
-from conftest import build_model
 from mxport import ops
 from mxport.ops import moe, mxfp4
 
@@ -116,14 +115,14 @@ class CountingEvaluator(ReferenceEvaluator):
 
 
 @pytest.mark.parametrize("t, e, k, route", [(1, 8, 1, None), (6, 8, 2, "unused"), (6, 8, 2, "same")])
-def test_mxfp4_dequantizes_each_chosen_expert_once(t, e, k, route):
+def test_mxfp4_dequantizes_each_chosen_expert_once(op_model, t, e, k, route):
     """The body dequantizes exactly the unique chosen experts, one expert's weight per call."""
     x, logits, w1, b1, w2, b2 = make_case(t, e, seed=3, route=route)
     (w1_blocks, w1_scales), (w2_blocks, w2_scales) = mxfp4.encode(w1), mxfp4.encode(w2)
     inputs = dict(x=x, router_logits=logits, w1_blocks=w1_blocks, w1_scales=w1_scales, b1=b1,
                   w2_blocks=w2_blocks, w2_scales=w2_scales, b2=b2)
     CountingEvaluator.calls = []
-    (y,) = CountingEvaluator(build_model("MoEMXFP4", inputs, 1, k=k, **GPT_OSS)).run(None, inputs)
+    (y,) = CountingEvaluator(op_model("MoEMXFP4", inputs, 1, k=k, **GPT_OSS)).run(None, inputs)
     n_unique = len(np.unique(np.argsort(-logits, axis=-1, kind="stable")[:, :k]))
     assert n_unique < e
     one_expert = [w1_blocks.shape[1:]] * n_unique + [w2_blocks.shape[1:]] * n_unique
