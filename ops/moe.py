@@ -11,6 +11,7 @@ Schema
                                  0: softmax over all E, the chosen probabilities unnormalised      default 1
       swiglu_interleaved         1: gate = h[0::2], up = h[1::2]; 0: gate = h[:I], up = h[I:]         default 0
       swiglu_limit               0: no clamp; else gate = min(gate, limit), up = clip(up, ±limit)      default 0
+                                 (negative is invalid: the kernel raises, the body treats it as 0)
       activation_alpha, _beta    act = gate * sigmoid(alpha * gate) * (up + beta)            default 1.0, 0.0
                                  (gpt-oss: interleaved, limit 7, alpha 1.702, beta 1; plain SwiGLU: 1, 0)
 
@@ -29,8 +30,8 @@ Function body: each chosen expert is gathered (and, for MoEMXFP4, dequantized) o
     │   y_rows = SwiGLUExpert(x[rows], W1_e, b1[e], W2_e, b2[e]) * w_e    [n, H]                              │
     └── y = ScatterND(y, rows, y_rows, reduction=add) ◄─────────────────────────────────────────────────────┘
 
-Attributes become tensors before the Loop (Constant with ref_attr), so the Loop body only references outer-scope
-values: ORT and onnx.reference both run that (a ref_attr inside a Loop body inside a function is less portable).
+Attributes become tensors before the Loop (Constant with ref_attr, in SwiGLUParams / SwiGLUIndices / MoERouting),
+so the Loop body only references outer-scope values: ORT and onnx.reference both run that (a ref_attr inside a Loop body inside a function is less portable).
 Prefill touches U experts, decode (T=1) touches k: the graph never materialises all E dequantized experts.
 The per-expert sums run in expert-index order, not top-k rank order: float32 results differ from a per-token
 loop only by summation order (~1e-7 relative).
@@ -50,7 +51,6 @@ from mxport.ops.dequantize_mxfp4 import _dequantize_mxfp4
 
 (dequantize_mxfp4,) = _DEQUANTIZE  # the DequantizeMXFP4 function body (its module name is the kernel class)
 
-_AXIS0 = numpy_helper.from_array(np.array([0], np.int64))
 _AXIS1 = numpy_helper.from_array(np.array([1], np.int64))
 _SCALAR = numpy_helper.from_array(np.zeros(0, np.int64))  # Reshape target shape [] (a scalar)
 _FLAT = numpy_helper.from_array(np.array([-1], np.int64))
@@ -84,11 +84,22 @@ def SwiGLUExpert(
 
     limit = +inf means no clamp; gate_idx / up_idx select the interleaved or the split halves of h.
     """
-    h = op.Add(op.MatMul(x, op.Transpose(w1, perm=[1, 0])), b1)  # [n, 2I]
+    h = op.Gemm(x, w1, b1, transB=1)  # [n, 2I]
     gate = op.Min(op.Gather(h, gate_idx, axis=1), limit)  # [n, I]
     up = op.Clip(op.Gather(h, up_idx, axis=1), op.Neg(limit), limit)  # [n, I]
     act = gate * op.Sigmoid(alpha * gate) * (up + beta)
-    return op.Add(op.MatMul(act, op.Transpose(w2, perm=[1, 0])), b2)  # [n, H]
+    return op.Gemm(act, w2, b2, transB=1)  # [n, H]
+
+
+@script(OPSET, default_opset=op)
+def SwiGLUParams(x: FLOAT, swiglu_limit: float, activation_alpha: float, activation_beta: float):
+    """SwiGLUParams(x) -> (limit, alpha, beta) as scalars of x's type; limit 0 (no clamp) becomes +inf."""
+    limit = op.CastLike(op.Constant(value_float=swiglu_limit), x)
+    no_clamp = op.LessOrEqual(limit, op.CastLike(op.Constant(value=_ZERO_F), x))
+    limit = op.Where(no_clamp, op.CastLike(op.Constant(value=_INF_F), x), limit)
+    alpha = op.CastLike(op.Constant(value_float=activation_alpha), x)
+    beta = op.CastLike(op.Constant(value_float=activation_beta), x)
+    return limit, alpha, beta
 
 
 @script(OPSET, default_opset=op)
@@ -127,11 +138,9 @@ def MoE(
     top_idx, top_w = MoERouting(router_logits, k=k, normalize_routing_weights=normalize_routing_weights)
     experts = op.Unique(op.Reshape(top_idx, op.Constant(value=_FLAT)), sorted=1)  # [U]
     gate_idx, up_idx = SwiGLUIndices(op.Shape(w1, start=1, end=2), swiglu_interleaved=swiglu_interleaved)
-    limit_attr = op.CastLike(op.Constant(value_float=swiglu_limit), x)
-    limit = op.Where(op.Greater(limit_attr, op.CastLike(op.Constant(value=_ZERO_F), x)), limit_attr,
-                     op.CastLike(op.Constant(value=_INF_F), x))
-    alpha = op.CastLike(op.Constant(value_float=activation_alpha), x)
-    beta = op.CastLike(op.Constant(value_float=activation_beta), x)
+    limit, alpha, beta = SwiGLUParams(
+        x, swiglu_limit=swiglu_limit, activation_alpha=activation_alpha, activation_beta=activation_beta
+    )
     y = op.CastLike(op.ConstantOfShape(op.Shape(x)), x)  # [T, H] zeros
     for u in range(op.Size(experts)):
         e = op.Gather(experts, u, axis=0)
@@ -158,11 +167,9 @@ def MoEMXFP4(
     top_idx, top_w = MoERouting(router_logits, k=k, normalize_routing_weights=normalize_routing_weights)
     experts = op.Unique(op.Reshape(top_idx, op.Constant(value=_FLAT)), sorted=1)  # [U]
     gate_idx, up_idx = SwiGLUIndices(op.Shape(w1_blocks, start=1, end=2), swiglu_interleaved=swiglu_interleaved)
-    limit_attr = op.CastLike(op.Constant(value_float=swiglu_limit), x)
-    limit = op.Where(op.Greater(limit_attr, op.CastLike(op.Constant(value=_ZERO_F), x)), limit_attr,
-                     op.CastLike(op.Constant(value=_INF_F), x))
-    alpha = op.CastLike(op.Constant(value_float=activation_alpha), x)
-    beta = op.CastLike(op.Constant(value_float=activation_beta), x)
+    limit, alpha, beta = SwiGLUParams(
+        x, swiglu_limit=swiglu_limit, activation_alpha=activation_alpha, activation_beta=activation_beta
+    )
     y = op.CastLike(op.ConstantOfShape(op.Shape(x)), x)  # [T, H] zeros
     for u in range(op.Size(experts)):
         e = op.Gather(experts, u, axis=0)
@@ -178,7 +185,7 @@ def MoEMXFP4(
     return y
 
 
-HELPERS = (MoERouting, SwiGLUIndices, ExpertRows, SwiGLUExpert)  # function bodies the op bodies call
+HELPERS = (MoERouting, SwiGLUParams, SwiGLUIndices, ExpertRows, SwiGLUExpert)  # function bodies the op bodies call
 
 
 # ---- NumPy kernels -------------------------------------------------------------------------------------------
