@@ -138,8 +138,8 @@ def build_harmony_tokenizer(vocab_size: int, corpus: str | None = None) -> Token
     """A byte-level BPE tokenizer with exactly `vocab_size` ids and the harmony special tokens.
 
     When the vocab is as large as o200k_harmony's, the special tokens sit at their o200k ids; otherwise they take
-    the top ids of the vocab (like o200k, whose specials follow the regular tokens). Ids between the trained BPE
-    tokens and the specials are filled with `<|reserved_N|>` specials, so every id decodes. Deterministic.
+    the top ids of the vocab (like o200k, whose specials follow the regular tokens). In a small vocab, ids between
+    the trained BPE tokens and the specials are `<|reserved_N|>` specials, so every id decodes. Deterministic.
     """
     specials = list(HARMONY_SPECIAL_TOKENS)
     n_base_min = 256 + 1  # the byte alphabet plus at least one merge
@@ -176,9 +176,9 @@ def build_harmony_tokenizer(vocab_size: int, corpus: str | None = None) -> Token
         vocab[tok] = tid
         used.add(tid)
         added.append((tok, tid))
-    # Fill every unused id below vocab_size with a reserved special (o200k_harmony does the same).
-    # For o200k-sized vocabs only the range up to the last harmony special is filled (keeps the file small).
-    last = vocab_size if vocab_size < O200K_HARMONY_VOCAB else max(special_ids.values()) + 1
+    # Fill every unused id below vocab_size with a reserved special (o200k_harmony does the same). An o200k-sized
+    # vocab is left with gaps instead (ids without a token decode to ''), which keeps building it fast.
+    last = vocab_size if vocab_size < O200K_HARMONY_VOCAB else 0
     for tid in range(last):
         if tid not in used:
             tok = f"<|reserved_{tid}|>"
