@@ -65,7 +65,8 @@ def pack_codes(codes: np.ndarray) -> np.ndarray:
 
 def scale_values(scales: np.ndarray) -> np.ndarray:
     """E8M0 bytes -> float32 2^(s-127), NaN for 0xFF (explicit: 2^128 is not a float32 anyway)."""
-    out = np.ldexp(np.float32(1.0), scales.astype(np.int32) - E8M0_BIAS).astype(np.float32)
+    with np.errstate(over="ignore"):  # 0xFF gives 2^128 = inf here, replaced by NaN below
+        out = np.ldexp(np.float32(1.0), scales.astype(np.int32) - E8M0_BIAS).astype(np.float32)
     out[scales == E8M0_NAN] = np.nan
     return out
 
@@ -79,7 +80,8 @@ def decode(blocks: np.ndarray, scales: np.ndarray, dtype: np.dtype = np.float32)
     check_shapes(blocks, scales)
     values = FP4_VALUES[unpack_codes(blocks)]  # [..., NB, 32]
     exponents = scales.astype(np.int32)[..., None] - E8M0_BIAS
-    out = np.ldexp(values, exponents).astype(np.float32)
+    with np.errstate(over="ignore"):  # 6 * 2^127 and up do not fit float32: inf, as any float32 decoder gives
+        out = np.ldexp(values, exponents).astype(np.float32)
     if (scales == E8M0_NAN).any():
         out[np.broadcast_to((scales == E8M0_NAN)[..., None], out.shape)] = np.nan
     out = out.reshape(blocks.shape[:-2] + (blocks.shape[-2] * BLOCK_SIZE,))
