@@ -74,7 +74,7 @@ def sample(logits: np.ndarray, config: SamplingConfig, rng: np.random.Generator)
         return greedy(logits)
     scaled = logits.astype(np.float64) / config.temperature
     probs = _softmax(filter_logits(scaled, config.top_k, config.top_p))
-    # Inverse-CDF draw with one uniform per row: reproducible for a seed, independent of the batch layout.
+    # Inverse-CDF draw, one uniform per row and step: the same seed and batch give the same tokens.
     u = rng.random(probs.shape[0])
     cdf = np.cumsum(probs, axis=-1)
     ids = np.array([np.searchsorted(cdf[b], u[b] * cdf[b, -1], side="right") for b in range(probs.shape[0])])

@@ -103,8 +103,8 @@ class OrtStepModel:
         self._ort = ort
 
     def new_cache(self, batch: int) -> list[Any]:
-        empty = np.zeros((batch, self.cache_shape.kv_heads, 0, self.cache_shape.head_dim), np.float32)
-        value = self._ort.OrtValue.ortvalue_from_numpy(empty, self.device, 0)
+        shape = [batch, self.cache_shape.kv_heads, 0, self.cache_shape.head_dim]
+        value = self._ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, self.device, 0)  # on the device
         return [value] * len(self.past_names)
 
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
