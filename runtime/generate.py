@@ -349,41 +349,12 @@ def _cache_shape(config, folder: Path) -> CacheShape:
 
 
 def _onnx_reference_runner(folder: Path):
-    try:
-        from mxport.runtime.runners import OnnxReferenceRunner
-    except ImportError:
-        return _OnnxReference(folder)
+    from mxport.runtime.runners import OnnxReferenceRunner
+
     return OnnxReferenceRunner(folder)
 
 
 def _reference_model_runner(folder: Path):
-    try:
-        from mxport.runtime.runners import ReferenceModelRunner
-    except ImportError:
-        from mxport.runtime.reference_model import ReferenceModel
-        from mxport.exporter.checkpoint import open_checkpoint
+    from mxport.runtime.runners import ReferenceModelRunner
 
-        return ReferenceModel(open_checkpoint(folder))
     return ReferenceModelRunner(folder, hidden_states=False)
-
-
-class _OnnxReference:
-    """onnx.reference over model.onnx with mxport's kernels (used until runtime.runners is available)."""
-
-    def __init__(self, folder: Path) -> None:
-        import onnx
-        from onnx.reference import ReferenceEvaluator
-
-        try:
-            from mxport.ops import kernels
-            new_ops = list(kernels())
-        except ImportError:
-            new_ops = []
-        model = onnx.load(str(folder / "model.onnx"))
-        self.evaluator = ReferenceEvaluator(model, new_ops=new_ops or None)
-        self.output_names = [o.name for o in model.graph.output]
-        self.input_names = {i.name for i in model.graph.input}
-
-    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feeds = {k: v for k, v in feeds.items() if k in self.input_names}
-        return dict(zip(self.output_names, self.evaluator.run(None, feeds)))
