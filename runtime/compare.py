@@ -297,7 +297,7 @@ def first_failing_layer(reports: Report | Iterable[Report]) -> int | None:
 
 # ---- printing -------------------------------------------------------------------------------------------------
 def format_table(rows: list[OutputStats]) -> str:
-    head = ("output", "shape", "max_abs", "mean_abs", "rel", "p99", "top1", "kl_mean", "kl_max", "tolerance", "")
+    head = ("output", "shape", "max_abs", "mean_abs", "rel", "p99", "top1", "kl_mean", "kl_max", "tolerance", "result")
     body = []
     for s in rows:
         body.append(

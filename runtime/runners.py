@@ -25,6 +25,7 @@ import numpy as np
 from mxport.errors import MxportError
 
 MODEL_FILE = "model.onnx"
+RESIDUAL_NAME = "layers.{i}/moe_residual"  # exporter.gpt_oss: the residual stream after layer i
 MANIFEST = "mxport.json"
 
 
@@ -190,8 +191,9 @@ class ReferenceModelRunner:
 def expose_hidden_states(model: str | os.PathLike, out_dir: str | os.PathLike, num_layers: int) -> Path:
     """A copy of `model` (an .onnx path) in `out_dir` with outputs `hidden_states.{i}` added, i < num_layers.
 
-    The residual stream after layer i is found by the exporter's node naming (`layers.{i}/...`): among the
-    values computed by layer i's nodes and used outside layer i (graph outputs excepted), the one computed last.
+    The residual stream after layer i is the value the exporter names `layers.{i}/moe_residual` (lowering keeps
+    that name when it fuses the Add into SkipSimplifiedLayerNormalization); failing that, the value computed
+    last by the nodes named `layers.{i}/...` among those used outside layer i, if an Add computes it.
     Only the graph is copied (external data is not loaded); the data files are hard-linked next to the copy
     (so `out_dir` must be on the same file system as the export).
     Raises MxportError when a layer's residual cannot be identified."""
@@ -213,24 +215,30 @@ def expose_hidden_states(model: str | os.PathLike, out_dir: str | os.PathLike, n
         head = node_name.split("/", 1)[0]
         return int(head[len("layers."):]) if head.startswith("layers.") and head[len("layers."):].isdigit() else None
 
-    producer: dict[str, tuple[int, int]] = {}  # value -> (node index, layer)
+    produced: dict[str, tuple[int, int | None, str]] = {}  # value -> (node index, layer, op type)
     used_outside: set[str] = set()
     for idx, node in enumerate(graph.node):
         li = layer(node.name)
         for name in node.input:
-            made = producer.get(name)
+            made = produced.get(name)
             if made is not None and made[1] != li:
                 used_outside.add(name)
-        if li is not None:
-            for name in node.output:
-                producer[name] = (idx, li)
+        for name in node.output:
+            produced[name] = (idx, li, node.op_type)
     new_outputs, new_nodes = [], []
     for i in range(num_layers):
-        candidates = [(idx, v) for v, (idx, li) in producer.items() if li == i and v in used_outside and v not in graph_outputs]
-        if not candidates:
-            raise MxportError(f"{src}: cannot find the residual stream after layer {i} (no node named 'layers.{i}/...' "
-                              "feeds the next layer)")
-        value = max(candidates)[1]
+        value = RESIDUAL_NAME.format(i=i)
+        if value not in produced:  # not the exporter's naming: the last Add of layer i that leaves the layer
+            candidates = [
+                (idx, v) for v, (idx, li, op) in produced.items()
+                if li == i and v in used_outside and v not in graph_outputs
+            ]
+            if not candidates or produced[max(candidates)[1]][2] != "Add":
+                raise MxportError(
+                    f"{src}: cannot find the residual stream after layer {i} (no value {value!r}, and the last "
+                    f"value of the nodes 'layers.{i}/...' used by later nodes is not an Add)"
+                )
+            value = max(candidates)[1]
         out = f"hidden_states.{i}"
         new_nodes.append(onnx.helper.make_node("Identity", [value], [out], name=f"verify/{out}"))
         new_outputs.append(onnx.helper.make_tensor_value_info(out, types.get(value) or onnx.TensorProto.FLOAT, None))

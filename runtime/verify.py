@@ -280,7 +280,7 @@ def _fmt(v: Any, spec: str = ".3g") -> str:
 
 
 def _worst_table(rows: list[dict[str, Any]]) -> str:
-    head = ("output", "max_abs", "mean_abs", "rel", "p99", "top1", "kl_mean", "kl_max", "tolerance", "")
+    head = ("output", "max_abs", "mean_abs", "rel", "p99", "top1", "kl_mean", "kl_max", "tolerance", "result")
     body = [
         (r["name"], _fmt(r["max_abs"]), _fmt(r["mean_abs"]), _fmt(r["rel"]), _fmt(r["p99"]), _fmt(r["top1"], ".4f"),
          _fmt(r["kl_mean"]), _fmt(r["kl_max"]), r["tolerance"], "ok" if not r["failed_in"] else f"FAIL in {len(r['failed_in'])} calls")
@@ -290,7 +290,7 @@ def _worst_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _layer_table(rows: list[dict[str, Any]]) -> str:
-    head = ("layer", "hidden_rel", "key_rel", "value_rel", "")
+    head = ("layer", "hidden_rel", "key_rel", "value_rel", "result")
     body = [
         (str(r["layer"]), _fmt(r["hidden_rel"]), _fmt(r["key_rel"]), _fmt(r["value_rel"]), "ok" if r["passed"] else "FAIL")
         for r in rows

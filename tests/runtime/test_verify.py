@@ -251,3 +251,15 @@ def test_cli_bad_input_exits_2(export_dir, tmp_path, capsys):
     assert "nope: no such folder" in capsys.readouterr().err
     assert main(["verify", str(export_dir), "--tolerance", "logits"]) == 2
     assert "--tolerance 'logits'" in capsys.readouterr().err
+
+
+def test_verify_exposes_the_residual_of_a_lowered_export(ckpt, cfg, tmp_path):
+    """CPU lowering fuses the residual Add into SkipSimplifiedLayerNormalization; the exposed value must still
+    be the residual stream (a wrong pick, e.g. the MoE output, would fail every layer of an exact export)."""
+    from mxport.exporter.export import export
+
+    out = export(ckpt, tmp_path / "cpu", target="cpu", experts="mxfp4", progress=False)
+    report = verify(out, prompts=2, decode_steps=1)
+    assert report.hidden_states_source == "exposed"
+    assert report, str(report)
+    assert max(row["hidden_rel"] for row in report.layers()) < 1e-4
