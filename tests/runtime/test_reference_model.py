@@ -11,6 +11,7 @@ import pytest
 
 from mxport.errors import MxportError
 from mxport.exporter.config import FULL, SLIDING, ModelConfig
+from mxport.exporter.synth import PRESETS
 from mxport.ops import mxfp4
 from mxport.runtime import reference_layers as L
 from mxport.runtime.reference_model import ReferenceModel, run_checkpoint
@@ -36,6 +37,11 @@ CONFIGS = {
         head_dim=40, num_experts=3, experts_per_token=1, sliding_window=128, rope_scaling_factor=1.0, **_SMALL,
     ),
 }
+CONFIGS["tiny-preset"] = PRESETS["tiny"]  # what the other suites run on: window 8, 8 experts top-2, vocab 512
+# synthetic pre-activations stay within |h| < 4, so the published limit 7 never clamps: limit 1 clamps ~30%
+CONFIGS["swiglu-limit-1"] = PRESETS["tiny"].replace(swiglu_limit=1.0)
+# dense (unquantized) experts, stored input-major [E,H,2I] / [E,I,H] as transformers saves them
+CONFIGS["dense-experts"] = CONFIGS["window4-k3of5-odd-heads-yarn4"].replace(experts_mxfp4=False)
 PROMPT = 12
 MEASURED: dict[str, float] = {}  # config -> max relative logits error vs transformers (printed with -s)
 
@@ -68,8 +74,10 @@ def test_logits_and_hidden_states_match_transformers(make_checkpoint, name):
     cfg = CONFIGS[name]
     path = make_checkpoint(cfg, seed=3)
     ids = prompt(cfg, (2, PROMPT))
+    oracle = oracles.load_transformers_gpt_oss(path)
+    assert oracle.config._attn_implementation == "eager"
     with torch.no_grad():
-        hf = oracles.load_transformers_gpt_oss(path)(torch.from_numpy(ids), output_hidden_states=True)
+        hf = oracle(torch.from_numpy(ids), output_hidden_states=True)
     want = hf.logits.float().numpy()
     with ReferenceModel(path) as model:
         out = model.forward(ids, return_hidden_states=True)
