@@ -91,6 +91,11 @@ class Reply:
 
 def render_message(m: Message, end: str = "<|end|>") -> str:
     """'<|start|>{role}[ to=..][<|channel|>{channel}][ to={recipient}][ <|constrain|>{type}]<|message|>{content}{end}'"""
+    return "".join(text for text, _ in _message_parts(m, end))
+
+
+def _message_parts(m: Message, end: str) -> list[tuple[str, bool]]:
+    """(text, is_content) pieces; content is encoded with special tokens taken literally (no prompt injection)."""
     head = m.author or m.role
     if m.role == "tool":  # a tool's answer: '<|start|>functions.f to=assistant<|channel|>commentary<|message|>'
         head += f" to={m.recipient or 'assistant'}"
@@ -100,7 +105,7 @@ def render_message(m: Message, end: str = "<|end|>") -> str:
         head += f" to={m.recipient}"
     if m.content_type:
         head += f" <|constrain|>{m.content_type}"
-    return f"<|start|>{head}<|message|>{m.content}{end}"
+    return [(f"<|start|>{head}<|message|>", False), (m.content, True), (end, False)]
 
 
 def history(messages: Sequence[Message]) -> list[Message]:
@@ -117,18 +122,23 @@ def history(messages: Sequence[Message]) -> list[Message]:
 def render_conversation(messages: Sequence[Message], system: SystemContent | None = None,
                         developer: str | None = None, *, for_completion: bool = True) -> str:
     """The prompt string (with special tokens spelled out) ending with `<|start|>assistant`."""
+    return "".join(text for text, _ in _conversation_parts(messages, system, developer, for_completion))
+
+
+def _conversation_parts(messages: Sequence[Message], system: SystemContent | None, developer: str | None,
+                        for_completion: bool) -> list[tuple[str, bool]]:
     system = system or SystemContent()
-    parts = [render_message(Message("system", system.render()))]
+    parts = _message_parts(Message("system", system.render()), "<|end|>")
     if developer:
-        parts.append(render_message(Message("developer", f"# Instructions\n\n{developer}")))
+        parts += _message_parts(Message("developer", f"# Instructions\n\n{developer}"), "<|end|>")
     for m in history(messages):
         if m.role in ("system", "developer"):
             raise MxportError(f"harmony: pass {m.role} text as system=/developer=, not as a message")
         call = m.role == "assistant" and m.recipient is not None
-        parts.append(render_message(m, "<|call|>" if call else "<|end|>"))
+        parts += _message_parts(m, "<|call|>" if call else "<|end|>")
     if for_completion:
-        parts.append("<|start|>assistant")
-    return "".join(parts)
+        parts.append(("<|start|>assistant", False))
+    return parts
 
 
 class Harmony:
@@ -145,7 +155,11 @@ class Harmony:
 
     def render_ids(self, messages: Sequence[Message], system: SystemContent | None = None,
                    developer: str | None = None) -> list[int]:
-        return self.tokenizer.encode(render_conversation(messages, system, developer))
+        """The prompt as ids. Message text is encoded literally: a user typing '<|end|>' gets text, not a token."""
+        ids: list[int] = []
+        for text, is_content in _conversation_parts(messages, system, developer, True):
+            ids += self.tokenizer.encode(text, allow_special=not is_content)
+        return ids
 
     def parse(self, token_ids: Iterable[int], stop_token_id: int | None = None) -> Reply:
         """Reply tokens (after the prompt's `<|start|>assistant`) -> messages. Lenient: a model that breaks the

@@ -57,8 +57,15 @@ class Tokenizer:
         """Largest id + 1 (added tokens included)."""
         return max(self._tok.get_vocab(with_added_tokens=True).values()) + 1
 
-    def encode(self, text: str) -> list[int]:
-        return list(self._tok.encode(text, add_special_tokens=False).ids)
+    def encode(self, text: str, allow_special: bool = True) -> list[int]:
+        """Text -> ids. allow_special=False encodes '<|end|>' etc. in the text as plain text (for user content)."""
+        if allow_special:
+            return list(self._tok.encode(text, add_special_tokens=False).ids)
+        self._tok.encode_special_tokens = True
+        try:
+            return list(self._tok.encode(text, add_special_tokens=False).ids)
+        finally:
+            self._tok.encode_special_tokens = False
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
