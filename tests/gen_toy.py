@@ -63,18 +63,17 @@ def build_toy_model(vocab: int, max_positions: int, seed: int = 0) -> onnx.Model
     x = node("Add", [node("Gather", ["E", "input_ids"], ["emb"]), node("Gather", ["Pos", "position_ids"], ["pemb"])],
              ["x0"])
     # mask pieces shared by all layers: T = P + S from the attention mask
-    t_len = node("Squeeze", [node("Slice", [node("Shape", ["attention_mask"], ["mshape"]), "ax1",
+    node("Squeeze", [node("Slice", [node("Shape", ["attention_mask"], ["mshape"]), "ax1",
                                              const("two", np.array([2], np.int64)), "ax0"], ["t1"])], ["T"])
-    s_len = node("Squeeze", [node("Slice", [node("Shape", ["input_ids"], ["ishape"]), "ax1",
+    node("Squeeze", [node("Slice", [node("Shape", ["input_ids"], ["ishape"]), "ax1",
                                              const("two_b", np.array([2], np.int64)), "ax0"], ["s1"])], ["S"])
-    p_len = node("Sub", ["T", "S"], ["P"])
+    node("Sub", ["T", "S"], ["P"])  # T, S, P as scalars
     key_idx = node("Range", ["zero", "T", "one"], ["key_idx"])  # [T]
     q_slot = node("Unsqueeze", [node("Range", ["P", "T", "one"], ["q_slot0"]), "ax1"],
                   ["q_slot"])  # [S,1]
     causal = node("LessOrEqual", [key_idx, q_slot], ["causal"])  # [S,T]
     keep = node("Unsqueeze", [node("Equal", ["attention_mask", "one"], ["keep0"]), "ax12"], ["keep"])  # [B,1,1,T]
     allowed = node("And", [causal, keep], ["allowed"])  # [B,1,S,T]
-    del p_len, s_len, t_len
     for i in range(LAYERS):
         def heads(src, tag):
             y = node("MatMul", [x, w(f"W{tag}{i}", H, KV * D, std=0.5)], [f"{tag}{i}_flat"])
