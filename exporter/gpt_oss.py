@@ -70,18 +70,27 @@ class Weights:
             raise ValueError(f"dense storage must be 'bfloat16' or 'float32', found {dense!r}")
         self.b, self.ckpt, self.dense = b, ckpt, dense
 
+    def _read(self, name: str, f32: bool = False) -> np.ndarray:
+        """One tensor from the checkpoint, then its file mappings are dropped (ckpt.close(); the next read reopens).
+
+        safetensors reads through mmap: pages touched stay resident (and count in RSS) while the file is mapped,
+        so without this the export's RSS would grow to the checkpoint's size."""
+        try:
+            return self.ckpt.get_f32(name) if f32 else self.ckpt.get(name)  # copies out of the mapping
+        finally:
+            self.ckpt.close()
+
     def _stored_dtype(self, name: str) -> np.dtype:
         return np.dtype(self.ckpt.spec(name).dtype)
 
     def matrix(self, name: str, *, role: str, as_name: str | None = None) -> ir.Value:
         """A float32 [in, out] matrix from the checkpoint's [out, in] `name` (initializer `as_name` or `name`)."""
-        ckpt, shape = self.ckpt, tuple(self.ckpt.spec(name).shape)[::-1]
+        shape = tuple(self.ckpt.spec(name).shape)[::-1]
         keep_bf16 = self.dense == "bfloat16" and self._stored_dtype(name) == ml_dtypes.bfloat16
         dtype = np.dtype(ml_dtypes.bfloat16) if keep_bf16 else np.dtype(np.float32)
 
         def produce() -> np.ndarray:
-            a = ckpt.get(name) if keep_bf16 else ckpt.get_f32(name)
-            return a.T
+            return self._read(name, f32=not keep_bf16).T
 
         value = self.b.lazy_initializer(as_name or name, ir.DataType.from_numpy(dtype), shape, produce)
         return self.b.op("Cast", value, role=f"{role}/weight_f32", to=FLOAT) if keep_bf16 else value
@@ -90,7 +99,7 @@ class Weights:
         """A tensor exactly as stored (bf16 matrices for Gather, uint8 MXFP4 halves)."""
         spec = self.ckpt.spec(name)
         dtype = ir.DataType.from_numpy(np.dtype(spec.dtype))
-        return self.b.lazy_initializer(name, dtype, spec.shape, lambda: self.ckpt.get(name))
+        return self.b.lazy_initializer(name, dtype, spec.shape, lambda: self._read(name))
 
     def experts_mxfp4(self, name: str) -> tuple[ir.Value, ir.Value]:
         """MXFP4 (blocks [E,out,in/32,16], scales [E,out,in/32]) of `name` (e.g. `...experts.gate_up_proj`).
@@ -102,10 +111,9 @@ class Weights:
         if f"{name}_blocks" in names:
             return self.stored(f"{name}_blocks"), self.stored(f"{name}_scales")
         E, n_in, n_out = self.ckpt.spec(name).shape
-        ckpt = self.ckpt
 
         def half(i: int):
-            return lambda: mxfp4.encode(np.swapaxes(ckpt.get_f32(name), 1, 2))[i]  # [E,out,in] -> blocks | scales
+            return lambda: mxfp4.encode(np.swapaxes(self._read(name, f32=True), 1, 2))[i]  # [E,out,in] -> blocks|scales
 
         nb = n_in // mxfp4.BLOCK_SIZE
         blocks = self.b.lazy_initializer(f"{name}_blocks", UINT8, (E, n_out, nb, mxfp4.BYTES_PER_BLOCK), half(0))
@@ -114,7 +122,7 @@ class Weights:
     def vector(self, name: str) -> ir.Value:
         """A float32 tensor (norm scales, biases, sinks)."""
         shape = self.ckpt.spec(name).shape
-        return self.b.lazy_initializer(name, FLOAT, shape, lambda: self.ckpt.get_f32(name))
+        return self.b.lazy_initializer(name, FLOAT, shape, lambda: self._read(name, f32=True))
 
 
 # ---- layers ---------------------------------------------------------------------------------------------------
