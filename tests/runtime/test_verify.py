@@ -263,3 +263,9 @@ def test_verify_exposes_the_residual_of_a_lowered_export(ckpt, cfg, tmp_path):
     assert report.hidden_states_source == "exposed"
     assert report, str(report)
     assert max(row["hidden_rel"] for row in report.layers()) < 1e-4
+
+
+def test_verify_refuses_a_checkpoint_of_another_model(export_dir, make_checkpoint, cfg):
+    other = make_checkpoint(cfg.replace(vocab_size=cfg.vocab_size + 32), layout="hf", seed=0)
+    with pytest.raises(MxportError, match=rf"was not exported from .*vocab_size: export {cfg.vocab_size} vs checkpoint"):
+        verify(export_dir, checkpoint=other)
