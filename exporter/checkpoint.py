@@ -257,6 +257,13 @@ class Checkpoint:
             original_sources(config) if layout == "original" else {e.name: Source(e.name) for e in expected_tensors(config)}
         )
         self._canonical = {e.name: e for e in expected_tensors(config)}
+        if layout == "hf" and not config.experts_mxfp4:
+            # transformers 5 saves a dequantized (Mxfp4Config(dequantize=True)) model's dense experts under the
+            # `_blocks` names, without quantization_config: read those as the dense weights.
+            for name in self._canonical:
+                alias = name + HF_SUFFIXES[0]
+                if name.endswith(("experts.gate_up_proj", "experts.down_proj")) and name not in files and alias in files:
+                    self._sources[name] = Source(alias)
         self._validate()
 
     # -- validation (headers only) --
@@ -279,7 +286,11 @@ class Checkpoint:
                         f"{file}: unexpected tensor {name!r} {_dtype_name(spec.dtype)}{list(spec.shape)} "
                         f"(not listed in {INDEX_FILE})"
                     )
-        expected = {e.name: e for e in stored_tensors(self.config, self.layout)}
+        if self.layout == "hf":
+            expected = {self._sources[e.name].stored: Expected(self._sources[e.name].stored, e.shape, e.packed)
+                        for e in self._canonical.values()}
+        else:
+            expected = {e.name: e for e in stored_tensors(self.config, self.layout)}
         for name, e in expected.items():
             if name not in self._specs:
                 want = f"{PACKED_DTYPE if e.packed else 'BF16'}{list(e.shape)}"

@@ -227,3 +227,17 @@ def test_no_weights_and_no_folder(tmp_path, tiny_config):
         open_checkpoint(tmp_path)
     with pytest.raises(MxportError, match="checkpoint folder not found"):
         open_checkpoint(tmp_path / "nowhere")
+
+
+@pytest.mark.oracle
+def test_reads_transformers_save_of_a_dequantized_model(tiny_config, make_checkpoint, tmp_path):
+    """transformers 5 saves dense experts under the `_blocks` names (float, [E, in, out]) without
+    quantization_config; the reader maps them to the dense names with the same numbers as our dense variant."""
+    pytest.importorskip("torch")
+    oracles = pytest.importorskip("oracles")
+    oracles.load_transformers_gpt_oss(make_checkpoint(tiny_config)).save_pretrained(tmp_path / "saved")
+    with open_checkpoint(tmp_path / "saved") as saved, open_checkpoint(make_checkpoint(tiny_config.replace(
+            experts_mxfp4=False))) as dense:
+        assert not saved.config.experts_mxfp4 and saved.names() == dense.names()
+        for name in dense.names():
+            np.testing.assert_array_equal(saved.get_f32(name), dense.get_f32(name), err_msg=name)
