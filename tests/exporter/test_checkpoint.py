@@ -241,3 +241,19 @@ def test_reads_transformers_save_of_a_dequantized_model(tiny_config, make_checkp
         assert not saved.config.experts_mxfp4 and saved.names() == dense.names()
         for name in dense.names():
             np.testing.assert_array_equal(saved.get_f32(name), dense.get_f32(name), err_msg=name)
+
+
+def test_index_lists_a_tensor_its_shard_lacks(tiny_config, make_checkpoint, tmp_path):
+    path = shutil.copytree(make_checkpoint(tiny_config, max_shard_bytes=60_000), tmp_path / "sharded")
+    weight_map = json.loads((path / INDEX_FILE).read_text())["weight_map"]
+    shard = path / weight_map["model.norm.weight"]
+    rewrite(shard, lambda t: t.pop("model.norm.weight"))
+    with pytest.raises(MxportError, match=rf"{shard.name}: tensor 'model.norm.weight' is listed in {INDEX_FILE} but"):
+        open_checkpoint(path)
+
+
+def test_bad_index(tiny_config, make_checkpoint, tmp_path):
+    path = shutil.copytree(make_checkpoint(tiny_config, max_shard_bytes=60_000), tmp_path / "sharded")
+    (path / INDEX_FILE).write_text('{"metadata": {}}')
+    with pytest.raises(MxportError, match=rf"{INDEX_FILE}: not a valid index \(expected JSON with a 'weight_map'"):
+        open_checkpoint(path)
