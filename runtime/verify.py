@@ -55,9 +55,10 @@ from mxport.runtime.runners import (
 )
 
 # Exact modes: every weight the export uses equals the checkpoint's after dequantization (MXFP4 kept or decoded
-# to float32, or mapped to int8 exactly: ops.mxfp4.exact_int8) and the math is float32, so only summation
-# order differs from the float32 reference. Anything else is lossy and gets the looser LOSSY_TOLERANCES.
-EXACT_EXPERTS = ("mxfp4", "fp32", "float32", "int8", "dense")
+# to float32) and the math is float32, so only summation order differs from the float32 reference. Anything
+# else is lossy and gets the looser LOSSY_TOLERANCES -- int8 too: its weights map exactly
+# (ops.mxfp4.exact_int8) but ORT's CPU QMoE quantizes the activations to int8 (~1e-2 relative on tiny).
+EXACT_EXPERTS = ("mxfp4", "fp32", "float32", "dense")
 LOSSY_TOLERANCES: dict[str, Tolerance] = {
     "logits": Tolerance(rel=5e-2, top1=0.9, kl_mean=1e-2),
     "hidden_states.*": Tolerance(rel=5e-2),

@@ -125,7 +125,8 @@ def test_prompts_are_seeded_and_cross_the_window(cfg):
 
 def test_tolerance_defaults_and_options():
     assert default_tolerances({"dtype": "float32", "experts": "mxfp4"})[0] == FLOAT32_TOLERANCES
-    assert default_tolerances({"dtype": "float32", "experts": "int8"})[1].endswith("(exact)")
+    assert default_tolerances({"dtype": "float32", "experts": "fp32"})[1].endswith("(exact)")
+    assert default_tolerances({"dtype": "float32", "experts": "int8"})[1].endswith("(lossy)")
     tols, mode = default_tolerances({"dtype": "float16", "experts": "mxfp4"})
     assert tols == LOSSY_TOLERANCES and mode == "dtype=float16 experts=mxfp4 (lossy)"
     assert default_tolerances({"experts": "int4"})[1].endswith("(lossy)")
