@@ -32,13 +32,7 @@ from typing import Iterator
 import numpy as np
 
 from mxport.errors import MxportError
-from mxport.exporter.checkpoint import (
-    INDEX_FILE,
-    Expected,
-    original_sources,
-    expected_tensors,
-    stored_tensors,
-)
+from mxport.exporter.checkpoint import INDEX_FILE, expected_tensors, original_sources, stored_tensors
 from mxport.exporter.config import FULL, SLIDING, ModelConfig
 from mxport.ops import mxfp4
 
