@@ -401,7 +401,8 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     live only in original/ opens that). Raises MxportError naming the file and tensor for anything wrong."""
     path = Path(path)
     if not path.is_dir():
-        raise MxportError(f"{path}: checkpoint folder not found")
+        what = "is a file, not a checkpoint folder" if path.exists() else "checkpoint folder not found"
+        raise MxportError(f"{path}: {what} (expected a folder with config.json and *.safetensors)")
     if not (path / "config.json").is_file() and (path / "original" / "config.json").is_file():
         path = path / "original"
     config_file = path / "config.json"

@@ -225,8 +225,10 @@ def test_no_weights_and_no_folder(tmp_path, tiny_config):
     (tmp_path / "config.json").write_text(json.dumps(tiny_config.to_hf_dict()))
     with pytest.raises(MxportError, match=r"no \*\.safetensors files"):
         open_checkpoint(tmp_path)
-    with pytest.raises(MxportError, match="checkpoint folder not found"):
+    with pytest.raises(MxportError, match="nowhere: checkpoint folder not found"):
         open_checkpoint(tmp_path / "nowhere")
+    with pytest.raises(MxportError, match=r"config\.json: is a file, not a checkpoint folder"):
+        open_checkpoint(tmp_path / "config.json")
 
 
 @pytest.mark.oracle
