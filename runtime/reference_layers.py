@@ -27,9 +27,15 @@ def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.nda
 def rope_cos_sin(
     position_ids: np.ndarray, inv_freq: np.ndarray, scale: float, dtype: np.dtype
 ) -> tuple[np.ndarray, np.ndarray]:
-    """position_ids [B,S] -> cos, sin [B,S,D/2] (times YaRN's attention factor `scale`), angles in float64."""
-    angles = position_ids.astype(np.float64)[..., None] * inv_freq  # [B,S,D/2]
-    return (np.cos(angles) * scale).astype(dtype), (np.sin(angles) * scale).astype(dtype)
+    """position_ids [B,S] -> cos, sin [B,S,D/2] (times YaRN's attention factor `scale`), computed in `dtype`.
+
+    The angle position * inv_freq is rounded to `dtype` on purpose: float32 mode reproduces what transformers,
+    the openai reference and the exported graph compute (fp32 angles lose ~position * 2^-24 rad, 2e-3 rad at
+    position 30000, worth ~2e-4 relative on logits; docs/NUMERICS_REPORT.md); float64 mode is the exact one.
+    """
+    dtype = np.dtype(dtype)
+    angles = position_ids.astype(dtype)[..., None] * inv_freq.astype(dtype)  # [B,S,D/2]
+    return np.cos(angles) * dtype.type(scale), np.sin(angles) * dtype.type(scale)
 
 
 def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
