@@ -167,9 +167,13 @@ class VerifyReport:
     calls: list[CallResult] = field(default_factory=list)
     hidden_states_source: str = "none"  # "export" | "exposed" | "none"
     notes: list[str] = field(default_factory=list)
+    # The full tolerances. Per call, compare() checks everything except top1 and kl_mean, which are averages over
+    # positions: they are checked once, pooled over every position of every call (a decode call of batch 1 has
+    # a single position, where top-1 agreement can only be 0 or 1).
+    tolerances: dict[str, Tolerance] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return all(c.report for c in self.calls)
+        return all(c.report for c in self.calls) and not any(r["failed_in"] for r in self.worst())
 
     @property
     def passed(self) -> bool:
@@ -180,27 +184,40 @@ class VerifyReport:
         return first_failing_layer([c.report for c in self.calls])
 
     def worst(self) -> list[dict[str, Any]]:
-        """Per output name, the worst figures over all calls (max errors, min top-1) and the calls that failed."""
+        """Per output name: the worst max/mean/rel/p99/kl_max over all calls, top1 and kl_mean pooled over all
+        positions of all calls, the calls that failed ("pooled" for a failed pooled check) and why."""
         rows: dict[str, dict[str, Any]] = {}
         for call in self.calls:
             for s in call.report.outputs:
+                tol = resolve_tolerance(s.name, self.tolerances) if self.tolerances else s.tolerance
                 r = rows.setdefault(
                     s.name,
                     {"name": s.name, "max_abs": 0.0, "mean_abs": 0.0, "rel": 0.0, "p99": 0.0, "top1": None,
-                     "kl_mean": None, "kl_max": None, "tolerance": s.tolerance.describe(), "failed_in": [],
-                     "failures": []},
+                     "kl_mean": None, "kl_max": None, "positions": 0, "tolerance": tol.describe(),
+                     "failed_in": [], "failures": [], "_tol": tol},
                 )
                 r["max_abs"] = max(r["max_abs"], s.max_abs)
                 r["mean_abs"] = max(r["mean_abs"], s.mean_abs)
                 r["rel"] = max(r["rel"], s.rel)
                 r["p99"] = max(r["p99"], s.quantiles.get("p99", 0.0))
                 if s.top1 is not None:
-                    r["top1"] = s.top1 if r["top1"] is None else min(r["top1"], s.top1)
-                    r["kl_mean"] = s.kl_mean if r["kl_mean"] is None else max(r["kl_mean"], s.kl_mean)
+                    n = s.compared // max(s.shape[-1], 1)  # positions in this call
+                    total = r["positions"] + n
+                    r["top1"] = ((r["top1"] or 0.0) * r["positions"] + s.top1 * n) / total
+                    r["kl_mean"] = ((r["kl_mean"] or 0.0) * r["positions"] + s.kl_mean * n) / total
                     r["kl_max"] = s.kl_max if r["kl_max"] is None else max(r["kl_max"], s.kl_max)
+                    r["positions"] = total
                 if not s.passed:
                     r["failed_in"].append(call.label)
                     r["failures"].extend(f"{call.label}: {f}" for f in s.failures)
+        for r in rows.values():
+            tol = r.pop("_tol")
+            if r["top1"] is not None and tol.top1 is not None and r["top1"] < tol.top1:
+                r["failed_in"].append("pooled")
+                r["failures"].append(f"pooled over {r['positions']} positions: top1 {r['top1']:.4g} < {tol.top1:g}")
+            if r["kl_mean"] is not None and tol.kl_mean is not None and not r["kl_mean"] <= tol.kl_mean:
+                r["failed_in"].append("pooled")
+                r["failures"].append(f"pooled over {r['positions']} positions: kl_mean {r['kl_mean']:.3g} > {tol.kl_mean:g}")
         return list(rows.values())
 
     def layers(self) -> list[dict[str, Any]]:
@@ -284,10 +301,18 @@ def _worst_table(rows: list[dict[str, Any]]) -> str:
     head = ("output", "max_abs", "mean_abs", "rel", "p99", "top1", "kl_mean", "kl_max", "tolerance", "result")
     body = [
         (r["name"], _fmt(r["max_abs"]), _fmt(r["mean_abs"]), _fmt(r["rel"]), _fmt(r["p99"]), _fmt(r["top1"], ".4f"),
-         _fmt(r["kl_mean"]), _fmt(r["kl_max"]), r["tolerance"], "ok" if not r["failed_in"] else f"FAIL in {len(r['failed_in'])} calls")
+         _fmt(r["kl_mean"]), _fmt(r["kl_max"]), r["tolerance"], _verdict(r["failed_in"]))
         for r in rows
     ]
     return _grid(head, body)
+
+
+def _verdict(failed_in: list[str]) -> str:
+    if not failed_in:
+        return "ok"
+    calls = [c for c in failed_in if c != "pooled"]
+    parts = ([f"{len(calls)} calls"] if calls else []) + (["pooled"] if "pooled" in failed_in else [])
+    return "FAIL: " + ", ".join(parts)
 
 
 def _layer_table(rows: list[dict[str, Any]]) -> str:
@@ -353,12 +378,13 @@ def verify(
         raise MxportError(f"--decode-steps must be >= 0, found {decode_steps}")
     defaults, mode = default_tolerances(manifest)
     tols = merge_tolerances(defaults, tolerances)
+    per_call = {p: dataclasses.replace(t, top1=None, kl_mean=None) for p, t in tols.items()}  # pooled later
 
     reference = ReferenceModelRunner(checkpoint, dtype=reference_dtype, hidden_states=True)
     cfg = reference.cfg
     _check_same_model(manifest, cfg, export_dir, checkpoint)
     ort_runner = OrtRunner(export_dir, provider=provider, threads=threads)
-    report = VerifyReport(str(export_dir), str(checkpoint), mode, provider, [], decode_steps)
+    report = VerifyReport(str(export_dir), str(checkpoint), mode, provider, [], decode_steps, tolerances=tols)
     tmp = None
     try:
         if any(n.startswith("hidden_states.") for n in ort_runner.output_names):
@@ -375,7 +401,7 @@ def verify(
             cases.append(("batch", prompt_set))
         for case, group in cases:
             ids, mask = left_pad(group)
-            for step, result in enumerate(_run_case(ort_runner, reference, cfg, ids, mask, decode_steps, tols)):
+            for step, result in enumerate(_run_case(ort_runner, reference, cfg, ids, mask, decode_steps, per_call)):
                 report.calls.append(CallResult(case, step, result))
     finally:
         del ort_runner

@@ -270,3 +270,24 @@ def test_verify_refuses_a_checkpoint_of_another_model(export_dir, make_checkpoin
     other = make_checkpoint(cfg.replace(vocab_size=cfg.vocab_size + 32), layout="hf", seed=0)
     with pytest.raises(MxportError, match=rf"was not exported from .*vocab_size: export {cfg.vocab_size} vs checkpoint"):
         verify(export_dir, checkpoint=other)
+
+
+def test_top1_and_kl_mean_are_pooled_over_all_positions():
+    from mxport.runtime.verify import CallResult, VerifyReport
+
+    def logits(rows):  # rows of 2-way logits; argmax 0 unless the row is flipped
+        return np.array([[[1.0, 0.0] if r else [0.0, 1.0] for r in rows]])
+
+    tols = {"logits": Tolerance(top1=0.9)}
+    per_call = {"logits": Tolerance()}
+    decode = compare({"logits": logits([False])}, {"logits": logits([True])}, per_call)  # 1 position, top1 0
+    prefill = compare({"logits": logits([True] * 9)}, {"logits": logits([True] * 9)}, per_call)  # 9 positions, 1
+    report = VerifyReport("e", "c", "m", "p", [1], 1, [CallResult("x", 0, prefill), CallResult("x", 1, decode)],
+                          tolerances=tols)
+    row = report.worst()[0]
+    assert row["positions"] == 10 and row["top1"] == pytest.approx(0.9) and report
+    report.tolerances = {"logits": Tolerance(top1=0.95)}
+    row = report.worst()[0]
+    assert not report and row["failed_in"] == ["pooled"]
+    assert row["failures"] == ["pooled over 10 positions: top1 0.9 < 0.95"]
+    assert "FAIL: pooled" in str(report)
