@@ -392,8 +392,11 @@ def verify(
         elif per_layer:
             tmp, exposed = _exposed_copy(export_dir, cfg.num_hidden_layers, report.notes)
             if exposed is not None:
-                ort_runner = OrtRunner(exposed, provider=provider, threads=threads)
-                report.hidden_states_source = "exposed"
+                try:
+                    ort_runner = OrtRunner(exposed, provider=provider, threads=threads)
+                    report.hidden_states_source = "exposed"
+                except MxportError as exc:  # e.g. an output type shape inference could not tell
+                    report.notes.append(f"per-layer hidden states unavailable: {exc}")
         prompt_set = make_prompts(cfg, prompts, seed, max_prompt_len)
         report.prompt_lengths = [len(p) for p in prompt_set]
         cases = [("long", [prompt_set[0]])]
