@@ -13,29 +13,44 @@ body (in the module's FUNCTIONS, an onnxscript function in OPSET) and its NumPy 
 
 from __future__ import annotations
 
-import onnx
-from onnxscript.values import Opset
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import onnx
 
 DOMAIN = "ai.mxport"
 VERSION = 1
 STANDARD_OPSET = 23  # the ONNX opset the function bodies are written in (ORT 1.32 CPU runs all of it)
-OPSET = Opset(DOMAIN, VERSION)  # the onnxscript opset the function bodies belong to
 
-# The op modules import DOMAIN and OPSET from here, so they come after the names above.
-from mxport.ops import attention, dequantize_mxfp4, matmul_mxfp4, moe  # noqa: E402
+# Op modules, in order. Each defines FUNCTIONS (its ops' onnxscript bodies), HELPERS (functions those bodies call)
+# and one OpRun kernel class per op, named like the op. They load on first use (ALL_OPS, OPSET, functions(),
+# kernels()): importing onnxscript takes seconds, and `from mxport.ops import mxfp4` (the codec) must stay light.
+_OP_MODULES = ("dequantize_mxfp4", "matmul_mxfp4", "moe", "attention")
 
-# Op modules. Each defines FUNCTIONS (its ops' onnxscript bodies), HELPERS (functions those bodies call) and one
-# OpRun kernel class per op, named like the op.
-ALL_OPS = (dequantize_mxfp4, matmul_mxfp4, moe, attention)
+
+def __getattr__(name: str) -> Any:
+    """Lazy module attributes: ALL_OPS (the op modules) and OPSET (the onnxscript Opset of the bodies)."""
+    if name == "OPSET":
+        from onnxscript.values import Opset
+
+        globals()["OPSET"] = Opset(DOMAIN, VERSION)
+        return globals()["OPSET"]
+    if name == "ALL_OPS":
+        globals()["ALL_OPS"] = tuple(importlib.import_module(f"{__name__}.{m}") for m in _OP_MODULES)
+        return globals()["ALL_OPS"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def op_types() -> list[str]:
     """The op names of ai.mxport version 1."""
+    ALL_OPS = __getattr__("ALL_OPS")  # noqa: N806
     return [body.name for module in ALL_OPS for body in module.FUNCTIONS]
 
 
 def functions() -> list[onnx.FunctionProto]:
     """Every op's function body and every helper they call (callees first), for ModelProto.functions."""
+    ALL_OPS = __getattr__("ALL_OPS")  # noqa: N806
     bodies = [body for module in ALL_OPS for body in (*module.HELPERS, *module.FUNCTIONS)]
     return [_explicit_loop_conditions(body.to_function_proto()) for body in bodies]
 
@@ -48,6 +63,8 @@ def _explicit_loop_conditions(proto: onnx.FunctionProto) -> onnx.FunctionProto:
 
     ONNX says an empty `cond` means true; onnx.reference (1.23) reads it as false and runs the Loop zero times.
     """
+    import onnx
+
     loops = []
 
     def collect(nodes):
@@ -72,11 +89,14 @@ def _explicit_loop_conditions(proto: onnx.FunctionProto) -> onnx.FunctionProto:
 
 def kernels() -> list[type]:
     """The NumPy kernels, for onnx.reference.ReferenceEvaluator(..., new_ops=kernels())."""
+    ALL_OPS = __getattr__("ALL_OPS")  # noqa: N806
     return [getattr(module, body.name) for module in ALL_OPS for body in module.FUNCTIONS]
 
 
 def opset_imports() -> list[onnx.OperatorSetIdProto]:
     """Opset imports for a model that uses ai.mxport ops: the standard opset and ai.mxport."""
+    import onnx
+
     return [onnx.helper.make_opsetid("", STANDARD_OPSET), onnx.helper.make_opsetid(DOMAIN, VERSION)]
 
 
@@ -92,9 +112,11 @@ def make_node(op_type: str, inputs: list[str], outputs: list[str], name: str | N
 
     onnx.reference does not apply FunctionProto attribute defaults, so nodes should carry all attributes.
     """
+    import onnx
+
     proto = _function(op_type)
-    known = {a.name: a for a in proto.attribute_proto}
-    unknown = set(attrs) - set(known) - set(proto.attribute)
+    known = {*proto.attribute, *(a.name for a in proto.attribute_proto)}  # required, with default
+    unknown = set(attrs) - known
     if unknown:
         raise ValueError(f"{DOMAIN}.{op_type}: unknown attributes {sorted(unknown)}; known: {sorted(known)}")
     missing = [name for name in proto.attribute if name not in attrs]
@@ -107,4 +129,6 @@ def make_node(op_type: str, inputs: list[str], outputs: list[str], name: str | N
 
 def make_model(graph: onnx.GraphProto, **kwargs) -> onnx.ModelProto:
     """A ModelProto for `graph` with the ai.mxport functions and opset imports attached."""
+    import onnx
+
     return onnx.helper.make_model(graph, opset_imports=opset_imports(), functions=functions(), **kwargs)
