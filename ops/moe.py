@@ -31,7 +31,9 @@ Function body: each chosen expert is gathered (and, for MoEMXFP4, dequantized) o
     └── y = ScatterND(y, rows, y_rows, reduction=add) ◄─────────────────────────────────────────────────────┘
 
 Attributes become tensors before the Loop (Constant with ref_attr, in SwiGLUParams / SwiGLUIndices / MoERouting),
-so the Loop body only references outer-scope values: ORT and onnx.reference both run that (a ref_attr inside a Loop body inside a function is less portable).
+so the Loop body only references outer-scope values and computes nothing per iteration that does not depend on
+the expert. (ORT 1.32 and onnx.reference 1.23 both also accept a ref_attr inside a Loop body in a function,
+tried; onnx.reference needs the Loop's `cond` input spelled out, see ops/__init__.py.)
 Prefill touches U experts, decode (T=1) touches k: the graph never materialises all E dequantized experts.
 The per-expert sums run in expert-index order, not top-k rank order: float32 results differ from a per-token
 loop only by summation order (~1e-7 relative).
