@@ -47,6 +47,8 @@ def make_case(t, e, seed, route=None):
         logits[:, 1] += 10
     if route == "unused":  # experts 0 and e-1 are never chosen
         logits[:, [0, e - 1]] -= 10
+    if route == "ties":  # equal logits: TopK takes the lower expert index first
+        logits = np.round(logits).astype(np.float32)
     w1 = (rng.standard_normal((e, 2 * I, H)) * 0.3).astype(np.float32)
     w2 = (rng.standard_normal((e, H, I)) * 0.3).astype(np.float32)
     b1 = rng.standard_normal((e, 2 * I)).astype(np.float32)
@@ -69,6 +71,7 @@ CASES = [  # (T, E, k, route, normalize, activation)
     (7, 8, 2, "unused", 1, GPT_OSS),  # experts 0, 7 chosen by no token
     (4, 6, 3, None, 0, dict(GPT_OSS, swiglu_interleaved=0)),  # gpt-oss activation, split halves
     (4, 6, 2, None, 1, dict(PLAIN, swiglu_interleaved=1, swiglu_limit=0.5)),  # small limit clamps most values
+    (8, 4, 2, "ties", 1, GPT_OSS),  # tied router logits
 ]
 
 
@@ -89,6 +92,14 @@ def test_moe_mxfp4_three_ways(run_op, t, e, k, route, normalize, act):
     inputs = dict(x=x, router_logits=logits, w1_blocks=w1_blocks, w1_scales=w1_scales, b1=b1,
                   w2_blocks=w2_blocks, w2_scales=w2_scales, b2=b2)
     check_all(run_op("MoEMXFP4", inputs, k=k, normalize_routing_weights=normalize, **act), want)
+
+
+def test_ties_case_has_ties_at_the_cut():
+    """The "ties" case must tie across the top-k boundary for some token (else it would not test tie order)."""
+    for seed in (842, 843):  # the seeds test_moe_three_ways / test_moe_mxfp4_three_ways use for this case
+        _, logits, *_ = make_case(8, 4, seed=seed, route="ties")
+        ordered = -np.sort(-logits, axis=1)
+        assert (ordered[:, 1] == ordered[:, 2]).any(), seed
 
 
 def test_clamp_is_exercised():
