@@ -66,6 +66,7 @@ LOSSY_TOLERANCES: dict[str, Tolerance] = {
     "*": Tolerance(rel=5e-2),
 }
 MIN_PROMPT = 3
+MAX_FAILURE_LINES = 12  # failing outputs listed by the CLI; --json has them all
 
 
 def default_tolerances(manifest: Mapping[str, Any]) -> tuple[dict[str, Tolerance], str]:
@@ -273,12 +274,13 @@ class VerifyReport:
         if layer_rows:
             lines += ["", "per layer (worst relative error over all calls):", _layer_table(layer_rows)]
         failed = [r for r in self.worst() if r["failed_in"]]
-        if failed:
-            lines += ["", "failures:"]
-            for r in failed:
-                lines += [f"  {r['name']}: {f}" for f in r["failures"][:3]]
-                if len(r["failures"]) > 3:
-                    lines.append(f"  {r['name']}: ... {len(r['failures']) - 3} more")
+        if failed:  # one line per failing output: its first failure and how many more (all of them in --json)
+            lines += ["", f"failures ({len(failed)} outputs; first failure of each):"]
+            for r in failed[:MAX_FAILURE_LINES]:
+                more = len(r["failures"]) - 1
+                lines.append(f"  {r['name']}: {r['failures'][0]}" + (f" (+{more} more)" if more else ""))
+            if len(failed) > MAX_FAILURE_LINES:
+                lines.append(f"  ... {len(failed) - MAX_FAILURE_LINES} more outputs")
         for note in self.notes:
             lines.append(f"note: {note}")
         layer = self.first_failing_layer
