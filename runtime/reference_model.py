@@ -5,8 +5,9 @@
     outputs = model.infer(feeds)                          # the model I/O names of ARCHITECTURE.md, like an ORT session
     ids = model.generate_greedy(ids, max_new_tokens=8)    # KV-cached greedy decoding
 
-Weights are read lazily from the Checkpoint. Dense tensors are converted to the compute dtype once and cached
-(`cache_weights=False` re-reads them on every use, for checkpoints that do not fit in memory as float). MXFP4
+Weights are read lazily from the Checkpoint. Dense tensors are converted to the compute dtype once and cached,
+MXFP4 halves cached as stored, when that stays under CACHE_LIMIT_BYTES (tiny, mini); larger checkpoints (or
+`cache_weights=False`) re-read each tensor on use, so memory holds about one layer's tensors (or the vocabulary matrix) at a time. MXFP4
 experts stay MXFP4: per call and layer, only the experts some token chose are dequantized (ops.mxfp4.decode).
 The math is `runtime.reference_layers`; this module only wires weights, cache, masks and positions.
 """
@@ -26,6 +27,7 @@ from mxport.exporter.config import ModelConfig, yarn_inv_freq
 from mxport.ops import mxfp4
 from mxport.runtime import reference_layers as L
 
+CACHE_LIMIT_BYTES = 4 << 30  # cache_weights=None caches every weight only below this (gpt-oss-20b streams)
 KVCache = list[tuple[np.ndarray, np.ndarray]]  # per layer (key [B,Hkv,T,D] after RoPE, value [B,Hkv,T,D])
 
 
@@ -53,7 +55,7 @@ class ReferenceModel:
         checkpoint_or_path: Any,
         dtype: Any = np.float32,
         *,
-        cache_weights: bool = True,
+        cache_weights: bool | None = None,
         output_hidden_states: bool = False,
     ) -> None:
         self.dtype = np.dtype(dtype)
@@ -61,7 +63,6 @@ class ReferenceModel:
             raise MxportError(f"ReferenceModel: dtype must be float32 or float64, found {self.dtype}")
         self.ckpt, self._owns_ckpt = _open(checkpoint_or_path)
         self.cfg: ModelConfig = self.ckpt.config
-        self.cache_weights = cache_weights
         self.output_hidden_states = output_hidden_states
         self._cache: dict[str, np.ndarray] = {}
         names = set(self.ckpt.names())
@@ -69,12 +70,27 @@ class ReferenceModel:
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             raise MxportError(f"checkpoint {self._where()}: missing tensors {shown}")
+        if cache_weights is None:  # auto: keep weights when the cache stays small (tiny, mini), else stream
+            cache_weights = self._cached_bytes() <= CACHE_LIMIT_BYTES
+        self.cache_weights = cache_weights
         inv_freq, self._rope_scale = yarn_inv_freq(self.cfg)
         self._inv_freq = np.asarray(inv_freq, dtype=np.float64)
 
     # ---- weights ----------------------------------------------------------------------------------------------
     def _where(self) -> str:
         return str(getattr(self.ckpt, "path", getattr(self.ckpt, "root", "<in memory>")))
+
+    def _cached_bytes(self) -> int:
+        """What caching every weight would hold: dense tensors in the compute dtype, MXFP4 halves as stored."""
+        spec = getattr(self.ckpt, "spec", None)
+        if spec is None:  # an in-memory checkpoint holds its tensors already
+            return 0
+        total = 0
+        for name in self.ckpt.names():
+            s = spec(name)
+            n = int(np.prod(s.shape, dtype=np.int64))
+            total += n if np.dtype(s.dtype) == np.uint8 else n * self.dtype.itemsize
+        return total
 
     def _required_names(self) -> list[str]:
         per_layer = [

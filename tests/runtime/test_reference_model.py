@@ -14,6 +14,7 @@ from mxport.exporter.config import FULL, SLIDING, ModelConfig
 from mxport.exporter.synth import PRESETS
 from mxport.ops import mxfp4
 from mxport.runtime import reference_layers as L
+from mxport.runtime import reference_model
 from mxport.runtime.reference_model import ReferenceModel, run_checkpoint
 
 # Small configs that each stress one thing transformers and the reference could disagree on.
@@ -164,10 +165,13 @@ def test_float64_agrees_with_float32(tiny):
     assert err <= 1e-5
 
 
-def test_uncached_weights_give_identical_logits(tiny):
+def test_uncached_weights_give_identical_logits(tiny, monkeypatch):
     cfg, path, model = tiny
     ids = prompt(cfg, (2, PROMPT))
-    with ReferenceModel(path, cache_weights=False) as lean:
+    assert model.cache_weights  # auto: a tiny checkpoint is cached
+    monkeypatch.setattr(reference_model, "CACHE_LIMIT_BYTES", 10_000)  # as if it were gpt-oss-20b
+    with ReferenceModel(path) as lean:
+        assert not lean.cache_weights
         np.testing.assert_array_equal(lean.forward(ids).logits, model.forward(ids).logits)
         assert not lean._cache  # nothing kept between calls
 
