@@ -102,14 +102,17 @@ def _functions(b) -> list[ir.Function]:
     return [ir.serde.deserialize_function(p) for p in protos]
 
 
-def lower(model: ir.Model, *, target: str, experts: str, dtype: str) -> ir.Model:
-    """The seam for exporter/lower: rewrite the portable model for a target. Identity for the portable defaults."""
-    if (target, experts, dtype) == PORTABLE:
+def lower(model: ir.Model, *, target: str, experts: str, dtype: str, dense: str = "float32") -> ir.Model:
+    """The seam for exporter/lower: rewrite the portable model for a target. Identity for the portable defaults.
+
+    dense: "float32" (MatMul, exact) or a quantized form for dense weights that exporter/lower offers (DENSE)."""
+    if (target, experts, dtype) == PORTABLE and dense == "float32":
         return model
     lowering = _lowering()
     if lowering is None:
         raise MxportError(f"export: target={target!r} experts={experts!r} dtype={dtype!r} need exporter/lower")
-    return lowering.lower(model, target=target, experts=experts, dtype=dtype)
+    extra = {"dense": dense} if dense != "float32" else {}
+    return lowering.lower(model, target=target, experts=experts, dtype=dtype, **extra)
 
 
 def _metadata(ckpt, checkpoint_dir: Path, model: ir.Model, **options) -> dict:
@@ -121,6 +124,7 @@ def _metadata(ckpt, checkpoint_dir: Path, model: ir.Model, **options) -> dict:
         "config": cfg.to_hf_dict(),
         **options,
         "dense_storage": DENSE_STORAGE,
+        "checkpoint_experts": "mxfp4" if cfg.experts_mxfp4 else "dense (encoded to MXFP4 at export)",
         "opset_imports": dict(sorted(model.opset_imports.items())),
         "inputs": [v.name for v in model.graph.inputs],
         "outputs": [v.name for v in model.graph.outputs],
@@ -183,6 +187,7 @@ def export(
     progress: bool = True,
     hidden_states: bool = False,
     force: bool = False,
+    dense: str = "float32",
 ) -> Path:
     """Export the checkpoint at `checkpoint_dir` into `out_dir`; returns out_dir. Raises MxportError on bad input."""
     from mxport.exporter.checkpoint import open_checkpoint
@@ -193,8 +198,8 @@ def export(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with open_checkpoint(checkpoint_dir) as ckpt:
         model = build_portable(ckpt, hidden_states=hidden_states)
-        model = lower(model, target=target, experts=experts, dtype=dtype)
-        options = dict(target=target, experts=experts, dtype=dtype, hidden_states=hidden_states)
+        model = lower(model, target=target, experts=experts, dtype=dtype, dense=dense)
+        options = dict(target=target, experts=experts, dtype=dtype, hidden_states=hidden_states, dense=dense)
         meta = _metadata(ckpt, checkpoint_dir, model, **options)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
         try:
@@ -220,6 +225,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default="portable", help=f"one of {', '.join(options['target'])}")
     parser.add_argument("--experts", default="mxfp4", help=f"one of {', '.join(options['experts'])}")
     parser.add_argument("--dtype", default="float32", help=f"one of {', '.join(options['dtype'])}")
+    parser.add_argument("--dense", default="float32",
+                        help="dense weights: float32 (exact) | int8 | int4 (MatMulNBits; needs --target cpu/cuda)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
     parser.add_argument("--hidden-states", action="store_true", help="add outputs hidden_states.{i} per layer")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -236,6 +243,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         hidden_states=args.hidden_states,
         force=args.force,
+        dense=args.dense,
     )
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     print(f"exported {args.checkpoint} -> {out} ({size / 1e6:.1f} MB, {time.monotonic() - start:.1f}s)")

@@ -99,6 +99,20 @@ def test_ort_matches_transformers(exported, checkpoints, layout):
     assert report, str(report)
 
 
+def test_dense_expert_checkpoint_is_encoded_to_mxfp4(make_checkpoint, tmp_path):
+    """Synthetic dense experts hold MXFP4 values, so encoding them at export is exact."""
+    ckpt = make_checkpoint(CFG.replace(experts_mxfp4=False))
+    out = export(ckpt, tmp_path / "out", progress=False)
+    model = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    assert {t.data_type for t in model.graph.initializer if t.name.endswith(("_blocks", "_scales"))} == {
+        onnx.TensorProto.UINT8
+    }
+    assert json.loads((out / "mxport.json").read_text())["checkpoint_experts"].startswith("dense")
+    feeds = feeds_for(random_ids((2, SEQ), seed=7))
+    report = compare(run(session(out), feeds), ReferenceModel(ckpt).infer(feeds), FLOAT32_TOLERANCES)
+    assert report, str(report)
+
+
 def test_cached_decoding_equals_prefill(exported):
     """Prefill 4 tokens, then one token per call past the sliding window: every step's logits = full prefill."""
     sess = session(exported["hf"])
