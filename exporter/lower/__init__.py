@@ -1,6 +1,6 @@
 """Lowering: rewrite the portable graph for an ONNX Runtime execution provider, one small rule at a time.
 
-    lower(model, target="cpu", experts="fp32", dtype="float32") -> model (rewritten in place and returned)
+    lower(model, target="cpu", experts="fp32", dtype="float32", dense="float32") -> model (rewritten in place)
 
     target    rules, in order                                              experts modes        dtypes
     portable  none (the portable graph; only the defaults)                 mxfp4                float32
@@ -8,7 +8,9 @@
               GroupQueryAttention, MoE / QMoE                              (mxfp4: MoE kept portable)
     cuda      the same; experts=mxfp4 -> QMoE quant_type='fp4'            mxfp4 | fp32 | int8 | int4   float32
 
-Every rule lives in its own module (moe, attention, norm, linear) as pattern / check / rewrite; `rules.apply`
+    dense (cpu, cuda): float32 keeps MatMul (exact); int8 | int4 -> MatMulNBits (dense.py), router excepted
+
+Every rule lives in its own module (moe, attention, norm, linear, dense) as pattern / check / rewrite; `rules.apply`
 records what was rewritten and what was refused with the reason (model.metadata_props["mxport.lowering"]).
 A refused node stays portable, so a lowered graph is always a correct graph. docs/LOWERING.md has the
 numbers each mode costs.
@@ -24,6 +26,7 @@ from mxport.errors import MxportError
 
 from . import rules
 from .attention import LowerAttention
+from .dense import DenseNBits
 from .linear import FuseSiblingLinear
 from .moe import LowerMoE
 from .norm import SimplifiedNorm, SkipSimplifiedNorm
@@ -31,6 +34,7 @@ from .norm import SimplifiedNorm, SkipSimplifiedNorm
 TARGETS = ("portable", "cpu", "cuda")
 EXPERTS = ("mxfp4", "fp32", "int8", "int4")
 DTYPES = ("float32",)
+DENSE = ("float32", "int8", "int4")
 
 RULES = {
     "portable": (),
@@ -40,18 +44,24 @@ RULES = {
 METADATA_KEY = "mxport.lowering"
 
 
-def lower(model: ir.Model, *, target: str, experts: str = "mxfp4", dtype: str = "float32") -> ir.Model:
+def lower(model: ir.Model, *, target: str, experts: str = "mxfp4", dtype: str = "float32",
+          dense: str = "float32") -> ir.Model:
     """Rewrite `model` (the portable graph) for `target`; returns it. Raises MxportError for bad options."""
-    for option, value, allowed in (("target", target, TARGETS), ("experts", experts, EXPERTS), ("dtype", dtype, DTYPES)):
+    for option, value, allowed in (("target", target, TARGETS), ("experts", experts, EXPERTS), ("dtype", dtype, DTYPES),
+                                   ("dense", dense, DENSE)):
         if value not in allowed:
             raise MxportError(f"lower: unknown {option} {value!r}; expected one of {', '.join(allowed)}")
-    if target == "portable" and experts != "mxfp4":
-        raise MxportError(f"lower: --experts {experts} needs --target cpu or cuda (the portable graph keeps MXFP4)")
+    if target == "portable" and (experts, dense) != ("mxfp4", "float32"):
+        raise MxportError(f"lower: --experts {experts} --dense {dense} need --target cpu or cuda "
+                          "(the portable graph keeps MXFP4 experts and float32 dense weights)")
     ctx = rules.Context(model=model, target=target, experts=experts, dtype=dtype)
-    rules.apply(RULES[target], ctx)
+    chosen = list(RULES[target])
+    if dense != "float32":
+        chosen.append(DenseNBits(bits=8 if dense == "int8" else 4))  # after MoE: the router is recognised by it
+    rules.apply(chosen, ctx)
     rules.remove_dead(ctx)
     model.metadata_props[METADATA_KEY] = json.dumps(
-        {"target": target, "experts": experts, "dtype": dtype, **ctx.report.as_dict()}, sort_keys=True
+        {"target": target, "experts": experts, "dtype": dtype, "dense": dense, **ctx.report.as_dict()}, sort_keys=True
     )
     return model
 

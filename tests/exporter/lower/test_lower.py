@@ -32,10 +32,10 @@ def reference(tiny):
     runner.close()
 
 
-def _lowered(ckpt, tmp_path, experts: str) -> tuple[ort.InferenceSession, dict]:
+def _lowered(ckpt, tmp_path, experts: str, dense: str = "float32") -> tuple[ort.InferenceSession, dict]:
     with open_checkpoint(ckpt) as c:
         b, inputs, outputs = gpt_oss.build(c)
-        model = lowering.lower(b.model(inputs, outputs), target="cpu", experts=experts, dtype="float32")
+        model = lowering.lower(b.model(inputs, outputs), target="cpu", experts=experts, dtype="float32", dense=dense)
         ir.save(model, tmp_path / "model.onnx", external_data="model.onnx.data")
     sess = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     return sess, lowering.report(model)
@@ -69,11 +69,14 @@ def test_cpu_fp32_is_exact(tiny, reference, tmp_path):
     assert decode, decode
 
 
-@pytest.mark.parametrize("experts,max_rel", [("int8", 0.1), ("int4", 0.6)])
-def test_cpu_quantized_experts_report_their_error(tiny, reference, tmp_path, experts, max_rel):
+@pytest.mark.parametrize("experts,dense,max_rel", [("int8", "float32", 0.1), ("int4", "float32", 0.6),
+                                                  ("int4", "int4", 0.8)])
+def test_cpu_quantized_modes_report_their_error(tiny, reference, tmp_path, experts, dense, max_rel):
     cfg, ckpt = tiny
-    sess, report = _lowered(ckpt, tmp_path, experts)
+    sess, report = _lowered(ckpt, tmp_path, experts, dense)
     assert report["applied"]["moe"] == cfg.num_hidden_layers
+    if dense != "float32":  # q/k/v fused, o_proj per layer, lm_head; routers refused
+        assert report["applied"]["matmul_nbits"] == 2 * cfg.num_hidden_layers + 1
     prefill, decode = _prefill_and_step(cfg, sess, reference)
     stats = prefill["logits"]
     assert 0 < stats.rel < max_rel, stats  # lossy, and by no more than measured (tiny random model)
@@ -82,5 +85,20 @@ def test_cpu_quantized_experts_report_their_error(tiny, reference, tmp_path, exp
 def test_bad_options_name_the_option():
     with pytest.raises(MxportError, match="unknown experts 'fp8'"):
         lowering.lower(ir.Model(ir.Graph([], [], nodes=[]), ir_version=10), target="cpu", experts="fp8")
-    with pytest.raises(MxportError, match="needs --target cpu or cuda"):
+    with pytest.raises(MxportError, match="need --target cpu or cuda"):
         lowering.lower(ir.Model(ir.Graph([], [], nodes=[]), ir_version=10), target="portable", experts="int4")
+
+
+def test_export_passes_dense_through(tiny, tmp_path):
+    import json
+
+    from mxport.exporter.export import export
+
+    _, ckpt = tiny
+    out = export(ckpt, tmp_path / "out", target="cpu", experts="int4", dense="int4", progress=False)
+    meta = json.loads((out / "mxport.json").read_text())
+    assert meta["dense"] == "int4" and meta["experts"] == "int4"
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(out / "model.onnx"), load_external_data=False).graph.node}
+    assert {"MatMulNBits", "QMoE", "GroupQueryAttention"} <= ops and "MoEMXFP4" not in ops

@@ -118,7 +118,7 @@ def test_int4_matches_its_dequantized_weights():
     weights, x, logits = _weights(4)
     before = _portable(weights, **GPT_OSS)
     after, _ = _lower(before, "int4")
-    # fp32 MoE over the int4 weights dequantized = what QMoE int4 (fp32 activations) must compute
+    # fp32 MoE over the int4 weights dequantized = what QMoE int4 computes, up to its int8 activations
     init = {t.name: numpy_helper.to_array(t) for t in after.graph.initializer}
     node = after.graph.node[0]
     w1 = moe_rule.int4_dequantize(init[node.input[2]], init[node.input[3]])
@@ -126,7 +126,8 @@ def test_int4_matches_its_dequantized_weights():
     dense = dict(w1=w1, b1=weights["b1"], w2=w2, b2=weights["b2"])
     y_dense = _run(_portable(dense, "MoE", **GPT_OSS), x, logits)
     y_q4 = _run(after, x, logits)
-    np.testing.assert_allclose(y_q4, y_dense, rtol=1e-4, atol=1e-4 * np.abs(y_dense).max())
+    assert moe_rule.INT4_ACCURACY_LEVEL == 4  # int8 activations: ~0.5% here; level 0 would be exact
+    np.testing.assert_allclose(y_q4, y_dense, rtol=0, atol=3e-2 * np.abs(y_dense).max())
     y0 = _run(before, x, logits)
     rel = np.abs(y_q4 - y0).max() / np.abs(y0).max()
     assert 0 < rel < 0.25, rel  # requantizing MXFP4 to int4 is lossy; LOWERING.md reports the model-level cost

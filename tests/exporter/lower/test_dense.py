@@ -1,0 +1,66 @@
+"""Dense MatMul -> MatMulNBits (int8 / int4, block 32): layout per ORT's contract, error bounded, router kept."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from mxport.exporter.lower import dense, rules
+
+K, N = 128, 96
+
+
+def _graph(w: np.ndarray, bf16: bool):
+    nodes, inits = [], []
+    if bf16:
+        inits.append(numpy_helper.from_array(w.astype(ml_dtypes.bfloat16), "w"))
+        nodes.append(helper.make_node("Cast", ["w"], ["w32"], to=TensorProto.FLOAT))
+    else:
+        inits.append(numpy_helper.from_array(w, "w32"))
+    nodes.append(helper.make_node("MatMul", ["x", "w32"], ["y"], name="lm_head/matmul"))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", K])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", N])], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+
+
+def _lower(proto, bits):
+    model = ir.serde.deserialize_model(proto)
+    ctx = rules.Context(model=model, target="cpu", experts="fp32", dtype="float32")
+    report = rules.apply([dense.DenseNBits(bits)], ctx)
+    rules.remove_dead(ctx)
+    return ir.serde.serialize_model(model), report
+
+
+@pytest.mark.parametrize("bits,max_rel", [(8, 0.02), (4, 0.15)])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_matmul_nbits_error_is_bounded(bits, max_rel, bf16):
+    rng = np.random.default_rng(bits)
+    w = rng.standard_normal((K, N)).astype(np.float32)
+    before = _graph(w, bf16)
+    after, report = _lower(before, bits)
+    assert report.applied["matmul_nbits"] == 1
+    node = after.graph.node[0]
+    assert (node.domain, node.op_type) == ("com.microsoft", "MatMulNBits")
+    init = {t.name: numpy_helper.to_array(t) for t in after.graph.initializer}
+    assert init[node.input[1]].shape == (N, K // 32, 32 * bits // 8) and init[node.input[2]].shape == (N, K // 32)
+    x = rng.standard_normal((2, 3, K)).astype(np.float32)
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
+    y0, y1 = run(before), run(after)
+    rel = np.abs(y1 - y0).max() / np.abs(y0).max()
+    assert 0 < rel < max_rel, rel
+
+
+def test_router_stays_float():
+    f = TensorProto.FLOAT
+    w = numpy_helper.from_array(np.ones((K, 8), np.float32), "router.w")
+    nodes = [helper.make_node("MatMul", ["x", "router.w"], ["logits"], name="router"),
+             helper.make_node("MoE", ["x", "logits", "w1", "", "w2"], ["y"], domain="com.microsoft", k=2)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, f, None) for n in ("x", "w1", "w2")],
+                              [helper.make_tensor_value_info("y", f, None)], initializer=[w])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23), helper.make_opsetid("com.microsoft", 1)])
+    _, report = _lower(proto, 4)
+    assert report.applied["matmul_nbits"] == 0 and "router" in report.refused[0][2]
