@@ -158,7 +158,10 @@ class _Progress:
             sys.stderr.write("\n")
 
 
-def _check_out_dir(out_dir: Path, force: bool) -> None:
+def _check_out_dir(out_dir: Path, force: bool, checkpoint_dir: Path) -> None:
+    ckpt, out = checkpoint_dir.resolve(), out_dir.resolve()
+    if out == ckpt or out in ckpt.parents:
+        raise MxportError(f"export: output {out_dir} would replace the checkpoint folder {checkpoint_dir}")
     if out_dir.exists() and not out_dir.is_dir():
         raise MxportError(f"export: output {out_dir} exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
@@ -194,7 +197,7 @@ def export(
 
     _validate(target, experts, dtype)
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
-    _check_out_dir(out_dir, force)
+    _check_out_dir(out_dir, force, checkpoint_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with open_checkpoint(checkpoint_dir) as ckpt:
         model = build_portable(ckpt, hidden_states=hidden_states)

@@ -265,6 +265,11 @@ def test_existing_output_needs_force(checkpoints, tmp_path):
     export(checkpoints["hf"], out, progress=False, force=True)
     assert not (out / "keep.txt").exists() and (out / "model.onnx").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(MxportError, match="not a directory"):
+        export(checkpoints["hf"], tmp_path / "file", progress=False, force=True)
+    with pytest.raises(MxportError, match="would replace the checkpoint"):
+        export(checkpoints["hf"], checkpoints["hf"].parent, progress=False, force=True)
 
 
 @pytest.mark.parametrize("option", ["target", "experts", "dtype"])
