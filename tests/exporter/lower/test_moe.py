@@ -159,3 +159,17 @@ def test_cuda_fp4_layout_follows_the_qmoe_contract():
     # bytes kept as they are: element 2j low nibble, 2j+1 high nibble (ONNX float4 packing = gpt-oss packing)
     np.testing.assert_array_equal(numpy_helper.to_array(fc1).reshape(weights["w1_blocks"].shape), weights["w1_blocks"])
     onnx.checker.check_model(after)
+
+
+def test_int4_from_mxfp4_equals_the_generic_search():
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((3, 16, 128)).astype(np.float32) * np.exp(rng.standard_normal((3, 16, 1)))
+    blocks, scales = mxfp4.encode(w)
+    fast_q, fast_s = moe_rule.int4_from_mxfp4(blocks, scales)
+    slow_q, slow_s = moe_rule.int4_quantize(mxfp4.decode(blocks, scales))
+    assert fast_q.shape == slow_q.shape == (3, 16, 64) and fast_s.shape == (3, 16, 4)
+    decoded = mxfp4.decode(blocks, scales)
+    err = lambda q, s: np.square(moe_rule.int4_dequantize(q, s) - decoded).sum()  # noqa: E731
+    assert err(fast_q, fast_s) <= err(slow_q, slow_s) * (1 + 1e-5)
+    np.testing.assert_allclose(moe_rule.int4_dequantize(fast_q, fast_s), moe_rule.int4_dequantize(slow_q, slow_s),
+                               rtol=1e-5, atol=1e-6 * np.abs(decoded).max())
