@@ -4,7 +4,7 @@
                  [--work DIR] [--json FILE]
 
     CKPT  (config.json + *.safetensors): exports every --modes entry (target/experts, default
-          cpu/fp32,cpu/int8,cpu/int4,portable/mxfp4) into --work (a temp folder unless given) and measures each;
+          cpu/fp32,cpu/int8,cpu/int4,cpu/int4/int4,portable/mxfp4; a third part is --dense) into --work (a temp folder unless given) and measures each;
           --peers adds transformers on CPU (float32) and onnxruntime-genai's fp32 and int4 exports when
           onnxruntime_genai is installed (built offline with its builder; a checkpoint without tokenizer.json
           gets a stand-in byte-level tokenizer in a shadow folder, since the builder insists on one).
@@ -45,7 +45,7 @@ import numpy as np
 
 from mxport.errors import MxportError
 
-DEFAULT_MODES = ("cpu/fp32", "cpu/int8", "cpu/int4", "portable/mxfp4")
+DEFAULT_MODES = ("cpu/fp32", "cpu/int8", "cpu/int4", "cpu/int4/int4", "portable/mxfp4")  # target/experts[/dense]
 MOE_OPS = {("com.microsoft", "MoE"), ("com.microsoft", "QMoE"), ("ai.mxport", "MoE"), ("ai.mxport", "MoEMXFP4")}
 
 
@@ -308,10 +308,13 @@ def _export_modes(ckpt: Path, modes: list[str], work: Path) -> list[tuple[str, P
 
     out = []
     for mode in modes:
-        target, _, experts = mode.partition("/")
-        folder = work / f"mxport-{target}-{experts}"
+        parts = mode.split("/")
+        if not 1 <= len(parts) <= 3:
+            raise MxportError(f"bench: --modes entry {mode!r}: expected TARGET/EXPERTS[/DENSE], e.g. cpu/int4/int4")
+        target, experts, dense = (parts + ["mxfp4", "float32"][len(parts) - 1 :])[:3]
+        folder = work / (f"mxport-{target}-{experts}" + (f"-dense-{dense}" if dense != "float32" else ""))
         if not (folder / "mxport.json").is_file():
-            export(ckpt, folder, target=target, experts=experts or "mxfp4", progress=False, force=True)
+            export(ckpt, folder, target=target, experts=experts, dense=dense, progress=False, force=True)
         out.append((mode, folder))
     return out
 
@@ -374,8 +377,12 @@ def bench(path: str | os.PathLike, *, peers: bool = False, threads: int = 2, pro
     work_dir = Path(work) if work else Path(tempfile.mkdtemp(prefix="mxport-bench-"))
     work_dir.mkdir(parents=True, exist_ok=True)
     if (path / "mxport.json").is_file():
-        folders = [(read_export_meta(path).get("target", "?") + "/" + read_export_meta(path).get("experts", "?"), path)]
-        ckpt = Path(read_export_meta(path).get("checkpoint", ""))
+        meta = read_export_meta(path)
+        mode = f"{meta.get('target', '?')}/{meta.get('experts', '?')}"
+        if meta.get("dense", "float32") != "float32":
+            mode += f"/{meta['dense']}"
+        folders = [(mode, path)]
+        ckpt = Path(meta.get("checkpoint", ""))
     elif _is_checkpoint(path):
         ckpt = path
         log(f"exporting {', '.join(modes or DEFAULT_MODES)} into {work_dir}")
