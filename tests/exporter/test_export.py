@@ -1,7 +1,8 @@
 """export(): the exported graph against the NumPy reference model and transformers, KV cache, padding,
 onnx.reference with function bodies only, storage, determinism, atomicity, options and CLI.
 
-One tiny float32 checkpoint per layout, exported once per module; every test runs on those.
+One tiny synthetic checkpoint per layout (the session-wide make_checkpoint fixture), exported once per module
+with the float32 defaults; most tests run on those.
 """
 
 from __future__ import annotations
