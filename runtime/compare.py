@@ -315,6 +315,11 @@ def format_table(rows: list[OutputStats]) -> str:
                 "ok" if s.passed else "FAIL: " + "; ".join(s.failures),
             )
         )
+    return grid(head, body)
+
+
+def grid(head: tuple[str, ...], body: list[tuple[str, ...]]) -> str:
+    """A plain-text table: left-aligned columns, a dashed rule under the header."""
     widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
     fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
     return "\n".join([fmt(head), fmt(tuple("-" * w for w in widths)), *map(fmt, body)])

@@ -40,7 +40,7 @@ from mxport.runtime.compare import (
     Tolerance,
     compare,
     first_failing_layer,
-    format_table,
+    grid,
     layer_of,
     resolve_tolerance,
 )
@@ -306,7 +306,7 @@ def _worst_table(rows: list[dict[str, Any]]) -> str:
          _fmt(r["kl_mean"]), _fmt(r["kl_max"]), r["tolerance"], _verdict(r["failed_in"]))
         for r in rows
     ]
-    return _grid(head, body)
+    return grid(head, body)
 
 
 def _verdict(failed_in: list[str]) -> str:
@@ -323,13 +323,7 @@ def _layer_table(rows: list[dict[str, Any]]) -> str:
         (str(r["layer"]), _fmt(r["hidden_rel"]), _fmt(r["key_rel"]), _fmt(r["value_rel"]), "ok" if r["passed"] else "FAIL")
         for r in rows
     ]
-    return _grid(head, body)
-
-
-def _grid(head: tuple[str, ...], body: list[tuple[str, ...]]) -> str:
-    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
-    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
-    return "\n".join([fmt(head), fmt(tuple("-" * w for w in widths)), *map(fmt, body)])
+    return grid(head, body)
 
 
 # ---- the run -----------------------------------------------------------------------------------------------------
