@@ -173,3 +173,20 @@ def test_loads_in_transformers_with_our_expert_weights(tiny_config, make_checkpo
     dense = oracles.load_transformers_gpt_oss(make_checkpoint(tiny_config.replace(experts_mxfp4=False)))
     with torch.no_grad():
         torch.testing.assert_close(dense(torch.arange(1, 13)[None]).logits, logits, rtol=0, atol=0)
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("preset", ["tiny", "mini", "gpt-oss-20b", "gpt-oss-120b"])
+def test_preset_shapes_match_transformers_model(preset):
+    """transformers builds the preset's model on the meta device (no memory): same tensors, same shapes."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from mxport.exporter.checkpoint import expected_tensors
+
+    cfg = PRESETS[preset]
+    hf_config = transformers.GptOssConfig(**{k: v for k, v in cfg.to_hf_dict().items() if k != "quantization_config"})
+    with torch.device("meta"):
+        model = transformers.GptOssForCausalLM(hf_config)
+    theirs = {name: tuple(p.shape) for name, p in model.state_dict().items()}
+    ours = {e.name: e.shape for e in expected_tensors(cfg.replace(experts_mxfp4=False))}
+    assert theirs == ours
