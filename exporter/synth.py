@@ -5,7 +5,7 @@
 
 Every canonical tensor draws from its own generator, seeded by (seed, canonical name), in row chunks whose size
 depends only on the tensor's shape. So the HF and original layouts (and any sharding) hold the same weights for
-the same seed, and no more than one chunk (~4M values) of float data is alive at a time:
+the same seed, and no more than one chunk (~4M values; one expert for dense experts) of float data is alive:
 
     Gaussian float32 chunk --(bf16)--------------------------------> dense tensor bytes at their offset
                            --(ops.mxfp4.encode)--> blocks, scales -> both tensors' bytes at their offsets
