@@ -44,6 +44,7 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
     "generation_config.json",
 )
+SIZE_THRESHOLD = 256  # initializers larger than this many bytes go to the data file (ir.save's default)
 # How dense matrices are stored: bf16 bytes + Cast to float32 in the graph (see docs/EXPORT.md for the measurement).
 DENSE_STORAGE = "bfloat16"
 
@@ -138,7 +139,8 @@ class _Progress:
 
     def __init__(self, model: ir.Model, enabled: bool) -> None:
         self.enabled = enabled
-        self.total = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+        sizes = [v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None]
+        self.total = sum(n for n in sizes if n > SIZE_THRESHOLD)  # the tensors ir.save writes to the data file
         self.done, self.start = 0, time.monotonic()
 
     def __call__(self, tensor, info) -> None:
@@ -156,6 +158,12 @@ class _Progress:
     def finish(self) -> None:
         if self.enabled:
             sys.stderr.write("\n")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _check_out_dir(out_dir: Path, force: bool, checkpoint_dir: Path) -> None:
@@ -206,8 +214,9 @@ def export(
         meta = _metadata(ckpt, checkpoint_dir, model, **options)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
         try:
+            tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the export folder gets the usual mode
             bar = _Progress(model, progress)
-            ir.save(model, tmp / MODEL_FILE, external_data=DATA_FILE, callback=bar)
+            ir.save(model, tmp / MODEL_FILE, external_data=DATA_FILE, size_threshold_bytes=SIZE_THRESHOLD, callback=bar)
             bar.finish()
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
             for name in TOKENIZER_FILES:

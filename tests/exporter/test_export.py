@@ -237,6 +237,9 @@ def test_same_input_gives_identical_bytes(checkpoints, tmp_path):
     b = export(checkpoints["hf"], tmp_path / "b", progress=False)
     assert _hashes(a) == _hashes(b)
     assert {"model.onnx", "model.onnx.data", "mxport.json"} <= set(_hashes(a))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert a.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's private 0700
 
 
 def test_failure_leaves_nothing_behind(checkpoints, tmp_path, monkeypatch):
