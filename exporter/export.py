@@ -150,8 +150,8 @@ class _Progress:
         frac = self.done / max(self.total, 1)
         bar = "#" * int(30 * frac)
         sys.stderr.write(
-            f"\rexport [{bar:<30}] {info.index + 1}/{info.total} tensors {self.done / 1e9:.2f}/{self.total / 1e9:.2f} GB "
-            f"{time.monotonic() - self.start:.0f}s"
+            f"\rexport [{bar:<30}] {info.index + 1}/{info.total} tensors "
+            f"{self.done / 1e9:.2f}/{self.total / 1e9:.2f} GB {time.monotonic() - self.start:.0f}s"
         )
         sys.stderr.flush()
 
@@ -216,7 +216,9 @@ def export(
         try:
             tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the export folder gets the usual mode
             bar = _Progress(model, progress)
-            ir.save(model, tmp / MODEL_FILE, external_data=DATA_FILE, size_threshold_bytes=SIZE_THRESHOLD, callback=bar)
+            ir.save(
+                model, tmp / MODEL_FILE, external_data=DATA_FILE, size_threshold_bytes=SIZE_THRESHOLD, callback=bar
+            )
             bar.finish()
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
             for name in TOKENIZER_FILES:

@@ -1,12 +1,11 @@
 """gpt-oss as an ONNX graph: short pure builder functions over onnx-ir values (the portable form).
 
-    input_ids [B,S] ─ Gather(embed) ─► x [B,S,H] ──┬─────────────────────────────────────────┐
-    position_ids [B,S] ─► cos, sin [B,S,1,D/2]      │  per layer i:                           │
-                                                    ▼                                         │
-        x += o_proj(Attention(rope(q_proj(n)), rope(k_proj(n)), v_proj(n), past, mask, sinks))  n = rmsnorm(x)
-        x += MoEMXFP4(n, router(n), experts)                                                    n = rmsnorm(x)
-                                                    ▼
-                                    rmsnorm ─► lm_head ─► logits [B,S,V]
+    input_ids [B,S] ─ Gather(embed) ─ Cast ─► x [B,S,H]
+    position_ids [B,S] ─► cos, sin [B,S,1,D/2]   (once, shared by every layer)
+    per layer i (nodes "layers.{i}/..."):
+        n = rmsnorm(x);  x += o_proj(Attention(rope(q_proj(n)), rope(k_proj(n)), v_proj(n), past, mask, sinks))
+        n = rmsnorm(x);  x += MoEMXFP4(n, router(n), experts)
+    logits [B,S,V] = lm_head(rmsnorm(x))
 
 Custom ops (domain ai.mxport, ARCHITECTURE.md "Custom ops"): Attention (GQA, sinks, window, KV cache),
 MoEMXFP4 (router top-k, MXFP4 experts kept as uint8 blocks/scales). Everything else is standard opset 23.
@@ -14,8 +13,6 @@ Dense weights come from the checkpoint at save time (lazy initializers, see `Wei
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import ml_dtypes
 import numpy as np
@@ -35,26 +32,12 @@ UINT8 = ir.DataType.UINT8
 BATCH, SEQ, PAST, TOTAL = "batch", "seq", "past_seq", "total_seq"  # TOTAL = past_seq + seq
 
 
-@dataclass(frozen=True)
-class IONames:
-    """The model I/O names of ARCHITECTURE.md for `layers` layers."""
+def past_names(i: int) -> tuple[str, str]:
+    return f"past_key_values.{i}.key", f"past_key_values.{i}.value"
 
-    layers: int
 
-    inputs_fixed = ("input_ids", "attention_mask", "position_ids")
-
-    def past(self, i: int) -> tuple[str, str]:
-        return f"past_key_values.{i}.key", f"past_key_values.{i}.value"
-
-    def present(self, i: int) -> tuple[str, str]:
-        return f"present.{i}.key", f"present.{i}.value"
-
-    def inputs(self) -> list[str]:
-        return [*self.inputs_fixed, *(n for i in range(self.layers) for n in self.past(i))]
-
-    def outputs(self, hidden_states: bool = False) -> list[str]:
-        names = ["logits", *(n for i in range(self.layers) for n in self.present(i))]
-        return names + ([f"hidden_states.{i}" for i in range(self.layers)] if hidden_states else [])
+def present_names(i: int) -> tuple[str, str]:
+    return f"present.{i}.key", f"present.{i}.value"
 
 
 class Weights:
@@ -212,7 +195,16 @@ def moe(b: Builder, cfg: ModelConfig, w: Weights, layer: int, x: ir.Value) -> ir
         return b.op("Reshape", y, b.op("Shape", x, role="shape_in"), role="unflatten")  # [B,S,H]
 
 
-def decoder_layer(b, cfg, w, layer, x, rope, past, attention_mask) -> tuple[ir.Value, ir.Value, ir.Value]:
+def decoder_layer(
+    b: Builder,
+    cfg: ModelConfig,
+    w: Weights,
+    layer: int,
+    x: ir.Value,
+    rope: tuple[ir.Value, ir.Value],
+    past: tuple[ir.Value, ir.Value],
+    attention_mask: ir.Value,
+) -> tuple[ir.Value, ir.Value, ir.Value]:
     """x [B,S,H] -> (x after the layer, present_key, present_value)."""
     p = f"model.layers.{layer}"
     with b.scope(f"layers.{layer}"):
@@ -231,12 +223,11 @@ def build(ckpt, *, dense: str = "bfloat16", hidden_states: bool = False) -> tupl
     b.use_domain(DOMAIN, DOMAIN_VERSION)
     w = Weights(b, ckpt, dense)
     L, Hkv, D, V, H = cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, cfg.vocab_size, cfg.hidden_size
-    io = IONames(L)
 
     input_ids = tensor_value("input_ids", INT64, [BATCH, SEQ])
     attention_mask = tensor_value("attention_mask", INT64, [BATCH, TOTAL])
     position_ids = tensor_value("position_ids", INT64, [BATCH, SEQ])
-    pasts = [tuple(tensor_value(n, FLOAT, [BATCH, Hkv, PAST, D]) for n in io.past(i)) for i in range(L)]
+    pasts = [tuple(tensor_value(n, FLOAT, [BATCH, Hkv, PAST, D]) for n in past_names(i)) for i in range(L)]
 
     with b.scope("embed"):
         x = b.op("Gather", w.stored("model.embed_tokens.weight"), input_ids, role="gather", axis=0)  # [B,S,H]
@@ -246,11 +237,12 @@ def build(ckpt, *, dense: str = "bfloat16", hidden_states: bool = False) -> tupl
     presents, hidden = [], []
     for i in range(L):
         x, pk, pv = decoder_layer(b, cfg, w, i, x, rope, pasts[i], attention_mask)
-        presents += [set_output(v, n, FLOAT, [BATCH, Hkv, TOTAL, D]) for v, n in zip((pk, pv), io.present(i))]
+        presents += [set_output(v, n, FLOAT, [BATCH, Hkv, TOTAL, D]) for v, n in zip((pk, pv), present_names(i))]
         if hidden_states:
             # The residual also feeds the next layer; an Identity gives the output its own name.
             with b.scope(f"layers.{i}"):
-                hidden.append(set_output(b.op("Identity", x, role="hidden"), f"hidden_states.{i}", FLOAT, [BATCH, SEQ, H]))
+                h = b.op("Identity", x, role="hidden")
+            hidden.append(set_output(h, f"hidden_states.{i}", FLOAT, [BATCH, SEQ, H]))
 
     with b.scope("final"):
         x = rms_norm(b, cfg, w, x, "model.norm.weight", "norm")

@@ -36,7 +36,9 @@ class Summary:
 
 def _dims(value_info: onnx.ValueInfoProto) -> list:
     shape = value_info.type.tensor_type.shape
-    return [d.dim_param if d.HasField("dim_param") else (d.dim_value if d.HasField("dim_value") else "?") for d in shape.dim]
+    return [
+        d.dim_param if d.HasField("dim_param") else (d.dim_value if d.HasField("dim_value") else "?") for d in shape.dim
+    ]
 
 
 def _dtype_name(elem_type: int) -> str:
@@ -109,7 +111,9 @@ def format_summary(s: Summary) -> str:
     out += _io_lines(s.outputs)
     total = sum(s.bytes_by_dtype.values())
     out.append(f"initializers: {total / 1e6:.3f} MB ({s.external_bytes / 1e6:.3f} MB external)")
-    out += [f"  {dtype:<10} {n / 1e6:12.3f} MB  {100 * n / max(total, 1):5.1f}%" for dtype, n in s.bytes_by_dtype.items()]
+    out += [
+        f"  {dtype:<10} {n / 1e6:12.3f} MB  {100 * n / max(total, 1):5.1f}%" for dtype, n in s.bytes_by_dtype.items()
+    ]
     return "\n".join(out)
 
 
