@@ -103,12 +103,9 @@ class Builder:
         array = np.asarray(value, dtype=dtype)
         key = (role, str(array.dtype), array.tobytes(), array.shape)
         if key not in self._consts:
-            saved, self._scope = self._scope, []
-            try:
-                name = self._unique(f"const/{role}")
-            finally:
-                self._scope = saved
-            self._used.discard(name)
+            name, n = f"const/{role}", 1
+            while name in self._used:
+                name, n = f"const/{role}_{n}", n + 1
             self._consts[key] = self.initializer(name, ir.tensor(array, name=name))
         return self._consts[key]
 
