@@ -202,6 +202,8 @@ def measure_genai(folder: str, threads: int, prompt_len: int, new_tokens: int) -
 
     cfg = json.loads((Path(folder) / "genai_config.json").read_text())
     vocab = int(cfg["model"]["vocab_size"])
+    # genai sizes its KV buffers from max_length; a sliding-window cache must hold at least the window
+    window = int((cfg["model"]["decoder"].get("sliding_window") or {}).get("window_size", 0))
     t = time.perf_counter()
     config = og.Config(folder)
     config.overlay(json.dumps({"model": {"decoder": {"session_options": {
@@ -214,7 +216,7 @@ def measure_genai(folder: str, threads: int, prompt_len: int, new_tokens: int) -
         # max_length bounds the shared KV buffer genai allocates (its default is the whole context)
         # min_length keeps an EOS from ending the run early (genai stops at EOS; calls after that do nothing)
         total = n_prompt + n_new + 1
-        params.set_search_options(max_length=total, min_length=total, do_sample=False)
+        params.set_search_options(max_length=max(total, window + 1), min_length=total, do_sample=False)
         gen = og.Generator(model, params)
         t0 = time.perf_counter()
         gen.append_tokens(_prompt(vocab, n_prompt))
@@ -285,14 +287,15 @@ def _child(kind: str, path: str, threads: int, prompt_len: int, new_tokens: int,
     return json.loads(lines[-1])
 
 
-def _fill(result: Result, measured: dict[str, Any], prompt_len: int, new_tokens: int) -> Result:
+def _keep_best(result: Result, measured: dict[str, Any], prompt_len: int, new_tokens: int) -> Result:
+    """Fold one measurement into `result`: best speeds and load time, largest peak RSS, first error."""
     if "error" in measured:
-        result.error = measured["error"]
+        result.error = result.error or measured["error"]
         return result
-    result.load_s = measured["load_s"]
-    result.prefill_tok_s = prompt_len / measured["prefill_s"]
-    result.decode_tok_s = new_tokens / measured["decode_s"]
-    result.peak_rss = measured["peak_rss"]
+    result.load_s = min(result.load_s, measured["load_s"]) if result.load_s == result.load_s else measured["load_s"]
+    result.prefill_tok_s = max(v for v in (result.prefill_tok_s, prompt_len / measured["prefill_s"]) if v == v)
+    result.decode_tok_s = max(v for v in (result.decode_tok_s, new_tokens / measured["decode_s"]) if v == v)
+    result.peak_rss = max(result.peak_rss, measured["peak_rss"])
     if "weight_bytes" in measured:
         result.weight_bytes, result.bytes_per_token = measured["weight_bytes"], measured["bytes_per_token"]
     return result
@@ -365,15 +368,20 @@ def _genai_exports(ckpt: Path, work: Path, timeout: float) -> list[tuple[str, Pa
 
 def bench(path: str | os.PathLike, *, peers: bool = False, threads: int = 2, prompt_len: int = 128,
           new_tokens: int = 32, modes: list[str] | None = None, work: str | os.PathLike | None = None,
-          timeout: float = 1800.0, bandwidth_mb: int = 256, log=print) -> tuple[list[Result], float]:
-    """Measure; returns (results, memory bandwidth in bytes/s)."""
+          timeout: float = 1800.0, bandwidth_mb: int = 256, rounds: int = 1,
+          log=print) -> tuple[list[Result], float]:
+    """Measure; returns (results, memory bandwidth in bytes/s).
+
+    rounds > 1 runs the whole engine list that many times, in order, and keeps each engine's best speeds (and
+    its largest RSS): on a shared machine, load drifts over minutes, and one pass would favour whichever
+    engine ran in a quiet moment."""
     from mxport.runtime.session import read_export_meta
 
     path = Path(path)
     if not path.is_dir():
         raise MxportError(f"bench: {path} is not a folder (expected a checkpoint or an export folder)")
-    if prompt_len < 1 or new_tokens < 1 or threads < 1:
-        raise MxportError("bench: --prompt-len, --new-tokens and --threads must be >= 1")
+    if min(prompt_len, new_tokens, threads, rounds) < 1:
+        raise MxportError("bench: --prompt-len, --new-tokens, --threads and --rounds must be >= 1")
     work_dir = Path(work) if work else Path(tempfile.mkdtemp(prefix="mxport-bench-"))
     work_dir.mkdir(parents=True, exist_ok=True)
     if (path / "mxport.json").is_file():
@@ -408,10 +416,11 @@ def bench(path: str | os.PathLike, *, peers: bool = False, threads: int = 2, pro
                     continue
                 total, per_token = onnx_traffic(folder / "model.onnx")
                 jobs.append((Result(name, str(folder), file_bytes(folder), total, per_token), "genai", str(folder)))
-    for result, kind, where in jobs:
-        log(f"running {result.name}")
-        results.append(_fill(result, _child(kind, where, threads, prompt_len, new_tokens, timeout), prompt_len,
-                             new_tokens))
+    for round_ in range(rounds):
+        for result, kind, where in jobs:
+            log(f"running {result.name}" + (f" (round {round_ + 1}/{rounds})" if rounds > 1 else ""))
+            _keep_best(result, _child(kind, where, threads, prompt_len, new_tokens, timeout), prompt_len, new_tokens)
+    results += [r for r, _, _ in jobs]
     if not work:
         shutil.rmtree(work_dir, ignore_errors=True)
     return results, bandwidth
@@ -445,6 +454,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-tokens", type=int, default=32, help="decode steps timed (default 32)")
     parser.add_argument("--modes", default=",".join(DEFAULT_MODES),
                         help=f"target/experts pairs to export from a checkpoint (default {','.join(DEFAULT_MODES)})")
+    parser.add_argument("--rounds", type=int, default=1, help="passes over all engines; best speeds kept (default 1)")
     parser.add_argument("--work", metavar="DIR", help="keep exports here (default: a temporary folder)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
 
@@ -452,14 +462,14 @@ def register(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     results, bandwidth = bench(
         args.path, peers=args.peers, threads=args.threads, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
-        modes=[m for m in args.modes.split(",") if m], work=args.work,
+        modes=[m for m in args.modes.split(",") if m], work=args.work, rounds=args.rounds,
         log=lambda msg: print(msg, file=sys.stderr),
     )
     print(format_results(results, bandwidth))
     if args.json:
         Path(args.json).write_text(json.dumps({
             "bandwidth": bandwidth, "threads": args.threads, "prompt_len": args.prompt_len,
-            "new_tokens": args.new_tokens, "results": [asdict(r) for r in results]}, indent=2) + "\n")
+            "new_tokens": args.new_tokens, "rounds": args.rounds, "results": [asdict(r) for r in results]}, indent=2) + "\n")
     return 0 if all(not r.error for r in results) else 1
 
 

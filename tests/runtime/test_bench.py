@@ -36,7 +36,7 @@ def test_traffic_counts_k_of_e_experts_and_one_embedding_row(tiny_export):
 
 def test_bench_an_export_folder(tiny_export, tmp_path):
     cfg, out = tiny_export
-    results, bandwidth = bench.bench(out, threads=1, prompt_len=4, new_tokens=2, bandwidth_mb=16,
+    results, bandwidth = bench.bench(out, threads=1, prompt_len=4, new_tokens=2, bandwidth_mb=16, rounds=2,
                                       log=lambda _: None)
     (r,) = results
     assert not r.error, r.error
@@ -59,5 +59,7 @@ def test_cli_writes_json(tiny_export, tmp_path, capsys):
 def test_bad_path_is_an_mxport_error(tmp_path):
     with pytest.raises(MxportError, match="neither a checkpoint"):
         bench.bench(tmp_path, log=lambda _: None)
+    with pytest.raises(MxportError, match="--rounds must be >= 1"):
+        bench.bench(tmp_path, rounds=0, log=lambda _: None)
     with pytest.raises(MxportError, match="is not a folder"):
         bench.bench(tmp_path / "missing", log=lambda _: None)
