@@ -125,7 +125,7 @@ def _metadata(ckpt, checkpoint_dir: Path, model: ir.Model, **options) -> dict:
         "config": cfg.to_hf_dict(),
         **options,
         "dense_storage": DENSE_STORAGE,
-        "checkpoint_experts": "mxfp4" if cfg.experts_mxfp4 else "dense (encoded to MXFP4 at export)",
+        "checkpoint_experts": "mxfp4" if cfg.experts_mxfp4 else "dense (float32 experts, ai.mxport.MoE)",
         "opset_imports": dict(sorted(model.opset_imports.items())),
         "inputs": [v.name for v in model.graph.inputs],
         "outputs": [v.name for v in model.graph.outputs],

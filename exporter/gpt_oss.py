@@ -84,23 +84,21 @@ class Weights:
         dtype = ir.DataType.from_numpy(np.dtype(spec.dtype))
         return self.b.lazy_initializer(name, dtype, spec.shape, lambda: self._read(name))
 
-    def experts_mxfp4(self, name: str) -> tuple[ir.Value, ir.Value]:
-        """MXFP4 (blocks [E,out,in/32,16], scales [E,out,in/32]) of `name` (e.g. `...experts.gate_up_proj`).
+    def experts(self, name: str) -> tuple[str, tuple[ir.Value, ...]]:
+        """Expert matrices of `name` (e.g. `...experts.gate_up_proj`) as the MoE op that consumes them wants them.
 
-        MXFP4 checkpoints: the stored uint8 halves. Dense-expert checkpoints ([E,in,out], input-major) are encoded
-        here, at save time (ops.mxfp4.encode: exact when the values are MXFP4 values already, else lossy).
+        MXFP4 checkpoints -> ("MoEMXFP4", (blocks [E,out,in/32,16], scales [E,out,in/32])): the stored uint8 halves.
+        Dense checkpoints ([E,in,out], input-major, as transformers saves a dequantized model) -> ("MoE",
+        (weight float32 [E,out,in],)): transposed, never re-encoded, so the export stays exact.
         """
-        names = self.ckpt.names()
-        if f"{name}_blocks" in names:
-            return self.stored(f"{name}_blocks"), self.stored(f"{name}_scales")
+        if f"{name}_blocks" in set(self.ckpt.names()):
+            return "MoEMXFP4", (self.stored(f"{name}_blocks"), self.stored(f"{name}_scales"))
         E, n_in, n_out = self.ckpt.spec(name).shape
 
-        def half(i: int):
-            return lambda: mxfp4.encode(np.swapaxes(self._read(name, f32=True), 1, 2))[i]  # [E,out,in] -> blocks|scales
+        def produce() -> np.ndarray:
+            return np.ascontiguousarray(np.swapaxes(self._read(name, f32=True), 1, 2))  # [E,in,out] -> [E,out,in]
 
-        nb = n_in // mxfp4.BLOCK_SIZE
-        blocks = self.b.lazy_initializer(f"{name}_blocks", UINT8, (E, n_out, nb, mxfp4.BYTES_PER_BLOCK), half(0))
-        return blocks, self.b.lazy_initializer(f"{name}_scales", UINT8, (E, n_out, nb), half(1))
+        return "MoE", (self.b.lazy_initializer(name, FLOAT, (E, n_out, n_in), produce),)
 
     def vector(self, name: str) -> ir.Value:
         """A float32 tensor (norm scales, biases, sinks)."""
@@ -184,10 +182,12 @@ def moe(b: Builder, cfg: ModelConfig, w: Weights, layer: int, x: ir.Value) -> ir
         tokens = b.op("Reshape", x, b.const([-1, H], np.int64, "shape_tokens"), role="tokens")  # [T,H]
         logits = b.op("Reshape", logits, b.const([-1, E], np.int64, "shape_router"), role="router_logits")
         e = f"{p}.experts"
+        op, w1 = w.experts(f"{e}.gate_up_proj")
+        _, w2 = w.experts(f"{e}.down_proj")
         y = b.op(
-            "MoEMXFP4", tokens, logits,
-            *w.experts_mxfp4(f"{e}.gate_up_proj"), w.vector(f"{e}.gate_up_proj_bias"),
-            *w.experts_mxfp4(f"{e}.down_proj"), w.vector(f"{e}.down_proj_bias"),
+            op, tokens, logits,
+            *w1, w.vector(f"{e}.gate_up_proj_bias"),
+            *w2, w.vector(f"{e}.down_proj_bias"),
             role="experts", domain=DOMAIN,
             k=cfg.experts_per_token, normalize_routing_weights=1, swiglu_interleaved=1,
             swiglu_limit=float(cfg.swiglu_limit), activation_alpha=float(cfg.swiglu_alpha), activation_beta=1.0,

@@ -100,17 +100,27 @@ def test_ort_matches_transformers(exported, checkpoints, layout):
     assert report, str(report)
 
 
-def test_dense_expert_checkpoint_is_encoded_to_mxfp4(make_checkpoint, tmp_path):
-    """Synthetic dense experts hold MXFP4 values, so encoding them at export is exact."""
-    ckpt = make_checkpoint(CFG.replace(experts_mxfp4=False))
-    out = export(ckpt, tmp_path / "out", progress=False)
-    model = onnx.load(str(out / "model.onnx"), load_external_data=False)
-    assert {t.data_type for t in model.graph.initializer if t.name.endswith(("_blocks", "_scales"))} == {
-        onnx.TensorProto.UINT8
-    }
+def test_dense_expert_checkpoint_exports_float_experts_exactly(tmp_path):
+    """A dense checkpoint (transformers' own save of a randomly initialised model, whose expert values are not
+    MXFP4 values) exports through the float ai.mxport.MoE op: nothing is re-quantized, logits match transformers."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    hf_cfg = {k: v for k, v in CFG.to_hf_dict().items() if k != "quantization_config"}
+    torch.manual_seed(0)
+    model = transformers.GptOssForCausalLM(transformers.GptOssConfig(**hf_cfg)).eval()
+    with torch.no_grad():  # make every parameter matter (transformers zero-initialises biases and sinks)
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    model.save_pretrained(tmp_path / "dense")
+    out = export(tmp_path / "dense", tmp_path / "out", progress=False)
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    assert {n.op_type for n in graph.node if n.domain == "ai.mxport"} == {"Attention", "MoE"}
+    assert not [t.name for t in graph.initializer if t.name.endswith(("_blocks", "_scales"))]
     assert json.loads((out / "mxport.json").read_text())["checkpoint_experts"].startswith("dense")
-    feeds = feeds_for(random_ids((2, SEQ), seed=7))
-    report = compare(run(session(out), feeds), ReferenceModel(ckpt).infer(feeds), FLOAT32_TOLERANCES)
+    ids = random_ids((2, SEQ), seed=7)
+    with torch.no_grad():
+        expected = model.float()(torch.from_numpy(ids)).logits.numpy()
+    report = compare({"logits": run(session(out), feeds_for(ids))["logits"]}, {"logits": expected}, FLOAT32_TOLERANCES)
     assert report, str(report)
 
 
