@@ -46,6 +46,7 @@ import numpy as np
 from mxport.errors import MxportError
 
 DEFAULT_MODES = ("cpu/fp32", "cpu/int8", "cpu/int4", "cpu/int4/int4", "portable/mxfp4")  # target/experts[/dense]
+ROTARY_TABLES = {("com.microsoft", "GroupQueryAttention"): (7, 8), ("com.microsoft", "RotaryEmbedding"): (2, 3)}
 MOE_OPS = {("com.microsoft", "MoE"), ("com.microsoft", "QMoE"), ("ai.mxport", "MoE"), ("ai.mxport", "MoEMXFP4")}
 
 
@@ -121,6 +122,11 @@ def onnx_traffic(model_file: Path) -> tuple[int, int]:
                     share[name] = min(share.get(name, 1.0), k / experts)
         elif key == ("", "Gather") and node.input[0] in sizes and sizes[node.input[0]][1]:
             share[node.input[0]] = min(share.get(node.input[0], 1.0), 1.0 / sizes[node.input[0]][1][0])
+        elif key in ROTARY_TABLES:  # cos/sin caches: a step reads the rows of its positions only
+            for i in ROTARY_TABLES[key]:
+                name = node.input[i] if i < len(node.input) else ""
+                if name in sizes and sizes[name][1]:
+                    share[name] = min(share.get(name, 1.0), 1.0 / sizes[name][1][0])
     total = sum(b for b, _ in sizes.values())
     per_token = sum(b * share.get(name, 1.0) for name, (b, _) in sizes.items())
     return total, int(per_token)
