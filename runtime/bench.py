@@ -20,7 +20,8 @@ Every measurement runs in its own child process (`python -m mxport.runtime.bench
     weights MB      bytes of every initializer (what a session must hold)
     MB/token        weights one decode step reads: dense matrices, k of E experts per MoE layer, lm_head,
                     one embedding row (from the graph: an initializer read by Gather counts one row, MoE
-                    expert inputs count k/E)
+                    expert inputs count k/E, rotary caches one row, a constant Cast counts its cast size since
+                    ORT folds it at load)
     bw share        decode tok/s x MB/token / measured memory bandwidth (numpy copy, read + write counted)
 
 Benchmarks are not timed tests: tests/runtime/test_bench.py checks the plumbing on the tiny preset only.
@@ -107,11 +108,13 @@ def _tensor_bytes(t) -> int:
 def onnx_traffic(model_file: Path) -> tuple[int, int]:
     """(bytes of all initializers, bytes one decode step reads) of an ONNX model, read without its data."""
     import onnx
+    from onnx import helper
 
     model = onnx.load(str(model_file), load_external_data=False)
     g = model.graph
     sizes = {t.name: (_tensor_bytes(t), list(t.dims)) for t in g.initializer}
     share: dict[str, float] = {}
+    widen: dict[str, float] = {}
     for node in g.node:
         key = (node.domain or "", node.op_type)
         if key in MOE_OPS:
@@ -127,8 +130,14 @@ def onnx_traffic(model_file: Path) -> tuple[int, int]:
                 name = node.input[i] if i < len(node.input) else ""
                 if name in sizes and sizes[name][1]:
                     share[name] = min(share.get(name, 1.0), 1.0 / sizes[name][1][0])
+        elif key == ("", "Cast") and node.input[0] in sizes:
+            # a constant Cast is folded by ORT at load: the session holds (and a step reads) the cast copy
+            to = next(a.i for a in node.attribute if a.name == "to")
+            src = next(t for t in g.initializer if t.name == node.input[0])
+            widen[node.input[0]] = (helper.tensor_dtype_to_np_dtype(to).itemsize
+                                    / helper.tensor_dtype_to_np_dtype(src.data_type).itemsize)
     total = sum(b for b, _ in sizes.values())
-    per_token = sum(b * share.get(name, 1.0) for name, (b, _) in sizes.items())
+    per_token = sum(b * share.get(name, 1.0) * widen.get(name, 1.0) for name, (b, _) in sizes.items())
     return total, int(per_token)
 
 
