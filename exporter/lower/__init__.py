@@ -7,6 +7,7 @@
     cpu       fused QKV, SimplifiedLayerNorm, SkipSimplifiedLayerNorm,     fp32 | int8 | int4   float32
               GroupQueryAttention, MoE / QMoE                              (mxfp4: MoE kept portable)
     cuda      the same; experts=mxfp4 -> QMoE quant_type='fp4'            mxfp4 | fp32 | int8 | int4   float32
+                                                                           | float16 | bfloat16 (precision.py)
 
     dense (cpu, cuda): float32 keeps MatMul (exact); int8 | int4 -> MatMulNBits (dense.py), router excepted
 
@@ -24,7 +25,7 @@ import onnx_ir as ir
 
 from mxport.errors import MxportError
 
-from . import rules
+from . import precision, rules
 from .attention import LowerAttention
 from .dense import DenseNBits
 from .linear import FuseSiblingLinear
@@ -33,7 +34,7 @@ from .norm import SimplifiedNorm, SkipSimplifiedNorm
 
 TARGETS = ("portable", "cpu", "cuda")
 EXPERTS = ("mxfp4", "fp32", "int8", "int4")
-DTYPES = ("float32",)
+DTYPES = ("float32", "float16", "bfloat16")
 DENSE = ("float32", "int8", "int4")
 
 RULES = {
@@ -51,15 +52,20 @@ def lower(model: ir.Model, *, target: str, experts: str = "mxfp4", dtype: str = 
                                    ("dense", dense, DENSE)):
         if value not in allowed:
             raise MxportError(f"lower: unknown {option} {value!r}; expected one of {', '.join(allowed)}")
-    if target == "portable" and (experts, dense) != ("mxfp4", "float32"):
-        raise MxportError(f"lower: --experts {experts} --dense {dense} need --target cpu or cuda "
-                          "(the portable graph keeps MXFP4 experts and float32 dense weights)")
+    if target == "portable" and (experts, dense, dtype) != ("mxfp4", "float32", "float32"):
+        raise MxportError(f"lower: --experts {experts} --dense {dense} --dtype {dtype} need --target cpu or cuda "
+                          "(the portable graph keeps MXFP4 experts, float32 dense weights and float32 math)")
+    if target == "cpu" and dtype == "bfloat16":
+        raise MxportError("lower: --dtype bfloat16 is for --target cuda: ORT's CPU provider has no bfloat16 MatMul "
+                          "(use --dtype float16 or float32 on cpu)")
     ctx = rules.Context(model=model, target=target, experts=experts, dtype=dtype)
     chosen = list(RULES[target])
     if dense != "float32":
         chosen.append(DenseNBits(bits=8 if dense == "int8" else 4))  # after MoE: the router is recognised by it
     rules.apply(chosen, ctx)
     rules.remove_dead(ctx)
+    if dtype != "float32":
+        precision.to_half(ctx, dtype)  # whole-graph pass after the rules (precision.py)
     model.metadata_props[METADATA_KEY] = json.dumps(
         {"target": target, "experts": experts, "dtype": dtype, "dense": dense, **ctx.report.as_dict()}, sort_keys=True
     )

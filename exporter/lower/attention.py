@@ -17,8 +17,8 @@ Why this spelling (checked against the NumPy kernel on CPU, onnxruntime 1.32):
   - query_seqlens lifts "batch_size must be 1 when sequence_length > 1 and past is given" (chunked prefill).
   - Rotary stays outside: GQA's in-kernel rotary takes only position_ids[b, 0] for a first prompt and assumes
     consecutive positions; left-padded rows have positions 0,0,..,0,1,2,.. (cumsum(mask) - 1, clipped).
-  - Bias uses the dtype's most negative finite value, not -inf: a pad query row sees only masked keys and
-    the sink, and stays finite (its output is unspecified by the I/O contract, but it must not be NaN).
+  - Bias uses the compute dtype's most negative finite value (MASKED), not -inf: a pad query row sees only
+    masked keys and the sink, and stays finite (its output is unspecified by the I/O contract, but never NaN).
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ import onnx_ir as ir
 from .rules import MS_DOMAIN, Context, attr, replace
 
 INT32 = ir.DataType.INT32
+# The bias of a masked slot per compute dtype: very negative, finite after the cast to that dtype
+# (float32's min would become -inf in float16 and bfloat16).
+MASKED = {"float32": float(np.finfo(np.float32).min), "float16": float(np.finfo(np.float16).min), "bfloat16": -3.0e38}
 
 
 class LowerAttention:
@@ -94,7 +97,7 @@ def _shared_inputs(ctx: Context, mask: ir.Value, query: ir.Value):
     query_seqlens = t.op("Expand", [t.op("Cast", [seq64], {"to": INT32}), batch])  # [B] = S
     # bias [B,1,S,T]: 0 for kept slots, float32 min for pad slots
     keep = t.op("Cast", [mask], {"to": ir.DataType.BOOL})
-    big_negative = c("masked", np.float32(np.finfo(np.float32).min))
+    big_negative = c("masked", np.float32(MASKED.get(ctx.dtype, MASKED["float32"])))
     bias2 = t.op("Where", [keep, c("kept", np.float32(0.0)), big_negative])  # [B,T]
     bias4 = t.op("Unsqueeze", [bias2, c("axes_1_2", [1, 2])])  # [B,1,1,T]
     target = t.op("Concat", [batch, c("one_dim", [1]), t.op("Reshape", [seq64, c("one_shape", [1])]),

@@ -88,3 +88,26 @@ def test_contract_checker_catches_a_bad_attribute(cuda_model):
     gqa = next(n for n in bad.graph.node if n.op_type == "GroupQueryAttention")
     gqa.attribute.append(helper.make_attribute("window", 3))
     assert any("unknown attributes ['window']" in p for p in check_against_ort(bad))
+
+
+HALF = {"float16": TensorProto.FLOAT16, "bfloat16": TensorProto.BFLOAT16}
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_cuda_half_graph_follows_ort_contract(tiny_config, make_checkpoint, dtype):
+    with open_checkpoint(make_checkpoint(tiny_config)) as c:
+        b, inputs, outputs = gpt_oss.build(c)
+        model = lowering.lower(b.model(inputs, outputs), target="cuda", experts="mxfp4", dtype=dtype)
+        proto = ir.serde.serialize_model(model)
+    assert check_against_ort(proto) == []
+    io = {v.name: v.type.tensor_type.elem_type for v in [*proto.graph.input, *proto.graph.output]}
+    assert io["logits"] == io["present.0.key"] == io["past_key_values.0.value"] == HALF[dtype]
+    assert io["input_ids"] == io["position_ids"] == TensorProto.INT64
+    inits = {t.name: t for t in proto.graph.initializer}
+    qmoe = next(n for n in proto.graph.node if n.op_type == "QMoE")
+    assert inits[qmoe.input[15]].data_type == TensorProto.FLOAT  # global scales stay float (schema: T4)
+    assert inits[qmoe.input[4]].data_type == HALF[dtype]  # fc1 bias in the activation type
+    # RoPE: positions are cast to float32 (exact integers), cos/sin are cast to half where they meet q and k
+    casts = [n for n in proto.graph.node if n.op_type == "Cast"]
+    assert any(n.input[0] == "position_ids" and n.attribute[0].i == TensorProto.FLOAT for n in casts)
+    assert sum(n.attribute[0].i == HALF[dtype] and "rope" in n.name for n in casts) == 2
