@@ -103,16 +103,19 @@ def _functions(b) -> list[ir.Function]:
     return [ir.serde.deserialize_function(p) for p in protos]
 
 
-def lower(model: ir.Model, *, target: str, experts: str, dtype: str, dense: str = "float32") -> ir.Model:
+def lower(model: ir.Model, *, target: str, experts: str, dtype: str, dense: str = "float32",
+          last_logits: bool = False) -> ir.Model:
     """The seam for exporter/lower: rewrite the portable model for a target. Identity for the portable defaults.
 
     dense: "float32" (MatMul, exact) or a quantized form for dense weights that exporter/lower offers (DENSE)."""
-    if (target, experts, dtype) == PORTABLE and dense == "float32":
+    if (target, experts, dtype) == PORTABLE and dense == "float32" and not last_logits:
         return model
     lowering = _lowering()
     if lowering is None:
         raise MxportError(f"export: target={target!r} experts={experts!r} dtype={dtype!r} need exporter/lower")
     extra = {"dense": dense} if dense != "float32" else {}
+    if last_logits:
+        extra["last_logits"] = True
     return lowering.lower(model, target=target, experts=experts, dtype=dtype, **extra)
 
 
@@ -199,6 +202,7 @@ def export(
     hidden_states: bool = False,
     force: bool = False,
     dense: str = "float32",
+    last_logits: bool = False,
 ) -> Path:
     """Export the checkpoint at `checkpoint_dir` into `out_dir`; returns out_dir. Raises MxportError on bad input."""
     from mxport.exporter.checkpoint import open_checkpoint
@@ -209,8 +213,9 @@ def export(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with open_checkpoint(checkpoint_dir) as ckpt:
         model = build_portable(ckpt, hidden_states=hidden_states)
-        model = lower(model, target=target, experts=experts, dtype=dtype, dense=dense)
-        options = dict(target=target, experts=experts, dtype=dtype, hidden_states=hidden_states, dense=dense)
+        model = lower(model, target=target, experts=experts, dtype=dtype, dense=dense, last_logits=last_logits)
+        options = dict(target=target, experts=experts, dtype=dtype, hidden_states=hidden_states, dense=dense,
+                       last_logits=last_logits)
         meta = _metadata(ckpt, checkpoint_dir, model, **options)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
         try:
@@ -241,6 +246,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", help=f"one of {', '.join(options['dtype'])}")
     parser.add_argument("--dense", default="float32",
                         help="dense weights: float32 (exact) | int8 | int4 (MatMulNBits; needs --target cpu/cuda)")
+    parser.add_argument("--last-logits", action="store_true",
+                        help="logits of the last position only, [B,1,V] (faster prefill for generation)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
     parser.add_argument("--hidden-states", action="store_true", help="add outputs hidden_states.{i} per layer")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -258,6 +265,7 @@ def run(args: argparse.Namespace) -> int:
         hidden_states=args.hidden_states,
         force=args.force,
         dense=args.dense,
+        last_logits=args.last_logits,
     )
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     print(f"exported {args.checkpoint} -> {out} ({size / 1e6:.1f} MB, {time.monotonic() - start:.1f}s)")

@@ -10,6 +10,7 @@
                                                                            | float16 | bfloat16 (precision.py)
 
     dense (cpu, cuda): float32 keeps MatMul (exact); int8 | int4 -> MatMulNBits (dense.py), router excepted
+    last_logits (any target): logits of the last position only, [B,1,V] (logits.py; changes the model I/O)
 
 Every rule lives in its own module (moe, attention, norm, linear, dense) as pattern / check / rewrite; `rules.apply`
 records what was rewritten and what was refused with the reason (model.metadata_props["mxport.lowering"]).
@@ -29,6 +30,7 @@ from . import precision, rules
 from .attention import LowerAttention
 from .dense import DenseNBits
 from .linear import FuseSiblingLinear
+from .logits import LastLogits
 from .moe import LowerMoE
 from .norm import SimplifiedNorm, SkipSimplifiedNorm
 
@@ -46,7 +48,7 @@ METADATA_KEY = "mxport.lowering"
 
 
 def lower(model: ir.Model, *, target: str, experts: str = "mxfp4", dtype: str = "float32",
-          dense: str = "float32") -> ir.Model:
+          dense: str = "float32", last_logits: bool = False) -> ir.Model:
     """Rewrite `model` (the portable graph) for `target`; returns it. Raises MxportError for bad options."""
     for option, value, allowed in (("target", target, TARGETS), ("experts", experts, EXPERTS), ("dtype", dtype, DTYPES),
                                    ("dense", dense, DENSE)):
@@ -62,12 +64,15 @@ def lower(model: ir.Model, *, target: str, experts: str = "mxfp4", dtype: str = 
     chosen = list(RULES[target])
     if dense != "float32":
         chosen.append(DenseNBits(bits=8 if dense == "int8" else 4))  # after MoE: the router is recognised by it
+    if last_logits:
+        chosen.append(LastLogits())  # changes the model I/O: logits [B,1,V]
     rules.apply(chosen, ctx)
     rules.remove_dead(ctx)
     if dtype != "float32":
         precision.to_half(ctx, dtype)  # whole-graph pass after the rules (precision.py)
     model.metadata_props[METADATA_KEY] = json.dumps(
-        {"target": target, "experts": experts, "dtype": dtype, "dense": dense, **ctx.report.as_dict()}, sort_keys=True
+        {"target": target, "experts": experts, "dtype": dtype, "dense": dense, "last_logits": last_logits,
+         **ctx.report.as_dict()}, sort_keys=True
     )
     return model
 

@@ -102,3 +102,25 @@ def test_export_passes_dense_through(tiny, tmp_path):
 
     ops = {n.op_type for n in onnx.load(str(out / "model.onnx"), load_external_data=False).graph.node}
     assert {"MatMulNBits", "QMoE", "GroupQueryAttention"} <= ops and "MoEMXFP4" not in ops
+
+
+def test_last_logits_equal_the_last_row_of_full_logits(tiny, tmp_path):
+    from mxport.exporter.export import export
+
+    cfg, ckpt = tiny
+    full = export(ckpt, tmp_path / "full", target="cpu", experts="fp32", progress=False)
+    last = export(ckpt, tmp_path / "last", target="cpu", experts="fp32", last_logits=True, progress=False)
+    ids = np.random.default_rng(1).integers(3, cfg.vocab_size, (2, 7))
+    mask = np.ones((2, 7), np.int64)
+    mask[0, :2] = 0
+    feeds = make_feeds(ids, mask, cfg=cfg)
+    run = lambda d: dict(zip(  # noqa: E731
+        [o.name for o in ort.InferenceSession(str(d / "model.onnx")).get_outputs()],
+        ort.InferenceSession(str(d / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)))
+    a, b = run(full), run(last)
+    assert b["logits"].shape == (2, 1, cfg.vocab_size)
+    np.testing.assert_allclose(b["logits"], a["logits"][:, -1:], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(b["present.1.key"], a["present.1.key"])
+    import json
+
+    assert json.loads((last / "mxport.json").read_text())["last_logits"] is True
