@@ -321,7 +321,7 @@ def _is_checkpoint(path: Path) -> bool:
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
 
 
-def _export_modes(ckpt: Path, modes: list[str], work: Path) -> list[tuple[str, Path]]:
+def _export_modes(ckpt: Path, modes: list[str], work: Path, last_logits: bool = False) -> list[tuple[str, Path]]:
     from mxport.exporter.export import export
 
     out = []
@@ -330,10 +330,12 @@ def _export_modes(ckpt: Path, modes: list[str], work: Path) -> list[tuple[str, P
         if not 1 <= len(parts) <= 3:
             raise MxportError(f"bench: --modes entry {mode!r}: expected TARGET/EXPERTS[/DENSE], e.g. cpu/int4/int4")
         target, experts, dense = (parts + ["mxfp4", "float32"][len(parts) - 1 :])[:3]
-        folder = work / (f"mxport-{target}-{experts}" + (f"-dense-{dense}" if dense != "float32" else ""))
+        folder = work / (f"mxport-{target}-{experts}" + (f"-dense-{dense}" if dense != "float32" else "")
+                         + ("-last" if last_logits else ""))
         if not (folder / "mxport.json").is_file():
-            export(ckpt, folder, target=target, experts=experts, dense=dense, progress=False, force=True)
-        out.append((mode, folder))
+            export(ckpt, folder, target=target, experts=experts, dense=dense, last_logits=last_logits,
+                   progress=False, force=True)
+        out.append((mode + (" last-logits" if last_logits else ""), folder))
     return out
 
 
@@ -383,7 +385,7 @@ def _genai_exports(ckpt: Path, work: Path, timeout: float) -> list[tuple[str, Pa
 
 def bench(path: str | os.PathLike, *, peers: bool = False, threads: int = 2, prompt_len: int = 128,
           new_tokens: int = 32, modes: list[str] | None = None, work: str | os.PathLike | None = None,
-          timeout: float = 1800.0, bandwidth_mb: int = 256, rounds: int = 1,
+          timeout: float = 1800.0, bandwidth_mb: int = 256, rounds: int = 1, last_logits: bool = False,
           log=print) -> tuple[list[Result], float]:
     """Measure; returns (results, memory bandwidth in bytes/s).
 
@@ -404,12 +406,14 @@ def bench(path: str | os.PathLike, *, peers: bool = False, threads: int = 2, pro
         mode = f"{meta.get('target', '?')}/{meta.get('experts', '?')}"
         if meta.get("dense", "float32") != "float32":
             mode += f"/{meta['dense']}"
+        if meta.get("last_logits"):
+            mode += " last-logits"
         folders = [(mode, path)]
         ckpt = Path(meta.get("checkpoint", ""))
     elif _is_checkpoint(path):
         ckpt = path
         log(f"exporting {', '.join(modes or DEFAULT_MODES)} into {work_dir}")
-        folders = _export_modes(path, list(modes or DEFAULT_MODES), work_dir)
+        folders = _export_modes(path, list(modes or DEFAULT_MODES), work_dir, last_logits)
     else:
         raise MxportError(f"bench: {path} is neither a checkpoint (config.json + *.safetensors) nor an export "
                           "folder (mxport.json)")
@@ -470,6 +474,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--modes", default=",".join(DEFAULT_MODES),
                         help=f"target/experts pairs to export from a checkpoint (default {','.join(DEFAULT_MODES)})")
     parser.add_argument("--rounds", type=int, default=1, help="passes over all engines; best speeds kept (default 1)")
+    parser.add_argument("--last-logits", action="store_true",
+                        help="export the modes with logits of the last position only (prefill for generation)")
     parser.add_argument("--work", metavar="DIR", help="keep exports here (default: a temporary folder)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
 
@@ -478,6 +484,7 @@ def run(args: argparse.Namespace) -> int:
     results, bandwidth = bench(
         args.path, peers=args.peers, threads=args.threads, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
         modes=[m for m in args.modes.split(",") if m], work=args.work, rounds=args.rounds,
+        last_logits=args.last_logits,
         log=lambda msg: print(msg, file=sys.stderr),
     )
     print(format_results(results, bandwidth))
