@@ -4,7 +4,8 @@
                  [--work DIR] [--json FILE]
 
     CKPT  (config.json + *.safetensors): exports every --modes entry (target/experts, default
-          cpu/fp32,cpu/int8,cpu/int4,cpu/int4/int4,portable/mxfp4; a third part is --dense) into --work (a temp folder unless given) and measures each;
+          cpu/fp32,cpu/int8,cpu/int4,cpu/int4/int4,portable/mxfp4; a third part is --dense, a "+last" suffix
+          exports with last-position logits) into --work (a temp folder unless given) and measures each;
           --peers adds transformers on CPU (float32) and onnxruntime-genai's fp32 and int4 exports when
           onnxruntime_genai is installed (built offline with its builder; a checkpoint without tokenizer.json
           gets a stand-in byte-level tokenizer in a shadow folder, since the builder insists on one).
@@ -326,16 +327,18 @@ def _export_modes(ckpt: Path, modes: list[str], work: Path, last_logits: bool = 
 
     out = []
     for mode in modes:
+        last = last_logits or mode.endswith("+last")
+        mode = mode.removesuffix("+last")
         parts = mode.split("/")
         if not 1 <= len(parts) <= 3:
             raise MxportError(f"bench: --modes entry {mode!r}: expected TARGET/EXPERTS[/DENSE], e.g. cpu/int4/int4")
         target, experts, dense = (parts + ["mxfp4", "float32"][len(parts) - 1 :])[:3]
         folder = work / (f"mxport-{target}-{experts}" + (f"-dense-{dense}" if dense != "float32" else "")
-                         + ("-last" if last_logits else ""))
+                         + ("-last" if last else ""))
         if not (folder / "mxport.json").is_file():
-            export(ckpt, folder, target=target, experts=experts, dense=dense, last_logits=last_logits,
+            export(ckpt, folder, target=target, experts=experts, dense=dense, last_logits=last,
                    progress=False, force=True)
-        out.append((mode + (" last-logits" if last_logits else ""), folder))
+        out.append((mode + (" last-logits" if last else ""), folder))
     return out
 
 
