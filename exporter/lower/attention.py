@@ -64,7 +64,7 @@ class LowerAttention:
             "local_window_size": window if window > 0 else -1,
             "do_rotary": 0,
         }
-        if (scale := attr(node, "scale")) is not None:
+        if scale := attr(node, "scale"):  # ai.mxport: absent or 0 means 1/sqrt(D), as GQA's default
             attrs["scale"] = float(scale)
         # GQA inputs: query key value past_key past_value seqlens_k total_sequence_length cos_cache sin_cache
         #             position_ids attention_bias head_sink k_scale v_scale q_norm_weight k_norm_weight query_seqlens
