@@ -26,6 +26,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import onnx_ir as ir
@@ -217,6 +218,8 @@ def export(
         options = dict(target=target, experts=experts, dtype=dtype, hidden_states=hidden_states, dense=dense,
                        last_logits=last_logits)
         meta = _metadata(ckpt, checkpoint_dir, model, **options)
+        if lowering_report := model.metadata_props.get("mxport.lowering"):  # exporter/lower: rewrites, refusals
+            meta["lowering"] = json.loads(lowering_report)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
         try:
             tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the export folder gets the usual mode
@@ -269,4 +272,8 @@ def run(args: argparse.Namespace) -> int:
     )
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     print(f"exported {args.checkpoint} -> {out} ({size / 1e6:.1f} MB, {time.monotonic() - start:.1f}s)")
+    refused = json.loads((out / META_FILE).read_text()).get("lowering", {}).get("refused", [])
+    reasons = Counter(f"{r['rule']}: {r['reason']}" for r in refused)  # lowering rules that left nodes portable
+    for reason, count in sorted(reasons.items()):
+        print(f"note: {count} node(s) kept portable by {reason}", file=sys.stderr)
     return 0

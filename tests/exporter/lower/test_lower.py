@@ -124,3 +124,23 @@ def test_last_logits_equal_the_last_row_of_full_logits(tiny, tmp_path):
     import json
 
     assert json.loads((last / "mxport.json").read_text())["last_logits"] is True
+
+
+def test_cpu_with_mxfp4_experts_keeps_moe_portable_and_says_so(tiny, tmp_path, capsys):
+    import json
+
+    from mxport.cli import main
+
+    cfg, ckpt = tiny
+    assert main(["export", str(ckpt), "-o", str(tmp_path / "out"), "--target", "cpu", "--no-progress"]) == 0
+    assert "kept portable by moe: ORT has no CPU kernel for MXFP4 experts" in capsys.readouterr().err
+    meta = json.loads((tmp_path / "out" / "mxport.json").read_text())
+    assert meta["lowering"]["applied"]["attention"] == cfg.num_hidden_layers
+    assert {r["rule"] for r in meta["lowering"]["refused"]} == {"moe"}
+    sess = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert "MoEMXFP4" in {n.op_type for n in __import__("onnx").load(str(tmp_path / "out" / "model.onnx")).graph.node}
+    feeds = make_feeds(np.arange(3, 9)[None], cfg=cfg)
+    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+    runner = ReferenceModelRunner(ckpt)
+    assert compare({"logits": got["logits"]}, {"logits": runner.infer(feeds)["logits"]})
+    runner.close()
