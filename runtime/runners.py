@@ -205,12 +205,6 @@ def expose_hidden_states(model: str | os.PathLike, out_dir: str | os.PathLike, n
     graph_outputs = {o.name for o in graph.output}
     if any(o.startswith("hidden_states.") for o in graph_outputs):
         raise MxportError(f"{src}: already has hidden_states outputs")
-    try:
-        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
-        types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
-    except Exception:  # custom ops without schemas: types stay unknown, float assumed
-        types = {}
-
     def layer(node_name: str) -> int | None:
         head = node_name.split("/", 1)[0]
         return int(head[len("layers."):]) if head.startswith("layers.") and head[len("layers."):].isdigit() else None
@@ -240,8 +234,9 @@ def expose_hidden_states(model: str | os.PathLike, out_dir: str | os.PathLike, n
                 )
             value = max(candidates)[1]
         out = f"hidden_states.{i}"
-        new_nodes.append(onnx.helper.make_node("Identity", [value], [out], name=f"verify/{out}"))
-        new_outputs.append(onnx.helper.make_tensor_value_info(out, types.get(value) or onnx.TensorProto.FLOAT, None))
+        # A Cast, not an Identity: half-precision exports carry a float16 residual, and the comparison is in float32.
+        new_nodes.append(onnx.helper.make_node("Cast", [value], [out], name=f"verify/{out}", to=onnx.TensorProto.FLOAT))
+        new_outputs.append(onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None))
     graph.node.extend(new_nodes)
     graph.output.extend(new_outputs)
     out_dir = Path(out_dir)
