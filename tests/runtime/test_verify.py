@@ -266,6 +266,19 @@ def test_verify_exposes_the_residual_of_a_lowered_export(ckpt, cfg, tmp_path):
     assert max(row["hidden_rel"] for row in report.layers()) < 1e-4
 
 
+def test_verify_reports_per_layer_errors_of_a_float16_export(ckpt, cfg, tmp_path):
+    """A float16 export carries a float16 residual: it is exposed (cast to float32) and its error is reported,
+    small but clearly not float32-exact."""
+    from mxport.exporter.export import export
+
+    out = export(ckpt, tmp_path / "f16", target="cpu", experts="fp32", dtype="float16", progress=False)
+    report = verify(out, prompts=2, decode_steps=1)
+    assert report.hidden_states_source == "exposed"
+    assert report, str(report)
+    worst = max(row["hidden_rel"] for row in report.layers())
+    assert 1e-5 < worst < 1e-2, worst
+
+
 def test_verify_refuses_a_checkpoint_of_another_model(export_dir, make_checkpoint, cfg):
     other = make_checkpoint(cfg.replace(vocab_size=cfg.vocab_size + 32), layout="hf", seed=0)
     with pytest.raises(MxportError, match=rf"was not exported from .*vocab_size: export {cfg.vocab_size} vs checkpoint"):
