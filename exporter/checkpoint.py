@@ -331,6 +331,19 @@ class Checkpoint:
         except Exception as exc:  # safetensors raises its own error types for bad files
             raise MxportError(f"{file}: cannot read tensor {src.stored!r} ({exc})") from None
 
+    def get_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) (first axis) of one tensor as stored; only those bytes are read."""
+        src = self._source(name)
+        n = self.spec(name).shape[0]
+        if not 0 <= start <= stop <= n:
+            raise MxportError(f"{name!r}: rows [{start}, {stop}) out of range for {n} rows")
+        offset = src.rows[0] if src.rows else 0
+        file = self._files[src.stored]
+        try:
+            return self._handle(file).get_slice(src.stored)[offset + start : offset + stop]
+        except Exception as exc:  # safetensors raises its own error types for bad files
+            raise MxportError(f"{file}: cannot read tensor {src.stored!r} ({exc})") from None
+
     def get_f32(self, name: str) -> np.ndarray:
         """The same tensor as float32. MXFP4 halves are packed bytes, not numbers: decode them with ops.mxfp4."""
         if self._canonical[name].packed:

@@ -40,6 +40,9 @@ def present_names(i: int) -> tuple[str, str]:
     return f"present.{i}.key", f"present.{i}.value"
 
 
+CHUNK_BYTES = 64 << 20  # checkpoint rows read per step when an initializer is written
+
+
 class Weights:
     """Checkpoint tensors as graph initializers, read lazily at save time (one tensor in memory at a time).
 
@@ -63,6 +66,28 @@ class Weights:
         finally:
             self.ckpt.close()
 
+    def _read_chunked(self, name: str, dtype: np.dtype, transpose: bool = False) -> np.ndarray:
+        """Tensor `name` (transposed if asked) in `dtype`, filled ~CHUNK_BYTES of checkpoint rows at a time.
+
+        The mapping is dropped after every chunk, so peak memory is the output array plus one chunk: about 1x the
+        largest tensor. (Reading whole and then transposing/converting holds two copies, and the mapped pages a
+        third.)"""
+        shape = tuple(self.ckpt.spec(name).shape)
+        out = np.empty(shape[::-1] if transpose else shape, dtype=dtype)
+        row_bytes = max(1, out.nbytes // max(shape[0], 1))
+        step = max(1, CHUNK_BYTES // row_bytes)
+        for a in range(0, shape[0], step):
+            b_ = min(shape[0], a + step)
+            try:
+                rows = self.ckpt.get_rows(name, a, b_)
+            finally:
+                self.ckpt.close()
+            if transpose:
+                out[:, a:b_] = rows.T
+            else:
+                out[a:b_] = rows
+        return out
+
     def _stored_dtype(self, name: str) -> np.dtype:
         return np.dtype(self.ckpt.spec(name).dtype)
 
@@ -73,7 +98,7 @@ class Weights:
         dtype = np.dtype(ml_dtypes.bfloat16) if keep_bf16 else np.dtype(np.float32)
 
         def produce() -> np.ndarray:
-            return self._read(name, f32=not keep_bf16).T
+            return self._read_chunked(name, dtype, transpose=True)
 
         value = self.b.lazy_initializer(as_name or name, ir.DataType.from_numpy(dtype), shape, produce)
         return self.b.op("Cast", value, role=f"{role}/weight_f32", to=FLOAT) if keep_bf16 else value
@@ -82,7 +107,7 @@ class Weights:
         """A tensor exactly as stored (bf16 matrices for Gather, uint8 MXFP4 halves)."""
         spec = self.ckpt.spec(name)
         dtype = ir.DataType.from_numpy(np.dtype(spec.dtype))
-        return self.b.lazy_initializer(name, dtype, spec.shape, lambda: self._read(name))
+        return self.b.lazy_initializer(name, dtype, spec.shape, lambda: self._read_chunked(name, np.dtype(spec.dtype)))
 
     def experts(self, name: str) -> tuple[str, tuple[ir.Value, ...]]:
         """Expert matrices of `name` (e.g. `...experts.gate_up_proj`) as the MoE op that consumes them wants them.

@@ -259,3 +259,15 @@ def test_bad_index(tiny_config, make_checkpoint, tmp_path):
     (path / INDEX_FILE).write_text('{"metadata": {}}')
     with pytest.raises(MxportError, match=rf"{INDEX_FILE}: not a valid index \(expected JSON with a 'weight_map'"):
         open_checkpoint(path)
+
+
+@pytest.mark.parametrize("layout", ["hf", "original"])
+def test_get_rows_reads_a_slice_of_the_canonical_tensor(tiny_config, make_checkpoint, layout):
+    """Row slices equal the rows of the whole tensor, also for q/k/v split out of the original layout's qkv."""
+    with open_checkpoint(make_checkpoint(tiny_config, layout=layout)) as ckpt:
+        for name in ("model.layers.0.self_attn.k_proj.weight", "model.layers.1.mlp.experts.down_proj_blocks",
+                     "lm_head.weight"):
+            whole = ckpt.get(name)
+            np.testing.assert_array_equal(ckpt.get_rows(name, 1, 3), whole[1:3], err_msg=name)
+        with pytest.raises(MxportError, match=r"rows \[0, 9999\) out of range"):
+            ckpt.get_rows("lm_head.weight", 0, 9999)

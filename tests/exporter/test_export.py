@@ -262,7 +262,15 @@ def test_failure_leaves_nothing_behind(checkpoints, tmp_path, monkeypatch):
             raise MxportError(f"{name}: simulated read failure")
         return real_get(self, name)
 
+    real_get_rows = ckpt_mod.Checkpoint.get_rows
+
+    def failing_get_rows(self, name, start, stop):
+        if name.endswith("mlp.router.weight"):
+            failing_get(self, name)
+        return real_get_rows(self, name, start, stop)
+
     monkeypatch.setattr(ckpt_mod.Checkpoint, "get", failing_get)
+    monkeypatch.setattr(ckpt_mod.Checkpoint, "get_rows", failing_get_rows)
     monkeypatch.setattr(ckpt_mod.Checkpoint, "get_f32", lambda self, n: failing_get(self, n).astype(np.float32))
     with pytest.raises(MxportError, match="simulated read failure"):
         export(checkpoints["hf"], tmp_path / "out", progress=False)
