@@ -191,13 +191,18 @@ def _replace_dir(tmp: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+# Expert format when none is asked for: keep MXFP4 where a kernel runs it (portable function bodies, CUDA's fp4
+# QMoE); on CPU, ORT has no MXFP4 kernel, and float32 (com.microsoft.MoE) is its one exact expert format.
+DEFAULT_EXPERTS = {"portable": "mxfp4", "cpu": "fp32", "cuda": "mxfp4"}
+
+
 # ---- the API --------------------------------------------------------------------------------------------------
 def export(
     checkpoint_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
     target: str = "portable",
-    experts: str = "mxfp4",
+    experts: str | None = None,
     dtype: str = "float32",
     progress: bool = True,
     hidden_states: bool = False,
@@ -205,9 +210,12 @@ def export(
     dense: str = "float32",
     last_logits: bool = False,
 ) -> Path:
-    """Export the checkpoint at `checkpoint_dir` into `out_dir`; returns out_dir. Raises MxportError on bad input."""
+    """Export the checkpoint at `checkpoint_dir` into `out_dir`; returns out_dir. Raises MxportError on bad input.
+
+    `experts=None` takes the target's default (DEFAULT_EXPERTS): the fastest exact form that target's kernels run."""
     from mxport.exporter.checkpoint import open_checkpoint
 
+    experts = DEFAULT_EXPERTS.get(target, "mxfp4") if experts is None else experts
     _validate(target, experts, dtype)
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
     _check_out_dir(out_dir, force, checkpoint_dir)
@@ -245,7 +253,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="CKPT_DIR", help="checkpoint folder (config.json + *.safetensors)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="export folder to write")
     parser.add_argument("--target", default="portable", help=f"one of {', '.join(options['target'])}")
-    parser.add_argument("--experts", default="mxfp4", help=f"one of {', '.join(options['experts'])}")
+    parser.add_argument("--experts", default=None,
+                        help=f"one of {', '.join(options['experts'])} (default: "
+                        + ", ".join(f"{t} {e}" for t, e in DEFAULT_EXPERTS.items()) + ")")
     parser.add_argument("--dtype", default="float32", help=f"one of {', '.join(options['dtype'])}")
     parser.add_argument("--dense", default="float32",
                         help="dense weights: float32 (exact) | int8 | int4 (MatMulNBits; needs --target cpu/cuda)")

@@ -325,3 +325,14 @@ def test_lower_seam_is_identity_for_portable(checkpoints):
     with open_checkpoint(checkpoints["hf"]) as ckpt:
         model = export_mod.build_portable(ckpt)
         assert export_mod.lower(model, target="portable", experts="mxfp4", dtype="float32") is model
+
+
+@pytest.mark.parametrize("target, moe_op", [("portable", "ai.mxport::MoEMXFP4"), ("cpu", "com.microsoft::MoE")])
+def test_experts_default_to_the_targets_exact_kernel(checkpoints, tmp_path, target, moe_op):
+    """Without --experts, each target gets the fastest exact expert form its kernels run: MXFP4 bodies
+    (portable), float32 com.microsoft.MoE (CPU, which has no MXFP4 kernel)."""
+    out = export(checkpoints["hf"], tmp_path / target, target=target, progress=False)
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    assert moe_op in {f"{n.domain}::{n.op_type}" for n in graph.node}
+    meta = json.loads((out / "mxport.json").read_text())
+    assert meta["experts"] == ("mxfp4" if target == "portable" else "fp32")

@@ -132,7 +132,8 @@ def test_cpu_with_mxfp4_experts_keeps_moe_portable_and_says_so(tiny, tmp_path, c
     from mxport.cli import main
 
     cfg, ckpt = tiny
-    assert main(["export", str(ckpt), "-o", str(tmp_path / "out"), "--target", "cpu", "--no-progress"]) == 0
+    argv = ["export", str(ckpt), "-o", str(tmp_path / "out"), "--target", "cpu", "--experts", "mxfp4", "--no-progress"]
+    assert main(argv) == 0
     assert "kept portable by moe: ORT has no CPU kernel for MXFP4 experts" in capsys.readouterr().err
     meta = json.loads((tmp_path / "out" / "mxport.json").read_text())
     assert meta["lowering"]["applied"]["attention"] == cfg.num_hidden_layers
