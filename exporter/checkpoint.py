@@ -81,8 +81,10 @@ class Expected:
 
 
 # ---- the tensor table a config implies -------------------------------------------------------------------------
-def expected_tensors(cfg: ModelConfig) -> list[Expected]:
-    """Canonical (HF) tensors in stable order: embeddings, layer 0..N-1, final norm, lm_head."""
+def expected_tensors(cfg: ModelConfig, lm_head: bool | None = None) -> list[Expected]:
+    """Canonical (HF) tensors in stable order: embeddings, layer 0..N-1, final norm, lm_head.
+
+    lm_head: whether `lm_head.weight` is stored; by default not when the config ties it to the embeddings."""
     H, I, E, V = cfg.hidden_size, cfg.intermediate_size, cfg.num_experts, cfg.vocab_size
     q_rows, kv_rows = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
     out = [Expected("model.embed_tokens.weight", (V, H))]
@@ -121,7 +123,9 @@ def expected_tensors(cfg: ModelConfig) -> list[Expected]:
                 Expected(x + "down_proj", (E, I, H)),
                 Expected(x + "down_proj_bias", (E, H)),
             ]
-    out += [Expected("model.norm.weight", (H,)), Expected("lm_head.weight", (V, H))]
+    out += [Expected("model.norm.weight", (H,))]
+    if not cfg.tie_word_embeddings if lm_head is None else lm_head:
+        out += [Expected("lm_head.weight", (V, H))]
     return out
 
 
@@ -156,12 +160,12 @@ class Source:
     rows: tuple[int, int] | None = None
 
 
-def original_sources(cfg: ModelConfig) -> dict[str, Source]:
+def original_sources(cfg: ModelConfig, lm_head: bool | None = None) -> dict[str, Source]:
     """Canonical name -> Source in the openai original/ layout (qkv rows: q = heads*D, then k, then v)."""
     q_rows, kv_rows = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
     spans = {"q": (0, q_rows), "k": (q_rows, q_rows + kv_rows), "v": (q_rows + kv_rows, q_rows + 2 * kv_rows)}
     out: dict[str, Source] = {}
-    for e in expected_tensors(cfg):
+    for e in expected_tensors(cfg, lm_head):
         if e.name in _ORIGINAL_TOP_NAMES:
             out[e.name] = Source(_ORIGINAL_TOP_NAMES[e.name])
             continue
@@ -174,12 +178,12 @@ def original_sources(cfg: ModelConfig) -> dict[str, Source]:
     return out
 
 
-def stored_tensors(cfg: ModelConfig, layout: str) -> list[Expected]:
+def stored_tensors(cfg: ModelConfig, layout: str, lm_head: bool | None = None) -> list[Expected]:
     """The tensors as a layout stores them (the original layout fuses q, k, v into qkv)."""
-    table = expected_tensors(cfg)
+    table = expected_tensors(cfg, lm_head)
     if layout == "hf":
         return table
-    sources, by_name, out, seen = original_sources(cfg), {e.name: e for e in table}, [], set()
+    sources, by_name, out, seen = original_sources(cfg, lm_head), {e.name: e for e in table}, [], set()
     for e in table:
         src = sources[e.name]
         if src.stored in seen:
@@ -253,10 +257,14 @@ class Checkpoint:
         self._files = files  # stored name -> file
         self._specs: dict[str, TensorSpec] = {}  # stored name -> spec
         self._handles: dict[Path, object] = {}
+        # Tied embeddings: lm_head.weight is optional; when a file has it anyway, it is used (as transformers does).
+        self._lm_head = not config.tie_word_embeddings or (
+            _ORIGINAL_TOP_NAMES["lm_head.weight"] in files or "lm_head.weight" in files)
+        table = expected_tensors(config, self._lm_head)
         self._sources = (
-            original_sources(config) if layout == "original" else {e.name: Source(e.name) for e in expected_tensors(config)}
+            original_sources(config, self._lm_head) if layout == "original" else {e.name: Source(e.name) for e in table}
         )
-        self._canonical = {e.name: e for e in expected_tensors(config)}
+        self._canonical = {e.name: e for e in table}
         if layout == "hf" and not config.experts_mxfp4:
             # transformers 5 saves a dequantized (Mxfp4Config(dequantize=True)) model's dense experts under the
             # `_blocks` names, without quantization_config: read those as the dense weights.
@@ -290,7 +298,7 @@ class Checkpoint:
             expected = {self._sources[e.name].stored: Expected(self._sources[e.name].stored, e.shape, e.packed)
                         for e in self._canonical.values()}
         else:
-            expected = {e.name: e for e in stored_tensors(self.config, self.layout)}
+            expected = {e.name: e for e in stored_tensors(self.config, self.layout, self._lm_head)}
         for name, e in expected.items():
             if name not in self._specs:
                 want = f"{PACKED_DTYPE if e.packed else 'BF16'}{list(e.shape)}"

@@ -66,6 +66,9 @@ class ReferenceModel:
         self.output_hidden_states = output_hidden_states
         self._cache: dict[str, np.ndarray] = {}
         names = set(self.ckpt.names())
+        # Tied embeddings without a stored lm_head: the embedding matrix is the output projection.
+        tied = self.cfg.tie_word_embeddings and "lm_head.weight" not in names
+        self._head = "model.embed_tokens.weight" if tied else "lm_head.weight"
         missing = [n for n in self._required_names() if n not in names]
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
@@ -109,7 +112,7 @@ class ReferenceModel:
             per_layer += [f"mlp.experts.{w}_{part}" for w in ("gate_up_proj", "down_proj") for part in ("blocks", "scales")]
         else:
             per_layer += ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
-        names = ["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"]
+        names = ["model.embed_tokens.weight", "model.norm.weight", self._head]
         for i in range(self.cfg.num_hidden_layers):
             names += [f"model.layers.{i}.{n}" for n in per_layer]
         return names
@@ -192,7 +195,7 @@ class ReferenceModel:
             if return_hidden_states:
                 hidden.append(x)
         x = L.rms_norm(x, self._w("model.norm.weight"), cfg.rms_norm_eps)
-        logits = x @ self._w("lm_head.weight").T
+        logits = x @ self._w(self._head).T
         return ModelOutput(logits, present, hidden if return_hidden_states else None)
 
     def _attention(self, i, h, cos, sin, keep, past_kv):

@@ -336,3 +336,23 @@ def test_experts_default_to_the_targets_exact_kernel(checkpoints, tmp_path, targ
     assert moe_op in {f"{n.domain}::{n.op_type}" for n in graph.node}
     meta = json.loads((out / "mxport.json").read_text())
     assert meta["experts"] == ("mxfp4" if target == "portable" else "fp32")
+
+
+def test_tied_embeddings_without_lm_head(make_checkpoint, tmp_path):
+    """A tied config stores no lm_head: the reader, the reference model and the export all use the embedding
+    matrix as the output projection, and agree with transformers (which ties the weights itself)."""
+    torch = pytest.importorskip("torch")
+    oracles = pytest.importorskip("oracles")
+    from mxport.exporter.checkpoint import open_checkpoint
+
+    ckpt = make_checkpoint(CFG.replace(tie_word_embeddings=True))
+    with open_checkpoint(ckpt) as c:
+        assert "lm_head.weight" not in c.names()
+    out = export(ckpt, tmp_path / "out", progress=False)
+    ids = random_ids((2, SEQ), seed=3)
+    with torch.no_grad():
+        expected = oracles.load_transformers_gpt_oss(ckpt)(torch.from_numpy(ids)).logits.float().numpy()
+    feeds = feeds_for(ids)
+    ours = run(session(out), feeds)["logits"]
+    assert compare({"logits": ours}, {"logits": expected}, FLOAT32_TOLERANCES)
+    assert compare({"logits": ReferenceModel(ckpt).infer(feeds)["logits"]}, {"logits": expected}, FLOAT32_TOLERANCES)
