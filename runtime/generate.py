@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from mxport.errors import MxportError
+from mxport.runtime.runners import position_ids as default_positions
 from mxport.runtime.sampling import SamplingConfig, sample
 from mxport.runtime.session import CacheShape, InferStepModel, OrtStepModel, StepModel, read_export_meta
 from mxport.runtime.tokenizer import Tokenizer
@@ -205,7 +206,7 @@ class Generator:
         for b, p in enumerate(batch):
             input_ids[b, S0 - len(p):] = p
             mask[b, S0 - len(p):] = 1
-        position_ids = np.clip(np.cumsum(mask, axis=-1) - 1, 0, None)
+        position_ids = default_positions(mask, S0)
 
         texts = [_TextState(self.tokenizer, config) for _ in batch]
         done = [False] * B
@@ -235,7 +236,7 @@ class Generator:
                 return
             step_ids = np.where(done, self.pad_token_id, next_ids).astype(np.int64)[:, None]
             mask = np.concatenate([mask, np.ones((B, 1), np.int64)], axis=1)
-            position_ids = (mask.sum(axis=1, keepdims=True) - 1).astype(np.int64)
+            position_ids = default_positions(mask, 1)
             logits, cache = self.model.step(step_ids, mask, position_ids, cache)
 
     def _full_text(self, token_ids: list[int], config: GenerationConfig) -> str:

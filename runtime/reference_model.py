@@ -26,6 +26,7 @@ from mxport.errors import MxportError
 from mxport.exporter.config import ModelConfig, yarn_inv_freq
 from mxport.ops import mxfp4
 from mxport.runtime import reference_layers as L
+from mxport.runtime.runners import position_ids as default_positions
 
 CACHE_LIMIT_BYTES = 4 << 30  # cache_weights=None caches every weight only below this (gpt-oss-20b streams)
 KVCache = list[tuple[np.ndarray, np.ndarray]]  # per layer (key [B,Hkv,T,D] after RoPE, value [B,Hkv,T,D])
@@ -256,7 +257,7 @@ class ReferenceModel:
             if mask.shape != (B, P + S):
                 raise MxportError(f"attention_mask: expected shape [B, P+S] = {(B, P + S)}, found {mask.shape}")
         if position_ids is None:
-            pos = np.maximum(np.cumsum(mask, axis=1) - 1, 0)[:, P:]
+            pos = default_positions(mask, S)
         else:
             pos = np.asarray(position_ids)
             if pos.shape != (B, S):
@@ -323,9 +324,8 @@ class ReferenceModel:
         done = np.zeros(B, dtype=bool)
         tokens = [ids]
         step_ids, past = ids, None
-        pos = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
         for _ in range(max_new_tokens):
-            out = self.forward(step_ids, mask, pos[:, -step_ids.shape[1]:], past)
+            out = self.forward(step_ids, mask, default_positions(mask, step_ids.shape[1]), past)
             if logits_out is not None:
                 logits_out.append(out.logits)
             nxt = out.logits[:, -1].argmax(axis=-1).astype(np.int64)
@@ -336,7 +336,6 @@ class ReferenceModel:
                 break
             step_ids, past = nxt[:, None], out.present
             mask = np.concatenate([mask, np.ones((B, 1), np.int64)], axis=1)
-            pos = np.concatenate([pos, pos[:, -1:] + 1], axis=1)
         return np.concatenate(tokens, axis=1)
 
     def close(self) -> None:
