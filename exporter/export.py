@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -33,6 +32,7 @@ import onnx_ir as ir
 
 from mxport import __version__
 from mxport.errors import MxportError
+from mxport.files import replace_dir, temp_dir_beside
 from mxport.exporter import gpt_oss
 
 MODEL_FILE = "model.onnx"
@@ -164,12 +164,6 @@ class _Progress:
             sys.stderr.write("\n")
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _check_out_dir(out_dir: Path, force: bool, checkpoint_dir: Path) -> None:
     ckpt, out = checkpoint_dir.resolve(), out_dir.resolve()
     if out == ckpt or out in ckpt.parents:
@@ -178,17 +172,6 @@ def _check_out_dir(out_dir: Path, force: bool, checkpoint_dir: Path) -> None:
         raise MxportError(f"export: output {out_dir} exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
         raise MxportError(f"export: output directory {out_dir} is not empty (use --force / force=True to replace it)")
-
-
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Move the finished tmp folder onto out_dir; an existing out_dir is removed only after the move."""
-    old = None
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.rename(out_dir, old / "previous")
-    os.rename(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # Expert format when none is asked for: keep MXFP4 where a kernel runs it (portable function bodies, CUDA's fp4
@@ -228,9 +211,8 @@ def export(
         meta = _metadata(ckpt, checkpoint_dir, model, **options)
         if lowering_report := model.metadata_props.get("mxport.lowering"):  # exporter/lower: rewrites, refusals
             meta["lowering"] = json.loads(lowering_report)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+        tmp = temp_dir_beside(out_dir)
         try:
-            tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the export folder gets the usual mode
             bar = _Progress(model, progress)
             ir.save(
                 model, tmp / MODEL_FILE, external_data=DATA_FILE, size_threshold_bytes=SIZE_THRESHOLD, callback=bar
@@ -240,7 +222,7 @@ def export(
             for name in TOKENIZER_FILES:
                 if (checkpoint_dir / name).is_file():
                     shutil.copyfile(checkpoint_dir / name, tmp / name)
-            _replace_dir(tmp, out_dir)
+            replace_dir(tmp, out_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

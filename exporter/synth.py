@@ -24,7 +24,6 @@ import os
 import shutil
 import struct
 import sys
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Iterator
@@ -32,6 +31,7 @@ from typing import Iterator
 import numpy as np
 
 from mxport.errors import MxportError
+from mxport.files import replace_dir, temp_dir_beside
 from mxport.exporter.checkpoint import INDEX_FILE, expected_tensors, original_sources, stored_tensors
 from mxport.exporter.config import FULL, SLIDING, ModelConfig
 from mxport.ops import mxfp4
@@ -228,7 +228,7 @@ def _fill(put, cfg: ModelConfig, layout: str, seed: int) -> None:
 
 def _write_experts(put, cfg: ModelConfig, seed: int, weight: str, sources: dict) -> None:
     """One experts weight (…gate_up_proj or …down_proj): MXFP4 halves, or dense bf16 input-major [E, C, R]."""
-    E, H, I = cfg.num_experts, cfg.hidden_size, cfg.intermediate_size
+    H, I = cfg.hidden_size, cfg.intermediate_size
     R, C = (2 * I, H) if weight.endswith("gate_up_proj") else (H, I)
     if cfg.experts_mxfp4:
         names = [weight + s for s in mxfp4.HF_SUFFIXES]
@@ -275,8 +275,7 @@ def write_checkpoint(
     _check_target(out_dir, overwrite)
     plan = stored_plan(cfg, layout)
     shards = shard_plan(plan, max_shard_bytes)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = temp_dir_beside(out_dir)
     try:
         config = cfg.to_hf_dict() if layout == "hf" else cfg.to_original_dict()
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -298,13 +297,7 @@ def write_checkpoint(
                 "weight_map": {name: where[name].path.name for name, _, _ in plan},
             }
             (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
-        if out_dir.exists():  # overwrite: move the old folder aside, swap, then delete it
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            out_dir.rename(old / "x")
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
+        replace_dir(tmp, out_dir)  # overwrite: the old folder goes only after the new one is in place
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -15,11 +15,11 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from mxport.errors import MxportError
+from mxport.files import replace_dir, temp_dir_beside
 
 CACHE_VERSION = "tiny-v1"  # bump when the demo checkpoint recipe changes
 PROMPT = "What is 2 + 2?"
@@ -59,14 +59,11 @@ def ensure_checkpoint(cache: Path, fresh: bool = False, log=print) -> Path:
             log(f"using cached tiny checkpoint {ckpt}")
             return ckpt
     log(f"building tiny checkpoint + tokenizer in {ckpt}")
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.tmp-", dir=ckpt.parent))
+    tmp = temp_dir_beside(ckpt)
     try:
         write_checkpoint(tmp / "ckpt", cfg, seed=0)
         tok.save(tmp / "ckpt" / "tokenizer.json")
-        if ckpt.exists():
-            shutil.rmtree(ckpt)
-        os.replace(tmp / "ckpt", ckpt)
+        replace_dir(tmp / "ckpt", ckpt)  # a cached checkpoint goes only once the new one is complete
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ckpt

@@ -15,7 +15,6 @@ The math is `runtime.reference_layers`; this module only wires weights, cache, m
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -23,6 +22,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from mxport.errors import MxportError
+from mxport.files import write_file
 from mxport.exporter.config import ModelConfig, yarn_inv_freq
 from mxport.ops import mxfp4
 from mxport.runtime import reference_layers as L
@@ -377,18 +377,6 @@ def run_checkpoint(
             logits = []
             result = model.generate_greedy(ids, max_new_tokens, eos_token_ids=eos_token_ids, logits_out=logits)
     if logits_out is not None:
-        _save_atomic(Path(logits_out), np.concatenate(logits, axis=1).astype(np.float32))
+        array = np.concatenate(logits, axis=1).astype(np.float32)
+        write_file(Path(logits_out), lambda f: np.save(f, array))
     return result
-
-
-def _save_atomic(path: Path, array: np.ndarray) -> None:
-    """np.save to a temporary file next to `path`, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mxport.errors import MxportError
+from mxport.files import write_file
 from mxport.runtime.chat import add_generation_options, generation_config
 from mxport.runtime.generate import Generator
 
@@ -81,6 +82,4 @@ def _save_atomic(path: Path, array: np.ndarray) -> None:
     path = Path(path)
     if path.parent and not path.parent.exists():
         raise MxportError(f"--logits-out {path}: folder {path.parent} does not exist")
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, array)
-    tmp.replace(path)
+    write_file(path, lambda f: np.save(f, array))

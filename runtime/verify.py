@@ -34,6 +34,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from mxport.errors import MxportError
+from mxport.files import write_file
 from mxport.runtime.compare import (
     FLOAT32_TOLERANCES,
     Report,
@@ -514,17 +515,5 @@ def run(args: argparse.Namespace) -> int:
     )
     print(report)
     if args.json:
-        _write_atomic(Path(args.json), report.to_json() + "\n")
+        write_file(Path(args.json), lambda f: f.write((report.to_json() + "\n").encode()))
     return 0 if report else 1
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
