@@ -23,6 +23,7 @@ from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from mxport.errors import MxportError
+from mxport.runtime.session import resolve_provider
 
 MODEL_FILE = "model.onnx"
 RESIDUAL_NAME = "layers.{i}/moe_residual"  # exporter.gpt_oss: the residual stream after layer i
@@ -90,9 +91,7 @@ class OrtRunner:
         import onnxruntime as ort
 
         self.path = model_path(export_dir_or_model_path)
-        available = ort.get_available_providers()
-        if provider not in available:
-            raise MxportError(f"provider {provider!r} is not available in this onnxruntime; available: {available}")
+        provider = resolve_provider(provider)  # short names (cpu, cuda, auto) too, one error for all commands
         so = session_options or ort.SessionOptions()
         if threads is not None:
             so.intra_op_num_threads = int(threads)

@@ -65,9 +65,9 @@ def resolve_provider(provider: str | None) -> str:
         return PROVIDERS["cuda"] if PROVIDERS["cuda"] in available else PROVIDERS["cpu"]
     name = PROVIDERS.get(wanted.lower(), wanted)
     if name not in available:
+        shown = repr(wanted) if name == wanted else f"{wanted!r}: {name}"  # 'cuda': CUDAExecutionProvider
         raise MxportError(
-            f"--provider {wanted!r}: {name} is not available in this onnxruntime build; "
-            f"available: {', '.join(available)}"
+            f"--provider {shown} is not available in this onnxruntime build; available: {', '.join(available)}"
         )
     return name
 
