@@ -11,19 +11,30 @@
           gets a stand-in byte-level tokenizer in a shadow folder, since the builder insists on one).
     OUT   (an export folder with mxport.json): measures that folder (and the peers of its checkpoint).
 
-Every measurement runs in its own child process (`python -m mxport.runtime.bench --child ...`), so peak RSS
-(VmHWM) is that engine's alone. Batch 1, greedy, random prompt ids (seeded). Per engine:
+Every measurement runs in its own child process (`python -m mxport.runtime.bench --child ...`), so its memory
+(from /proc/self/status) is that engine's alone. Batch 1, greedy, random prompt ids (seeded). Per engine:
 
     prefill tok/s   prompt_len / time of the first call (prompt -> logits)          best of REPEATS runs
     decode tok/s    new_tokens / time of new_tokens cached one-token calls          best of REPEATS runs
-    peak RSS        whole process, after warm-up and the timed run
+    base MB         VmRSS after importing the engine, before loading the model (Python, numpy, ORT or torch)
+    load RSS        VmRSS right after the session / model is created (before any call)
+    load anon/file  RssAnon / RssFile at that moment: private copies (prepacked or constant-folded weights,
+                    arena) vs mapped file pages (weights ORT uses in place from model.onnx.data)
+    runtime RSS     VmRSS at the end of a timed decode (KV cache alive): the steady state of generation
+    peak RSS        VmHWM at the end: the highest VmRSS of the whole run, session creation included
+    runtime/weights (runtime RSS - base) / weights: what the model costs while generating
+    peak/weights    peak RSS / weights (base included)
     file MB         model files on disk (onnx + data, or safetensors)
     weights MB      bytes of every initializer (what a session must hold)
     MB/token        weights one decode step reads: dense matrices, k of E experts per MoE layer, lm_head,
                     one embedding row (from the graph: an initializer read by Gather counts one row, MoE
                     expert inputs count k/E, rotary caches one row, a constant Cast counts its cast size since
                     ORT folds it at load)
-    bw share        decode tok/s x MB/token / measured memory bandwidth (numpy copy, read + write counted)
+    bw share        decode tok/s x MB/token / measured read bandwidth (a decode step mostly reads weights)
+
+Memory bandwidth is measured twice in the parent: read (np.maximum.reduce over a float32 array split into
+--threads contiguous parts, one thread each, bytes read / time: the traffic pattern of a decode step) and copy
+(np.copyto on one thread, bytes read + bytes written; the number older tables used for bw share).
 
 Benchmarks are not timed tests: tests/runtime/test_bench.py checks the plumbing on the tiny preset only.
 """
@@ -46,6 +57,7 @@ from typing import Any
 import numpy as np
 
 from mxport.errors import MxportError
+from mxport.files import write_file
 
 DEFAULT_MODES = ("cpu/fp32", "cpu/int8", "cpu/int4", "cpu/int4/int4", "portable/mxfp4")  # target/experts[/dense]
 ROTARY_TABLES = {("com.microsoft", "GroupQueryAttention"): (7, 8), ("com.microsoft", "RotaryEmbedding"): (2, 3)}
@@ -61,7 +73,13 @@ class Result:
     bytes_per_token: int = 0
     prefill_tok_s: float = float("nan")
     decode_tok_s: float = float("nan")
-    peak_rss: int = 0
+    # memory of the child process in bytes (0 = not reported), all from one measurement (the largest peak)
+    baseline_rss: int = 0  # VmRSS after imports, before loading the model
+    load_rss: int = 0  # VmRSS right after loading
+    load_anon_rss: int = 0  # RssAnon then (private memory)
+    load_file_rss: int = 0  # RssFile then (mapped files)
+    runtime_rss: int = 0  # VmRSS at the end of a timed decode
+    peak_rss: int = 0  # VmHWM at the end of the run
     load_s: float = float("nan")
     error: str = ""
     notes: list[str] = field(default_factory=list)
@@ -69,18 +87,51 @@ class Result:
     def bandwidth_share(self, bandwidth: float) -> float:
         return self.decode_tok_s * self.bytes_per_token / bandwidth if bandwidth > 0 else float("nan")
 
+    def runtime_per_weights(self) -> float:
+        """(runtime RSS - baseline) / weight bytes: what holding and running the model costs, interpreter excluded."""
+        if not (self.weight_bytes and self.runtime_rss and self.baseline_rss):
+            return float("nan")
+        return (self.runtime_rss - self.baseline_rss) / self.weight_bytes
+
+    def peak_per_weights(self) -> float:
+        return self.peak_rss / self.weight_bytes if self.weight_bytes and self.peak_rss else float("nan")
+
+
+MEMORY_FIELDS = ("baseline_rss", "load_rss", "load_anon_rss", "load_file_rss", "runtime_rss", "peak_rss")
+
 
 # ---- machine -------------------------------------------------------------------------------------------------
-def memory_bandwidth(megabytes: int = 256, repeats: int = 7) -> float:
-    """Sustained copy bandwidth in bytes/s (best of `repeats`; bytes read + bytes written)."""
-    src = np.ones(megabytes * (1 << 20) // 8, dtype=np.float64)
-    dst = np.empty_like(src)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        np.copyto(dst, src)
-        best = min(best, time.perf_counter() - t)
-    return 2 * src.nbytes / best
+@dataclass(frozen=True)
+class Bandwidth:
+    read: float  # bytes/s: max-reduce over a float32 array, `threads` threads, bytes read / time
+    copy: float  # bytes/s: np.copyto on one thread, (bytes read + bytes written) / time
+    threads: int  # threads of the read measurement (bench's --threads)
+
+
+def memory_bandwidth(megabytes: int = 256, repeats: int = 5, threads: int = 1) -> Bandwidth:
+    """Sustained read and copy bandwidth (best of `repeats` each) over one `megabytes` float32 array.
+
+    Read: np.maximum.reduce of `threads` contiguous parts in parallel (a ufunc reduction releases the GIL;
+    maximum, unlike add's pairwise sum, is not compute-bound). Copy: the first half copied onto the second."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = np.ones(megabytes * (1 << 20) // 4, dtype=np.float32)
+    parts = np.array_split(data, threads)
+    half = data.size // 2
+    src, dst = data[:half], data[half : 2 * half]
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    with ThreadPoolExecutor(threads) as pool:
+        read = best(lambda: list(pool.map(np.maximum.reduce, parts)))
+    copy = best(lambda: np.copyto(dst, src))
+    return Bandwidth(read=data.nbytes / read, copy=2 * src.nbytes / copy, threads=threads)
 
 
 # ---- sizes and traffic ---------------------------------------------------------------------------------------
@@ -162,24 +213,35 @@ def _prompt(vocab: int, n: int) -> np.ndarray:
     return np.random.default_rng(0).integers(3, vocab, size=(1, n), dtype=np.int64)
 
 
-def _peak_rss() -> int:
-    """This process's peak resident set in bytes: VmHWM (reset by exec, unlike getrusage's ru_maxrss, which a
-    child inherits from the parent that forked it)."""
+def _memory() -> dict[str, int]:
+    """This process's VmRSS, VmHWM, RssAnon, RssFile in bytes (0 where not reported). VmHWM is reset by exec,
+    unlike getrusage's ru_maxrss, which a child inherits from the parent that forked it; the kernel reports it
+    as max(high-water mark, current RSS), so it is never below a VmRSS read before it."""
+    keys = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
+    out = dict.fromkeys(keys, 0)
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+            key, _, value = line.partition(":")
+            if key in out:
+                out[key] = int(value.split()[0]) * 1024  # "VmRSS:   123 kB"
+    except OSError:  # no procfs: the peak from getrusage (KiB on Linux) is all there is
+        out["VmHWM"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return out
 
 
 REPEATS = 3  # timed runs per engine; the fastest counts (the machine is shared: the minimum is the least disturbed)
 
 
-def _best(run, prompt_len: int, new_tokens: int) -> tuple[float, float]:
+def _measured(run, prompt_len: int, new_tokens: int, load_s: float, baseline: dict[str, int],
+              loaded: dict[str, int]) -> dict[str, Any]:
+    """Warm up, time REPEATS runs, and return what the child reports. `run(n_prompt, n_new)` returns (prefill s,
+    decode s, VmRSS read right after its last decode step, while the KV cache is still alive)."""
+    run(min(prompt_len, 8), 2)  # warm-up: allocations, prepacking
     times = [run(prompt_len, new_tokens) for _ in range(REPEATS)]
-    return min(t[0] for t in times), min(t[1] for t in times)
+    end = _memory()
+    return dict(load_s=load_s, prefill_s=min(t[0] for t in times), decode_s=min(t[1] for t in times),
+                baseline_rss=baseline["VmRSS"], load_rss=loaded["VmRSS"], load_anon_rss=loaded["RssAnon"],
+                load_file_rss=loaded["RssFile"], runtime_rss=max(t[2] for t in times), peak_rss=end["VmHWM"])
 
 
 def measure_mxport(folder: str, threads: int, prompt_len: int, new_tokens: int) -> dict[str, Any]:
@@ -188,6 +250,7 @@ def measure_mxport(folder: str, threads: int, prompt_len: int, new_tokens: int) 
     from mxport.runtime.session import OrtStepModel, read_export_meta
 
     vocab = int(read_export_meta(folder)["config"]["vocab_size"])
+    baseline = _memory()
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -195,8 +258,9 @@ def measure_mxport(folder: str, threads: int, prompt_len: int, new_tokens: int) 
     t = time.perf_counter()
     model = OrtStepModel(folder, "cpu", session_options=so)
     load = time.perf_counter() - t
+    loaded = _memory()
 
-    def run(n_prompt: int, n_new: int) -> tuple[float, float]:
+    def run(n_prompt: int, n_new: int) -> tuple[float, float, int]:
         ids = _prompt(vocab, n_prompt)
         mask = np.ones_like(ids)
         t0 = time.perf_counter()
@@ -206,11 +270,10 @@ def measure_mxport(folder: str, threads: int, prompt_len: int, new_tokens: int) 
             nxt = logits[:, -1].argmax(-1)[:, None].astype(np.int64)
             mask = np.ones((1, mask.shape[1] + 1), np.int64)
             logits, cache = model.step(nxt, mask, np.array([[n_prompt + i]], np.int64), cache)
-        return t1 - t0, time.perf_counter() - t1
+        t2 = time.perf_counter()
+        return t1 - t0, t2 - t1, _memory()["VmRSS"]
 
-    run(min(prompt_len, 8), 2)  # warm-up: allocations, prepacking
-    prefill, decode = _best(run, prompt_len, new_tokens)
-    return dict(load_s=load, prefill_s=prefill, decode_s=decode, peak_rss=_peak_rss())
+    return _measured(run, prompt_len, new_tokens, load, baseline, loaded)
 
 
 def measure_genai(folder: str, threads: int, prompt_len: int, new_tokens: int) -> dict[str, Any]:
@@ -220,14 +283,16 @@ def measure_genai(folder: str, threads: int, prompt_len: int, new_tokens: int) -
     vocab = int(cfg["model"]["vocab_size"])
     # genai sizes its KV buffers from max_length; a sliding-window cache must hold at least the window
     window = int((cfg["model"]["decoder"].get("sliding_window") or {}).get("window_size", 0))
+    baseline = _memory()
     t = time.perf_counter()
     config = og.Config(folder)
     config.overlay(json.dumps({"model": {"decoder": {"session_options": {
         "intra_op_num_threads": threads, "inter_op_num_threads": 1}}}}))
     model = og.Model(config)
     load = time.perf_counter() - t
+    loaded = _memory()
 
-    def run(n_prompt: int, n_new: int) -> tuple[float, float]:
+    def run(n_prompt: int, n_new: int) -> tuple[float, float, int]:
         params = og.GeneratorParams(model)
         # max_length bounds the shared KV buffer genai allocates (its default is the whole context)
         # min_length keeps an EOS from ending the run early (genai stops at EOS; calls after that do nothing)
@@ -240,14 +305,13 @@ def measure_genai(folder: str, threads: int, prompt_len: int, new_tokens: int) -
         for _ in range(n_new):
             gen.generate_next_token()
         t2 = time.perf_counter()
+        rss = _memory()["VmRSS"]
         steps = len(gen.get_sequence(0)) - n_prompt
         if steps < n_new:
             raise RuntimeError(f"genai generated {steps} of {n_new} tokens (stopped early): decode not measured")
-        return t1 - t0, t2 - t1
+        return t1 - t0, t2 - t1, rss
 
-    run(min(prompt_len, 8), 2)
-    prefill, decode = _best(run, prompt_len, new_tokens)
-    return dict(load_s=load, prefill_s=prefill, decode_s=decode, peak_rss=_peak_rss())
+    return _measured(run, prompt_len, new_tokens, load, baseline, loaded)
 
 
 def measure_transformers(checkpoint: str, threads: int, prompt_len: int, new_tokens: int) -> dict[str, Any]:
@@ -255,6 +319,7 @@ def measure_transformers(checkpoint: str, threads: int, prompt_len: int, new_tok
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(threads)
+    baseline = _memory()
     t = time.perf_counter()
     kwargs: dict[str, Any] = {"dtype": torch.float32}
     cfg = json.loads((Path(checkpoint) / "config.json").read_text())
@@ -264,10 +329,11 @@ def measure_transformers(checkpoint: str, threads: int, prompt_len: int, new_tok
         kwargs["quantization_config"] = Mxfp4Config(dequantize=True)
     model = AutoModelForCausalLM.from_pretrained(checkpoint, **kwargs).eval()
     load = time.perf_counter() - t
+    loaded = _memory()
     total, per_token = torch_traffic(model, model.config.num_experts_per_tok, model.config.num_local_experts)
 
     @torch.inference_mode()
-    def run(n_prompt: int, n_new: int) -> tuple[float, float]:
+    def run(n_prompt: int, n_new: int) -> tuple[float, float, int]:
         ids = torch.from_numpy(_prompt(model.config.vocab_size, n_prompt))
         t0 = time.perf_counter()
         out = model(input_ids=ids, use_cache=True)
@@ -277,12 +343,11 @@ def measure_transformers(checkpoint: str, threads: int, prompt_len: int, new_tok
         for _ in range(n_new):
             out = model(input_ids=nxt, past_key_values=past, use_cache=True)
             past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
-        return t1 - t0, time.perf_counter() - t1
+        t2 = time.perf_counter()
+        return t1 - t0, t2 - t1, _memory()["VmRSS"]
 
-    run(min(prompt_len, 8), 2)
-    prefill, decode = _best(run, prompt_len, new_tokens)
-    return dict(load_s=load, prefill_s=prefill, decode_s=decode, peak_rss=_peak_rss(),
-                weight_bytes=total, bytes_per_token=per_token)
+    return {**_measured(run, prompt_len, new_tokens, load, baseline, loaded),
+            "weight_bytes": total, "bytes_per_token": per_token}
 
 
 ENGINES = {"mxport": measure_mxport, "genai": measure_genai, "transformers": measure_transformers}
@@ -304,14 +369,17 @@ def _child(kind: str, path: str, threads: int, prompt_len: int, new_tokens: int,
 
 
 def _keep_best(result: Result, measured: dict[str, Any], prompt_len: int, new_tokens: int) -> Result:
-    """Fold one measurement into `result`: best speeds and load time, largest peak RSS, first error."""
+    """Fold one measurement into `result`: best speeds and load time, the memory numbers of the measurement with
+    the largest peak RSS (kept together, so they come from one process), first error."""
     if "error" in measured:
         result.error = result.error or measured["error"]
         return result
     result.load_s = min(result.load_s, measured["load_s"]) if result.load_s == result.load_s else measured["load_s"]
     result.prefill_tok_s = max(v for v in (result.prefill_tok_s, prompt_len / measured["prefill_s"]) if v == v)
     result.decode_tok_s = max(v for v in (result.decode_tok_s, new_tokens / measured["decode_s"]) if v == v)
-    result.peak_rss = max(result.peak_rss, measured["peak_rss"])
+    if measured["peak_rss"] >= result.peak_rss:
+        for name in MEMORY_FIELDS:
+            setattr(result, name, int(measured[name]))
     if "weight_bytes" in measured:
         result.weight_bytes, result.bytes_per_token = measured["weight_bytes"], measured["bytes_per_token"]
     return result
@@ -389,12 +457,13 @@ def _genai_exports(ckpt: Path, work: Path, timeout: float) -> list[tuple[str, Pa
 def bench(path: str | os.PathLike, *, peers: bool = False, threads: int = 2, prompt_len: int = 128,
           new_tokens: int = 32, modes: list[str] | None = None, work: str | os.PathLike | None = None,
           timeout: float = 1800.0, bandwidth_mb: int = 256, rounds: int = 1, last_logits: bool = False,
-          log=print) -> tuple[list[Result], float]:
-    """Measure; returns (results, memory bandwidth in bytes/s).
+          log=print) -> tuple[list[Result], Bandwidth]:
+    """Measure; returns (results, memory bandwidth).
 
     rounds > 1 runs the whole engine list that many times, in order, and keeps each engine's best speeds (and
-    its largest RSS): on a shared machine, load drifts over minutes, and one pass would favour whichever
-    engine ran in a quiet moment."""
+    the memory of its largest-peak run): on a shared machine, load drifts over minutes, and one pass would
+    favour whichever engine ran in a quiet moment. Without `work` the exports go to a temporary folder that is
+    removed however bench ends (error or not)."""
     from mxport.runtime.session import read_export_meta
 
     path = Path(path)
@@ -402,8 +471,6 @@ def bench(path: str | os.PathLike, *, peers: bool = False, threads: int = 2, pro
         raise MxportError(f"bench: {path} is not a folder (expected a checkpoint or an export folder)")
     if min(prompt_len, new_tokens, threads, rounds) < 1:
         raise MxportError("bench: --prompt-len, --new-tokens, --threads and --rounds must be >= 1")
-    work_dir = Path(work) if work else Path(tempfile.mkdtemp(prefix="mxport-bench-"))
-    work_dir.mkdir(parents=True, exist_ok=True)
     if (path / "mxport.json").is_file():
         meta = read_export_meta(path)
         mode = f"{meta.get('target', '?')}/{meta.get('experts', '?')}"
@@ -411,60 +478,88 @@ def bench(path: str | os.PathLike, *, peers: bool = False, threads: int = 2, pro
             mode += f"/{meta['dense']}"
         if meta.get("last_logits"):
             mode += " last-logits"
-        folders = [(mode, path)]
-        ckpt = Path(meta.get("checkpoint", ""))
+        folders, ckpt = [(mode, path)], Path(meta.get("checkpoint", ""))
     elif _is_checkpoint(path):
-        ckpt = path
-        log(f"exporting {', '.join(modes or DEFAULT_MODES)} into {work_dir}")
-        folders = _export_modes(path, list(modes or DEFAULT_MODES), work_dir, last_logits)
+        folders, ckpt = [], path
     else:
         raise MxportError(f"bench: {path} is neither a checkpoint (config.json + *.safetensors) nor an export "
                           "folder (mxport.json)")
-    log("measuring memory bandwidth")
-    bandwidth = memory_bandwidth(bandwidth_mb)
-    results = []
-    jobs: list[tuple[Result, str, str]] = []
+    work_dir = Path(work) if work else Path(tempfile.mkdtemp(prefix="mxport-bench-"))
+    try:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        if not folders:
+            log(f"exporting {', '.join(modes or DEFAULT_MODES)} into {work_dir}")
+            folders = _export_modes(path, list(modes or DEFAULT_MODES), work_dir, last_logits)
+        log("measuring memory bandwidth")
+        bandwidth = memory_bandwidth(bandwidth_mb, threads=threads)
+        results, jobs = _jobs(folders, ckpt if peers else None, work_dir, timeout, log)
+        for round_ in range(rounds):
+            for result, kind, where in jobs:
+                log(f"running {result.name}" + (f" (round {round_ + 1}/{rounds})" if rounds > 1 else ""))
+                measured = _child(kind, where, threads, prompt_len, new_tokens, timeout)
+                _keep_best(result, measured, prompt_len, new_tokens)
+        return results + [r for r, _, _ in jobs], bandwidth
+    finally:
+        if not work:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _jobs(folders: list[tuple[str, Path]], peers_of: Path | None, work_dir: Path, timeout: float,
+          log) -> tuple[list[Result], list[tuple[Result, str, str]]]:
+    """(results that failed before measuring, [(result to fill, engine kind, folder)]): the mxport folders, then
+    with `peers_of` (a checkpoint) transformers and the genai builds of it."""
+    failed, jobs = [], []
     for mode, folder in folders:
         total, per_token = onnx_traffic(folder / "model.onnx")
         jobs.append((Result(f"mxport {mode}", str(folder), file_bytes(folder), total, per_token), "mxport", str(folder)))
-    if peers:
-        if not _is_checkpoint(ckpt):
-            log(f"peers skipped: checkpoint {ckpt} not found")
-        else:
-            jobs.append((Result("transformers fp32", str(ckpt), file_bytes(ckpt)), "transformers", str(ckpt)))
-            for name, folder, why in _genai_exports(ckpt, work_dir, timeout):
-                if folder is None:
-                    results.append(Result(name, "", error=why))
-                    continue
-                total, per_token = onnx_traffic(folder / "model.onnx")
-                jobs.append((Result(name, str(folder), file_bytes(folder), total, per_token), "genai", str(folder)))
-    for round_ in range(rounds):
-        for result, kind, where in jobs:
-            log(f"running {result.name}" + (f" (round {round_ + 1}/{rounds})" if rounds > 1 else ""))
-            _keep_best(result, _child(kind, where, threads, prompt_len, new_tokens, timeout), prompt_len, new_tokens)
-    results += [r for r, _, _ in jobs]
-    if not work:
-        shutil.rmtree(work_dir, ignore_errors=True)
-    return results, bandwidth
-
-
-def format_results(results: list[Result], bandwidth: float) -> str:
-    head = ("engine", "prefill tok/s", "decode tok/s", "peak RSS MB", "RSS/weights", "file MB", "weights MB",
-            "MB/token", "bw share")
-    rows = []
-    for r in results:
-        if r.error:
-            rows.append((r.name, "-", "-", "-", "-", "-", "-", "-", f"error: {r.error}"))
+    if peers_of is None:
+        return failed, jobs
+    if not _is_checkpoint(peers_of):
+        log(f"peers skipped: checkpoint {peers_of} not found")
+        return failed, jobs
+    jobs.append((Result("transformers fp32", str(peers_of), file_bytes(peers_of)), "transformers", str(peers_of)))
+    for name, folder, why in _genai_exports(peers_of, work_dir, timeout):
+        if folder is None:
+            failed.append(Result(name, "", error=why))
             continue
-        rows.append((r.name, f"{r.prefill_tok_s:.1f}", f"{r.decode_tok_s:.2f}", f"{r.peak_rss / 1e6:.0f}",
-                     f"{r.peak_rss / r.weight_bytes:.2f}" if r.weight_bytes else "-", f"{r.file_bytes / 1e6:.0f}",
-                     f"{r.weight_bytes / 1e6:.0f}", f"{r.bytes_per_token / 1e6:.1f}",
-                     f"{r.bandwidth_share(bandwidth):.0%}"))
-    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
+        total, per_token = onnx_traffic(folder / "model.onnx")
+        jobs.append((Result(name, str(folder), file_bytes(folder), total, per_token), "genai", str(folder)))
+    return failed, jobs
+
+
+COLUMNS = ("engine", "prefill tok/s", "decode tok/s", "base MB", "load RSS MB", "load anon/file MB",
+           "runtime RSS MB", "peak RSS MB", "runtime/weights", "peak/weights", "file MB", "weights MB", "MB/token",
+           "bw share")
+
+
+def _row(r: Result, bandwidth: Bandwidth) -> tuple[str, ...]:
+    mb = lambda n: f"{n / 1e6:.0f}" if n else "-"  # noqa: E731
+    ratio = lambda x: f"{x:.2f}" if x == x else "-"  # noqa: E731
+    return (r.name, f"{r.prefill_tok_s:.1f}", f"{r.decode_tok_s:.2f}", mb(r.baseline_rss), mb(r.load_rss),
+            f"{mb(r.load_anon_rss)}/{mb(r.load_file_rss)}", mb(r.runtime_rss), mb(r.peak_rss),
+            ratio(r.runtime_per_weights()), ratio(r.peak_per_weights()), f"{r.file_bytes / 1e6:.0f}",
+            f"{r.weight_bytes / 1e6:.0f}", f"{r.bytes_per_token / 1e6:.1f}", f"{r.bandwidth_share(bandwidth.read):.0%}")
+
+
+def format_results(results: list[Result], bandwidth: Bandwidth) -> str:
+    rows = [(r.name, *["-"] * (len(COLUMNS) - 2), f"error: {r.error}") if r.error else _row(r, bandwidth)
+            for r in results]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(COLUMNS)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    out = [f"memory bandwidth (numpy copy, read+write): {bandwidth / 1e9:.1f} GB/s", line(head),
-           line(tuple("-" * w for w in widths))]
+    out = [f"memory bandwidth: read {bandwidth.read / 1e9:.1f} GB/s (max-reduce, {bandwidth.threads} "
+           f"thread{'s' if bandwidth.threads > 1 else ''}; bw share uses it), copy {bandwidth.copy / 1e9:.1f} GB/s "
+           "(numpy copy, read+write, 1 thread)", line(COLUMNS), line(tuple("-" * w for w in widths))]
     return "\n".join(out + [line(r) for r in rows])
+
+
+def to_json(results: list[Result], bandwidth: Bandwidth, **settings: Any) -> dict[str, Any]:
+    """Every number: the settings, both bandwidths (bytes/s), each result's fields (bytes, tok/s) and the derived
+    ratios of the table (null where undefined)."""
+    finite = lambda x: x if x == x else None  # noqa: E731
+    return {"bandwidth": asdict(bandwidth), **settings, "results": [
+        {**asdict(r), "runtime_per_weights": finite(r.runtime_per_weights()),
+         "peak_per_weights": finite(r.peak_per_weights()),
+         "bandwidth_share": finite(r.bandwidth_share(bandwidth.read))} for r in results]}
 
 
 # ---- CLI -----------------------------------------------------------------------------------------------------
@@ -492,9 +587,9 @@ def run(args: argparse.Namespace) -> int:
     )
     print(format_results(results, bandwidth))
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "bandwidth": bandwidth, "threads": args.threads, "prompt_len": args.prompt_len,
-            "new_tokens": args.new_tokens, "rounds": args.rounds, "results": [asdict(r) for r in results]}, indent=2) + "\n")
+        data = to_json(results, bandwidth, threads=args.threads, prompt_len=args.prompt_len,
+                       new_tokens=args.new_tokens, rounds=args.rounds)
+        write_file(Path(args.json), lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
     return 0 if all(not r.error for r in results) else 1
 
 

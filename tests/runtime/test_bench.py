@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 
 import numpy as np
 import pytest
@@ -42,6 +43,9 @@ def test_traffic_counts_k_of_e_experts_and_one_embedding_row(tiny_export):
     assert per_token == pytest.approx(total - skipped + cast_bf16, rel=1e-6)
 
 
+MEMORY = ("baseline_rss", "load_rss", "load_anon_rss", "load_file_rss", "runtime_rss", "peak_rss")
+
+
 def test_bench_an_export_folder(tiny_export, tmp_path):
     cfg, out = tiny_export
     results, bandwidth = bench.bench(out, threads=1, prompt_len=4, new_tokens=2, bandwidth_mb=16, rounds=2,
@@ -49,10 +53,46 @@ def test_bench_an_export_folder(tiny_export, tmp_path):
     (r,) = results
     assert not r.error, r.error
     assert r.name == "mxport cpu/fp32"
-    assert r.prefill_tok_s > 0 and r.decode_tok_s > 0 and r.peak_rss > 0 and bandwidth > 0
+    assert r.prefill_tok_s > 0 and r.decode_tok_s > 0
+    assert bandwidth.read > 0 and bandwidth.copy > 0 and bandwidth.threads == 1
     assert r.file_bytes == sum(f.stat().st_size for f in out.iterdir() if f.name.startswith("model.onnx"))
+    # one process's memory, in the order it happens: imports, then the session on top, and no VmRSS above VmHWM
+    assert all(getattr(r, name) > 0 for name in MEMORY), {name: getattr(r, name) for name in MEMORY}
+    assert r.baseline_rss <= r.load_rss <= r.peak_rss and r.runtime_rss <= r.peak_rss
+    assert r.load_anon_rss + r.load_file_rss <= r.load_rss  # VmRSS = RssAnon + RssFile + RssShmem
+    assert r.runtime_per_weights() == pytest.approx((r.runtime_rss - r.baseline_rss) / r.weight_bytes)
+    assert r.peak_per_weights() == pytest.approx(r.peak_rss / r.weight_bytes)
     table = bench.format_results(results, bandwidth)
-    assert "mxport cpu/fp32" in table and "GB/s" in table
+    header, columns, _, row = table.splitlines()
+    assert "read" in header and "copy" in header and "GB/s" in header
+    for name in ("load RSS MB", "runtime RSS MB", "peak RSS MB", "runtime/weights", "peak/weights", "bw share"):
+        assert name in columns
+    assert row.startswith("mxport cpu/fp32") and f"{r.peak_rss / 1e6:.0f}" in row
+
+
+def test_child_reports_memory_of_each_phase(tiny_export):
+    _, out = tiny_export
+    measured = bench._child("mxport", str(out), 1, 3, 1, timeout=120)
+    assert "error" not in measured, measured
+    assert set(MEMORY) <= set(measured)
+    assert 0 < measured["baseline_rss"] <= measured["load_rss"] <= measured["peak_rss"]
+    assert 0 < measured["runtime_rss"] <= measured["peak_rss"]
+
+
+def test_keep_best_takes_memory_from_one_measurement():
+    r = bench.Result("x", "p", weight_bytes=100)
+    one = dict(load_s=1.0, prefill_s=1.0, decode_s=1.0, baseline_rss=10, load_rss=50, load_anon_rss=30,
+               load_file_rss=20, runtime_rss=60, peak_rss=90)
+    two = {**one, "baseline_rss": 12, "load_rss": 40, "runtime_rss": 70, "peak_rss": 80}
+    bench._keep_best(r, one, 4, 2)
+    bench._keep_best(r, two, 4, 2)  # lower peak: its memory numbers are not mixed in
+    assert [getattr(r, name) for name in MEMORY] == [10, 50, 30, 20, 60, 90]
+    assert r.runtime_per_weights() == pytest.approx(0.5) and r.peak_per_weights() == pytest.approx(0.9)
+
+
+def test_memory_bandwidth_reports_read_and_copy():
+    bw = bench.memory_bandwidth(8, repeats=2, threads=2)
+    assert bw.threads == 2 and np.isfinite(bw.read) and bw.read > 0 and np.isfinite(bw.copy) and bw.copy > 0
 
 
 def test_cli_writes_json(tiny_export, tmp_path, capsys):
@@ -61,7 +101,14 @@ def test_cli_writes_json(tiny_export, tmp_path, capsys):
     code = main(["bench", str(out), "--threads", "1", "--prompt-len", "3", "--new-tokens", "1", "--json", str(path)])
     assert code == 0
     data = json.loads(path.read_text())
-    assert data["results"][0]["decode_tok_s"] > 0 and np.isfinite(data["bandwidth"])
+    (r,) = data["results"]
+    assert r["decode_tok_s"] > 0 and data["bandwidth"]["read"] > 0 and data["bandwidth"]["copy"] > 0
+    assert all(r[name] > 0 for name in MEMORY)
+    assert r["runtime_per_weights"] == pytest.approx((r["runtime_rss"] - r["baseline_rss"]) / r["weight_bytes"])
+    assert r["peak_per_weights"] == pytest.approx(r["peak_rss"] / r["weight_bytes"])
+    assert r["bandwidth_share"] == pytest.approx(r["decode_tok_s"] * r["bytes_per_token"] / data["bandwidth"]["read"])
+    assert "runtime RSS MB" in capsys.readouterr().out
+    assert [f.name for f in tmp_path.iterdir()] == ["bench.json"]  # written atomically, no temporary left
 
 
 def test_bad_path_is_an_mxport_error(tmp_path):
@@ -71,3 +118,32 @@ def test_bad_path_is_an_mxport_error(tmp_path):
         bench.bench(tmp_path, rounds=0, log=lambda _: None)
     with pytest.raises(MxportError, match="is not a folder"):
         bench.bench(tmp_path / "missing", log=lambda _: None)
+
+
+@pytest.fixture
+def scratch(tmp_path, monkeypatch):
+    """tempfile's default folder, here: every mkdtemp bench makes lands in it."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def test_failing_bench_leaves_no_work_folder(tiny_config, make_checkpoint, scratch, tmp_path):
+    neither = tmp_path / "neither"
+    neither.mkdir()
+    with pytest.raises(MxportError, match="neither a checkpoint"):
+        bench.bench(neither, log=lambda _: None)
+    ckpt = make_checkpoint(tiny_config)
+    with pytest.raises(MxportError, match="expected TARGET/EXPERTS"):
+        bench.bench(ckpt, modes=["cpu/fp32/float32/x"], log=lambda _: None)
+    with pytest.raises(MxportError, match="nope"):  # fails inside export, after bench made its work folder
+        bench.bench(ckpt, modes=["nope/fp32"], log=lambda _: None)
+    assert list(scratch.iterdir()) == []
+
+
+def test_given_work_folder_is_kept_on_failure(tiny_config, make_checkpoint, scratch, tmp_path):
+    work = tmp_path / "work"
+    with pytest.raises(MxportError, match="nope"):
+        bench.bench(make_checkpoint(tiny_config), modes=["nope/fp32"], work=work, log=lambda _: None)
+    assert work.is_dir() and list(scratch.iterdir()) == []
