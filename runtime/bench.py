@@ -108,7 +108,7 @@ class Bandwidth:
     threads: int  # threads of the read measurement (bench's --threads)
 
 
-def memory_bandwidth(megabytes: int = 256, repeats: int = 5, threads: int = 1) -> Bandwidth:
+def memory_bandwidth(megabytes: int = 256, repeats: int = 10, threads: int = 1) -> Bandwidth:
     """Sustained read and copy bandwidth (best of `repeats` each) over one `megabytes` float32 array.
 
     Read: np.maximum.reduce of `threads` contiguous parts in parallel (a ufunc reduction releases the GIL;
