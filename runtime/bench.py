@@ -316,9 +316,12 @@ def measure_genai(folder: str, threads: int, prompt_len: int, new_tokens: int) -
 
 def measure_transformers(checkpoint: str, threads: int, prompt_len: int, new_tokens: int) -> dict[str, Any]:
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     torch.set_num_threads(threads)
+    # transformers imports a model's code on first use (~100 MB for gpt-oss): library, not model, so before the baseline
+    MODEL_FOR_CAUSAL_LM_MAPPING[type(AutoConfig.from_pretrained(checkpoint))]
     baseline = _memory()
     t = time.perf_counter()
     kwargs: dict[str, Any] = {"dtype": torch.float32}
