@@ -557,10 +557,10 @@ def format_results(results: list[Result], bandwidth: Bandwidth) -> str:
 
 def to_json(results: list[Result], bandwidth: Bandwidth, **settings: Any) -> dict[str, Any]:
     """Every number: the settings, both bandwidths (bytes/s), each result's fields (bytes, tok/s) and the derived
-    ratios of the table (null where undefined)."""
-    finite = lambda x: x if x == x else None  # noqa: E731
+    ratios of the table; null where a number is undefined (NaN is not JSON)."""
+    finite = lambda x: None if isinstance(x, float) and x != x else x  # noqa: E731
     return {"bandwidth": asdict(bandwidth), **settings, "results": [
-        {**asdict(r), "runtime_per_weights": finite(r.runtime_per_weights()),
+        {**{k: finite(v) for k, v in asdict(r).items()}, "runtime_per_weights": finite(r.runtime_per_weights()),
          "peak_per_weights": finite(r.peak_per_weights()),
          "bandwidth_share": finite(r.bandwidth_share(bandwidth.read))} for r in results]}
 

@@ -90,6 +90,14 @@ def test_keep_best_takes_memory_from_one_measurement():
     assert r.runtime_per_weights() == pytest.approx(0.5) and r.peak_per_weights() == pytest.approx(0.9)
 
 
+def test_json_of_a_failed_engine_is_strict_json():
+    bw = bench.Bandwidth(read=1e10, copy=2e10, threads=2)
+    data = bench.to_json([bench.Result("genai int4", "", error="builder failed")], bw, threads=2)
+    (r,) = json.loads(json.dumps(data, allow_nan=False))["results"]
+    assert r["error"] == "builder failed" and r["decode_tok_s"] is None and r["runtime_per_weights"] is None
+    assert data["bandwidth"] == {"read": 1e10, "copy": 2e10, "threads": 2} and data["threads"] == 2
+
+
 def test_memory_bandwidth_reports_read_and_copy():
     bw = bench.memory_bandwidth(8, repeats=2, threads=2)
     assert bw.threads == 2 and np.isfinite(bw.read) and bw.read > 0 and np.isfinite(bw.copy) and bw.copy > 0
