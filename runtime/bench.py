@@ -514,7 +514,8 @@ def _jobs(folders: list[tuple[str, Path]], peers_of: Path | None, work_dir: Path
     failed, jobs = [], []
     for mode, folder in folders:
         total, per_token = onnx_traffic(folder / "model.onnx")
-        jobs.append((Result(f"mxport {mode}", str(folder), file_bytes(folder), total, per_token), "mxport", str(folder)))
+        result = Result(f"mxport {mode}", str(folder), file_bytes(folder), total, per_token)
+        jobs.append((result, "mxport", str(folder)))
     if peers_of is None:
         return failed, jobs
     if not _is_checkpoint(peers_of):
