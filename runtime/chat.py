@@ -1,8 +1,9 @@
 """`mxport chat OUT`: harmony chat with an exported gpt-oss folder (interactive on a terminal, one-shot from stdin).
 
-ChatSession keeps the history: each turn renders system + developer + earlier turns (their analysis dropped, their
-`<|return|>` written as `<|end|>`) + the user message + `<|start|>assistant`, generates until `<|return|>` or
-`<|call|>` (or an eos id), and streams the reply's channels as they are decoded.
+ChatSession keeps the history: each turn renders system + developer (instructions and function tools) + earlier
+turns (their analysis dropped, their `<|return|>` written as `<|end|>`) + the user message + `<|start|>assistant`,
+generates until `<|return|>` or `<|call|>` (or an eos id), and streams the reply's channels as they are decoded.
+A reply that ends in `<|call|>` is a tool call: `send_tool_result(name, text)` answers it and continues the turn.
 """
 
 from __future__ import annotations
@@ -10,23 +11,27 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 
 from mxport.errors import MxportError
 from mxport.runtime.generate import GenerationConfig, Generator
-from mxport.runtime.harmony import REASONING_EFFORTS, Harmony, Message, Reply, StreamParser, SystemContent
+from mxport.runtime.harmony import (REASONING_EFFORTS, Harmony, Message, Reply, StreamParser, SystemContent, Tool,
+                                    as_tools, load_tools)
 
 
 class ChatSession:
     """A harmony conversation over a Generator (its tokenizer must have the harmony special tokens)."""
 
-    def __init__(self, generator: Generator, system: SystemContent | None = None, developer: str | None = None) -> None:
+    def __init__(self, generator: Generator, system: SystemContent | None = None, developer: str | None = None,
+                 tools: Sequence[Tool | dict] = ()) -> None:
         if generator.tokenizer is None:
             raise MxportError(f"{generator.name}: chat needs a tokenizer (tokenizer.json in the exported folder)")
         self.generator = generator
         self.harmony = Harmony(generator.tokenizer)
         self.system = system or SystemContent()
         self.developer = developer
+        self.tools = as_tools(tools)  # function tools, rendered in the developer message
         self.messages: list[Message] = []
         self.last_prompt_ids: list[int] = []
         self.last_token_ids: list[int] = []  # the reply as generated, stop token included
@@ -37,12 +42,32 @@ class ChatSession:
         return len(self.last_token_ids)
 
     def prompt_ids(self, user_text: str) -> list[int]:
-        return self.harmony.render_ids([*self.messages, Message("user", user_text)], self.system, self.developer)
+        return self._ids([Message("user", user_text)])
+
+    def _ids(self, new: list[Message]) -> list[int]:
+        return self.harmony.render_ids([*self.messages, *new], self.system, self.developer, self.tools)
+
+    @property
+    def pending_calls(self) -> list[Message]:
+        """The tool calls of the last reply when it stopped on <|call|> (answer them with send_tool_result)."""
+        last = self.messages[-1] if self.messages else None
+        return [last] if last is not None and last.role == "assistant" and last.recipient else []
 
     def send(self, user_text: str, config: GenerationConfig | None = None,
              on_delta: Callable[[str | None, str], None] | None = None, **options) -> Reply:
-        """One turn: returns the parsed reply; on_delta(channel, text) gets content as it is decoded."""
-        ids = self.prompt_ids(user_text)
+        """One turn: returns the parsed reply; on_delta(channel, text) gets content as it is decoded (except the
+        arguments of tool calls, which come whole in reply.tool_calls)."""
+        return self._turn([Message("user", user_text)], config, on_delta, **options)
+
+    def send_tool_result(self, name: str, content: str, config: GenerationConfig | None = None,
+                         on_delta: Callable[[str | None, str], None] | None = None, **options) -> Reply:
+        """Answer a tool call ('functions.get_weather' or 'get_weather') and let the model continue."""
+        author = name if "." in name else f"functions.{name}"
+        return self._turn([Message("tool", content, "commentary", author=author)], config, on_delta, **options)
+
+    def _turn(self, new: list[Message], config: GenerationConfig | None,
+              on_delta: Callable[[str | None, str], None] | None, **options) -> Reply:
+        ids = self._ids(new)
         stops = tuple(dict.fromkeys([*self.harmony.stop_token_ids, *self.generator.eos_token_ids]))
         options.setdefault("stop_token_ids", stops)
         parser = StreamParser(self.harmony)
@@ -52,12 +77,13 @@ class ChatSession:
         for delta in self.generator.stream(ids, config, **options):
             first = first if first is not None else time.perf_counter() - t0
             self.last_token_ids.append(delta.token_id)
+            to_tool = parser.recipient is not None  # a call's arguments are not streamed: see Reply.tool_calls
             channel, text = parser.add(delta.token_id)
-            if text and on_delta is not None:
+            if text and on_delta is not None and not to_tool:
                 on_delta(channel, text)
         self.last_timing = (first or 0.0, time.perf_counter() - t0)
         reply = parser.reply()
-        self.messages.append(Message("user", user_text))
+        self.messages.extend(new)
         self.messages.extend(self.harmony.to_history(reply))
         return reply
 
@@ -94,22 +120,26 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--system", default=None, help="model identity line of the system message")
     parser.add_argument("--developer", default=None, help="developer instructions (the usual 'system prompt')")
     parser.add_argument("--date", default=None, help="current date in the system message (default today)")
+    parser.add_argument("--tools", default=None, metavar="FILE.json",
+                        help="function tools: a JSON list of {name, description, parameters} (or OpenAI's "
+                             "{type: function, function: {...}}) rendered into the developer message")
     add_generation_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     config = generation_config(args)  # checks the options before the model loads
+    tools = load_tools(args.tools) if args.tools else ()
     generator = Generator.from_folder(args.folder, backend=args.backend, provider=args.provider,
                                       max_context=args.max_context)
     system = SystemContent(reasoning=args.reasoning, current_date=args.date,
                            **({"identity": args.system} if args.system else {}))
-    chat = ChatSession(generator, system, args.developer)
+    chat = ChatSession(generator, system, args.developer, tools)
     interactive = sys.stdin.isatty()
-    if not interactive:
+    if not interactive:  # one turn; a tool call is printed and ends it (there is nobody to answer it)
         text = sys.stdin.read().strip()
         if not text:
             raise MxportError("chat: stdin is empty (pipe a message in, or run on a terminal)")
-        _turn(chat, text, config, args.show_analysis)
+        _turn(chat, partial(chat.send, text), config, args.show_analysis)
         return 0
     print(f"mxport chat — {generator.name}; empty line or Ctrl-D to quit", file=sys.stderr)
     while True:
@@ -120,10 +150,19 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if not text:
             return 0
-        _turn(chat, text, config, args.show_analysis)
+        reply = _turn(chat, partial(chat.send, text), config, args.show_analysis)
+        while reply.stop == "call" and chat.pending_calls:  # ask for each call's result, let the model go on
+            (call,) = chat.pending_calls
+            try:
+                result = input(f"[tool result] {call.recipient}> ")
+            except EOFError:
+                print()
+                return 0
+            reply = _turn(chat, partial(chat.send_tool_result, call.recipient, result), config, args.show_analysis)
 
 
-def _turn(chat: ChatSession, text: str, config: GenerationConfig, show_analysis: bool) -> Reply:
+def _turn(chat: ChatSession, send: Callable[..., Reply], config: GenerationConfig, show_analysis: bool) -> Reply:
+    """Run one generation (send(config=, on_delta=)), stream its text, print its tool calls."""
     state = {"channel": None}
 
     def on_delta(channel: str | None, delta: str) -> None:
@@ -135,11 +174,16 @@ def _turn(chat: ChatSession, text: str, config: GenerationConfig, show_analysis:
         sys.stdout.write(delta)
         sys.stdout.flush()
 
-    reply = chat.send(text, config, on_delta=on_delta)
+    reply = send(config=config, on_delta=on_delta)
     sys.stdout.write("\n")
     for call in reply.tool_calls:
-        print(f"[tool call -> {call.recipient}] {call.content}")
+        print(format_call(call))
     if not reply.final and not reply.tool_calls:  # e.g. a model with random weights ignores the format
         raw = chat.generator.tokenizer.decode(chat.last_token_ids)
         print(f"[no final-channel text in the reply (stop: {reply.stop}); raw reply: {raw!r}]", file=sys.stderr)
     return reply
+
+
+def format_call(call: Message) -> str:
+    """'[tool call] functions.get_weather {"city": "Paris"}' (the arguments as the model wrote them)."""
+    return f"[tool call] {call.recipient} {call.content}"

@@ -423,6 +423,11 @@ class StreamParser:
         self._cur.content.append(t)
         return self._header.get("channel"), self._decoder.add(t)
 
+    @property
+    def recipient(self) -> str | None:
+        """The recipient of the message being read ('functions.f' inside a tool call), else None."""
+        return self._header.get("recipient") if self._cur.in_content else None
+
     def reply(self) -> Reply:
         if self.stop is None:
             self._close()

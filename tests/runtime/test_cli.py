@@ -117,7 +117,7 @@ def test_chat_one_shot_from_stdin(toy, capsys, monkeypatch):
     shown = []
     reply = chat.send("What is 2 + 2?", max_new_tokens=8,
                       on_delta=lambda channel, text: shown.append(text) if channel != "analysis" else None)
-    calls = "".join(f"[tool call -> {c.recipient}] {c.content}\n" for c in reply.tool_calls)
+    calls = "".join(f"[tool call] {c.recipient} {c.content}\n" for c in reply.tool_calls)
     assert out == "".join(shown) + "\n" + calls
 
 
