@@ -79,9 +79,10 @@ def _validate(target: str, experts: str, dtype: str) -> None:
 
 
 # ---- the steps ------------------------------------------------------------------------------------------------
-def build_portable(ckpt, *, hidden_states: bool = False, dense: str = DENSE_STORAGE) -> ir.Model:
+def build_portable(ckpt, *, hidden_states: bool = False, dense: str = DENSE_STORAGE,
+                   window_cache: bool = True) -> ir.Model:
     """The portable graph (opset 23 + ai.mxport 1) with the ai.mxport function bodies attached."""
-    b, inputs, outputs = gpt_oss.build(ckpt, dense=dense, hidden_states=hidden_states)
+    b, inputs, outputs = gpt_oss.build(ckpt, dense=dense, hidden_states=hidden_states, window_cache=window_cache)
     return b.model(inputs, outputs, name="gpt_oss", functions=_functions(b))
 
 
@@ -192,10 +193,13 @@ def export(
     force: bool = False,
     dense: str = "float32",
     last_logits: bool = False,
+    window_cache: bool = True,
 ) -> Path:
     """Export the checkpoint at `checkpoint_dir` into `out_dir`; returns out_dir. Raises MxportError on bad input.
 
-    `experts=None` takes the target's default (DEFAULT_EXPERTS): the fastest exact form that target's kernels run."""
+    `experts=None` takes the target's default (DEFAULT_EXPERTS): the fastest exact form that target's kernels run.
+    `window_cache`: sliding-window layers keep only their last W-1 cache slots (gpt_oss.window_masks); False
+    keeps every slot in every layer's cache (one cache length for all layers)."""
     from mxport.exporter.checkpoint import open_checkpoint
 
     experts = DEFAULT_EXPERTS.get(target, "mxfp4") if experts is None else experts
@@ -204,10 +208,10 @@ def export(
     _check_out_dir(out_dir, force, checkpoint_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with open_checkpoint(checkpoint_dir) as ckpt:
-        model = build_portable(ckpt, hidden_states=hidden_states)
+        model = build_portable(ckpt, hidden_states=hidden_states, window_cache=window_cache)
         model = lower(model, target=target, experts=experts, dtype=dtype, dense=dense, last_logits=last_logits)
         options = dict(target=target, experts=experts, dtype=dtype, hidden_states=hidden_states, dense=dense,
-                       last_logits=last_logits)
+                       last_logits=last_logits, window_cache=window_cache)
         meta = _metadata(ckpt, checkpoint_dir, model, **options)
         if lowering_report := model.metadata_props.get("mxport.lowering"):  # exporter/lower: rewrites, refusals
             meta["lowering"] = json.loads(lowering_report)
@@ -243,6 +247,9 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="dense weights: float32 (exact) | int8 | int4 (MatMulNBits; needs --target cpu/cuda)")
     parser.add_argument("--last-logits", action="store_true",
                         help="logits of the last position only, [B,1,V] (faster prefill for generation)")
+    parser.add_argument("--full-cache", action="store_true",
+                        help="sliding-window layers keep every cache slot (default: only the last window-1, "
+                        "as transformers does; the full-attention layers always keep all)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
     parser.add_argument("--hidden-states", action="store_true", help="add outputs hidden_states.{i} per layer")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -261,6 +268,7 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
         dense=args.dense,
         last_logits=args.last_logits,
+        window_cache=not args.full_cache,
     )
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     print(f"exported {args.checkpoint} -> {out} ({size / 1e6:.1f} MB, {time.monotonic() - start:.1f}s)")

@@ -30,6 +30,9 @@ UINT8 = ir.DataType.UINT8
 
 # Symbolic dims of the model I/O (ARCHITECTURE.md "Model I/O").
 BATCH, SEQ, PAST, TOTAL = "batch", "seq", "past_seq", "total_seq"  # TOTAL = past_seq + seq
+# Sliding layers with a window-sized cache: past [B,Hkv,PAST_W,D] -> present [B,Hkv,PRESENT_W,D], at most W-1 slots.
+PAST_W, PRESENT_W = "past_seq_window", "present_seq_window"
+INT64_MAX = np.iinfo(np.int64).max
 
 
 def past_names(i: int) -> tuple[str, str]:
@@ -241,8 +244,46 @@ def decoder_layer(
     return x, present_k, present_v
 
 
-def build(ckpt, *, dense: str = "bfloat16", hidden_states: bool = False) -> tuple[Builder, list, list]:
-    """The whole portable graph: (builder with nodes/initializers, graph inputs, graph outputs)."""
+def window_masks(b: Builder, cfg: ModelConfig, input_ids: ir.Value, attention_mask: ir.Value,
+                 pasts: list[tuple[ir.Value, ir.Value]]) -> dict[int, tuple[ir.Value, ir.Value]]:
+    """Window-sized caches: per window W > 0, (the mask of that window's layers, where their presents start).
+
+    A sliding layer's cache keeps the last W-1 slots (a query at slot i reads slots i-W < j <= i; the next query
+    needs the W-1 before it), as transformers' sliding-window cache does. Its past holds P_w <= P slots, the
+    last P_w of the full cache, so its mask is the last P_w + S columns of attention_mask [B, P+S]; slot
+    distances, hence the window, are unchanged. Its present = the last min(P_w + S, W-1) slots of the
+    attention's output cache. Every layer of one window has the same P_w (the first one's past is read)."""
+    out: dict[int, tuple[ir.Value, ir.Value]] = {}
+    for i in range(cfg.num_hidden_layers):
+        W = cfg.window(i)
+        if W <= 0 or W in out:
+            continue
+        with b.scope(f"window_cache.{W}"):
+            zero, one = b.const([0], np.int64, "zero"), b.const([1], np.int64, "one")
+            two, three = b.const([2], np.int64, "two"), b.const([3], np.int64, "three")
+            past_w = b.op("Slice", b.op("Shape", pasts[i][0], role="past_shape"), two, three, role="past_len")  # [1]
+            seq = b.op("Slice", b.op("Shape", input_ids, role="ids_shape"), one, two, role="seq_len")  # [1]
+            total = b.op("Slice", b.op("Shape", attention_mask, role="mask_shape"), one, two, role="mask_len")
+            mine = b.op("Add", past_w, seq, role="layer_total")  # [1] = P_w + S
+            start = b.op("Sub", total, mine, role="mask_start")  # P - P_w >= 0
+            mask = b.op("Slice", attention_mask, start, b.const([INT64_MAX], np.int64, "end"), one, role="mask")
+            keep = b.const([W - 1], np.int64, "keep")
+            cut = b.op("Max", b.op("Sub", mine, keep, role="cut"), zero, role="present_start")  # [1]
+        out[W] = (mask, cut)
+    return out
+
+
+def trim_present(b: Builder, present: ir.Value, cut: ir.Value, role: str) -> ir.Value:
+    """present [B,Hkv,T,D] -> its slots from `cut` on (axis 2)."""
+    end, axis = b.const([INT64_MAX], np.int64, "end"), b.const([2], np.int64, "axis_seq")
+    return b.op("Slice", present, cut, end, axis, role=role)
+
+
+def build(ckpt, *, dense: str = "bfloat16", hidden_states: bool = False,
+          window_cache: bool = True) -> tuple[Builder, list, list]:
+    """The whole portable graph: (builder with nodes/initializers, graph inputs, graph outputs).
+
+    window_cache: sliding layers keep only the last W-1 cache slots (`window_masks`); False keeps every slot."""
     cfg: ModelConfig = ckpt.config
     b = Builder()
     b.use_domain(DOMAIN, DOMAIN_VERSION)
@@ -252,17 +293,25 @@ def build(ckpt, *, dense: str = "bfloat16", hidden_states: bool = False) -> tupl
     input_ids = tensor_value("input_ids", INT64, [BATCH, SEQ])
     attention_mask = tensor_value("attention_mask", INT64, [BATCH, TOTAL])
     position_ids = tensor_value("position_ids", INT64, [BATCH, SEQ])
-    pasts = [tuple(tensor_value(n, FLOAT, [BATCH, Hkv, PAST, D]) for n in past_names(i)) for i in range(L)]
+    windowed = [window_cache and cfg.window(i) > 0 for i in range(L)]
+    pasts = [tuple(tensor_value(n, FLOAT, [BATCH, Hkv, PAST_W if windowed[i] else PAST, D]) for n in past_names(i))
+             for i in range(L)]
 
     with b.scope("embed"):
         x = b.op("Gather", w.stored("model.embed_tokens.weight"), input_ids, role="gather", axis=0)  # [B,S,H]
         x = b.op("Cast", x, role="to_float", to=FLOAT)  # bf16 rows only: the table stays as stored
     rope = rope_tables(b, cfg, position_ids)
+    windows = window_masks(b, cfg, input_ids, attention_mask, pasts) if window_cache else {}
 
     presents, hidden = [], []
     for i in range(L):
-        x, pk, pv = decoder_layer(b, cfg, w, i, x, rope, pasts[i], attention_mask)
-        presents += [set_output(v, n, FLOAT, [BATCH, Hkv, TOTAL, D]) for v, n in zip((pk, pv), present_names(i))]
+        mask, cut = windows.get(cfg.window(i), (attention_mask, None))
+        x, pk, pv = decoder_layer(b, cfg, w, i, x, rope, pasts[i], mask)
+        if cut is not None:
+            with b.scope(f"layers.{i}"):
+                pk, pv = trim_present(b, pk, cut, "present_key"), trim_present(b, pv, cut, "present_value")
+        dims = [BATCH, Hkv, PRESENT_W if cut is not None else TOTAL, D]
+        presents += [set_output(v, n, FLOAT, dims) for v, n in zip((pk, pv), present_names(i))]
         if hidden_states:
             # The residual also feeds the next layer; an Identity gives the output its own name.
             with b.scope(f"layers.{i}"):

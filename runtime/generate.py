@@ -358,4 +358,4 @@ def _onnx_reference_runner(folder: Path):
 def _reference_model_runner(folder: Path):
     from mxport.runtime.runners import ReferenceModelRunner
 
-    return ReferenceModelRunner(folder, hidden_states=False)
+    return ReferenceModelRunner(folder, hidden_states=False, window_cache=True)  # like transformers' cache

@@ -58,8 +58,12 @@ class ReferenceModel:
         *,
         cache_weights: bool | None = None,
         output_hidden_states: bool = False,
+        window_cache: bool = False,
     ) -> None:
+        """window_cache: sliding layers' presents keep only their last W-1 slots (what an export made with the
+        default window cache returns, and what transformers' sliding-window cache keeps); False keeps all."""
         self.dtype = np.dtype(dtype)
+        self.window_cache = window_cache
         if self.dtype not in (np.float32, np.float64):
             raise MxportError(f"ReferenceModel: dtype must be float32 or float64, found {self.dtype}")
         self.ckpt, self._owns_ckpt = _open(checkpoint_or_path)
@@ -174,13 +178,23 @@ class ReferenceModel:
         return_hidden_states: bool = False,
     ) -> ModelOutput:
         """input_ids [B,S]; attention_mask [B,P+S] (1 keep, 0 pad, left padding); position_ids [B,S];
-        past: per layer (key, value) [B,Hkv,P,D]. Defaults: mask all ones, positions cumsum(mask)-1 clipped at 0."""
+        past: per layer (key, value) [B,Hkv,P_i,D]: P_i = P for full-attention layers, P_i <= P for sliding
+        layers (a window-sized cache: the last P_i slots). Defaults: mask all ones, positions cumsum(mask)-1
+        clipped at 0."""
         cfg = self.cfg
         ids, mask, pos, past = self._check_inputs(input_ids, attention_mask, position_ids, past)
         B, S = ids.shape
         P = mask.shape[1] - S
         cos, sin = L.rope_cos_sin(pos, self._inv_freq, self._rope_scale, self.dtype)
-        keep = {w: L.attention_keep_mask(mask, P, S, w) for w in {cfg.window(i) for i in range(cfg.num_hidden_layers)}}
+        keep_masks: dict[tuple[int, int], np.ndarray] = {}
+
+        def keep(i: int) -> np.ndarray:
+            # a window-sized cache holds the last P_i slots of the full one: its mask is the tail of `mask`
+            key = (cfg.window(i), 0 if past is None else past[i][0].shape[2])
+            if key not in keep_masks:
+                w, p_i = key
+                keep_masks[key] = L.attention_keep_mask(mask[:, P - p_i :], p_i, S, w)
+            return keep_masks[key]
 
         x = self._embed(ids)  # [B,S,H]
         present: KVCache = []
@@ -188,7 +202,9 @@ class ReferenceModel:
         for i in range(cfg.num_hidden_layers):
             p = f"model.layers.{i}."
             h = L.rms_norm(x, self._w(p + "input_layernorm.weight"), cfg.rms_norm_eps)
-            attn, kv = self._attention(i, h, cos, sin, keep[cfg.window(i)], None if past is None else past[i])
+            attn, kv = self._attention(i, h, cos, sin, keep(i), None if past is None else past[i])
+            if self.window_cache and cfg.window(i) > 0:  # keep the W-1 slots the next query can still see
+                kv = tuple(t[:, :, max(t.shape[2] - (cfg.window(i) - 1), 0) :] for t in kv)
             present.append(kv)
             x = x + attn
             h = L.rms_norm(x, self._w(p + "post_attention_layernorm.weight"), cfg.rms_norm_eps)
@@ -238,24 +254,33 @@ class ReferenceModel:
             raise MxportError(
                 f"input_ids: ids must lie in [0, vocab_size={cfg.vocab_size}), found {ids.min()}..{ids.max()}"
             )
+        lengths = []
         if past is not None:
             if len(past) != cfg.num_hidden_layers:
                 raise MxportError(f"past: expected {cfg.num_hidden_layers} (key, value) pairs, found {len(past)}")
             want = (B, cfg.num_key_value_heads, None, cfg.head_dim)
             for i, (k, v) in enumerate(past):
                 for name, t in (("key", k), ("value", v)):
-                    if t.ndim != 4 or any(w is not None and w != s for w, s in zip(want, t.shape)) or t.shape != past[0][0].shape:
+                    if t.ndim != 4 or any(w is not None and w != s for w, s in zip(want, t.shape)) or t.shape != k.shape:
                         raise MxportError(
                             f"past_key_values.{i}.{name}: expected shape [B={B}, {want[1]}, P, {want[3]}] "
-                            f"like past_key_values.0.key {past[0][0].shape}, found {t.shape}"
+                            f"like past_key_values.{i}.key {k.shape}, found {t.shape}"
                         )
-        P = 0 if past is None else past[0][0].shape[2]
+                lengths.append(k.shape[2])
+        P = max(lengths, default=0)
         if attention_mask is None:
             mask = np.ones((B, P + S), dtype=np.int64)
         else:
             mask = np.asarray(attention_mask)
-            if mask.shape != (B, P + S):
+            if mask.ndim != 2 or mask.shape[0] != B or mask.shape[1] < P + S or (past is None and mask.shape[1] != S):
                 raise MxportError(f"attention_mask: expected shape [B, P+S] = {(B, P + S)}, found {mask.shape}")
+            P = mask.shape[1] - S
+        for i, p_i in enumerate(lengths):  # full layers hold every slot; sliding ones may hold only the last few
+            if p_i > P or (p_i != P and cfg.window(i) == 0):
+                raise MxportError(
+                    f"past_key_values.{i}: {p_i} cache slots, but attention_mask covers {P} past slots"
+                    + ("" if cfg.window(i) else " (a full-attention layer must hold all of them)")
+                )
         if position_ids is None:
             pos = default_positions(mask, S)
         else:

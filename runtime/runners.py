@@ -163,12 +163,14 @@ class OnnxReferenceRunner:
 # ---- the NumPy reference model ---------------------------------------------------------------------------------
 class ReferenceModelRunner:
     """runtime.reference_model.ReferenceModel on a checkpoint folder, as a runner (hidden_states.{i} included
-    when `hidden_states`)."""
+    when `hidden_states`; `window_cache` as the export it stands for: read it from mxport.json)."""
 
-    def __init__(self, checkpoint_dir: Any, dtype: Any = np.float32, *, hidden_states: bool = True) -> None:
+    def __init__(self, checkpoint_dir: Any, dtype: Any = np.float32, *, hidden_states: bool = True,
+                 window_cache: bool = False) -> None:
         from mxport.runtime.reference_model import ReferenceModel
 
-        self.model = ReferenceModel(checkpoint_dir, dtype=dtype, output_hidden_states=hidden_states)
+        self.model = ReferenceModel(checkpoint_dir, dtype=dtype, output_hidden_states=hidden_states,
+                                    window_cache=window_cache)
         self.cfg = self.model.cfg
         self.name = f"reference[{np.dtype(dtype).name}]"
         n = self.cfg.num_hidden_layers
@@ -265,6 +267,12 @@ def position_ids(mask: np.ndarray, new_tokens: int) -> np.ndarray:
     return np.maximum(np.cumsum(mask, axis=1) - 1, 0)[:, mask.shape[1] - new_tokens :].astype(np.int64)
 
 
+def past_length(past: Mapping[str, np.ndarray]) -> int:
+    """Past slots the attention_mask must cover: the longest layer cache (sliding layers with a window-sized
+    cache hold fewer; the model checks each layer against the mask)."""
+    return max((v.shape[2] for k, v in past.items() if k.startswith("past_key_values.")), default=0)
+
+
 def make_feeds(
     input_ids: np.ndarray,
     attention_mask: np.ndarray | None = None,
@@ -291,9 +299,9 @@ def make_feeds(
         if len(past) != n:
             raise MxportError(f"past: expected {n} (key, value) pairs, found {len(past)}")
         past_feeds = {f"past_key_values.{i}.{t}": kv[j] for i, kv in enumerate(past) for j, t in enumerate(("key", "value"))}
-    P = past_feeds["past_key_values.0.key"].shape[2]
+    P = past_length(past_feeds)
     mask = np.ones((B, P + S), np.int64) if attention_mask is None else np.asarray(attention_mask, np.int64)
-    if mask.shape != (B, P + S):
+    if mask.ndim != 2 or mask.shape[0] != B or mask.shape[1] < P + S:
         raise MxportError(f"attention_mask: expected shape [B, P+S] = {(B, P + S)}, found {mask.shape}")
     return {
         "input_ids": ids.astype(np.int64),
@@ -316,8 +324,8 @@ def step_feeds(
         raise MxportError("step_feeds: the previous outputs have no present.{i}.key/value to use as the cache")
     B, S = ids.shape
     mask = np.concatenate([np.asarray(mask, np.int64), np.ones((B, S), np.int64)], axis=1)
-    P = past["past_key_values.0.key"].shape[2]
-    if mask.shape[1] != P + S:
+    P = past_length(past)
+    if mask.shape[1] < P + S:
         raise MxportError(f"step_feeds: mask covers {mask.shape[1] - S} past slots but the cache holds {P}")
     return {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids(mask, S), **past}
 

@@ -377,7 +377,8 @@ def verify(
     tols = merge_tolerances(defaults, tolerances)
     per_call = {p: dataclasses.replace(t, top1=None, kl_mean=None) for p, t in tols.items()}  # pooled later
 
-    reference = ReferenceModelRunner(checkpoint, dtype=reference_dtype, hidden_states=True)
+    reference = ReferenceModelRunner(checkpoint, dtype=reference_dtype, hidden_states=True,
+                                     window_cache=bool(manifest.get("window_cache", False)))
     cfg = reference.cfg
     _check_same_model(manifest, cfg, export_dir, checkpoint)
     ort_runner = OrtRunner(export_dir, provider=provider, threads=threads)
@@ -449,15 +450,16 @@ def _run_case(ort_runner, reference, cfg, ids, mask, decode_steps, tols):
 
 
 def _masks(outputs: Mapping[str, np.ndarray], mask: np.ndarray, new: int) -> dict[str, np.ndarray]:
-    """Real positions of this call ([B,S] for logits/hidden states) and real cache slots ([B,kv,P+S] for
-    presents): pads are garbage in, garbage out on both sides and are not compared."""
+    """Real positions of this call ([B,S] for logits/hidden states) and real cache slots ([B,kv,T_i] for
+    presents, T_i <= P+S: a window-sized cache holds the last T_i slots): pads are garbage in, garbage out on
+    both sides and are not compared."""
     real = mask.astype(bool)  # [B, P+S]
     masks = {}
     for name, value in outputs.items():
         if name == "logits" or layer_of(name) is not None:
             masks[name] = real[:, -new:]
         elif name.startswith("present."):
-            masks[name] = np.broadcast_to(real[:, None, :], value.shape[:3])
+            masks[name] = np.broadcast_to(real[:, None, real.shape[1] - value.shape[2] :], value.shape[:3])
     return masks
 
 

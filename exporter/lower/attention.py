@@ -83,10 +83,13 @@ def _shared_inputs(ctx: Context, mask: ir.Value, query: ir.Value):
     key = ("gqa_inputs", id(mask))
     if key in ctx.shared:
         return [], *ctx.shared[key]
+    # one set per mask: the graph's attention_mask, and the window-sized caches' mask tails (gpt_oss.window_masks)
+    count = sum(1 for k in ctx.shared if isinstance(k, tuple) and k[0] == "gqa_inputs")
+    tag = "" if count == 0 else f"_{count}"
     t = ir.tape.Tape()
 
     def c(name: str, array) -> ir.Value:
-        return t.initializer(ir.tensor(np.asarray(array), name=f"gqa/{name}"), name=f"gqa/{name}")
+        return t.initializer(ir.tensor(np.asarray(array), name=f"gqa{tag}/{name}"), name=f"gqa{tag}/{name}")
 
     shape = t.op("Shape", [mask])  # [B, T]
     batch = t.op("Slice", [shape, c("zero", [0]), c("one", [1])])  # [1]
@@ -107,9 +110,9 @@ def _shared_inputs(ctx: Context, mask: ir.Value, query: ir.Value):
         if value.name not in ctx.graph.initializers:
             ctx.graph.register_initializer(value)
     for i, node in enumerate(t.nodes):
-        node.name = f"gqa_inputs/{node.op_type}_{i}"
+        node.name = f"gqa_inputs{tag}/{node.op_type}_{i}"
         for out in node.outputs:
-            out.name = f"gqa_inputs/{node.op_type}_{i}"
+            out.name = f"gqa_inputs{tag}/{node.op_type}_{i}"
     ctx.shared[key] = (seqlens_k, total, bias, query_seqlens)
     # The mask may be used before the first Attention only as a graph input; insert the shared nodes before
     # the first Attention (every later one reuses them, and graph order is topological).

@@ -56,7 +56,7 @@ def run(sess: ort.InferenceSession, feeds: dict) -> dict[str, np.ndarray]:
 def feeds_for(ids: np.ndarray, mask: np.ndarray | None = None, past: list | None = None) -> dict[str, np.ndarray]:
     """Model feeds for new tokens `ids` [B,S] after `past` (per layer (k, v)), left padding from `mask`."""
     B, S = ids.shape
-    P = 0 if past is None else past[0][0].shape[2]
+    P = 0 if past is None else max(k.shape[2] for k, _ in past)  # sliding layers may hold fewer (window cache)
     mask = np.ones((B, P + S), np.int64) if mask is None else mask
     positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)[:, P:]
     feeds = {"input_ids": ids.astype(np.int64), "attention_mask": mask.astype(np.int64), "position_ids": positions}
@@ -80,7 +80,7 @@ def random_ids(shape, seed=0) -> np.ndarray:
 def test_ort_matches_reference_model(exported, checkpoints, layout):
     feeds = feeds_for(random_ids((2, SEQ)))
     ours = run(session(exported[layout]), feeds)
-    ref = ReferenceModel(checkpoints[layout]).infer(feeds, hidden_states=True)
+    ref = ReferenceModel(checkpoints[layout], window_cache=True).infer(feeds, hidden_states=True)
     report = compare(ours, ref, FLOAT32_TOLERANCES)
     assert report, str(report)
     assert set(ref) <= set(ours) and "hidden_states.1" in report
@@ -161,6 +161,45 @@ def test_left_padded_batch_equals_rows_alone(exported):
         assert compare({"logits": nxt["logits"][row, -1]}, {"logits": own}, FLOAT32_TOLERANCES)
 
 
+def test_window_cache_keeps_the_last_window_minus_one_slots(exported, checkpoints, tmp_path):
+    """Sliding layers keep W-1 slots, full layers every slot; a left-padded batch decoded one token at a time past
+    the window (pads fall off the sliding caches) gives the same logits as the full-cache export and as the
+    reference model (window cache on and off)."""
+    full_cache = export(checkpoints["hf"], tmp_path / "full", progress=False, window_cache=False)
+    assert json.loads((full_cache / "mxport.json").read_text())["window_cache"] is False
+    W = CFG.sliding_window
+    ids = random_ids((2, SEQ), seed=11)
+    mask = np.ones_like(ids)
+    mask[1, :5] = 0  # row 1 is left-padded by 5
+    ref = ReferenceModel(checkpoints["hf"], window_cache=True)
+    ref_full = ReferenceModel(checkpoints["hf"])
+    results = {}
+    for name, runner in (("windowed", session(exported["hf"])), ("full", session(full_cache)), ("ref", ref),
+                         ("ref_full", ref_full)):
+        def call(feeds, runner=runner):
+            return runner.infer(feeds) if isinstance(runner, ReferenceModel) else run(runner, feeds)
+
+        out = call(feeds_for(ids[:, :3], mask[:, :3]))
+        logits, lengths = [out["logits"]], []
+        for s in range(3, SEQ):
+            out = call(feeds_for(ids[:, s : s + 1], mask[:, : s + 1], presents(out)))
+            logits.append(out["logits"])
+            lengths.append([out[f"present.{i}.key"].shape[2] for i in range(CFG.num_hidden_layers)])
+        results[name] = (np.concatenate(logits, axis=1), lengths)
+    for i in range(CFG.num_hidden_layers):  # after the step that saw s+1 tokens
+        windowed = [lengths[i] for lengths in results["windowed"][1]]
+        want = [min(s + 1, W - 1) if CFG.window(i) else s + 1 for s in range(3, SEQ)]
+        assert windowed == want, (i, windowed)
+        assert [lengths[i] for lengths in results["full"][1]] == list(range(4, SEQ + 1))
+        assert results["ref"][1] == results["windowed"][1]
+    real = mask.astype(bool)[:, 2:]  # positions of the decoded logits (prefill's last + every step)
+    got = results["windowed"][0][:, 2:]
+    for other in ("full", "ref", "ref_full"):
+        report = compare({"logits": got}, {"logits": results[other][0][:, 2:]}, FLOAT32_TOLERANCES,
+                         masks={"logits": real})
+        assert report, (other, str(report))
+
+
 _REFERENCE_SCRIPT = """
 import sys, numpy as np, onnx
 from onnx.reference import ReferenceEvaluator
@@ -215,10 +254,14 @@ def test_io_names_shapes_and_metadata(exported, checkpoints):
     assert dims["input_ids"] == ["batch", "seq"] and dims["attention_mask"] == ["batch", "total_seq"]
     assert dims[f"past_key_values.{L - 1}.value"] == ["batch", Hkv, "past_seq", D]
     assert dims["logits"] == ["batch", "seq", CFG.vocab_size]
-    assert dims["present.0.key"] == ["batch", Hkv, "total_seq", D]
+    assert dims[f"present.{L - 1}.key"] == ["batch", Hkv, "total_seq", D]  # full attention: every slot
+    # layer 0 slides: a window-sized cache (the last W-1 slots), with its own dims
+    assert dims["past_key_values.0.key"] == ["batch", Hkv, "past_seq_window", D]
+    assert dims["present.0.key"] == ["batch", Hkv, "present_seq_window", D]
     assert dims[f"hidden_states.{L - 1}"] == ["batch", "seq", CFG.hidden_size]
     meta = json.loads((exported["hf"] / "mxport.json").read_text())
     assert meta["target"] == "portable" and meta["experts"] == "mxfp4" and meta["dtype"] == "float32"
+    assert meta["window_cache"] is True
     assert meta["checkpoint"] == str(checkpoints["hf"].resolve())
     assert meta["config"]["num_hidden_layers"] == L and meta["eos_token_ids"] == list(CFG.eos_token_ids)
     assert meta["inputs"][0] == "input_ids" and meta["outputs"][0] == "logits"
@@ -315,6 +358,9 @@ def test_cli_export_and_exit_codes(checkpoints, tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
     assert cli_main(["export", str(checkpoints["hf"]), "-o", str(out), "--force"]) == 0
     assert "export [" in capsys.readouterr().err  # the progress bar
+    assert json.loads((out / "mxport.json").read_text())["window_cache"] is True
+    assert cli_main(["export", str(checkpoints["hf"]), "-o", str(out), "--force", "--full-cache", "--no-progress"]) == 0
+    assert json.loads((out / "mxport.json").read_text())["window_cache"] is False
     assert cli_main(["export", str(checkpoints["hf"]), "-o", str(tmp_path / "x"), "--target", "nope"]) == 2
     assert "unknown target 'nope'" in capsys.readouterr().err
 

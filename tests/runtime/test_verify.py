@@ -150,7 +150,7 @@ def test_runners_agree_on_a_tiny_export(export_dir, ckpt, cfg):
         OnnxReferenceRunner(export_dir, kernels=True),
         OnnxReferenceRunner(export_dir, kernels=False),
     ]
-    reference = ReferenceModelRunner(ckpt, hidden_states=False)
+    reference = ReferenceModelRunner(ckpt, hidden_states=False, window_cache=True)  # as the export
     feeds = make_feeds(ids, mask, cfg=cfg)
     want = reference.infer(feeds)
     real = {"logits": mask.astype(bool)}
