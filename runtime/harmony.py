@@ -3,6 +3,8 @@
     <|start|>system<|message|>{identity}\\nKnowledge cutoff: ..\\nCurrent date: ..\\n\\nReasoning: medium\\n\\n
         # Valid channels: analysis, commentary, final. Channel must be included for every message.<|end|>
     <|start|>developer<|message|># Instructions\\n\\n{instructions}<|end|>           (optional)
+        (+ '\\n\\n# Tools\\n\\n## functions\\n\\nnamespace functions {..} // namespace functions' with function tools,
+         which also add "Calls to these tools must go to the commentary channel: 'functions'." to the system message)
     <|start|>user<|message|>{text}<|end|>
     <|start|>assistant<|channel|>final<|message|>{text}<|end|>                      (history: <|return|> -> <|end|>)
     <|start|>assistant                                                              (the prompt ends here)
