@@ -147,7 +147,7 @@ def rms_norm(b: Builder, cfg: ModelConfig, w: Weights, x: ir.Value, name: str, r
 
 
 def rope_tables(b: Builder, cfg: ModelConfig, position_ids: ir.Value) -> tuple[ir.Value, ir.Value]:
-    """cos, sin [B,S,1,D/2] in float32: YaRN inverse frequencies times positions, times the attention factor.
+    """cos, sin [B,S,D/2] in float32: YaRN inverse frequencies times positions, times the attention factor.
 
     transformers computes `inv_freq.float() @ position_ids.float()` then cos/sin * attention_scaling in fp32;
     this is the same product, one multiply per element.
@@ -155,24 +155,18 @@ def rope_tables(b: Builder, cfg: ModelConfig, position_ids: ir.Value) -> tuple[i
     inv_freq, factor = yarn_inv_freq(cfg)
     with b.scope("rope"):
         pos = b.op("Cast", position_ids, role="positions", to=FLOAT)  # [B,S]
-        pos = b.op("Unsqueeze", pos, b.const([2, 3], np.int64, "axes_2_3"), role="positions_4d")  # [B,S,1,1]
-        freqs = b.op("Mul", pos, b.const(inv_freq.astype(np.float32), role="inv_freq"), role="freqs")  # [B,S,1,D/2]
+        pos = b.op("Unsqueeze", pos, b.const([2], np.int64, "axes_2"), role="positions_3d")  # [B,S,1]
+        freqs = b.op("Mul", pos, b.const(inv_freq.astype(np.float32), role="inv_freq"), role="freqs")  # [B,S,D/2]
         scale = b.const(np.float32(factor), role="attention_factor")
         cos = b.op("Mul", b.op("Cos", freqs, role="cos_raw"), scale, role="cos")
         sin = b.op("Mul", b.op("Sin", freqs, role="sin_raw"), scale, role="sin")
     return cos, sin
 
 
-def apply_rope(b: Builder, cfg: ModelConfig, x: ir.Value, cos: ir.Value, sin: ir.Value, role: str) -> ir.Value:
-    """Non-interleaved RoPE on x [B,S,heads*D]: halves (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)."""
-    D = cfg.head_dim
-    with b.scope(role):
-        heads = b.op("Reshape", x, b.const([0, 0, -1, D], np.int64, "shape_heads"), role="heads")  # [B,S,h,D]
-        x1, x2 = b.op("Split", heads, axis=-1, num_outputs=2, outputs=2, role="halves")  # [B,S,h,D/2] each
-        first = b.op("Sub", b.op("Mul", x1, cos, role="x1_cos"), b.op("Mul", x2, sin, role="x2_sin"), role="first")
-        second = b.op("Add", b.op("Mul", x2, cos, role="x2_cos"), b.op("Mul", x1, sin, role="x1_sin"), role="second")
-        out = b.op("Concat", first, second, axis=-1, role="concat")
-        return b.op("Reshape", out, b.const([0, 0, -1], np.int64, "shape_flat"), role="flat")  # [B,S,h*D]
+def apply_rope(b: Builder, x: ir.Value, heads: int, cos: ir.Value, sin: ir.Value, role: str) -> ir.Value:
+    """Non-interleaved RoPE on x [B,S,heads*D]: halves (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), with the
+    standard RotaryEmbedding-23 (cos/sin [B,S,D/2] given per call, so no position_ids: one node per q and k)."""
+    return b.op("RotaryEmbedding", x, cos, sin, role=role, num_heads=heads, interleaved=0)
 
 
 def attention(
@@ -189,8 +183,8 @@ def attention(
     p = f"model.layers.{layer}.self_attn"
     bias = cfg.attention_bias
     with b.scope("attn"):
-        q = apply_rope(b, cfg, linear(b, w, x, f"{p}.q_proj", "q_proj", bias), *rope, role="q_rope")
-        k = apply_rope(b, cfg, linear(b, w, x, f"{p}.k_proj", "k_proj", bias), *rope, role="k_rope")
+        q = apply_rope(b, linear(b, w, x, f"{p}.q_proj", "q_proj", bias), cfg.num_attention_heads, *rope, "q_rope")
+        k = apply_rope(b, linear(b, w, x, f"{p}.k_proj", "k_proj", bias), cfg.num_key_value_heads, *rope, "k_rope")
         v = linear(b, w, x, f"{p}.v_proj", "v_proj", bias)
         out, present_k, present_v = b.op(
             "Attention", q, k, v, *past, attention_mask, w.vector(f"{p}.sinks"),
