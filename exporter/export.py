@@ -106,7 +106,7 @@ def _functions(b) -> list[ir.Function]:
 
 
 def lower(model: ir.Model, *, target: str, experts: str, dtype: str, dense: str = "float32",
-          last_logits: bool = False) -> ir.Model:
+          last_logits: bool = False, accuracy_level: int = 4) -> ir.Model:
     """The seam for exporter/lower: rewrite the portable model for a target. Identity for the portable defaults.
 
     dense: "float32" (MatMul, exact) or a quantized form for dense weights that exporter/lower offers (DENSE)."""
@@ -118,6 +118,8 @@ def lower(model: ir.Model, *, target: str, experts: str, dtype: str, dense: str 
     extra = {"dense": dense} if dense != "float32" else {}
     if last_logits:
         extra["last_logits"] = True
+    if accuracy_level != 4:
+        extra["accuracy_level"] = accuracy_level
     return lowering.lower(model, target=target, experts=experts, dtype=dtype, **extra)
 
 
@@ -194,24 +196,29 @@ def export(
     dense: str = "float32",
     last_logits: bool = False,
     window_cache: bool = True,
+    accuracy_level: int = 4,
 ) -> Path:
     """Export the checkpoint at `checkpoint_dir` into `out_dir`; returns out_dir. Raises MxportError on bad input.
 
     `experts=None` takes the target's default (DEFAULT_EXPERTS): the fastest exact form that target's kernels run.
     `window_cache`: sliding-window layers keep only their last W-1 cache slots (gpt_oss.window_masks); False
-    keeps every slot in every layer's cache (one cache length for all layers)."""
+    keeps every slot in every layer's cache (one cache length for all layers).
+    `accuracy_level` (cpu): of the quantized GEMMs, ORT's meaning: 4 = int8 activations (fast), 0 = float32."""
     from mxport.exporter.checkpoint import open_checkpoint
 
     experts = DEFAULT_EXPERTS.get(target, "mxfp4") if experts is None else experts
     _validate(target, experts, dtype)
+    if accuracy_level not in range(5):
+        raise MxportError(f"export: --accuracy-level must be 0..4 (ORT's accuracy_level), found {accuracy_level}")
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
     _check_out_dir(out_dir, force, checkpoint_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with open_checkpoint(checkpoint_dir) as ckpt:
         model = build_portable(ckpt, hidden_states=hidden_states, window_cache=window_cache)
-        model = lower(model, target=target, experts=experts, dtype=dtype, dense=dense, last_logits=last_logits)
+        model = lower(model, target=target, experts=experts, dtype=dtype, dense=dense, last_logits=last_logits,
+                      accuracy_level=accuracy_level)
         options = dict(target=target, experts=experts, dtype=dtype, hidden_states=hidden_states, dense=dense,
-                       last_logits=last_logits, window_cache=window_cache)
+                       last_logits=last_logits, window_cache=window_cache, accuracy_level=accuracy_level)
         meta = _metadata(ckpt, checkpoint_dir, model, **options)
         if lowering_report := model.metadata_props.get("mxport.lowering"):  # exporter/lower: rewrites, refusals
             meta["lowering"] = json.loads(lowering_report)
@@ -247,6 +254,9 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="dense weights: float32 (exact) | int8 | int4 (MatMulNBits; needs --target cpu/cuda)")
     parser.add_argument("--last-logits", action="store_true",
                         help="logits of the last position only, [B,1,V] (faster prefill for generation)")
+    parser.add_argument("--accuracy-level", type=int, default=4, metavar="N",
+                        help="CPU quantized GEMMs (int4 experts, --dense int8/int4), ORT's meaning: 4 = int8 "
+                        "activations (fast, default), 0 = float32 activations (more exact, less memory, slower)")
     parser.add_argument("--full-cache", action="store_true",
                         help="sliding-window layers keep every cache slot (default: only the last window-1, "
                         "as transformers does; the full-attention layers always keep all)")
@@ -269,6 +279,7 @@ def run(args: argparse.Namespace) -> int:
         dense=args.dense,
         last_logits=args.last_logits,
         window_cache=not args.full_cache,
+        accuracy_level=args.accuracy_level,
     )
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     print(f"exported {args.checkpoint} -> {out} ({size / 1e6:.1f} MB, {time.monotonic() - start:.1f}s)")

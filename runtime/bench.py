@@ -400,16 +400,19 @@ def _export_modes(ckpt: Path, modes: list[str], work: Path, last_logits: bool = 
     for mode in modes:
         last = last_logits or mode.endswith("+last")
         mode = mode.removesuffix("+last")
+        mode, _, level_text = mode.partition("@")  # TARGET/EXPERTS[/DENSE][@ACCURACY_LEVEL]
         parts = mode.split("/")
-        if not 1 <= len(parts) <= 3:
-            raise MxportError(f"bench: --modes entry {mode!r}: expected TARGET/EXPERTS[/DENSE], e.g. cpu/int4/int4")
+        if not 1 <= len(parts) <= 3 or (level_text and not level_text.isdigit()):
+            raise MxportError(f"bench: --modes entry {mode!r}: expected TARGET/EXPERTS[/DENSE][@LEVEL][+last], "
+                              "e.g. cpu/int4/int4 or cpu/int4@0+last")
+        level = int(level_text) if level_text else 4
         target, experts, dense = (parts + ["mxfp4", "float32"][len(parts) - 1 :])[:3]
         folder = work / (f"mxport-{target}-{experts}" + (f"-dense-{dense}" if dense != "float32" else "")
-                         + ("-last" if last else ""))
+                         + (f"-acc{level}" if level != 4 else "") + ("-last" if last else ""))
         if not (folder / "mxport.json").is_file():
             export(ckpt, folder, target=target, experts=experts, dense=dense, last_logits=last,
-                   progress=False, force=True)
-        out.append((mode + (" last-logits" if last else ""), folder))
+                   accuracy_level=level, progress=False, force=True)
+        out.append((mode + (f"@{level}" if level != 4 else "") + (" last-logits" if last else ""), folder))
     return out
 
 
@@ -479,6 +482,8 @@ def bench(path: str | os.PathLike, *, peers: bool = False, threads: int = 2, pro
         mode = f"{meta.get('target', '?')}/{meta.get('experts', '?')}"
         if meta.get("dense", "float32") != "float32":
             mode += f"/{meta['dense']}"
+        if meta.get("accuracy_level", 4) != 4:
+            mode += f"@{meta['accuracy_level']}"
         if meta.get("last_logits"):
             mode += " last-logits"
         folders, ckpt = [(mode, path)], Path(meta.get("checkpoint", ""))
@@ -574,7 +579,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-len", type=int, default=128, help="prompt tokens for prefill (default 128)")
     parser.add_argument("--new-tokens", type=int, default=32, help="decode steps timed (default 32)")
     parser.add_argument("--modes", default=",".join(DEFAULT_MODES),
-                        help=f"target/experts pairs to export from a checkpoint (default {','.join(DEFAULT_MODES)})")
+                        help="TARGET/EXPERTS[/DENSE][@ACCURACY_LEVEL][+last] modes to export from a checkpoint "
+                        f"(default {','.join(DEFAULT_MODES)})")
     parser.add_argument("--rounds", type=int, default=1, help="passes over all engines; best speeds kept (default 1)")
     parser.add_argument("--last-logits", action="store_true",
                         help="export the modes with logits of the last position only (prefill for generation)")

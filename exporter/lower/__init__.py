@@ -47,9 +47,17 @@ RULES = {
 METADATA_KEY = "mxport.lowering"
 
 
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # ORT's accuracy_level of MatMulNBits / QMoE (minimum accuracy of the CPU GEMMs)
+DEFAULT_ACCURACY_LEVEL = 4
+
+
 def lower(model: ir.Model, *, target: str, experts: str = "mxfp4", dtype: str = "float32",
-          dense: str = "float32", last_logits: bool = False) -> ir.Model:
-    """Rewrite `model` (the portable graph) for `target`; returns it. Raises MxportError for bad options."""
+          dense: str = "float32", last_logits: bool = False, accuracy_level: int = DEFAULT_ACCURACY_LEVEL) -> ir.Model:
+    """Rewrite `model` (the portable graph) for `target`; returns it. Raises MxportError for bad options.
+
+    accuracy_level: of the CPU quantized GEMMs (QMoE 4-bit experts, MatMulNBits dense weights), ORT's meaning:
+    4 = int8 activations (its fast kernels, which prepack weights with per-block sums: more memory), 0 or 1 =
+    float32 activations (weights used as stored: less memory, slower decode). 8-bit QMoE has no float32 kernel."""
     for option, value, allowed in (("target", target, TARGETS), ("experts", experts, EXPERTS), ("dtype", dtype, DTYPES),
                                    ("dense", dense, DENSE)):
         if value not in allowed:
@@ -57,10 +65,16 @@ def lower(model: ir.Model, *, target: str, experts: str = "mxfp4", dtype: str = 
     if target == "portable" and (experts, dense, dtype) != ("mxfp4", "float32", "float32"):
         raise MxportError(f"lower: --experts {experts} --dense {dense} --dtype {dtype} need --target cpu or cuda "
                           "(the portable graph keeps MXFP4 experts, float32 dense weights and float32 math)")
+    if accuracy_level not in ACCURACY_LEVELS:
+        raise MxportError(f"lower: --accuracy-level must be one of {', '.join(map(str, ACCURACY_LEVELS))}, "
+                          f"found {accuracy_level}")
+    if experts == "int8" and target == "cpu" and accuracy_level != 4:
+        raise MxportError("lower: --experts int8 has no float32-activation kernel in ONNX Runtime (8-bit QMoE "
+                          "always quantizes activations to int8): use --accuracy-level 4, or --experts int4 / fp32")
     if target == "cpu" and dtype == "bfloat16":
         raise MxportError("lower: --dtype bfloat16 is for --target cuda: ORT's CPU provider has no bfloat16 MatMul "
                           "(use --dtype float16 or float32 on cpu)")
-    ctx = rules.Context(model=model, target=target, experts=experts, dtype=dtype)
+    ctx = rules.Context(model=model, target=target, experts=experts, dtype=dtype, accuracy_level=accuracy_level)
     chosen = list(RULES[target])
     if dense != "float32":
         chosen.append(DenseNBits(bits=8 if dense == "int8" else 4))  # after MoE: the router is recognised by it
@@ -72,7 +86,7 @@ def lower(model: ir.Model, *, target: str, experts: str = "mxfp4", dtype: str = 
         precision.to_half(ctx, dtype)  # whole-graph pass after the rules (precision.py)
     model.metadata_props[METADATA_KEY] = json.dumps(
         {"target": target, "experts": experts, "dtype": dtype, "dense": dense, "last_logits": last_logits,
-         **ctx.report.as_dict()}, sort_keys=True
+         "accuracy_level": accuracy_level, **ctx.report.as_dict()}, sort_keys=True
     )
     return model
 

@@ -1,14 +1,14 @@
 """Dense weights to com.microsoft MatMulNBits (optional: --dense int8 | int4; default float32 keeps MatMul).
 
     A[..., K] ─ MatMul(W [K, N] or Cast(W_bf16)) ─► Y      ==>   A ─ MatMulNBits(B, scales){K, N, bits, block_size 32,
-                                                                                  accuracy_level 4} ─► Y
+                                                                                  accuracy_level} ─► Y
     B uint8 [N, K/32, 32·bits/8]: column n of W in blocks of 32 along K, q + 2^(bits-1) (default zero point),
     low nibble first for 4 bits; scales float32 [N, K/32]. int4 scales minimise each block's squared error
     (moe.int4_quantize), int8 scales are absmax/127.
 
-accuracy_level 4 lets ORT quantize A to int8 per block (its fast kernels; level 0 keeps A in float32 but runs
-4-8x slower for 4 bits and ~50x slower for 8 bits here), so even int8 weights are not exact: LOWERING.md
-reports the cost. The router stays float32 (a quantized router flips expert choices), and so does anything
+accuracy_level (Context.accuracy_level, default 4) 4 lets ORT quantize A to int8 per block (its fast kernels;
+level 0 keeps A in float32 but runs 4-8x slower for 4 bits and ~50x slower for 8 bits here), so at level 4 even
+int8 weights are not exact: LOWERING.md reports the cost. The router stays float32 (a quantized router flips expert choices), and so does anything
 whose K is not a multiple of 32.
 """
 
@@ -22,7 +22,6 @@ from .moe import INT4_BLOCK, int4_quantize
 from .rules import MS_DOMAIN, Context, add_initializer, lazy, replace
 
 BLOCK = INT4_BLOCK
-ACCURACY_LEVEL = 4
 MOE_OPS = {("com.microsoft", "MoE"), ("com.microsoft", "QMoE"), ("ai.mxport", "MoE"), ("ai.mxport", "MoEMXFP4")}
 
 
@@ -92,6 +91,6 @@ class DenseNBits:
 
         b = add_initializer(ctx, lazy(f"{prefix}.q{bits}", ir.DataType.UINT8, [N, K // BLOCK, BLOCK * bits // 8], weights))
         s = add_initializer(ctx, lazy(f"{prefix}.q{bits}_scales", ir.DataType.FLOAT, [N, K // BLOCK], scales))
-        attrs = {"K": K, "N": N, "bits": bits, "block_size": BLOCK, "accuracy_level": ACCURACY_LEVEL}
+        attrs = {"K": K, "N": N, "bits": bits, "block_size": BLOCK, "accuracy_level": ctx.accuracy_level}
         new = ir.node("MatMulNBits", [node.inputs[0], b, s], attrs, domain=MS_DOMAIN, name=f"{node.name}/nbits")
         replace(ctx, node, [new], new.outputs)

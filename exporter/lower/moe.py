@@ -7,7 +7,8 @@
         │                                      scale 2^(s-128)  (ops.mxfp4.exact_int8): weights exact; ORT's
         │                                      block-wise 8-bit kernel quantizes activations to int8 (lossy)
         │  experts=int4 ─► com.microsoft.QMoE  4 bit, block 32, scale per block minimising squared error,
-        │                                      q+8 packed low nibble first; int8 activations (accuracy_level 4)
+        │                                      q+8 packed low nibble first; accuracy_level from the options
+        │                                      (4: int8 activations, default; 0: float32 activations)
         └  experts=mxfp4, target cuda ─► com.microsoft.QMoE quant_type='fp4': the MXFP4 bytes as they are,
                                       [E,N,K/32,16] viewed as [E,N,K/2], scales as float8e8m0 [E,N,K/32]
 
@@ -27,9 +28,9 @@ from mxport.ops import mxfp4
 from .rules import MS_DOMAIN, Context, add_initializer, attr, const, lazy, replace
 
 INT4_BLOCK = 32
-# QMoE accuracy_level for 4-bit experts: 4 = int8 activations (ORT's fast kernels, ~3x faster decode here than
-# level 0, which dequantizes to float32); the activation rounding (~0.5%) is small next to int4's weight error.
-INT4_ACCURACY_LEVEL = 4
+# QMoE accuracy_level for 4-bit experts comes from the lowering options (Context.accuracy_level, default 4):
+# 4 = int8 activations (ORT's fast kernels, ~2.5x faster decode here than level 0, but its prepacked weights with
+# per-block sums take ~30% more memory); 0 = float32 activations on the weights as stored.
 INT4_MIN, INT4_MAX = -8, 7  # symmetric int4 with zero point 8
 # Divisors t of a block's absmax tried as its int4 scale (absmax / t); the best squared error wins.
 INT4_SCALE_DIVISORS = np.linspace(4.0, 8.0, 17)
@@ -201,7 +202,7 @@ class LowerMoE:
                 qin += [None] * 7 + [g1, g2]
             else:
                 # 8-bit block-wise QMoE has no float32-activation kernel: its activations are int8 at any level
-                level = INT4_ACCURACY_LEVEL if mode == "int4" else 0
+                level = ctx.accuracy_level if mode == "int4" else 0
                 attrs.update(expert_weight_bits=8 if mode == "int8" else 4, block_size=INT4_BLOCK, accuracy_level=level)
             new = ir.node("QMoE", qin, attrs, domain=MS_DOMAIN, name=f"{prefix}.QMoE")
         replace(ctx, node, [new], new.outputs)

@@ -56,6 +56,7 @@ class Context:
     target: str
     experts: str
     dtype: str
+    accuracy_level: int = 4  # CPU quantized GEMMs (QMoE 4-bit, MatMulNBits): 4 = int8 activations, 0 = float32
     report: Report = field(default_factory=Report)
     shared: dict[Any, Any] = field(default_factory=dict)  # values computed once per graph (seqlens_k, ...)
 

@@ -27,9 +27,9 @@ def _graph(w: np.ndarray, bf16: bool):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
 
 
-def _lower(proto, bits):
+def _lower(proto, bits, accuracy_level=4):
     model = ir.serde.deserialize_model(proto)
-    ctx = rules.Context(model=model, target="cpu", experts="fp32", dtype="float32")
+    ctx = rules.Context(model=model, target="cpu", experts="fp32", dtype="float32", accuracy_level=accuracy_level)
     report = rules.apply([dense.DenseNBits(bits)], ctx)
     rules.remove_dead(ctx)
     return ir.serde.serialize_model(model), report
@@ -52,6 +52,21 @@ def test_matmul_nbits_error_is_bounded(bits, max_rel, bf16):
     y0, y1 = run(before), run(after)
     rel = np.abs(y1 - y0).max() / np.abs(y0).max()
     assert 0 < rel < max_rel, rel
+
+
+def test_accuracy_level_0_is_exact_on_its_own_weights():
+    """Level 0 keeps the activations float32: MatMulNBits equals x @ (its dequantized int8 weights)."""
+    rng = np.random.default_rng(8)
+    w = rng.standard_normal((K, N)).astype(np.float32)
+    after, _ = _lower(_graph(w, False), 8, accuracy_level=0)
+    node = after.graph.node[0]
+    assert {a.name: helper.get_attribute_value(a) for a in node.attribute}["accuracy_level"] == 0
+    init = {t.name: numpy_helper.to_array(t) for t in after.graph.initializer}
+    q = init[node.input[1]].reshape(N, K).astype(np.float32) - 128
+    w_deq = (q.reshape(N, K // 32, 32) * init[node.input[2]][..., None]).reshape(N, K).T
+    x = rng.standard_normal((2, 3, K)).astype(np.float32)
+    y = ort.InferenceSession(after.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(y, x @ w_deq, rtol=1e-5, atol=1e-5 * np.abs(y).max())
 
 
 def test_router_stays_float():

@@ -145,3 +145,30 @@ def test_cpu_with_mxfp4_experts_keeps_moe_portable_and_says_so(tiny, tmp_path, c
     runner = ReferenceModelRunner(ckpt)
     assert compare({"logits": got["logits"]}, {"logits": runner.infer(feeds)["logits"]})
     runner.close()
+
+
+def test_accuracy_level_option(tiny, tmp_path, capsys):
+    """--accuracy-level reaches every quantized GEMM and mxport.json; impossible combinations exit 2."""
+    import json
+
+    import onnx
+
+    from mxport.cli import main as cli_main
+
+    _, ckpt = tiny
+    out = tmp_path / "q"
+    args = ["export", str(ckpt), "-o", str(out), "--target", "cpu", "--experts", "int4", "--dense", "int4",
+            "--no-progress"]
+    assert cli_main([*args, "--accuracy-level", "0"]) == 0
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    levels = {n.op_type: {a.name: a.i for a in n.attribute}["accuracy_level"] for n in graph.node
+              if n.op_type in ("QMoE", "MatMulNBits")}
+    assert levels == {"QMoE": 0, "MatMulNBits": 0}
+    assert json.loads((out / "mxport.json").read_text())["accuracy_level"] == 0
+    capsys.readouterr()
+    assert cli_main(["export", str(ckpt), "-o", str(tmp_path / "i8"), "--target", "cpu", "--experts", "int8",
+                     "--accuracy-level", "0"]) == 2
+    assert "no float32-activation kernel" in capsys.readouterr().err
+    assert cli_main([*args[:3], str(tmp_path / "bad"), *args[4:], "--accuracy-level", "7"]) == 2
+    assert "--accuracy-level must be 0..4" in capsys.readouterr().err
+    assert not (tmp_path / "i8").exists() and not (tmp_path / "bad").exists()

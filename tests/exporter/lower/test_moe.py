@@ -52,9 +52,10 @@ def _portable(weights: dict, op_type: str = "MoEMXFP4", **attrs) -> onnx.ModelPr
     return ops.make_model(graph)
 
 
-def _lower(proto: onnx.ModelProto, experts: str, target: str = "cpu") -> tuple[onnx.ModelProto, rules.Report]:
+def _lower(proto: onnx.ModelProto, experts: str, target: str = "cpu",
+           accuracy_level: int = 4) -> tuple[onnx.ModelProto, rules.Report]:
     model = ir.serde.deserialize_model(proto)
-    ctx = rules.Context(model=model, target=target, experts=experts, dtype="float32")
+    ctx = rules.Context(model=model, target=target, experts=experts, dtype="float32", accuracy_level=accuracy_level)
     rules.apply([moe_rule.LowerMoE()], ctx)
     rules.remove_dead(ctx)
     return ir.serde.serialize_model(model), ctx.report
@@ -126,8 +127,15 @@ def test_int4_matches_its_dequantized_weights():
     dense = dict(w1=w1, b1=weights["b1"], w2=w2, b2=weights["b2"])
     y_dense = _run(_portable(dense, "MoE", **GPT_OSS), x, logits)
     y_q4 = _run(after, x, logits)
-    assert moe_rule.INT4_ACCURACY_LEVEL == 4  # int8 activations: ~0.5% here; level 0 would be exact
+    level = {a.name: helper.get_attribute_value(a) for a in node.attribute}["accuracy_level"]
+    assert level == 4  # the default: int8 activations, ~0.5% here
     np.testing.assert_allclose(y_q4, y_dense, rtol=0, atol=3e-2 * np.abs(y_dense).max())
+    # accuracy_level 0: float32 activations, so QMoE equals the float MoE over its own dequantized weights
+    after0, _ = _lower(before, "int4", accuracy_level=0)
+    assert {a.name: helper.get_attribute_value(a) for a in after0.graph.node[0].attribute}["accuracy_level"] == 0
+    y_q4_f32 = _run(after0, x, logits)
+    np.testing.assert_allclose(y_q4_f32, y_dense, rtol=0, atol=1e-5 * np.abs(y_dense).max())
+    assert np.abs(y_q4 - y_dense).max() > 10 * np.abs(y_q4_f32 - y_dense).max()  # level 4 does round activations
     y0 = _run(before, x, logits)
     rel = np.abs(y_q4 - y0).max() / np.abs(y0).max()
     assert 0 < rel < 0.25, rel  # requantizing MXFP4 to int4 is lossy; LOWERING.md reports the model-level cost
