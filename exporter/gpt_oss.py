@@ -20,7 +20,6 @@ import onnx_ir as ir
 
 from mxport.exporter.config import ModelConfig, yarn_inv_freq
 from mxport.exporter.graph import Builder, set_output, tensor_value
-from mxport.ops import mxfp4
 
 DOMAIN = "ai.mxport"  # = mxport.ops.DOMAIN (the contract); spelled here so the graph builds before ops/ lands
 DOMAIN_VERSION = 1
