@@ -92,6 +92,22 @@ def _io_lines(rows: list[tuple[str, str, list]], limit: int = 8) -> list[str]:
     return lines
 
 
+def _options_text(meta: dict, cfg: dict) -> str:
+    """The export options that change how the model is fed or what it costs (only those that were recorded)."""
+    parts = []
+    if meta.get("dense", "float32") != "float32":
+        parts.append(f"dense={meta['dense']}")
+    if "accuracy_level" in meta and meta["accuracy_level"] != 4:
+        parts.append(f"accuracy_level={meta['accuracy_level']}")
+    if meta.get("last_logits"):
+        parts.append("logits=last position")
+    if "window_cache" in meta:
+        window = cfg.get("sliding_window")
+        parts.append(f"sliding caches=last {window - 1} slots" if meta["window_cache"] and window else
+                     "caches=every slot")
+    return "".join(f" {p}" for p in parts)
+
+
 def format_summary(s: Summary) -> str:
     out = []
     if s.meta:
@@ -99,6 +115,7 @@ def format_summary(s: Summary) -> str:
         out.append(
             f"export: target={s.meta.get('target')} experts={s.meta.get('experts')} dtype={s.meta.get('dtype')} "
             f"layers={cfg.get('num_hidden_layers')} hidden={cfg.get('hidden_size')} vocab={cfg.get('vocab_size')}"
+            + _options_text(s.meta, cfg)
         )
     out.append("opsets: " + ", ".join(f"{d} {v}" for d, v in sorted(s.opset_imports.items())))
     out.append(f"ops ({sum(s.ops.values())} nodes):")

@@ -49,6 +49,7 @@ def test_format_and_cli(export_dir, capsys):
     assert f"{CFG.num_hidden_layers:6d}  ai.mxport::MoEMXFP4" in text
     assert "custom ops: ai.mxport::Attention, ai.mxport::MoEMXFP4" in text
     assert "uint8" in text and "present.1.value" in text
+    assert f"sliding caches=last {CFG.sliding_window - 1} slots" in text.splitlines()[0]
     assert cli_main(["inspect", str(export_dir)]) == 0
     assert capsys.readouterr().out.strip() == text
 
