@@ -155,3 +155,22 @@ def test_given_work_folder_is_kept_on_failure(tiny_config, make_checkpoint, scra
     with pytest.raises(MxportError, match="nope"):
         bench.bench(make_checkpoint(tiny_config), modes=["nope/fp32"], work=work, log=lambda _: None)
     assert work.is_dir() and list(scratch.iterdir()) == []
+
+
+def test_drop_page_cache_evicts_every_file_of_a_folder(tmp_path, monkeypatch):
+    """Each engine starts from the same page-cache state: its files are fsynced and evicted before its child runs."""
+    import os
+
+    from mxport.runtime import bench as bench_mod
+
+    (tmp_path / "model.onnx").write_bytes(b"x" * 10)
+    (tmp_path / "model.onnx.data").write_bytes(b"y" * 10)
+    (tmp_path / "sub").mkdir()
+    advised = []
+    real = os.posix_fadvise
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, n, advice: advised.append(advice) or real(fd, off, n, advice))
+    bench_mod.drop_page_cache(tmp_path)
+    assert advised == [os.POSIX_FADV_DONTNEED] * 2
+    bench_mod.drop_page_cache(tmp_path / "model.onnx")
+    bench_mod.drop_page_cache(tmp_path / "missing")  # nothing to do, no error
+    assert len(advised) == 3
