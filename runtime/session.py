@@ -1,6 +1,7 @@
 """Step models for generation: one forward call with a KV cache, on ONNX Runtime or any `infer(feeds)` runner.
 
     step(input_ids [B,S], attention_mask [B,P+S], position_ids [B,S], cache(P)) -> logits [B,S,V], cache(P+S)
+    (a sliding layer of a window-cache export holds at most W-1 of those slots; the step model does not care)
 
 `OrtStepModel` keeps the cache in ORT values on the session's device: each step binds the presents as outputs
 (allocated by ORT on the device) and binds them as the next step's past inputs, so the cache is never copied
