@@ -23,7 +23,7 @@ from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from mxport.errors import MxportError
-from mxport.runtime.session import resolve_provider
+from mxport.runtime.session import resolve_provider, with_folding_limit
 
 MODEL_FILE = "model.onnx"
 RESIDUAL_NAME = "layers.{i}/moe_residual"  # exporter.gpt_oss: the residual stream after layer i
@@ -92,7 +92,7 @@ class OrtRunner:
 
         self.path = model_path(export_dir_or_model_path)
         provider = resolve_provider(provider)  # short names (cpu, cuda, auto) too, one error for all commands
-        so = session_options or ort.SessionOptions()
+        so = with_folding_limit(session_options or ort.SessionOptions())
         if threads is not None:
             so.intra_op_num_threads = int(threads)
         so.log_severity_level = 3

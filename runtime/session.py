@@ -73,6 +73,31 @@ def resolve_provider(provider: str | None) -> str:
     return name
 
 
+# ONNX Runtime folds a Cast of a weight once at load unless its output exceeds this option (1 GiB by default); then
+# the Cast runs on every call (gpt-oss-20b's bf16 lm_head: 2.3 GB converted per decode step). mxport's sessions
+# lift the limit; lowered exports store such weights already cast (exporter/lower/casts.py), for other hosts.
+FOLDING_LIMIT_KEY = "optimization.constant_folding_max_output_size_in_bytes"
+FOLDING_LIMIT = 1 << 40
+
+
+def with_folding_limit(session_options: Any = None) -> Any:
+    """`session_options` (or new ones) with ORT's constant-folding size limit raised, unless the caller set it."""
+    import onnxruntime as ort
+
+    so = session_options if session_options is not None else ort.SessionOptions()
+    if not _has_entry(so, FOLDING_LIMIT_KEY):
+        so.add_session_config_entry(FOLDING_LIMIT_KEY, str(FOLDING_LIMIT))
+    return so
+
+
+def _has_entry(so: Any, key: str) -> bool:
+    try:
+        so.get_session_config_entry(key)
+        return True
+    except Exception:  # ORT raises when the key was never set
+        return False
+
+
 class OrtStepModel:
     """An ORT InferenceSession over model.onnx with the KV cache kept in ORT values (IOBinding)."""
 
@@ -88,7 +113,8 @@ class OrtStepModel:
         self.provider = resolve_provider(provider)
         self.device = "cuda" if self.provider == PROVIDERS["cuda"] else "cpu"
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=session_options, providers=[self.provider])
+            self.session = ort.InferenceSession(str(path), sess_options=with_folding_limit(session_options),
+                                                providers=[self.provider])
         except Exception as exc:  # ORT raises its own exception types (InvalidGraph, Fail, ...)
             raise MxportError(f"{path}: onnxruntime cannot load the model ({exc})") from None
         self.path = path

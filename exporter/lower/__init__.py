@@ -11,6 +11,7 @@
 
     dense (cpu, cuda): float32 keeps MatMul (exact); int8 | int4 -> MatMulNBits (dense.py), router excepted
     last_logits (any target): logits of the last position only, [B,1,V] (logits.py; changes the model I/O)
+    cpu, cuda: a Cast of a weight whose output exceeds ORT's 1 GiB folding limit is stored cast (casts.py)
 
 Every rule lives in its own module (moe, attention, norm, linear, dense) as pattern / check / rewrite; `rules.apply`
 records what was rewritten and what was refused with the reason (model.metadata_props["mxport.lowering"]).
@@ -28,6 +29,7 @@ from mxport.errors import MxportError
 
 from . import precision, rules
 from .attention import LowerAttention
+from .casts import materialize_large_casts
 from .dense import DenseNBits
 from .linear import FuseSiblingLinear
 from .logits import LastLogits
@@ -84,6 +86,8 @@ def lower(model: ir.Model, *, target: str, experts: str = "mxfp4", dtype: str = 
     rules.remove_dead(ctx)
     if dtype != "float32":
         precision.to_half(ctx, dtype)  # whole-graph pass after the rules (precision.py)
+    if target != "portable" and materialize_large_casts(ctx):  # Casts ORT would run every call (casts.py)
+        rules.remove_dead(ctx)  # the bf16 sources
     model.metadata_props[METADATA_KEY] = json.dumps(
         {"target": target, "experts": experts, "dtype": dtype, "dense": dense, "last_logits": last_logits,
          "accuracy_level": accuracy_level, **ctx.report.as_dict()}, sort_keys=True
