@@ -79,3 +79,14 @@ def test_router_stays_float():
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23), helper.make_opsetid("com.microsoft", 1)])
     _, report = _lower(proto, 4)
     assert report.applied["matmul_nbits"] == 0 and "router" in report.refused[0][2]
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_column_chunks_quantize_like_the_whole_matrix(bits, monkeypatch):
+    """Streaming the columns through float32 a chunk at a time changes nothing (blocks run along K)."""
+    w = np.random.default_rng(bits).standard_normal((K, N)).astype(ml_dtypes.bfloat16)
+    whole = (dense.int4_quantize if bits == 4 else dense.int8_quantize)(np.asarray(w, np.float32).T.copy())
+    monkeypatch.setattr(dense, "CHUNK_BYTES", 4 * K * 7)  # 7 columns per chunk: N = 48 leaves a partial one
+    packed, scales = dense.quantize_columns(w, bits)
+    np.testing.assert_array_equal(packed, whole[0].reshape(N, -1))
+    np.testing.assert_array_equal(scales, whole[1])
