@@ -6,6 +6,8 @@
         n = rmsnorm(x);  x += o_proj(Attention(rope(q_proj(n)), rope(k_proj(n)), v_proj(n), past, mask, sinks))
         n = rmsnorm(x);  x += MoEMXFP4(n, router(n), experts)
     logits [B,S,V] = lm_head(rmsnorm(x))
+    sliding layers (window W, the default `window_cache`): mask = the tail of attention_mask matching their
+        shorter past, present = its last W-1 slots (`window_masks`, ARCHITECTURE.md "Model I/O")
 
 Custom ops (domain ai.mxport, ARCHITECTURE.md "Custom ops"): Attention (GQA, sinks, window, KV cache),
 MoEMXFP4 (router top-k, MXFP4 experts kept as uint8 blocks/scales). Everything else is standard opset 23.
