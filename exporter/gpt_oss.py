@@ -1,7 +1,7 @@
 """gpt-oss as an ONNX graph: short pure builder functions over onnx-ir values (the portable form).
 
     input_ids [B,S] ─ Gather(embed) ─ Cast ─► x [B,S,H]
-    position_ids [B,S] ─► cos, sin [B,S,1,D/2]   (once, shared by every layer)
+    position_ids [B,S] ─► cos, sin [B,S,D/2]   (once, shared by every layer; rope = RotaryEmbedding-23)
     per layer i (nodes "layers.{i}/..."):
         n = rmsnorm(x);  x += o_proj(Attention(rope(q_proj(n)), rope(k_proj(n)), v_proj(n), past, mask, sinks))
         n = rmsnorm(x);  x += MoEMXFP4(n, router(n), experts)
