@@ -415,6 +415,12 @@ def _is_checkpoint(path: Path) -> bool:
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
 
 
+def _mode_label(target: str, experts: str, dense: str = "float32", level: int = 4, last: bool = False) -> str:
+    """An mxport engine's name in the table: TARGET/EXPERTS[/DENSE][@LEVEL][ last-logits] (defaults left out)."""
+    return (f"{target}/{experts}" + (f"/{dense}" if dense != "float32" else "") + (f"@{level}" if level != 4 else "")
+            + (" last-logits" if last else ""))
+
+
 def _export_modes(ckpt: Path, modes: list[str], work: Path, last_logits: bool = False) -> list[tuple[str, Path]]:
     from mxport.exporter.export import export
 
@@ -434,7 +440,7 @@ def _export_modes(ckpt: Path, modes: list[str], work: Path, last_logits: bool = 
         if not (folder / "mxport.json").is_file():
             export(ckpt, folder, target=target, experts=experts, dense=dense, last_logits=last,
                    accuracy_level=level, progress=False, force=True)
-        out.append((mode + (f"@{level}" if level != 4 else "") + (" last-logits" if last else ""), folder))
+        out.append((_mode_label(target, experts, dense, level, last), folder))
     return out
 
 
@@ -501,13 +507,8 @@ def bench(path: str | os.PathLike, *, peers: bool = False, threads: int = 2, pro
         raise MxportError("bench: --prompt-len, --new-tokens, --threads and --rounds must be >= 1")
     if (path / "mxport.json").is_file():
         meta = read_export_meta(path)
-        mode = f"{meta.get('target', '?')}/{meta.get('experts', '?')}"
-        if meta.get("dense", "float32") != "float32":
-            mode += f"/{meta['dense']}"
-        if meta.get("accuracy_level", 4) != 4:
-            mode += f"@{meta['accuracy_level']}"
-        if meta.get("last_logits"):
-            mode += " last-logits"
+        mode = _mode_label(meta.get("target", "?"), meta.get("experts", "?"), meta.get("dense", "float32"),
+                           meta.get("accuracy_level", 4), bool(meta.get("last_logits")))
         folders, ckpt = [(mode, path)], Path(meta.get("checkpoint", ""))
     elif _is_checkpoint(path):
         folders, ckpt = [], path
