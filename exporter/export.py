@@ -208,7 +208,7 @@ def export(
 
     experts = DEFAULT_EXPERTS.get(target, "mxfp4") if experts is None else experts
     _validate(target, experts, dtype)
-    if accuracy_level not in range(5):
+    if accuracy_level not in getattr(_lowering(), "ACCURACY_LEVELS", (4,)):  # exporter/lower's own list
         raise MxportError(f"export: --accuracy-level must be 0..4 (ORT's accuracy_level), found {accuracy_level}")
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
     _check_out_dir(out_dir, force, checkpoint_dir)

@@ -18,7 +18,7 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from .rules import Context, attr, const, lazy
+from .rules import Context, add_initializer, attr, const, lazy
 
 ORT_FOLDING_LIMIT = 1 << 30  # bytes: onnxruntime's default constant_folding_max_output_size_in_bytes
 
@@ -46,12 +46,7 @@ def materialize_large_casts(ctx: Context, limit: int = ORT_FOLDING_LIMIT) -> int
         def make(source=source, target=target) -> np.ndarray:
             return np.asarray(source.numpy()).astype(target)
 
-        base = f"{node.inputs[0].name}.{to.name.lower()}"
-        name, i = base, 1
-        while name in ctx.graph.initializers:
-            name, i = f"{base}_{i}", i + 1
-        value = lazy(name, to, shape, make)
-        ctx.graph.register_initializer(value)
+        value = add_initializer(ctx, lazy(f"{node.inputs[0].name}.{to.name.lower()}", to, shape, make))
         out.replace_all_uses_with(value)
         ctx.graph.remove(node, safe=True)
         done += 1
