@@ -1,4 +1,5 @@
-"""`export()`: a gpt-oss checkpoint folder -> an export folder (model.onnx + model.onnx.data, mxport.json, tokenizer).
+"""`export()`: a gpt-oss checkpoint folder -> an export folder (model.onnx + model.onnx.data, mxport.json, tokenizer,
+genai_config.json).
 
     checkpoint ──open_checkpoint──► build (gpt_oss.build: portable ir.Model, lazy weights)
                                        │
@@ -34,6 +35,7 @@ from mxport import __version__
 from mxport.errors import MxportError
 from mxport.files import replace_dir, temp_dir_beside
 from mxport.exporter import gpt_oss
+from mxport.exporter.genai_config import write_genai_files
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
@@ -233,6 +235,7 @@ def export(
             for name in TOKENIZER_FILES:
                 if (checkpoint_dir / name).is_file():
                     shutil.copyfile(checkpoint_dir / name, tmp / name)
+            write_genai_files(tmp, ckpt.config, meta)  # genai_config.json: onnxruntime-genai runs the folder
             replace_dir(tmp, out_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
