@@ -1,26 +1,14 @@
-"""Checkpoint readers: a gpt-oss checkpoint folder -> lazy, memory-mapped tensors under canonical HF names.
+"""Checkpoint readers: a checkpoint folder of any registered family -> lazy, memory-mapped tensors under canonical
+(Hugging Face) names.
 
     ckpt = open_checkpoint("ckpt_dir")       # config.json + *.safetensors [+ model.safetensors.index.json]
-    ckpt.layout                              # "hf" | "original"
+    ckpt.family; ckpt.layout                 # Family record (exporter/families); "hf" | a family's own layout
     ckpt.names(); ckpt.spec(name)            # canonical names, (name, shape, dtype) without reading data
     ckpt.get(name); ckpt.get_f32(name)       # one tensor as stored / as float32
+    ckpt.output_name                         # the output projection: lm_head, or the tied embedding
 
-Two layouts map onto one set of names (docs/ARCHITECTURE.md, "Checkpoints"):
-
-    Hugging Face                                   openai original/
-    model.embed_tokens.weight                      embedding.weight
-    model.layers.N.input_layernorm.weight          block.N.attn.norm.scale
-    model.layers.N.self_attn.{q,k,v}_proj.{w,b}    block.N.attn.qkv.{weight,bias}  rows: q (heads*D), k, v (kv*D each)
-    model.layers.N.self_attn.sinks                 block.N.attn.sinks
-    model.layers.N.self_attn.o_proj.{w,b}          block.N.attn.out.{weight,bias}
-    model.layers.N.post_attention_layernorm.weight block.N.mlp.norm.scale
-    model.layers.N.mlp.router.{weight,bias}        block.N.mlp.gate.{weight,bias}
-    ...mlp.experts.gate_up_proj_{blocks,scales}    block.N.mlp.mlp1_weight.{blocks,scales}
-    ...mlp.experts.gate_up_proj_bias               block.N.mlp.mlp1_bias
-    ...mlp.experts.down_proj_{blocks,scales}       block.N.mlp.mlp2_weight.{blocks,scales}
-    ...mlp.experts.down_proj_bias                  block.N.mlp.mlp2_bias
-    model.norm.weight                              norm.scale
-    lm_head.weight                                 unembedding.weight
+The family owns its tensor table and how its layouts store it (exporter/families/<family>.py: names, shapes,
+fused tensors, aliases, buffers to ignore); this module only reads and validates.
 
 Everything is validated when the checkpoint is opened, from the safetensors headers alone (no tensor data is read):
 every expected tensor present, nothing unexpected, shapes and dtypes as the config implies, headers well formed
@@ -40,8 +28,8 @@ import ml_dtypes  # noqa: F401  (registers bfloat16 so safetensors' numpy reader
 import numpy as np
 
 from mxport.errors import MxportError
-from mxport.exporter.config import ModelConfig
-from mxport.ops.mxfp4 import BLOCK_SIZE, BYTES_PER_BLOCK, HF_SUFFIXES, ORIGINAL_SUFFIXES
+from mxport.exporter import families
+from mxport.exporter.families.base import DecoderConfig, Expected, Source
 
 INDEX_FILE = "model.safetensors.index.json"
 
@@ -55,6 +43,7 @@ ST_DTYPES: dict[str, np.dtype] = {
     "I8": np.dtype(np.int8),
     "I32": np.dtype(np.int32),
     "I64": np.dtype(np.int64),
+    "BOOL": np.dtype(np.bool_),  # buffers some files carry (GPT-2's attn.bias mask); never a weight
 }
 FLOAT_DTYPES = ("BF16", "F16", "F32")  # accepted for dense weights; synthetic checkpoints write BF16
 PACKED_DTYPE = "U8"  # MXFP4 blocks and scales
@@ -71,119 +60,34 @@ class TensorSpec:
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
 
-@dataclass(frozen=True)
-class Expected:
-    """One tensor the config implies: canonical name, shape, and whether it is MXFP4 packed (uint8)."""
-
-    name: str
-    shape: tuple[int, ...]
-    packed: bool = False
+# ---- the tensor table a config implies (the family's) ----------------------------------------------------------
+def expected_tensors(cfg: DecoderConfig, lm_head: bool | None = None) -> list[Expected]:
+    """Canonical tensors in stable order (the family's table). lm_head: whether the output projection is stored;
+    by default not when the config ties it to the embeddings."""
+    return cfg.family.tensors(cfg, lm_head)
 
 
-# ---- the tensor table a config implies -------------------------------------------------------------------------
-def expected_tensors(cfg: ModelConfig, lm_head: bool | None = None) -> list[Expected]:
-    """Canonical (HF) tensors in stable order: embeddings, layer 0..N-1, final norm, lm_head.
-
-    lm_head: whether `lm_head.weight` is stored; by default not when the config ties it to the embeddings."""
-    H, I, E, V = cfg.hidden_size, cfg.intermediate_size, cfg.num_experts, cfg.vocab_size
-    q_rows, kv_rows = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
-    out = [Expected("model.embed_tokens.weight", (V, H))]
-    for i in range(cfg.num_hidden_layers):
-        p = f"model.layers.{i}."
-        out += [
-            Expected(p + "input_layernorm.weight", (H,)),
-            Expected(p + "self_attn.q_proj.weight", (q_rows, H)),
-            Expected(p + "self_attn.q_proj.bias", (q_rows,)),
-            Expected(p + "self_attn.k_proj.weight", (kv_rows, H)),
-            Expected(p + "self_attn.k_proj.bias", (kv_rows,)),
-            Expected(p + "self_attn.v_proj.weight", (kv_rows, H)),
-            Expected(p + "self_attn.v_proj.bias", (kv_rows,)),
-            Expected(p + "self_attn.o_proj.weight", (H, q_rows)),
-            Expected(p + "self_attn.o_proj.bias", (H,)),
-            Expected(p + "self_attn.sinks", (cfg.num_attention_heads,)),
-            Expected(p + "post_attention_layernorm.weight", (H,)),
-            Expected(p + "mlp.router.weight", (E, H)),
-            Expected(p + "mlp.router.bias", (E,)),
-        ]
-        x = p + "mlp.experts."
-        if cfg.experts_mxfp4:
-            blocks, scales = HF_SUFFIXES
-            out += [
-                Expected(x + "gate_up_proj" + blocks, (E, 2 * I, H // BLOCK_SIZE, BYTES_PER_BLOCK), packed=True),
-                Expected(x + "gate_up_proj" + scales, (E, 2 * I, H // BLOCK_SIZE), packed=True),
-                Expected(x + "gate_up_proj_bias", (E, 2 * I)),
-                Expected(x + "down_proj" + blocks, (E, H, I // BLOCK_SIZE, BYTES_PER_BLOCK), packed=True),
-                Expected(x + "down_proj" + scales, (E, H, I // BLOCK_SIZE), packed=True),
-                Expected(x + "down_proj_bias", (E, H)),
-            ]
-        else:  # dense, input-major as transformers saves them
-            out += [
-                Expected(x + "gate_up_proj", (E, H, 2 * I)),
-                Expected(x + "gate_up_proj_bias", (E, 2 * I)),
-                Expected(x + "down_proj", (E, I, H)),
-                Expected(x + "down_proj_bias", (E, H)),
-            ]
-    out += [Expected("model.norm.weight", (H,))]
-    if not cfg.tie_word_embeddings if lm_head is None else lm_head:
-        out += [Expected("lm_head.weight", (V, H))]
-    return out
+def layout_sources(cfg: DecoderConfig, layout: str, lm_head: bool | None = None,
+                   stored: set[str] | frozenset[str] = frozenset()) -> dict[str, Source]:
+    """Canonical name -> Source for every canonical tensor (identity unless the family's layout says otherwise)."""
+    fam = cfg.family
+    if layout not in fam.layouts:
+        raise MxportError(f"{fam.name} has no {layout!r} layout (it has {', '.join(fam.layouts)})")
+    special = (fam.sources(cfg, layout, lm_head, set(stored)) if fam.sources else None) or {}
+    return {e.name: special.get(e.name, Source(e.name)) for e in expected_tensors(cfg, lm_head)}
 
 
-# canonical suffix -> original suffix, per layer (qkv handled separately: it fuses three canonical tensors)
-_ORIGINAL_LAYER_NAMES = {
-    "input_layernorm.weight": "attn.norm.scale",
-    "self_attn.sinks": "attn.sinks",
-    "self_attn.o_proj.weight": "attn.out.weight",
-    "self_attn.o_proj.bias": "attn.out.bias",
-    "post_attention_layernorm.weight": "mlp.norm.scale",
-    "mlp.router.weight": "mlp.gate.weight",
-    "mlp.router.bias": "mlp.gate.bias",
-    "mlp.experts.gate_up_proj" + HF_SUFFIXES[0]: "mlp.mlp1_weight" + ORIGINAL_SUFFIXES[0],
-    "mlp.experts.gate_up_proj" + HF_SUFFIXES[1]: "mlp.mlp1_weight" + ORIGINAL_SUFFIXES[1],
-    "mlp.experts.gate_up_proj_bias": "mlp.mlp1_bias",
-    "mlp.experts.down_proj" + HF_SUFFIXES[0]: "mlp.mlp2_weight" + ORIGINAL_SUFFIXES[0],
-    "mlp.experts.down_proj" + HF_SUFFIXES[1]: "mlp.mlp2_weight" + ORIGINAL_SUFFIXES[1],
-    "mlp.experts.down_proj_bias": "mlp.mlp2_bias",
-}
-_ORIGINAL_TOP_NAMES = {
-    "model.embed_tokens.weight": "embedding.weight",
-    "model.norm.weight": "norm.scale",
-    "lm_head.weight": "unembedding.weight",
-}
+def original_sources(cfg: DecoderConfig, lm_head: bool | None = None) -> dict[str, Source]:
+    """Canonical name -> Source in gpt-oss's openai original/ layout."""
+    return layout_sources(cfg, "original", lm_head)
 
 
-@dataclass(frozen=True)
-class Source:
-    """Where a canonical tensor lives in the stored files: stored name, and a row range for the fused qkv."""
-
-    stored: str
-    rows: tuple[int, int] | None = None
-
-
-def original_sources(cfg: ModelConfig, lm_head: bool | None = None) -> dict[str, Source]:
-    """Canonical name -> Source in the openai original/ layout (qkv rows: q = heads*D, then k, then v)."""
-    q_rows, kv_rows = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
-    spans = {"q": (0, q_rows), "k": (q_rows, q_rows + kv_rows), "v": (q_rows + kv_rows, q_rows + 2 * kv_rows)}
-    out: dict[str, Source] = {}
-    for e in expected_tensors(cfg, lm_head):
-        if e.name in _ORIGINAL_TOP_NAMES:
-            out[e.name] = Source(_ORIGINAL_TOP_NAMES[e.name])
-            continue
-        _, _, layer, rest = e.name.split(".", 3)
-        if rest.startswith("self_attn.") and rest[10] in "qkv" and rest[11:17] == "_proj.":
-            kind = rest.rsplit(".", 1)[1]  # weight | bias
-            out[e.name] = Source(f"block.{layer}.attn.qkv.{kind}", spans[rest[10]])
-        else:
-            out[e.name] = Source(f"block.{layer}.{_ORIGINAL_LAYER_NAMES[rest]}")
-    return out
-
-
-def stored_tensors(cfg: ModelConfig, layout: str, lm_head: bool | None = None) -> list[Expected]:
-    """The tensors as a layout stores them (the original layout fuses q, k, v into qkv)."""
+def stored_tensors(cfg: DecoderConfig, layout: str, lm_head: bool | None = None,
+                   sources: dict[str, Source] | None = None) -> list[Expected]:
+    """The tensors as a layout stores them (fused tensors, e.g. gpt-oss original/'s qkv, once with all rows)."""
     table = expected_tensors(cfg, lm_head)
-    if layout == "hf":
-        return table
-    sources, by_name, out, seen = original_sources(cfg, lm_head), {e.name: e for e in table}, [], set()
+    sources = layout_sources(cfg, layout, lm_head) if sources is None else sources
+    by_name, out, seen = {e.name: e for e in table}, [], set()
     for e in table:
         src = sources[e.name]
         if src.stored in seen:
@@ -191,9 +95,9 @@ def stored_tensors(cfg: ModelConfig, layout: str, lm_head: bool | None = None) -
         seen.add(src.stored)
         if src.rows is None:
             out.append(Expected(src.stored, e.shape, e.packed))
-        else:  # qkv: the three row ranges stacked
+        else:  # a fused tensor: the row ranges of every canonical tensor stored in it, stacked
             rows = sum(by_name[n].shape[0] for n, s in sources.items() if s.stored == src.stored)
-            out.append(Expected(src.stored, (rows,) + e.shape[1:]))
+            out.append(Expected(src.stored, (rows,) + e.shape[1:], e.packed))
     return out
 
 
@@ -250,29 +154,27 @@ def _dtype_name(dtype: np.dtype) -> str:
 class Checkpoint:
     """A validated checkpoint folder. Tensors are read lazily, one at a time, through safetensors' mmap reader."""
 
-    def __init__(self, path: Path, config: ModelConfig, layout: str, files: dict[str, Path]) -> None:
+    def __init__(self, path: Path, config: DecoderConfig, layout: str, files: dict[str, Path]) -> None:
         self.path = path
         self.config = config
+        self.family = config.family
         self.layout = layout
         self._files = files  # stored name -> file
         self._specs: dict[str, TensorSpec] = {}  # stored name -> spec
         self._handles: dict[Path, object] = {}
-        # Tied embeddings: lm_head.weight is optional; when a file has it anyway, it is used (as transformers does).
-        self._lm_head = not config.tie_word_embeddings or (
-            _ORIGINAL_TOP_NAMES["lm_head.weight"] in files or "lm_head.weight" in files)
-        table = expected_tensors(config, self._lm_head)
-        self._sources = (
-            original_sources(config, self._lm_head) if layout == "original" else {e.name: Source(e.name) for e in table}
-        )
-        self._canonical = {e.name: e for e in table}
-        if layout == "hf" and not config.experts_mxfp4:
-            # transformers 5 saves a dequantized (Mxfp4Config(dequantize=True)) model's dense experts under the
-            # `_blocks` names, without quantization_config: read those as the dense weights.
-            for name in self._canonical:
-                alias = name + HF_SUFFIXES[0]
-                if name.endswith(("experts.gate_up_proj", "experts.down_proj")) and name not in files and alias in files:
-                    self._sources[name] = Source(alias)
+        stored = set(files)
+        # Tied embeddings: the output projection is optional; when a file has it anyway, it is used (as transformers
+        # does).
+        head = layout_sources(config, layout, True, stored)[self.family.output].stored
+        self._lm_head = not config.tie_word_embeddings or head in files
+        self._sources = layout_sources(config, layout, self._lm_head, stored)
+        self._canonical = {e.name: e for e in expected_tensors(config, self._lm_head)}
         self._validate()
+
+    @property
+    def output_name(self) -> str:
+        """The canonical name of the output projection: the stored lm_head, or the tied embedding."""
+        return self.family.output if self._lm_head else self.family.embedding
 
     # -- validation (headers only) --
     def _where(self) -> str:
@@ -294,21 +196,19 @@ class Checkpoint:
                         f"{file}: unexpected tensor {name!r} {_dtype_name(spec.dtype)}{list(spec.shape)} "
                         f"(not listed in {INDEX_FILE})"
                     )
-        if self.layout == "hf":
-            expected = {self._sources[e.name].stored: Expected(self._sources[e.name].stored, e.shape, e.packed)
-                        for e in self._canonical.values()}
-        else:
-            expected = {e.name: e for e in stored_tensors(self.config, self.layout, self._lm_head)}
+        expected = {e.name: e for e in stored_tensors(self.config, self.layout, self._lm_head, self._sources)}
         for name, e in expected.items():
             if name not in self._specs:
                 want = f"{PACKED_DTYPE if e.packed else 'BF16'}{list(e.shape)}"
                 raise MxportError(f"{self._where()}: missing tensor {name!r} (expected {want}, {self.layout} layout)")
         for name, spec in self._specs.items():
             file = self._files[name]
+            if name not in expected and self.family.ignored(name):  # buffers some files carry (not weights)
+                continue
             if name not in expected:
                 raise MxportError(
                     f"{file}: unexpected tensor {name!r} {_dtype_name(spec.dtype)}{list(spec.shape)} "
-                    f"(not part of a {self.layout}-layout gpt-oss checkpoint with this config)"
+                    f"(not part of a {self.layout}-layout {self.family.name} checkpoint with this config)"
                 )
             e = expected[name]
             if spec.shape != e.shape:
@@ -427,7 +327,8 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if not (path / "config.json").is_file() and (path / "original" / "config.json").is_file():
         path = path / "original"
     config_file = path / "config.json"
-    config = ModelConfig.from_file(config_file)
-    raw = json.loads(config_file.read_text())
-    layout = "original" if ("num_experts" in raw and "num_local_experts" not in raw or "rope_ntk_beta" in raw) else "hf"
+    raw = families.read_json(config_file)
+    family = families.detect(raw, str(config_file))
+    config = family.config_from_dict(raw, str(config_file))
+    layout = family.layout_of(raw)
     return Checkpoint(path, config, layout, _files_of(path))

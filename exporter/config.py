@@ -8,24 +8,22 @@ Spellings normalised here and nowhere else:
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mxport.errors import MxportError
+from mxport.exporter.families.base import FULL, SLIDING, DecoderConfig, Rope
 
-SLIDING = "sliding_attention"
-FULL = "full_attention"
+__all__ = ["FULL", "SLIDING", "ModelConfig", "yarn_inv_freq"]
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """gpt-oss hyper-parameters. Defaults are the published gpt-oss-20b values."""
+class ModelConfig(DecoderConfig):
+    """gpt-oss hyper-parameters (family `gpt_oss`). Defaults are the published gpt-oss-20b values."""
 
-    architecture: str = "gpt_oss"  # model family; only gpt_oss for now
+    architecture: str = "gpt_oss"  # family name
     vocab_size: int = 201088  # rows of embed_tokens and lm_head
     hidden_size: int = 2880  # residual stream width H
     intermediate_size: int = 2880  # expert width I (gate_up is 2I wide)
@@ -54,19 +52,15 @@ class ModelConfig:
     experts_mxfp4: bool = True  # expert weights stored as MXFP4 blocks/scales (else dense float)
 
     def __post_init__(self) -> None:
-        if not self.layer_types:
+        if not self.layer_types:  # gpt-oss alternates, layer 0 sliding
             types = tuple(SLIDING if i % 2 == 0 else FULL for i in range(self.num_hidden_layers))
             object.__setattr__(self, "layer_types", types)
-        problems = []
-        if len(self.layer_types) != self.num_hidden_layers:
-            problems.append(f"layer_types has {len(self.layer_types)} entries for {self.num_hidden_layers} layers")
-        if bad := sorted({t for t in self.layer_types if t not in (SLIDING, FULL)}):
-            problems.append(f"layer_types has unknown values {bad} (expected {SLIDING!r} or {FULL!r})")
-        if self.num_attention_heads % self.num_key_value_heads:
-            problems.append(
-                f"num_attention_heads={self.num_attention_heads} is not a multiple of "
-                f"num_key_value_heads={self.num_key_value_heads}"
-            )
+        super().__post_init__()
+
+    def problems(self) -> list[str]:
+        problems = super().problems()
+        if problems and not all(isinstance(v, int) and v > 0 for v in (self.hidden_size, self.num_hidden_layers)):
+            return problems
         if self.head_dim % 2:
             problems.append(f"head_dim={self.head_dim} must be even for RoPE")
         if self.experts_mxfp4 and (self.hidden_size % 32 or self.intermediate_size % 32):
@@ -76,24 +70,14 @@ class ModelConfig:
             )
         if not 0 < self.experts_per_token <= self.num_experts:
             problems.append(f"experts_per_token={self.experts_per_token} not in 1..num_experts={self.num_experts}")
-        if problems:
-            raise MxportError("invalid model config: " + "; ".join(problems))
+        return problems
 
     # ---- derived values -------------------------------------------------------------------------------------
     @property
-    def sliding_layers(self) -> tuple[bool, ...]:
-        return tuple(t == SLIDING for t in self.layer_types)
-
-    def window(self, layer: int) -> int:
-        """Attention window of `layer` in tokens, 0 for full attention."""
-        return self.sliding_window if self.layer_types[layer] == SLIDING else 0
-
-    @property
-    def q_per_kv(self) -> int:
-        return self.num_attention_heads // self.num_key_value_heads
-
-    def replace(self, **changes: Any) -> ModelConfig:
-        return dataclasses.replace(self, **changes)
+    def rope(self) -> Rope:
+        return Rope(theta=self.rope_theta, rope_type="yarn" if self.rope_scaling_factor != 1.0 else "default",
+                    factor=self.rope_scaling_factor, beta_fast=self.rope_beta_fast, beta_slow=self.rope_beta_slow,
+                    original_max_position=self.rope_original_max_position, truncate=self.rope_truncate)
 
     # ---- config.json ----------------------------------------------------------------------------------------
     def to_hf_dict(self) -> dict[str, Any]:
@@ -294,29 +278,5 @@ def _from_original(d: dict[str, Any], source: str) -> ModelConfig:
 
 
 def yarn_inv_freq(cfg: ModelConfig) -> tuple["np.ndarray", float]:  # noqa: F821
-    """RoPE inverse frequencies [head_dim/2] (float64) and the cos/sin scale (YaRN's attention factor).
-
-    Follows transformers' `_compute_yarn_parameters` and the openai reference (NUMERICS.md):
-      freq_i = theta^(2i/d); low/high = d/2 * ln(L / (beta * 2 pi)) / ln(theta) for beta_fast / beta_slow;
-      ramp = clip((i - low) / (high - low), 0, 1); inv = (1/(s freq)) ramp + (1/freq) (1 - ramp); scale 0.1 ln s + 1.
-    """
-    import numpy as np
-
-    d = cfg.head_dim
-    freq = cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d)
-    s = cfg.rope_scaling_factor
-    if s == 1.0:
-        return 1.0 / freq, 1.0
-
-    def correction_dim(beta: float) -> float:
-        return d * math.log(cfg.rope_original_max_position / (beta * 2 * math.pi)) / (2 * math.log(cfg.rope_theta))
-
-    low, high = correction_dim(cfg.rope_beta_fast), correction_dim(cfg.rope_beta_slow)
-    if cfg.rope_truncate:
-        low, high = math.floor(low), math.ceil(high)
-    low, high = max(low, 0), min(high, d - 1)
-    if low == high:
-        high += 0.001  # transformers' guard against a zero-width ramp
-    ramp = np.clip((np.arange(d // 2, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
-    inv_freq = (1.0 / (s * freq)) * ramp + (1.0 / freq) * (1.0 - ramp)
-    return inv_freq, 0.1 * math.log(s) + 1.0
+    """RoPE inverse frequencies [head_dim/2] (float64) and the cos/sin scale (YaRN's attention factor): `Rope`."""
+    return cfg.rope.inv_freq(cfg.head_dim)

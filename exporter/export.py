@@ -1,7 +1,7 @@
-"""`export()`: a gpt-oss checkpoint folder -> an export folder (model.onnx + model.onnx.data, mxport.json, tokenizer,
-genai_config.json).
+"""`export()`: a checkpoint folder of any family -> an export folder (model.onnx + model.onnx.data, mxport.json,
+tokenizer, genai_config.json).
 
-    checkpoint ──open_checkpoint──► build (gpt_oss.build: portable ir.Model, lazy weights)
+    checkpoint ──open_checkpoint──► build (decoder_graph.build + the family's wiring: portable ir.Model, lazy weights)
                                        │
                                        ▼
                                     lower(model, target, experts, dtype)      exporter/lower (only when asked)
@@ -34,8 +34,9 @@ import onnx_ir as ir
 from mxport import __version__
 from mxport.errors import MxportError
 from mxport.files import replace_dir, temp_dir_beside
-from mxport.exporter import gpt_oss
+from mxport.exporter import decoder_graph
 from mxport.exporter.genai_config import write_genai_files
+from mxport.exporter.layers import DOMAIN
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
@@ -84,20 +85,20 @@ def _validate(target: str, experts: str, dtype: str) -> None:
 def build_portable(ckpt, *, hidden_states: bool = False, dense: str = DENSE_STORAGE,
                    window_cache: bool = True) -> ir.Model:
     """The portable graph (opset 23 + ai.mxport 1) with the ai.mxport function bodies attached."""
-    b, inputs, outputs = gpt_oss.build(ckpt, dense=dense, hidden_states=hidden_states, window_cache=window_cache)
-    return b.model(inputs, outputs, name="gpt_oss", functions=_functions(b))
+    b, inputs, outputs = decoder_graph.build(ckpt, dense=dense, hidden_states=hidden_states, window_cache=window_cache)
+    return b.model(inputs, outputs, name=ckpt.family.name, functions=_functions(b))
 
 
 def _functions(b) -> list[ir.Function]:
     """ai.mxport function bodies for every custom op the graph uses (mxport.ops.functions())."""
     from mxport import ops
 
-    used = sorted({n.op_type for n in b.nodes if n.domain == gpt_oss.DOMAIN})
+    used = sorted({n.op_type for n in b.nodes if n.domain == DOMAIN})
     protos = ops.functions()
-    have = {p.name for p in protos if p.domain == gpt_oss.DOMAIN}
+    have = {p.name for p in protos if p.domain == DOMAIN}
     if missing := [op for op in used if op not in have]:
         raise MxportError(
-            f"export: custom ops {', '.join(f'{gpt_oss.DOMAIN}::{m}' for m in missing)} have no function body "
+            f"export: custom ops {', '.join(f'{DOMAIN}::{m}' for m in missing)} have no function body "
             "in mxport.ops.functions() (ops/ not complete?)"
         )
     for p in protos:  # the bodies may use other opsets (e.g. the standard one at a different version)
@@ -130,11 +131,13 @@ def _metadata(ckpt, checkpoint_dir: Path, model: ir.Model, **options) -> dict:
     return {
         "mxport_version": __version__,
         "checkpoint": str(checkpoint_dir.resolve()),
+        "family": ckpt.family.name,
         "layout": ckpt.layout,
-        "config": cfg.to_hf_dict(),
+        "config": ckpt.family.config_to_dict(cfg),
         **options,
         "dense_storage": DENSE_STORAGE,
-        "checkpoint_experts": "mxfp4" if cfg.experts_mxfp4 else "dense (float32 experts, ai.mxport.MoE)",
+        **({"checkpoint_experts": "mxfp4" if cfg.experts_mxfp4 else "float (float32 experts, ai.mxport.MoE)"}
+           if hasattr(cfg, "experts_mxfp4") else {}),
         "opset_imports": dict(sorted(model.opset_imports.items())),
         "inputs": [v.name for v in model.graph.inputs],
         "outputs": [v.name for v in model.graph.outputs],

@@ -1,4 +1,4 @@
-"""Synthetic gpt-oss checkpoints: deterministic random weights in the published layouts, written tensor by tensor.
+"""Synthetic checkpoints of any family: deterministic random weights in the published layouts, written tensor by tensor.
 
     write_checkpoint("ckpt", PRESETS["tiny"], layout="hf", seed=0)       # config.json + model.safetensors
     mxport synth --preset mini --layout original -o ckpt [--seed S] [--list] [--force]
@@ -32,51 +32,27 @@ import numpy as np
 
 from mxport.errors import MxportError
 from mxport.files import replace_dir, temp_dir_beside
-from mxport.exporter.checkpoint import INDEX_FILE, expected_tensors, original_sources, stored_tensors
-from mxport.exporter.config import FULL, SLIDING, ModelConfig
+from mxport.exporter.checkpoint import INDEX_FILE, expected_tensors, layout_sources, stored_tensors
+from mxport.exporter import families
+from mxport.exporter.families.base import DecoderConfig as ModelConfig, Expected
 from mxport.ops import mxfp4
 
 CHUNK_VALUES = 1 << 22  # float values generated per step (16 MB as float32)
 DEFAULT_SHARD_BYTES = 5 * 10**9  # the published gpt-oss repos use ~5 GB shards
 
-PRESETS: dict[str, ModelConfig] = {
-    # seconds to write and run; small window so sliding attention matters on short prompts
-    "tiny": ModelConfig(
-        vocab_size=512, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, num_experts=8, experts_per_token=2, sliding_window=8,
-        eos_token_ids=(2,), pad_token_id=0,
-    ),
-    # ~0.57 GB: big enough for timing and memory checks, small enough for CI
-    "mini": ModelConfig(
-        vocab_size=32000, hidden_size=1024, intermediate_size=1024, num_hidden_layers=8, num_attention_heads=16,
-        num_key_value_heads=4, head_dim=64, num_experts=32, experts_per_token=4, sliding_window=128,
-        eos_token_ids=(2,), pad_token_id=0,
-    ),
-    # the published shapes (ModelConfig's defaults are gpt-oss-20b)
-    "gpt-oss-20b": ModelConfig(),
-    "gpt-oss-120b": ModelConfig(num_hidden_layers=36, num_experts=128),
-}
-assert PRESETS["tiny"].layer_types == (SLIDING, FULL)
+PRESETS: dict[str, ModelConfig] = families.presets()  # every family's, by name (tiny, mini, qwen3-tiny, ...)
 
 
 # ---- how each tensor is initialised ------------------------------------------------------------------------------
 def init_std_mean(name: str, cfg: ModelConfig) -> tuple[float, float]:
-    """(std, mean) of the Gaussian a canonical tensor is drawn from: sensible magnitudes, norms around 1."""
-    H, I = cfg.hidden_size, cfg.intermediate_size
-    attn = cfg.num_attention_heads * cfg.head_dim
-    if name.endswith("norm.weight"):
+    """(std, mean) of the Gaussian a canonical tensor is drawn from: the family's choice, else fan-in scaled."""
+    if cfg.family.init is not None:
+        return cfg.family.init(name, cfg)
+    if name.endswith(("norm.weight", "ln_1.weight", "ln_2.weight", "ln_f.weight")):
         return 0.1, 1.0
-    if name.endswith("sinks"):
-        return 0.5, 0.0
     if name.endswith("bias"):
         return 0.02, 0.0
-    if name.endswith(("embed_tokens.weight", "lm_head.weight")):
-        return 0.02, 0.0
-    if "o_proj" in name:
-        return 1.0 / np.sqrt(attn), 0.0
-    if "down_proj" in name:
-        return 1.0 / np.sqrt(I), 0.0
-    return 1.0 / np.sqrt(H), 0.0  # q, k, v, router, gate_up: fan_in H
+    return 0.02, 0.0
 
 
 def _rng(seed: int, name: str) -> np.random.Generator:
@@ -110,7 +86,7 @@ def expert_rows(name: str, cfg: ModelConfig, seed: int) -> Iterator[tuple[int, i
     Both the MXFP4 and the dense variant are made from these values, so they hold the same numbers."""
     E, H, I = cfg.num_experts, cfg.hidden_size, cfg.intermediate_size
     R, C = (2 * I, H) if name.endswith("gate_up_proj") else (H, I)
-    std, _ = init_std_mean(name, cfg)
+    std, _ = init_std_mean(name, cfg)  # gpt-oss experts (the family's synth hook calls this)
     rng = _rng(seed, name)
     step = max(1, CHUNK_VALUES // C)
     for e in range(E):
@@ -172,10 +148,9 @@ class SafetensorsWriter:
 # ---- planning: stored tensors, dtypes, shards ---------------------------------------------------------------------
 def stored_plan(cfg: ModelConfig, layout: str) -> list[tuple[str, tuple[int, ...], np.dtype]]:
     """(stored name, shape, dtype) of every tensor the layout stores: bf16 dense, uint8 MXFP4 halves."""
-    if layout not in ("hf", "original"):
-        raise MxportError(f"layout {layout!r} is not supported (expected 'hf' or 'original')")
-    if layout == "original" and not cfg.experts_mxfp4:
-        raise MxportError("the original layout stores MXFP4 experts only (dense experts need layout='hf')")
+    if layout not in cfg.family.layouts:
+        raise MxportError(f"layout {layout!r} is not supported for {cfg.family.name} "
+                          f"(expected {' or '.join(repr(x) for x in cfg.family.layouts)})")
     bf16, u8 = np.dtype(mxfp4.BFLOAT16), np.dtype(np.uint8)
     return [(e.name, e.shape, u8 if e.packed else bf16) for e in stored_tensors(cfg, layout)]
 
@@ -203,7 +178,7 @@ def plan_bytes(plan: list) -> int:
 # ---- writing -------------------------------------------------------------------------------------------------------
 def _fill(put, cfg: ModelConfig, layout: str, seed: int) -> None:
     """Generate every canonical tensor and hand its bytes to put(stored name, array, byte offset)."""
-    sources = original_sources(cfg) if layout == "original" else {}
+    sources = {k: v for k, v in layout_sources(cfg, layout).items() if v.stored != k}
     bf16 = mxfp4.BFLOAT16
     done_experts: set[str] = set()
     for e in expected_tensors(cfg):
@@ -212,21 +187,15 @@ def _fill(put, cfg: ModelConfig, layout: str, seed: int) -> None:
         base = 0
         if src and src.rows:  # a q/k/v slice of the fused qkv tensor
             base = src.rows[0] * int(np.prod(e.shape[1:], dtype=np.int64)) * np.dtype(bf16).itemsize
-        if e.packed:  # blocks and scales come out of one encode: write both halves on the first of them
-            weight = expert_weight_name(e.name)
-            if weight not in done_experts:
-                done_experts.add(weight)
-                _write_experts(put, cfg, seed, weight, sources)
-            continue
-        if e.name.endswith(("gate_up_proj", "down_proj")):  # dense experts
-            _write_experts(put, cfg, seed, e.name, sources)
+        special = cfg.family.synth
+        if special is not None and special(put, cfg, seed, e, sources, done_experts):  # e.g. gpt-oss's experts
             continue
         row_bytes = int(np.prod(e.shape[1:], dtype=np.int64)) * np.dtype(bf16).itemsize
         for start, chunk in gaussian_rows(e.name, e.shape, cfg, seed):
             put(stored, chunk.astype(bf16), base + start * row_bytes)
 
 
-def _write_experts(put, cfg: ModelConfig, seed: int, weight: str, sources: dict) -> None:
+def write_experts(put, cfg: ModelConfig, seed: int, weight: str, sources: dict) -> None:
     """One experts weight (…gate_up_proj or …down_proj): MXFP4 halves, or dense bf16 input-major [E, C, R]."""
     H, I = cfg.hidden_size, cfg.intermediate_size
     R, C = (2 * I, H) if weight.endswith("gate_up_proj") else (H, I)

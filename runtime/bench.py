@@ -454,10 +454,10 @@ def _genai_checkpoint(ckpt: Path, work: Path) -> Path:
         if f.is_file() and not (shadow / f.name).exists():
             (shadow / f.name).symlink_to(f.resolve())
     if not (shadow / "tokenizer.json").is_file():
-        from mxport.exporter.config import ModelConfig
+        from mxport.exporter import families
         from mxport.runtime.tokenizer import build_harmony_tokenizer
 
-        vocab = ModelConfig.from_file(ckpt / "config.json").vocab_size
+        vocab = families.read_config(ckpt / "config.json").vocab_size
         build_harmony_tokenizer(vocab).save(shadow / "tokenizer.json")
         (shadow / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
     return shadow

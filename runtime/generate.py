@@ -324,19 +324,19 @@ def folder_kind(folder: Path) -> str:
 
 
 def _folder_config(folder: Path, kind: str):
-    """(ModelConfig or None, eos ids, pad id) from mxport.json (export) or config.json (checkpoint)."""
-    from mxport.exporter.config import ModelConfig
+    """(model config or None, eos ids, pad id) from mxport.json (export) or config.json (checkpoint)."""
+    from mxport.exporter import families
 
     if kind == "export":
         meta = read_export_meta(folder)
         raw = meta.get("config") or meta.get("model_config")
-        config = ModelConfig.from_dict(raw, source=str(folder / "mxport.json")) if raw else None
+        config = families.config_from_dict(raw, str(folder / "mxport.json")) if raw else None
         eos = meta.get("eos_token_ids", meta.get("eos_token_id"))
         if eos is None and config is not None:
             eos = list(config.eos_token_ids)
     else:
         cfg_path = folder / "config.json"
-        config = ModelConfig.from_file(cfg_path)
+        config = families.read_config(cfg_path)
         eos = list(config.eos_token_ids)
     eos = [eos] if isinstance(eos, int) else list(eos or [])
     pad = config.pad_token_id if config is not None else None

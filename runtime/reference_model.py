@@ -1,4 +1,4 @@
-"""The NumPy reference model of gpt-oss: the numbers every export is checked against.
+"""The NumPy reference model of every family: the numbers every export is checked against.
 
     model = ReferenceModel("ckpt_dir")                    # or an open Checkpoint; dtype=np.float64 for a tighter oracle
     out = model.forward(ids)                              # ModelOutput(logits [B,S,V], present [(k, v)] per layer)
@@ -9,7 +9,8 @@ Weights are read lazily from the Checkpoint. Dense tensors are converted to the 
 MXFP4 halves cached as stored, when that stays under CACHE_LIMIT_BYTES (tiny, mini); larger checkpoints (or
 `cache_weights=False`) re-read each tensor on use, so memory holds about one layer's tensors (or the vocabulary matrix) at a time. MXFP4
 experts stay MXFP4: per call and layer, only the experts some token chose are dequantized (ops.mxfp4.decode).
-The math is `runtime.reference_layers`; this module only wires weights, cache, masks and positions.
+The math is `runtime.reference_layers`; this module wires weights, cache, masks and positions, and the family's
+NumPy wiring (runtime/families/<family>.py: positions, embed, layer, final_norm) wires one layer.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import numpy as np
 
 from mxport.errors import MxportError
 from mxport.files import write_file
-from mxport.exporter.config import ModelConfig, yarn_inv_freq
+import importlib
+
+from mxport.exporter.families.base import DecoderConfig
 from mxport.ops import mxfp4
 from mxport.runtime import reference_layers as L
 from mxport.runtime.runners import position_ids as default_positions
@@ -49,7 +52,7 @@ def _open(checkpoint_or_path: Any) -> tuple[Any, bool]:
 
 
 class ReferenceModel:
-    """gpt-oss forward pass in NumPy, float32 (matches transformers' fp32 eager path) or float64."""
+    """A decoder's forward pass in NumPy, float32 (matches transformers' fp32 eager path) or float64."""
 
     def __init__(
         self,
@@ -67,22 +70,22 @@ class ReferenceModel:
         if self.dtype not in (np.float32, np.float64):
             raise MxportError(f"ReferenceModel: dtype must be float32 or float64, found {self.dtype}")
         self.ckpt, self._owns_ckpt = _open(checkpoint_or_path)
-        self.cfg: ModelConfig = self.ckpt.config
+        self.cfg: DecoderConfig = self.ckpt.config
+        self.family = self.cfg.family
+        self.wiring = importlib.import_module(self.family.reference)  # positions, embed, layer, final_norm
         self.output_hidden_states = output_hidden_states
         self._cache: dict[str, np.ndarray] = {}
         names = set(self.ckpt.names())
-        # Tied embeddings without a stored lm_head: the embedding matrix is the output projection.
-        tied = self.cfg.tie_word_embeddings and "lm_head.weight" not in names
-        self._head = "model.embed_tokens.weight" if tied else "lm_head.weight"
-        missing = [n for n in self._required_names() if n not in names]
+        # Tied embeddings without a stored output projection: the embedding matrix is the output projection.
+        tied = self.cfg.tie_word_embeddings and self.family.output not in names
+        self._head = self.family.embedding if tied else self.family.output
+        missing = [n for n in self._required_names(not tied) if n not in names]
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
             raise MxportError(f"checkpoint {self._where()}: missing tensors {shown}")
         if cache_weights is None:  # auto: keep weights when the cache stays small (tiny, mini), else stream
             cache_weights = self._cached_bytes() <= CACHE_LIMIT_BYTES
         self.cache_weights = cache_weights
-        inv_freq, self._rope_scale = yarn_inv_freq(self.cfg)
-        self._inv_freq = np.asarray(inv_freq, dtype=np.float64)
 
     # ---- weights ----------------------------------------------------------------------------------------------
     def _where(self) -> str:
@@ -100,29 +103,12 @@ class ReferenceModel:
             total += n if np.dtype(s.dtype) == np.uint8 else n * self.dtype.itemsize
         return total
 
-    def _required_names(self) -> list[str]:
-        per_layer = [
-            "input_layernorm.weight",
-            "post_attention_layernorm.weight",
-            "self_attn.sinks",
-            "mlp.router.weight",
-            "mlp.router.bias",
-            "mlp.experts.gate_up_proj_bias",
-            "mlp.experts.down_proj_bias",
-        ]
-        per_layer += [f"self_attn.{p}_proj.weight" for p in "qkvo"]
-        if self.cfg.attention_bias:
-            per_layer += [f"self_attn.{p}_proj.bias" for p in "qkvo"]
-        if self.cfg.experts_mxfp4:
-            per_layer += [f"mlp.experts.{w}_{part}" for w in ("gate_up_proj", "down_proj") for part in ("blocks", "scales")]
-        else:
-            per_layer += ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
-        names = ["model.embed_tokens.weight", "model.norm.weight", self._head]
-        for i in range(self.cfg.num_hidden_layers):
-            names += [f"model.layers.{i}.{n}" for n in per_layer]
-        return names
+    def _required_names(self, lm_head: bool) -> list[str]:
+        """The family's table, the output projection first (the one a hand-made checkpoint most often lacks)."""
+        table = [e.name for e in self.family.tensors(self.cfg, lm_head)]
+        return sorted(table, key=lambda n: n != self._head)
 
-    def _w(self, name: str) -> np.ndarray:
+    def w(self, name: str) -> np.ndarray:
         """A dense tensor in the compute dtype (cached unless cache_weights=False)."""
         w = self._cache.get(name)
         if w is None:
@@ -131,14 +117,14 @@ class ReferenceModel:
                 self._cache[name] = w
         return w
 
-    def _embed(self, ids: np.ndarray) -> np.ndarray:
-        """Embedding rows [B,S,H]; without the weight cache only the rows asked for are converted."""
-        name = "model.embed_tokens.weight"
+    def rows(self, name: str, ids: np.ndarray) -> np.ndarray:
+        """Rows `ids` of a [N, H] table (embeddings) in the compute dtype; without the weight cache only the rows
+        asked for are converted."""
         if self.cache_weights or name in self._cache:
-            return self._w(name)[ids]
+            return self.w(name)[ids]
         return np.asarray(self.ckpt.get(name))[ids].astype(np.float32).astype(self.dtype)
 
-    def _raw(self, name: str) -> np.ndarray:
+    def raw(self, name: str) -> np.ndarray:
         """A tensor as stored (MXFP4 halves as uint8), cached unless cache_weights=False."""
         key = "raw:" + name
         w = self._cache.get(key)
@@ -147,26 +133,6 @@ class ReferenceModel:
             if self.cache_weights:
                 self._cache[key] = w
         return w
-
-    def _expert_loader(self, layer: int):
-        """e -> (w1 [2I,H], b1 [2I], w2 [H,I], b2 [H]) in the compute dtype, dequantizing only expert e."""
-        p = f"model.layers.{layer}.mlp.experts."
-        b1, b2 = self._w(p + "gate_up_proj_bias"), self._w(p + "down_proj_bias")
-        if self.cfg.experts_mxfp4:
-            halves = {n: (self._raw(f"{p}{n}_blocks"), self._raw(f"{p}{n}_scales")) for n in ("gate_up_proj", "down_proj")}
-
-            def load(e: int):
-                w1 = mxfp4.decode(halves["gate_up_proj"][0][e], halves["gate_up_proj"][1][e]).astype(self.dtype)
-                w2 = mxfp4.decode(halves["down_proj"][0][e], halves["down_proj"][1][e]).astype(self.dtype)
-                return w1, b1[e], w2, b2[e]
-
-        else:  # dense experts are stored input-major, as transformers saves them: [E,H,2I] and [E,I,H]
-            gate_up, down = self._w(p + "gate_up_proj"), self._w(p + "down_proj")
-
-            def load(e: int):
-                return gate_up[e].T, b1[e], down[e].T, b2[e]
-
-        return load
 
     # ---- forward ----------------------------------------------------------------------------------------------
     def forward(
@@ -185,7 +151,7 @@ class ReferenceModel:
         ids, mask, pos, past = self._check_inputs(input_ids, attention_mask, position_ids, past)
         B, S = ids.shape
         P = mask.shape[1] - S
-        cos, sin = L.rope_cos_sin(pos, self._inv_freq, self._rope_scale, self.dtype)
+        tables = self.wiring.positions(self, pos)  # e.g. RoPE cos, sin [B,S,D/2]; None for learned positions
         keep_masks: dict[tuple[int, int], np.ndarray] = {}
 
         def keep(i: int) -> np.ndarray:
@@ -196,53 +162,19 @@ class ReferenceModel:
                 keep_masks[key] = L.attention_keep_mask(mask[:, P - p_i :], p_i, S, w)
             return keep_masks[key]
 
-        x = self._embed(ids)  # [B,S,H]
+        x = self.wiring.embed(self, ids, pos)  # [B,S,H]
         present: KVCache = []
         hidden: list[np.ndarray] = []
         for i in range(cfg.num_hidden_layers):
-            p = f"model.layers.{i}."
-            h = L.rms_norm(x, self._w(p + "input_layernorm.weight"), cfg.rms_norm_eps)
-            attn, kv = self._attention(i, h, cos, sin, keep(i), None if past is None else past[i])
+            x, kv = self.wiring.layer(self, i, x, tables, keep(i), None if past is None else past[i])
             if self.window_cache and cfg.window(i) > 0:  # keep the W-1 slots the next query can still see
                 kv = tuple(t[:, :, max(t.shape[2] - (cfg.window(i) - 1), 0) :] for t in kv)
             present.append(kv)
-            x = x + attn
-            h = L.rms_norm(x, self._w(p + "post_attention_layernorm.weight"), cfg.rms_norm_eps)
-            x = x + self._moe(i, h.reshape(B * S, -1)).reshape(B, S, -1)
             if return_hidden_states:
                 hidden.append(x)
-        x = L.rms_norm(x, self._w("model.norm.weight"), cfg.rms_norm_eps)
-        logits = x @ self._w(self._head).T
+        x = self.wiring.final_norm(self, x)
+        logits = x @ self.w(self._head).T
         return ModelOutput(logits, present, hidden if return_hidden_states else None)
-
-    def _attention(self, i, h, cos, sin, keep, past_kv):
-        cfg = self.cfg
-        p = f"model.layers.{i}.self_attn."
-        B, S, _ = h.shape
-        D = cfg.head_dim
-
-        def proj(name: str, heads: int) -> np.ndarray:  # [B,S,H] -> [B,heads,S,D]
-            bias = self._w(p + f"{name}.bias") if cfg.attention_bias else None
-            return L.linear(h, self._w(p + f"{name}.weight"), bias).reshape(B, S, heads, D).transpose(0, 2, 1, 3)
-
-        q = L.apply_rope(proj("q_proj", cfg.num_attention_heads), cos, sin)
-        k = L.apply_rope(proj("k_proj", cfg.num_key_value_heads), cos, sin)
-        v = proj("v_proj", cfg.num_key_value_heads)
-        if past_kv is not None:
-            k = np.concatenate([past_kv[0].astype(self.dtype, copy=False), k], axis=2)
-            v = np.concatenate([past_kv[1].astype(self.dtype, copy=False), v], axis=2)
-        out = L.attention(q, k, v, keep, self._w(p + "sinks"), D**-0.5)  # [B,S,Hq*D]
-        o_bias = self._w(p + "o_proj.bias") if cfg.attention_bias else None
-        return L.linear(out, self._w(p + "o_proj.weight"), o_bias), (k, v)
-
-    def _moe(self, i: int, h: np.ndarray) -> np.ndarray:
-        cfg = self.cfg
-        p = f"model.layers.{i}.mlp.router."
-        router_logits = L.linear(h, self._w(p + "weight"), self._w(p + "bias"))  # [T,E]
-        with np.errstate(over="ignore"):  # exp(-alpha*gate) may overflow to inf: sigmoid -> 0, as intended
-            return L.moe(
-                h, router_logits, cfg.experts_per_token, self._expert_loader(i), cfg.swiglu_limit, cfg.swiglu_alpha
-            )
 
     def _check_inputs(self, input_ids, attention_mask, position_ids, past):
         cfg = self.cfg

@@ -116,7 +116,7 @@ def test_dense_expert_checkpoint_exports_float_experts_exactly(tmp_path):
     graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
     assert {n.op_type for n in graph.node if n.domain == "ai.mxport"} == {"Attention", "MoE"}
     assert not [t.name for t in graph.initializer if t.name.endswith(("_blocks", "_scales"))]
-    assert json.loads((out / "mxport.json").read_text())["checkpoint_experts"].startswith("dense")
+    assert json.loads((out / "mxport.json").read_text())["checkpoint_experts"].startswith("float")
     ids = random_ids((2, SEQ), seed=7)
     with torch.no_grad():
         expected = model.float()(torch.from_numpy(ids)).logits.numpy()
