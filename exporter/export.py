@@ -206,7 +206,7 @@ def export(
     """Export the checkpoint at `checkpoint_dir` into `out_dir`; returns out_dir. Raises MxportError on bad input.
 
     `experts=None` takes the target's default (DEFAULT_EXPERTS): the fastest exact form that target's kernels run.
-    `window_cache`: sliding-window layers keep only their last W-1 cache slots (gpt_oss.window_masks); False
+    `window_cache`: sliding-window layers keep only their last W-1 cache slots (layers.window_masks); False
     keeps every slot in every layer's cache (one cache length for all layers).
     `accuracy_level` (cpu): of the quantized GEMMs, ORT's meaning: 4 = int8 activations (fast), 0 = float32."""
     from mxport.exporter.checkpoint import open_checkpoint
