@@ -5,7 +5,8 @@
       ─► com.microsoft.GroupQueryAttention(q, k, v, past_k, past_v,
               seqlens_k = T-1 for every row (int32 [B]),   total_sequence_length = T (int32 scalar),
               attention_bias = 0 | float32 min where attention_mask == 0   [B,1,S,T],
-              head_sink = sinks,   query_seqlens = S for every row (int32 [B]))
+              head_sink = sinks (absent when every sink is -inf: "no sinks"),
+              query_seqlens = S for every row (int32 [B]))
            {num_heads, kv_num_heads, scale, local_window_size = window (or -1), do_rotary = 0}
 
 Why this spelling (checked against the NumPy kernel on CPU, onnxruntime 1.32):
@@ -17,6 +18,9 @@ Why this spelling (checked against the NumPy kernel on CPU, onnxruntime 1.32):
   - query_seqlens lifts "batch_size must be 1 when sequence_length > 1 and past is given" (chunked prefill).
   - Rotary stays outside: GQA's in-kernel rotary takes only position_ids[b, 0] for a first prompt and assumes
     consecutive positions; left-padded rows have positions 0,0,..,0,1,2,.. (cumsum(mask) - 1, clipped).
+  - A -inf sink constant (exporter/layers.attention(sinks=None): Qwen3, GPT-2) is the op's "no sinks": the
+    head_sink input is left out, which is GQA's plain softmax (a -inf head_sink would be the same numbers, but
+    only by the kernel's grace, and it costs a column per row).
   - Bias uses the compute dtype's most negative finite value (MASKED), not -inf: a pad query row sees only
     masked keys and the sink, and stays finite (its output is unspecified by the I/O contract, but never NaN).
 """
@@ -26,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from .rules import MS_DOMAIN, Context, attr, replace
+from .rules import MS_DOMAIN, Context, attr, const, replace
 
 INT32 = ir.DataType.INT32
 # The bias of a masked slot per compute dtype: very negative, finite after the cast to that dtype
@@ -56,6 +60,8 @@ class LowerAttention:
         ctx.use_ms_domain()
         q, k, v, past_k, past_v, mask = node.inputs[:6]
         sinks = node.inputs[6] if len(node.inputs) > 6 else None
+        if no_sinks(sinks):
+            sinks = None
         nodes, seqlens_k, total, bias, query_seqlens = _shared_inputs(ctx, mask, q)
         window = int(attr(node, "window", 0))
         attrs = {
@@ -73,6 +79,17 @@ class LowerAttention:
         prefix = node.name or "attention"
         gqa = ir.node("GroupQueryAttention", inputs, attrs, domain=MS_DOMAIN, num_outputs=3, name=f"{prefix}/gqa")
         replace(ctx, node, [*nodes, gqa], gqa.outputs)
+
+
+def no_sinks(sinks: ir.Value | None) -> bool:
+    """True when `sinks` is absent or a constant whose every value is -inf (the op's "no sinks")."""
+    if sinks is None:
+        return True
+    tensor = const(sinks)
+    if tensor is None or isinstance(tensor, ir.LazyTensor):  # a checkpoint's sinks (read only at save time)
+        return False
+    values = tensor.numpy()
+    return values is not None and values.size > 0 and bool(np.all(np.isneginf(values)))
 
 
 def _shared_inputs(ctx: Context, mask: ir.Value, query: ir.Value):

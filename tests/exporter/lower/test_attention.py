@@ -139,3 +139,40 @@ def test_refuses_without_mask():
     _, report = _lower(proto)
     assert report.applied["attention"] == 0
     assert "attention_mask" in report.refused[0][2]
+
+
+def _portable_without_sinks(window: int) -> onnx.ModelProto:
+    """The portable op as exporter/layers.attention(sinks=None) writes it: a -inf sink per head, an initializer."""
+    proto = _portable(window)
+    graph = proto.graph
+    del graph.input[-1]  # "sinks" becomes a constant
+    graph.initializer.append(onnx.numpy_helper.from_array(np.full(HQ, -np.inf, np.float32), "sinks"))
+    return proto
+
+
+@pytest.mark.parametrize("window", [0, 3])
+@pytest.mark.parametrize("P,S,pad", [(0, 7, 3), (6, 3, 2), (9, 1, 4)])
+def test_minus_inf_sinks_lower_to_gqa_without_head_sink(P, S, pad, window):
+    after, report = _lower(_portable_without_sinks(window))
+    gqa = after.graph.node[-1]
+    assert (gqa.domain, gqa.op_type) == ("com.microsoft", "GroupQueryAttention") and report.applied["attention"] == 1
+    assert len(gqa.input) < 12 or gqa.input[11] == ""  # no head_sink
+    feeds = _feeds(P, S, pad, seed=P + S + pad + window)
+    sinks = feeds.pop("sinks")
+    out, present_k, _ = ort.InferenceSession(after.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, feeds)
+    with np.errstate(invalid="ignore"):  # pad rows see nothing: NaN in the reference, excluded below
+        want, keys, _ = reference(*(feeds[n] for n in ("query", "key", "value", "past_key", "past_value",
+                                                       "attention_mask")), np.full_like(sinks, -np.inf), window)
+    valid = _valid_rows(P, S, pad)
+    np.testing.assert_allclose(out[valid], want[valid], rtol=1e-5, atol=1e-5)
+    assert np.isfinite(out).all()
+    np.testing.assert_array_equal(present_k, keys.astype(np.float32))
+
+
+def test_finite_sink_constants_stay_head_sink():
+    proto = _portable_without_sinks(0)
+    proto.graph.initializer[-1].CopyFrom(onnx.numpy_helper.from_array(
+        np.array([-np.inf, 0.5, -np.inf, -np.inf], np.float32), "sinks"))
+    after, _ = _lower(proto)
+    assert list(after.graph.node[-1].input)[11] == "sinks"
