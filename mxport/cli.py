@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("mxport.runtime.chat", "chat with an exported gpt-oss folder in the harmony format"),
     "verify": ("mxport.runtime.verify", "compare an export against the NumPy reference model"),
     "bench": ("mxport.runtime.bench", "benchmark prefill/decode speed, memory and file size"),
+    "serve": ("mxport.runtime.serve.cli", "an OpenAI-compatible HTTP server over an exported folder"),
 }
 
 

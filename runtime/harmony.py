@@ -426,6 +426,11 @@ class StreamParser:
         return self._header.get("channel"), self._decoder.add(t)
 
     @property
+    def in_content(self) -> bool:
+        """Inside a message's content (after its <|message|>): add() returns its text as deltas."""
+        return self._cur.in_content
+
+    @property
     def recipient(self) -> str | None:
         """The recipient of the message being read ('functions.f' inside a tool call), else None."""
         return self._header.get("recipient") if self._cur.in_content else None

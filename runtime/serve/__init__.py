@@ -1,0 +1,11 @@
+"""`mxport serve EXPORT_DIR`: an OpenAI-compatible HTTP server with continuous batching (docs/SERVING.md).
+
+    app.py       FastAPI routes, SSE streaming, the request -> job glue
+    protocol.py  OpenAI's request fields (validated, unsupported ones refused by name) and response bodies
+    engine.py    the continuous-batching scheduler (one step per token for every active request)
+    formats.py   chat formats behind one interface (harmony now), plain text, stop strings
+    cli.py       the subcommand
+
+Needs the `serve` extra (`pip install "mxport[serve]"`: fastapi, uvicorn); nothing here is imported by the rest
+of mxport.
+"""

@@ -1,0 +1,301 @@
+"""The HTTP side: FastAPI routes in OpenAI's shapes over the engine (engine.py) and a chat format (formats.py).
+
+    GET  /health                503 while the model loads (or failed to), then 200
+    GET  /v1/models             the one model this server serves (its id: the folder name or --model-name)
+    POST /v1/chat/completions   messages (+ tools, reasoning_effort) -> the chat format's prompt ids
+    POST /v1/completions        prompt text or token ids, plain text out
+
+Each request becomes one engine Job. Its handler runs on the engine thread: it parses each token (reasoning,
+content, tool calls), applies the stop strings to the content and hands events to the request's asyncio queue
+(loop.call_soon_threadsafe). The route either collects them into one response or streams them as SSE
+`data: {chunk}\\n\\n` ... `data: [DONE]\\n\\n`. A client that goes away cancels its job: the engine drops the row at
+its next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request as HttpRequest
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from mxport.runtime.serve.engine import Engine, Job, QueueFull
+from mxport.runtime.serve.formats import ChatFormat, FormatError, ReplyParser, StopMatcher, TextParser, chat_format
+from mxport.runtime.serve.protocol import (ApiError, Request, bad, chunk, completion_body, new_id, parse_request,
+                                           usage)
+from mxport.runtime.tokenizer import Tokenizer
+
+log = logging.getLogger("mxport.serve")
+
+
+@dataclass
+class Served:
+    """What the routes need: the model's name, its engine, tokenizer, chat format, stop ids and context."""
+
+    name: str
+    engine: Engine
+    tokenizer: Tokenizer | None
+    chat: ChatFormat | None
+    eos_ids: tuple[int, ...] = ()
+    max_context: int | None = None
+    vocab_size: int | None = None
+
+
+def load_folder(folder: str | Path, *, provider: str = "cpu", max_batch: int = 16, max_queue: int = 64,
+                model_name: str | None = None, max_context: int | None = None) -> Served:
+    """An export folder on ONNX Runtime (the Generator's loader: the same step model, tokenizer and eos ids)."""
+    from mxport.runtime.generate import Generator
+
+    gen = Generator.from_folder(folder, provider=provider, max_context=max_context)
+    engine = Engine(gen.model, pad_token_id=gen.pad_token_id, max_batch=max_batch, max_queue=max_queue).start()
+    return Served(model_name or Path(folder).resolve().name, engine, gen.tokenizer, chat_format(gen.tokenizer),
+                  gen.eos_token_ids, gen.max_context, gen.vocab_size)
+
+
+class QueueHandler:
+    """Engine-thread side of one request: tokens -> parser events -> stop strings -> the request's asyncio queue."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, parser: ReplyParser, stops: tuple[str, ...]) -> None:
+        self.loop, self.parser = loop, parser
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.matcher = StopMatcher(stops)
+        self.stopped = False  # a stop string was hit
+
+    def _put(self, item: tuple) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the event loop is gone (server shutting down)
+            pass
+
+    def _events(self, events) -> bool:
+        for ev in events:
+            if ev.kind == "content":
+                text, hit = self.matcher.feed(ev.text)
+                if text:
+                    self._put(("content", text))
+                if hit:
+                    self.stopped = True
+                    return True
+                continue
+            if held := self.matcher.flush():
+                self._put(("content", held))
+            self._put((ev.kind, ev.text, ev.index, ev.name))
+        return False
+
+    def token(self, token_id: int) -> bool:
+        return self._events(self.parser.add(token_id))
+
+    def finish(self, reason: str, completion_tokens: int, stop_token: int | None = None) -> None:
+        if not self.stopped and not reason.startswith("error"):
+            self._events(self.parser.finish(stop_token))
+            if held := self.matcher.flush():
+                self._put(("content", held))
+        self._put(("done", reason, completion_tokens, self.parser.tool_called))
+
+
+def create_app(load: Callable[[], Served], *, default_max_tokens: int = 4096) -> FastAPI:
+    """The app; `load()` runs in a thread at startup (/health answers 503 until it returns)."""
+    state: dict[str, Any] = {"served": None, "error": None}
+
+    def loader() -> None:
+        try:
+            state["served"] = load()
+            log.info("model %s loaded", state["served"].name)
+        except Exception as exc:  # reported by /health and every route
+            state["error"] = f"{type(exc).__name__}: {exc}"
+            log.error("loading the model failed: %s", state["error"])
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        threading.Thread(target=loader, name="mxport-load", daemon=True).start()
+        yield
+        if state["served"] is not None:
+            state["served"].engine.stop()
+
+    app = FastAPI(title="mxport", lifespan=lifespan)
+    app.state.mxport = state
+
+    def served() -> Served:
+        if state["served"] is None:
+            why = f"the model failed to load: {state['error']}" if state["error"] else "the model is still loading"
+            raise ApiError(503, why, code="model_not_ready")
+        return state["served"]
+
+    @app.exception_handler(ApiError)
+    async def api_error(_: HttpRequest, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        s = state["served"]
+        if s is None:
+            status = "error" if state["error"] else "loading"
+            return JSONResponse({"status": status, "error": state["error"]}, status_code=503)
+        return JSONResponse({"status": "ok", "model": s.name, "active": s.engine.active, "waiting": s.engine.waiting})
+
+    @app.get("/v1/models")
+    async def models() -> JSONResponse:
+        s = served()
+        return JSONResponse({"object": "list", "data": [{"id": s.name, "object": "model", "created": 0,
+                                                          "owned_by": "mxport"}]})
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: HttpRequest):
+        return await respond(request, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: HttpRequest):
+        return await respond(request, chat=False)
+
+    async def respond(http: HttpRequest, chat: bool):
+        s = served()
+        try:
+            body = json.loads(await http.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise bad(f"the request body is not valid JSON ({exc})", None, "invalid_json") from None
+        req = parse_request(body, chat)
+        if req.model != s.name:
+            raise ApiError(404, f"The model '{req.model}' does not exist; this server serves '{s.name}'", "model",
+                           "model_not_found")
+        prompt, parser, stop_ids, param = prepare(s, req, chat)
+        max_tokens = check_context(s, req, len(prompt), param, default_max_tokens)
+        handler = QueueHandler(asyncio.get_running_loop(), parser, req.stop)
+        job = Job(prompt, max_tokens, handler, req.sampling, frozenset(stop_ids))
+        try:
+            s.engine.submit(job)
+        except QueueFull as exc:
+            raise ApiError(503, f"the server is busy: {exc}; retry later", code="queue_full") from None
+        meta = (new_id("chatcmpl" if chat else "cmpl"), s.name, len(prompt))
+        if req.stream:
+            return StreamingResponse(stream(http, job, handler, req, chat, meta), media_type="text/event-stream")
+        return await collect(http, job, handler, chat, meta)
+
+    return app
+
+
+def prepare(s: Served, req: Request, chat: bool) -> tuple[list[int], ReplyParser, set[int], str]:
+    """Prompt ids, a reply parser, the stop ids and the request field that holds the prompt."""
+    if chat:
+        if s.chat is None:
+            raise bad(f"the model '{s.name}' has no chat format (tokenizer without a chat template); "
+                      "use /v1/completions", "messages", "chat_not_supported")
+        try:
+            ids = s.chat.render(req.messages, req.tools, req.tool_choice, req.reasoning_effort)
+        except FormatError as exc:
+            raise bad(str(exc), exc.param) from None
+        return ids, s.chat.parser(), set(s.chat.stop_token_ids) | set(s.eos_ids), "messages"
+    if s.tokenizer is None:
+        raise bad(f"the model '{s.name}' has no tokenizer.json: text needs one", "prompt")
+    if isinstance(req.prompt, str):
+        ids = s.tokenizer.encode(req.prompt)
+    else:
+        ids = list(req.prompt)
+        if s.vocab_size is not None and any(not 0 <= t < s.vocab_size for t in ids):
+            raise bad(f"prompt: token ids must be in [0, {s.vocab_size})", "prompt")
+    if not ids:
+        raise bad("prompt: encodes to no tokens", "prompt")
+    return ids, TextParser(s.tokenizer), set(s.eos_ids), "prompt"
+
+
+def check_context(s: Served, req: Request, n: int, param: str, default_max_tokens: int) -> int:
+    """max_tokens for the job; a prompt that does not fit is a 400 with both numbers (never truncated)."""
+    ctx = s.max_context
+    if ctx is None:
+        return req.max_tokens or default_max_tokens
+    if n >= ctx:
+        raise bad(f"the prompt has {n} tokens; the model's context is {ctx} tokens (no room for a reply)", param,
+                  "context_length_exceeded")
+    if req.max_tokens is not None and n + req.max_tokens > ctx:
+        raise bad(f"the prompt has {n} tokens and max_tokens is {req.max_tokens}: {n + req.max_tokens} > the "
+                  f"model's context of {ctx} tokens", "max_tokens", "context_length_exceeded")
+    return req.max_tokens or min(ctx - n, default_max_tokens)
+
+
+async def next_item(http: HttpRequest, job: Job, handler: QueueHandler) -> tuple | None:
+    """The handler's next event; None when the client has gone (the job is then cancelled)."""
+    while True:
+        try:
+            return await asyncio.wait_for(handler.queue.get(), timeout=0.5)
+        except asyncio.TimeoutError:
+            if await http.is_disconnected():
+                job.cancel()
+                return None
+
+
+def _finish_reason(reason: str, tool_called: bool) -> str:
+    if reason.startswith("error"):
+        raise ApiError(500, f"generation failed: {reason[6:].strip()}", code="generation_failed")
+    return "tool_calls" if tool_called and reason == "stop" else ("length" if reason == "length" else "stop")
+
+
+async def collect(http: HttpRequest, job: Job, handler: QueueHandler, chat: bool, meta: tuple) -> JSONResponse:
+    rid, model, n_prompt = meta
+    text, reasoning, calls = [], [], []
+    while (item := await next_item(http, job, handler)) is not None:
+        kind = item[0]
+        if kind == "done":
+            _, reason, n, tool_called = item
+            body = completion_body(rid, model, chat, "".join(text), "".join(reasoning), calls,
+                                   _finish_reason(reason, tool_called), usage(n_prompt, n))
+            return JSONResponse(body)
+        if kind == "content":
+            text.append(item[1])
+        elif kind == "reasoning":
+            reasoning.append(item[1])
+        elif kind == "tool_call":
+            calls.append({"id": new_id("call"), "type": "function", "function": {"name": item[3], "arguments": ""}})
+        elif kind == "tool_args":
+            calls[item[2]]["function"]["arguments"] += item[1]
+    return JSONResponse({}, status_code=499)  # the client is gone; nobody reads this
+
+
+async def stream(http: HttpRequest, job: Job, handler: QueueHandler, req: Request, chat: bool,
+                 meta: tuple) -> AsyncIterator[str]:
+    rid, model, n_prompt = meta
+    created = int(time.time())
+
+    def sse(choice: dict | None, usage_: dict | None = None) -> str:
+        return f"data: {json.dumps(chunk(rid, model, created, chat, choice, usage_, req.include_usage))}\n\n"
+
+    def delta(d: dict, finish: str | None = None) -> dict:
+        return ({"index": 0, "delta": d, "finish_reason": finish, "logprobs": None} if chat else
+                {"index": 0, "text": d.get("content", ""), "finish_reason": finish, "logprobs": None})
+
+    try:
+        if chat:
+            yield sse(delta({"role": "assistant", "content": ""}))
+        while (item := await next_item(http, job, handler)) is not None:
+            kind = item[0]
+            if kind == "done":
+                _, reason, n, tool_called = item
+                try:
+                    finish = _finish_reason(reason, tool_called)
+                except ApiError as exc:
+                    yield f"data: {json.dumps(exc.body())}\n\n"
+                    break
+                yield sse(delta({}, finish))
+                if req.include_usage:
+                    yield sse(None, usage(n_prompt, n))
+                break
+            if kind == "content":
+                yield sse(delta({"content": item[1]}))
+            elif kind == "reasoning" and chat:
+                yield sse(delta({"reasoning": item[1], "reasoning_content": item[1]}))
+            elif kind == "tool_call" and chat:
+                call = {"index": item[2], "id": new_id("call"), "type": "function",
+                        "function": {"name": item[3], "arguments": ""}}
+                yield sse(delta({"tool_calls": [call]}))
+            elif kind == "tool_args" and chat:
+                yield sse(delta({"tool_calls": [{"index": item[2], "function": {"arguments": item[1]}}]}))
+        yield "data: [DONE]\n\n"
+    finally:
+        job.cancel()  # a no-op for a finished job; frees the slot of one whose client went away

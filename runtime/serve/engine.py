@@ -1,0 +1,273 @@
+"""Continuous batching: one engine thread runs one generation step per token for every active request.
+
+    submit(job) ──► pending (bounded: QueueFull when --max-queue jobs wait)
+                        │  each loop: admit while active < max_batch
+                        ▼
+    prefill(job) alone: step(prompt [1,S0], mask [1,S0], empty cache) -> first token, cache(S0)
+                        │  merge into the running batch (below)
+                        ▼
+    decode step for all rows: step(last ids [B,1], mask + [1], pos = cumsum(mask) - 1, cache) -> next ids [B]
+                        │  per row: sample (its own temperature / top_k / top_p / seed), hand the token to the
+                        │  job's handler (text, stop strings, chat parsing), stop on its stop ids or max_tokens
+                        ▼
+    finished or cancelled (client gone) rows leave: their batch index is dropped from every cache and the mask,
+    then mask columns that are padding in every row are trimmed.
+
+Merging rows of different lengths (ARCHITECTURE.md: absolute slots, left padding, window-sized caches):
+
+    mask [B,P]:              row r is left-padded with zeros to the batch's P = max(P_batch, P_r)
+    layer cache [B,KV,L,D]:  every layer is left-padded with zero slots to L = max(L_batch, L_r)
+
+For a full layer L = P, so its pad slots are the mask's pad columns. A sliding layer of a window-cache export holds
+L = min(P, W-1) slots, the *last* L columns of the mask, and max(min(P_a, W-1), min(P_b, W-1)) = min(P, W-1): the
+padded cache is again the last min(P, W-1) columns, and its pad slots (if any) fall on the mask's pad columns, which
+the attention excludes. Positions come from cumsum(mask) - 1, so padding never shifts a row's positions. The same
+rule read backwards trims: dropping k leading all-pad columns shortens a layer to min(L, P - k).
+
+The engine knows nothing of text: a job's `handler` turns tokens into output (see formats.py and app.py).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from mxport.runtime.runners import position_ids
+from mxport.runtime.sampling import SamplingConfig, sample
+from mxport.runtime.session import StepModel
+
+
+class QueueFull(Exception):
+    """The engine's waiting queue is full (the server answers 503)."""
+
+
+class Handler(Protocol):
+    def token(self, token_id: int) -> bool:
+        """One generated token (stop tokens are not passed). Returns True to stop here (e.g. a stop string)."""
+
+    def finish(self, reason: str, completion_tokens: int, stop_token: int | None) -> None:
+        """The job ended: reason 'stop' | 'length' | 'cancelled' | 'error: ...'; stop_token: the stop id that
+        ended it (None for a stop string, the length limit, ...)."""
+
+
+@dataclass
+class Job:
+    prompt: list[int]
+    max_tokens: int
+    handler: Handler
+    sampling: SamplingConfig = SamplingConfig()
+    stop_ids: frozenset[int] = frozenset()
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    generated: int = 0  # tokens sampled so far (a stop token included)
+    last: int = -1  # the token the next step feeds
+    rng: np.random.Generator | None = None
+
+    done: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def finish(self, reason: str, stop_token: int | None = None) -> None:
+        """Tell the handler once."""
+        if not self.done:
+            self.done = True
+            self.handler.finish(reason, self.generated, stop_token)
+
+
+@dataclass
+class Batch:
+    """The running batch: rows, their mask [B,P] and per-layer caches [B,KV,L_i,D] (ORT values or numpy)."""
+
+    jobs: list[Job] = field(default_factory=list)
+    mask: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
+    cache: list[Any] = field(default_factory=list)
+
+
+class Engine:
+    """The scheduler thread. `model` is a runtime.session step model (OrtStepModel or InferStepModel)."""
+
+    def __init__(self, model: StepModel, *, pad_token_id: int = 0, max_batch: int = 16, max_queue: int = 64) -> None:
+        if max_batch < 1 or max_queue < 0:
+            raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, found {max_batch}, {max_queue}")
+        self.model = model
+        self.pad = int(pad_token_id)
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.batch = Batch()
+        self.steps = 0  # decode steps run (for tests and stats)
+        self.max_rows_seen = 0  # the largest batch a decode step ran with
+        self.finished: Counter[str] = Counter()  # jobs ended, by reason: stop, length, cancelled, error
+        self._pending: deque[Job] = deque()
+        self._wake = threading.Condition()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._wrap = _wrapper(model)
+
+    # ---- the API --------------------------------------------------------------------------------------------
+    def start(self) -> Engine:
+        self._thread = threading.Thread(target=self._loop, name="mxport-engine", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stop = True
+            self._wake.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def submit(self, job: Job) -> None:
+        with self._wake:
+            if len(self._pending) >= self.max_queue + max(0, self.max_batch - len(self.batch.jobs)):
+                raise QueueFull(f"{len(self._pending)} requests are waiting (--max-queue {self.max_queue})")
+            job.rng = job.sampling.rng()
+            self._pending.append(job)
+            self._wake.notify_all()
+
+    @property
+    def active(self) -> int:
+        return len(self.batch.jobs)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._pending)
+
+    # ---- the loop -------------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stop and not self._pending and not self.batch.jobs:
+                    self._wake.wait()
+                if self._stop:
+                    break
+                admit = []
+                while self._pending and len(self.batch.jobs) + len(admit) < self.max_batch:
+                    admit.append(self._pending.popleft())
+            try:
+                for job in admit:
+                    self._admit(job)
+                if self.batch.jobs:
+                    self._decode()
+            except Exception as exc:  # a failing step fails the rows it ran for; the server keeps serving
+                for job in [*admit, *self.batch.jobs]:
+                    self._end(job, f"error: {type(exc).__name__}: {exc}")
+                self.batch = Batch()
+        for job in [*self._pending, *self.batch.jobs]:
+            self._end(job, "cancelled")
+
+    def _admit(self, job: Job) -> None:
+        if job.cancelled.is_set():
+            self._end(job, "cancelled")
+            return
+        ids = np.asarray([job.prompt], np.int64)
+        mask = np.ones_like(ids)
+        logits, cache = self.model.step(ids, mask, position_ids(mask, ids.shape[1]), self.model.new_cache(1))
+        if self._take(job, logits[:, -1, :]):
+            return
+        self._merge(job, mask, cache)
+
+    def _decode(self) -> None:
+        b = self.batch
+        ids = np.asarray([[job.last] for job in b.jobs], np.int64)
+        b.mask = np.concatenate([b.mask, np.ones((len(b.jobs), 1), np.int64)], axis=1)
+        logits, b.cache = self.model.step(ids, b.mask, position_ids(b.mask, 1), b.cache)
+        self.steps += 1
+        self.max_rows_seen = max(self.max_rows_seen, len(b.jobs))
+        done = [self._take(job, logits[i : i + 1, -1, :]) for i, job in enumerate(b.jobs)]
+        self._drop([i for i, d in enumerate(done) if d])
+
+    def _end(self, job: Job, reason: str, stop_token: int | None = None) -> None:
+        if not job.done:
+            self.finished[reason.split(":")[0]] += 1
+        job.finish(reason, stop_token)
+
+    def _take(self, job: Job, logits: np.ndarray) -> bool:
+        """Choose the job's next token from logits [1,V], hand it over; True when the job is finished."""
+        if job.cancelled.is_set():
+            self._end(job, "cancelled")
+            return True
+        token = int(sample(logits, job.sampling, job.rng)[0])
+        job.generated += 1
+        job.last = token
+        if token in job.stop_ids:
+            self._end(job, "stop", token)
+            return True
+        if job.handler.token(token):
+            self._end(job, "stop")
+            return True
+        if job.generated >= job.max_tokens:
+            self._end(job, "length")
+            return True
+        return False
+
+    # ---- batch surgery (numpy; the cache goes back to ORT values for the next step) -------------------------
+    def _merge(self, job: Job, mask: np.ndarray, cache: Sequence[Any]) -> None:
+        b = self.batch
+        if not b.jobs:
+            self.batch = Batch([job], mask, list(cache))
+            return
+        P = max(b.mask.shape[1], mask.shape[1])
+        new_mask = np.concatenate([_left_pad(b.mask, P, 1), _left_pad(mask, P, 1)], axis=0)
+        new_cache = []
+        for old, new in zip(b.cache, cache):
+            old, new = _numpy(old), _numpy(new)
+            L = max(old.shape[2], new.shape[2])
+            new_cache.append(self._wrap(np.concatenate([_left_pad(old, L, 2), _left_pad(new, L, 2)], axis=0)))
+        self.batch = Batch([*b.jobs, job], new_mask, new_cache)
+
+    def _drop(self, rows: list[int]) -> None:
+        if not rows:
+            return
+        b = self.batch
+        keep = [i for i in range(len(b.jobs)) if i not in set(rows)]
+        if not keep:
+            self.batch = Batch()
+            return
+        mask = b.mask[keep]
+        k = int(np.argmax(mask.any(axis=0)))  # leading columns that are padding in every remaining row
+        P = mask.shape[1] - k
+        cache = []
+        for value in b.cache:
+            arr = _numpy(value)[keep]
+            L = min(arr.shape[2], P)
+            cache.append(self._wrap(np.ascontiguousarray(arr[:, :, arr.shape[2] - L :])))
+        self.batch = Batch([b.jobs[i] for i in keep], np.ascontiguousarray(mask[:, k:]), cache)
+
+
+def _left_pad(x: np.ndarray, length: int, axis: int) -> np.ndarray:
+    """Zeros in front of axis `axis` up to `length`."""
+    short = length - x.shape[axis]
+    if short == 0:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (short, 0)
+    return np.pad(x, widths)
+
+
+def _numpy(value: Any) -> np.ndarray:
+    return value.numpy() if hasattr(value, "numpy") and not isinstance(value, np.ndarray) else np.asarray(value)
+
+
+def _wrapper(model: Any):
+    """numpy -> what the model's step takes as a cache entry (an ORT value on its device, or the array)."""
+    ort = getattr(model, "_ort", None)
+    if ort is None:
+        return lambda arr: arr
+    device = getattr(model, "device", "cpu")
+    return lambda arr: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr), device, 0)
+
+
+def wait_idle(engine: Engine, timeout: float = 10.0) -> bool:
+    """Poll until no job is active or waiting (tests)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if not engine.active and not engine.waiting:
+            return True
+        time.sleep(0.01)
+    return False

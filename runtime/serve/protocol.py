@@ -1,0 +1,218 @@
+"""OpenAI's wire format: request validation (typed, with the field named in every error) and response bodies.
+
+Requests are checked by hand rather than by a schema library so that each error is OpenAI's
+`{"error": {"message", "type", "param", "code"}}` naming the field, and so that a field this server does not
+implement (n > 1, logprobs, response_format, penalties, ...) is refused by name instead of ignored.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from mxport.runtime.sampling import SamplingConfig
+
+
+class ApiError(Exception):
+    """An error answered as OpenAI's error body with an HTTP status."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type_: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.type = type_ or {400: "invalid_request_error", 404: "invalid_request_error",
+                              503: "server_error"}.get(status, "server_error")
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def bad(message: str, param: str | None = None, code: str | None = "invalid_value") -> ApiError:
+    return ApiError(400, message, param, code)
+
+
+# Fields that are accepted and have no effect on a local model (OpenAI bookkeeping).
+IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key", "safety_identifier"}
+# Fields that are refused unless they carry their neutral value: name -> neutral check.
+NEUTRAL = {
+    "n": lambda v: v in (None, 1),
+    "logprobs": lambda v: v in (None, False),
+    "top_logprobs": lambda v: v in (None, 0),
+    "response_format": lambda v: v is None or (isinstance(v, dict) and v.get("type") == "text"),
+    "presence_penalty": lambda v: v in (None, 0, 0.0),
+    "frequency_penalty": lambda v: v in (None, 0, 0.0),
+    "logit_bias": lambda v: not v,
+    "echo": lambda v: v in (None, False),
+    "best_of": lambda v: v in (None, 1),
+    "suffix": lambda v: v in (None, ""),
+    "modalities": lambda v: v in (None, ["text"]),
+    "audio": lambda v: v is None,
+    "prediction": lambda v: v is None,
+    "web_search_options": lambda v: v is None,
+    "verbosity": lambda v: v is None,
+}
+COMMON = {"model", "stream", "stream_options", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop"}
+CHAT = COMMON | {"messages", "max_completion_tokens", "tools", "tool_choice", "reasoning_effort"}
+COMPLETION = COMMON | {"prompt"}
+
+
+@dataclass
+class Request:
+    """A validated request of either endpoint."""
+
+    model: str
+    stream: bool = False
+    include_usage: bool = False
+    max_tokens: int | None = None
+    sampling: SamplingConfig = SamplingConfig()
+    stop: tuple[str, ...] = ()
+    messages: list[dict] = field(default_factory=list)  # chat
+    tools: list[dict] = field(default_factory=list)
+    tool_choice: Any = None
+    reasoning_effort: str | None = None
+    prompt: str | list[int] | None = None  # completions
+
+
+def parse_request(body: Any, chat: bool) -> Request:
+    if not isinstance(body, dict):
+        raise bad("the request body must be a JSON object", None, "invalid_json")
+    allowed = CHAT if chat else COMPLETION
+    unknown = sorted(k for k in body if k not in allowed and k not in IGNORED and k not in NEUTRAL)
+    if unknown:
+        raise bad(f"unrecognized request argument(s): {', '.join(unknown)}", unknown[0], "unknown_parameter")
+    refused = sorted(k for k, ok in NEUTRAL.items() if k in body and not ok(body[k]))
+    if refused:
+        shown = ", ".join(f"{k}={body[k]!r}" for k in refused)
+        raise bad(f"not supported by this server: {shown} (leave them out or use their default)", refused[0],
+                  "unsupported_parameter")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise bad("'model' is required (a string: see GET /v1/models)", "model", "missing_required_parameter")
+    req = Request(model=model, stream=_bool(body, "stream"))
+    opts = body.get("stream_options")
+    if opts is not None:
+        if not isinstance(opts, dict) or set(opts) - {"include_usage", "include_obfuscation"}:
+            raise bad("stream_options: expected {\"include_usage\": bool}", "stream_options")
+        req.include_usage = _bool(opts, "include_usage", "stream_options.include_usage")
+    key = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
+    req.max_tokens = _int(body, key, low=1)
+    temperature = _number(body, "temperature", 0.0, 0.0, None)
+    top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
+    if top_p == 0.0:
+        raise bad("top_p must be in (0, 1]", "top_p")
+    top_k = _int(body, "top_k", low=0) or 0  # an extension (vLLM, llama.cpp); 0 = all
+    req.sampling = SamplingConfig(temperature, top_k, top_p, _int(body, "seed"))
+    req.stop = _stop(body.get("stop"))
+    if chat:
+        req.messages = body.get("messages")
+        if not isinstance(req.messages, list) or not req.messages:
+            raise bad("'messages' is required: a non-empty list", "messages", "missing_required_parameter")
+        tools = body.get("tools")
+        if tools is not None and not isinstance(tools, list):
+            raise bad("tools: expected a list of {\"type\": \"function\", \"function\": {...}}", "tools")
+        req.tools = tools or []
+        req.tool_choice = body.get("tool_choice")
+        effort = body.get("reasoning_effort")
+        if effort is not None and not isinstance(effort, str):
+            raise bad(f"reasoning_effort: expected a string, found {effort!r}", "reasoning_effort")
+        req.reasoning_effort = effort
+    else:
+        req.prompt = _prompt(body.get("prompt"))
+    return req
+
+
+def _bool(d: dict, key: str, param: str | None = None) -> bool:
+    v = d.get(key)
+    if v is None:
+        return False
+    if not isinstance(v, bool):
+        raise bad(f"{param or key}: expected true or false, found {v!r}", param or key)
+    return v
+
+
+def _int(d: dict, key: str, low: int | None = None) -> int | None:
+    v = d.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise bad(f"{key}: expected an integer, found {v!r}", key)
+    if low is not None and v < low:
+        raise bad(f"{key}: must be >= {low}, found {v}", key)
+    return v
+
+
+def _number(d: dict, key: str, default: float, low: float, high: float | None) -> float:
+    v = d.get(key)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+        raise bad(f"{key}: expected a number, found {v!r}", key)
+    if v < low or (high is not None and v > high):
+        raise bad(f"{key}: must be in [{low}, {high if high is not None else 'inf'}], found {v}", key)
+    return float(v)
+
+
+def _stop(v: Any) -> tuple[str, ...]:
+    if v is None:
+        return ()
+    stops = [v] if isinstance(v, str) else v
+    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > 4:
+        raise bad(f"stop: expected a non-empty string or a list of up to 4 of them, found {v!r}", "stop")
+    return tuple(stops)
+
+
+def _prompt(v: Any) -> str | list[int]:
+    if isinstance(v, list) and len(v) == 1 and isinstance(v[0], (str, list)):
+        v = v[0]  # a batch of one
+    if isinstance(v, str) and v:
+        return v
+    if isinstance(v, list) and v and all(isinstance(t, int) and not isinstance(t, bool) for t in v):
+        return v
+    if isinstance(v, list) and len(v) > 1:
+        raise bad("prompt: a batch of prompts is not supported (send one request per prompt)", "prompt",
+                  "unsupported_parameter")
+    raise bad("'prompt' is required: a non-empty string or a list of token ids", "prompt",
+              "missing_required_parameter")
+
+
+# ---- responses ------------------------------------------------------------------------------------------------------
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def chunk(rid: str, model: str, created: int, chat: bool, choice: dict | None, usage_: dict | None = None,
+          with_usage: bool = False) -> dict[str, Any]:
+    """One streamed chunk; choice None means the usage chunk (empty choices)."""
+    out: dict[str, Any] = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+                           "created": created, "model": model, "choices": [] if choice is None else [choice]}
+    if with_usage:
+        out["usage"] = usage_
+    return out
+
+
+def chat_message(content: str, reasoning: str, calls: list[dict]) -> dict[str, Any]:
+    msg: dict[str, Any] = {"role": "assistant", "content": content if content or not calls else None}
+    if reasoning:
+        msg["reasoning"] = msg["reasoning_content"] = reasoning
+    if calls:
+        msg["tool_calls"] = calls
+    return msg
+
+
+def completion_body(rid: str, model: str, chat: bool, text: str, reasoning: str, calls: list[dict],
+                    finish_reason: str, usage_: dict) -> dict[str, Any]:
+    choice: dict[str, Any] = {"index": 0, "finish_reason": finish_reason, "logprobs": None}
+    if chat:
+        choice["message"] = chat_message(text, reasoning, calls)
+    else:
+        choice["text"] = text
+    return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
+            "model": model, "choices": [choice], "usage": usage_}
