@@ -59,7 +59,8 @@ from mxport.runtime.runners import (
 # to float32) and the math is float32, so only summation order differs from the float32 reference. Anything
 # else is lossy and gets the looser LOSSY_TOLERANCES -- int8 too: its weights map exactly
 # (ops.mxfp4.exact_int8) but ORT's CPU QMoE quantizes the activations to int8 (~1e-2 relative on tiny).
-EXACT_EXPERTS = ("mxfp4", "fp32", "float32", "dense")
+EXACT_EXPERTS = ("mxfp4", "fp32", "float32", "dense", "float")
+EXACT_DENSE = ("float32",)  # dense matrices as stored (bf16 or float32) through a float32 MatMul
 LOSSY_TOLERANCES: dict[str, Tolerance] = {
     "logits": Tolerance(rel=5e-2, top1=0.9, kl_mean=1e-2),
     "hidden_states.*": Tolerance(rel=5e-2),
@@ -71,11 +72,18 @@ MAX_FAILURE_LINES = 12  # failing outputs listed by the CLI; --json has them all
 
 
 def default_tolerances(manifest: Mapping[str, Any]) -> tuple[dict[str, Tolerance], str]:
-    """(tolerances, mode label) for an export's dtype / experts mode as recorded in mxport.json."""
+    """(tolerances, mode label) for an export's dtype / experts / dense mode as recorded in mxport.json.
+
+    Exact only when every part is: float32 math, experts kept or decoded exactly, dense matrices not quantized
+    (`--dense int8|int4` is MatMulNBits: lossy whatever the accuracy level, which only changes the activations)."""
     dtype = str(manifest.get("dtype", "float32"))
     experts = str(manifest.get("experts", "mxfp4"))
-    mode = f"dtype={dtype} experts={experts}"
-    if dtype == "float32" and experts in EXACT_EXPERTS:
+    dense = str(manifest.get("dense", "float32"))
+    mode = f"dtype={dtype} experts={experts} dense={dense}"
+    level = manifest.get("accuracy_level")
+    if level is not None and level != 4 and (dense != "float32" or experts == "int4"):
+        mode += f" accuracy_level={level}"
+    if dtype == "float32" and experts in EXACT_EXPERTS and dense in EXACT_DENSE:
         return dict(FLOAT32_TOLERANCES), mode + " (exact)"
     return dict(LOSSY_TOLERANCES), mode + " (lossy)"
 
@@ -465,12 +473,16 @@ def _masks(outputs: Mapping[str, np.ndarray], mask: np.ndarray, new: int) -> dic
 
 def _check_same_model(manifest: Mapping[str, Any], cfg: Any, export_dir: Path, checkpoint: Path) -> None:
     """The recorded model config (if any) must describe the checkpoint's model."""
+    from mxport.exporter import families
+
     recorded = manifest.get("config") or manifest.get("model_config")
     if not isinstance(recorded, Mapping):
         return
-    mine = cfg.to_hf_dict()
-    keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim")
-    diff = [f"{k}: export {recorded[k]} vs checkpoint {mine[k]}" for k in keys if k in recorded and recorded[k] != mine[k]]
+    theirs = families.config_from_dict(recorded, str(export_dir / "mxport.json"))
+    keys = ("architecture", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "head_dim")
+    diff = [f"{k}: export {getattr(theirs, k)} vs checkpoint {getattr(cfg, k)}" for k in keys
+            if getattr(theirs, k) != getattr(cfg, k)]
     if diff:
         raise MxportError(f"{export_dir} was not exported from {checkpoint}: " + "; ".join(diff))
 

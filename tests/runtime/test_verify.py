@@ -128,8 +128,12 @@ def test_tolerance_defaults_and_options():
     assert default_tolerances({"dtype": "float32", "experts": "fp32"})[1].endswith("(exact)")
     assert default_tolerances({"dtype": "float32", "experts": "int8"})[1].endswith("(lossy)")
     tols, mode = default_tolerances({"dtype": "float16", "experts": "mxfp4"})
-    assert tols == LOSSY_TOLERANCES and mode == "dtype=float16 experts=mxfp4 (lossy)"
+    assert tols == LOSSY_TOLERANCES and mode == "dtype=float16 experts=mxfp4 dense=float32 (lossy)"
     assert default_tolerances({"experts": "int4"})[1].endswith("(lossy)")
+    # MatMulNBits dense weights are lossy whatever the experts or the accuracy level (was labelled exact)
+    tols, mode = default_tolerances({"dtype": "float32", "experts": "fp32", "dense": "int4", "accuracy_level": 0})
+    assert tols == LOSSY_TOLERANCES and mode == "dtype=float32 experts=fp32 dense=int4 accuracy_level=0 (lossy)"
+    assert default_tolerances({"dtype": "float32", "experts": "fp32", "dense": "int8"})[1].endswith("(lossy)")
     merged = merge_tolerances(FLOAT32_TOLERANCES, {"logits": 1e-3})
     assert merged["logits"] == Tolerance(rel=1e-3, top1=1.0)  # a float changes rel only
     opts = parse_tolerance_options(["logits=1e-3", "logits:top1=0.99", "hidden_states.*:abs=0.5"], FLOAT32_TOLERANCES)
