@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mxport.errors import MxportError
-from mxport.exporter.families.base import FULL, SLIDING, DecoderConfig, Rope
+from mxport.exporter.families.base import FULL, SLIDING, DecoderConfig, Rope, convert, need, parse_rope, token_ids
 
 __all__ = ["FULL", "SLIDING", "ModelConfig", "yarn_inv_freq"]
 
@@ -61,6 +61,15 @@ class ModelConfig(DecoderConfig):
         problems = super().problems()
         if problems and not all(isinstance(v, int) and v > 0 for v in (self.hidden_size, self.num_hidden_layers)):
             return problems
+        for name in ("intermediate_size", "num_experts"):
+            if not 0 < getattr(self, name) <= 1 << 24:
+                problems.append(f"{name}={getattr(self, name)} must be a positive integer (at most 2^24)")
+        if self.sliding_window < 0 or self.max_position_embeddings <= 0:
+            problems.append(f"sliding_window={self.sliding_window} and max_position_embeddings="
+                            f"{self.max_position_embeddings} must be >= 0 and > 0")
+        if not (self.rope_theta > 1.0 and self.rope_scaling_factor > 0 and self.rms_norm_eps >= 0):
+            problems.append(f"rope_theta={self.rope_theta}, rope scaling factor={self.rope_scaling_factor} and "
+                            f"rms_norm_eps={self.rms_norm_eps} must be > 1, > 0 and >= 0")
         if self.head_dim % 2:
             problems.append(f"head_dim={self.head_dim} must be even for RoPE")
         if self.experts_mxfp4 and (self.hidden_size % 32 or self.intermediate_size % 32):
@@ -179,21 +188,33 @@ class ModelConfig(DecoderConfig):
 
 
 def _need(d: dict[str, Any], key: str, source: str, kind: type = int) -> Any:
-    if key not in d:
-        raise MxportError(f"{source}: missing required key {key!r}")
-    value = d[key]
-    try:
-        if kind is int and (isinstance(value, bool) or float(value) != int(value)):
-            raise ValueError
-        return kind(value)
-    except (TypeError, ValueError):
-        raise MxportError(f"{source}: key {key!r} should be {kind.__name__}, found {value!r}") from None
+    return need(d, key, source, kind)
+
+
+def _opt(d: dict[str, Any], key: str, default: Any, source: str, kind: type = int) -> Any:
+    """d[key] as `kind` when present and not null, else `default`; MxportError naming the key otherwise."""
+    value = d.get(key)
+    return default if value is None else convert(value, key, source, kind)
+
+
+def _object(d: dict[str, Any], key: str, source: str) -> dict[str, Any]:
+    value = d.get(key) or {}
+    if not isinstance(value, dict):
+        raise MxportError(f"{source}: key {key!r} should be an object, found {value!r}")
+    return value
+
+
+def _layer_types(d: dict[str, Any], source: str) -> tuple[str, ...]:
+    value = d.get("layer_types") or ()
+    if not isinstance(value, (list, tuple)) or not all(isinstance(t, str) for t in value):
+        raise MxportError(f"{source}: key 'layer_types' should be a list of strings, found {value!r}")
+    return tuple(value)
 
 
 def _from_hf(d: dict[str, Any], source: str) -> ModelConfig:
     arch = d.get("model_type") or ""
     archs = d.get("architectures") or []
-    if arch != "gpt_oss" and "GptOssForCausalLM" not in archs:
+    if arch != "gpt_oss" and "GptOssForCausalLM" not in (archs if isinstance(archs, list) else [archs]):
         raise MxportError(
             f"{source}: unknown architecture (model_type={arch!r}, architectures={archs!r}); "
             "supported: gpt_oss (GptOssForCausalLM)"
@@ -202,18 +223,15 @@ def _from_hf(d: dict[str, Any], source: str) -> ModelConfig:
     heads = _need(d, "num_attention_heads", source)
     layers = _need(d, "num_hidden_layers", source)
     # Newer transformers: rope_parameters {rope_type, rope_theta, factor, ...}; older: rope_theta + rope_scaling.
-    rope = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
-    theta = rope.get("rope_theta", d.get("rope_theta"))
-    if theta is None:
-        raise MxportError(f"{source}: missing required key 'rope_theta' (top level or in 'rope_parameters')")
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type not in ("yarn", "default"):
-        raise MxportError(f"{source}: rope type {rope_type!r} is not supported (expected 'yarn' or 'default')")
-    yarn = rope_type == "yarn"
-    eos = d.get("eos_token_id")
-    quant = d.get("quantization_config") or {}
+    rope = parse_rope(d, source, truncate_default=True)
+    if rope.rope_type not in ("yarn", "default"):
+        raise MxportError(f"{source}: rope type {rope.rope_type!r} is not supported (expected 'yarn' or 'default')")
+    yarn = rope.rope_type == "yarn"
+    quant = _object(d, "quantization_config", source)
     if quant and quant.get("quant_method") not in ("mxfp4", None):
         raise MxportError(f"{source}: quantization_config.quant_method {quant.get('quant_method')!r} is not supported")
+    if not heads:
+        raise MxportError(f"{source}: num_attention_heads must be positive, found {heads}")
     return ModelConfig(
         architecture="gpt_oss",
         vocab_size=_need(d, "vocab_size", source),
@@ -221,34 +239,31 @@ def _from_hf(d: dict[str, Any], source: str) -> ModelConfig:
         intermediate_size=_need(d, "intermediate_size", source),
         num_hidden_layers=layers,
         num_attention_heads=heads,
-        num_key_value_heads=int(d.get("num_key_value_heads", heads)),
-        head_dim=int(d.get("head_dim") or H // heads),
+        num_key_value_heads=_opt(d, "num_key_value_heads", heads, source),
+        head_dim=_opt(d, "head_dim", H // heads, source) or H // heads,
         num_experts=_need(d, "num_local_experts", source),
-        experts_per_token=int(d.get("num_experts_per_tok", d.get("experts_per_token", 4))),
-        sliding_window=int(d.get("sliding_window") or 0),
-        layer_types=tuple(d.get("layer_types") or ()),
-        rope_theta=float(theta),
-        rope_scaling_factor=float(rope.get("factor", 1.0)) if yarn else 1.0,
-        rope_beta_fast=float(rope.get("beta_fast", 32.0)),
-        rope_beta_slow=float(rope.get("beta_slow", 1.0)),
-        rope_original_max_position=int(
-            rope.get("original_max_position_embeddings", d.get("max_position_embeddings", 4096))
-        ),
-        rope_truncate=bool(rope.get("truncate", True)),
-        max_position_embeddings=int(d.get("max_position_embeddings", 131072)),
-        swiglu_limit=float(d.get("swiglu_limit", 7.0)),
-        rms_norm_eps=float(d.get("rms_norm_eps", 1e-5)),
+        experts_per_token=_opt(d, "num_experts_per_tok", _opt(d, "experts_per_token", 4, source), source),
+        sliding_window=_opt(d, "sliding_window", 0, source),
+        layer_types=_layer_types(d, source),
+        rope_theta=rope.theta,
+        rope_scaling_factor=rope.factor if yarn else 1.0,
+        rope_beta_fast=rope.beta_fast,
+        rope_beta_slow=rope.beta_slow,
+        rope_original_max_position=rope.original_max_position,
+        rope_truncate=rope.truncate,
+        max_position_embeddings=_opt(d, "max_position_embeddings", 131072, source),
+        swiglu_limit=_opt(d, "swiglu_limit", 7.0, source, float),
+        rms_norm_eps=_opt(d, "rms_norm_eps", 1e-5, source, float),
         attention_bias=bool(d.get("attention_bias", True)),
         tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-        eos_token_ids=tuple(int(e) for e in eos) if isinstance(eos, list) else (() if eos is None else (int(eos),)),
-        pad_token_id=d.get("pad_token_id"),
+        eos_token_ids=token_ids(d.get("eos_token_id"), "eos_token_id", source),
+        pad_token_id=_opt(d, "pad_token_id", None, source),
         experts_mxfp4=bool(quant),
     )
 
 
 def _from_original(d: dict[str, Any], source: str) -> ModelConfig:
     layers = _need(d, "num_hidden_layers", source)
-    factor = float(d.get("rope_scaling_factor", 1.0))
     return ModelConfig(
         architecture="gpt_oss",
         vocab_size=_need(d, "vocab_size", source),
@@ -260,17 +275,17 @@ def _from_original(d: dict[str, Any], source: str) -> ModelConfig:
         head_dim=_need(d, "head_dim", source),
         num_experts=_need(d, "num_experts", source),
         experts_per_token=_need(d, "experts_per_token", source),
-        sliding_window=int(d.get("sliding_window", 128)),
-        layer_types=tuple(d.get("layer_types") or ()),
-        rope_theta=float(d.get("rope_theta", 150000.0)),
-        rope_scaling_factor=factor,
-        rope_beta_fast=float(d.get("rope_ntk_beta", 32.0)),
-        rope_beta_slow=float(d.get("rope_ntk_alpha", 1.0)),
-        rope_original_max_position=int(d.get("initial_context_length", 4096)),
+        sliding_window=_opt(d, "sliding_window", 128, source),
+        layer_types=_layer_types(d, source),
+        rope_theta=_opt(d, "rope_theta", 150000.0, source, float),
+        rope_scaling_factor=_opt(d, "rope_scaling_factor", 1.0, source, float),
+        rope_beta_fast=_opt(d, "rope_ntk_beta", 32.0, source, float),
+        rope_beta_slow=_opt(d, "rope_ntk_alpha", 1.0, source, float),
+        rope_original_max_position=_opt(d, "initial_context_length", 4096, source),
         rope_truncate=False,  # the openai reference never truncates
-        max_position_embeddings=int(d.get("max_position_embeddings", 131072)),
-        swiglu_limit=float(d.get("swiglu_limit", 7.0)),
-        rms_norm_eps=float(d.get("rms_norm_eps", 1e-5)),
+        max_position_embeddings=_opt(d, "max_position_embeddings", 131072, source),
+        swiglu_limit=_opt(d, "swiglu_limit", 7.0, source, float),
+        rms_norm_eps=_opt(d, "rms_norm_eps", 1e-5, source, float),
         attention_bias=True,
         tie_word_embeddings=False,
         experts_mxfp4=True,
