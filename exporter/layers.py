@@ -13,6 +13,8 @@ differences between families are arguments (bias, eps, qk norms, window), not br
 
 from __future__ import annotations
 
+import math
+
 import ml_dtypes
 import numpy as np
 import onnx_ir as ir
@@ -56,6 +58,7 @@ class Weights:
         if dense not in ("bfloat16", "float32"):
             raise ValueError(f"dense storage must be 'bfloat16' or 'float32', found {dense!r}")
         self.b, self.ckpt, self.dense = b, ckpt, dense
+        self._stored: dict[str, ir.Value] = {}  # one initializer per stored tensor, however many users
 
     def _read(self, name: str, f32: bool = False) -> np.ndarray:
         """One tensor from the checkpoint, then its file mappings are dropped (ckpt.close(); the next read reopens).
@@ -92,23 +95,28 @@ class Weights:
     def _stored_dtype(self, name: str) -> np.dtype:
         return np.dtype(self.ckpt.spec(name).dtype)
 
-    def matrix(self, name: str, *, role: str, as_name: str | None = None) -> ir.Value:
-        """A float32 [in, out] matrix from the checkpoint's [out, in] `name` (initializer `as_name` or `name`)."""
-        shape = tuple(self.ckpt.spec(name).shape)[::-1]
+    def matrix(self, name: str, *, role: str, as_name: str | None = None, in_out: bool = False) -> ir.Value:
+        """A float32 [in, out] matrix from the checkpoint's [out, in] `name` (initializer `as_name` or `name`).
+
+        in_out: the checkpoint stores it [in, out] already (GPT-2's Conv1D): used as stored, no transpose."""
+        shape = tuple(self.ckpt.spec(name).shape)[:: 1 if in_out else -1]
         keep_bf16 = self.dense == "bfloat16" and self._stored_dtype(name) == ml_dtypes.bfloat16
         dtype = np.dtype(ml_dtypes.bfloat16) if keep_bf16 else np.dtype(np.float32)
 
         def produce() -> np.ndarray:
-            return self._read_chunked(name, dtype, transpose=True)
+            return self._read_chunked(name, dtype, transpose=not in_out)
 
         value = self.b.lazy_initializer(as_name or name, ir.DataType.from_numpy(dtype), shape, produce)
         return self.b.op("Cast", value, role=f"{role}/weight_f32", to=FLOAT) if keep_bf16 else value
 
     def stored(self, name: str) -> ir.Value:
-        """A tensor exactly as stored (bf16 matrices for Gather, uint8 MXFP4 halves)."""
-        spec = self.ckpt.spec(name)
-        dtype = ir.DataType.from_numpy(np.dtype(spec.dtype))
-        return self.b.lazy_initializer(name, dtype, spec.shape, lambda: self._read_chunked(name, np.dtype(spec.dtype)))
+        """A tensor exactly as stored (bf16 matrices for Gather, uint8 MXFP4 halves); one initializer per name."""
+        if name not in self._stored:
+            spec = self.ckpt.spec(name)
+            dtype = ir.DataType.from_numpy(np.dtype(spec.dtype))
+            self._stored[name] = self.b.lazy_initializer(
+                name, dtype, spec.shape, lambda: self._read_chunked(name, np.dtype(spec.dtype)))
+        return self._stored[name]
 
     def experts(self, name: str) -> tuple[str, tuple[ir.Value, ...]]:
         """Expert matrices of `name` (e.g. `...experts.gate_up_proj`) as the MoE op that consumes them wants them.
@@ -137,6 +145,67 @@ def linear(b: Builder, w: Weights, x: ir.Value, prefix: str, role: str, bias: bo
     """x @ W.T + bias with W [out, in] from `prefix.weight`."""
     y = b.op("MatMul", x, w.matrix(f"{prefix}.weight", role=role), role=role)
     return b.op("Add", y, w.vector(f"{prefix}.bias"), role=f"{role}/bias") if bias else y
+
+
+def conv1d(b: Builder, w: Weights, x: ir.Value, prefix: str, role: str) -> ir.Value:
+    """x @ W + bias with W [in, out] stored that way (GPT-2's Conv1D): no transpose."""
+    y = b.op("MatMul", x, w.matrix(f"{prefix}.weight", role=role, in_out=True), role=role)
+    return b.op("Add", y, w.vector(f"{prefix}.bias"), role=f"{role}/bias")
+
+
+def tied_output(b: Builder, w: Weights, x: ir.Value, name: str) -> ir.Value:
+    """logits = x [B,S,H] @ E.T with E [V,H] the token embedding, the same initializer the embedding Gather reads:
+    stored once in the file (ORT folds the Cast and Transpose into one float32 [H,V] copy when it loads)."""
+    table = w.stored(name)
+    if table.dtype != FLOAT:
+        table = b.op("Cast", table, role="weight_f32", to=FLOAT)
+    weight = b.op("Transpose", table, role="weight_t", perm=[1, 0])  # [H,V]
+    return b.op("MatMul", x, weight, role="matmul")
+
+
+def activation(b: Builder, x: ir.Value, name: str, role: str = "act") -> ir.Value:
+    """transformers' ACT2FN[name] (the names in exporter/families/gpt2.ACTIVATIONS) with standard ops."""
+    def c(value: float, tag: str) -> ir.Value:
+        return b.const(np.float32(value), role=tag)
+
+    if name in ("gelu", "gelu_python"):
+        return b.op("Gelu", x, role=role, approximate="none")
+    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_python_tanh", "gelu_accurate", "gelu_fast"):
+        return b.op("Gelu", x, role=role, approximate="tanh")  # gelu_fast's 0.7978845608 = sqrt(2/pi) to 1e-11
+    if name == "gelu_10":
+        return b.op("Clip", b.op("Gelu", x, role=f"{role}/gelu", approximate="none"), c(-10, "minus_ten"),
+                    c(10, "ten"), role=role)
+    if name == "quick_gelu":
+        return b.op("Mul", x, b.op("Sigmoid", b.op("Mul", x, c(1.702, "quick_gelu_alpha"), role=f"{role}/scaled"),
+                                   role=f"{role}/sigmoid"), role=role)
+    if name in ("silu", "swish"):
+        return b.op("Mul", x, b.op("Sigmoid", x, role=f"{role}/sigmoid"), role=role)
+    if name == "relu2":
+        r = b.op("Relu", x, role=f"{role}/relu")
+        return b.op("Mul", r, r, role=role)
+    if name == "relu6":
+        return b.op("Clip", x, c(0, "zero_f"), c(6, "six"), role=role)
+    if name == "leaky_relu":
+        return b.op("LeakyRelu", x, role=role, alpha=0.01)
+    if name == "hardswish":
+        return b.op("HardSwish", x, role=role)
+    if name == "laplace":  # 0.5 (1 + erf((x - mu) / (sigma sqrt 2))), mu 0.707107, sigma 0.282095
+        z = b.op("Div", b.op("Sub", x, c(0.707107, "laplace_mu"), role=f"{role}/centred"),
+                 c(0.282095 * math.sqrt(2.0), "laplace_sigma"), role=f"{role}/z")
+        e = b.op("Add", b.op("Erf", z, role=f"{role}/erf"), c(1, "one_f"), role=f"{role}/erf1")
+        return b.op("Mul", e, c(0.5, "half"), role=role)
+    if name == "sqrtsoftplus":
+        return b.op("Sqrt", b.op("Softplus", x, role=f"{role}/softplus"), role=role)
+    simple = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "linear": "Identity", "mish": "Mish"}
+    if name in simple:
+        return b.op(simple[name], x, role=role)
+    raise ValueError(f"activation {name!r} has no graph form")  # GPT2Config refuses it before this
+
+
+def mlp(b: Builder, w: Weights, x: ir.Value, up: str, down: str, act: str) -> ir.Value:
+    """down(act(up(x))) with Conv1D [in, out] weights and biases (GPT-2's c_fc / c_proj): [B,S,H] -> [B,S,H]."""
+    h = conv1d(b, w, x, up, "up_proj")  # [B,S,I]
+    return conv1d(b, w, activation(b, h, act), down, "down_proj")
 
 
 def rms_norm(b: Builder, w: Weights, x: ir.Value, name: str, role: str, eps: float) -> ir.Value:

@@ -9,6 +9,8 @@ outlives the call. The model (`runtime.reference_model`) wires them together and
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -16,6 +18,62 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """x * rsqrt(mean(x²) + eps) * weight over the last axis."""
     variance = np.mean(x * x, axis=-1, keepdims=True)
     return x / np.sqrt(variance + x.dtype.type(eps)) * weight
+
+
+def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+    """(x - mean) / sqrt(var + eps) * weight + bias over the last axis (torch.nn.LayerNorm, biased variance)."""
+    centred = x - np.mean(x, axis=-1, keepdims=True)
+    variance = np.mean(centred * centred, axis=-1, keepdims=True)
+    return centred / np.sqrt(variance + x.dtype.type(eps)) * weight + bias
+
+
+_erf = np.frompyfunc(math.erf, 1, 1)
+
+
+def erf(x: np.ndarray) -> np.ndarray:
+    """The error function elementwise, in float64 then back to x's dtype (NumPy has none of its own)."""
+    return _erf(x.astype(np.float64)).astype(np.float64).astype(x.dtype)
+
+
+def activation(x: np.ndarray, name: str) -> np.ndarray:
+    """transformers' ACT2FN[name] for the names in exporter/families/gpt2.ACTIVATIONS, written from their
+    formulas (transformers/activations.py), in x's dtype."""
+    t = x.dtype.type
+    if name in ("gelu", "gelu_python"):
+        return x * t(0.5) * (t(1) + erf(x / t(math.sqrt(2.0))))
+    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_python_tanh", "gelu_accurate"):
+        return t(0.5) * x * (t(1) + np.tanh(t(math.sqrt(2.0 / math.pi)) * (x + t(0.044715) * x**3)))
+    if name == "gelu_fast":
+        return t(0.5) * x * (t(1) + np.tanh(x * t(0.7978845608) * (t(1) + t(0.044715) * x * x)))
+    if name == "gelu_10":
+        return np.clip(activation(x, "gelu"), t(-10), t(10))
+    if name == "quick_gelu":
+        return x / (t(1) + np.exp(t(-1.702) * x))
+    if name in ("silu", "swish"):
+        return x / (t(1) + np.exp(-x))
+    if name == "relu":
+        return np.maximum(x, t(0))
+    if name == "relu2":
+        return np.maximum(x, t(0)) ** 2
+    if name == "relu6":
+        return np.clip(x, t(0), t(6))
+    if name == "leaky_relu":
+        return np.where(x >= 0, x, x * t(0.01))
+    if name == "sigmoid":
+        return t(1) / (t(1) + np.exp(-x))
+    if name == "tanh":
+        return np.tanh(x)
+    if name == "linear":
+        return x
+    if name == "mish":  # x tanh(softplus(x))
+        return x * np.tanh(np.logaddexp(t(0), x))
+    if name == "hardswish":  # x relu6(x + 3) / 6
+        return x * np.clip(x + t(3), t(0), t(6)) / t(6)
+    if name == "laplace":
+        return t(0.5) * (t(1) + erf((x - t(0.707107)) / t(0.282095 * math.sqrt(2.0))))
+    if name == "sqrtsoftplus":
+        return np.sqrt(np.logaddexp(t(0), x))
+    raise ValueError(f"activation {name!r} is not implemented")  # GPT2Config refuses it before this
 
 
 def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None) -> np.ndarray:

@@ -21,3 +21,21 @@ def load_transformers_gpt_oss(path):
     model = GptOssForCausalLM.from_pretrained(path, dtype=torch.float32, device_map="cpu", **kwargs)
     model = model.float()  # dequantized experts come out in the checkpoint's dtype on some versions
     return model.eval()
+
+
+def save_transformers_gpt2(path, *, seed: int = 0, std: float = 0.3, **config):
+    """A random GPT2LMHeadModel (float32, eval) saved with save_pretrained to `path`; returns the model.
+
+    Weights are redrawn N(0, std) (norm scales around 1) so that every layer matters to the logits."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = {"vocab_size": 101, "n_positions": 40, "n_embd": 48, "n_layer": 2, "n_head": 3,
+              "bos_token_id": 100, "eos_token_id": 100, **config}
+    model = GPT2LMHeadModel(GPT2Config(**config)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(1.0 if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")) else 0.0, std)
+    model.save_pretrained(path)
+    return model

@@ -148,6 +148,11 @@ class DecoderConfig:
         return out
 
     @property
+    def position_limit(self) -> int:
+        """Positions must stay below this (learned position embeddings have that many rows); 0 = no limit."""
+        return 0
+
+    @property
     def sliding_layers(self) -> tuple[bool, ...]:
         return tuple(t == SLIDING for t in self.layer_types)
 

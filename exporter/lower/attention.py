@@ -51,6 +51,9 @@ class LowerAttention:
             return "no attention_mask input: GQA needs it for seqlens_k and the padding bias"
         if any(v is None for v in node.inputs[:5]):
             return "query/key/value and past_key/past_value must all be given (GQA derives the cache from them)"
+        head_size = _head_size(node)
+        if head_size is not None and head_size % 8:
+            return f"head_size={head_size} is not a multiple of 8 (GroupQueryAttention's CPU kernel needs it)"
         window = attr(node, "window", 0)
         if window < 0:
             return f"window={window} is negative"
@@ -90,6 +93,14 @@ def no_sinks(sinks: ir.Value | None) -> bool:
         return False
     values = tensor.numpy()
     return values is not None and values.size > 0 and bool(np.all(np.isneginf(values)))
+
+
+def _head_size(node: ir.Node) -> int | None:
+    """D from the past key [B, Hkv, P, D] (a graph input with a fixed last dim), None when unknown."""
+    shape = node.inputs[3].shape
+    if shape is None or shape.rank() != 4 or not isinstance(shape[3], int):
+        return None
+    return shape[3]
 
 
 def _shared_inputs(ctx: Context, mask: ir.Value, query: ir.Value):
