@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib
 
-import onnx_ir as ir
 
 from mxport.exporter.graph import Builder, set_output, tensor_value
 from mxport.exporter.layers import (BATCH, DOMAIN, DOMAIN_VERSION, FLOAT, INT64, PAST, PAST_W, PRESENT_W, SEQ, TOTAL,

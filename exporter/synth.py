@@ -34,7 +34,7 @@ from mxport.errors import MxportError
 from mxport.files import replace_dir, temp_dir_beside
 from mxport.exporter.checkpoint import INDEX_FILE, expected_tensors, layout_sources, stored_tensors
 from mxport.exporter import families
-from mxport.exporter.families.base import DecoderConfig as ModelConfig, Expected
+from mxport.exporter.families.base import DecoderConfig as ModelConfig
 from mxport.ops import mxfp4
 
 CHUNK_VALUES = 1 << 22  # float values generated per step (16 MB as float32)

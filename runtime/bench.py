@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 
 from mxport.errors import MxportError
+from mxport.folders import is_checkpoint
 from mxport.files import write_file
 
 DEFAULT_MODES = ("cpu/fp32", "cpu/int8", "cpu/int4", "cpu/int4/int4", "portable/mxfp4")  # target/experts[/dense]
@@ -411,10 +412,6 @@ def _keep_best(result: Result, measured: dict[str, Any], prompt_len: int, new_to
 
 
 # ---- what to measure -----------------------------------------------------------------------------------------
-def _is_checkpoint(path: Path) -> bool:
-    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
-
-
 def _mode_label(target: str, experts: str, dense: str = "float32", level: int = 4, last: bool = False) -> str:
     """An mxport engine's name in the table: TARGET/EXPERTS[/DENSE][@LEVEL][ last-logits] (defaults left out)."""
     return (f"{target}/{experts}" + (f"/{dense}" if dense != "float32" else "") + (f"@{level}" if level != 4 else "")
@@ -510,7 +507,7 @@ def bench(path: str | os.PathLike, *, peers: bool = False, threads: int = 2, pro
         mode = _mode_label(meta.get("target", "?"), meta.get("experts", "?"), meta.get("dense", "float32"),
                            meta.get("accuracy_level", 4), bool(meta.get("last_logits")))
         folders, ckpt = [(mode, path)], Path(meta.get("checkpoint", ""))
-    elif _is_checkpoint(path):
+    elif is_checkpoint(path):
         folders, ckpt = [], path
     else:
         raise MxportError(f"bench: {path} is neither a checkpoint (config.json + *.safetensors) nor an export "
@@ -546,7 +543,7 @@ def _jobs(folders: list[tuple[str, Path]], peers_of: Path | None, work_dir: Path
         jobs.append((result, "mxport", str(folder)))
     if peers_of is None:
         return failed, jobs
-    if not _is_checkpoint(peers_of):
+    if not is_checkpoint(peers_of):
         log(f"peers skipped: checkpoint {peers_of} not found")
         return failed, jobs
     jobs.append((Result("transformers fp32", str(peers_of), file_bytes(peers_of)), "transformers", str(peers_of)))

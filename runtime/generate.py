@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from mxport.errors import MxportError
+from mxport.folders import folder_kind
 from mxport.runtime.runners import position_ids as default_positions
 from mxport.runtime.sampling import SamplingConfig, sample
 from mxport.runtime.session import CacheShape, InferStepModel, OrtStepModel, StepModel, read_export_meta
@@ -310,18 +311,6 @@ def _config(config: GenerationConfig | None, options: dict[str, Any]) -> Generat
 
 
 # ---- folders ----------------------------------------------------------------------------------------------------
-
-def folder_kind(folder: Path) -> str:
-    """'export' (model.onnx) or 'checkpoint' (config.json + *.safetensors), else MxportError."""
-    if (folder / "model.onnx").is_file():
-        return "export"
-    if (folder / "config.json").is_file() and (any(folder.glob("*.safetensors")) or
-                                               any(folder.glob("original/*.safetensors"))):
-        return "checkpoint"
-    raise MxportError(
-        f"{folder}: neither an exported folder (model.onnx) nor a checkpoint (config.json + *.safetensors)"
-    )
-
 
 def _folder_config(folder: Path, kind: str):
     """(model config or None, eos ids, pad id) from mxport.json (export) or config.json (checkpoint)."""

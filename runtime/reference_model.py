@@ -27,7 +27,6 @@ from mxport.files import write_file
 import importlib
 
 from mxport.exporter.families.base import DecoderConfig
-from mxport.ops import mxfp4
 from mxport.runtime import reference_layers as L
 from mxport.runtime.runners import position_ids as default_positions
 
@@ -76,9 +75,11 @@ class ReferenceModel:
         self.output_hidden_states = output_hidden_states
         self._cache: dict[str, np.ndarray] = {}
         names = set(self.ckpt.names())
-        # Tied embeddings without a stored output projection: the embedding matrix is the output projection.
-        tied = self.cfg.tie_word_embeddings and self.family.output not in names
-        self._head = self.family.embedding if tied else self.family.output
+        # The checkpoint decides tied vs stored (Checkpoint.output_name); an in-memory stand-in by its names.
+        self._head = getattr(self.ckpt, "output_name", None) or (
+            self.family.embedding if self.cfg.tie_word_embeddings and self.family.output not in names
+            else self.family.output)
+        tied = self._head == self.family.embedding
         missing = [n for n in self._required_names(not tied) if n not in names]
         if missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")

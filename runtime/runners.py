@@ -15,7 +15,6 @@ numpy arrays whatever the graph's I/O dtype (float16 I/O is cast at the boundary
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
@@ -23,6 +22,7 @@ from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from mxport.errors import MxportError
+from mxport.folders import read_manifest  # noqa: F401  (re-exported: the manifest's one reader)
 from mxport.runtime.session import resolve_provider, with_folding_limit
 
 MODEL_FILE = "model.onnx"
@@ -50,21 +50,6 @@ def model_path(export_dir_or_model: str | os.PathLike) -> Path:
     if not p.is_file():
         raise MxportError(f"{p}: no such ONNX model (expected an export folder holding {MODEL_FILE}, or an .onnx file)")
     return p
-
-
-def read_manifest(export_dir: str | os.PathLike) -> dict[str, Any]:
-    """The export's mxport.json as a dict ({} when the folder has none, e.g. a bare .onnx path)."""
-    p = Path(export_dir)
-    path = (p if p.is_dir() else p.parent) / MANIFEST
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise MxportError(f"{path}: cannot read the export manifest: {exc}") from exc
-    if not isinstance(data, dict):
-        raise MxportError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    return data
 
 
 # ---- ONNX Runtime ----------------------------------------------------------------------------------------------

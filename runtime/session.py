@@ -13,7 +13,6 @@ graph, or an OrtRunner) and keeps the cache as numpy arrays.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from mxport.errors import MxportError
+from mxport.folders import read_manifest
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
@@ -46,14 +46,8 @@ class StepModel(Protocol):
 
 
 def read_export_meta(folder: str | Path) -> dict[str, Any]:
-    """mxport.json of an exported folder ({} when the folder has none)."""
-    path = Path(folder) / "mxport.json"
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MxportError(f"{path}: not valid JSON ({exc})") from None
+    """mxport.json of an exported folder ({} when the folder has none): mxport.folders.read_manifest."""
+    return read_manifest(folder)
 
 
 def resolve_provider(provider: str | None) -> str:
