@@ -1,6 +1,6 @@
 """mxport.ops: the custom op set `ai.mxport`, version 1 (contract: docs/ARCHITECTURE.md, "Custom ops").
 
-One module per op (MoE and MoEMXFP4 share ops/moe.py), each with the op's schema docstring, its ONNX function
+One module per op (MoE and MoEMXFP4 share ops/moe.py; their bias-free version 2, MoE_2 and MoEMXFP4_2, ops/moe_2.py), each with the op's schema docstring, its ONNX function
 body (in the module's FUNCTIONS, an onnxscript function in OPSET) and its NumPy kernel for onnx.reference
 (a class named like the op).
 
@@ -26,7 +26,7 @@ STANDARD_OPSET = 23  # the ONNX opset the function bodies are written in (ORT 1.
 # Op modules, in order. Each defines FUNCTIONS (its ops' onnxscript bodies), HELPERS (functions those bodies call)
 # and one OpRun kernel class per op, named like the op. They load on first use (ALL_OPS, OPSET, functions(),
 # kernels()): importing onnxscript takes seconds, and `from mxport.ops import mxfp4` (the codec) must stay light.
-_OP_MODULES = ("dequantize_mxfp4", "matmul_mxfp4", "moe", "attention")
+_OP_MODULES = ("dequantize_mxfp4", "matmul_mxfp4", "moe", "moe_2", "attention")
 
 
 def __getattr__(name: str) -> Any:

@@ -209,18 +209,22 @@ def _route(router_logits: np.ndarray, k: int, normalize: int) -> tuple[np.ndarra
 
 def _swiglu_expert(x, w1, b1, w2, b2, interleaved: int, limit: float, alpha: float, beta: float) -> np.ndarray:
     """x[n, H] through one expert: w1[2I, H], b1[2I], w2[H, I], b2[H] -> [n, H]."""
-    h = x @ w1.T + b1  # [n, 2I]
+    h = x @ w1.T  # [n, 2I]
+    if b1 is not None:  # MoE_2 / MoEMXFP4_2 (ops/moe_2.py) have no biases
+        h = h + b1
     half = h.shape[-1] // 2
     gate, up = (h[:, 0::2], h[:, 1::2]) if interleaved else (h[:, :half], h[:, half:])
     if limit > 0:
         gate = np.minimum(gate, limit)
         up = np.clip(up, -limit, limit)
     act = gate * (1.0 / (1.0 + np.exp(-alpha * gate))) * (up + beta)
-    return act @ w2.T + b2
+    y = act @ w2.T
+    return y if b2 is None else y + b2
 
 
 def _moe_loop(x, router_logits, expert_weights, b1, b2, k, normalize, interleaved, limit, alpha, beta):
-    """The shared kernel loop; expert_weights(e) -> (w1[2I, H], w2[H, I]) is called once per chosen expert."""
+    """The shared kernel loop; expert_weights(e) -> (w1[2I, H], w2[H, I]) is called once per chosen expert.
+    b1[E, 2I], b2[E, H], or both None (ops/moe_2.py)."""
     if x.ndim != 2 or router_logits.ndim != 2 or router_logits.shape[0] != x.shape[0]:
         raise ValueError(f"{DOMAIN}.MoE: expected x[T, H] and router_logits[T, E], found {x.shape=} {router_logits.shape=}")
     if limit < 0:
@@ -230,7 +234,8 @@ def _moe_loop(x, router_logits, expert_weights, b1, b2, k, normalize, interleave
     for e in np.unique(top_idx):
         rows, slot = np.nonzero(top_idx == e)  # tokens that chose e, and where in their top-k
         w1, w2 = expert_weights(e)
-        y_rows = _swiglu_expert(x[rows], w1, b1[e], w2, b2[e], interleaved, limit, alpha, beta)
+        y_rows = _swiglu_expert(x[rows], w1, None if b1 is None else b1[e], w2, None if b2 is None else b2[e],
+                                interleaved, limit, alpha, beta)
         np.add.at(y, rows, y_rows * top_w[rows, slot][:, None])
     return y
 

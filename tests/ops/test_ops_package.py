@@ -9,7 +9,7 @@ from onnx import helper
 
 from mxport import ops
 
-CONTRACT_OPS = ["DequantizeMXFP4", "MatMulMXFP4", "MoE", "MoEMXFP4", "Attention"]  # docs/ARCHITECTURE.md
+CONTRACT_OPS = ["DequantizeMXFP4", "MatMulMXFP4", "MoE", "MoEMXFP4", "MoE_2", "MoEMXFP4_2", "Attention"]  # docs/ARCHITECTURE.md
 
 
 def test_domain_and_op_list():
@@ -62,11 +62,13 @@ def test_model_with_every_op_checks_and_infers_shapes():
         ops.make_node("MatMulMXFP4", ["a", "blocks", "scales"], ["mm"]),
         ops.make_node("MoE", ["x", "r", "w1", "b1", "w2", "b2"], ["y"], k=2),
         ops.make_node("MoEMXFP4", ["x", "r", "w1b", "w1s", "b1", "w2b", "w2s", "b2"], ["yq"], k=2),
+        ops.make_node("MoE_2", ["x", "r", "w1", "w2"], ["y2"], k=2),
+        ops.make_node("MoEMXFP4_2", ["x", "r", "w1b", "w1s", "w2b", "w2s"], ["yq2"], k=2),
         ops.make_node("Attention", ["q", "k", "v", "pk", "pv", "mask", "sinks"], ["o", "pk2", "pv2"],
                       num_heads=Hq, kv_num_heads=Hkv, window=8),
     ]
     outputs = [vi("w", TP.FLOAT, [8, 64]), vi("mm", TP.FLOAT, ["T", 8]), vi("y", TP.FLOAT, ["T", H]),
-               vi("yq", TP.FLOAT, ["T", H]), vi("o", TP.FLOAT, ["B", "S", Hq * D]),
+               vi("yq", TP.FLOAT, ["T", H]), vi("y2", TP.FLOAT, ["T", H]), vi("yq2", TP.FLOAT, ["T", H]), vi("o", TP.FLOAT, ["B", "S", Hq * D]),
                vi("pk2", TP.FLOAT, ["B", Hkv, None, D]), vi("pv2", TP.FLOAT, ["B", Hkv, None, D])]
     model = ops.make_model(helper.make_graph(nodes, "all_ops", inputs, outputs))
     onnx.checker.check_model(model, full_check=True)
