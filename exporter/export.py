@@ -94,7 +94,7 @@ def _functions(b) -> list[ir.Function]:
     from mxport import ops
 
     used = sorted({n.op_type for n in b.nodes if n.domain == DOMAIN})
-    protos = ops.functions()
+    protos = ops.functions(used=set(used))
     have = {p.name for p in protos if p.domain == DOMAIN}
     if missing := [op for op in used if op not in have]:
         raise MxportError(

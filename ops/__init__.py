@@ -27,6 +27,9 @@ STANDARD_OPSET = 23  # the ONNX opset the function bodies are written in (ORT 1.
 # and one OpRun kernel class per op, named like the op. They load on first use (ALL_OPS, OPSET, functions(),
 # kernels()): importing onnxscript takes seconds, and `from mxport.ops import mxfp4` (the codec) must stay light.
 _OP_MODULES = ("dequantize_mxfp4", "matmul_mxfp4", "moe", "moe_2", "attention")
+# Modules whose bodies a model carries only when it uses one of their ops (functions(used=...)); the others are
+# attached to every export, as they were before these existed (gpt-oss exports stay byte-identical).
+_WHEN_USED = ("moe_2",)
 
 
 def __getattr__(name: str) -> Any:
@@ -48,10 +51,15 @@ def op_types() -> list[str]:
     return [body.name for module in ALL_OPS for body in module.FUNCTIONS]
 
 
-def functions() -> list[onnx.FunctionProto]:
-    """Every op's function body and every helper they call (callees first), for ModelProto.functions."""
+def functions(used: set[str] | frozenset[str] | None = None) -> list[onnx.FunctionProto]:
+    """Every op's function body and every helper they call (callees first), for ModelProto.functions.
+
+    used: the ai.mxport op types a model uses; then a module in _WHEN_USED contributes its bodies only when one
+    of its ops is among them (None: every module)."""
     ALL_OPS = __getattr__("ALL_OPS")  # noqa: N806
-    bodies = [body for module in ALL_OPS for body in (*module.HELPERS, *module.FUNCTIONS)]
+    modules = [m for m in ALL_OPS if used is None or m.__name__.rsplit(".", 1)[1] not in _WHEN_USED
+               or any(body.name in used for body in m.FUNCTIONS)]
+    bodies = [body for module in modules for body in (*module.HELPERS, *module.FUNCTIONS)]
     return [_explicit_loop_conditions(body.to_function_proto()) for body in bodies]
 
 

@@ -91,3 +91,15 @@ def test_make_node_rejects_unknown_op_and_attribute():
         ops.make_node("Attention", ["q"], ["o"], heads=4)
     with pytest.raises(ValueError, match=r"ai.mxport.Attention: required attributes \['kv_num_heads'\] are missing"):
         ops.make_node("Attention", ["q"], ["o"], num_heads=4)
+
+
+def test_version_2_bodies_travel_only_when_used():
+    """Exports carry MoE_2 / MoEMXFP4_2 (and their helper) only when they use them; the v1 set always."""
+    def names(used):
+        return {p.name for p in ops.functions(used=used)}
+
+    v2 = {"MoE_2", "MoEMXFP4_2", "SwiGLUExpertNoBias"}
+    assert not v2 & names({"MoEMXFP4", "Attention"})
+    assert {"MoE", "MoEMXFP4", "Attention", "MatMulMXFP4"} <= names({"MoEMXFP4", "Attention"})
+    assert v2 <= names({"MoE_2", "Attention"})
+    assert v2 <= names(None)
