@@ -90,6 +90,12 @@ def stored_tensors(cfg: DecoderConfig, layout: str, lm_head: bool | None = None,
     by_name, out, seen = {e.name: e for e in table}, [], set()
     for e in table:
         src = sources[e.name]
+        if src.parts:  # stacked from per-slice tensors: each part an equal share of a slice's first axis
+            for names in src.parts:
+                part_shape = (e.shape[1] // len(names),) + e.shape[2:]
+                out += [Expected(n, part_shape, e.packed) for n in names if n not in seen]
+                seen.update(names)
+            continue
         if src.stored in seen:
             continue
         seen.add(src.stored)
@@ -216,6 +222,11 @@ class Checkpoint:
             found, allowed = _dtype_name(spec.dtype), (PACKED_DTYPE,) if e.packed else FLOAT_DTYPES
             if found not in allowed:
                 raise MxportError(f"{file}: tensor {name!r} has dtype {found}, expected {' or '.join(allowed)}")
+        for canonical, src in self._sources.items():  # a stacked tensor has one dtype
+            dtypes = {_dtype_name(self._specs[n].dtype): n for names in src.parts for n in names}
+            if len(dtypes) > 1:
+                raise MxportError(f"{self._files[src.stored]}: the parts of {canonical!r} mix dtypes "
+                                  + ", ".join(f"{d} ({n!r})" for d, n in sorted(dtypes.items())))
 
     # -- the contract --
     def names(self) -> list[str]:
@@ -224,12 +235,14 @@ class Checkpoint:
     def spec(self, name: str) -> TensorSpec:
         src = self._source(name)
         stored = self._specs[src.stored]
-        shape = self._canonical[name].shape if src.rows else stored.shape
+        shape = self._canonical[name].shape if src.rows or src.parts else stored.shape
         return TensorSpec(name, shape, stored.dtype)
 
     def get(self, name: str) -> np.ndarray:
         """One tensor as stored: bf16 as ml_dtypes.bfloat16, MXFP4 halves as uint8."""
         src = self._source(name)
+        if src.parts:
+            return self._stack(name, src, 0, len(src.parts))
         file = self._files[src.stored]
         handle = self._handle(file)
         try:
@@ -245,6 +258,8 @@ class Checkpoint:
         n = self.spec(name).shape[0]
         if not 0 <= start <= stop <= n:
             raise MxportError(f"{name!r}: rows [{start}, {stop}) out of range for {n} rows")
+        if src.parts:
+            return self._stack(name, src, start, stop)
         offset = src.rows[0] if src.rows else 0
         file = self._files[src.stored]
         try:
@@ -281,6 +296,22 @@ class Checkpoint:
         if name not in self._sources:
             raise MxportError(f"{self.path}: no tensor named {name!r} (canonical HF names, see ckpt.names())")
         return self._sources[name]
+
+    def _stack(self, name: str, src: Source, start: int, stop: int) -> np.ndarray:
+        """Slices [start, stop) of a stacked tensor: slice j = its parts concatenated (one part read at a time)."""
+        spec = self.spec(name)
+        out = np.empty((stop - start,) + spec.shape[1:], dtype=spec.dtype)
+        for j in range(start, stop):
+            row = 0
+            for part in src.parts[j]:
+                file = self._files[part]
+                try:
+                    piece = self._handle(file).get_tensor(part)
+                except Exception as exc:  # safetensors raises its own error types for bad files
+                    raise MxportError(f"{file}: cannot read tensor {part!r} ({exc})") from None
+                out[j - start, row : row + len(piece)] = piece
+                row += len(piece)
+        return out
 
     def _handle(self, file: Path):
         if file not in self._handles:

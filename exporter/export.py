@@ -52,9 +52,6 @@ SIZE_THRESHOLD = 256  # initializers larger than this many bytes go to the data 
 # How dense matrices are stored: bf16 bytes + Cast to float32 in the graph (see docs/EXPORT.md for the measurement).
 DENSE_STORAGE = "bfloat16"
 
-# The options this module implements itself; exporter/lower may add more (see `_options`).
-PORTABLE = ("portable", "mxfp4", "float32")
-
 
 def _lowering():
     """exporter/lower when it is installed, else None. It may declare TARGETS, EXPERTS, DTYPES and `lower()`."""
@@ -113,8 +110,9 @@ def lower(model: ir.Model, *, target: str, experts: str, dtype: str, dense: str 
     """The seam for exporter/lower: rewrite the portable model for a target. Identity for the portable defaults.
 
     dense: "float32" (MatMul, exact) or a quantized form for dense weights that exporter/lower offers (DENSE)."""
-    if (target, experts, dtype) == PORTABLE and dense == "float32" and not last_logits:
-        return model
+    if target == "portable" and dtype == "float32" and dense == "float32" and not last_logits and (
+            experts == "float" or (experts == "mxfp4" and not float_experts(model))):
+        return model  # nothing to rewrite: experts as stored
     lowering = _lowering()
     if lowering is None:
         raise MxportError(f"export: target={target!r} experts={experts!r} dtype={dtype!r} need exporter/lower")
@@ -124,6 +122,27 @@ def lower(model: ir.Model, *, target: str, experts: str, dtype: str, dense: str 
     if accuracy_level != 4:
         extra["accuracy_level"] = accuracy_level
     return lowering.lower(model, target=target, experts=experts, dtype=dtype, **extra)
+
+
+FLOAT_EXPERT_OPS = ("MoE", "MoE_2")  # ai.mxport MoE ops with float expert weights (MoEMXFP4*: MXFP4 ones)
+
+
+def float_experts(model: ir.Model) -> bool:
+    """Whether the graph's MoE layers hold float experts (which --experts mxfp4 encodes at export)."""
+    return any(n.domain == DOMAIN and n.op_type in FLOAT_EXPERT_OPS for n in model.graph)
+
+
+def resolve_experts(experts: str | None, target: str, model: ir.Model) -> str:
+    """The --experts value to use: the target's default (DEFAULT_EXPERTS; portable keeps float experts as stored:
+    'float'), or the one asked for, refused where it cannot hold."""
+    has_float = float_experts(model)
+    if experts is None:
+        return "float" if target == "portable" and has_float else DEFAULT_EXPERTS.get(target, "mxfp4")
+    has_moe = any(n.domain == DOMAIN and n.op_type.startswith("MoE") for n in model.graph)
+    if experts == "float" and has_moe and not has_float:
+        raise MxportError("export: --experts float keeps a checkpoint's float experts, and this checkpoint's experts "
+                          "are MXFP4 (use --experts mxfp4, or --target cpu with fp32 | int8 | int4)")
+    return experts
 
 
 def _metadata(ckpt, checkpoint_dir: Path, model: ir.Model, **options) -> dict:
@@ -183,7 +202,9 @@ def _check_out_dir(out_dir: Path, force: bool, checkpoint_dir: Path) -> None:
 
 
 # Expert format when none is asked for: keep MXFP4 where a kernel runs it (portable function bodies, CUDA's fp4
-# QMoE); on CPU, ORT has no MXFP4 kernel, and float32 (com.microsoft.MoE) is its one exact expert format.
+# QMoE); on CPU, ORT has no MXFP4 kernel, and float32 (com.microsoft.MoE) is its one exact expert format. A
+# checkpoint with float experts exports them as stored on portable ("float", resolve_experts); --experts mxfp4
+# encodes them at export (lossy; exporter/lower/experts_mxfp4.py).
 DEFAULT_EXPERTS = {"portable": "mxfp4", "cpu": "fp32", "cuda": "mxfp4"}
 
 
@@ -205,14 +226,14 @@ def export(
 ) -> Path:
     """Export the checkpoint at `checkpoint_dir` into `out_dir`; returns out_dir. Raises MxportError on bad input.
 
-    `experts=None` takes the target's default (DEFAULT_EXPERTS): the fastest exact form that target's kernels run.
+    `experts=None` takes the target's default (DEFAULT_EXPERTS): the fastest exact form that target's kernels run;
+    float experts stay as stored on portable ("float"); "mxfp4" on float experts encodes them (lossy).
     `window_cache`: sliding-window layers keep only their last W-1 cache slots (layers.window_masks); False
     keeps every slot in every layer's cache (one cache length for all layers).
     `accuracy_level` (cpu): of the quantized GEMMs, ORT's meaning: 4 = int8 activations (fast), 0 = float32."""
     from mxport.exporter.checkpoint import open_checkpoint
 
-    experts = DEFAULT_EXPERTS.get(target, "mxfp4") if experts is None else experts
-    _validate(target, experts, dtype)
+    _validate(target, DEFAULT_EXPERTS.get(target, "mxfp4") if experts is None else experts, dtype)
     if accuracy_level not in getattr(_lowering(), "ACCURACY_LEVELS", (4,)):  # exporter/lower's own list
         raise MxportError(f"export: --accuracy-level must be 0..4 (ORT's accuracy_level), found {accuracy_level}")
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
@@ -220,6 +241,7 @@ def export(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with open_checkpoint(checkpoint_dir) as ckpt:
         model = build_portable(ckpt, hidden_states=hidden_states, window_cache=window_cache)
+        experts = resolve_experts(experts, target, model)
         model = lower(model, target=target, experts=experts, dtype=dtype, dense=dense, last_logits=last_logits,
                       accuracy_level=accuracy_level)
         options = dict(target=target, experts=experts, dtype=dtype, hidden_states=hidden_states, dense=dense,

@@ -190,6 +190,12 @@ def _fill(put, cfg: ModelConfig, layout: str, seed: int) -> None:
         special = cfg.family.synth
         if special is not None and special(put, cfg, seed, e, sources, done_experts):  # e.g. gpt-oss's experts
             continue
+        if src and src.parts:  # stacked from per-slice tensors (Qwen3-MoE's per-expert files): same values
+            for start, chunk in gaussian_rows(e.name, e.shape, cfg, seed):
+                for j, piece in enumerate(chunk.astype(bf16), start):
+                    for name, part in zip(src.parts[j], np.split(piece, len(src.parts[j]))):
+                        put(name, part, 0)
+            continue
         row_bytes = int(np.prod(e.shape[1:], dtype=np.int64)) * np.dtype(bf16).itemsize
         for start, chunk in gaussian_rows(e.name, e.shape, cfg, seed):
             put(stored, chunk.astype(bf16), base + start * row_bytes)

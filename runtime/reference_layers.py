@@ -182,3 +182,40 @@ def moe(
         y = linear(swiglu(linear(x[rows], w1, b1), limit, alpha), w2, b2)  # [n,H]
         out[rows] += weights[rows, slot, None] * y  # a token picks an expert at most once: rows are unique
     return out
+
+
+# ---- Qwen3-MoE-style sparse blocks (no expert biases, plain SwiGLU, softmax over all experts) ----------------------
+def route_softmax_topk(router_logits: np.ndarray, k: int, normalize: bool) -> tuple[np.ndarray, np.ndarray]:
+    """router_logits [T,E] -> (expert ids [T,k] by descending logit, weights [T,k]).
+
+    Qwen3-MoE (transformers' Qwen3MoeTopKRouter): p = softmax over all E (in the compute dtype: float32 like
+    transformers, or float64), the k largest, divided by their sum when `normalize` (norm_topk_prob). Ties go to
+    the lower expert index."""
+    z = np.exp(router_logits - router_logits.max(axis=-1, keepdims=True))
+    p = z / z.sum(axis=-1, keepdims=True)  # [T,E]
+    order = np.argsort(-router_logits, axis=-1, kind="stable")[:, :k]  # softmax is monotonic: same order as p
+    top = np.take_along_axis(p, order, axis=-1)  # [T,k]
+    return order, top / top.sum(axis=-1, keepdims=True) if normalize else top
+
+
+def silu_glu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """silu(gate) * up, the plain SwiGLU of Qwen3 / Llama MLPs and Qwen3-MoE experts."""
+    with np.errstate(over="ignore"):  # exp(-gate) may overflow to inf for very negative gate: silu -> -0
+        return gate / (1 + np.exp(-gate)) * up
+
+
+def moe_plain_swiglu(x: np.ndarray, router_logits: np.ndarray, k: int, normalize: bool, expert_weights) -> np.ndarray:
+    """Sparse MoE over tokens x [T,H] with bias-free SwiGLU experts (Qwen3-MoE).
+
+    `expert_weights(e) -> (w1 [2I,H] (gate rows, then up rows), w2 [H,I])` is called once per chosen expert, so
+    only the experts some token chose are read: y[t] = Σ_e w[t,e] · w2_e (silu(gate_e x) * up_e x)."""
+    ids, weights = route_softmax_topk(router_logits, k, normalize)  # [T,k], [T,k]
+    out = np.zeros_like(x)
+    for e in np.unique(ids):
+        rows, slot = np.nonzero(ids == e)
+        w1, w2 = expert_weights(int(e))
+        h = x[rows] @ w1.T  # [n,2I]
+        half = h.shape[-1] // 2
+        y = silu_glu(h[:, :half], h[:, half:]) @ w2.T  # [n,H]
+        out[rows] += weights[rows, slot, None] * y  # a token picks an expert at most once: rows are unique
+    return out

@@ -83,6 +83,11 @@ def default_tolerances(manifest: Mapping[str, Any]) -> tuple[dict[str, Tolerance
     level = manifest.get("accuracy_level")
     if level is not None and level != 4 and (dense != "float32" or experts == "int4"):
         mode += f" accuracy_level={level}"
+    # float experts encoded to MXFP4 at export (exporter/lower/experts_mxfp4.py): lossy against the float reference
+    lowering = manifest.get("lowering")
+    encoded = lowering.get("applied", {}).get("experts_mxfp4", 0) if isinstance(lowering, Mapping) else 0
+    if encoded:
+        return dict(LOSSY_TOLERANCES), mode + " (lossy: float experts encoded to MXFP4 at export)"
     if dtype == "float32" and experts in EXACT_EXPERTS and dense in EXACT_DENSE:
         return dict(FLOAT32_TOLERANCES), mode + " (exact)"
     return dict(LOSSY_TOLERANCES), mode + " (lossy)"

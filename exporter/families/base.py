@@ -186,10 +186,19 @@ class Expected:
 
 @dataclass(frozen=True)
 class Source:
-    """Where a canonical tensor lives in the stored files: stored name, and a row range for a fused tensor."""
+    """Where a canonical tensor lives in the stored files: stored name, and a row range for a fused tensor; or
+    `parts`, a tensor stacked from several stored ones: canonical[j] = the stored tensors parts[j] concatenated
+    along their first axis, each an equal share of it (Qwen3-MoE's per-expert files: parts[j] =
+    (experts.j.gate_proj.weight, experts.j.up_proj.weight) for the canonical gate_up_proj [E, 2I, H]); `stored`
+    is then the first part. Readers stack parts slice by slice (Checkpoint.get_rows reads only the asked ones)."""
 
     stored: str
     rows: tuple[int, int] | None = None
+    parts: tuple[tuple[str, ...], ...] = ()
+
+    @classmethod
+    def stacked(cls, parts: tuple[tuple[str, ...], ...]) -> Source:
+        return cls(parts[0][0], parts=tuple(tuple(p) for p in parts))
 
 
 # ---- config.json helpers ----------------------------------------------------------------------------------------

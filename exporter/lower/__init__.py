@@ -3,12 +3,16 @@
     lower(model, target="cpu", experts="fp32", dtype="float32", dense="float32") -> model (rewritten in place)
 
     target    rules, in order                                              experts modes        dtypes
-    portable  none (the portable graph; only the defaults)                 mxfp4                float32
+    (any)     --experts mxfp4: float experts -> MXFP4 first (experts_mxfp4.py)
+    portable  none otherwise                                               mxfp4 | float        float32
     cpu       fused QKV, SimplifiedLayerNorm, SkipSimplifiedLayerNorm,     fp32 | int8 | int4   float32
               GroupQueryAttention, MoE / QMoE                              (mxfp4: MoE kept portable)
     cuda      the same; experts=mxfp4 -> QMoE quant_type='fp4'            mxfp4 | fp32 | int8 | int4   float32
                                                                            | float16 | bfloat16 (precision.py)
 
+    experts: mxfp4 = MXFP4 experts (kept as stored, or encoded at export from float ones: lossy); float = a
+             checkpoint's float experts as stored (portable only; bf16 stays bf16); fp32 | int8 | int4 = ORT's
+             MoE / QMoE (int8 is exact from MXFP4, a block-wise quantization from float)
     dense (cpu, cuda): float32 keeps MatMul (exact); int8 | int4 -> MatMulNBits (dense.py), router excepted
     last_logits (any target): logits of the last position only, [B,1,V] (logits.py; changes the model I/O)
     cpu, cuda: a Cast of a weight whose output exceeds ORT's 1 GiB folding limit is stored cast (casts.py)
@@ -31,13 +35,14 @@ from . import precision, rules
 from .attention import LowerAttention
 from .casts import materialize_large_casts
 from .dense import DenseNBits
+from .experts_mxfp4 import EncodeExpertsMXFP4
 from .linear import FuseSiblingLinear
 from .logits import LastLogits
 from .moe import LowerMoE
 from .norm import SimplifiedNorm, SkipSimplifiedNorm
 
 TARGETS = ("portable", "cpu", "cuda")
-EXPERTS = ("mxfp4", "fp32", "int8", "int4")
+EXPERTS = ("mxfp4", "fp32", "int8", "int4", "float")
 DTYPES = ("float32", "float16", "bfloat16")
 DENSE = ("float32", "int8", "int4")
 
@@ -64,9 +69,12 @@ def lower(model: ir.Model, *, target: str, experts: str = "mxfp4", dtype: str = 
                                    ("dense", dense, DENSE)):
         if value not in allowed:
             raise MxportError(f"lower: unknown {option} {value!r}; expected one of {', '.join(allowed)}")
-    if target == "portable" and (experts, dense, dtype) != ("mxfp4", "float32", "float32"):
+    if target == "portable" and (experts not in ("mxfp4", "float") or (dense, dtype) != ("float32", "float32")):
         raise MxportError(f"lower: --experts {experts} --dense {dense} --dtype {dtype} need --target cpu or cuda "
-                          "(the portable graph keeps MXFP4 experts, float32 dense weights and float32 math)")
+                          "(the portable graph keeps MXFP4 or float experts, float32 dense weights and float32 math)")
+    if target != "portable" and experts == "float":
+        raise MxportError(f"lower: --experts float keeps a checkpoint's float experts in the portable graph; "
+                          f"--target {target} takes fp32 (exact), int8, int4 or mxfp4")
     if accuracy_level not in ACCURACY_LEVELS:
         raise MxportError(f"lower: --accuracy-level must be one of {', '.join(map(str, ACCURACY_LEVELS))}, "
                           f"found {accuracy_level}")
@@ -77,7 +85,8 @@ def lower(model: ir.Model, *, target: str, experts: str = "mxfp4", dtype: str = 
         raise MxportError("lower: --dtype bfloat16 is for --target cuda: ORT's CPU provider has no bfloat16 MatMul "
                           "(use --dtype float16 or float32 on cpu)")
     ctx = rules.Context(model=model, target=target, experts=experts, dtype=dtype, accuracy_level=accuracy_level)
-    chosen = list(RULES[target])
+    # --experts mxfp4: float experts are encoded first, on every target (the MoE rule then sees MXFP4 experts)
+    chosen = ([EncodeExpertsMXFP4()] if experts == "mxfp4" else []) + list(RULES[target])
     if dense != "float32":
         chosen.append(DenseNBits(bits=8 if dense == "int8" else 4))  # after MoE: the router is recognised by it
     if last_logits:

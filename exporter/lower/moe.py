@@ -1,11 +1,14 @@
-"""Lower the portable MoE nodes (ai.mxport MoEMXFP4 / MoE) to ONNX Runtime's com.microsoft MoE and QMoE.
+"""Lower the portable MoE nodes (ai.mxport MoEMXFP4 / MoE, and their bias-free version 2) to ONNX Runtime's
+com.microsoft MoE and QMoE.
 
     ai.mxport.MoEMXFP4(x, router_logits, w1_blocks, w1_scales, b1, w2_blocks, w2_scales, b2)
     ai.mxport.MoE(x, router_logits, w1, b1, w2, b2)
+    ai.mxport.MoEMXFP4_2 / MoE_2: the same without b1, b2 (ORT's optional bias inputs are left empty)
         │  experts=fp32 ─► com.microsoft.MoE   fc1 = decode(w1) f32 [E,2I,H], fc2 = decode(w2) f32 [E,H,I]   exact
         │  experts=int8 ─► com.microsoft.QMoE  8 bit, block 32: q = 2·E2M1 code value ∈ [-12,12] stored q+128,
         │                                      scale 2^(s-128)  (ops.mxfp4.exact_int8): weights exact; ORT's
         │                                      block-wise 8-bit kernel quantizes activations to int8 (lossy)
+        │                                      (float experts: int8_quantize, symmetric absmax/127, lossy)
         │  experts=int4 ─► com.microsoft.QMoE  4 bit, block 32, scale per block minimising squared error,
         │                                      q+8 packed low nibble first; accuracy_level from the options
         │                                      (4: int8 activations, default; 0: float32 activations)
@@ -15,7 +18,13 @@
 ORT's contract (onnxruntime 1.32, contrib_defs / docs/ContribOperators.md): weights are [E, N, K·bits/8]
 (out-major, "column major per expert"), block scales [E, N, K/block], default zero point 2^(bits-1);
 swiglu_fusion=1 means gate/up interleaved on each fc1 row (= gpt-oss); router_probs with
-normalize_routing_weights=1 takes the top-k logits and softmaxes them (checked against the NumPy kernel).
+normalize_routing_weights=1 takes the top-k logits and softmaxes them, 0 softmaxes all E and keeps the chosen
+probabilities (both checked against the NumPy kernel). The CPU kernel runs SwiGLU only interleaved
+(swiglu_fusion=1; 2 = concatenated is refused at session creation by ORT 1.32): a portable node with
+swiglu_interleaved=0 (gate rows first, Qwen3-MoE) gets its fc1 rows interleaved at export, an exact row
+permutation (MXFP4 blocks and scales are per row, so they permute as they are). activation_alpha 1 / beta 0
+without swiglu_limit is plain SwiGLU on ORT 1.32 (tests/exporter/lower/test_moe_2.py; NUMERICS.md warns that
+older kernels hard-coded gpt-oss's constants).
 """
 
 from __future__ import annotations
@@ -37,6 +46,22 @@ INT4_SCALE_DIVISORS = np.linspace(4.0, 8.0, 17)
 
 
 # ---- weight transforms (pure NumPy, one expert tensor at a time) --------------------------------------------
+def interleave_rows(two_i: int) -> np.ndarray:
+    """Row order that turns [gate rows (I), up rows (I)] into ORT's interleaved fc1: gate_0, up_0, gate_1, ..."""
+    half = two_i // 2
+    return np.stack([np.arange(half), half + np.arange(half)], axis=1).reshape(-1)
+
+
+def int8_quantize(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float [..., K] -> QMoE 8-bit (uint8 [..., K] = q+128, float32 scales [..., K/32]): symmetric per block of
+    32, scale absmax/127, round to nearest (lossy; MXFP4 experts take int8_exact instead)."""
+    blocks = np.asarray(w, dtype=np.float32).reshape(w.shape[:-1] + (-1, INT4_BLOCK))
+    amax = np.abs(blocks).max(axis=-1)
+    scale = (np.where(amax > 0, amax, 1.0) / 127.0).astype(np.float32)
+    q = np.clip(np.rint(blocks / scale[..., None]), -127, 127).astype(np.int16) + 128
+    return q.astype(np.uint8).reshape(w.shape), scale
+
+
 def int8_exact(blocks: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """MXFP4 [E,N,K/32,16] + [E,N,K/32] -> QMoE 8-bit (uint8 [E,N,K] = q+128, float32 scales [E,N,K/32]), exact."""
     q, scale = mxfp4.exact_int8(blocks, scales)
@@ -124,7 +149,7 @@ def int4_dequantize(packed: np.ndarray, scales: np.ndarray) -> np.ndarray:
 
 # ---- the rule ------------------------------------------------------------------------------------------------
 class LowerMoE:
-    """ai.mxport MoEMXFP4 / MoE -> com.microsoft MoE (fp32) or QMoE (int8, int4, fp4 on CUDA)."""
+    """ai.mxport MoEMXFP4 / MoE (and _2) -> com.microsoft MoE (fp32) or QMoE (int8, int4, fp4 on CUDA)."""
 
     name = "moe"
     MODES = ("fp32", "int8", "int4", "mxfp4")
@@ -132,7 +157,7 @@ class LowerMoE:
     def pattern(self, node: ir.Node) -> bool:
         from mxport.ops import DOMAIN
 
-        return node.domain == DOMAIN and node.op_type in ("MoEMXFP4", "MoE")
+        return node.domain == DOMAIN and node.op_type in ("MoEMXFP4", "MoE", "MoEMXFP4_2", "MoE_2")
 
     def check(self, node: ir.Node, ctx: Context) -> str | None:
         mode = ctx.experts
@@ -140,16 +165,12 @@ class LowerMoE:
             return f"unknown experts mode {mode!r} (expected one of {self.MODES})"
         if mode == "mxfp4" and ctx.target != "cuda":
             return "ORT has no CPU kernel for MXFP4 experts (QMoE quant_type='fp4' is CUDA only): kept portable; use --experts fp32|int8|int4"
-        if mode == "mxfp4" and node.op_type != "MoEMXFP4":
-            return "experts are stored dense (not MXFP4): --experts mxfp4 has nothing to keep"
-        if attr(node, "swiglu_interleaved", 0) != 1:
-            return "swiglu_interleaved=0 (ORT MoE CPU only runs the interleaved swiglu_fusion=1 layout here)"
+        if mode == "mxfp4" and not node.op_type.startswith("MoEMXFP4"):
+            return "experts are float (not MXFP4) and were not encoded: --experts mxfp4 has nothing to keep"
         weights = node.inputs[2:]
         missing = [i for i, v in enumerate(weights) if v is not None and const(v) is None]
         if missing:
             return f"expert weights must be initializers (inputs {[i + 2 for i in missing]} are computed)"
-        if node.op_type == "MoE" and mode in ("int8", "mxfp4"):
-            return f"experts={mode} needs MXFP4 experts (int8 is the exact image of MXFP4 only); dense experts take fp32 or int4"
         return None
 
     def rewrite(self, node: ir.Node, ctx: Context) -> None:
@@ -157,11 +178,18 @@ class LowerMoE:
         x, router = node.inputs[0], node.inputs[1]
         if node.op_type == "MoEMXFP4":
             w1b, w1s, b1, w2b, w2s, b2 = node.inputs[2:8]
-            w1 = _Mxfp4Source(w1b, w1s)
-            w2 = _Mxfp4Source(w2b, w2s)
-        else:
+        elif node.op_type == "MoEMXFP4_2":
+            (w1b, w1s, w2b, w2s), b1, b2 = node.inputs[2:6], None, None
+        elif node.op_type == "MoE":
             w1v, b1, w2v, b2 = node.inputs[2:6]
-            w1, w2 = _DenseSource(w1v), _DenseSource(w2v)
+        else:  # MoE_2
+            (w1v, w2v), b1, b2 = node.inputs[2:4], None, None
+        # ORT wants fc1 interleaved (gate_0, up_0, ...): permute rows of a gate-first w1 (exact)
+        order = None if attr(node, "swiglu_interleaved", 0) == 1 else "interleave"
+        if node.op_type.startswith("MoEMXFP4"):
+            w1, w2 = _Mxfp4Source(w1b, w1s, order), _Mxfp4Source(w2b, w2s)
+        else:
+            w1, w2 = _DenseSource(w1v, order), _DenseSource(w2v)
         prefix = (node.name or "moe").replace("/", "_")
         attrs = {
             "k": attr(node, "k", 1),
@@ -211,10 +239,27 @@ class LowerMoE:
 class _Mxfp4Source:
     """An expert weight stored as MXFP4 blocks [E,N,K/32,16] + scales [E,N,K/32] (out-major, as ORT wants)."""
 
-    def __init__(self, blocks: ir.Value, scales: ir.Value):
-        self.blocks, self.scales = const(blocks), const(scales)
-        E, N, NB, _ = self.blocks.shape
+    def __init__(self, blocks: ir.Value, scales: ir.Value, order: str | None = None):
+        self._blocks, self._scales = const(blocks), const(scales)
+        E, N, NB, _ = self._blocks.shape
         self.shape = (E, N, NB * mxfp4.BLOCK_SIZE)
+        self.rows = interleave_rows(N) if order == "interleave" else None  # row permutation, None = as stored
+        self.blocks, self.scales = self._permuted(self._blocks), self._permuted(self._scales)
+
+    def _permuted(self, tensor):
+        """The tensor with .numpy() giving its rows (axis 1) in ORT's order."""
+        if self.rows is None:
+            return tensor
+        rows = self.rows
+
+        class Permuted:
+            shape = tensor.shape
+
+            @staticmethod
+            def numpy() -> np.ndarray:
+                return np.ascontiguousarray(tensor.numpy()[:, rows])
+
+        return Permuted
 
     def float32(self) -> np.ndarray:
         return mxfp4.decode(self.blocks.numpy(), self.scales.numpy(), np.float32)
@@ -228,7 +273,7 @@ class _Mxfp4Source:
         return add_initializer(ctx, w), add_initializer(ctx, s)
 
     def int4_parts(self, ctx: Context, prefix: str, tag: str) -> tuple[ir.Value, ir.Value]:
-        return _int4_parts(ctx, prefix, tag, self.shape, self.int4)
+        return _quantized_parts(ctx, prefix, tag, self.shape, self.int4)
 
     def int4(self) -> tuple[np.ndarray, np.ndarray]:
         return int4_from_mxfp4(self.blocks.numpy(), self.scales.numpy())
@@ -245,18 +290,25 @@ class _Mxfp4Source:
 class _DenseSource:
     """An expert weight stored dense, out-major [E,N,K] as the portable MoE takes it."""
 
-    def __init__(self, value: ir.Value):
+    def __init__(self, value: ir.Value, order: str | None = None):
         self.tensor = const(value)
         self.shape = tuple(self.tensor.shape)
+        self.rows = interleave_rows(self.shape[1]) if order == "interleave" else None  # row permutation
 
     def float32(self) -> np.ndarray:
-        return np.asarray(self.tensor.numpy(), dtype=np.float32)
+        w = np.asarray(self.tensor.numpy(), dtype=np.float32)  # bf16 -> float32 is exact
+        return w if self.rows is None else np.ascontiguousarray(w[:, self.rows])
+
+    def int8_parts(self, ctx: Context, prefix: str, tag: str) -> tuple[ir.Value, ir.Value]:
+        return _quantized_parts(ctx, prefix, tag, self.shape, lambda: int8_quantize(self.float32()), bits=8)
 
     def int4_parts(self, ctx: Context, prefix: str, tag: str) -> tuple[ir.Value, ir.Value]:
-        return _int4_parts(ctx, prefix, tag, self.shape, lambda: int4_quantize(self.float32()))
+        return _quantized_parts(ctx, prefix, tag, self.shape, lambda: int4_quantize(self.float32()))
 
 
-def _int4_parts(ctx: Context, prefix: str, tag: str, shape: tuple[int, ...], quantize) -> tuple[ir.Value, ir.Value]:
+def _quantized_parts(ctx: Context, prefix: str, tag: str, shape: tuple[int, ...], quantize,
+                     bits: int = 4) -> tuple[ir.Value, ir.Value]:
+    """QMoE weight + scales initializers from one lazy `quantize() -> (q, scales)`: 4 bit packed [E,N,K/2], 8 bit [E,N,K]."""
     E, N, K = shape
     cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -275,6 +327,7 @@ def _int4_parts(ctx: Context, prefix: str, tag: str, shape: tuple[int, ...], qua
 
         return make
 
-    w = lazy(f"{prefix}.{tag}_q4", ir.DataType.UINT8, [E, N, K // 2], take(0))
-    s = lazy(f"{prefix}.{tag}_q4_scales", ir.DataType.FLOAT, [E, N, K // INT4_BLOCK], take(1))
+    q = f"{prefix}.{tag}_q{bits}"
+    w = lazy(q, ir.DataType.UINT8, [E, N, K * bits // 8], take(0))
+    s = lazy(f"{q}_scales", ir.DataType.FLOAT, [E, N, K // INT4_BLOCK], take(1))
     return add_initializer(ctx, w), add_initializer(ctx, s)
