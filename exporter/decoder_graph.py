@@ -25,7 +25,7 @@ def graph_module(cfg):
     return importlib.import_module(cfg.family.graph)
 
 
-def build(ckpt, *, dense: str = "bfloat16", hidden_states: bool = False,
+def build(ckpt, *, storage: str = "bfloat16", hidden_states: bool = False,
           window_cache: bool = True) -> tuple[Builder, list, list]:
     """The whole portable graph: (builder with nodes/initializers, graph inputs, graph outputs).
 
@@ -34,7 +34,7 @@ def build(ckpt, *, dense: str = "bfloat16", hidden_states: bool = False,
     fam = graph_module(cfg)
     b = Builder()
     b.use_domain(DOMAIN, DOMAIN_VERSION)
-    w = Weights(b, ckpt, dense)
+    w = Weights(b, ckpt, storage)
     L, Hkv, D, V, H = cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, cfg.vocab_size, cfg.hidden_size
 
     input_ids = tensor_value("input_ids", INT64, [BATCH, SEQ])

@@ -49,8 +49,10 @@ TOKENIZER_FILES = (
     "generation_config.json",
 )
 SIZE_THRESHOLD = 256  # initializers larger than this many bytes go to the data file (ir.save's default)
-# How dense matrices are stored: bf16 bytes + Cast to float32 in the graph (see docs/EXPORT.md for the measurement).
-DENSE_STORAGE = "bfloat16"
+# How weight matrices are stored in the portable graph: bf16 bytes + Cast to float32 (exact; see docs/EXPORT.md).
+# Names used across mxport: "matrix storage" (this), "--dense" (quantizing the linear layers outside the experts
+# with MatMulNBits), "float experts" (experts that are not MXFP4), "dense model" (a family without experts).
+MATRIX_STORAGE = "bfloat16"
 
 
 def _lowering():
@@ -79,10 +81,10 @@ def _validate(target: str, experts: str, dtype: str) -> None:
 
 
 # ---- the steps ------------------------------------------------------------------------------------------------
-def build_portable(ckpt, *, hidden_states: bool = False, dense: str = DENSE_STORAGE,
+def build_portable(ckpt, *, hidden_states: bool = False, storage: str = MATRIX_STORAGE,
                    window_cache: bool = True) -> ir.Model:
     """The portable graph (opset 23 + ai.mxport 1) with the ai.mxport function bodies attached."""
-    b, inputs, outputs = decoder_graph.build(ckpt, dense=dense, hidden_states=hidden_states, window_cache=window_cache)
+    b, inputs, outputs = decoder_graph.build(ckpt, storage=storage, hidden_states=hidden_states, window_cache=window_cache)
     return b.model(inputs, outputs, name=ckpt.family.name, functions=_functions(b))
 
 
@@ -154,7 +156,7 @@ def _metadata(ckpt, checkpoint_dir: Path, model: ir.Model, **options) -> dict:
         "layout": ckpt.layout,
         "config": ckpt.family.config_to_dict(cfg),
         **options,
-        "dense_storage": DENSE_STORAGE,
+        "matrix_storage": MATRIX_STORAGE,
         **({"checkpoint_experts": "mxfp4" if cfg.experts_mxfp4 else "float (float32 experts, ai.mxport.MoE)"}
            if hasattr(cfg, "experts_mxfp4") else {}),
         "opset_imports": dict(sorted(model.opset_imports.items())),

@@ -49,15 +49,15 @@ CHUNK_BYTES = 64 << 20  # checkpoint rows read per step when an initializer is w
 class Weights:
     """Checkpoint tensors as graph initializers, read lazily at save time (one tensor in memory at a time).
 
-    dense="bfloat16": matrices keep the checkpoint's bf16 bytes and a Cast to float32 follows (exact, half size);
-    dense="float32": matrices are stored as float32. Vectors (norms, biases, sinks) are always float32.
+    storage="bfloat16": matrices keep the checkpoint's bf16 bytes and a Cast to float32 follows (exact, half size);
+    storage="float32": matrices are stored as float32. Vectors (norms, biases, sinks) are always float32.
     MatMul weights are stored transposed, [in, out], so the graph is a plain `x @ W`.
     """
 
-    def __init__(self, b: Builder, ckpt, dense: str = "bfloat16") -> None:
-        if dense not in ("bfloat16", "float32"):
-            raise ValueError(f"dense storage must be 'bfloat16' or 'float32', found {dense!r}")
-        self.b, self.ckpt, self.dense = b, ckpt, dense
+    def __init__(self, b: Builder, ckpt, storage: str = "bfloat16") -> None:
+        if storage not in ("bfloat16", "float32"):
+            raise ValueError(f"matrix storage must be 'bfloat16' or 'float32', found {storage!r}")
+        self.b, self.ckpt, self.storage = b, ckpt, storage
         self._stored: dict[str, ir.Value] = {}  # one initializer per stored tensor, however many users
 
     def _read(self, name: str, f32: bool = False) -> np.ndarray:
@@ -100,7 +100,7 @@ class Weights:
 
         in_out: the checkpoint stores it [in, out] already (GPT-2's Conv1D): used as stored, no transpose."""
         shape = tuple(self.ckpt.spec(name).shape)[:: 1 if in_out else -1]
-        keep_bf16 = self.dense == "bfloat16" and self._stored_dtype(name) == ml_dtypes.bfloat16
+        keep_bf16 = self.storage == "bfloat16" and self._stored_dtype(name) == ml_dtypes.bfloat16
         dtype = np.dtype(ml_dtypes.bfloat16) if keep_bf16 else np.dtype(np.float32)
 
         def produce() -> np.ndarray:

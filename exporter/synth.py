@@ -5,11 +5,11 @@
 
 Every canonical tensor draws from its own generator, seeded by (seed, canonical name), in row chunks whose size
 depends only on the tensor's shape. So the HF and original layouts (and any sharding) hold the same weights for
-the same seed, and no more than one chunk (~4M values; one expert for dense experts) of float data is alive:
+the same seed, and no more than one chunk (~4M values; one expert for float experts) of float data is alive:
 
     Gaussian float32 chunk --(bf16)--------------------------------> dense tensor bytes at their offset
                            --(ops.mxfp4.encode)--> blocks, scales -> both tensors' bytes at their offsets
-                           --(encode, decode, transpose)-----------> dense experts (bf16, input-major)
+                           --(encode, decode, transpose)-----------> float experts (bf16, input-major)
 
 The safetensors files are written by `SafetensorsWriter`: header first (offsets known from the config), then
 each tensor's bytes written at its offset, so nothing needs the whole checkpoint (or a whole tensor) in memory.
@@ -242,7 +242,7 @@ def write_checkpoint(
 ) -> Path:
     """Write a synthetic checkpoint (config.json + safetensors [+ index]) atomically; returns out_dir.
 
-    layout "hf": Hugging Face names, MXFP4 or dense experts as cfg.experts_mxfp4 says; sharded with
+    layout "hf": Hugging Face names, MXFP4 or float experts as cfg.experts_mxfp4 says; sharded with
     model.safetensors.index.json when max_shard_bytes is given. layout "original": the openai original/ names
     and config keys, one model.safetensors (or shards) - MXFP4 experts only.
     """
@@ -285,7 +285,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layout", choices=("hf", "original"), default="hf", help="tensor names and config keys")
     parser.add_argument("-o", "--output", type=Path, help="output folder (written atomically)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--dense-experts", action="store_true", help="dense bf16 experts instead of MXFP4 (hf only)")
+    parser.add_argument("--float-experts", "--dense-experts", dest="float_experts", action="store_true",
+                        help="bf16 (float) experts instead of MXFP4 (hf only; --dense-experts is the old name)")
     parser.add_argument("--max-shard-bytes", type=int, default=None,
                         help="split into shards with an index (default: 5e9 for gpt-oss-20b/120b in hf layout, else one file)")
     parser.add_argument("--list", action="store_true", help="print the tensor table and totals, write nothing")
@@ -303,7 +304,7 @@ def _shard_bytes(args: argparse.Namespace) -> int | None:
 
 def _config(args: argparse.Namespace) -> ModelConfig:
     cfg = PRESETS[args.preset]
-    return cfg.replace(experts_mxfp4=False) if args.dense_experts else cfg
+    return cfg.replace(experts_mxfp4=False) if args.float_experts else cfg
 
 
 def print_table(cfg: ModelConfig, layout: str, max_shard_bytes: int | None, out=None) -> None:

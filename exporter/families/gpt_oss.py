@@ -129,13 +129,13 @@ def layout_of(d: Mapping[str, Any]) -> str:
 
 
 def sources(cfg: ModelConfig, layout: str, lm_head: bool | None, stored: set[str]) -> dict[str, Source] | None:
-    """Canonical name -> Source: the original/ layout's names; the HF layout reads dense experts saved under the
+    """Canonical name -> Source: the original/ layout's names; the HF layout reads float experts saved under the
     `_blocks` names (transformers 5 saves a dequantized model that way, without quantization_config)."""
     if layout == "original":
         if not cfg.experts_mxfp4:
             from mxport.errors import MxportError
 
-            raise MxportError("the original layout stores MXFP4 experts only (dense experts need layout='hf')")
+            raise MxportError("the original layout stores MXFP4 experts only (float experts need layout='hf')")
         return original_sources(cfg, lm_head)
     out = {}
     if not cfg.experts_mxfp4:
@@ -199,7 +199,7 @@ def synth_tensor(put, cfg: ModelConfig, seed: int, e: Expected, sources: dict, d
             done.add(weight)
             synth.write_experts(put, cfg, seed, weight, sources)
         return True
-    if e.name.endswith(("experts.gate_up_proj", "experts.down_proj")):  # dense experts
+    if e.name.endswith(("experts.gate_up_proj", "experts.down_proj")):  # float (bf16) experts
         synth.write_experts(put, cfg, seed, e.name, sources)
         return True
     return False

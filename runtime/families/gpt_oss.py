@@ -68,7 +68,7 @@ def expert_loader(m, layer: int):
             w2 = mxfp4.decode(halves["down_proj"][0][e], halves["down_proj"][1][e]).astype(m.dtype)
             return w1, b1[e], w2, b2[e]
 
-    else:  # dense experts are stored input-major, as transformers saves them: [E,H,2I] and [E,I,H]
+    else:  # float experts are stored input-major, as transformers saves them: [E,H,2I] and [E,I,H]
         gate_up, down = m.w(p + "gate_up_proj"), m.w(p + "down_proj")
 
         def load(e: int):
