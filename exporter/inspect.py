@@ -108,14 +108,30 @@ def _options_text(meta: dict, cfg: dict) -> str:
     return "".join(f" {p}" for p in parts)
 
 
+def _shared_fields(cfg: dict) -> dict:
+    """num_hidden_layers / hidden_size / vocab_size of a recorded config, whatever the family calls them."""
+    from mxport.errors import MxportError
+    from mxport.exporter import families
+
+    try:
+        parsed = families.config_from_dict(cfg) if cfg else None
+    except MxportError:
+        parsed = None
+    if parsed is None:
+        return cfg if isinstance(cfg, dict) else {}
+    return {k: getattr(parsed, k) for k in ("num_hidden_layers", "hidden_size", "vocab_size")}
+
+
 def format_summary(s: Summary) -> str:
     out = []
     if s.meta:
         cfg = s.meta.get("config", {})
+        shared = _shared_fields(cfg)  # the family's own spellings (GPT-2's n_layer, n_embd) read by its parser
+        family = f"family={s.meta['family']} " if "family" in s.meta else ""
         out.append(
-            f"export: target={s.meta.get('target')} experts={s.meta.get('experts')} dtype={s.meta.get('dtype')} "
-            f"layers={cfg.get('num_hidden_layers')} hidden={cfg.get('hidden_size')} vocab={cfg.get('vocab_size')}"
-            + _options_text(s.meta, cfg)
+            f"export: {family}target={s.meta.get('target')} experts={s.meta.get('experts')} "
+            f"dtype={s.meta.get('dtype')} layers={shared.get('num_hidden_layers')} hidden={shared.get('hidden_size')} "
+            f"vocab={shared.get('vocab_size')}" + _options_text(s.meta, cfg)
         )
     out.append("opsets: " + ", ".join(f"{d} {v}" for d, v in sorted(s.opset_imports.items())))
     out.append(f"ops ({sum(s.ops.values())} nodes):")

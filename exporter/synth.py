@@ -272,6 +272,8 @@ def write_checkpoint(
                 "weight_map": {name: where[name].path.name for name, _, _ in plan},
             }
             (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+        if cfg.family.synth_files is not None:  # e.g. a tokenizer of the family's shape
+            cfg.family.synth_files(cfg, tmp)
         replace_dir(tmp, out_dir)  # overwrite: the old folder goes only after the new one is in place
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -168,6 +168,7 @@ def onnx_traffic(model_file: Path) -> tuple[int, int]:
     sizes = {t.name: (_tensor_bytes(t), list(t.dims)) for t in g.initializer}
     share: dict[str, float] = {}
     widen: dict[str, float] = {}
+    whole: set[str] = set()  # read whole by some node (a tied embedding is also the output projection)
     for node in g.node:
         key = (node.domain or "", node.op_type)
         if key in MOE_OPS:
@@ -189,20 +190,28 @@ def onnx_traffic(model_file: Path) -> tuple[int, int]:
             src = next(t for t in g.initializer if t.name == node.input[0])
             widen[node.input[0]] = (helper.tensor_dtype_to_np_dtype(to).itemsize
                                     / helper.tensor_dtype_to_np_dtype(src.data_type).itemsize)
+            whole.add(node.input[0])
+        else:
+            whole.update(name for name in node.input if name in sizes)
     total = sum(b for b, _ in sizes.values())
-    per_token = sum(b * share.get(name, 1.0) * widen.get(name, 1.0) for name, (b, _) in sizes.items())
+    per_token = sum(b * (1.0 if name in whole else share.get(name, 1.0)) * widen.get(name, 1.0)
+                    for name, (b, _) in sizes.items())
     return total, int(per_token)
 
 
 def torch_traffic(model, k: int, experts: int) -> tuple[int, int]:
-    """Same for a transformers model: expert parameters count k/E, the embedding one row."""
+    """Same for a transformers model: expert parameters count k/E, embeddings one row (a tied one: all of it)."""
     total = per_token = 0
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    embedding = model.get_input_embeddings().weight
     for name, p in model.named_parameters():
         b = p.numel() * p.element_size()
         total += b
         if ".experts." in name:
             per_token += b * k / experts
-        elif "embed_tokens" in name:
+        elif tied and p is embedding:  # also the output projection, read whole every step
+            per_token += b
+        elif "embed_tokens" in name or name.endswith(("wte.weight", "wpe.weight")):
             per_token += b / p.shape[0]
         else:
             per_token += b
@@ -334,7 +343,9 @@ def measure_transformers(checkpoint: str, threads: int, prompt_len: int, new_tok
     model = AutoModelForCausalLM.from_pretrained(checkpoint, **kwargs).eval()
     load = time.perf_counter() - t
     loaded = _memory()
-    total, per_token = torch_traffic(model, model.config.num_experts_per_tok, model.config.num_local_experts)
+    experts = getattr(model.config, "num_local_experts", None)  # MoE families; dense ones have none
+    total, per_token = torch_traffic(model, getattr(model.config, "num_experts_per_tok", 1) if experts else 1,
+                                     experts or 1)
 
     @torch.inference_mode()
     def run(n_prompt: int, n_new: int) -> tuple[float, float, int]:

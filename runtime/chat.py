@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -126,9 +127,22 @@ def register(parser: argparse.ArgumentParser) -> None:
     add_generation_options(parser)
 
 
+def require_chat_format(folder: Path) -> None:
+    """MxportError when the folder's model family has no chat format (GPT-2: use `mxport run --prompt`)."""
+    from mxport.runtime.generate import _folder_config, folder_kind
+
+    if not folder.is_dir():
+        return  # Generator.from_folder names the problem
+    config, _, _ = _folder_config(folder, folder_kind(folder))
+    if config is not None and config.family.chat_format is None:
+        raise MxportError(f"{folder}: the {config.family.name} model family has no chat format, so `mxport chat` "
+                          f"cannot talk to it; continue text with `mxport run {folder} --prompt TEXT`")
+
+
 def run(args: argparse.Namespace) -> int:
     config = generation_config(args)  # checks the options before the model loads
     tools = load_tools(args.tools) if args.tools else ()
+    require_chat_format(Path(args.folder))
     generator = Generator.from_folder(args.folder, backend=args.backend, provider=args.provider,
                                       max_context=args.max_context)
     system = SystemContent(reasoning=args.reasoning, current_date=args.date,

@@ -18,6 +18,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -244,7 +245,8 @@ class Family:
               so the exporter never imports the runtime.
     Head:     embedding / output: canonical names of the token embedding and the output projection.
     Presets:  synth presets {name: cfg}; init(name, cfg) -> (std, mean) for synthetic weights; synth: writes the
-              tensors the generic Gaussian writer should not (gpt-oss's MXFP4 experts).
+              tensors the generic Gaussian writer should not (gpt-oss's MXFP4 experts); synth_files(cfg, folder)
+              writes what a synthetic checkpoint needs beside its weights (a tokenizer of the family's shape).
     Chat:     chat_format: "harmony" | "template" (the checkpoint's jinja chat_template) | None (no chat).
     """
 
@@ -266,6 +268,7 @@ class Family:
     output: str = "lm_head.weight"  # canonical name of the output projection [V,H] (absent when tied)
     init: Callable[[str, DecoderConfig], tuple[float, float]] | None = None
     synth: Callable[..., bool] | None = None  # (put, cfg, seed, expected, sources, done) -> True if it wrote it
+    synth_files: Callable[[DecoderConfig, Path], None] | None = None  # (cfg, folder): tokenizer files beside it
 
     def __repr__(self) -> str:
         return f"Family({self.name!r})"

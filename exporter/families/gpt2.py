@@ -238,6 +238,60 @@ def init_std_mean(name: str, cfg: GPT2Config) -> tuple[float, float]:
     return 1.0 / math.sqrt(cfg.hidden_size), 0.0  # c_attn, attn.c_proj, c_fc: fan-in H
 
 
+# ---- a GPT-2-shaped tokenizer for synthetic checkpoints ----------------------------------------------------------
+ENDOFTEXT = "<|endoftext|>"
+_CORPUS = """\
+The quick brown fox jumps over the lazy dog. A language model predicts the next token from the ones before it.
+Once upon a time, there was a little town by the sea. Every morning the fishermen went out in their boats.
+GPT-2 is a transformer decoder with learned position embeddings, layer normalization and a GELU MLP.
+ONNX Runtime runs the exported graph; the NumPy reference checks every number it produces.
+Numbers: 0 1 2 3 4 5 6 7 8 9 10 100 1999 2024. Hello, world! How are you today? It's a nice day, isn't it?
+Les élèves étudient à l'école. Über den Wolken. ¿Qué tal? 日本語のテキスト。 Emoji 🙂 and symbols ±×÷.
+"""
+
+
+def build_tokenizer(cfg: GPT2Config):
+    """A byte-level BPE `tokenizers.Tokenizer` shaped like GPT-2's: GPT-2's pre-tokenizer regex and byte alphabet,
+    merges trained on a small corpus, and <|endoftext|> (special) at the config's eos id, the last id of a
+    GPT-2 vocab. Small vocabs fill the ids between the merges and <|endoftext|> with reserved specials."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    eos = cfg.eos_token_ids[0] if cfg.eos_token_ids else cfg.vocab_size - 1
+    if cfg.vocab_size < 258 or not 256 < eos < cfg.vocab_size:
+        raise MxportError(f"a byte-level GPT-2 tokenizer needs vocab_size >= 258 and 256 < eos id < vocab_size "
+                          f"(found vocab_size={cfg.vocab_size}, eos={eos})")
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # GPT-2's split regex and byte map
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=eos, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  special_tokens=[], show_progress=False)
+    bpe.train_from_iterator(_CORPUS.splitlines() * 4, trainer)
+    spec = json.loads(bpe.to_str())
+    vocab: dict[str, int] = spec["model"]["vocab"]
+    used = set(vocab.values())
+    added = [(ENDOFTEXT, eos)]
+    if cfg.vocab_size <= 4096:  # every id decodes to something (a full-size vocab keeps gaps: they decode to '')
+        added += [(f"<|reserved_{i}|>", i) for i in range(cfg.vocab_size) if i not in used and i != eos]
+    spec["added_tokens"] = [
+        {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False, "normalized": False,
+         "special": True} for t, i in sorted(added, key=lambda a: a[1])]
+    return Tokenizer.from_str(json.dumps(spec))
+
+
+def write_tokenizer(cfg: GPT2Config, folder) -> None:
+    """tokenizer.json + tokenizer_config.json (GPT2Tokenizer; no chat template: GPT-2 has no chat format)."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    build_tokenizer(cfg).save(str(folder / "tokenizer.json"))
+    config = {"tokenizer_class": "GPT2Tokenizer", "bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT,
+              "unk_token": ENDOFTEXT, "add_prefix_space": False, "model_max_length": cfg.max_position_embeddings}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
 FAMILY = Family(
     name="gpt2",
     architectures=("GPT2LMHeadModel",),
@@ -254,4 +308,5 @@ FAMILY = Family(
     embedding=PREFIX + "wte.weight",
     output="lm_head.weight",
     init=init_std_mean,
+    synth_files=write_tokenizer,
 )
