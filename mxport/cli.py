@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("mxport.runtime.verify", "compare an export against the NumPy reference model"),
     "bench": ("mxport.runtime.bench", "benchmark prefill/decode speed, memory and file size"),
     "serve": ("mxport.runtime.serve.cli", "an OpenAI-compatible HTTP server over an exported folder"),
+    "kernels": ("mxport.ops.native", "print the path of mxport's native ONNX Runtime kernel library and its ops"),
 }
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from mxport.errors import MxportError
 from mxport.folders import read_manifest  # noqa: F401  (re-exported: the manifest's one reader)
-from mxport.runtime.session import resolve_provider, with_folding_limit
+from mxport.runtime.session import mxport_options, resolve_provider
 
 MODEL_FILE = "model.onnx"
 RESIDUAL_NAME = "layers.{i}/moe_residual"  # exporter.gpt_oss: the residual stream after layer i
@@ -77,7 +77,7 @@ class OrtRunner:
 
         self.path = model_path(export_dir_or_model_path)
         provider = resolve_provider(provider)  # short names (cpu, cuda, auto) too, one error for all commands
-        so = with_folding_limit(session_options or ort.SessionOptions())
+        so = mxport_options(session_options or ort.SessionOptions())
         if threads is not None:
             so.intra_op_num_threads = int(threads)
         so.log_severity_level = 3

@@ -84,6 +84,16 @@ def with_folding_limit(session_options: Any = None) -> Any:
     return so
 
 
+def mxport_options(session_options: Any = None) -> Any:
+    """Options for every session mxport creates: the folding limit raised and mxport's native kernels registered
+    (ops/native.py; ai.mxport nodes then run natively instead of through their function bodies)."""
+    from mxport.ops import native
+
+    so = with_folding_limit(session_options)
+    native.register_kernels(so)
+    return so
+
+
 def _has_entry(so: Any, key: str) -> bool:
     try:
         so.get_session_config_entry(key)
@@ -107,7 +117,7 @@ class OrtStepModel:
         self.provider = resolve_provider(provider)
         self.device = "cuda" if self.provider == PROVIDERS["cuda"] else "cpu"
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=with_folding_limit(session_options),
+            self.session = ort.InferenceSession(str(path), sess_options=mxport_options(session_options),
                                                 providers=[self.provider])
         except Exception as exc:  # ORT raises its own exception types (InvalidGraph, Fail, ...)
             raise MxportError(f"{path}: onnxruntime cannot load the model ({exc})") from None

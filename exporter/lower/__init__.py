@@ -6,14 +6,16 @@
     (any)     --experts mxfp4: float experts -> MXFP4 first (experts_mxfp4.py)
     portable  none otherwise                                               mxfp4 | float        float32
     cpu       fused QKV, SimplifiedLayerNorm, SkipSimplifiedLayerNorm,     fp32 | int8 | int4   float32
-              GroupQueryAttention, MoE / QMoE                              (mxfp4: MoE kept portable)
+              GroupQueryAttention, MoE / QMoE                              | mxfp4 (ai.mxport.MoEMXFP4
+                                                                           kept for mxport's native kernel)
     cuda      the same; experts=mxfp4 -> QMoE quant_type='fp4'            mxfp4 | fp32 | int8 | int4   float32
                                                                            | float16 | bfloat16 (precision.py)
 
     experts: mxfp4 = MXFP4 experts (kept as stored, or encoded at export from float ones: lossy); float = a
              checkpoint's float experts as stored (portable only; bf16 stays bf16); fp32 | int8 | int4 = ORT's
              MoE / QMoE (int8 is exact from MXFP4, a block-wise quantization from float)
-    dense (cpu, cuda): float32 keeps MatMul (exact); int8 | int4 -> MatMulNBits (dense.py), router excepted
+    dense (cpu, cuda): float32 keeps MatMul (exact); int8 | int4 -> MatMulNBits (dense.py), router excepted;
+                       bf16 (cpu) -> ai.mxport.MatMulBF16 over the stored bf16 (bf16.py, exact; native kernel)
     last_logits (any target): logits of the last position only, [B,1,V] (logits.py; changes the model I/O)
     cpu, cuda: a Cast of a weight whose output exceeds ORT's 1 GiB folding limit is stored cast (casts.py)
 
@@ -33,6 +35,7 @@ from mxport.errors import MxportError
 
 from . import precision, rules
 from .attention import LowerAttention
+from .bf16 import DenseBF16
 from .casts import materialize_large_casts
 from .dense import DenseNBits
 from .experts_mxfp4 import EncodeExpertsMXFP4
@@ -44,7 +47,7 @@ from .norm import SimplifiedNorm, SkipSimplifiedNorm
 TARGETS = ("portable", "cpu", "cuda")
 EXPERTS = ("mxfp4", "fp32", "int8", "int4", "float")
 DTYPES = ("float32", "float16", "bfloat16")
-DENSE = ("float32", "int8", "int4")
+DENSE = ("float32", "int8", "int4", "bf16")
 
 RULES = {
     "portable": (),
@@ -84,10 +87,14 @@ def lower(model: ir.Model, *, target: str, experts: str = "mxfp4", dtype: str = 
     if target == "cpu" and dtype == "bfloat16":
         raise MxportError("lower: --dtype bfloat16 is for --target cuda: ORT's CPU provider has no bfloat16 MatMul "
                           "(use --dtype float16 or float32 on cpu)")
+    if dense == "bf16" and target != "cpu":
+        raise MxportError("lower: --dense bf16 (ai.mxport.MatMulBF16) has a native kernel for --target cpu only")
     ctx = rules.Context(model=model, target=target, experts=experts, dtype=dtype, accuracy_level=accuracy_level)
     # --experts mxfp4: float experts are encoded first, on every target (the MoE rule then sees MXFP4 experts)
     chosen = ([EncodeExpertsMXFP4()] if experts == "mxfp4" else []) + list(RULES[target])
-    if dense != "float32":
+    if dense == "bf16":
+        chosen.append(DenseBF16())  # after fused QKV, which keeps the bf16 weight and its Cast
+    elif dense != "float32":
         chosen.append(DenseNBits(bits=8 if dense == "int8" else 4))  # after MoE: the router is recognised by it
     if last_logits:
         chosen.append(LastLogits())  # changes the model I/O: logits [B,1,V]

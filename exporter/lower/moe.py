@@ -12,8 +12,10 @@ com.microsoft MoE and QMoE.
         │  experts=int4 ─► com.microsoft.QMoE  4 bit, block 32, scale per block minimising squared error,
         │                                      q+8 packed low nibble first; accuracy_level from the options
         │                                      (4: int8 activations, default; 0: float32 activations)
-        └  experts=mxfp4, target cuda ─► com.microsoft.QMoE quant_type='fp4': the MXFP4 bytes as they are,
-                                      [E,N,K/32,16] viewed as [E,N,K/2], scales as float8e8m0 [E,N,K/32]
+        │  experts=mxfp4, target cuda ─► com.microsoft.QMoE quant_type='fp4': the MXFP4 bytes as they are,
+        │                             [E,N,K/32,16] viewed as [E,N,K/2], scales as float8e8m0 [E,N,K/32]
+        └  experts=mxfp4, target cpu ─► kept: ai.mxport.MoEMXFP4 runs on mxport's native kernel (ops/csrc,
+                                      registered by mxport's sessions; exact), else on its function body
 
 ORT's contract (onnxruntime 1.32, contrib_defs / docs/ContribOperators.md): weights are [E, N, K·bits/8]
 (out-major, "column major per expert"), block scales [E, N, K/block], default zero point 2^(bits-1);
@@ -163,10 +165,10 @@ class LowerMoE:
         mode = ctx.experts
         if mode not in self.MODES:
             return f"unknown experts mode {mode!r} (expected one of {self.MODES})"
-        if mode == "mxfp4" and ctx.target != "cuda":
-            return "ORT has no CPU kernel for MXFP4 experts (QMoE quant_type='fp4' is CUDA only): kept portable; use --experts fp32|int8|int4"
         if mode == "mxfp4" and not node.op_type.startswith("MoEMXFP4"):
             return "experts are float (not MXFP4) and were not encoded: --experts mxfp4 has nothing to keep"
+        if mode == "mxfp4" and ctx.target == "cpu":
+            return None  # kept as ai.mxport.MoEMXFP4(_2): mxport's native kernel (ops/csrc), any swiglu layout
         weights = node.inputs[2:]
         missing = [i for i, v in enumerate(weights) if v is not None and const(v) is None]
         if missing:
@@ -174,6 +176,8 @@ class LowerMoE:
         return None
 
     def rewrite(self, node: ir.Node, ctx: Context) -> None:
+        if ctx.experts == "mxfp4" and ctx.target == "cpu":
+            return  # the node stays: ORT runs mxport's registered kernel, or the function body without it
         ctx.use_ms_domain()
         x, router = node.inputs[0], node.inputs[1]
         if node.op_type == "MoEMXFP4":

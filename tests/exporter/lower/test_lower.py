@@ -126,25 +126,51 @@ def test_last_logits_equal_the_last_row_of_full_logits(tiny, tmp_path):
     assert json.loads((last / "mxport.json").read_text())["last_logits"] is True
 
 
-def test_cpu_with_mxfp4_experts_keeps_moe_portable_and_says_so(tiny, tmp_path, capsys):
+@pytest.mark.parametrize("dense", ["float32", "bf16"])
+def test_cpu_mxfp4_is_exact_with_and_without_the_native_kernels(tiny, reference, tmp_path, dense):
+    """--target cpu --experts mxfp4 [--dense bf16]: MoEMXFP4 (and MatMulBF16) stay ai.mxport nodes. mxport's runner
+    registers the native kernels (the profile shows them, no function body ran); plain ORT runs the same file
+    through the function bodies; both equal the NumPy reference (prefill with padding + a cached step)."""
     import json
 
+    import onnx
+
     from mxport.cli import main
+    from mxport.ops import native
+    from mxport.runtime.runners import OrtRunner
 
     cfg, ckpt = tiny
-    argv = ["export", str(ckpt), "-o", str(tmp_path / "out"), "--target", "cpu", "--experts", "mxfp4", "--no-progress"]
+    out = tmp_path / "out"
+    argv = ["export", str(ckpt), "-o", str(out), "--target", "cpu", "--experts", "mxfp4", "--dense", dense,
+            "--no-progress"]
     assert main(argv) == 0
-    assert "kept portable by moe: ORT has no CPU kernel for MXFP4 experts" in capsys.readouterr().err
-    meta = json.loads((tmp_path / "out" / "mxport.json").read_text())
-    assert meta["lowering"]["applied"]["attention"] == cfg.num_hidden_layers
-    assert {r["rule"] for r in meta["lowering"]["refused"]} == {"moe"}
-    sess = ort.InferenceSession(str(tmp_path / "out" / "model.onnx"), providers=["CPUExecutionProvider"])
-    assert "MoEMXFP4" in {n.op_type for n in __import__("onnx").load(str(tmp_path / "out" / "model.onnx")).graph.node}
-    feeds = make_feeds(np.arange(3, 9)[None], cfg=cfg)
-    got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
-    runner = ReferenceModelRunner(ckpt)
-    assert compare({"logits": got["logits"]}, {"logits": runner.infer(feeds)["logits"]})
-    runner.close()
+    meta = json.loads((out / "mxport.json").read_text())
+    L = cfg.num_hidden_layers
+    assert meta["lowering"]["applied"]["moe"] == L and meta["lowering"]["applied"]["attention"] == L
+    assert meta["lowering"]["refused"] == []
+    ops = {(n.domain, n.op_type) for n in onnx.load(str(out / "model.onnx"), load_external_data=False).graph.node}
+    assert ("ai.mxport", "MoEMXFP4") in ops and ("com.microsoft", "GroupQueryAttention") in ops
+    if dense == "bf16":  # fused q/k/v, o_proj and router per layer, lm_head
+        assert meta["lowering"]["applied"]["matmul_bf16"] == 3 * L + 1
+        assert ("ai.mxport", "MatMulBF16") in ops and ("", "MatMul") not in ops
+    body = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    prefill, decode = _prefill_and_step(cfg, body, reference)
+    assert prefill, prefill
+    assert decode, decode
+    if native.library_path() is None:
+        pytest.skip("native kernels not built")
+    so = ort.SessionOptions()
+    so.enable_profiling = True
+    so.profile_file_prefix = str(tmp_path / "prof")
+    fast = OrtRunner(out, session_options=so)
+    prefill, decode = _prefill_and_step(cfg, fast.session, reference)
+    assert prefill, prefill
+    assert decode, decode
+    events = json.loads(open(fast.session.end_profiling()).read())
+    ran = [e["args"]["op_name"] for e in events if e.get("cat") == "Node" and "op_name" in e.get("args", {})]
+    assert ran.count("MoEMXFP4") >= 2 * L and "Loop" not in ran  # every layer, both calls, natively
+    if dense == "bf16":
+        assert ran.count("MatMulBF16") >= 2 * (3 * L + 1) and "MatMul" not in ran
 
 
 def test_accuracy_level_option(tiny, tmp_path, capsys):

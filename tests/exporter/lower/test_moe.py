@@ -141,12 +141,13 @@ def test_int4_matches_its_dequantized_weights():
     assert 0 < rel < 0.25, rel  # requantizing MXFP4 to int4 is lossy; LOWERING.md reports the model-level cost
 
 
-def test_cpu_keeps_mxfp4_portable_with_reason():
+def test_cpu_keeps_mxfp4_for_the_native_kernel():
+    """cpu + experts=mxfp4: the node stays ai.mxport.MoEMXFP4 (mxport's native kernel; function body elsewhere)."""
     weights, x, logits = _weights(5)
     before = _portable(weights, **GPT_OSS)
     after, report = _lower(before, "mxfp4")
     assert _ops(after) == [("ai.mxport", "MoEMXFP4")]
-    assert "CUDA only" in report.refused[0][2]
+    assert report.applied["moe"] == 1 and report.refused == []
 
 
 def test_cuda_fp4_layout_follows_the_qmoe_contract():

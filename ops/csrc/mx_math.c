@@ -1,0 +1,408 @@
+/* mxport's native math (contract in mx_math.h). Two builds of each kernel: AVX2+FMA (target attributes, chosen at
+ * run time) and plain C. Both decode weights exactly and accumulate in float32. */
+#include "mx_math.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define MX_X86 1
+#else
+#define MX_X86 0
+#endif
+
+/* 2 x E2M1 value of each code (bit 3 = sign), and 2^(s-128) for each E8M0 byte (NaN for 0xFF): code x scale byte
+ * -> (2 x value) x 2^(s-128) = value x 2^(s-127), exact in float32 (the OCP MX v1.0 meaning; ops/mxfp4.py). */
+static const int8_t LUT2[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+static float SCALE2[256];
+static int g_isa = -1;
+
+static void init_tables(void) {
+    for (int s = 0; s < 255; s++) SCALE2[s] = ldexpf(1.0f, s - 128);
+    SCALE2[255] = NAN;
+}
+
+int mx_set_isa(int want_avx2) {
+    init_tables();
+    int have = 0;
+#if MX_X86
+    __builtin_cpu_init();
+    have = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+    g_isa = (want_avx2 && have) ? 1 : 0;
+    return g_isa;
+}
+
+int mx_isa(void) {
+    if (g_isa < 0) mx_set_isa(1);
+    return g_isa;
+}
+
+void mx_permute_rows(const float *a, int64_t m, int64_t k, float *ap) {
+    for (int64_t r = 0; r < m; r++) {
+        const float *src = a + r * k;
+        float *dst = ap + r * k;
+        for (int64_t j = 0; j < k; j += MX_BLOCK)
+            for (int i = 0; i < MX_BLOCK / 2; i++) {
+                dst[j + i] = src[j + 2 * i];
+                dst[j + MX_BLOCK / 2 + i] = src[j + 2 * i + 1];
+            }
+    }
+}
+
+/* ---- plain C --------------------------------------------------------------------------------------------------- */
+/* One block of 32 decoded into the permuted order (low nibbles, then high nibbles), value x 2^(s-127). */
+static void decode_block_c(const uint8_t *b, uint8_t s, float *out) {
+    const float sc = SCALE2[s];
+    for (int i = 0; i < MX_BLOCK_BYTES; i++) {
+        out[i] = (float)LUT2[b[i] & 15] * sc;
+        out[MX_BLOCK_BYTES + i] = (float)LUT2[b[i] >> 4] * sc;
+    }
+}
+
+static void mxfp4_rows_c(const float *ap, int64_t m, int64_t k, const uint8_t *blocks, const uint8_t *scales,
+                         int64_t n0, int64_t n1, float *y, int64_t ldy) {
+    const int64_t nb = k / MX_BLOCK;
+    float w[MX_BLOCK];
+    for (int64_t n = n0; n < n1; n++) {
+        for (int64_t r = 0; r < m; r++) y[r * ldy + n] = 0.0f;
+        for (int64_t j = 0; j < nb; j++) {
+            decode_block_c(blocks + (n * nb + j) * MX_BLOCK_BYTES, scales[n * nb + j], w);
+            for (int64_t r = 0; r < m; r++) {
+                const float *a = ap + r * k + j * MX_BLOCK;
+                float t = 0.0f;
+                for (int i = 0; i < MX_BLOCK; i++) t += w[i] * a[i];
+                y[r * ldy + n] += t;
+            }
+        }
+    }
+}
+
+static inline float bf16_to_f32(uint16_t v) {
+    uint32_t bits = (uint32_t)v << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static void bf16_cols_c(const float *a, int64_t m, int64_t k, const uint16_t *w, int64_t n, int64_t n0, int64_t n1,
+                        float *y, int64_t ldy) {
+    for (int64_t r = 0; r < m; r++) {
+        float *yr = y + r * ldy;
+        for (int64_t c = n0; c < n1; c++) yr[c] = 0.0f;
+        for (int64_t i = 0; i < k; i++) {
+            const float ai = a[r * k + i];
+            const uint16_t *wr = w + i * n;
+            for (int64_t c = n0; c < n1; c++) yr[c] += ai * bf16_to_f32(wr[c]);
+        }
+    }
+}
+
+/* ---- AVX2 + FMA ------------------------------------------------------------------------------------------------ */
+#if MX_X86
+#define AVX2 __attribute__((target("avx2,fma")))
+#define AVX2_INLINE __attribute__((target("avx2,fma"), always_inline)) static inline
+
+AVX2_INLINE float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* 16 packed bytes -> 2 x E2M1 as float32: w[0..1] = low nibbles (elements 0,2,..,30), w[2..3] = high (1,3,..,31). */
+AVX2_INLINE void decode_codes(const uint8_t *p, __m256 w[4]) {
+    const __m128i lut = _mm_loadu_si128((const __m128i *)LUT2);
+    const __m128i mask = _mm_set1_epi8(0x0F);
+    const __m128i v = _mm_loadu_si128((const __m128i *)p);
+    const __m128i ql = _mm_shuffle_epi8(lut, _mm_and_si128(v, mask));
+    const __m128i qh = _mm_shuffle_epi8(lut, _mm_and_si128(_mm_srli_epi16(v, 4), mask));
+    w[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(ql));
+    w[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(ql, 8)));
+    w[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(qh));
+    w[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(qh, 8)));
+}
+
+/* Few rows (M <= 4): each weight row is decoded block by block in registers and used by every row of A. */
+AVX2_INLINE void mxfp4_direct(const float *ap, const int m, int64_t k, const uint8_t *blocks, const uint8_t *scales,
+                              int64_t n0, int64_t n1, float *y, int64_t ldy) {
+    const int64_t nb = k / MX_BLOCK;
+    for (int64_t n = n0; n < n1; n++) {
+        const uint8_t *b = blocks + n * nb * MX_BLOCK_BYTES;
+        const uint8_t *s = scales + n * nb;
+        __m256 acc0[4], acc1[4];
+        for (int r = 0; r < m; r++) acc0[r] = acc1[r] = _mm256_setzero_ps();
+        int64_t j = 0;
+        for (; j + 1 < nb; j += 2) {  /* two blocks: two independent accumulator chains */
+            __m256 w[4], v[4];
+            decode_codes(b + j * MX_BLOCK_BYTES, w);
+            decode_codes(b + (j + 1) * MX_BLOCK_BYTES, v);
+            const __m256 s0 = _mm256_broadcast_ss(&SCALE2[s[j]]);
+            const __m256 s1 = _mm256_broadcast_ss(&SCALE2[s[j + 1]]);
+            for (int r = 0; r < m; r++) {
+                const float *a = ap + r * k + j * MX_BLOCK;
+                __m256 t = _mm256_mul_ps(w[0], _mm256_loadu_ps(a));
+                t = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(a + 8), t);
+                t = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(a + 16), t);
+                t = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(a + 24), t);
+                acc0[r] = _mm256_fmadd_ps(t, s0, acc0[r]);
+                __m256 u = _mm256_mul_ps(v[0], _mm256_loadu_ps(a + 32));
+                u = _mm256_fmadd_ps(v[1], _mm256_loadu_ps(a + 40), u);
+                u = _mm256_fmadd_ps(v[2], _mm256_loadu_ps(a + 48), u);
+                u = _mm256_fmadd_ps(v[3], _mm256_loadu_ps(a + 56), u);
+                acc1[r] = _mm256_fmadd_ps(u, s1, acc1[r]);
+            }
+        }
+        if (j < nb) {
+            __m256 w[4];
+            decode_codes(b + j * MX_BLOCK_BYTES, w);
+            const __m256 s0 = _mm256_broadcast_ss(&SCALE2[s[j]]);
+            for (int r = 0; r < m; r++) {
+                const float *a = ap + r * k + j * MX_BLOCK;
+                __m256 t = _mm256_mul_ps(w[0], _mm256_loadu_ps(a));
+                t = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(a + 8), t);
+                t = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(a + 16), t);
+                t = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(a + 24), t);
+                acc0[r] = _mm256_fmadd_ps(t, s0, acc0[r]);
+            }
+        }
+        for (int r = 0; r < m; r++) y[r * ldy + n] = hsum8(_mm256_add_ps(acc0[r], acc1[r]));
+    }
+}
+
+#define TILE_N 16   /* weight rows decoded together */
+#define TILE_K 256  /* k values per decoded tile row (a multiple of 32): tile 16 KB, stays in L1 with its A rows */
+
+/* A 4 x 2 (or fewer rows) dot-product tile: out[r][c] = sum_i a[r][i] * w[c][i], i < kc. */
+AVX2_INLINE void dot_tile(const float *a, int64_t lda, const int mr, const float *w, int64_t kc, float out[4][2]) {
+    __m256 acc[4][2];
+    for (int r = 0; r < mr; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < kc; i += 8) {
+        const __m256 w0 = _mm256_loadu_ps(w + i), w1 = _mm256_loadu_ps(w + TILE_K + i);
+        for (int r = 0; r < mr; r++) {
+            const __m256 av = _mm256_loadu_ps(a + r * lda + i);
+            acc[r][0] = _mm256_fmadd_ps(av, w0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(av, w1, acc[r][1]);
+        }
+    }
+    for (int r = 0; r < mr; r++) {
+        out[r][0] = hsum8(acc[r][0]);
+        out[r][1] = hsum8(acc[r][1]);
+    }
+}
+
+/* Many rows: decode TILE_N weight rows x TILE_K values to float32 once, then a register-blocked product. */
+AVX2 static void mxfp4_tiled(const float *ap, int64_t m, int64_t k, const uint8_t *blocks, const uint8_t *scales,
+                             int64_t n0, int64_t n1, float *y, int64_t ldy) {
+    const int64_t nb = k / MX_BLOCK;
+    float tile[TILE_N + 1][TILE_K] __attribute__((aligned(32)));  /* +1: an odd last row pairs with zeros */
+    for (int64_t nt = n0; nt < n1; nt += TILE_N) {
+        const int rows = (int)(n1 - nt < TILE_N ? n1 - nt : TILE_N);
+        for (int64_t kt = 0; kt < k; kt += TILE_K) {
+            const int64_t kc = k - kt < TILE_K ? k - kt : TILE_K;
+            for (int c = 0; c < rows; c++) {
+                for (int64_t j = 0; j < kc / MX_BLOCK; j++) {
+                    const int64_t blk = (nt + c) * nb + kt / MX_BLOCK + j;
+                    __m256 w[4];
+                    decode_codes(blocks + blk * MX_BLOCK_BYTES, w);
+                    const __m256 sc = _mm256_broadcast_ss(&SCALE2[scales[blk]]);
+                    float *dst = tile[c] + j * MX_BLOCK;
+                    for (int q = 0; q < 4; q++) _mm256_store_ps(dst + 8 * q, _mm256_mul_ps(w[q], sc));
+                }
+            }
+            if (rows & 1) memset(tile[rows], 0, sizeof(float) * (size_t)kc);
+            for (int64_t r0 = 0; r0 < m; r0 += 4) {
+                const int mr = (int)(m - r0 < 4 ? m - r0 : 4);
+                for (int c = 0; c < rows; c += 2) {
+                    float out[4][2];
+                    const float *a = ap + r0 * k + kt;
+                    switch (mr) {
+                        case 4: dot_tile(a, k, 4, tile[c], kc, out); break;
+                        case 3: dot_tile(a, k, 3, tile[c], kc, out); break;
+                        case 2: dot_tile(a, k, 2, tile[c], kc, out); break;
+                        default: dot_tile(a, k, 1, tile[c], kc, out); break;
+                    }
+                    for (int r = 0; r < mr; r++)
+                        for (int q = 0; q < 2 && c + q < rows; q++) {
+                            float *dst = y + (r0 + r) * ldy + nt + c + q;
+                            *dst = kt == 0 ? out[r][q] : *dst + out[r][q];
+                        }
+                }
+            }
+        }
+    }
+}
+
+AVX2 static void mxfp4_rows_avx2(const float *ap, int64_t m, int64_t k, const uint8_t *blocks, const uint8_t *scales,
+                                 int64_t n0, int64_t n1, float *y, int64_t ldy) {
+    switch (m) {
+        case 1: mxfp4_direct(ap, 1, k, blocks, scales, n0, n1, y, ldy); return;
+        case 2: mxfp4_direct(ap, 2, k, blocks, scales, n0, n1, y, ldy); return;
+        case 3: mxfp4_direct(ap, 3, k, blocks, scales, n0, n1, y, ldy); return;
+        case 4: mxfp4_direct(ap, 4, k, blocks, scales, n0, n1, y, ldy); return;
+        default: mxfp4_tiled(ap, m, k, blocks, scales, n0, n1, y, ldy); return;
+    }
+}
+
+AVX2_INLINE __m256 bf16x8(const uint16_t *p) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
+}
+
+/* Few rows (M <= 4): weight rows [K, n0:n1) streamed in order, 4 at a time, into float32 output rows. */
+AVX2_INLINE void bf16_stream(const float *a, int64_t lda, const int m, int64_t k, const uint16_t *w, int64_t n,
+                             int64_t n0, int64_t n1, float *y, int64_t ldy) {
+    const int64_t n8 = n0 + ((n1 - n0) & ~(int64_t)7);
+    for (int r = 0; r < m; r++) memset(y + r * ldy + n0, 0, sizeof(float) * (size_t)(n1 - n0));
+    int64_t i = 0;
+    for (; i + 4 <= k; i += 4) {
+        const uint16_t *w0 = w + i * n, *w1 = w0 + n, *w2 = w1 + n, *w3 = w2 + n;
+        __m256 a0[4], a1[4], a2[4], a3[4];
+        for (int r = 0; r < m; r++) {
+            a0[r] = _mm256_broadcast_ss(a + r * lda + i);
+            a1[r] = _mm256_broadcast_ss(a + r * lda + i + 1);
+            a2[r] = _mm256_broadcast_ss(a + r * lda + i + 2);
+            a3[r] = _mm256_broadcast_ss(a + r * lda + i + 3);
+        }
+        for (int64_t c = n0; c < n8; c += 8) {
+            const __m256 v0 = bf16x8(w0 + c), v1 = bf16x8(w1 + c), v2 = bf16x8(w2 + c), v3 = bf16x8(w3 + c);
+            for (int r = 0; r < m; r++) {
+                float *yr = y + r * ldy + c;
+                __m256 t = _mm256_fmadd_ps(a0[r], v0, _mm256_loadu_ps(yr));
+                t = _mm256_fmadd_ps(a1[r], v1, t);
+                t = _mm256_fmadd_ps(a2[r], v2, t);
+                _mm256_storeu_ps(yr, _mm256_fmadd_ps(a3[r], v3, t));
+            }
+        }
+        for (int64_t c = n8; c < n1; c++)
+            for (int r = 0; r < m; r++) {
+                const float *ar = a + r * lda + i;
+                y[r * ldy + c] += ar[0] * bf16_to_f32(w0[c]) + ar[1] * bf16_to_f32(w1[c]) +
+                                  ar[2] * bf16_to_f32(w2[c]) + ar[3] * bf16_to_f32(w3[c]);
+            }
+    }
+    for (; i < k; i++)
+        for (int r = 0; r < m; r++)
+            for (int64_t c = n0; c < n1; c++) y[r * ldy + c] += a[r * lda + i] * bf16_to_f32(w[i * n + c]);
+}
+
+AVX2 static void bf16_rows_avx2(const float *a, int64_t lda, int64_t m, int64_t k, const uint16_t *w, int64_t n,
+                                float *y) {
+    switch (m) {
+        case 1: bf16_stream(a, lda, 1, k, w, n, 0, n, y, n); return;
+        case 2: bf16_stream(a, lda, 2, k, w, n, 0, n, y, n); return;
+        case 3: bf16_stream(a, lda, 3, k, w, n, 0, n, y, n); return;
+        default: bf16_stream(a, lda, 4, k, w, n, 0, n, y, n); return;
+    }
+}
+
+/* Many rows: 64 columns of W at a time are converted to float32 into four packed [K, 16] panels (each weight
+ * row read 128 bytes at a time), then 6 x 16 outer-product tiles (12 accumulators) run over K in chunks of 256
+ * (a 16 KB panel chunk and 6 rows of A stay in L1). */
+#define PANEL_K 256
+AVX2_INLINE void panel_tile(const float *ar, int64_t lda, const int mr, const float *panel, int64_t kc, float *yt,
+                            int64_t ldy, int first) {
+    __m256 acc[6][2];
+    for (int r = 0; r < mr; r++) {
+        acc[r][0] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(yt + r * ldy);
+        acc[r][1] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(yt + r * ldy + 8);
+    }
+    for (int64_t i = 0; i < kc; i++) {
+        const __m256 v0 = _mm256_load_ps(panel + 16 * i), v1 = _mm256_load_ps(panel + 16 * i + 8);
+        for (int r = 0; r < mr; r++) {
+            const __m256 av = _mm256_broadcast_ss(ar + r * lda + i);
+            acc[r][0] = _mm256_fmadd_ps(av, v0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(av, v1, acc[r][1]);
+        }
+    }
+    for (int r = 0; r < mr; r++) {
+        _mm256_storeu_ps(yt + r * ldy, acc[r][0]);
+        _mm256_storeu_ps(yt + r * ldy + 8, acc[r][1]);
+    }
+}
+
+AVX2 static void bf16_panels(const float *a, int64_t m, int64_t k, const uint16_t *w, int64_t n, int64_t n0,
+                             int64_t n1, float *y, int64_t ldy) {
+    const int64_t n16 = n0 + ((n1 - n0) & ~(int64_t)15);
+    float *panel = aligned_alloc(64, sizeof(float) * (size_t)(64 * k + 64));
+    if (!panel) {
+        bf16_cols_c(a, m, k, w, n, n0, n1, y, ldy);
+        return;
+    }
+    for (int64_t c0 = n0; c0 < n16; c0 += 64) {
+        const int np = (int)((n16 - c0 < 64 ? n16 - c0 : 64) / 16); /* panels in this group */
+        for (int64_t i = 0; i < k; i++)
+            for (int p = 0; p < np; p++) {
+                _mm256_store_ps(panel + (p * k + i) * 16, bf16x8(w + i * n + c0 + 16 * p));
+                _mm256_store_ps(panel + (p * k + i) * 16 + 8, bf16x8(w + i * n + c0 + 16 * p + 8));
+            }
+        for (int p = 0; p < np; p++)
+            for (int64_t k0 = 0; k0 < k; k0 += PANEL_K) {
+                const int64_t kc = k - k0 < PANEL_K ? k - k0 : PANEL_K;
+                const float *pk = panel + (p * k + k0) * 16;
+                for (int64_t r0 = 0; r0 < m; r0 += 6) {
+                    const float *ar = a + r0 * k + k0;
+                    float *yt = y + r0 * ldy + c0 + 16 * p;
+                    switch (m - r0 < 6 ? m - r0 : 6) {
+                        case 6: panel_tile(ar, k, 6, pk, kc, yt, ldy, k0 == 0); break;
+                        case 5: panel_tile(ar, k, 5, pk, kc, yt, ldy, k0 == 0); break;
+                        case 4: panel_tile(ar, k, 4, pk, kc, yt, ldy, k0 == 0); break;
+                        case 3: panel_tile(ar, k, 3, pk, kc, yt, ldy, k0 == 0); break;
+                        case 2: panel_tile(ar, k, 2, pk, kc, yt, ldy, k0 == 0); break;
+                        default: panel_tile(ar, k, 1, pk, kc, yt, ldy, k0 == 0); break;
+                    }
+                }
+            }
+    }
+    free(panel);
+    if (n16 < n1) bf16_cols_c(a, m, k, w, n, n16, n1, y, ldy);
+}
+
+AVX2 static void bf16_cols_avx2(const float *a, int64_t m, int64_t k, const uint16_t *w, int64_t n, int64_t n0,
+                                int64_t n1, float *y, int64_t ldy) {
+    bf16_panels(a, m, k, w, n, n0, n1, y, ldy);
+}
+#endif
+
+/* ---- dispatch -------------------------------------------------------------------------------------------------- */
+void mx_mxfp4_rows(const float *ap, int64_t m, int64_t k, const uint8_t *blocks, const uint8_t *scales, int64_t n0,
+                   int64_t n1, float *y, int64_t ldy) {
+#if MX_X86
+    if (mx_isa() == 1) {
+        mxfp4_rows_avx2(ap, m, k, blocks, scales, n0, n1, y, ldy);
+        return;
+    }
+#endif
+    if (g_isa < 0) mx_set_isa(1);
+    mxfp4_rows_c(ap, m, k, blocks, scales, n0, n1, y, ldy);
+}
+
+void mx_bf16_cols(const float *a, int64_t m, int64_t k, const uint16_t *w, int64_t n, int64_t n0, int64_t n1,
+                  float *y, int64_t ldy) {
+#if MX_X86
+    if (mx_isa() == 1) {
+        bf16_cols_avx2(a, m, k, w, n, n0, n1, y, ldy);
+        return;
+    }
+#endif
+    bf16_cols_c(a, m, k, w, n, n0, n1, y, ldy);
+}
+
+void mx_bf16_rows(const float *a, int64_t lda, int64_t m, int64_t k, const uint16_t *w, int64_t n, float *y) {
+#if MX_X86
+    if (mx_isa() == 1) {
+        bf16_rows_avx2(a, lda, m, k, w, n, y);
+        return;
+    }
+#endif
+    for (int64_t r = 0; r < m; r++) {
+        float *yr = y + r * n;
+        for (int64_t c = 0; c < n; c++) yr[c] = 0.0f;
+        for (int64_t i = 0; i < k; i++) {
+            const float ai = a[r * lda + i];
+            const uint16_t *wr = w + i * n;
+            for (int64_t c = 0; c < n; c++) yr[c] += ai * bf16_to_f32(wr[c]);
+        }
+    }
+}

@@ -1,0 +1,34 @@
+/* mxport's native math: MXFP4 and bf16 weight products in float32 (no ONNX Runtime types here).
+ *
+ *   mx_permute_rows   A [M, K] -> Ap [M, K]: inside each block of 32, the even elements first, then the odd
+ *                     ones (the order of an MXFP4 block's low and high nibbles), so weights decode without shuffles
+ *   mx_mxfp4_rows     Y[m, n] = sum_k Ap[m, k] W[n, k] for n in [n0, n1); W MXFP4 out-major (blocks [N, K/32, 16],
+ *                     scales [N, K/32]); M <= 4: decoded in registers, else a decoded tile and a blocked product
+ *   mx_bf16_cols      Y[m, n] = sum_k A[m, k] W[k, n] for n in [n0, n1); W bfloat16 [K, N] (in-major); any M
+ *   mx_bf16_rows      Y[m, :] = sum over the k rows given of A[m, k] W[k, :] (M <= 4, all N columns): weight rows
+ *                     read in order; a caller splits K over threads and adds the partial Y (decode)
+ *
+ * Every product is float32 arithmetic on exactly decoded weights (E2M1 x 2^(s-127) and bf16 are exact in
+ * float32): results differ from a float32 reference only by summation order. AVX2+FMA is chosen at run time
+ * (mx_set_isa), plain C otherwise.
+ */
+#ifndef MXPORT_MX_MATH_H
+#define MXPORT_MX_MATH_H
+
+#include <stdint.h>
+
+#define MX_BLOCK 32
+#define MX_BLOCK_BYTES 16
+
+int mx_set_isa(int want_avx2);  /* 1: AVX2+FMA if the CPU has them; 0: plain C. Returns the ISA in use (1/0). */
+int mx_isa(void);
+
+void mx_permute_rows(const float *a, int64_t m, int64_t k, float *ap);
+void mx_mxfp4_rows(const float *ap, int64_t m, int64_t k, const uint8_t *blocks, const uint8_t *scales,
+                   int64_t n0, int64_t n1, float *y, int64_t ldy);
+void mx_bf16_cols(const float *a, int64_t m, int64_t k, const uint16_t *w, int64_t n, int64_t n0, int64_t n1,
+                  float *y, int64_t ldy);
+
+void mx_bf16_rows(const float *a, int64_t lda, int64_t m, int64_t k, const uint16_t *w, int64_t n, float *y);
+
+#endif

@@ -1,0 +1,502 @@
+/* libmxport_kernels: ONNX Runtime CPU kernels for the ai.mxport ops MoEMXFP4, MatMulMXFP4 and MatMulBF16.
+ *
+ * A standard ORT custom-op library: RegisterCustomOps(OrtSessionOptions*, const OrtApiBase*) adds the domain
+ * ai.mxport (version 1) to a session's options (Python: SessionOptions.register_custom_ops_library(path)).
+ * The semantics are those of the NumPy kernels in ops/moe.py, ops/matmul_mxfp4.py and ops/matmul_bf16.py; the
+ * math is in mx_math.c. Work is split over ORT's intra-op thread pool (KernelContext_ParallelFor).
+ *
+ * Environment: MXPORT_KERNELS_ISA=c at registration time selects the plain C kernels (tests, old CPUs).
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mx_math.h"
+#include "ort_abi.h"
+
+#define EXPORT __attribute__((visibility("default")))
+#define MAX_DIMS 8
+
+static const char *const DOMAIN = "ai.mxport";
+
+/* ---- small helpers around the C API ------------------------------------------------------------------------- */
+typedef struct {
+    const OrtApi *api;
+    OrtKernelContext *ctx;
+} Call;
+
+typedef struct {
+    const void *data;
+    int64_t dims[MAX_DIMS];
+    size_t rank;
+    int64_t size;
+} Tensor;
+
+static OrtStatus *fail(const OrtApi *api, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#include <stdarg.h>
+static OrtStatus *fail(const OrtApi *api, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return ORT_CALL(api, CreateStatus)(ORT_INVALID_ARGUMENT, msg);
+}
+
+static OrtStatus *input(Call c, size_t index, Tensor *t) {
+    const OrtValue *v = NULL;
+    OrtStatus *st = ORT_CALL(c.api, KernelContext_GetInput)(c.ctx, index, &v);
+    if (st) return st;
+    if (!v) return fail(c.api, "input %zu is missing", index);
+    OrtTensorTypeAndShapeInfo *info = NULL;
+    if ((st = ORT_CALL(c.api, GetTensorTypeAndShape)(v, &info))) return st;
+    st = ORT_CALL(c.api, GetDimensionsCount)(info, &t->rank);
+    if (!st && t->rank > MAX_DIMS) st = fail(c.api, "input %zu has rank %zu > %d", index, t->rank, MAX_DIMS);
+    if (!st) st = ORT_CALL(c.api, GetDimensions)(info, t->dims, t->rank);
+    ORT_CALL(c.api, ReleaseTensorTypeAndShapeInfo)(info);
+    if (st) return st;
+    t->size = 1;
+    for (size_t i = 0; i < t->rank; i++) t->size *= t->dims[i];
+    void *data = NULL;
+    if ((st = ORT_CALL(c.api, GetTensorMutableData)((OrtValue *)v, &data))) return st;
+    t->data = data;
+    return NULL;
+}
+
+static OrtStatus *output(Call c, size_t index, const int64_t *dims, size_t rank, float **out) {
+    OrtValue *v = NULL;
+    OrtStatus *st = ORT_CALL(c.api, KernelContext_GetOutput)(c.ctx, index, dims, rank, &v);
+    if (st) return st;
+    void *data = NULL;
+    if ((st = ORT_CALL(c.api, GetTensorMutableData)(v, &data))) return st;
+    *out = data;
+    return NULL;
+}
+
+/* fn(data, i) for i in [0, total) on ORT's intra-op pool (serially if the pool is not reachable). */
+static void parallel_for(Call c, void (*fn)(void *, size_t), size_t total, void *data) {
+    if (total > 1) {
+        OrtStatus *st = ORT_CALL(c.api, KernelContext_ParallelFor)(c.ctx, fn, total, 0, data);
+        if (!st) return;
+        ORT_CALL(c.api, ReleaseStatus)(st);
+    }
+    for (size_t i = 0; i < total; i++) fn(data, i);
+}
+
+static int64_t attr_int(const OrtApi *api, const OrtKernelInfo *info, const char *name, int64_t dflt, int *found) {
+    int64_t v = dflt;
+    OrtStatus *st = ORT_CALL(api, KernelInfoGetAttribute_int64)(info, name, &v);
+    if (found) *found = st == NULL;
+    if (st) {
+        ORT_CALL(api, ReleaseStatus)(st);
+        v = dflt;
+    }
+    return v;
+}
+
+static float attr_float(const OrtApi *api, const OrtKernelInfo *info, const char *name, float dflt) {
+    float v = dflt;
+    OrtStatus *st = ORT_CALL(api, KernelInfoGetAttribute_float)(info, name, &v);
+    if (st) {
+        ORT_CALL(api, ReleaseStatus)(st);
+        v = dflt;
+    }
+    return v;
+}
+
+static int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+static int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+/* ---- MXFP4 and bf16 products split over output columns -------------------------------------------------------- */
+typedef struct {
+    const float *a; /* permuted [m, k] (mxfp4) or plain [m, k] (bf16) */
+    int64_t m, k, n, chunk;
+    const uint8_t *blocks, *scales;
+    const uint16_t *w;
+    float *y;
+} Product;
+
+static void mxfp4_task(void *p, size_t i) {
+    const Product *q = p;
+    const int64_t n0 = (int64_t)i * q->chunk, n1 = n0 + q->chunk < q->n ? n0 + q->chunk : q->n;
+    mx_mxfp4_rows(q->a, q->m, q->k, q->blocks, q->scales, n0, n1, q->y, q->n);
+}
+
+static void bf16_task(void *p, size_t i) {
+    const Product *q = p;
+    const int64_t n0 = (int64_t)i * q->chunk, n1 = n0 + q->chunk < q->n ? n0 + q->chunk : q->n;
+    mx_bf16_cols(q->a, q->m, q->k, q->w, q->n, n0, n1, q->y, q->n);
+}
+
+/* Decode (M <= 4): task i takes weight rows [i chunk, (i+1) chunk) whole (one sequential read) into its own
+ * partial output; bf16_sum_task then adds the partials column range by column range. */
+typedef struct {
+    const float *a;
+    int64_t m, k, n, chunk, parts;
+    const uint16_t *w;
+    float *partial; /* [parts, m, n] */
+    float *y;
+} RowSplit;
+
+static void bf16_rows_task(void *p, size_t i) {
+    const RowSplit *q = p;
+    const int64_t k0 = (int64_t)i * q->chunk, k1 = k0 + q->chunk < q->k ? k0 + q->chunk : q->k;
+    mx_bf16_rows(q->a + k0, q->k, q->m, k1 - k0, q->w + k0 * q->n, q->n, q->partial + (int64_t)i * q->m * q->n);
+}
+
+static void bf16_sum_task(void *p, size_t i) {
+    const RowSplit *q = p;
+    const int64_t total = q->m * q->n, c0 = (int64_t)i * 4096, c1 = c0 + 4096 < total ? c0 + 4096 : total;
+    for (int64_t c = c0; c < c1; c++) {
+        float s = q->partial[c];
+        for (int64_t t = 1; t < q->parts; t++) s += q->partial[t * total + c];
+        q->y[c] = s;
+    }
+}
+
+/* Output rows per task: a multiple of 16 (the decoded tile), at most ~64 tasks. */
+static int64_t mxfp4_chunk(int64_t n) { return clamp64(round_up((n + 63) / 64, 16), 16, 1 << 20); }
+
+/* ---- MatMulMXFP4(A [..., K], blocks [N, K/32, 16], scales [N, K/32]) -> [..., N] ------------------------------ */
+typedef struct {
+    const OrtApi *api;
+} PlainKernel;
+
+static OrtStatus *matmul_mxfp4_compute(void *kernel, OrtKernelContext *ctx) {
+    Call c = {((PlainKernel *)kernel)->api, ctx};
+    Tensor a, b, s;
+    OrtStatus *st;
+    if ((st = input(c, 0, &a)) || (st = input(c, 1, &b)) || (st = input(c, 2, &s))) return st;
+    if (a.rank < 1 || b.rank != 3 || b.dims[2] != MX_BLOCK_BYTES || s.rank != 2 || s.dims[0] != b.dims[0] ||
+        s.dims[1] != b.dims[1] || a.dims[a.rank - 1] != b.dims[1] * MX_BLOCK)
+        return fail(c.api, "ai.mxport.MatMulMXFP4: expected A[..., K], blocks[N, K/32, 16], scales[N, K/32]; "
+                           "found A rank %zu (last %lld), blocks rank %zu, scales rank %zu",
+                    a.rank, (long long)a.dims[a.rank ? a.rank - 1 : 0], b.rank, s.rank);
+    const int64_t k = a.dims[a.rank - 1], n = b.dims[0], m = k ? a.size / k : 0;
+    int64_t dims[MAX_DIMS];
+    memcpy(dims, a.dims, sizeof(int64_t) * a.rank);
+    dims[a.rank - 1] = n;
+    float *y;
+    if ((st = output(c, 0, dims, a.rank, &y))) return st;
+    if (m == 0 || n == 0) return NULL;
+    if (k == 0) {
+        memset(y, 0, sizeof(float) * (size_t)(m * n));
+        return NULL;
+    }
+    float *ap = malloc(sizeof(float) * (size_t)(m * k));
+    if (!ap) return fail(c.api, "ai.mxport.MatMulMXFP4: out of memory");
+    mx_permute_rows(a.data, m, k, ap);
+    Product q = {ap, m, k, n, mxfp4_chunk(n), b.data, s.data, NULL, y};
+    parallel_for(c, mxfp4_task, (size_t)((n + q.chunk - 1) / q.chunk), &q);
+    free(ap);
+    return NULL;
+}
+
+/* ---- MatMulBF16(A [..., K], W bfloat16 [K, N]) -> [..., N] ---------------------------------------------------- */
+static OrtStatus *matmul_bf16_compute(void *kernel, OrtKernelContext *ctx) {
+    Call c = {((PlainKernel *)kernel)->api, ctx};
+    Tensor a, w;
+    OrtStatus *st;
+    if ((st = input(c, 0, &a)) || (st = input(c, 1, &w))) return st;
+    if (a.rank < 1 || w.rank != 2 || a.dims[a.rank - 1] != w.dims[0])
+        return fail(c.api, "ai.mxport.MatMulBF16: expected A[..., K] and W[K, N]; found A rank %zu, W rank %zu",
+                    a.rank, w.rank);
+    const int64_t k = w.dims[0], n = w.dims[1], m = k ? a.size / k : 0;
+    int64_t dims[MAX_DIMS];
+    memcpy(dims, a.dims, sizeof(int64_t) * a.rank);
+    dims[a.rank - 1] = n;
+    float *y;
+    if ((st = output(c, 0, dims, a.rank, &y))) return st;
+    if (m == 0 || n == 0) return NULL;
+    if (k == 0) {
+        memset(y, 0, sizeof(float) * (size_t)(m * n));
+        return NULL;
+    }
+    if (m <= 4) { /* decode: 8 row ranges read in order, partial outputs added */
+        const int64_t chunk = round_up((k + 7) / 8, 4), parts = (k + chunk - 1) / chunk;
+        float *partial = malloc(sizeof(float) * (size_t)(parts * m * n));
+        if (!partial) return fail(c.api, "ai.mxport.MatMulBF16: out of memory");
+        RowSplit q = {a.data, m, k, n, chunk, parts, w.data, partial, y};
+        parallel_for(c, bf16_rows_task, (size_t)parts, &q);
+        parallel_for(c, bf16_sum_task, (size_t)((m * n + 4095) / 4096), &q);
+        free(partial);
+        return NULL;
+    }
+    /* prefill: 16-column panels, ~32+ tasks */
+    Product q = {a.data, m, k, n, clamp64(round_up((n + 31) / 32, 16), 16, 1024), NULL, NULL, w.data, y};
+    parallel_for(c, bf16_task, (size_t)((n + q.chunk - 1) / q.chunk), &q);
+    return NULL;
+}
+
+/* ---- MoEMXFP4 ---------------------------------------------------------------------------------------------------- */
+typedef struct {
+    const OrtApi *api;
+    int64_t k, normalize, interleaved;
+    float limit, alpha, beta;
+} MoEKernel;
+
+typedef struct { /* one task: output rows [n0, n1) of one used expert's fc1 or fc2 */
+    int64_t u, n0, n1;
+} Piece;
+
+typedef struct {
+    int64_t H, I, nb1, nb2, T;
+    const uint8_t *w1b, *w1s, *w2b, *w2s;
+    const float *b1, *b2;
+    const MoEKernel *kern;
+    int64_t *expert, *start, *count; /* per used expert u: expert id, first row in the gathered rows, rows */
+    Piece *pieces;
+    float *xp;  /* [R, H] gathered tokens, permuted (R = sum of counts) */
+    float *h1;  /* [R, 2I] */
+    float *act; /* [R, I] permuted */
+    float *out; /* [R, H] */
+} MoEWork;
+
+static void moe_fc1_task(void *p, size_t i) {
+    const MoEWork *w = p;
+    const Piece pc = w->pieces[i];
+    const int64_t e = w->expert[pc.u], r0 = w->start[pc.u];
+    const int64_t rows = 2 * w->I;
+    mx_mxfp4_rows(w->xp + r0 * w->H, w->count[pc.u], w->H, w->w1b + e * rows * w->nb1 * MX_BLOCK_BYTES,
+                  w->w1s + e * rows * w->nb1, pc.n0, pc.n1, w->h1 + r0 * rows, rows);
+}
+
+static void moe_fc2_task(void *p, size_t i) {
+    const MoEWork *w = p;
+    const Piece pc = w->pieces[i];
+    const int64_t e = w->expert[pc.u], r0 = w->start[pc.u];
+    mx_mxfp4_rows(w->act + r0 * w->I, w->count[pc.u], w->I, w->w2b + e * w->H * w->nb2 * MX_BLOCK_BYTES,
+                  w->w2s + e * w->H * w->nb2, pc.n0, pc.n1, w->out + r0 * w->H, w->H);
+}
+
+/* SwiGLU of gathered rows [16 i, 16 i + 16): bias, clamp, gate * sigmoid(alpha * gate) * (up + beta), permuted. */
+static void moe_act_task(void *p, size_t i) {
+    const MoEWork *w = p;
+    const MoEKernel *kn = w->kern;
+    int64_t total = 0;
+    for (int64_t u = 0; w->count[u] >= 0; u++) total += w->count[u];
+    const int64_t r0 = (int64_t)i * 16, r1 = r0 + 16 < total ? r0 + 16 : total;
+    float *tmp = malloc(sizeof(float) * (size_t)w->I);
+    int64_t u = 0;
+    for (int64_t r = r0; r < r1; r++) {
+        while (r >= w->start[u] + w->count[u]) u++;
+        const float *h = w->h1 + r * 2 * w->I, *bias = w->b1 + w->expert[u] * 2 * w->I;
+        for (int64_t j = 0; j < w->I; j++) {
+            const int64_t gi = kn->interleaved ? 2 * j : j, ui = kn->interleaved ? 2 * j + 1 : w->I + j;
+            float gate = h[gi] + bias[gi], up = h[ui] + bias[ui];
+            if (kn->limit > 0.0f) {
+                gate = fminf(gate, kn->limit);
+                up = fmaxf(fminf(up, kn->limit), -kn->limit);
+            }
+            tmp[j] = gate * (1.0f / (1.0f + expf(-kn->alpha * gate))) * (up + kn->beta);
+        }
+        mx_permute_rows(tmp, 1, w->I, w->act + r * w->I);
+    }
+    free(tmp);
+}
+
+/* top-k of one row: largest first, ties to the lower index (as TopK and the NumPy kernel); weights per
+ * normalize_routing_weights. */
+static void route(const float *logits, int64_t E, int64_t k, int normalize, int64_t *idx, float *wt) {
+    for (int64_t j = 0; j < k; j++) {
+        int64_t best = -1;
+        for (int64_t e = 0; e < E; e++) {
+            int taken = 0;
+            for (int64_t q = 0; q < j; q++) taken |= idx[q] == e;
+            if (!taken && (best < 0 || logits[e] > logits[best])) best = e;
+        }
+        idx[j] = best;
+    }
+    if (normalize) {
+        const float mx = logits[idx[0]];
+        float sum = 0.0f;
+        for (int64_t j = 0; j < k; j++) sum += (wt[j] = expf(logits[idx[j]] - mx));
+        for (int64_t j = 0; j < k; j++) wt[j] /= sum;
+    } else {
+        float mx = logits[0], sum = 0.0f;
+        for (int64_t e = 1; e < E; e++) mx = logits[e] > mx ? logits[e] : mx;
+        for (int64_t e = 0; e < E; e++) sum += expf(logits[e] - mx);
+        for (int64_t j = 0; j < k; j++) wt[j] = expf(logits[idx[j]] - mx) / sum;
+    }
+}
+
+static OrtStatus *moe_compute(void *kernel, OrtKernelContext *ctx) {
+    const MoEKernel *kn = kernel;
+    Call c = {kn->api, ctx};
+    Tensor x, lg, w1b, w1s, b1, w2b, w2s, b2;
+    OrtStatus *st;
+    if ((st = input(c, 0, &x)) || (st = input(c, 1, &lg)) || (st = input(c, 2, &w1b)) || (st = input(c, 3, &w1s)) ||
+        (st = input(c, 4, &b1)) || (st = input(c, 5, &w2b)) || (st = input(c, 6, &w2s)) || (st = input(c, 7, &b2)))
+        return st;
+    const char *op = "ai.mxport.MoEMXFP4";
+    if (x.rank != 2 || lg.rank != 2 || lg.dims[0] != x.dims[0])
+        return fail(c.api, "%s: expected x[T, H] and router_logits[T, E], found ranks %zu and %zu", op, x.rank, lg.rank);
+    const int64_t T = x.dims[0], H = x.dims[1], E = lg.dims[1];
+    if (w1b.rank != 4 || w2b.rank != 4 || w1b.dims[0] != E || w2b.dims[0] != E || w1b.dims[3] != MX_BLOCK_BYTES ||
+        w2b.dims[3] != MX_BLOCK_BYTES || w1b.dims[2] * MX_BLOCK != H || w2b.dims[1] != H || w1b.dims[1] % 2)
+        return fail(c.api, "%s: expected w1_blocks[E, 2I, H/32, 16], w2_blocks[E, H, I/32, 16] with E=%lld, H=%lld",
+                    op, (long long)E, (long long)H);
+    const int64_t I = w1b.dims[1] / 2;
+    if (w2b.dims[2] * MX_BLOCK != I || w1s.rank != 3 || w1s.dims[0] != E || w1s.dims[1] != 2 * I ||
+        w1s.dims[2] != w1b.dims[2] || w2s.rank != 3 || w2s.dims[0] != E || w2s.dims[1] != H ||
+        w2s.dims[2] != w2b.dims[2] || b1.size != E * 2 * I || b2.size != E * H)
+        return fail(c.api, "%s: expert shapes disagree (I=%lld from w1_blocks; w2_blocks, scales and biases must "
+                           "match [E, H, I/32, 16], [E, 2I, H/32], [E, H, I/32], b1[E, 2I], b2[E, H])",
+                    op, (long long)I);
+    if (kn->k < 1 || kn->k > E) return fail(c.api, "%s: attribute k=%lld must be in [1, E=%lld]", op, (long long)kn->k, (long long)E);
+    int64_t dims[2] = {T, H};
+    float *y;
+    if ((st = output(c, 0, dims, 2, &y))) return st;
+    memset(y, 0, sizeof(float) * (size_t)(T * H));
+    if (T == 0 || H == 0) return NULL;
+    const int64_t K = kn->k, R = T * K;
+
+    /* routing, then the (token, slot) pairs grouped by expert in ascending expert order */
+    int64_t *idx = malloc(sizeof(int64_t) * (size_t)R), *cnt = calloc((size_t)E, sizeof(int64_t));
+    float *wt = malloc(sizeof(float) * (size_t)R);
+    int64_t *order = malloc(sizeof(int64_t) * (size_t)R), *expert = malloc(sizeof(int64_t) * (size_t)(E + 1));
+    int64_t *start = malloc(sizeof(int64_t) * (size_t)(E + 1)), *count = malloc(sizeof(int64_t) * (size_t)(E + 1));
+    float *xp = malloc(sizeof(float) * (size_t)(R * H)), *h1 = malloc(sizeof(float) * (size_t)(R * 2 * I));
+    float *act = malloc(sizeof(float) * (size_t)(R * I)), *out = malloc(sizeof(float) * (size_t)(R * H));
+    Piece *pieces = malloc(sizeof(Piece) * (size_t)(E * (2 * I + H) / 16 + 2 * E + 2));
+    if (!idx || !cnt || !wt || !order || !expert || !start || !count || !xp || !h1 || !act || !out || !pieces) {
+        st = fail(c.api, "%s: out of memory", op);
+        goto done;
+    }
+    for (int64_t t = 0; t < T; t++) route((const float *)lg.data + t * E, E, K, (int)kn->normalize, idx + t * K, wt + t * K);
+    for (int64_t r = 0; r < R; r++) cnt[idx[r]]++;
+    int64_t U = 0;
+    for (int64_t e = 0, acc = 0; e < E; e++)
+        if (cnt[e]) {
+            expert[U] = e;
+            start[U] = acc;
+            count[U] = 0;
+            acc += cnt[e];
+            U++;
+        }
+    count[U] = -1; /* end marker */
+    start[U] = R;
+    {
+        int64_t *slot_of = cnt; /* reuse: expert id -> used index */
+        for (int64_t u = 0; u < U; u++) slot_of[expert[u]] = u;
+        for (int64_t r = 0; r < R; r++) { /* token-major, so each expert's rows stay in token order */
+            const int64_t u = slot_of[idx[r]];
+            order[start[u] + count[u]++] = r;
+        }
+    }
+    for (int64_t q = 0; q < R; q++) mx_permute_rows((const float *)x.data + (order[q] / K) * H, 1, H, xp + q * H);
+
+    MoEWork w = {H, I, H / MX_BLOCK, I / MX_BLOCK, T, w1b.data, w1s.data, w2b.data, w2s.data, b1.data, b2.data,
+                 kn, expert, start, count, pieces, xp, h1, act, out};
+    size_t np = 0;
+    const int64_t c1 = mxfp4_chunk(2 * I * U), c2 = mxfp4_chunk(H * U);
+    for (int64_t u = 0; u < U; u++)
+        for (int64_t n0 = 0; n0 < 2 * I; n0 += c1) pieces[np++] = (Piece){u, n0, n0 + c1 < 2 * I ? n0 + c1 : 2 * I};
+    parallel_for(c, moe_fc1_task, np, &w);
+    parallel_for(c, moe_act_task, (size_t)((R + 15) / 16), &w);
+    np = 0;
+    for (int64_t u = 0; u < U; u++)
+        for (int64_t n0 = 0; n0 < H; n0 += c2) pieces[np++] = (Piece){u, n0, n0 + c2 < H ? n0 + c2 : H};
+    parallel_for(c, moe_fc2_task, np, &w);
+
+    /* y[t] += weight * (out + b2), experts in ascending order (the NumPy kernel's order) */
+    for (int64_t u = 0; u < U; u++) {
+        const float *bias = (const float *)b2.data + expert[u] * H;
+        for (int64_t q = start[u]; q < start[u] + count[u]; q++) {
+            const int64_t r = order[q];
+            float *yt = y + (r / K) * H;
+            const float *o = out + q * H, g = wt[r];
+            for (int64_t j = 0; j < H; j++) yt[j] += (o[j] + bias[j]) * g;
+        }
+    }
+done:
+    free(idx); free(cnt); free(wt); free(order); free(expert); free(start); free(count);
+    free(xp); free(h1); free(act); free(out); free(pieces);
+    return st;
+}
+
+/* ---- the OrtCustomOp tables ---------------------------------------------------------------------------------- */
+typedef struct {
+    OrtCustomOp base;
+    const char *name;
+    size_t n_in;
+    const int *in_types;
+} OpDef;
+
+static const int MOE_IN[] = {ELEM_FLOAT, ELEM_FLOAT, ELEM_UINT8, ELEM_UINT8, ELEM_FLOAT, ELEM_UINT8, ELEM_UINT8, ELEM_FLOAT};
+static const int MM_MXFP4_IN[] = {ELEM_FLOAT, ELEM_UINT8, ELEM_UINT8};
+static const int MM_BF16_IN[] = {ELEM_FLOAT, ELEM_BFLOAT16};
+
+static const char *op_name(const OrtCustomOp *op) { return ((const OpDef *)op)->name; }
+static const char *op_ep(const OrtCustomOp *op) { (void)op; return "CPUExecutionProvider"; }
+static int op_in_type(const OrtCustomOp *op, size_t i) { return ((const OpDef *)op)->in_types[i]; }
+static size_t op_in_count(const OrtCustomOp *op) { return ((const OpDef *)op)->n_in; }
+static int op_out_type(const OrtCustomOp *op, size_t i) { (void)op; (void)i; return ELEM_FLOAT; }
+static size_t op_out_count(const OrtCustomOp *op) { (void)op; return 1; }
+static int op_required(const OrtCustomOp *op, size_t i) { (void)op; (void)i; return IO_REQUIRED; }
+static int op_mem_default(const OrtCustomOp *op, size_t i) { (void)op; (void)i; return 0; }
+static int op_zero(const OrtCustomOp *op) { (void)op; return 0; }
+static int op_start_version(const OrtCustomOp *op) { (void)op; return 1; }
+static int op_end_version(const OrtCustomOp *op) { (void)op; return 1; }
+static void kernel_destroy(void *k) { free(k); }
+
+static OrtStatus *plain_create(const OrtCustomOp *op, const OrtApi *api, const OrtKernelInfo *info, void **out) {
+    (void)op; (void)info;
+    PlainKernel *k = malloc(sizeof *k);
+    if (!k) return fail(api, "ai.mxport: out of memory");
+    k->api = api;
+    *out = k;
+    return NULL;
+}
+
+static OrtStatus *moe_create(const OrtCustomOp *op, const OrtApi *api, const OrtKernelInfo *info, void **out) {
+    (void)op;
+    int has_k = 0;
+    MoEKernel kn = {api, attr_int(api, info, "k", 0, &has_k), attr_int(api, info, "normalize_routing_weights", 1, NULL),
+                    attr_int(api, info, "swiglu_interleaved", 0, NULL), attr_float(api, info, "swiglu_limit", 0.0f),
+                    attr_float(api, info, "activation_alpha", 1.0f), attr_float(api, info, "activation_beta", 0.0f)};
+    if (!has_k) return fail(api, "ai.mxport.MoEMXFP4: attribute k is required");
+    if (kn.limit < 0.0f) return fail(api, "ai.mxport.MoEMXFP4: swiglu_limit=%g must be >= 0 (0 = no clamp)", kn.limit);
+    MoEKernel *k = malloc(sizeof *k);
+    if (!k) return fail(api, "ai.mxport: out of memory");
+    *k = kn;
+    *out = k;
+    return NULL;
+}
+
+#define OP(NAME, INS, CREATE, COMPUTE)                                                                              \
+    {{MXPORT_ORT_API_VERSION, NULL, op_name, op_ep, op_in_type, op_in_count, op_out_type, op_out_count, NULL,       \
+      kernel_destroy, op_required, op_required, op_mem_default, op_zero, op_zero, op_zero, op_zero, CREATE, COMPUTE, \
+      NULL, op_start_version, op_end_version, NULL, NULL, NULL, NULL},                                             \
+     NAME, sizeof(INS) / sizeof(INS[0]), INS}
+
+static OpDef OPS[] = {
+    OP("MoEMXFP4", MOE_IN, moe_create, moe_compute),
+    OP("MatMulMXFP4", MM_MXFP4_IN, plain_create, matmul_mxfp4_compute),
+    OP("MatMulBF16", MM_BF16_IN, plain_create, matmul_bf16_compute),
+};
+
+EXPORT OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase *base) {
+    const OrtApi *api = base->GetApi(MXPORT_ORT_API_VERSION);
+    if (!api) {
+        fprintf(stderr, "mxport kernels: this onnxruntime (%s) has no C API version %d\n", base->GetVersionString(),
+                MXPORT_ORT_API_VERSION);
+        return NULL; /* no OrtApi to build a status with: ORT then runs the model's function bodies */
+    }
+    const char *isa = getenv("MXPORT_KERNELS_ISA");
+    mx_set_isa(!(isa && strcmp(isa, "c") == 0));
+    OrtCustomOpDomain *domain = NULL;
+    OrtStatus *st = ORT_CALL(api, CreateCustomOpDomain)(DOMAIN, &domain);
+    for (size_t i = 0; !st && i < sizeof OPS / sizeof OPS[0]; i++) st = ORT_CALL(api, CustomOpDomain_Add)(domain, &OPS[i].base);
+    if (!st) st = ORT_CALL(api, AddCustomOpDomain)(options, domain);
+    return st; /* the domain lives as long as the process: sessions keep pointers into it */
+}
+
+/* For `mxport kernels` and tests (ctypes): the ops this library provides and the ISA it would use. */
+EXPORT const char *mxport_kernels_info(void) {
+    static char info[160];
+    snprintf(info, sizeof info, "domain=%s;ops=MoEMXFP4,MatMulMXFP4,MatMulBF16;isa=%s;ort_api=%d", DOMAIN,
+             mx_set_isa(1) ? "avx2+fma" : "c", MXPORT_ORT_API_VERSION);
+    return info;
+}

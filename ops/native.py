@@ -1,0 +1,100 @@
+"""mxport's native ONNX Runtime kernels (ops/csrc): where the library is, what it provides, registering it.
+
+    library_path()          Path of libmxport_kernels*.so next to this module, or None when it was not built
+    register_kernels(so)    SessionOptions.register_custom_ops_library(path); says once when the library is missing
+    info()                  {"path", "domain", "ops", "isa", "ort_api"} read from the library itself
+
+The library is a standard ORT custom-op library (RegisterCustomOps): ai.mxport MoEMXFP4, MatMulMXFP4 and MatMulBF16
+on the CPU provider. ORT runs a registered kernel in preference to the model-local function of the same name, so
+one exported file runs everywhere through the function bodies and fast where the library is registered (tested
+with ORT's profiler: tests/ops/test_native.py). Other hosts register it by path (`mxport kernels` prints it):
+Python `so.register_custom_ops_library(path)`, C `RegisterCustomOpsLibrary`, C# / Java the same-named methods.
+
+MXPORT_KERNELS=off keeps mxport's own sessions on the function bodies (comparisons); MXPORT_KERNELS_ISA=c makes
+the library use its plain C kernels instead of AVX2+FMA.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+LIBRARY_GLOB = "libmxport_kernels*.so"
+ENV_SWITCH = "MXPORT_KERNELS"  # "off" | "0": do not register in mxport's sessions
+REGISTERED_KEY = "mxport.native_kernels"  # session config entry marking options that already carry the library
+_warned = False
+
+
+def library_path() -> Path | None:
+    """The built library next to this module (editable and normal installs alike), or None."""
+    found = sorted(Path(__file__).resolve().parent.glob(LIBRARY_GLOB))
+    return found[0] if found else None
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV_SWITCH, "on").strip().lower() not in ("off", "0", "false", "no")
+
+
+def _say_missing_once() -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        print("mxport: native kernels are missing (ops/csrc was not built at install time); ai.mxport ops run through "
+              "their ONNX function bodies (slow). Reinstall with a C compiler to build them.", file=sys.stderr)
+
+
+def register_kernels(session_options: Any) -> bool:
+    """Register the library on ORT SessionOptions (once per options object). True if the kernels are on."""
+    if not enabled():
+        return False
+    path = library_path()
+    if path is None:
+        _say_missing_once()
+        return False
+    try:
+        session_options.get_session_config_entry(REGISTERED_KEY)
+        return True  # these options already carry it
+    except Exception:  # noqa: BLE001 - ORT raises when the key was never set
+        pass
+    session_options.register_custom_ops_library(str(path))
+    session_options.add_session_config_entry(REGISTERED_KEY, "1")
+    return True
+
+
+def info() -> dict[str, Any]:
+    """What the library says about itself; {"path": None} when it is not built."""
+    path = library_path()
+    if path is None:
+        return {"path": None}
+    lib = ctypes.CDLL(str(path))
+    lib.mxport_kernels_info.restype = ctypes.c_char_p
+    fields = dict(part.split("=", 1) for part in lib.mxport_kernels_info().decode().split(";"))
+    return {"path": str(path), "domain": fields["domain"], "ops": fields["ops"].split(","), "isa": fields["isa"],
+            "ort_api": int(fields["ort_api"])}
+
+
+# ---- `mxport kernels` ------------------------------------------------------------------------------------------
+def register(parser: Any) -> None:
+    """`mxport kernels` options (the CLI's register(parser) hook)."""
+    parser.add_argument("--json", action="store_true", help="print the library description as JSON")
+
+
+def run(args: Any) -> int:
+    """Print the library path, domain, ops and ISA; exit 1 when the library was not built."""
+    import json
+
+    data = info()
+    if args.json:
+        print(json.dumps(data))
+    elif data["path"] is None:
+        print("native kernels: not built (no compiler at install time?); ai.mxport ops run through their ONNX "
+              "function bodies")
+    else:
+        print(data["path"])
+        print(f"domain {data['domain']} version 1, CPUExecutionProvider: {', '.join(data['ops'])}")
+        print(f"isa {data['isa']}, ONNX Runtime C API version {data['ort_api']} or newer")
+        print(f"register in other hosts: SessionOptions.register_custom_ops_library({str(data['path'])!r})")
+    return 0 if data["path"] else 1
