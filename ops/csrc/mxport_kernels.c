@@ -2,7 +2,7 @@
  *
  * A standard ORT custom-op library: RegisterCustomOps(OrtSessionOptions*, const OrtApiBase*) adds the domain
  * ai.mxport (version 1) to a session's options (Python: SessionOptions.register_custom_ops_library(path)).
- * The semantics are those of the NumPy kernels in ops/moe.py, ops/matmul_mxfp4.py and ops/matmul_bf16.py; the
+ * The semantics are those of the NumPy kernels in ops/moe.py, ops/moe_2.py, ops/matmul_mxfp4.py, ops/matmul_bf16.py; the
  * math is in mx_math.c. Work is split over ORT's intra-op thread pool (KernelContext_ParallelFor).
  *
  * Environment: MXPORT_KERNELS_ISA=c at registration time selects the plain C kernels (tests, old CPUs).
@@ -234,6 +234,7 @@ typedef struct {
     const OrtApi *api;
     int64_t k, normalize, interleaved;
     float limit, alpha, beta;
+    int has_bias; /* MoEMXFP4 (b1, b2 inputs) or MoEMXFP4_2 (no biases) */
 } MoEKernel;
 
 typedef struct { /* one task: output rows [n0, n1) of one used expert's fc1 or fc2 */
@@ -281,10 +282,10 @@ static void moe_act_task(void *p, size_t i) {
     int64_t u = 0;
     for (int64_t r = r0; r < r1; r++) {
         while (r >= w->start[u] + w->count[u]) u++;
-        const float *h = w->h1 + r * 2 * w->I, *bias = w->b1 + w->expert[u] * 2 * w->I;
+        const float *h = w->h1 + r * 2 * w->I, *bias = w->b1 ? w->b1 + w->expert[u] * 2 * w->I : NULL;
         for (int64_t j = 0; j < w->I; j++) {
             const int64_t gi = kn->interleaved ? 2 * j : j, ui = kn->interleaved ? 2 * j + 1 : w->I + j;
-            float gate = h[gi] + bias[gi], up = h[ui] + bias[ui];
+            float gate = bias ? h[gi] + bias[gi] : h[gi], up = bias ? h[ui] + bias[ui] : h[ui];
             if (kn->limit > 0.0f) {
                 gate = fminf(gate, kn->limit);
                 up = fmaxf(fminf(up, kn->limit), -kn->limit);
@@ -324,12 +325,14 @@ static void route(const float *logits, int64_t E, int64_t k, int normalize, int6
 static OrtStatus *moe_compute(void *kernel, OrtKernelContext *ctx) {
     const MoEKernel *kn = kernel;
     Call c = {kn->api, ctx};
-    Tensor x, lg, w1b, w1s, b1, w2b, w2s, b2;
+    Tensor x, lg, w1b, w1s, b1 = {0}, w2b, w2s, b2 = {0};
     OrtStatus *st;
+    const size_t o = kn->has_bias ? 1 : 0; /* input index shift after w1_scales */
     if ((st = input(c, 0, &x)) || (st = input(c, 1, &lg)) || (st = input(c, 2, &w1b)) || (st = input(c, 3, &w1s)) ||
-        (st = input(c, 4, &b1)) || (st = input(c, 5, &w2b)) || (st = input(c, 6, &w2s)) || (st = input(c, 7, &b2)))
+        (kn->has_bias && (st = input(c, 4, &b1))) || (st = input(c, 4 + o, &w2b)) || (st = input(c, 5 + o, &w2s)) ||
+        (kn->has_bias && (st = input(c, 7, &b2))))
         return st;
-    const char *op = "ai.mxport.MoEMXFP4";
+    const char *op = kn->has_bias ? "ai.mxport.MoEMXFP4" : "ai.mxport.MoEMXFP4_2";
     if (x.rank != 2 || lg.rank != 2 || lg.dims[0] != x.dims[0])
         return fail(c.api, "%s: expected x[T, H] and router_logits[T, E], found ranks %zu and %zu", op, x.rank, lg.rank);
     const int64_t T = x.dims[0], H = x.dims[1], E = lg.dims[1];
@@ -340,7 +343,7 @@ static OrtStatus *moe_compute(void *kernel, OrtKernelContext *ctx) {
     const int64_t I = w1b.dims[1] / 2;
     if (w2b.dims[2] * MX_BLOCK != I || w1s.rank != 3 || w1s.dims[0] != E || w1s.dims[1] != 2 * I ||
         w1s.dims[2] != w1b.dims[2] || w2s.rank != 3 || w2s.dims[0] != E || w2s.dims[1] != H ||
-        w2s.dims[2] != w2b.dims[2] || b1.size != E * 2 * I || b2.size != E * H)
+        w2s.dims[2] != w2b.dims[2] || (kn->has_bias && (b1.size != E * 2 * I || b2.size != E * H)))
         return fail(c.api, "%s: expert shapes disagree (I=%lld from w1_blocks; w2_blocks, scales and biases must "
                            "match [E, H, I/32, 16], [E, 2I, H/32], [E, H, I/32], b1[E, 2I], b2[E, H])",
                     op, (long long)I);
@@ -402,12 +405,15 @@ static OrtStatus *moe_compute(void *kernel, OrtKernelContext *ctx) {
 
     /* y[t] += weight * (out + b2), experts in ascending order (the NumPy kernel's order) */
     for (int64_t u = 0; u < U; u++) {
-        const float *bias = (const float *)b2.data + expert[u] * H;
+        const float *bias = b2.data ? (const float *)b2.data + expert[u] * H : NULL;
         for (int64_t q = start[u]; q < start[u] + count[u]; q++) {
             const int64_t r = order[q];
             float *yt = y + (r / K) * H;
-            const float *o = out + q * H, g = wt[r];
-            for (int64_t j = 0; j < H; j++) yt[j] += (o[j] + bias[j]) * g;
+            const float *ov = out + q * H, g = wt[r];
+            if (bias)
+                for (int64_t j = 0; j < H; j++) yt[j] += (ov[j] + bias[j]) * g;
+            else
+                for (int64_t j = 0; j < H; j++) yt[j] += ov[j] * g;
         }
     }
 done:
@@ -425,6 +431,7 @@ typedef struct {
 } OpDef;
 
 static const int MOE_IN[] = {ELEM_FLOAT, ELEM_FLOAT, ELEM_UINT8, ELEM_UINT8, ELEM_FLOAT, ELEM_UINT8, ELEM_UINT8, ELEM_FLOAT};
+static const int MOE2_IN[] = {ELEM_FLOAT, ELEM_FLOAT, ELEM_UINT8, ELEM_UINT8, ELEM_UINT8, ELEM_UINT8};
 static const int MM_MXFP4_IN[] = {ELEM_FLOAT, ELEM_UINT8, ELEM_UINT8};
 static const int MM_BF16_IN[] = {ELEM_FLOAT, ELEM_BFLOAT16};
 
@@ -451,11 +458,11 @@ static OrtStatus *plain_create(const OrtCustomOp *op, const OrtApi *api, const O
 }
 
 static OrtStatus *moe_create(const OrtCustomOp *op, const OrtApi *api, const OrtKernelInfo *info, void **out) {
-    (void)op;
     int has_k = 0;
     MoEKernel kn = {api, attr_int(api, info, "k", 0, &has_k), attr_int(api, info, "normalize_routing_weights", 1, NULL),
                     attr_int(api, info, "swiglu_interleaved", 0, NULL), attr_float(api, info, "swiglu_limit", 0.0f),
-                    attr_float(api, info, "activation_alpha", 1.0f), attr_float(api, info, "activation_beta", 0.0f)};
+                    attr_float(api, info, "activation_alpha", 1.0f), attr_float(api, info, "activation_beta", 0.0f),
+                    ((const OpDef *)op)->n_in == 8};
     if (!has_k) return fail(api, "ai.mxport.MoEMXFP4: attribute k is required");
     if (kn.limit < 0.0f) return fail(api, "ai.mxport.MoEMXFP4: swiglu_limit=%g must be >= 0 (0 = no clamp)", kn.limit);
     MoEKernel *k = malloc(sizeof *k);
@@ -473,6 +480,7 @@ static OrtStatus *moe_create(const OrtCustomOp *op, const OrtApi *api, const Ort
 
 static OpDef OPS[] = {
     OP("MoEMXFP4", MOE_IN, moe_create, moe_compute),
+    OP("MoEMXFP4_2", MOE2_IN, moe_create, moe_compute),
     OP("MatMulMXFP4", MM_MXFP4_IN, plain_create, matmul_mxfp4_compute),
     OP("MatMulBF16", MM_BF16_IN, plain_create, matmul_bf16_compute),
 };
@@ -496,7 +504,7 @@ EXPORT OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase
 /* For `mxport kernels` and tests (ctypes): the ops this library provides and the ISA it would use. */
 EXPORT const char *mxport_kernels_info(void) {
     static char info[160];
-    snprintf(info, sizeof info, "domain=%s;ops=MoEMXFP4,MatMulMXFP4,MatMulBF16;isa=%s;ort_api=%d", DOMAIN,
+    snprintf(info, sizeof info, "domain=%s;ops=MoEMXFP4,MoEMXFP4_2,MatMulMXFP4,MatMulBF16;isa=%s;ort_api=%d", DOMAIN,
              mx_set_isa(1) ? "avx2+fma" : "c", MXPORT_ORT_API_VERSION);
     return info;
 }

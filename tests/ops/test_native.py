@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mxport import ops
-from mxport.ops import matmul_bf16, matmul_mxfp4, moe, mxfp4, native
+from mxport.ops import matmul_bf16, matmul_mxfp4, moe, moe_2, mxfp4, native
 
 LIB = native.library_path()
 needs_lib = pytest.mark.skipif(LIB is None, reason="native kernels not built (no C compiler at install time)")
@@ -48,7 +48,7 @@ def test_library_is_built_where_a_compiler_exists():
     if shutil.which("cc") or shutil.which("gcc"):
         assert LIB is not None, "a C compiler is present but libmxport_kernels was not built"
         info = native.info()
-        assert info["ops"] == ["MoEMXFP4", "MatMulMXFP4", "MatMulBF16"] and info["domain"] == "ai.mxport"
+        assert info["ops"] == ["MoEMXFP4", "MoEMXFP4_2", "MatMulMXFP4", "MatMulBF16"] and info["domain"] == "ai.mxport"
 
 
 def _session(model, *, register: bool, isa: str = "avx2", threads: int = 2, profile: str | None = None,
@@ -153,6 +153,14 @@ def test_moe_mxfp4_equals_numpy(t, e, k, h, i, attrs, isa, threads, seed, monkey
                     monkeypatch=monkeypatch_session)
     got = sess.run(None, inputs)[0]
     assert _rel(got, want) <= 1e-5
+    # MoEMXFP4_2 (no biases) is the same kernel without the bias inputs
+    del inputs["b1"], inputs["b2"]
+    want = moe_2._moe_mxfp4_2(*inputs.values(), k, attrs["normalize_routing_weights"], attrs["swiglu_interleaved"],
+                              attrs["swiglu_limit"], attrs["activation_alpha"], attrs["activation_beta"])
+    sess = _session(build_model("MoEMXFP4_2", inputs, 1, k=k, **attrs), register=True, isa=isa, threads=threads,
+                    monkeypatch=monkeypatch_session)
+    got = sess.run(None, inputs)[0]
+    assert _rel(got, want) <= 1e-5
 
 
 @needs_lib
@@ -242,6 +250,6 @@ def test_kernels_command(capsys):
     if LIB is None:
         assert code == 1 and "not built" in out
     else:
-        assert code == 0 and str(LIB) in out and "MoEMXFP4, MatMulMXFP4, MatMulBF16" in out
+        assert code == 0 and str(LIB) in out and "MoEMXFP4, MoEMXFP4_2, MatMulMXFP4, MatMulBF16" in out
         assert main(["kernels", "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["path"] == str(LIB)
