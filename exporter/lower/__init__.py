@@ -6,7 +6,7 @@
     (any)     --experts mxfp4: float experts -> MXFP4 first (experts_mxfp4.py)
     portable  none otherwise                                               mxfp4 | float        float32
     cpu       fused QKV, SimplifiedLayerNorm, SkipSimplifiedLayerNorm,     fp32 | int8 | int4   float32
-              GroupQueryAttention, MoE / QMoE                              | mxfp4 (ai.mxport.MoEMXFP4
+              SkipLayerNorm, GroupQueryAttention, MoE / QMoE               | mxfp4 (ai.mxport.MoEMXFP4
                                                                            kept for mxport's native kernel)
     cuda      the same; experts=mxfp4 -> QMoE quant_type='fp4'            mxfp4 | fp32 | int8 | int4   float32
                                                                            | float16 | bfloat16 (precision.py)
@@ -38,6 +38,7 @@ from .attention import LowerAttention
 from .bf16 import DenseBF16
 from .casts import materialize_large_casts
 from .dense import DenseNBits
+from .layernorm import SkipLayerNorm
 from .experts_mxfp4 import EncodeExpertsMXFP4
 from .linear import FuseSiblingLinear
 from .logits import LastLogits
@@ -51,8 +52,8 @@ DENSE = ("float32", "int8", "int4", "bf16")
 
 RULES = {
     "portable": (),
-    "cpu": (FuseSiblingLinear(), SimplifiedNorm(), SkipSimplifiedNorm(), LowerAttention(), LowerMoE()),
-    "cuda": (FuseSiblingLinear(), SimplifiedNorm(), SkipSimplifiedNorm(), LowerAttention(), LowerMoE()),
+    "cpu": (FuseSiblingLinear(), SimplifiedNorm(), SkipSimplifiedNorm(), SkipLayerNorm(), LowerAttention(), LowerMoE()),
+    "cuda": (FuseSiblingLinear(), SimplifiedNorm(), SkipSimplifiedNorm(), SkipLayerNorm(), LowerAttention(), LowerMoE()),
 }
 METADATA_KEY = "mxport.lowering"
 

@@ -19,7 +19,7 @@ import onnx_ir as ir
 
 from .linear import _weight
 from .moe import INT4_BLOCK, int4_quantize
-from .rules import MS_DOMAIN, Context, add_initializer, lazy, replace
+from .rules import MS_DOMAIN, Context, add_initializer, attr, const, lazy, replace
 
 BLOCK = INT4_BLOCK
 MOE_OPS = {("com.microsoft", "MoE"), ("com.microsoft", "QMoE"), ("ai.mxport", "MoE"), ("ai.mxport", "MoEMXFP4")}
@@ -69,6 +69,31 @@ def _feeds_router(value: ir.Value, depth: int = 3) -> bool:
     return False
 
 
+def _transposed(matmul: ir.Node) -> ir.TensorProtocol | None:
+    """The stored [N, K] tensor E behind MatMul input B = Transpose(E or Cast(E), perm [1, 0]): a tied output
+    projection reading the embedding table (exporter/layers.tied_output). MatMulNBits wants W.T = E: no transpose."""
+    producer = matmul.inputs[1].producer()
+    if producer is None or producer.op_type != "Transpose" or producer.domain != "":
+        return None
+    if list(attr(producer, "perm", [1, 0])) != [1, 0]:
+        return None
+    source = producer.inputs[0]
+    tensor = const(source)
+    cast = source.producer()
+    if tensor is None and cast is not None and cast.op_type == "Cast" and cast.domain == "":
+        tensor = const(cast.inputs[0])
+    return tensor if tensor is not None and len(tensor.shape) == 2 else None
+
+
+def _matrix(matmul: ir.Node) -> tuple[ir.TensorProtocol, bool] | None:
+    """(stored tensor, whether it is stored [N, K], i.e. transposed) behind MatMul input B, or None."""
+    w = _weight(matmul)
+    if w is not None:
+        return w[0], False
+    tensor = _transposed(matmul)
+    return None if tensor is None else (tensor, True)
+
+
 class DenseNBits:
     name = "matmul_nbits"
 
@@ -76,13 +101,13 @@ class DenseNBits:
         self.bits = bits
 
     def pattern(self, node: ir.Node) -> bool:
-        return node.op_type == "MatMul" and node.domain == "" and _weight(node) is not None
+        return node.op_type == "MatMul" and node.domain == "" and _matrix(node) is not None
 
     def check(self, node: ir.Node, ctx: Context) -> str | None:
-        tensor, _ = _weight(node)
+        tensor, transposed = _matrix(node)
         if len(tensor.shape) != 2:
             return f"weight has shape {tensor.shape}: MatMulNBits takes a 2-D [K, N] weight"
-        K = int(tensor.shape[0])
+        K = int(tensor.shape[1 if transposed else 0])
         if K % BLOCK:
             return f"K={K} is not a multiple of the block size {BLOCK}"
         if _feeds_router(node.outputs[0]):
@@ -91,15 +116,16 @@ class DenseNBits:
 
     def rewrite(self, node: ir.Node, ctx: Context) -> None:
         ctx.use_ms_domain()
-        tensor, _ = _weight(node)
-        K, N = (int(d) for d in tensor.shape)
+        tensor, transposed = _matrix(node)
+        K, N = (int(d) for d in tensor.shape[:: -1 if transposed else 1])
         prefix = (node.name or "matmul").replace("/", "_")
         bits = self.bits
         cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
         def parts() -> tuple[np.ndarray, np.ndarray]:
             if "q" not in cache:
-                cache["q"] = quantize_columns(tensor.numpy(), bits)
+                stored = tensor.numpy()  # [K, N], or [N, K] for a tied head: its transposed view reads rows
+                cache["q"] = quantize_columns(stored.T if transposed else stored, bits)
             return cache["q"]
 
         def weights() -> np.ndarray:

@@ -94,6 +94,7 @@ CASES = {
     "silu_unscaled": dict(activation_function="silu", scale_attn_weights=False),
     "quick_gelu": dict(activation_function="quick_gelu", reorder_and_upcast_attn=True),
     "mish": dict(activation_function="mish", n_head=6),
+    "wide": dict(n_embd=64, n_head=4, vocab_size=300, bos_token_id=299, eos_token_id=299),  # K % 32 == 0
 }
 
 
@@ -127,6 +128,20 @@ def test_reference_and_exports_match_transformers(case, oracle, tmp_path):
         assert "head_size=12 is not a multiple of 8" in refused["attention"]
     else:
         assert manifest["lowering"]["applied"]["attention"] == ref.cfg.num_hidden_layers
+    assert manifest["lowering"]["applied"]["skip_layer_norm"] == 2 * ref.cfg.num_hidden_layers + 1
+
+
+@pytest.mark.parametrize("dense, max_rel, min_top1", [("int8", 0.1, 0.8), ("int4", 0.5, 0.5)])
+def test_dense_nbits_quantizes_every_matrix_and_the_tied_head(dense, max_rel, min_top1, oracle, tmp_path):
+    path, model = oracle("wide")
+    ids = np.random.default_rng(3).integers(0, 300, (2, 13))
+    want = hf_logits(model, ids)
+    out = export(path, tmp_path / dense, target="cpu", dense=dense, progress=False)
+    got = ort_logits(out, ids, ReferenceModel(path).cfg)
+    lowering = json.loads((out / "mxport.json").read_text())["lowering"]
+    assert lowering["applied"]["matmul_nbits"] == 4 * 2 + 1 and lowering["refused"] == []
+    assert np.abs(got - want).max() / np.abs(want).max() <= max_rel
+    assert (got.argmax(-1) == want.argmax(-1)).mean() >= min_top1
 
 
 def test_tied_head_is_stored_once_and_a_stored_lm_head_is_used(oracle, tmp_path):

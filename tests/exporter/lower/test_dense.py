@@ -90,3 +90,30 @@ def test_column_chunks_quantize_like_the_whole_matrix(bits, monkeypatch):
     packed, scales = dense.quantize_columns(w, bits)
     np.testing.assert_array_equal(packed, whole[0].reshape(N, -1))
     np.testing.assert_array_equal(scales, whole[1])
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_tied_head_quantizes_the_embedding_rows_as_the_transposed_matrix(bits):
+    """MatMul(x, Transpose(Cast(E))) (a tied output projection, E [N,K] also gathered) gives the same MatMulNBits
+    as MatMul(x, E.T stored [K,N]); the table stays for the Gather."""
+    rng = np.random.default_rng(bits + 10)
+    e = rng.standard_normal((N, K)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["e", "ids"], ["rows"], axis=0),
+             helper.make_node("Cast", ["e"], ["e32"], to=TensorProto.FLOAT),
+             helper.make_node("Transpose", ["e32"], ["et"], perm=[1, 0]),
+             helper.make_node("MatMul", ["x", "et"], ["y"], name="lm_head/matmul")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", K]),
+                     helper.make_tensor_value_info("ids", TensorProto.INT64, ["B", "S"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", N]),
+         helper.make_tensor_value_info("rows", TensorProto.FLOAT, ["B", "S", K])],
+        initializer=[numpy_helper.from_array(e, "e")])
+    tied, report = _lower(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)]), bits)
+    plain, _ = _lower(_graph(np.ascontiguousarray(e.T), bf16=False), bits)
+    assert report.applied["matmul_nbits"] == 1
+    assert sorted(n.op_type for n in tied.graph.node) == ["Gather", "MatMulNBits"]
+    q_tied = {t.name: numpy_helper.to_array(t) for t in tied.graph.initializer}
+    q_plain = {t.name: numpy_helper.to_array(t) for t in plain.graph.initializer}
+    for suffix in (f".q{bits}", f".q{bits}_scales"):
+        np.testing.assert_array_equal(q_tied["lm_head_matmul" + suffix], q_plain["lm_head_matmul" + suffix])
+    assert "e" in q_tied  # still gathered
