@@ -1,0 +1,174 @@
+"""Load benchmark of `mxport serve`: N concurrent streaming clients x M requests, at several N, against one server.
+
+    python examples/serve_load.py EXPORT_DIR [--clients 1,4,16] [--requests 4] [--max-tokens 64]
+                                  [--prompt-tokens 32] [--serial] [--json results.json]
+
+Starts `mxport serve EXPORT_DIR` in a subprocess on a free port (so the clients do not share the server's Python
+interpreter), sends one warm-up request, then for each N runs N asyncio clients (httpx) that each send M
+streaming /v1/completions requests one after another: random prompt ids (seeded), greedy, `max_tokens`,
+`stream_options.include_usage`. Every request must succeed (HTTP 200, a usage chunk, [DONE]). Reported per N:
+
+    agg tok/s   completion tokens of all requests / wall time of the phase (prefill included)
+    TTFT        time from sending a request to its first token chunk (p50, p95)
+    per-token   (last chunk - first chunk) / (tokens - 1) per request (p50, p95)
+
+`--serial` adds the same loads against a second server started with --max-batch 1: requests are served one at
+a time (what a server behind a lock does), the baseline for continuous batching. A script, not a test: the
+numbers depend on the machine and on what else runs on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+
+@contextmanager
+def server(folder: Path, max_batch: int, max_queue: int):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "mxport", "serve", str(folder), "--port", str(port), "--model-name", "bench",
+           "--max-batch", str(max_batch), "--max-queue", str(max_queue)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("server did not become healthy in 300 s")
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+async def one_request(client: httpx.AsyncClient, base: str, prompt: list[int], max_tokens: int) -> dict:
+    body = {"model": "bench", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    t0 = time.perf_counter()
+    first = last = None
+    tokens, done = 0, False
+    async with client.stream("POST", f"{base}/v1/completions", json=body) as r:
+        if r.status_code != 200:
+            return {"ok": False, "error": f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"}
+        async for line in r.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            data = line[6:]
+            if data == "[DONE]":
+                done = True
+                break
+            chunk = json.loads(data)
+            now = time.perf_counter()
+            if chunk["choices"]:
+                first = first or now
+                last = now
+            elif chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    ok = done and tokens > 0 and first is not None
+    return {"ok": ok, "ttft": (first or t0) - t0, "tokens": tokens,
+            "per_token": (last - first) / (tokens - 1) if ok and tokens > 1 else None,
+            "error": None if ok else "no [DONE] / usage / token chunk"}
+
+
+async def phase(base: str, clients: int, requests: int, max_tokens: int, prompt_tokens: int, vocab: int,
+                seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    prompts = [[[int(t) for t in rng.integers(3, vocab, prompt_tokens)] for _ in range(requests)]
+               for _ in range(clients)]
+    limits = httpx.Limits(max_connections=clients + 4)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        async def run_client(c: int) -> list[dict]:
+            return [await one_request(client, base, p, max_tokens) for p in prompts[c]]
+
+        t0 = time.perf_counter()
+        results = [r for rs in await asyncio.gather(*(run_client(c) for c in range(clients))) for r in rs]
+        wall = time.perf_counter() - t0
+    ok = [r for r in results if r["ok"]]
+    ttft = [r["ttft"] for r in ok]
+    per_token = [r["per_token"] for r in ok if r["per_token"] is not None]
+    return {
+        "clients": clients, "requests": len(results), "ok": len(ok),
+        "errors": sorted({r["error"] for r in results if not r["ok"]}),
+        "tokens": sum(r["tokens"] for r in ok), "wall_s": wall,
+        "agg_tok_s": sum(r["tokens"] for r in ok) / wall,
+        "ttft_p50_ms": 1e3 * pct(ttft, 50), "ttft_p95_ms": 1e3 * pct(ttft, 95),
+        "tok_p50_ms": 1e3 * pct(per_token, 50), "tok_p95_ms": 1e3 * pct(per_token, 95),
+    }
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def run_loads(folder: Path, args, max_batch: int, label: str, vocab: int) -> list[dict]:
+    rows = []
+    with server(folder, max_batch, max_queue=max(args.clients) * 2) as base:
+        asyncio.run(phase(base, 1, 1, 8, args.prompt_tokens, vocab, seed=99))  # warm-up
+        for n in args.clients:
+            row = asyncio.run(phase(base, n, args.requests, args.max_tokens, args.prompt_tokens, vocab, seed=n))
+            row["server"] = label
+            rows.append(row)
+            print(fmt(row), flush=True)
+    return rows
+
+
+def fmt(r: dict) -> str:
+    return (f"{r['server']:<16} {r['clients']:>3} clients  {r['ok']:>3}/{r['requests']:<3} ok  "
+            f"{r['tokens']:>5} tok in {r['wall_s']:6.1f} s = {r['agg_tok_s']:7.1f} tok/s   "
+            f"TTFT p50 {r['ttft_p50_ms']:7.1f} p95 {r['ttft_p95_ms']:7.1f} ms   "
+            f"per-token p50 {r['tok_p50_ms']:6.1f} p95 {r['tok_p95_ms']:6.1f} ms"
+            + (f"   errors: {r['errors']}" if r["errors"] else ""))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("folder", type=Path, help="exported folder with tokenizer.json")
+    p.add_argument("--clients", default="1,4,16", help="comma-separated concurrency levels")
+    p.add_argument("--requests", type=int, default=4, help="requests per client, one after another")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--prompt-tokens", type=int, default=32)
+    p.add_argument("--max-batch", type=int, default=16, help="--max-batch of the batching server")
+    p.add_argument("--serial", action="store_true", help="also run the loads against a --max-batch 1 server")
+    p.add_argument("--json", type=Path, default=None, help="write the rows as JSON")
+    args = p.parse_args()
+    args.clients = [int(c) for c in args.clients.split(",")]
+    meta = json.loads((args.folder / "mxport.json").read_text())
+    vocab = int(meta["config"]["vocab_size"])
+    rows = run_loads(args.folder, args, args.max_batch, f"batch {args.max_batch}", vocab)
+    if args.serial:
+        rows += run_loads(args.folder, args, 1, "one at a time", vocab)
+    failed = sum(r["requests"] - r["ok"] for r in rows)
+    base = next((r["agg_tok_s"] for r in rows if r["clients"] == 1), None)
+    top = [r for r in rows if r["server"] == f"batch {args.max_batch}" and r["clients"] == max(args.clients)]
+    if base and top:
+        print(f"aggregate tok/s at {max(args.clients)} clients / 1 client: {top[0]['agg_tok_s'] / base:.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    if failed:
+        print(f"{failed} request(s) failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
