@@ -5,8 +5,10 @@
 """
 
 import sys
+from pathlib import Path
 
-from mxport.runtime.chat import ChatSession
+from mxport.errors import MxportError
+from mxport.runtime.chat import ChatSession, require_chat_format
 from mxport.runtime.generate import Generator
 from mxport.runtime.harmony import SystemContent
 
@@ -25,7 +27,13 @@ def main(folder: str) -> None:
                           top_p=0.95, seed=0):
         print(f"{r.finish_reason:>11}: {r.text!r}")
 
-    # 3. one harmony chat turn (gpt-oss): only the final channel is printed as it streams
+    # 3. one harmony chat turn (gpt-oss): only the final channel is printed as it streams. A family without a
+    #    chat format (GPT-2) stops here: require_chat_format raises MxportError naming the family.
+    try:
+        require_chat_format(Path(folder))
+    except MxportError as exc:
+        print(f"no chat: {exc}")
+        return
     chat = ChatSession(gen, SystemContent(reasoning="low"))
     reply = chat.send("What is 2 + 2?", max_new_tokens=32,
                       on_delta=lambda channel, text: print(text, end="") if channel == "final" else None)

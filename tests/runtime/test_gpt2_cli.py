@@ -99,3 +99,13 @@ def test_bench_traffic_counts_the_tied_head_whole(tiny):
     wpe = cfg.max_position_embeddings * cfg.hidden_size * 2  # bf16; a step reads one row of it
     # bf16 matrices count twice (ORT folds their Casts into float32 copies): at most 2x the file, less wpe
     assert head <= per_token <= 2 * (total - wpe) + 2 * wpe // cfg.max_position_embeddings
+
+
+def test_example_script_runs_gpt2_and_stops_before_chat(tiny, capsys):
+    import runpy
+    from pathlib import Path
+
+    example = runpy.run_path(str(Path(__file__).parents[2] / "examples" / "generate.py"))
+    example["main"](str(tiny[1]))
+    out = capsys.readouterr().out
+    assert out.count("length:") == 2 and "no chat: " in out and "gpt2 model family has no chat format" in out
