@@ -7,7 +7,9 @@ differences between families are arguments (bias, eps, qk norms, window), not br
     rms_norm / layer_norm       RMSNormalization-23 / LayerNormalization-17 over the last axis
     rope_tables / apply_rope    cos, sin [B,S,D/2] once per graph; RotaryEmbedding-23 per q and k
     attention(...)              ai.mxport Attention (GQA, window, KV cache, optional sinks)
-    swiglu_mlp / gelu_mlp       dense MLPs
+    head_rms_norm               RMSNorm over head_dim, per head (Qwen3's q_norm / k_norm)
+    swiglu_mlp                  dense SwiGLU MLP (silu(gate) * up, down)
+    tied_output                 logits from the embedding table itself (stored once)
     window_masks / trim_present window-sized caches (ARCHITECTURE.md "Model I/O")
 """
 
@@ -155,7 +157,8 @@ def conv1d(b: Builder, w: Weights, x: ir.Value, prefix: str, role: str) -> ir.Va
 
 def tied_output(b: Builder, w: Weights, x: ir.Value, name: str) -> ir.Value:
     """logits = x [B,S,H] @ E.T with E [V,H] the token embedding, the same initializer the embedding Gather reads:
-    stored once in the file (ORT folds the Cast and Transpose into one float32 [H,V] copy when it loads)."""
+    stored once in the file. ORT would fold the Cast and Transpose into a float32 [H,V] copy when it loads (and
+    prepack that): `--target cpu|cuda` rewrites this to FusedMatMul(E){transB 1} (lower/tied_head.py), no copy."""
     table = w.stored(name)
     if table.dtype != FLOAT:
         table = b.op("Cast", table, role="weight_f32", to=FLOAT)
@@ -211,6 +214,23 @@ def mlp(b: Builder, w: Weights, x: ir.Value, up: str, down: str, act: str) -> ir
 def rms_norm(b: Builder, w: Weights, x: ir.Value, name: str, role: str, eps: float) -> ir.Value:
     """x * rsqrt(mean(x^2) + eps) * scale over the last axis, in float32 (standard RMSNormalization-23)."""
     return b.op("RMSNormalization", x, w.vector(name), role=role, axis=-1, epsilon=eps)
+
+
+def head_rms_norm(b: Builder, w: Weights, x: ir.Value, name: str, role: str, eps: float, heads: int,
+                  head_dim: int) -> ir.Value:
+    """RMSNorm over head_dim of each head (Qwen3's q_norm / k_norm): x [B,S,heads*D] -> [B,S,heads,D] ->
+    RMSNormalization (scale [D]) -> [B,S,heads*D]."""
+    split = b.op("Reshape", x, b.const([0, 0, heads, head_dim], np.int64, f"shape_{heads}_heads"), role=f"{role}/heads")
+    normed = rms_norm(b, w, split, name, role, eps)
+    return b.op("Reshape", normed, b.const([0, 0, heads * head_dim], np.int64, "shape_bsx"), role=f"{role}/merge")
+
+
+def swiglu_mlp(b: Builder, w: Weights, x: ir.Value, prefix: str, bias: bool = False) -> ir.Value:
+    """down(silu(gate(x)) * up(x)) with `prefix.{gate,up,down}_proj` [out, in]; silu = x * Sigmoid(x)."""
+    gate = linear(b, w, x, f"{prefix}.gate_proj", "gate_proj", bias)
+    up = linear(b, w, x, f"{prefix}.up_proj", "up_proj", bias)
+    act = b.op("Mul", gate, b.op("Sigmoid", gate, role="gate_sigmoid"), role="silu")
+    return linear(b, w, b.op("Mul", act, up, role="gated"), f"{prefix}.down_proj", "down_proj", bias)
 
 
 def layer_norm(b: Builder, w: Weights, x: ir.Value, prefix: str, role: str, eps: float) -> ir.Value:

@@ -145,6 +145,17 @@ def attention(
     return out.reshape(B, S, Hq * D)
 
 
+def silu(x: np.ndarray) -> np.ndarray:
+    """x * sigmoid(x), without overflow warnings for very negative x (exp -> inf gives 0, as intended)."""
+    with np.errstate(over="ignore"):
+        return x / (1 + np.exp(-x))
+
+
+def swiglu_mlp(x: np.ndarray, gate: np.ndarray, up: np.ndarray, down: np.ndarray) -> np.ndarray:
+    """Dense SwiGLU MLP (Qwen3, Llama): down(silu(x gateᵀ) * (x upᵀ)); weights [out, in]."""
+    return linear(silu(linear(x, gate, None)) * linear(x, up, None), down, None)
+
+
 def route(router_logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """router_logits [T,E] -> (expert ids [T,k] by descending logit, weights [T,k] = softmax of those k logits)."""
     order = np.argsort(-router_logits, axis=-1, kind="stable")[:, :k]

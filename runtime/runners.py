@@ -26,7 +26,8 @@ from mxport.folders import read_manifest  # noqa: F401  (re-exported: the manife
 from mxport.runtime.session import mxport_options, resolve_provider
 
 MODEL_FILE = "model.onnx"
-RESIDUAL_NAME = "layers.{i}/moe_residual"  # exporter.gpt_oss: the residual stream after layer i
+# The residual stream after layer i, as the families' graph wiring names it (exporter/gpt_oss.py, exporter/qwen3.py)
+RESIDUAL_NAMES = ("layers.{i}/moe_residual", "layers.{i}/mlp_residual")
 MANIFEST = "mxport.json"
 
 
@@ -177,7 +178,8 @@ class ReferenceModelRunner:
 def expose_hidden_states(model: str | os.PathLike, out_dir: str | os.PathLike, num_layers: int) -> Path:
     """A copy of `model` (an .onnx path) in `out_dir` with outputs `hidden_states.{i}` added, i < num_layers.
 
-    The residual stream after layer i is the value the exporter names `layers.{i}/moe_residual` (lowering keeps
+    The residual stream after layer i is the value the exporter names `layers.{i}/moe_residual` or
+    `layers.{i}/mlp_residual` (RESIDUAL_NAMES; lowering keeps
     that name when it fuses the Add into SkipSimplifiedLayerNormalization); failing that, the value computed
     last by the nodes named `layers.{i}/...` among those used outside layer i, if an Add computes it.
     Only the graph is copied (external data is not loaded); the data files are hard-linked next to the copy
@@ -207,7 +209,7 @@ def expose_hidden_states(model: str | os.PathLike, out_dir: str | os.PathLike, n
             produced[name] = (idx, li, node.op_type)
     new_outputs, new_nodes = [], []
     for i in range(num_layers):
-        value = RESIDUAL_NAME.format(i=i)
+        value = next((v for v in (n.format(i=i) for n in RESIDUAL_NAMES) if v in produced), RESIDUAL_NAMES[0].format(i=i))
         if value not in produced:  # not the exporter's naming: the last Add of layer i that leaves the layer
             candidates = [
                 (idx, v) for v, (idx, li, op) in produced.items()

@@ -39,3 +39,28 @@ def save_transformers_gpt2(path, *, seed: int = 0, std: float = 0.3, **config):
             p.normal_(1.0 if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")) else 0.0, std)
     model.save_pretrained(path)
     return model
+
+
+def make_transformers_qwen3(path, *, seed: int = 0, dtype: str = "float32", **config):
+    """A random tiny Qwen3ForCausalLM saved with save_pretrained into `path` (float32 or bfloat16 safetensors);
+    returns the float32 eval-mode model that was saved (the oracle). Norm weights are drawn around 1 (transformers
+    initialises them to exactly 1, which would hide a missing or misplaced norm)."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(Qwen3Config(**config)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1 + 0.3 * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.copy_(0.1 * torch.randn_like(p))
+            elif "embed_tokens" in name and model.config.tie_word_embeddings:
+                p.mul_(20.0)  # a tied table is also the head: give the logits some spread
+    if dtype == "bfloat16":  # round the weights, then the oracle runs on exactly what was saved
+        model = model.to(torch.bfloat16)
+        model.save_pretrained(path)
+        return model.float().eval()
+    model.save_pretrained(path)
+    return model

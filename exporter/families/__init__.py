@@ -24,6 +24,7 @@ from mxport.exporter.families.base import DecoderConfig, Family
 MODULES: dict[str, str] = {
     "gpt_oss": "mxport.exporter.families.gpt_oss",
     "gpt2": "mxport.exporter.families.gpt2",
+    "qwen3": "mxport.exporter.families.qwen3",
 }
 
 

@@ -8,6 +8,7 @@
     cpu       fused QKV, SimplifiedLayerNorm, SkipSimplifiedLayerNorm,     fp32 | int8 | int4   float32
               SkipLayerNorm, GroupQueryAttention, MoE / QMoE               | mxfp4 (ai.mxport.MoEMXFP4
                                                                            kept for mxport's native kernel)
+              tied head MatMul(Transpose(E)) -> FusedMatMul(E){transB} (last)
     cuda      the same; experts=mxfp4 -> QMoE quant_type='fp4'            mxfp4 | fp32 | int8 | int4   float32
                                                                            | float16 | bfloat16 (precision.py)
 
@@ -19,7 +20,7 @@
     last_logits (any target): logits of the last position only, [B,1,V] (logits.py; changes the model I/O)
     cpu, cuda: a Cast of a weight whose output exceeds ORT's 1 GiB folding limit is stored cast (casts.py)
 
-Every rule lives in its own module (moe, attention, norm, linear, dense) as pattern / check / rewrite; `rules.apply`
+Every rule lives in its own module (moe, attention, norm, linear, dense, tied_head) as pattern / check / rewrite; `rules.apply`
 records what was rewritten and what was refused with the reason (model.metadata_props["mxport.lowering"]).
 A refused node stays portable, so a lowered graph is always a correct graph. docs/LOWERING.md has the
 numbers each mode costs.
@@ -44,6 +45,7 @@ from .linear import FuseSiblingLinear
 from .logits import LastLogits
 from .moe import LowerMoE
 from .norm import SimplifiedNorm, SkipSimplifiedNorm
+from .tied_head import TiedHead
 
 TARGETS = ("portable", "cpu", "cuda")
 EXPERTS = ("mxfp4", "fp32", "int8", "int4", "float")
@@ -99,6 +101,8 @@ def lower(model: ir.Model, *, target: str, experts: str = "mxfp4", dtype: str = 
         chosen.append(DenseNBits(bits=8 if dense == "int8" else 4))  # after MoE: the router is recognised by it
     if last_logits:
         chosen.append(LastLogits())  # changes the model I/O: logits [B,1,V]
+    if target != "portable":
+        chosen.append(TiedHead())  # last: --dense quantizes a tied head from the table's rows before it
     rules.apply(chosen, ctx)
     rules.remove_dead(ctx)
     if dtype != "float32":

@@ -84,6 +84,16 @@ class LowerAttention:
         replace(ctx, node, [*nodes, gqa], gqa.outputs)
 
 
+def _head_size(node: ir.Node) -> int | None:
+    """D from past_key [B,Hkv,P,D], else from query [B,S,Hq*D] / num_heads; None when neither shape is static."""
+    past_k, q = node.inputs[3], node.inputs[0]
+    if past_k.shape is not None and past_k.shape.rank() == 4 and isinstance(past_k.shape[3], int):
+        return int(past_k.shape[3])
+    if q.shape is not None and q.shape.rank() == 3 and isinstance(q.shape[2], int):
+        return int(q.shape[2]) // int(attr(node, "num_heads"))
+    return None
+
+
 def no_sinks(sinks: ir.Value | None) -> bool:
     """True when `sinks` is absent or a constant whose every value is -inf (the op's "no sinks")."""
     if sinks is None:
@@ -93,14 +103,6 @@ def no_sinks(sinks: ir.Value | None) -> bool:
         return False
     values = tensor.numpy()
     return values is not None and values.size > 0 and bool(np.all(np.isneginf(values)))
-
-
-def _head_size(node: ir.Node) -> int | None:
-    """D from the past key [B, Hkv, P, D] (a graph input with a fixed last dim), None when unknown."""
-    shape = node.inputs[3].shape
-    if shape is None or shape.rank() != 4 or not isinstance(shape[3], int):
-        return None
-    return shape[3]
 
 
 def _shared_inputs(ctx: Context, mask: ir.Value, query: ir.Value):

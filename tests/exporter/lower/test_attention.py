@@ -176,3 +176,13 @@ def test_finite_sink_constants_stay_head_sink():
         np.array([-np.inf, 0.5, -np.inf, -np.inf], np.float32), "sinks"))
     after, _ = _lower(proto)
     assert list(after.graph.node[-1].input)[11] == "sinks"
+
+
+def test_head_size_not_a_multiple_of_8_stays_portable():
+    proto = _portable(0)
+    for vi in proto.graph.input:
+        if vi.name in ("past_key", "past_value"):
+            vi.type.tensor_type.shape.dim[3].dim_value = 20
+    after, report = _lower(proto)
+    assert report.applied["attention"] == 0 and "head_size=20" in report.refused[0][2]
+    assert after.graph.node[-1].op_type == "Attention"

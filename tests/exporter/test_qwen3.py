@@ -1,0 +1,203 @@
+"""Qwen3 exports (portable and --target cpu) against transformers' Qwen3ForCausalLM and the NumPy reference; the
+tied head stored once; config and tensor errors named. Cases: tests/qwen3_cases.py."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import qwen3_cases
+from mxport.errors import MxportError
+from mxport.exporter import families
+from mxport.exporter.checkpoint import open_checkpoint
+from mxport.exporter.export import export
+from mxport.exporter.families import qwen3
+from mxport.runtime.runners import OrtRunner
+
+_CACHE: dict = {}
+TARGETS = {"portable": {}, "cpu": {"target": "cpu", "experts": "fp32"}}
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    return lambda name: qwen3_cases.make(tmp_path_factory, _CACHE, name)
+
+
+@pytest.fixture(scope="module")
+def exported(case, tmp_path_factory):
+    cache: dict = {}
+
+    def get(name: str, target: str, **options):
+        key = (name, target, tuple(sorted(options.items())))
+        if key not in cache:
+            path, _ = case(name)
+            out = tmp_path_factory.mktemp(f"qwen3_export_{name}_{target}")
+            cache[key] = export(path, out / "x", progress=False, **TARGETS[target], **options)
+        return cache[key]
+
+    return get
+
+
+def rel_err(a, b) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def feeds(cfg, ids, mask=None, past=None):
+    B, S = ids.shape
+    mask = np.ones((B, S), np.int64) if mask is None else mask
+    out = {"input_ids": ids, "attention_mask": mask,
+           "position_ids": np.clip(np.cumsum(mask, 1) - 1, 0, None)[:, -S:]}
+    for i in range(cfg.num_hidden_layers):
+        for j, kv in enumerate(("key", "value")):
+            out[f"past_key_values.{i}.{kv}"] = (past[i][j] if past else
+                                                np.zeros((B, cfg.num_key_value_heads, 0, cfg.head_dim), np.float32))
+    return out
+
+
+def presents(cfg, out):
+    return [(out[f"present.{i}.key"], out[f"present.{i}.value"]) for i in range(cfg.num_hidden_layers)]
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+@pytest.mark.parametrize("name", sorted(qwen3_cases.CASES))
+def test_export_matches_transformers(case, exported, name, target):
+    path, oracle = case(name)
+    cfg = open_checkpoint(path).config
+    ids = np.random.default_rng(3).integers(4, cfg.vocab_size, (2, 10))
+    with torch.no_grad():
+        want = oracle(torch.tensor(ids)).logits.numpy()
+    got = OrtRunner(exported(name, target), "cpu").infer(feeds(cfg, ids))["logits"]
+    err = rel_err(got, want)
+    print(f"\n{name} {target}: max relative logits error vs transformers {err:.2e}")
+    assert err <= 1e-4 and (got.argmax(-1) == want.argmax(-1)).all()
+
+
+@pytest.mark.parametrize("name", ["tied", "sliding_bf16"])
+def test_cpu_cached_decoding_equals_recomputation(case, exported, name):
+    path, _ = case(name)
+    cfg = open_checkpoint(path).config
+    runner = OrtRunner(exported(name, "cpu"), "cpu")
+    ids = np.random.default_rng(4).integers(4, cfg.vocab_size, (2, 11))
+    full = runner.infer(feeds(cfg, ids))["logits"]
+    out = runner.infer(feeds(cfg, ids[:, :6]))
+    steps = [out["logits"]]
+    for t in range(6, 11):
+        out = runner.infer(feeds(cfg, ids[:, t : t + 1], np.ones((2, t + 1), np.int64), presents(cfg, out)))
+        steps.append(out["logits"])
+    assert rel_err(np.concatenate(steps, axis=1), full) <= 1e-5
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_left_padded_batch_equals_each_row_alone(case, exported, target):
+    path, _ = case("sliding_bf16")
+    cfg = open_checkpoint(path).config
+    runner = OrtRunner(exported("sliding_bf16", target), "cpu")
+    rng = np.random.default_rng(6)
+    a, b = rng.integers(4, cfg.vocab_size, (1, 9)), rng.integers(4, cfg.vocab_size, (1, 5))
+    batch = np.concatenate([a, np.concatenate([np.zeros((1, 4), np.int64), b], axis=1)])
+    mask = np.ones_like(batch)
+    mask[1, :4] = 0
+    got = runner.infer(feeds(cfg, batch, mask))["logits"]
+    assert rel_err(got[0], runner.infer(feeds(cfg, a))["logits"][0]) <= 1e-5
+    assert rel_err(got[1, 4:], runner.infer(feeds(cfg, b))["logits"][0]) <= 1e-5
+
+
+def test_cpu_lowering_report(exported):
+    """GQA without head_sink, SimplifiedLayerNormalization for the q/k norms, fused qkv and gate/up, tied head."""
+    report = json.loads((exported("tied", "cpu") / "mxport.json").read_text())["lowering"]
+    L = 3
+    assert report["applied"]["attention"] == L and report["applied"]["tied_head"] == 1
+    assert report["applied"]["fused_qkv"] == 2 * L  # q/k/v and gate/up per layer
+    assert report["applied"]["simplified_layer_norm"] == 4 * L + 1  # input, q, k, post-attention norms; final
+    model = onnx.load(exported("tied", "cpu") / "model.onnx", load_external_data=False)
+    gqa = [n for n in model.graph.node if n.op_type == "GroupQueryAttention"]
+    assert len(gqa) == L and all(len(n.input) < 12 or n.input[11] == "" for n in gqa)
+    refused = json.loads((exported("untied_d20", "cpu") / "mxport.json").read_text())["lowering"]["refused"]
+    assert any("head_size=20" in r["reason"] for r in refused)
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_tied_head_is_stored_once(case, exported, target):
+    path, _ = case("tied")
+    cfg = open_checkpoint(path).config
+    model = onnx.load(exported("tied", target) / "model.onnx", load_external_data=False)
+    tables = [t.name for t in model.graph.initializer if sorted(t.dims) == sorted([cfg.vocab_size, cfg.hidden_size])]
+    assert tables == ["model.embed_tokens.weight"]
+    if target == "cpu":
+        assert any(n.op_type == "FusedMatMul" for n in model.graph.node)
+
+
+def test_dense_int4_quantizes_the_tied_head_and_stays_close(case, exported):
+    path, oracle = case("tied")
+    cfg = open_checkpoint(path).config
+    out = exported("tied", "cpu", dense="int4")
+    model = onnx.load(out / "model.onnx", load_external_data=False)
+    nbits = [n.name for n in model.graph.node if n.op_type == "MatMulNBits"]
+    assert any(n.startswith("lm_head") for n in nbits) and len(nbits) >= 1
+    ids = np.random.default_rng(3).integers(4, cfg.vocab_size, (1, 10))
+    with torch.no_grad():
+        want = oracle(torch.tensor(ids)).logits.numpy()
+    got = OrtRunner(out, "cpu").infer(feeds(cfg, ids))["logits"]
+    err, top1 = rel_err(got, want), float((got.argmax(-1) == want.argmax(-1)).mean())
+    print(f"\nqwen3 tied cpu --dense int4: max relative logits error vs transformers {err:.2e}, top-1 {top1:.2f}")
+    assert 1e-4 < err < 0.1 and top1 >= 0.8  # lossy (the weights really are 4-bit), and close
+
+
+# ---- config and tensor errors -------------------------------------------------------------------------------------
+def test_layer_types_follow_transformers():
+    from transformers import Qwen3Config as HF
+
+    for kw in (dict(), dict(use_sliding_window=True, max_window_layers=2, sliding_window=7),
+               dict(use_sliding_window=False, max_window_layers=1),
+               dict(use_sliding_window=True, sliding_window=5,
+                    layer_types=["sliding_attention", "full_attention", "full_attention", "sliding_attention"])):
+        d = dict(qwen3_cases.BASE, num_hidden_layers=4, **kw)
+        ours, theirs = qwen3.config_from_dict(d), HF(**d)
+        assert list(ours.layer_types) == theirs.layer_types, kw
+        assert ours.sliding_window == (theirs.sliding_window or 0), kw
+    with pytest.raises(MxportError, match="layer_types has sliding layers but no window"):  # transformers fails too
+        qwen3.config_from_dict(dict(qwen3_cases.BASE, num_hidden_layers=2,
+                                    layer_types=["sliding_attention", "full_attention"]))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"hidden_size": None}, "missing required key 'hidden_size'"),
+    ({"intermediate_size": "big"}, "'intermediate_size' should be int"),
+    ({"head_dim": 7}, "head_dim=7 must be even"),
+    ({"num_key_value_heads": 4}, "not a multiple of num_key_value_heads=4"),
+    ({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
+    ({"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "rope type 'dynamic'"),
+    ({"layer_types": ["full_attention"]}, "layer_types has 1 entries for 3 layers"),
+    ({"num_hidden_layers": -1}, "num_hidden_layers=-1"),
+])
+def test_bad_config_keys_are_named(tmp_path, change, message):
+    d = {"model_type": "qwen3", **qwen3_cases.BASE, **change}
+    d = {k: v for k, v in d.items() if v is not None}
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    with pytest.raises(MxportError, match=message.replace("(", r"\(").replace("[", r"\[")) as exc:
+        families.read_config(tmp_path / "config.json")
+    assert "config.json" in str(exc.value)
+
+
+def test_misshaped_and_unexpected_tensors_are_named(case, tmp_path):
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    path, _ = case("untied_d20")
+    for edit, message in ((lambda t: t.__setitem__("model.layers.0.self_attn.q_norm.weight", np.ones(8, np.float32)),
+                           r"'model\.layers\.0\.self_attn\.q_norm\.weight' has shape \[8\], expected \[20\]"),
+                          (lambda t: t.pop("lm_head.weight"), r"missing tensor 'lm_head\.weight'"),
+                          (lambda t: t.__setitem__("model.layers.0.mlp.experts", np.ones(2, np.float32)),
+                           r"unexpected tensor 'model\.layers\.0\.mlp\.experts'")):
+        bad = tmp_path / f"bad{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(path, bad)
+        tensors = load_file(bad / "model.safetensors")
+        edit(tensors)
+        save_file(tensors, bad / "model.safetensors")
+        with pytest.raises(MxportError, match=message):
+            open_checkpoint(bad)
