@@ -252,7 +252,7 @@ def write_checkpoint(
     shards = shard_plan(plan, max_shard_bytes)
     tmp = temp_dir_beside(out_dir)
     try:
-        config = cfg.to_hf_dict() if layout == "hf" else cfg.to_original_dict()
+        config = cfg.family.config_to_dict(cfg) if layout == "hf" else cfg.to_original_dict()
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         writers, where = [], {}
         for k, shard in enumerate(shards):
@@ -290,7 +290,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--float-experts", "--dense-experts", dest="float_experts", action="store_true",
                         help="bf16 (float) experts instead of MXFP4 (hf only; --dense-experts is the old name)")
     parser.add_argument("--max-shard-bytes", type=int, default=None,
-                        help="split into shards with an index (default: 5e9 for gpt-oss-20b/120b in hf layout, else one file)")
+                        help="split into shards with an index (default: 5e9 bytes when the hf-layout checkpoint is "
+                             "larger than that, as the published repos do; else one file)")
     parser.add_argument("--list", action="store_true", help="print the tensor table and totals, write nothing")
     parser.add_argument("--force", action="store_true", help="replace an existing non-empty output folder")
 
@@ -300,12 +301,19 @@ def _shard_bytes(args: argparse.Namespace) -> int | None:
         if args.max_shard_bytes <= 0:
             raise MxportError(f"--max-shard-bytes must be positive, found {args.max_shard_bytes}")
         return args.max_shard_bytes
-    # the published repos shard the HF weights; their original/ folder holds one model.safetensors
-    return DEFAULT_SHARD_BYTES if args.preset.startswith("gpt-oss") and args.layout == "hf" else None
+    return default_shard_bytes(_config(args), args.layout)
+
+
+def default_shard_bytes(cfg: ModelConfig, layout: str) -> int | None:
+    """DEFAULT_SHARD_BYTES for an hf-layout checkpoint larger than that (gpt-oss-20b/120b, qwen3-8b: the published
+    repos shard their HF weights), else None (one model.safetensors; gpt-oss' original/ folder is one file too)."""
+    return DEFAULT_SHARD_BYTES if layout == "hf" and plan_bytes(stored_plan(cfg, layout)) > DEFAULT_SHARD_BYTES else None
 
 
 def _config(args: argparse.Namespace) -> ModelConfig:
     cfg = PRESETS[args.preset]
+    if args.float_experts and not hasattr(cfg, "experts_mxfp4"):
+        raise MxportError(f"--float-experts: preset {args.preset!r} ({cfg.family.name}) has no MXFP4 experts")
     return cfg.replace(experts_mxfp4=False) if args.float_experts else cfg
 
 

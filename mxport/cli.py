@@ -18,11 +18,11 @@ from mxport.errors import MxportError
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("mxport.runtime.demo", "build, export, verify and chat with a tiny built-in gpt-oss (no download)"),
-    "synth": ("mxport.exporter.synth", "write a synthetic checkpoint (tiny, mini, gpt-oss-20b, gpt-oss-120b)"),
+    "synth": ("mxport.exporter.synth", "write a synthetic checkpoint of any family's preset (synth --list-presets)"),
     "export": ("mxport.exporter.export", "export a checkpoint to ONNX"),
     "inspect": ("mxport.exporter.inspect", "summarise an exported folder: ops, inputs/outputs, bytes by dtype"),
     "run": ("mxport.runtime.run_cli", "run a checkpoint or an exported folder (greedy or sampled)"),
-    "chat": ("mxport.runtime.chat", "chat with an exported gpt-oss folder in the harmony format"),
+    "chat": ("mxport.runtime.chat", "chat with an exported folder in its family's format (harmony, chat template)"),
     "verify": ("mxport.runtime.verify", "compare an export against the NumPy reference model"),
     "bench": ("mxport.runtime.bench", "benchmark prefill/decode speed, memory and file size"),
     "serve": ("mxport.runtime.serve.cli", "an OpenAI-compatible HTTP server over an exported folder"),

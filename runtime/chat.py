@@ -1,4 +1,6 @@
-"""`mxport chat OUT`: harmony chat with an exported gpt-oss folder (interactive on a terminal, one-shot from stdin).
+"""`mxport chat OUT`: chat with an exported folder in its family's chat format (interactive on a terminal, one-shot
+from stdin): harmony for gpt-oss (below), the checkpoint's jinja chat template for Qwen3 (runtime/chat_template.py:
+`--reasoning off|on` switches its <think> block). A family without a chat format (GPT-2) is refused.
 
 ChatSession keeps the history: each turn renders system + developer (instructions and function tools) + earlier
 turns (their analysis dropped, their `<|return|>` written as `<|end|>`) + the user message + `<|start|>assistant`,
@@ -116,9 +118,13 @@ def generation_config(args: argparse.Namespace, **extra) -> GenerationConfig:
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", help="exported folder (model.onnx, mxport.json, tokenizer.json)")
-    parser.add_argument("--reasoning", default="medium", choices=REASONING_EFFORTS, help="reasoning effort")
-    parser.add_argument("--show-analysis", action="store_true", help="print the analysis channel too")
-    parser.add_argument("--system", default=None, help="model identity line of the system message")
+    parser.add_argument("--reasoning", default=None, choices=(*REASONING_EFFORTS, "off", "on"),
+                        help="harmony (gpt-oss): reasoning effort low|medium|high (default medium); chat-template "
+                             "models (Qwen3): thinking off|on (default: the template's, on for Qwen3)")
+    parser.add_argument("--show-analysis", action="store_true",
+                        help="print the analysis channel (harmony) / the <think> reasoning (chat templates) too")
+    parser.add_argument("--system", default=None, help="harmony: model identity line of the system message; "
+                                                          "chat-template models: the system message")
     parser.add_argument("--developer", default=None, help="developer instructions (the usual 'system prompt')")
     parser.add_argument("--date", default=None, help="current date in the system message (default today)")
     parser.add_argument("--tools", default=None, metavar="FILE.json",
@@ -141,11 +147,22 @@ def require_chat_format(folder: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = generation_config(args)  # checks the options before the model loads
-    tools = load_tools(args.tools) if args.tools else ()
     require_chat_format(Path(args.folder))
     generator = Generator.from_folder(args.folder, backend=args.backend, provider=args.provider,
                                       max_context=args.max_context)
-    system = SystemContent(reasoning=args.reasoning, current_date=args.date,
+    family = generator.config.family if generator.config is not None else None
+    kind = family.chat_format if family is not None else "harmony"
+    if kind not in CHAT_RUNNERS:
+        raise MxportError(f"{args.folder}: the {family.name if family else 'model'} family has no chat format; "
+                          "use `mxport run --prompt` for plain text generation")
+    return CHAT_RUNNERS[kind](generator, args, config)
+
+
+def run_harmony(generator: Generator, args: argparse.Namespace, config: GenerationConfig) -> int:
+    if args.reasoning not in (None, *REASONING_EFFORTS):
+        raise MxportError(f"--reasoning {args.reasoning}: harmony models take one of {', '.join(REASONING_EFFORTS)}")
+    tools = load_tools(args.tools) if args.tools else ()
+    system = SystemContent(reasoning=args.reasoning or "medium", current_date=args.date,
                            **({"identity": args.system} if args.system else {}))
     chat = ChatSession(generator, system, args.developer, tools)
     interactive = sys.stdin.isatty()
@@ -173,6 +190,58 @@ def run(args: argparse.Namespace) -> int:
                 print()
                 return 0
             reply = _turn(chat, partial(chat.send_tool_result, call.recipient, result), config, args.show_analysis)
+
+
+def run_template(generator: Generator, args: argparse.Namespace, config: GenerationConfig) -> int:
+    from mxport.runtime.chat_template import ChatTemplate, TemplateChatSession, enable_thinking
+
+    if args.reasoning in REASONING_EFFORTS:
+        raise MxportError(f"--reasoning {args.reasoning}: this model's thinking is switched by --reasoning off|on")
+    for option in ("developer", "date", "tools"):
+        if getattr(args, option):
+            raise MxportError(f"--{option} is a harmony option; chat-template models take --system")
+    chat = TemplateChatSession(generator, ChatTemplate.from_folder(args.folder), args.system,
+                               enable_thinking(args.reasoning, "--reasoning"))
+
+    def turn(text: str) -> None:
+        state = {"kind": None}
+
+        def on_delta(kind: str, delta: str) -> None:
+            if kind == "reasoning" and not args.show_analysis:
+                return
+            if kind != state["kind"] and args.show_analysis:
+                sys.stdout.write(f"\n[{kind}] ")
+                state["kind"] = kind
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+
+        reply = chat.send(text, config, on_delta)
+        sys.stdout.write("\n")
+        for name, arguments in reply.tool_calls:
+            print(f"[tool call] {name} {arguments}")
+        if not reply.content and not reply.tool_calls:
+            raw = generator.tokenizer.decode(chat.last_token_ids)
+            print(f"[no answer text in the reply; raw reply: {raw!r}]", file=sys.stderr)
+
+    if not sys.stdin.isatty():
+        text = sys.stdin.read().strip()
+        if not text:
+            raise MxportError("chat: stdin is empty (pipe a message in, or run on a terminal)")
+        turn(text)
+        return 0
+    print(f"mxport chat — {generator.name}; empty line or Ctrl-D to quit", file=sys.stderr)
+    while True:
+        try:
+            text = input("> ").strip()
+        except EOFError:
+            print()
+            return 0
+        if not text:
+            return 0
+        turn(text)
+
+
+CHAT_RUNNERS = {"harmony": run_harmony, "template": run_template}  # by the family's chat_format
 
 
 def _turn(chat: ChatSession, send: Callable[..., Reply], config: GenerationConfig, show_analysis: bool) -> Reply:

@@ -76,8 +76,10 @@ class Generator:
 
     def __init__(self, model: StepModel, tokenizer: Tokenizer | None = None, *,
                  eos_token_ids: Sequence[int] = (), max_context: int | None = None, pad_token_id: int = 0,
-                 vocab_size: int | None = None, name: str = "model") -> None:
+                 vocab_size: int | None = None, name: str = "model", config=None, folder: Path | None = None) -> None:
         self.model = model
+        self.config = config  # the family config (a DecoderConfig) when known: its family names the chat format
+        self.folder = folder  # where the tokenizer and chat template live
         self.tokenizer = tokenizer
         self.eos_token_ids = tuple(int(i) for i in eos_token_ids)
         self.max_context = max_context
@@ -119,7 +121,7 @@ class Generator:
             pad = 0
         limit = max_context or (config.max_position_embeddings if config is not None else None)
         return cls(model, tokenizer, eos_token_ids=eos, max_context=limit, pad_token_id=pad, vocab_size=vocab,
-                   name=name)
+                   name=name, config=config, folder=folder)
 
     # ---- the API --------------------------------------------------------------------------------------------
     def encode(self, prompt: str | Sequence[int]) -> list[int]:

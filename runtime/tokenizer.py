@@ -157,12 +157,24 @@ def build_harmony_tokenizer(vocab_size: int, corpus: str | None = None) -> Token
         )
     if vocab_size >= O200K_HARMONY_VOCAB:
         special_ids = dict(HARMONY_SPECIAL_TOKENS)
-        base_target = min(vocab_size, 4096)  # a real o200k needs its own file; this is for shape-faithful tests
     else:
         special_ids = {tok: vocab_size - len(specials) + i for i, tok in enumerate(specials)}
-        base_target = vocab_size - len(specials)
-    base_target = min(base_target, min(special_ids.values()))
+    return build_byte_level_bpe(vocab_size, special_ids, f"<harmony byte-level BPE, vocab {vocab_size}>", corpus,
+                                gaps=vocab_size >= O200K_HARMONY_VOCAB)
 
+
+def build_byte_level_bpe(vocab_size: int, special_ids: dict[str, int], name: str, corpus: str | None = None, *,
+                         gaps: bool | None = None) -> Tokenizer:
+    """A byte-level BPE tokenizer trained on `corpus` with the special tokens at the given ids, below `vocab_size`.
+
+    The trained tokens take the ids below the lowest special (at most 4096 of them). Without `gaps`, every other
+    unused id below vocab_size is a `<|reserved_N|>` special, so every id decodes; with gaps (the default for
+    vocabularies over 65536, e.g. real-sized ones), unused ids decode to '' and building stays fast. Deterministic."""
+    if vocab_size < 256 + 1 + len(special_ids) or max(special_ids.values()) >= vocab_size:
+        raise MxportError(f"vocab_size={vocab_size} is too small for a byte-level tokenizer with "
+                          f"{len(special_ids)} special tokens at ids {sorted(special_ids.values())}")
+    gaps = vocab_size > 65536 if gaps is None else gaps
+    base_target = min(vocab_size - len(special_ids), min(special_ids.values()), 4096 if gaps else vocab_size)
     bpe = _HFTokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -185,7 +197,7 @@ def build_harmony_tokenizer(vocab_size: int, corpus: str | None = None) -> Token
         added.append((tok, tid))
     # Fill every unused id below vocab_size with a reserved special (o200k_harmony does the same). An o200k-sized
     # vocab is left with gaps instead (ids without a token decode to ''), which keeps building it fast.
-    last = vocab_size if vocab_size < O200K_HARMONY_VOCAB else 0
+    last = 0 if gaps else vocab_size
     for tid in range(last):
         if tid not in used:
             tok = f"<|reserved_{tid}|>"
@@ -197,4 +209,4 @@ def build_harmony_tokenizer(vocab_size: int, corpus: str | None = None) -> Token
         for tok, tid in sorted(added, key=lambda t: t[1])
     ]
     tok = _HFTokenizer.from_str(json.dumps(spec))
-    return Tokenizer(tok, f"<harmony byte-level BPE, vocab {vocab_size}>")
+    return Tokenizer(tok, name)

@@ -225,12 +225,12 @@ def expected_tensors(cfg: Qwen3Config, lm_head: bool | None = None) -> list[Expe
 TINY_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
 
 PRESETS: dict[str, Qwen3Config] = {
-    # seconds to write and run; odd widths (head_dim 24 != 80/4, intermediate 136), the top ids are the specials of
-    # the synth tokenizer (runtime/chat_template.py: <|endoftext|> 507, <|im_start|> 508, <|im_end|> 509, ...)
+    # seconds to write and run; odd widths (head_dim 24 != 80/4, intermediate 136); the top 7 ids are the specials of
+    # the synth tokenizer (runtime/chat_template.py: <|endoftext|> 505, <|im_start|> 506, <|im_end|> 507, ...)
     "qwen3-tiny": Qwen3Config(
         vocab_size=512, hidden_size=80, intermediate_size=136, num_hidden_layers=3, num_attention_heads=4,
         num_key_value_heads=2, head_dim=24, max_window_layers=3, max_position_embeddings=4096,
-        eos_token_ids=(509, 507), pad_token_id=507, bos_token_id=None,
+        eos_token_ids=(507, 505), pad_token_id=505, bos_token_id=None,
     ),
     # the published shapes (Qwen/Qwen3-0.6B, Qwen/Qwen3-8B config.json)
     "qwen3-0.6b": Qwen3Config(),
@@ -252,6 +252,13 @@ def init_std_mean(name: str, cfg: Qwen3Config) -> tuple[float, float]:
     return float(1.0 / np.sqrt(fan_in)), 0.0
 
 
+def write_synth_files(cfg: Qwen3Config, folder) -> None:
+    """A tokenizer and chat template of Qwen3's shape beside a synthetic checkpoint (runtime/chat_template.py)."""
+    from mxport.runtime.chat_template import write_qwen3_tokenizer  # tokenizers/jinja: only synth needs them
+
+    write_qwen3_tokenizer(folder, cfg)
+
+
 FAMILY = Family(
     name="qwen3",
     architectures=("Qwen3ForCausalLM",),
@@ -264,4 +271,5 @@ FAMILY = Family(
     presets=PRESETS,
     chat_format="template",
     init=init_std_mean,
+    synth_files=write_synth_files,
 )

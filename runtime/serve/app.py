@@ -57,7 +57,9 @@ def load_folder(folder: str | Path, *, provider: str = "cpu", max_batch: int = 1
 
     gen = Generator.from_folder(folder, provider=provider, max_context=max_context)
     engine = Engine(gen.model, pad_token_id=gen.pad_token_id, max_batch=max_batch, max_queue=max_queue).start()
-    return Served(model_name or Path(folder).resolve().name, engine, gen.tokenizer, chat_format(gen.tokenizer),
+    kind = gen.config.family.chat_format if gen.config is not None else None
+    return Served(model_name or Path(folder).resolve().name, engine, gen.tokenizer,
+                  chat_format(gen.tokenizer, folder, kind),
                   gen.eos_token_ids, gen.max_context, gen.vocab_size)
 
 

@@ -1,6 +1,7 @@
 """Chat formats behind one small interface, so the server never branches on a model family.
 
-    fmt = chat_format(tokenizer)                 # HarmonyFormat (gpt-oss) | None (no chat: /v1/chat/completions 400)
+    fmt = chat_format(tokenizer, folder, kind)   # by the family's chat_format: HarmonyFormat (gpt-oss) |
+                                                 # TemplateFormat (Qwen3) | None (no chat: /v1/chat/completions 400)
     ids = fmt.render(messages, tools, tool_choice, reasoning_effort)      # OpenAI messages -> prompt ids
     parser = fmt.parser()                                                  # one per request
     for token in generated: events = parser.add(token)    # Event(kind="reasoning" | "content" | "tool_call" |
@@ -8,8 +9,9 @@
     parser.tool_called                                     # the reply ended in a tool call (finish_reason tool_calls)
     fmt.stop_token_ids                                     # ids that end a reply (with the model's eos ids)
 
-A format for another family (Qwen3: the tokenizer's jinja chat_template, `<think>...</think>` as reasoning, enabled
-by reasoning_effort) implements the same three members. `TextParser` is the plain one (/v1/completions).
+TemplateFormat renders the folder's own jinja chat_template (runtime/chat_template.py): `<think>...</think>` is
+reasoning, switched by reasoning_effort (none/minimal = off, low/medium/high = on; absent = the template's default),
+`<tool_call>` JSON blocks are tool calls. A new format implements the same three members. `TextParser` is the plain one (/v1/completions).
 Bad request content raises FormatError naming the request field (the server answers 400).
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from mxport.errors import MxportError
@@ -59,11 +62,18 @@ class ChatFormat(Protocol):
     def parser(self) -> ReplyParser: ...
 
 
-def chat_format(tokenizer: Tokenizer | None) -> ChatFormat | None:
-    """The chat format of a tokenizer: harmony when it has harmony's special tokens, else None."""
-    if tokenizer is not None and all(tokenizer.token_to_id(t) is not None for t in SPECIALS):
-        return HarmonyFormat(tokenizer)
-    return None
+def chat_format(tokenizer: Tokenizer | None, folder: str | Path | None = None,
+                kind: str | None = None) -> ChatFormat | None:
+    """The chat format of a model: `kind` is its family's chat_format ("harmony" | "template" | None); without it
+    (an export without a family record), harmony when the tokenizer has harmony's special tokens."""
+    if tokenizer is None:
+        return None
+    if kind is None and all(tokenizer.token_to_id(t) is not None for t in SPECIALS):
+        kind = "harmony"
+    if kind == "template" and folder is None:
+        raise MxportError("a chat-template model needs its folder (chat_template.jinja / tokenizer_config.json)")
+    make = {"harmony": lambda: HarmonyFormat(tokenizer), "template": lambda: TemplateFormat(tokenizer, folder)}
+    return make[kind]() if kind in make else None
 
 
 class TextParser:
@@ -221,6 +231,85 @@ class HarmonyParser:
     def _unstreamed(self, since: int) -> list[Event]:
         """Messages closed without ever reaching <|message|>: their decoded text as content."""
         return [Event("content", m.content) for m in self._p.messages[since:] if m.content]
+
+
+# ---- a checkpoint's own jinja chat template (Qwen3) -----------------------------------------------------------------
+
+class TemplateFormat:
+    """The folder's chat_template: OpenAI messages passed to it as they are (text parts joined), reasoning_effort
+    -> enable_thinking, tools -> the template's `tools`."""
+
+    name = "template"
+
+    def __init__(self, tokenizer: Tokenizer, folder: str | Path) -> None:
+        from mxport.runtime.chat_template import ChatTemplate, stop_ids
+
+        self.tokenizer = tokenizer
+        self.template = ChatTemplate.from_folder(folder)
+        self.stop_token_ids = stop_ids(tokenizer, self.template)
+
+    def render(self, messages: Sequence[dict], tools: Sequence[dict] = (), tool_choice: Any = None,
+               reasoning_effort: str | None = None) -> list[int]:
+        from mxport.runtime.chat_template import enable_thinking
+
+        if tool_choice not in (None, "auto", "none"):
+            raise FormatError(f"tool_choice {tool_choice!r} is not supported (only 'auto' and 'none')", "tool_choice")
+        try:
+            thinking = enable_thinking(reasoning_effort, "reasoning_effort")
+        except MxportError as exc:
+            raise FormatError(str(exc), "reasoning_effort") from None
+        if not isinstance(messages, list) or not messages:
+            raise FormatError("messages: expected a non-empty list of messages", "messages")
+        chat = []
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or m.get("role") not in ("system", "developer", "user", "assistant", "tool"):
+                raise FormatError(f"messages[{i}]: expected a message with a role of system, developer, user, "
+                                  f"assistant or tool", f"messages[{i}]")
+            m = {**m, "role": "system" if m["role"] == "developer" else m["role"],
+                 "content": message_text(m.get("content"), f"messages[{i}].content")}
+            chat.append(m)
+        extra = {} if thinking is None else {"enable_thinking": thinking}
+        try:
+            text = self.template.render(chat, tools=list(tools or ()) if tool_choice != "none" else None,
+                                        add_generation_prompt=True, **extra)
+        except MxportError as exc:
+            raise FormatError(str(exc), "messages") from None
+        return self.tokenizer.encode(text)
+
+    def parser(self) -> TemplateParser:
+        return TemplateParser(self.tokenizer)
+
+
+class TemplateParser:
+    """ThinkParser's deltas as events: reasoning, content, and a tool call with its arguments when it closes."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        from mxport.runtime.chat_template import ThinkParser
+
+        self._p = ThinkParser(tokenizer)
+        self.calls = 0
+
+    @property
+    def tool_called(self) -> bool:
+        return self.calls > 0
+
+    def add(self, token_id: int) -> list[Event]:
+        return self._events(self._p.add(token_id))
+
+    def finish(self, stop_token: int | None = None) -> list[Event]:
+        return self._events(self._p.finish())
+
+    def _events(self, deltas: list[tuple[str, str]]) -> list[Event]:
+        out = []
+        for kind, text in deltas:
+            if kind == "tool_call":
+                self.calls += 1
+                out.append(Event("tool_call", index=self.calls - 1, name=text))
+            elif kind == "tool_args":
+                out.append(Event("tool_args", text, index=self.calls - 1))
+            else:
+                out.append(Event(kind, text))
+        return out
 
 
 class StopMatcher:

@@ -1,0 +1,163 @@
+"""Qwen3 chat: the checkpoint's own chat template rendered to the same ids as transformers' apply_chat_template on
+the same files, <think> replies parsed, `mxport synth --preset qwen3-tiny` -> export -> `mxport chat` offline,
+and the server's TemplateFormat (reasoning_effort switches thinking)."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from mxport.cli import main
+from mxport.errors import MxportError
+from mxport.exporter.export import export
+from mxport.exporter.synth import PRESETS, write_checkpoint
+from mxport.runtime.chat_template import ChatTemplate, TemplateChatSession, ThinkParser
+from mxport.runtime.generate import Generator
+from mxport.runtime.serve.formats import FormatError, TemplateFormat, chat_format
+from mxport.runtime.tokenizer import Tokenizer
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city.",
+                                           "parameters": {"type": "object",
+                                                          "properties": {"city": {"type": "string"}}}}}]
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hi there!"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi <|im_end|> there"},
+     {"role": "assistant", "content": "Hello.", "reasoning_content": "greet back"},
+     {"role": "user", "content": "Ünïcödé and 日本語?"}],
+    [{"role": "user", "content": "Weather in Paris?"},
+     {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {
+         "name": "get_weather", "arguments": {"city": "Paris"}}}]},
+     {"role": "tool", "content": "Sunny"}],
+    [{"role": "user", "content": "a"}, {"role": "assistant", "content": "<think>\nold\n</think>\n\nb"},
+     {"role": "user", "content": "c"}, {"role": "assistant", "content": "d", "reasoning": "new"}],
+]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return write_checkpoint(tmp_path_factory.mktemp("qwen3_tiny") / "ckpt", PRESETS["qwen3-tiny"])
+
+
+@pytest.fixture(scope="module")
+def exported(ckpt, tmp_path_factory):
+    return export(ckpt, tmp_path_factory.mktemp("qwen3_tiny_export") / "x", progress=False)
+
+
+@pytest.mark.parametrize("tools", [None, TOOLS])
+@pytest.mark.parametrize("extra", [{}, {"enable_thinking": False}, {"enable_thinking": True}])
+@pytest.mark.parametrize("k", range(len(CONVERSATIONS)))
+def test_template_ids_equal_transformers_apply_chat_template(ckpt, k, extra, tools):
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(ckpt)
+    messages = CONVERSATIONS[k]
+    last_is_user = messages[-1]["role"] != "assistant"
+    want = hf.apply_chat_template(messages, tools=tools, add_generation_prompt=last_is_user, tokenize=True, **extra)
+    want = list(want["input_ids"] if hasattr(want, "keys") else want)
+    text = ChatTemplate.from_folder(ckpt).render(messages, tools=tools, add_generation_prompt=last_is_user, **extra)
+    assert Tokenizer.from_file(ckpt).encode(text) == want
+
+
+def test_template_from_tokenizer_config_and_missing_template(ckpt, tmp_path):
+    only_config = tmp_path / "cfg"
+    shutil.copytree(ckpt, only_config)
+    (only_config / "chat_template.jinja").unlink()
+    msgs = CONVERSATIONS[1]
+    a = ChatTemplate.from_folder(only_config).render(msgs, add_generation_prompt=True)
+    assert a == ChatTemplate.from_folder(ckpt).render(msgs, add_generation_prompt=True)
+    assert a.endswith("<|im_start|>assistant\n") and "<think>" not in a  # earlier reasoning is dropped
+    cfg = json.loads((only_config / "tokenizer_config.json").read_text())
+    del cfg["chat_template"]
+    (only_config / "tokenizer_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(MxportError, match="no chat template"):
+        ChatTemplate.from_folder(only_config)
+    with pytest.raises(MxportError, match="stop here"):
+        ChatTemplate("{{ raise_exception('stop here') }}").render([])
+
+
+def test_think_parser_splits_reasoning_content_and_tool_calls(ckpt):
+    tok = Tokenizer.from_file(ckpt)
+    ids = tok.encode('<think>\nLet me see: 2+2.\n</think>\n\nIt is 4.<tool_call>\n{"name": "calc", "arguments": '
+                     '{"x": 4}}\n</tool_call>')
+    p, events = ThinkParser(tok), []
+    for i in ids:
+        events += p.add(i)
+    events += p.finish()
+    assert p.reasoning == "Let me see: 2+2." and p.content == "It is 4."
+    assert p.tool_calls == [("calc", '{"x": 4}')]
+    assert "".join(t for k, t in events if k == "reasoning") == p.reasoning
+    cut = ThinkParser(tok)
+    for i in tok.encode("<think>\nstill thinking"):
+        cut.add(i)
+    cut.finish()
+    assert cut.reasoning == "still thinking" and cut.content == ""
+
+
+class _Scripted:
+    """A step model that emits `reply` ids token by token after the prefill (all logit mass on them)."""
+
+    def __init__(self, model, reply):
+        self.model, self.reply, self.pos = model, reply, 0
+        self.cache_shape = model.cache_shape
+        self.prompt: list[int] = []
+
+    def new_cache(self, batch):
+        return self.model.new_cache(batch)
+
+    def step(self, input_ids, attention_mask, position_ids, cache):
+        logits, cache = self.model.step(input_ids, attention_mask, position_ids, cache)
+        if input_ids.shape[1] > 1:
+            self.prompt, self.pos = [int(i) for i in input_ids[0]], 0
+        logits = np.array(logits, copy=True)
+        if self.pos < len(self.reply):
+            logits[:, -1, self.reply[self.pos]] = 1e9
+        self.pos += 1
+        return logits, cache
+
+
+def test_session_streams_reasoning_then_content_and_keeps_history(exported):
+    gen = Generator.from_folder(exported)
+    reply = gen.tokenizer.encode("<think>\nhmm\n</think>\n\nHello!<|im_end|>")
+    model = _Scripted(gen.model, reply)
+    scripted = Generator(model, gen.tokenizer, eos_token_ids=gen.eos_token_ids, config=gen.config)
+    chat = TemplateChatSession(scripted, ChatTemplate.from_folder(exported), system="Be brief.")
+    seen = []
+    out = chat.send("Hi", None, lambda kind, text: seen.append((kind, text)), max_new_tokens=40)
+    assert (out.reasoning, out.content) == ("hmm", "Hello!")
+    kinds = [k for i, (k, _) in enumerate(seen) if i == 0 or seen[i - 1][0] != k]
+    assert kinds == ["reasoning", "content"] and "".join(t for k, t in seen if k == "content") == "Hello!"
+    assert gen.tokenizer.decode(model.prompt).endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+    assert chat.messages[-1] == {"role": "assistant", "content": "Hello!", "reasoning_content": "hmm"}
+    off = TemplateChatSession(scripted, ChatTemplate.from_folder(exported), thinking=False)
+    assert gen.tokenizer.decode(off.prompt_ids("Hi")).endswith("<think>\n\n</think>\n\n")
+
+
+def test_cli_synth_export_chat_offline(tmp_path, capsys, monkeypatch):
+    assert main(["synth", "--preset", "qwen3-tiny", "-o", str(tmp_path / "ckpt")]) == 0
+    assert main(["export", str(tmp_path / "ckpt"), "-o", str(tmp_path / "out"), "--target", "cpu"]) == 0
+    for reasoning, code in (("off", 0), ("on", 0), ("high", 2)):
+        monkeypatch.setattr(sys, "stdin", io.StringIO("Hello!"))
+        assert main(["chat", str(tmp_path / "out"), "--max-new-tokens", "4", "--reasoning", reasoning]) == code
+    assert "thinking is switched by --reasoning off|on" in capsys.readouterr().err
+
+
+def test_server_format_switches_thinking_by_reasoning_effort(exported):
+    gen = Generator.from_folder(exported)
+    fmt = chat_format(gen.tokenizer, exported, gen.config.family.chat_format)
+    assert isinstance(fmt, TemplateFormat) and gen.tokenizer.token_to_id("<|im_end|>") in fmt.stop_token_ids
+    msgs = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "Hi"}]}]
+    off = gen.tokenizer.decode(fmt.render(msgs, reasoning_effort="none"))
+    on = gen.tokenizer.decode(fmt.render(msgs, reasoning_effort="high"))
+    assert off.startswith("<|im_start|>system\nBe brief.<|im_end|>") and off.endswith("<think>\n\n</think>\n\n")
+    assert on.endswith("<|im_start|>assistant\n")
+    with pytest.raises(FormatError) as exc:
+        fmt.render(msgs, reasoning_effort="extreme")
+    assert exc.value.param == "reasoning_effort"
+    parser = fmt.parser()
+    events = [e for i in gen.tokenizer.encode("<think>a</think>b") for e in parser.add(i)] + parser.finish()
+    assert [(e.kind, e.text) for e in events] == [("reasoning", "a"), ("content", "b")] and not parser.tool_called
