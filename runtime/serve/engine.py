@@ -3,8 +3,8 @@
     submit(job) ──► pending (bounded: QueueFull when --max-queue jobs wait)
                         │  each loop: admit while active < max_batch
                         ▼
-    prefill(job) alone: step(prompt [1,S0], mask [1,S0], empty cache) -> first token, cache(S0)
-                        │  merge into the running batch (below)
+    prefill the admitted jobs together: step(prompts left-padded [n,S0], mask [n,S0], empty cache) -> first
+                        │  tokens, cache(S0); merge them into the running batch (below)
                         ▼
     decode step for all rows: step(last ids [B,1], mask + [1], pos = cumsum(mask) - 1, cache) -> next ids [B]
                         │  per row: sample (its own temperature / top_k / top_p / seed), hand the token to the
@@ -102,6 +102,7 @@ class Engine:
         self.batch = Batch()
         self.steps = 0  # decode steps run (for tests and stats)
         self.max_rows_seen = 0  # the largest batch a decode step ran with
+        self.max_prefill_rows = 0  # the most jobs prefilled in one call
         self.finished: Counter[str] = Counter()  # jobs ended, by reason: stop, length, cancelled, error
         self._pending: deque[Job] = deque()
         self._wake = threading.Condition()
@@ -150,8 +151,8 @@ class Engine:
                 while self._pending and len(self.batch.jobs) + len(admit) < self.max_batch:
                     admit.append(self._pending.popleft())
             try:
-                for job in admit:
-                    self._admit(job)
+                if admit:
+                    self._prefill(admit)
                 if self.batch.jobs:
                     self._decode()
             except Exception as exc:  # a failing step fails the rows it ran for; the server keeps serving
@@ -161,16 +162,27 @@ class Engine:
         for job in [*self._pending, *self.batch.jobs]:
             self._end(job, "cancelled")
 
-    def _admit(self, job: Job) -> None:
-        if job.cancelled.is_set():
+    def _prefill(self, jobs: list[Job]) -> None:
+        """Prefill the new jobs together (left-padded to their longest prompt), then merge them into the batch."""
+        for job in [j for j in jobs if j.cancelled.is_set()]:
             self._end(job, "cancelled")
+        jobs = [j for j in jobs if not j.done]
+        if not jobs:
             return
-        ids = np.asarray([job.prompt], np.int64)
-        mask = np.ones_like(ids)
-        logits, cache = self.model.step(ids, mask, position_ids(mask, ids.shape[1]), self.model.new_cache(1))
-        if self._take(job, logits[:, -1, :]):
-            return
-        self._merge(job, mask, cache)
+        S0 = max(len(j.prompt) for j in jobs)
+        ids = np.full((len(jobs), S0), self.pad, np.int64)
+        mask = np.zeros((len(jobs), S0), np.int64)
+        for r, job in enumerate(jobs):
+            ids[r, S0 - len(job.prompt):] = job.prompt
+            mask[r, S0 - len(job.prompt):] = 1
+        logits, cache = self.model.step(ids, mask, position_ids(mask, S0), self.model.new_cache(len(jobs)))
+        self.max_prefill_rows = max(self.max_prefill_rows, len(jobs))
+        new = Batch(jobs, mask, list(cache))
+        done = [r for r, job in enumerate(jobs) if self._take(job, logits[r : r + 1, -1, :])]
+        if done:
+            new = self._select(new, [r for r in range(len(jobs)) if r not in done])
+        if new.jobs:
+            self.batch = self._concat(self.batch, new)
 
     def _decode(self) -> None:
         b = self.batch
@@ -207,28 +219,23 @@ class Engine:
         return False
 
     # ---- batch surgery (numpy; the cache goes back to ORT values for the next step) -------------------------
-    def _merge(self, job: Job, mask: np.ndarray, cache: Sequence[Any]) -> None:
-        b = self.batch
-        if not b.jobs:
-            self.batch = Batch([job], mask, list(cache))
-            return
-        P = max(b.mask.shape[1], mask.shape[1])
-        new_mask = np.concatenate([_left_pad(b.mask, P, 1), _left_pad(mask, P, 1)], axis=0)
-        new_cache = []
-        for old, new in zip(b.cache, cache):
-            old, new = _numpy(old), _numpy(new)
-            L = max(old.shape[2], new.shape[2])
-            new_cache.append(self._wrap(np.concatenate([_left_pad(old, L, 2), _left_pad(new, L, 2)], axis=0)))
-        self.batch = Batch([*b.jobs, job], new_mask, new_cache)
+    def _concat(self, a: Batch, b: Batch) -> Batch:
+        """Rows of a then rows of b; mask and every layer cache left-padded to the longer of the two."""
+        if not a.jobs:
+            return b
+        P = max(a.mask.shape[1], b.mask.shape[1])
+        mask = np.concatenate([_left_pad(a.mask, P, 1), _left_pad(b.mask, P, 1)], axis=0)
+        cache = []
+        for x, y in zip(a.cache, b.cache):
+            x, y = _numpy(x), _numpy(y)
+            L = max(x.shape[2], y.shape[2])
+            cache.append(self._wrap(np.concatenate([_left_pad(x, L, 2), _left_pad(y, L, 2)], axis=0)))
+        return Batch([*a.jobs, *b.jobs], mask, cache)
 
-    def _drop(self, rows: list[int]) -> None:
-        if not rows:
-            return
-        b = self.batch
-        keep = [i for i in range(len(b.jobs)) if i not in set(rows)]
+    def _select(self, b: Batch, keep: list[int]) -> Batch:
+        """The rows `keep` of b, with the mask columns that are padding in all of them trimmed."""
         if not keep:
-            self.batch = Batch()
-            return
+            return Batch()
         mask = b.mask[keep]
         k = int(np.argmax(mask.any(axis=0)))  # leading columns that are padding in every remaining row
         P = mask.shape[1] - k
@@ -237,7 +244,11 @@ class Engine:
             arr = _numpy(value)[keep]
             L = min(arr.shape[2], P)
             cache.append(self._wrap(np.ascontiguousarray(arr[:, :, arr.shape[2] - L :])))
-        self.batch = Batch([b.jobs[i] for i in keep], np.ascontiguousarray(mask[:, k:]), cache)
+        return Batch([b.jobs[i] for i in keep], np.ascontiguousarray(mask[:, k:]), cache)
+
+    def _drop(self, rows: list[int]) -> None:
+        if rows:
+            self.batch = self._select(self.batch, [i for i in range(len(self.batch.jobs)) if i not in set(rows)])
 
 
 def _left_pad(x: np.ndarray, length: int, axis: int) -> np.ndarray:

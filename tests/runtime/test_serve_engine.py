@@ -82,6 +82,28 @@ def test_rows_joining_and_leaving_equal_alone(export_dir):
         engine.stop()
 
 
+def test_jobs_admitted_together_are_prefilled_together_and_equal_alone(export_dir):
+    gen = Generator.from_folder(export_dir)
+    engine = Engine(gen.model, pad_token_id=gen.pad_token_id, max_batch=8).start()
+    try:
+        started, gate = threading.Event(), threading.Event()
+        first = Collect(on_token=lambda n: (started.set(), gate.wait(10)) if n == 1 else None)  # holds the engine
+        engine.submit(Job(PROMPTS[0], 12, first))
+        assert started.wait(30)
+        handlers = [Collect() for _ in PROMPTS[1:]]
+        for p, h in zip(PROMPTS[1:], handlers):  # they wait, then are admitted in one prefill call
+            engine.submit(Job(p, 12 + len(p) % 5, h))
+        gate.set()
+        for h in [first, *handlers]:
+            assert h.done.wait(60)
+        assert engine.max_prefill_rows == len(PROMPTS) - 1
+        assert first.tokens == alone(gen, PROMPTS[0], 12)
+        for p, h in zip(PROMPTS[1:], handlers):
+            assert h.tokens == alone(gen, p, 12 + len(p) % 5)
+    finally:
+        engine.stop()
+
+
 def test_sampled_rows_follow_their_own_seed(export_dir):
     gen = Generator.from_folder(export_dir)
     engine = Engine(gen.model, pad_token_id=gen.pad_token_id).start()
