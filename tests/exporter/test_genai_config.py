@@ -20,14 +20,19 @@ NEW = 20  # decode well past the window
 
 @pytest.fixture(scope="module")
 def exports(tiny_config, make_checkpoint, tmp_path_factory):
+    from mxport.exporter.synth import PRESETS
+
     ckpt = make_checkpoint(tiny_config)
+    gpt2 = make_checkpoint(PRESETS["gpt2-tiny"])  # learned positions, no sliding layers, its own tokenizer
     root = tmp_path_factory.mktemp("genai")
     return {
-        name: export(ckpt, root / name, progress=False, **opts)
-        for name, opts in {
-            "portable": {},
-            "cpu": {"target": "cpu"},
-            "cpu-full-cache": {"target": "cpu", "window_cache": False},
+        name: export(src, root / name, progress=False, **opts)
+        for name, (src, opts) in {
+            "portable": (ckpt, {}),
+            "cpu": (ckpt, {"target": "cpu"}),
+            "cpu-full-cache": (ckpt, {"target": "cpu", "window_cache": False}),
+            "gpt2-portable": (gpt2, {}),
+            "gpt2-cpu": (gpt2, {"target": "cpu"}),
         }.items()
     }
 
@@ -45,7 +50,7 @@ def genai_greedy(folder, prompt: list[int], new: int) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize("name", ["portable", "cpu", "cpu-full-cache"])
+@pytest.mark.parametrize("name", ["portable", "cpu", "cpu-full-cache", "gpt2-portable", "gpt2-cpu"])
 def test_genai_greedy_equals_mxport(exports, name):
     folder = exports[name]
     ours = Generator.from_folder(folder).generate(PROMPT, max_new_tokens=NEW, stop_token_ids=[])[0].token_ids
@@ -64,6 +69,13 @@ def test_genai_config_contents(exports, tiny_config):
                                      "slide_key_value_cache": False}
     full = json.loads((exports["cpu-full-cache"] / GENAI_FILE).read_text())
     assert "sliding_window" not in full["model"]["decoder"]
+
+
+def test_genai_tokenizer_of_a_synthetic_gpt2_matches(exports):
+    text = "Hello, world! The quick brown fox"
+    folder = exports["gpt2-cpu"]
+    genai_tok = og.Tokenizer(og.Model(str(folder)))
+    assert [int(i) for i in genai_tok.encode(text)] == Generator.from_folder(folder).tokenizer.encode(text)
 
 
 def test_genai_tokenizer_matches(tiny_config, make_checkpoint, tmp_path):

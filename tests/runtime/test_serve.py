@@ -207,3 +207,19 @@ def test_mxport_serve_cli(tiny_export, tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_gpt2_has_no_chat_but_completions_work(make_checkpoint, tmp_path):
+    """A family without a chat format (GPT-2): chat is 400 chat_not_supported, completions equal the Generator."""
+    from mxport.exporter.export import export
+    from mxport.exporter.synth import PRESETS
+
+    folder = export(make_checkpoint(PRESETS["gpt2-tiny"]), tmp_path / "gpt2", target="cpu", progress=False)
+    with run_server(create_app(lambda: load_folder(folder, model_name="gpt2"))) as base:
+        wait_ready(base)
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+        with pytest.raises(openai.BadRequestError) as exc:
+            client.chat.completions.create(model="gpt2", messages=[{"role": "user", "content": "Hi"}])
+        assert exc.value.body["code"] == "chat_not_supported"
+        got = client.completions.create(model="gpt2", prompt="Hello, world", max_tokens=12)
+    assert got.choices[0].text == Generator.from_folder(folder).generate("Hello, world", max_new_tokens=12)[0].text
