@@ -244,9 +244,11 @@ def export(
     with open_checkpoint(checkpoint_dir) as ckpt:
         model = build_portable(ckpt, hidden_states=hidden_states, window_cache=window_cache)
         experts = resolve_experts(experts, target, model)
+        has_experts = any(n.domain == DOMAIN and n.op_type.startswith("MoE") for n in model.graph)
         model = lower(model, target=target, experts=experts, dtype=dtype, dense=dense, last_logits=last_logits,
                       accuracy_level=accuracy_level)
-        options = dict(target=target, experts=experts, dtype=dtype, hidden_states=hidden_states, dense=dense,
+        # a model without experts (a dense family) records "none": --experts has nothing to act on
+        options = dict(target=target, experts=experts if has_experts else "none", dtype=dtype, hidden_states=hidden_states, dense=dense,
                        last_logits=last_logits, window_cache=window_cache, accuracy_level=accuracy_level)
         meta = _metadata(ckpt, checkpoint_dir, model, **options)
         if lowering_report := model.metadata_props.get("mxport.lowering"):  # exporter/lower: rewrites, refusals

@@ -54,7 +54,7 @@ from mxport.runtime.runners import (
 # to float32) and the math is float32, so only summation order differs from the float32 reference. Anything
 # else is lossy and gets the looser LOSSY_TOLERANCES -- int8 too: its weights map exactly
 # (ops.mxfp4.exact_int8) but ORT's CPU QMoE quantizes the activations to int8 (~1e-2 relative on tiny).
-EXACT_EXPERTS = ("mxfp4", "fp32", "float32", "dense", "float")
+EXACT_EXPERTS = ("mxfp4", "fp32", "float32", "dense", "float", "none")  # none: a model without experts
 EXACT_DENSE = ("float32",)  # dense matrices as stored (bf16 or float32) through a float32 MatMul
 LOSSY_TOLERANCES: dict[str, Tolerance] = {
     "logits": Tolerance(rel=5e-2, top1=0.9, kl_mean=1e-2),
