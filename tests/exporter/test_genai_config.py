@@ -24,6 +24,7 @@ def exports(tiny_config, make_checkpoint, tmp_path_factory):
 
     ckpt = make_checkpoint(tiny_config)
     gpt2 = make_checkpoint(PRESETS["gpt2-tiny"])  # learned positions, no sliding layers, its own tokenizer
+    qwen3 = make_checkpoint(PRESETS["qwen3-tiny"])  # q/k norms, tied head
     root = tmp_path_factory.mktemp("genai")
     return {
         name: export(src, root / name, progress=False, **opts)
@@ -33,6 +34,8 @@ def exports(tiny_config, make_checkpoint, tmp_path_factory):
             "cpu-full-cache": (ckpt, {"target": "cpu", "window_cache": False}),
             "gpt2-portable": (gpt2, {}),
             "gpt2-cpu": (gpt2, {"target": "cpu"}),
+            "qwen3-portable": (qwen3, {}),
+            "qwen3-cpu": (qwen3, {"target": "cpu"}),
         }.items()
     }
 
@@ -50,7 +53,8 @@ def genai_greedy(folder, prompt: list[int], new: int) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize("name", ["portable", "cpu", "cpu-full-cache", "gpt2-portable", "gpt2-cpu"])
+@pytest.mark.parametrize("name", ["portable", "cpu", "cpu-full-cache", "gpt2-portable", "gpt2-cpu", "qwen3-portable",
+                                  "qwen3-cpu"])
 def test_genai_greedy_equals_mxport(exports, name):
     folder = exports[name]
     ours = Generator.from_folder(folder).generate(PROMPT, max_new_tokens=NEW, stop_token_ids=[])[0].token_ids
@@ -71,9 +75,10 @@ def test_genai_config_contents(exports, tiny_config):
     assert "sliding_window" not in full["model"]["decoder"]
 
 
-def test_genai_tokenizer_of_a_synthetic_gpt2_matches(exports):
+@pytest.mark.parametrize("name", ["gpt2-cpu", "qwen3-cpu"])
+def test_genai_tokenizer_of_synthetic_families_matches(exports, name):
     text = "Hello, world! The quick brown fox"
-    folder = exports["gpt2-cpu"]
+    folder = exports[name]
     genai_tok = og.Tokenizer(og.Model(str(folder)))
     assert [int(i) for i in genai_tok.encode(text)] == Generator.from_folder(folder).tokenizer.encode(text)
 

@@ -223,3 +223,25 @@ def test_gpt2_has_no_chat_but_completions_work(make_checkpoint, tmp_path):
         assert exc.value.body["code"] == "chat_not_supported"
         got = client.completions.create(model="gpt2", prompt="Hello, world", max_tokens=12)
     assert got.choices[0].text == Generator.from_folder(folder).generate("Hello, world", max_new_tokens=12)[0].text
+
+
+def test_qwen3_chat_switches_thinking(make_checkpoint, tmp_path):
+    """Qwen3 (the folder's jinja chat_template): reasoning_effort none/high switches thinking; greedy content and
+    reasoning through the server equal `mxport chat`'s TemplateChatSession."""
+    from mxport.exporter.export import export
+    from mxport.exporter.synth import PRESETS
+    from mxport.runtime.chat_template import ChatTemplate, TemplateChatSession
+
+    folder = export(make_checkpoint(PRESETS["qwen3-tiny"]), tmp_path / "qwen3", target="cpu", progress=False)
+    gen = Generator.from_folder(folder)
+    with run_server(create_app(lambda: load_folder(folder, model_name="qwen3"))) as base:
+        wait_ready(base)
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+        for effort, thinking in (("none", False), ("high", True)):
+            session = TemplateChatSession(gen, ChatTemplate.from_folder(folder), thinking=thinking)
+            want = session.send("What is the capital of France?", max_new_tokens=16)
+            got = client.chat.completions.create(model="qwen3", max_tokens=16, reasoning_effort=effort,
+                                                 messages=[{"role": "user", "content": "What is the capital of France?"}])
+            assert got.usage.prompt_tokens == len(session.last_prompt_ids)
+            assert (got.choices[0].message.content or "") == want.content
+            assert (got.choices[0].message.model_extra.get("reasoning") or "") == want.reasoning
