@@ -131,11 +131,14 @@ class OrtStepModel:
         if not isinstance(kv_heads, int) or not isinstance(head_dim, int):
             raise MxportError(f"{path}: {self.past_names[0]} needs static kv_heads and head_dim, found shape {key0}")
         self.cache_shape = CacheShape(len(self.past_names) // 2, kv_heads, head_dim)
+        # a --dtype float16 export takes a float16 cache (bfloat16 has no numpy dtype here; ORT CPU refuses it anyway)
+        past_type = inputs[self.past_names[0]].type if self.past_names else "tensor(float)"
+        self._cache_dtype = np.float16 if past_type == "tensor(float16)" else np.float32
         self._ort = ort
 
     def new_cache(self, batch: int) -> list[Any]:
         shape = [batch, self.cache_shape.kv_heads, 0, self.cache_shape.head_dim]
-        value = self._ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, self.device, 0)  # on the device
+        value = self._ort.OrtValue.ortvalue_from_shape_and_type(shape, self._cache_dtype, self.device, 0)  # on the device
         return [value] * len(self.past_names)
 
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
