@@ -103,9 +103,11 @@ def reply_ids(harmony: Harmony, ex: tasks.Example) -> list[int]:
 TASK_WEIGHTS = {"sum": 0.27, "diff": 0.23, "capital": 0.22, "letters": 0.18, "chat": 0.10}
 
 
-def training_example(harmony: Harmony, rng: random.Random, two_turn: float = 0.1) -> tuple[list[int], int]:
-    """(ids, start of the reply) of one random training conversation."""
-    task = rng.choices(list(TASK_WEIGHTS), weights=list(TASK_WEIGHTS.values()))[0]
+def training_example(harmony: Harmony, rng: random.Random, two_turn: float = 0.1,
+                     weights: dict[str, float] | None = None) -> tuple[list[int], int]:
+    """(ids, start of the reply) of one random training conversation (tasks drawn by `weights`)."""
+    weights = weights or TASK_WEIGHTS
+    task = rng.choices(list(weights), weights=list(weights.values()))[0]
     ex = tasks.sample(rng, task, held_out=False)
     earlier = None
     if rng.random() < two_turn:

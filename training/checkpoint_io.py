@@ -116,12 +116,12 @@ def write_hf_checkpoint(model: nn.Module, cfg: ModelConfig, tokenizer_dir: Path,
     return out_dir
 
 
-def load_shipped(folder: Path) -> nn.Module:
+def load_shipped(folder: Path, **kwargs) -> nn.Module:
     """The checkpoint as transformers reads it (MXFP4 dequantized), float32, eval mode."""
     from transformers import GptOssForCausalLM, Mxfp4Config
 
     model = GptOssForCausalLM.from_pretrained(folder, dtype=torch.float32, device_map="cpu",
-                                              quantization_config=Mxfp4Config(dequantize=True))
+                                              quantization_config=Mxfp4Config(dequantize=True), **kwargs)
     return model.float().eval()
 
 

@@ -38,6 +38,7 @@ import checkpoint_io  # noqa: E402
 import evaluate  # noqa: E402
 from mxport.exporter.config import ModelConfig  # noqa: E402
 from mxport.runtime.harmony import IDENTITY, KNOWLEDGE_CUTOFF, Harmony  # noqa: E402
+from mxport.runtime.tokenizer import Tokenizer  # noqa: E402
 
 # name -> (vocab, hidden, intermediate, layers, heads, kv heads, head_dim, experts, top-k, window)
 SHAPES = {
@@ -94,9 +95,9 @@ def save_tokenizer(tokenizer, folder: Path, cfg: ModelConfig) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-def batch_tensors(harmony: Harmony, rng: random.Random, batch: int, pad: int):
+def batch_tensors(harmony: Harmony, rng: random.Random, batch: int, pad: int, weights=None):
     """input_ids, labels [B, S] (right-padded; labels -100 outside the replies)."""
-    rows = [chat_format.training_example(harmony, rng) for _ in range(batch)]
+    rows = [chat_format.training_example(harmony, rng, weights=weights) for _ in range(batch)]
     S = max(len(ids) for ids, _ in rows)
     ids = torch.full((batch, S), pad, dtype=torch.long)
     labels = torch.full((batch, S), -100, dtype=torch.long)
@@ -159,6 +160,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-n", type=int, default=20, help="held-out questions per task at each checkpoint")
     p.add_argument("--final-eval-n", type=int, default=100, help="held-out questions per task at the end")
     p.add_argument("--mxport-eval", action="store_true", help="also score the final checkpoint through mxport")
+    p.add_argument("--stop-at", type=int, default=None,
+                   help="stop after this many steps of the --steps schedule (write the checkpoint there)")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start from a checkpoint this script wrote (its tokenizer, config and weights as stored)")
+    p.add_argument("--weights", default=None,
+                   help="task mix, e.g. sum=0.33,diff=0.3,capital=0.15,letters=0.12,chat=0.1 "
+                        f"(default {','.join(f'{k}={v}' for k, v in chat_format.TASK_WEIGHTS.items())})")
     p.add_argument("--smoke", action="store_true", help="tiny shape, few steps: end to end in seconds")
     args = p.parse_args(argv)
     if args.smoke:
@@ -172,11 +180,25 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     random.seed(args.seed)
     t_start = time.time()
-    tokenizer = chat_format.build_tokenizer(SHAPES[args.shape][0], seed=args.seed,
-                                            corpus_examples=200 if args.smoke else 3000)
+    weights = None
+    if args.weights:
+        weights = {k: float(v) for k, v in (kv.split("=") for kv in args.weights.split(","))}
+        if set(weights) - set(chat_format.TASK_WEIGHTS):
+            raise SystemExit(f"--weights: unknown tasks {sorted(set(weights) - set(chat_format.TASK_WEIGHTS))}")
+    if args.init_from is not None:  # a second stage: same tokenizer and shape, weights as the checkpoint stores them
+        tokenizer = Tokenizer.from_file(args.init_from / "tokenizer.json")
+        cfg = ModelConfig.from_file(args.init_from / "config.json")
+        torch.manual_seed(args.seed)
+        model = checkpoint_io.load_shipped(args.init_from, attn_implementation="eager")
+        model.config.router_aux_loss_coef = model.router_aux_loss_coef = args.aux_loss
+        for p in model.parameters():
+            p.requires_grad_(True)
+    else:
+        tokenizer = chat_format.build_tokenizer(SHAPES[args.shape][0], seed=args.seed,
+                                                corpus_examples=200 if args.smoke else 3000)
+        cfg = model_config(args.shape, tokenizer)
+        model = torch_model(cfg, args.seed, args.aux_loss)
     harmony = Harmony(tokenizer)
-    cfg = model_config(args.shape, tokenizer)
-    model = torch_model(cfg, args.seed, args.aux_loss)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model {args.shape}: {n_params / 1e6:.2f} M parameters; {cfg.num_hidden_layers} layers "
           f"{cfg.layer_types}, hidden {cfg.hidden_size}, {cfg.num_experts} experts top-{cfg.experts_per_token}, "
@@ -189,14 +211,15 @@ def main(argv=None) -> int:
     log = {"args": {k: str(v) for k, v in vars(args).items()}, "evals": []}
     qat_from = args.steps - args.qat_steps
     loss_avg, tokens = None, 0
-    for step in range(args.steps):
+    last = min(args.steps, args.stop_at or args.steps)
+    for step in range(last):
         if step == qat_from and args.qat_steps > 0:
             checkpoint_io.add_fake_quant(model)
             opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
         model.train()
-        ids, labels = batch_tensors(harmony, rng, args.batch, pad)
+        ids, labels = batch_tensors(harmony, rng, args.batch, pad, weights)
         out = model(input_ids=ids, labels=labels, output_router_logits=args.aux_loss > 0)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
@@ -205,10 +228,10 @@ def main(argv=None) -> int:
         tokens += ids.numel()
         loss = out.loss.item()
         loss_avg = loss if loss_avg is None else 0.98 * loss_avg + 0.02 * loss
-        if step % 50 == 0 or step == args.steps - 1:
+        if step % 50 == 0 or step == last - 1:
             print(f"step {step} loss {loss:.4f} avg {loss_avg:.4f} lr {opt.param_groups[0]['lr']:.2e} "
                   f"{tokens / (time.time() - t_start):.0f} tok/s {time.time() - t_start:.0f} s", flush=True)
-        if (step + 1) % args.eval_every == 0 or step == args.steps - 1:
+        if (step + 1) % args.eval_every == 0 or step == last - 1:
             model.eval()
             score = evaluate.evaluate(torch_generate_fn(model, pad), tokenizer, args.eval_n, seed=1234 + step)
             entry = {"step": step + 1, "seconds": round(time.time() - t_start), "loss": round(loss_avg, 4),
