@@ -209,12 +209,6 @@ def route_softmax_topk(router_logits: np.ndarray, k: int, normalize: bool) -> tu
     return order, top / top.sum(axis=-1, keepdims=True) if normalize else top
 
 
-def silu_glu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
-    """silu(gate) * up, the plain SwiGLU of Qwen3 / Llama MLPs and Qwen3-MoE experts."""
-    with np.errstate(over="ignore"):  # exp(-gate) may overflow to inf for very negative gate: silu -> -0
-        return gate / (1 + np.exp(-gate)) * up
-
-
 def moe_plain_swiglu(x: np.ndarray, router_logits: np.ndarray, k: int, normalize: bool, expert_weights) -> np.ndarray:
     """Sparse MoE over tokens x [T,H] with bias-free SwiGLU experts (Qwen3-MoE).
 
@@ -227,6 +221,6 @@ def moe_plain_swiglu(x: np.ndarray, router_logits: np.ndarray, k: int, normalize
         w1, w2 = expert_weights(int(e))
         h = x[rows] @ w1.T  # [n,2I]
         half = h.shape[-1] // 2
-        y = silu_glu(h[:, :half], h[:, half:]) @ w2.T  # [n,H]
+        y = (silu(h[:, :half]) * h[:, half:]) @ w2.T  # [n,H]
         out[rows] += weights[rows, slot, None] * y  # a token picks an expert at most once: rows are unique
     return out

@@ -61,11 +61,17 @@ class ReferenceModel:
         cache_weights: bool | None = None,
         output_hidden_states: bool = False,
         window_cache: bool = False,
+        experts: str = "float",
     ) -> None:
         """window_cache: sliding layers' presents keep only their last W-1 slots (what an export made with the
-        default window cache returns, and what transformers' sliding-window cache keeps); False keeps all."""
+        default window cache returns, and what transformers' sliding-window cache keeps); False keeps all.
+        experts: "float" = the checkpoint's experts as stored; "mxfp4" = float experts as an `--experts mxfp4`
+        export holds them (encoded and decoded, per chosen expert; families with float experts read it)."""
         self.dtype = np.dtype(dtype)
         self.window_cache = window_cache
+        if experts not in ("float", "mxfp4"):
+            raise MxportError(f"ReferenceModel: experts must be 'float' or 'mxfp4', found {experts!r}")
+        self.experts = experts
         if self.dtype not in (np.float32, np.float64):
             raise MxportError(f"ReferenceModel: dtype must be float32 or float64, found {self.dtype}")
         self.ckpt, self._owns_ckpt = _open(checkpoint_or_path)

@@ -25,6 +25,7 @@ MODULES: dict[str, str] = {
     "gpt_oss": "mxport.exporter.families.gpt_oss",
     "gpt2": "mxport.exporter.families.gpt2",
     "qwen3": "mxport.exporter.families.qwen3",
+    "qwen3_moe": "mxport.exporter.families.qwen3_moe",
 }
 
 

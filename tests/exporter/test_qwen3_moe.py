@@ -1,0 +1,177 @@
+"""Qwen3-MoE exports (portable, --target cpu float experts, --experts mxfp4) against transformers'
+Qwen3MoeForCausalLM and the NumPy reference; both expert layouts give identical files. Cases: tests/qwen3_moe_cases.py."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import qwen3_moe_cases
+from mxport.errors import MxportError
+from mxport.exporter.checkpoint import open_checkpoint
+from mxport.exporter.export import export
+from mxport.runtime.reference_model import ReferenceModel
+from mxport.runtime.runners import OrtRunner
+from mxport.runtime.verify import verify
+
+_CACHE: dict = {}
+TARGETS = {"portable": {}, "cpu": {"target": "cpu"}}
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    return lambda name: qwen3_moe_cases.make(tmp_path_factory, _CACHE, name)
+
+
+@pytest.fixture(scope="module")
+def exported(case, tmp_path_factory):
+    cache: dict = {}
+
+    def get(name: str, target: str, layout: str = "per_expert", **options):
+        key = (name, target, layout, tuple(sorted(options.items())))
+        if key not in cache:
+            path, fused, _ = case(name)
+            out = tmp_path_factory.mktemp(f"qwen3_moe_export_{name}_{target}_{layout}")
+            cache[key] = export(path if layout == "per_expert" else fused, out / "x", progress=False,
+                                **TARGETS[target], **options)
+        return cache[key]
+
+    return get
+
+
+def rel_err(a, b) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def feeds(cfg, ids, mask=None, past=None):
+    B, S = ids.shape
+    mask = np.ones((B, S), np.int64) if mask is None else mask
+    out = {"input_ids": ids, "attention_mask": mask,
+           "position_ids": np.clip(np.cumsum(mask, 1) - 1, 0, None)[:, -S:]}
+    for i in range(cfg.num_hidden_layers):
+        for j, kv in enumerate(("key", "value")):
+            out[f"past_key_values.{i}.{kv}"] = (past[i][j] if past else
+                                                np.zeros((B, cfg.num_key_value_heads, 0, cfg.head_dim), np.float32))
+    return out
+
+
+def presents(cfg, out):
+    return [(out[f"present.{i}.key"], out[f"present.{i}.value"]) for i in range(cfg.num_hidden_layers)]
+
+
+def digest(folder) -> str:
+    h = hashlib.sha256()
+    for name in ("model.onnx", "model.onnx.data"):
+        h.update((folder / name).read_bytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+@pytest.mark.parametrize("name", sorted(qwen3_moe_cases.CASES))
+def test_export_matches_transformers(case, exported, name, target):
+    path, _, oracle = case(name)
+    cfg = open_checkpoint(path).config
+    ids = np.random.default_rng(3).integers(4, cfg.vocab_size, (2, 10))
+    with torch.no_grad():
+        want = oracle(torch.tensor(ids)).logits.numpy()
+    got = OrtRunner(exported(name, target), "cpu").infer(feeds(cfg, ids))["logits"]
+    err = rel_err(got, want)
+    print(f"\n{name} {target}: max relative logits error vs transformers {err:.2e}")
+    assert err <= 1e-4 and (got.argmax(-1) == want.argmax(-1)).all()
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+@pytest.mark.parametrize("name", ["norm", "step2_bf16"])
+def test_both_expert_layouts_give_identical_files(exported, name, target):
+    assert digest(exported(name, target)) == digest(exported(name, target, layout="fused"))
+
+
+def test_portable_keeps_experts_as_stored_and_cpu_lowers_every_sparse_layer(case, exported):
+    path, _, _ = case("step2_bf16")
+    meta = json.loads((exported("step2_bf16", "portable") / "mxport.json").read_text())
+    assert meta["family"] == "qwen3_moe" and meta["experts"] == "float"
+    model = onnx.load(exported("step2_bf16", "portable") / "model.onnx", load_external_data=False)
+    moe = [n for n in model.graph.node if n.op_type == "MoE_2"]
+    assert [n.name.split("/")[0] for n in moe] == ["layers.3"]  # layers 0-2 dense (step 2, mlp_only_layers [1])
+    init = {t.name: t for t in model.graph.initializer}
+    w1 = init["model.layers.3.mlp.experts.gate_up_proj"]
+    assert list(w1.dims) == [7, 128, 96] and w1.data_type == onnx.TensorProto.BFLOAT16  # bf16 kept, gate rows first
+    assert {f.name for f in model.functions} >= {"MoE_2", "SwiGLUExpertNoBias"}
+    cpu = onnx.load(exported("step2_bf16", "cpu") / "model.onnx", load_external_data=False)
+    ops = [(n.domain, n.op_type) for n in cpu.graph.node]
+    assert ops.count(("com.microsoft", "MoE")) == 1 and not any(d == "ai.mxport" and "MoE" in t for d, t in ops)
+    node = next(n for n in cpu.graph.node if n.op_type == "MoE")
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    assert attrs["swiglu_fusion"] == 1 and attrs["activation_alpha"] == 1.0 and attrs["activation_beta"] == 0.0
+    assert "swiglu_limit" not in attrs and attrs["k"] == 3 and attrs["normalize_routing_weights"] == 1
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_cached_decoding_equals_recomputation(case, exported, target):
+    path, _, _ = case("sliding")
+    cfg = open_checkpoint(path).config
+    runner = OrtRunner(exported("sliding", target), "cpu")
+    ids = np.random.default_rng(4).integers(4, cfg.vocab_size, (2, 11))
+    full = runner.infer(feeds(cfg, ids))["logits"]
+    out = runner.infer(feeds(cfg, ids[:, :6]))
+    steps = [out["logits"]]
+    for t in range(6, 11):
+        out = runner.infer(feeds(cfg, ids[:, t : t + 1], np.ones((2, t + 1), np.int64), presents(cfg, out)))
+        steps.append(out["logits"])
+    assert rel_err(np.concatenate(steps, axis=1), full) <= 1e-5
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_left_padded_batch_equals_each_row_alone(case, exported, target):
+    path, _, _ = case("no_norm")
+    cfg = open_checkpoint(path).config
+    runner = OrtRunner(exported("no_norm", target), "cpu")
+    rng = np.random.default_rng(6)
+    a, b = rng.integers(4, cfg.vocab_size, (1, 9)), rng.integers(4, cfg.vocab_size, (1, 5))
+    batch = np.concatenate([a, np.concatenate([np.zeros((1, 4), np.int64), b], axis=1)])
+    mask = np.ones_like(batch)
+    mask[1, :4] = 0
+    got = runner.infer(feeds(cfg, batch, mask))["logits"]
+    assert rel_err(got[0], runner.infer(feeds(cfg, a))["logits"][0]) <= 1e-5
+    assert rel_err(got[1, 4:], runner.infer(feeds(cfg, b))["logits"][0]) <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["norm", "step2_bf16"])
+def test_mxfp4_export_equals_the_reference_on_mxfp4_experts_and_verify_reports_its_error(case, exported, name):
+    """--experts mxfp4: experts encoded at export; the export is exact against the NumPy reference run on the same
+    MXFP4 weights, and `verify` reports (lossy mode) its error against the float checkpoint."""
+    path, _, _ = case(name)
+    out = exported(name, "portable", experts="mxfp4")
+    assert digest(out) == digest(exported(name, "portable", layout="fused", experts="mxfp4"))
+    meta = json.loads((out / "mxport.json").read_text())
+    assert meta["experts"] == "mxfp4" and meta["lowering"]["applied"]["experts_mxfp4"] >= 1
+    model = onnx.load(out / "model.onnx", load_external_data=False)
+    assert not [n for n in model.graph.node if n.op_type == "MoE_2"]
+    assert [n for n in model.graph.node if n.op_type == "MoEMXFP4_2"]
+    cfg = open_checkpoint(path).config
+    ids = np.random.default_rng(8).integers(4, cfg.vocab_size, (2, 8))
+    got = OrtRunner(out, "cpu").infer(feeds(cfg, ids))["logits"]
+    with ReferenceModel(path, experts="mxfp4") as packed, ReferenceModel(path) as exact:
+        same, float_ref = packed.forward(ids).logits, exact.forward(ids).logits
+    assert rel_err(got, same) <= 1e-4 and (got.argmax(-1) == same.argmax(-1)).all()
+    report = verify(out, prompts=2, decode_steps=1)
+    assert "lossy: float experts encoded to MXFP4 at export" in report.mode
+    row = next(r for r in report.worst() if r["name"] == "logits")
+    err = rel_err(got, float_ref)
+    print(f"\n{name} --experts mxfp4: rel {err:.3f} vs float reference here; verify: rel {row['rel']:.3f} "
+          f"top1 {row['top1']:.3f} kl_mean {row['kl_mean']:.4f}")
+    assert row["rel"] > 1e-3 and row["kl_mean"] > 0 and err > 1e-3  # packing is really lossy, and reported
+
+
+def test_experts_float_is_refused_where_it_cannot_hold(case, tiny_config, make_checkpoint, tmp_path):
+    with pytest.raises(MxportError, match="this checkpoint's experts are MXFP4"):
+        export(make_checkpoint(tiny_config), tmp_path / "x", experts="float", progress=False)
+    path, _, _ = case("norm")
+    with pytest.raises(MxportError, match="--experts float keeps a checkpoint's float experts in the portable"):
+        export(path, tmp_path / "y", target="cpu", experts="float", progress=False)
+    assert not (tmp_path / "y").exists()
