@@ -35,8 +35,8 @@ import numpy as np
 
 from mxport.errors import MxportError
 from mxport.exporter.families.base import FULL, SLIDING, Expected, Family, Source, convert, need
+from mxport.exporter.families import qwen3
 from mxport.exporter.families.qwen3 import Qwen3Config, attention_tensors, common_dict, common_fields
-from mxport.exporter.families.qwen3 import init_std_mean as qwen3_init
 
 
 @dataclass(frozen=True)
@@ -175,21 +175,28 @@ def sources(cfg: Qwen3MoeConfig, layout: str, lm_head: bool | None, stored: set[
 
 
 # ---- presets and synthetic weights --------------------------------------------------------------------------------
+def _chat_ids(vocab: int) -> dict[str, Any]:
+    """eos / pad / bos of Qwen3's synth chat tokenizer for `vocab` rows (its specials sit at the top ids, as in
+    qwen3-tiny; qwen3.write_synth_files checks them)."""
+    tiny = qwen3.PRESETS["qwen3-tiny"]
+    shift = vocab - tiny.vocab_size
+    return dict(eos_token_ids=tuple(i + shift for i in tiny.eos_token_ids),
+                pad_token_id=None if tiny.pad_token_id is None else tiny.pad_token_id + shift, bos_token_id=None)
+
+
 PRESETS: dict[str, Qwen3MoeConfig] = {
     # seconds to write and run: 3 layers, the middle one dense (mlp_only_layers), 8 experts top-2; the top ids are
-    # the specials of the synth chat tokenizer, as qwen3-tiny's
+    # the specials of Qwen3's synth chat tokenizer
     "qwen3-moe-tiny": Qwen3MoeConfig(
         vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
         num_key_value_heads=2, head_dim=16, max_window_layers=3, max_position_embeddings=4096, num_experts=8,
-        num_experts_per_tok=2, moe_intermediate_size=32, mlp_only_layers=(1,), eos_token_ids=(509, 507),
-        pad_token_id=507, bos_token_id=None,
+        num_experts_per_tok=2, moe_intermediate_size=32, mlp_only_layers=(1,), **_chat_ids(512),
     ),
     # ~0.5 GB of bf16 like gpt-oss's mini: many small experts (64 of width 128, top-8), untied 32000-row head
     "qwen3-moe-mini": Qwen3MoeConfig(
         vocab_size=32000, hidden_size=1024, intermediate_size=3072, num_hidden_layers=8, num_attention_heads=16,
         num_key_value_heads=4, head_dim=64, max_window_layers=8, num_experts=64, num_experts_per_tok=8,
-        moe_intermediate_size=128, max_position_embeddings=4096, eos_token_ids=(2,), pad_token_id=0,
-        bos_token_id=None,
+        moe_intermediate_size=128, max_position_embeddings=4096, **_chat_ids(32000),
     ),
     # the published shapes (Qwen/Qwen3-30B-A3B config.json): the dataclass defaults
     "qwen3-30b-a3b": Qwen3MoeConfig(),
@@ -201,7 +208,7 @@ def init_std_mean(name: str, cfg: Qwen3MoeConfig) -> tuple[float, float]:
     if ".experts." in name or name.endswith("mlp.gate.weight"):
         fan_in = cfg.moe_intermediate_size if name.endswith("down_proj") else cfg.hidden_size
         return float(1.0 / np.sqrt(fan_in)), 0.0
-    return qwen3_init(name, cfg)
+    return qwen3.init_std_mean(name, cfg)
 
 
 FAMILY = Family(
@@ -217,4 +224,5 @@ FAMILY = Family(
     sources=sources,
     chat_format="template",
     init=init_std_mean,
+    synth_files=qwen3.write_synth_files,  # Qwen3's tokenizer and chat template
 )

@@ -175,3 +175,24 @@ def test_experts_float_is_refused_where_it_cannot_hold(case, tiny_config, make_c
     with pytest.raises(MxportError, match="--experts float keeps a checkpoint's float experts in the portable"):
         export(path, tmp_path / "y", target="cpu", experts="float", progress=False)
     assert not (tmp_path / "y").exists()
+
+
+def test_cli_synth_export_verify_chat_offline(tmp_path, capsys, monkeypatch):
+    """`mxport synth --preset qwen3-moe-tiny` writes Qwen3's tokenizer and chat template: export, verify, chat and
+    run work offline, as for Qwen3."""
+    import io
+    import sys
+
+    from mxport.cli import main
+
+    assert main(["synth", "--preset", "qwen3-moe-tiny", "-o", str(tmp_path / "ckpt")]) == 0
+    assert (tmp_path / "ckpt" / "tokenizer.json").is_file()
+    assert main(["export", str(tmp_path / "ckpt"), "-o", str(tmp_path / "out"), "--target", "cpu"]) == 0
+    assert main(["verify", str(tmp_path / "out"), "--prompts", "2", "--decode-steps", "2"]) == 0
+    for reasoning in ("off", "on"):
+        monkeypatch.setattr(sys, "stdin", io.StringIO("Hello!"))
+        assert main(["chat", str(tmp_path / "out"), "--max-new-tokens", "4", "--reasoning", reasoning]) == 0
+    assert main(["run", str(tmp_path / "out"), "--prompt", "Hi", "--max-new-tokens", "3"]) == 0
+    assert main(["synth", "--preset", "qwen3-30b-a3b", "--list"]) == 0
+    listing = capsys.readouterr().out
+    assert "model.layers.47.mlp.experts.127.down_proj.weight" in listing and "[768, 2048]" in listing
