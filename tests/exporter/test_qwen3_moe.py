@@ -196,3 +196,14 @@ def test_cli_synth_export_verify_chat_offline(tmp_path, capsys, monkeypatch):
     assert main(["synth", "--preset", "qwen3-30b-a3b", "--list"]) == 0
     listing = capsys.readouterr().out
     assert "model.layers.47.mlp.experts.127.down_proj.weight" in listing and "[768, 2048]" in listing
+
+
+def test_dense_int4_keeps_the_router_float_with_portable_mxfp4_experts(exported):
+    """--target cpu --experts mxfp4 --dense int4: MoEMXFP4_2 stays portable (no ORT CPU kernel) and its router
+    MatMul is not quantized (quantized routing flips expert choices)."""
+    out = exported("norm", "cpu", experts="mxfp4", dense="int4")
+    report = json.loads((out / "mxport.json").read_text())["lowering"]
+    assert any("router: kept float32" in r["reason"] for r in report["refused"])
+    model = onnx.load(out / "model.onnx", load_external_data=False)
+    assert [n.op_type for n in model.graph.node].count("MoEMXFP4_2") == 3
+    assert not any(n.op_type == "MatMulNBits" and "router" in n.name for n in model.graph.node)
