@@ -193,6 +193,14 @@ def test_cli_synth_export_verify_chat_offline(tmp_path, capsys, monkeypatch):
         monkeypatch.setattr(sys, "stdin", io.StringIO("Hello!"))
         assert main(["chat", str(tmp_path / "out"), "--max-new-tokens", "4", "--reasoning", reasoning]) == 0
     assert main(["run", str(tmp_path / "out"), "--prompt", "Hi", "--max-new-tokens", "3"]) == 0
+    from mxport.runtime.generate import Generator
+    from mxport.runtime.serve.formats import TemplateFormat, chat_format
+
+    gen = Generator.from_folder(tmp_path / "out")  # what `mxport serve` builds on
+    fmt = chat_format(gen.tokenizer, tmp_path / "out", gen.config.family.chat_format)
+    assert isinstance(fmt, TemplateFormat) and gen.tokenizer.token_to_id("<|im_end|>") in fmt.stop_token_ids
+    prompt = fmt.render([{"role": "user", "content": "Hi"}], reasoning_effort="none")
+    assert gen.tokenizer.decode(prompt).endswith("<think>\n\n</think>\n\n")
     assert main(["synth", "--preset", "qwen3-30b-a3b", "--list"]) == 0
     listing = capsys.readouterr().out
     assert "model.layers.47.mlp.experts.127.down_proj.weight" in listing and "[768, 2048]" in listing
