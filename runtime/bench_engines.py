@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 ROTARY_TABLES = {("com.microsoft", "GroupQueryAttention"): (7, 8), ("com.microsoft", "RotaryEmbedding"): (2, 3)}
-MOE_OPS = {("com.microsoft", "MoE"), ("com.microsoft", "QMoE"), ("ai.mxport", "MoE"), ("ai.mxport", "MoEMXFP4")}
+MOE_OPS = {("com.microsoft", "MoE"), ("com.microsoft", "QMoE"), ("ai.mxport", "MoE"), ("ai.mxport", "MoEMXFP4"),
+           ("ai.mxport", "MoE_2"), ("ai.mxport", "MoEMXFP4_2")}
 
 
 # ---- machine -------------------------------------------------------------------------------------------------
