@@ -201,3 +201,31 @@ def test_misshaped_and_unexpected_tensors_are_named(case, tmp_path):
         save_file(tensors, bad / "model.safetensors")
         with pytest.raises(MxportError, match=message):
             open_checkpoint(bad)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_cuda_graph_follows_ort_contrib_schemas(case, dtype):
+    """No GPU here: the --target cuda graph is checked against ORT's registered schemas (tests/exporter/lower/
+    test_cuda.py's checker): GQA without head_sink, SimplifiedLayerNormalization, FusedMatMul for the tied head."""
+    import importlib.util
+    from pathlib import Path
+
+    import onnx_ir as ir
+
+    from mxport.exporter import decoder_graph
+    from mxport.exporter import lower as lowering
+
+    spec = importlib.util.spec_from_file_location("cuda_checks", Path(__file__).parent / "lower" / "test_cuda.py")
+    checks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(checks)
+    path, _ = case("sliding_bf16")
+    with open_checkpoint(path) as ckpt:
+        b, inputs, outputs = decoder_graph.build(ckpt)
+        model = lowering.lower(b.model(inputs, outputs), target="cuda", experts="fp32", dtype=dtype)
+        proto = ir.serde.serialize_model(model)
+    assert lowering.report(model)["refused"] == []
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("GroupQueryAttention") == 3 and ops.count("FusedMatMul") == 1
+    assert ops.count("SimplifiedLayerNormalization") + ops.count("SkipSimplifiedLayerNormalization") == 13
+    assert {n.domain for n in proto.graph.node} <= {"", "com.microsoft"}
+    assert checks.check_against_ort(proto) == []
