@@ -245,3 +245,17 @@ def test_numpy_activations_match_transformers():
     for name in ACTIVATIONS:
         want = ACT2FN[name](torch.tensor(x)).numpy()
         np.testing.assert_allclose(activation(x, name), want, rtol=1e-9, atol=1e-9, err_msg=name)
+
+
+def test_float64_reference_and_hidden_states(oracle):
+    path, model = oracle("odd")
+    ids = np.random.default_rng(4).integers(0, 101, (1, 9))
+    with torch.no_grad():
+        out = model(torch.tensor(ids), output_hidden_states=True)
+    ref = ReferenceModel(path, dtype=np.float64).forward(ids, return_hidden_states=True)
+    assert ref.logits.dtype == np.float64
+    assert_close(ref.logits, out.logits.numpy(), "float64 reference")
+    # transformers' hidden_states: embeddings, then after each block (the last one after ln_f instead)
+    for i, h in enumerate(ref.hidden_states[:-1]):
+        want = out.hidden_states[i + 1].numpy()
+        assert np.abs(h - want).max() / np.abs(want).max() <= 1e-5, f"hidden state {i}"

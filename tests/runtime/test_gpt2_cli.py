@@ -109,3 +109,25 @@ def test_example_script_runs_gpt2_and_stops_before_chat(tiny, capsys):
     example["main"](str(tiny[1]))
     out = capsys.readouterr().out
     assert out.count("length:") == 2 and "no chat: " in out and "gpt2 model family has no chat format" in out
+
+
+def test_serve_completes_text_and_refuses_chat_and_long_prompts(tiny):
+    import time
+    from functools import partial
+
+    from fastapi.testclient import TestClient
+
+    from mxport.runtime.serve.app import create_app, load_folder
+
+    out = tiny[1]
+    want = Generator.from_folder(out).generate("The quick brown", max_new_tokens=6, stop_token_ids=())[0].text
+    with TestClient(create_app(partial(load_folder, out))) as client:
+        while client.get("/health").status_code != 200:
+            time.sleep(0.1)
+        r = client.post("/v1/completions", json={"model": out.name, "prompt": "The quick brown", "max_tokens": 6,
+                                                 "temperature": 0})
+        assert r.status_code == 200 and r.json()["choices"][0]["text"] == want
+        r = client.post("/v1/chat/completions", json={"model": out.name, "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "chat_not_supported"
+        r = client.post("/v1/completions", json={"model": out.name, "prompt": "a " * 200, "max_tokens": 4})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
