@@ -29,6 +29,7 @@ from mxport.errors import MxportError
 from mxport.exporter.families.base import DecoderConfig, Expected, Family, Source, convert, need, token_ids
 
 PREFIX = "transformer."
+MAX_LAYERS = 1024  # far past any GPT-2 (xl has 48); a config asking for more is refused before tables are built
 
 # transformers' ACT2FN names mxport computes exactly, on both sides (exporter/layers.activation,
 # runtime/reference_layers.activation). Refused: prelu and xielu (they carry learned parameters GPT2MLP would
@@ -146,6 +147,8 @@ def config_from_dict(d: Mapping[str, Any], source: str = "config.json") -> GPT2C
         else need(d, "num_attention_heads", source)
     layers = need(d, "n_layer", source) if "n_layer" in d or "num_hidden_layers" not in d \
         else need(d, "num_hidden_layers", source)
+    if not 0 < layers <= MAX_LAYERS:  # before the per-layer tables are built from it
+        raise MxportError(f"{source}: n_layer={layers} must be in 1..{MAX_LAYERS}")
     positions = d.get("n_positions", d.get("max_position_embeddings", 1024))
     n_inner = d.get("n_inner")
     if heads > 0 and H % heads:

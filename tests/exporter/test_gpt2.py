@@ -74,6 +74,8 @@ BASE = {"model_type": "gpt2", "vocab_size": 10, "n_embd": 8, "n_layer": 1, "n_he
     ({"add_cross_attention": True}, "add_cross_attention=true"),
     ({"n_embd": None}, "'n_embd' should be int"),
     ({"vocab_size": 1.5}, "'vocab_size' should be int"),
+    ({"n_layer": 3278593376.0}, "n_layer=3278593376 must be in 1..1024"),  # found by the reader fuzzer
+    ({"n_layer": 0}, "n_layer=0 must be in 1..1024"),
 ])
 def test_bad_config_values_are_named(change, message):
     with pytest.raises(MxportError, match=f"cfg.json: .*{message}"):
