@@ -82,6 +82,18 @@ def test_text_prompt_streamed_equals_generator(client, generator):
     assert "".join(parts) == want.text
 
 
+def test_sampling_fields_and_seed_equal_generator(client, generator):
+    prompt = [300, 2, 77, 18, 5]
+    opts = dict(temperature=0.9, top_p=0.9, seed=3)
+    want = generator.generate(prompt, max_new_tokens=16, top_k=50, **opts)[0].text
+    got = [client.completions.create(model=MODEL, prompt=prompt, max_tokens=16, extra_body={"top_k": 50}, **opts)
+           .choices[0].text for _ in range(2)]
+    assert got == [want, want]
+    other = client.completions.create(model=MODEL, prompt=prompt, max_tokens=16, extra_body={"top_k": 50},
+                                      temperature=0.9, top_p=0.9, seed=4).choices[0].text
+    assert other != want  # the seed is honoured, not ignored
+
+
 def test_stop_string_equals_generator(client, generator):
     prompt = [300, 2, 77, 18, 5]
     full = generator.generate(prompt, max_new_tokens=30)[0].text
@@ -179,6 +191,13 @@ def test_request_errors(server, client):
     with pytest.raises(openai.NotFoundError) as exc:
         client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
     assert exc.value.status_code == 404
+
+
+def test_mxport_serve_cli_refuses_a_folder_without_a_model(tmp_path, capsys):
+    from mxport.cli import main
+
+    assert main(["serve", str(tmp_path)]) == 2
+    assert "no model.onnx" in capsys.readouterr().err
 
 
 def test_mxport_serve_cli(tiny_export, tmp_path):
