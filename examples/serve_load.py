@@ -126,18 +126,33 @@ def run_loads(folder: Path, args, max_batch: int, label: str, vocab: int) -> lis
     with server(folder, max_batch, max_queue=max(args.clients) * 2) as base:
         asyncio.run(phase(base, 1, 1, 8, args.prompt_tokens, vocab, seed=99))  # warm-up
         for n in args.clients:
+            before = httpx.get(f"{base}/health").json()
             row = asyncio.run(phase(base, n, args.requests, args.max_tokens, args.prompt_tokens, vocab, seed=n))
+            row["engine"] = engine_delta(before, httpx.get(f"{base}/health").json())
             row["server"] = label
             rows.append(row)
             print(fmt(row), flush=True)
     return rows
 
 
+def engine_delta(before: dict, after: dict) -> dict:
+    """What the engine did during a phase (from /health): model-call seconds, prefill calls, mean batch rows."""
+    sec = {k: after["seconds"][k] - before["seconds"][k] for k in after["seconds"]}
+    steps = after["decode_steps"] - before["decode_steps"]
+    return {"prefill_s": sec["prefill"], "decode_s": sec["decode"], "batch_s": sec["batch"], "decode_steps": steps,
+            "prefills": after["prefills"] - before["prefills"],
+            "mean_rows": (after["rows_decoded"] - before["rows_decoded"]) / max(steps, 1)}
+
+
 def fmt(r: dict) -> str:
+    e = r["engine"]
     return (f"{r['server']:<16} {r['clients']:>3} clients  {r['ok']:>3}/{r['requests']:<3} ok  "
             f"{r['tokens']:>5} tok in {r['wall_s']:6.1f} s = {r['agg_tok_s']:7.1f} tok/s   "
             f"TTFT p50 {r['ttft_p50_ms']:7.1f} p95 {r['ttft_p95_ms']:7.1f} ms   "
-            f"per-token p50 {r['tok_p50_ms']:6.1f} p95 {r['tok_p95_ms']:6.1f} ms"
+            f"per-token p50 {r['tok_p50_ms']:6.1f} p95 {r['tok_p95_ms']:6.1f} ms\n"
+            f"{'':<16} engine: {e['prefills']} prefill calls {e['prefill_s']:.1f} s, {e['decode_steps']} decode steps "
+            f"{e['decode_s']:.1f} s (mean {e['mean_rows']:.1f} rows, {e['decode_steps'] and 1e3 * e['decode_s'] / e['decode_steps']:.0f} ms/step), "
+            f"batch surgery {e['batch_s']:.2f} s"
             + (f"   errors: {r['errors']}" if r["errors"] else ""))
 
 

@@ -142,7 +142,7 @@ def create_app(load: Callable[[], Served], *, default_max_tokens: int = 4096) ->
         if s is None:
             status = "error" if state["error"] else "loading"
             return JSONResponse({"status": status, "error": state["error"]}, status_code=503)
-        return JSONResponse({"status": "ok", "model": s.name, "active": s.engine.active, "waiting": s.engine.waiting})
+        return JSONResponse({"status": "ok", "model": s.name, **s.engine.stats()})
 
     @app.get("/v1/models")
     async def models() -> JSONResponse:

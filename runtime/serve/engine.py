@@ -101,6 +101,9 @@ class Engine:
         self.max_queue = max_queue
         self.batch = Batch()
         self.steps = 0  # decode steps run (for tests and stats)
+        self.rows_decoded = 0  # sum over decode steps of the rows they ran
+        self.prefills = 0  # prefill calls
+        self.seconds = {"prefill": 0.0, "decode": 0.0, "batch": 0.0}  # model calls, batch surgery
         self.max_rows_seen = 0  # the largest batch a decode step ran with
         self.max_prefill_rows = 0  # the most jobs prefilled in one call
         self.finished: Counter[str] = Counter()  # jobs ended, by reason: stop, length, cancelled, error
@@ -139,6 +142,12 @@ class Engine:
     def waiting(self) -> int:
         return len(self._pending)
 
+    def stats(self) -> dict:
+        """Counters since start: calls, rows, seconds in model calls and in batch surgery, finish reasons."""
+        return {"active": self.active, "waiting": self.waiting, "decode_steps": self.steps,
+                "rows_decoded": self.rows_decoded, "prefills": self.prefills,
+                "seconds": {k: round(v, 3) for k, v in self.seconds.items()}, "finished": dict(self.finished)}
+
     # ---- the loop -------------------------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
@@ -175,7 +184,10 @@ class Engine:
         for r, job in enumerate(jobs):
             ids[r, S0 - len(job.prompt):] = job.prompt
             mask[r, S0 - len(job.prompt):] = 1
+        t0 = time.perf_counter()
         logits, cache = self.model.step(ids, mask, position_ids(mask, S0), self.model.new_cache(len(jobs)))
+        self.seconds["prefill"] += time.perf_counter() - t0
+        self.prefills += 1
         self.max_prefill_rows = max(self.max_prefill_rows, len(jobs))
         new = Batch(jobs, mask, list(cache))
         done = [r for r, job in enumerate(jobs) if self._take(job, logits[r : r + 1, -1, :])]
@@ -188,8 +200,11 @@ class Engine:
         b = self.batch
         ids = np.asarray([[job.last] for job in b.jobs], np.int64)
         b.mask = np.concatenate([b.mask, np.ones((len(b.jobs), 1), np.int64)], axis=1)
+        t0 = time.perf_counter()
         logits, b.cache = self.model.step(ids, b.mask, position_ids(b.mask, 1), b.cache)
+        self.seconds["decode"] += time.perf_counter() - t0
         self.steps += 1
+        self.rows_decoded += len(b.jobs)
         self.max_rows_seen = max(self.max_rows_seen, len(b.jobs))
         done = [self._take(job, logits[i : i + 1, -1, :]) for i, job in enumerate(b.jobs)]
         self._drop([i for i, d in enumerate(done) if d])
@@ -223,6 +238,7 @@ class Engine:
         """Rows of a then rows of b; mask and every layer cache left-padded to the longer of the two."""
         if not a.jobs:
             return b
+        t0 = time.perf_counter()
         P = max(a.mask.shape[1], b.mask.shape[1])
         mask = np.concatenate([_left_pad(a.mask, P, 1), _left_pad(b.mask, P, 1)], axis=0)
         cache = []
@@ -230,12 +246,14 @@ class Engine:
             x, y = _numpy(x), _numpy(y)
             L = max(x.shape[2], y.shape[2])
             cache.append(self._wrap(np.concatenate([_left_pad(x, L, 2), _left_pad(y, L, 2)], axis=0)))
+        self.seconds["batch"] += time.perf_counter() - t0
         return Batch([*a.jobs, *b.jobs], mask, cache)
 
     def _select(self, b: Batch, keep: list[int]) -> Batch:
         """The rows `keep` of b, with the mask columns that are padding in all of them trimmed."""
         if not keep:
             return Batch()
+        t0 = time.perf_counter()
         mask = b.mask[keep]
         k = int(np.argmax(mask.any(axis=0)))  # leading columns that are padding in every remaining row
         P = mask.shape[1] - k
@@ -244,6 +262,7 @@ class Engine:
             arr = _numpy(value)[keep]
             L = min(arr.shape[2], P)
             cache.append(self._wrap(np.ascontiguousarray(arr[:, :, arr.shape[2] - L :])))
+        self.seconds["batch"] += time.perf_counter() - t0
         return Batch([b.jobs[i] for i in keep], np.ascontiguousarray(mask[:, k:]), cache)
 
     def _drop(self, rows: list[int]) -> None:
