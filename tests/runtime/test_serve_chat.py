@@ -167,3 +167,26 @@ def test_health_is_503_while_loading(tok):
         gate.set()
         wait_ready(base)
         assert httpx.get(f"{base}/v1/models").json()["data"][0]["id"] == "slow"
+
+
+class Broken(ScriptedStepModel):
+    def step(self, *args):
+        raise RuntimeError("kernel exploded")
+
+
+def test_a_failing_step_is_a_500_in_openai_shape(tok):
+    """The step model raises: a plain request gets 500 with OpenAI's error body, a streamed one an error chunk
+    then [DONE]; the engine keeps running (the next request is answered too)."""
+    model = Broken(VOCAB, lambda p: 0, [[1]], filler=1)
+    app = create_app(lambda: Served("broken", Engine(model).start(), tok, chat_format(tok), (), 4096, VOCAB))
+    with run_server(app) as base:
+        wait_ready(base)
+        for _ in range(2):
+            r = httpx.post(f"{base}/v1/completions", json={"model": "broken", "prompt": "Hi", "max_tokens": 2})
+            assert r.status_code == 500
+            err = r.json()["error"]
+            assert err["code"] == "generation_failed" and "kernel exploded" in err["message"]
+        with httpx.stream("POST", f"{base}/v1/chat/completions", json={
+                "model": "broken", "messages": USER, "stream": True}) as r:
+            lines = [line for line in r.iter_lines() if line]
+        assert json.loads(lines[-2][6:])["error"]["code"] == "generation_failed" and lines[-1] == "data: [DONE]"
