@@ -207,6 +207,21 @@ def _genai_exports(ckpt: Path, work: Path, timeout: float) -> list[tuple[str, Pa
     return out
 
 
+def _check_positions(config_file: Path, prompt_len: int, new_tokens: int) -> None:
+    """A model with learned positions (GPT-2) has no embedding past its last position: say so before measuring."""
+    from mxport.exporter import families
+
+    raw = families.read_json(config_file)
+    raw = raw.get("config", raw) if config_file.name == "mxport.json" else raw
+    try:
+        limit = families.config_from_dict(raw, str(config_file)).position_limit
+    except MxportError:
+        return  # the engines name what is wrong with the config themselves
+    if limit and prompt_len + new_tokens > limit:
+        raise MxportError(f"bench: --prompt-len {prompt_len} + --new-tokens {new_tokens} passes this model's {limit} "
+                          f"positions (n_positions, {config_file})")
+
+
 def bench(path: str | os.PathLike, *, peers: bool = False, threads: int = 2, prompt_len: int = 128,
           new_tokens: int = 32, modes: list[str] | None = None, work: str | os.PathLike | None = None,
           timeout: float = 1800.0, bandwidth_mb: int = 256, rounds: int = 1, last_logits: bool = False,
@@ -234,6 +249,7 @@ def bench(path: str | os.PathLike, *, peers: bool = False, threads: int = 2, pro
     else:
         raise MxportError(f"bench: {path} is neither a checkpoint (config.json + *.safetensors) nor an export "
                           "folder (mxport.json)")
+    _check_positions(path / "mxport.json" if folders else path / "config.json", prompt_len, new_tokens)
     work_dir = Path(work) if work else Path(tempfile.mkdtemp(prefix="mxport-bench-"))
     try:
         work_dir.mkdir(parents=True, exist_ok=True)

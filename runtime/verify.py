@@ -221,6 +221,11 @@ def verify(
                     report.notes.append(f"per-layer hidden states unavailable: {exc}")
         prompt_set = make_prompts(cfg, prompts, seed, max_prompt_len)
         report.prompt_lengths = [len(p) for p in prompt_set]
+        limit = cfg.position_limit  # learned positions (GPT-2): the last position must have an embedding row
+        if limit and len(prompt_set[0]) + decode_steps > limit:
+            raise MxportError(f"verify: a {len(prompt_set[0])}-token prompt + --decode-steps {decode_steps} passes "
+                              f"this model's {limit} positions (n_positions); use fewer decode steps or "
+                              f"--max-prompt-len")
         cases = [("long", [prompt_set[0]])]
         if len(prompt_set) > 1:
             cases.append(("batch", prompt_set))

@@ -131,3 +131,13 @@ def test_serve_completes_text_and_refuses_chat_and_long_prompts(tiny):
         assert r.status_code == 400 and r.json()["error"]["code"] == "chat_not_supported"
         r = client.post("/v1/completions", json={"model": out.name, "prompt": "a " * 200, "max_tokens": 4})
         assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_verify_and_bench_refuse_runs_past_n_positions(tiny, capsys):
+    ckpt, out = tiny
+    limit = PRESETS["gpt2-tiny"].max_position_embeddings  # verify's longest prompt is 16 tokens here
+    code, _, err = _run(capsys, "verify", out, "--decode-steps", limit - 15)
+    assert code == 2 and f"16-token prompt + --decode-steps {limit - 15} passes this model's {limit} positions" in err
+    for folder in (ckpt, out):
+        code, _, err = _run(capsys, "bench", folder)  # defaults: 128 + 32 tokens
+        assert code == 2 and f"--prompt-len 128 + --new-tokens 32 passes this model's {limit} positions" in err
