@@ -21,6 +21,7 @@ from mxport.runtime.verify import verify
 
 _CACHE: dict = {}
 TARGETS = {"portable": {}, "cpu": {"target": "cpu"}}
+MORE_TARGETS = {**TARGETS, "cuda": {"target": "cuda"}}  # built, not run (no GPU here)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def exported(case, tmp_path_factory):
             path, fused, _ = case(name)
             out = tmp_path_factory.mktemp(f"qwen3_moe_export_{name}_{target}_{layout}")
             cache[key] = export(path if layout == "per_expert" else fused, out / "x", progress=False,
-                                **TARGETS[target], **options)
+                                **MORE_TARGETS[target], **options)
         return cache[key]
 
     return get
@@ -215,3 +216,25 @@ def test_dense_int4_keeps_the_router_float_with_portable_mxfp4_experts(exported)
     model = onnx.load(out / "model.onnx", load_external_data=False)
     assert [n.op_type for n in model.graph.node].count("MoEMXFP4_2") == 3
     assert not any(n.op_type == "MatMulNBits" and "router" in n.name for n in model.graph.node)
+
+
+def test_cuda_mxfp4_is_qmoe_fp4_per_sparse_layer(exported):
+    """--target cuda --experts mxfp4 on float experts: encoded at export, then QMoE quant_type fp4 (the bytes kept,
+    fc1 rows interleaved), no biases; structure only (no GPU here)."""
+    out = exported("step2_bf16", "cuda", experts="mxfp4")
+    model = onnx.load(out / "model.onnx", load_external_data=False)
+    qmoe = [n for n in model.graph.node if n.op_type == "QMoE"]
+    assert len(qmoe) == 1 and not [n for n in model.graph.node if n.domain == "ai.mxport" and "MoE" in n.op_type]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in qmoe[0].attribute}
+    assert attrs["quant_type"] == b"fp4" and attrs["swiglu_fusion"] == 1 and attrs["k"] == 3
+    assert attrs["activation_alpha"] == 1.0 and attrs["activation_beta"] == 0.0 and "swiglu_limit" not in attrs
+    assert qmoe[0].input[4] == "" and qmoe[0].input[7] == ""  # no fc1 / fc2 biases
+    init = {t.name: t for t in model.graph.initializer}
+    assert list(init[qmoe[0].input[2]].dims) == [7, 128, 48] and init[qmoe[0].input[3]].data_type == onnx.TensorProto.FLOAT8E8M0
+    import importlib.util
+    import pathlib
+
+    spec = importlib.util.spec_from_file_location("_cuda_contract", pathlib.Path(__file__).parent / "lower" / "test_cuda.py")
+    contract = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(contract)
+    assert contract.check_against_ort(model) == []  # every contrib node against ORT 1.32's registered schema
