@@ -238,3 +238,26 @@ def test_cuda_mxfp4_is_qmoe_fp4_per_sparse_layer(exported):
     contract = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(contract)
     assert contract.check_against_ort(model) == []  # every contrib node against ORT 1.32's registered schema
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_onnxruntime_genai_runs_the_export_as_is(tmp_path, target):
+    """genai_config.json: onnxruntime-genai's greedy search on a Qwen3-MoE export == the NumPy reference's (its own
+    builder has no Qwen3MoeForCausalLM; the mxport folder runs as it is, MoE_2 through its function body on
+    portable, com.microsoft.MoE on cpu)."""
+    og = pytest.importorskip("onnxruntime_genai")
+    from mxport.exporter.synth import PRESETS, write_checkpoint
+
+    ckpt = write_checkpoint(tmp_path / "ckpt", PRESETS["qwen3-moe-tiny"])
+    out = export(ckpt, tmp_path / "out", progress=False, **TARGETS[target])
+    model = og.Model(str(out))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=14, do_sample=False)
+    gen = og.Generator(model, params)
+    prompt = np.array([[5, 6, 7, 8, 9]], np.int64)
+    gen.append_tokens(prompt.astype(np.int32))
+    while not gen.is_done():
+        gen.generate_next_token()
+    with ReferenceModel(ckpt) as ref:
+        want = ref.generate_greedy(prompt, 9)[0]
+    assert [int(t) for t in gen.get_sequence(0)] == want.tolist()
