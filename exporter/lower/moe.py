@@ -248,46 +248,40 @@ class _Mxfp4Source:
         E, N, NB, _ = self._blocks.shape
         self.shape = (E, N, NB * mxfp4.BLOCK_SIZE)
         self.rows = interleave_rows(N) if order == "interleave" else None  # row permutation, None = as stored
-        self.blocks, self.scales = self._permuted(self._blocks), self._permuted(self._scales)
 
-    def _permuted(self, tensor):
-        """The tensor with .numpy() giving its rows (axis 1) in ORT's order."""
-        if self.rows is None:
-            return tensor
-        rows = self.rows
+    def blocks(self) -> np.ndarray:
+        """uint8 [E,N,K/32,16] with the rows (axis 1) in ORT's order (MXFP4 is per row: rows permute as bytes)."""
+        b = self._blocks.numpy()
+        return b if self.rows is None else np.ascontiguousarray(b[:, self.rows])
 
-        class Permuted:
-            shape = tensor.shape
-
-            @staticmethod
-            def numpy() -> np.ndarray:
-                return np.ascontiguousarray(tensor.numpy()[:, rows])
-
-        return Permuted
+    def scales(self) -> np.ndarray:
+        """uint8 [E,N,K/32], rows as blocks()."""
+        s = self._scales.numpy()
+        return s if self.rows is None else np.ascontiguousarray(s[:, self.rows])
 
     def float32(self) -> np.ndarray:
-        return mxfp4.decode(self.blocks.numpy(), self.scales.numpy(), np.float32)
+        return mxfp4.decode(self.blocks(), self.scales(), np.float32)
 
     def int8_parts(self, ctx: Context, prefix: str, tag: str) -> tuple[ir.Value, ir.Value]:
         E, N, K = self.shape
         w = lazy(f"{prefix}.{tag}_q8", ir.DataType.UINT8, [E, N, K],
-                 lambda: int8_exact(self.blocks.numpy(), self.scales.numpy())[0])
+                 lambda: int8_exact(self.blocks(), self.scales())[0])
         s = lazy(f"{prefix}.{tag}_q8_scales", ir.DataType.FLOAT, [E, N, K // mxfp4.BLOCK_SIZE],
-                 lambda: mxfp4.exact_int8(self.blocks.numpy(), self.scales.numpy())[1])
+                 lambda: mxfp4.exact_int8(self.blocks(), self.scales())[1])
         return add_initializer(ctx, w), add_initializer(ctx, s)
 
     def int4_parts(self, ctx: Context, prefix: str, tag: str) -> tuple[ir.Value, ir.Value]:
         return _quantized_parts(ctx, prefix, tag, self.shape, self.int4)
 
     def int4(self) -> tuple[np.ndarray, np.ndarray]:
-        return int4_from_mxfp4(self.blocks.numpy(), self.scales.numpy())
+        return int4_from_mxfp4(self.blocks(), self.scales())
 
     def fp4_parts(self, ctx: Context, prefix: str, tag: str) -> tuple[ir.Value, ir.Value]:
         E, N, K = self.shape
         w = lazy(f"{prefix}.{tag}_fp4", ir.DataType.UINT8, [E, N, K // 2],
-                 lambda: np.ascontiguousarray(self.blocks.numpy()).reshape(E, N, K // 2))
+                 lambda: np.ascontiguousarray(self.blocks()).reshape(E, N, K // 2))
         s = lazy(f"{prefix}.{tag}_e8m0", ir.DataType.FLOAT8E8M0, [E, N, K // mxfp4.BLOCK_SIZE],
-                 lambda: mxfp4.as_e8m0(self.scales.numpy()))
+                 lambda: mxfp4.as_e8m0(self.scales()))
         return add_initializer(ctx, w), add_initializer(ctx, s)
 
 
