@@ -152,11 +152,11 @@ class ReferenceModelRunner:
     when `hidden_states`; `window_cache` as the export it stands for: read it from mxport.json)."""
 
     def __init__(self, checkpoint_dir: Any, dtype: Any = np.float32, *, hidden_states: bool = True,
-                 window_cache: bool = False) -> None:
+                 window_cache: bool = False, experts: str = "float") -> None:
         from mxport.runtime.reference_model import ReferenceModel
 
         self.model = ReferenceModel(checkpoint_dir, dtype=dtype, output_hidden_states=hidden_states,
-                                    window_cache=window_cache)
+                                    window_cache=window_cache, experts=experts)
         self.cfg = self.model.cfg
         self.name = f"reference[{np.dtype(dtype).name}]"
         n = self.cfg.num_hidden_layers

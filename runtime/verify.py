@@ -65,7 +65,7 @@ LOSSY_TOLERANCES: dict[str, Tolerance] = {
 MIN_PROMPT = 3
 
 
-def default_tolerances(manifest: Mapping[str, Any]) -> tuple[dict[str, Tolerance], str]:
+def default_tolerances(manifest: Mapping[str, Any], reference_experts: str = "float") -> tuple[dict[str, Tolerance], str]:
     """(tolerances, mode label) for an export's dtype / experts / dense mode as recorded in mxport.json.
 
     Exact only when every part is: float32 math, experts kept or decoded exactly, dense matrices not quantized
@@ -80,6 +80,10 @@ def default_tolerances(manifest: Mapping[str, Any]) -> tuple[dict[str, Tolerance
     # float experts encoded to MXFP4 at export (exporter/lower/experts_mxfp4.py): lossy against the float reference
     lowering = manifest.get("lowering")
     encoded = lowering.get("applied", {}).get("experts_mxfp4", 0) if isinstance(lowering, Mapping) else 0
+    if encoded and reference_experts == "mxfp4":  # the reference runs the same MXFP4 experts: exact again
+        mode += " (float experts encoded to MXFP4 at export; reference on the same MXFP4 experts)"
+        exact = dtype == "float32" and dense in EXACT_DENSE
+        return dict(FLOAT32_TOLERANCES if exact else LOSSY_TOLERANCES), mode + (" (exact)" if exact else " (lossy)")
     if encoded:
         return dict(LOSSY_TOLERANCES), mode + " (lossy: float experts encoded to MXFP4 at export)"
     if dtype == "float32" and experts in EXACT_EXPERTS and dense in EXACT_DENSE:
@@ -177,10 +181,12 @@ def verify(
     reference_dtype: Any = np.float32,
     max_prompt_len: int | None = None,
     per_layer: bool = True,
+    reference_experts: str = "float",
 ) -> VerifyReport:
     """Compare the export in `export_dir` (ONNX Runtime, `provider`) with the NumPy reference model of its
     checkpoint (recorded in mxport.json unless given). Raises MxportError on bad input; returns a VerifyReport
-    that is falsy when a tolerance fails."""
+    that is falsy when a tolerance fails. reference_experts="mxfp4": the reference runs float experts as an
+    `--experts mxfp4` export holds them (ReferenceModel(experts=)), which makes such an export exact again."""
     export_dir = Path(export_dir)
     if not export_dir.is_dir():
         raise MxportError(f"{export_dir}: no such export folder")
@@ -197,12 +203,12 @@ def verify(
         raise MxportError(f"checkpoint {checkpoint}: no such folder (recorded in mxport.json or given with --checkpoint)")
     if decode_steps < 0:
         raise MxportError(f"--decode-steps must be >= 0, found {decode_steps}")
-    defaults, mode = default_tolerances(manifest)
+    defaults, mode = default_tolerances(manifest, reference_experts)
     tols = merge_tolerances(defaults, tolerances)
     per_call = {p: dataclasses.replace(t, top1=None, kl_mean=None) for p, t in tols.items()}  # pooled later
 
     reference = ReferenceModelRunner(checkpoint, dtype=reference_dtype, hidden_states=True,
-                                     window_cache=bool(manifest.get("window_cache", False)))
+                                     window_cache=bool(manifest.get("window_cache", False)), experts=reference_experts)
     cfg = reference.cfg
     _check_same_model(manifest, cfg, export_dir, checkpoint)
     ort_runner = OrtRunner(export_dir, provider=provider, threads=threads)
@@ -326,6 +332,9 @@ def register(parser: argparse.ArgumentParser) -> None:
         "OUTPUT may be a glob such as 'hidden_states.*' (repeatable)",
     )
     parser.add_argument("--reference-dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--reference-experts", choices=("float", "mxfp4"), default="float",
+                        help="mxfp4: the reference runs a checkpoint's float experts MXFP4-encoded, as an "
+                        "--experts mxfp4 export holds them (then exact tolerances apply); default: as stored")
     parser.add_argument("--max-prompt-len", type=int, default=None, metavar="N", help="cap the longest prompt")
 
 
@@ -334,7 +343,7 @@ def run(args: argparse.Namespace) -> int:
     if not export_dir.is_dir():
         raise MxportError(f"{export_dir}: no such export folder")
     model_path(export_dir)
-    defaults, _ = default_tolerances(read_manifest(export_dir))
+    defaults, _ = default_tolerances(read_manifest(export_dir), args.reference_experts)
     overrides = parse_tolerance_options(args.tolerance, defaults)
     report = verify(
         export_dir,
@@ -347,6 +356,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         reference_dtype=np.dtype(args.reference_dtype),
         max_prompt_len=args.max_prompt_len,
+        reference_experts=args.reference_experts,
     )
     print(report)
     if args.json:

@@ -167,6 +167,8 @@ def test_mxfp4_export_equals_the_reference_on_mxfp4_experts_and_verify_reports_i
     print(f"\n{name} --experts mxfp4: rel {err:.3f} vs float reference here; verify: rel {row['rel']:.3f} "
           f"top1 {row['top1']:.3f} kl_mean {row['kl_mean']:.4f}")
     assert row["rel"] > 1e-3 and row["kl_mean"] > 0 and err > 1e-3  # packing is really lossy, and reported
+    same_weights = verify(out, prompts=2, decode_steps=1, reference_experts="mxfp4")
+    assert same_weights and "(exact)" in same_weights.mode  # against the same MXFP4 experts: float32 tolerances
 
 
 def test_experts_float_is_refused_where_it_cannot_hold(case, tiny_config, make_checkpoint, tmp_path):
