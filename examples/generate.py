@@ -1,7 +1,7 @@
 """Generate from an exported folder with the Python API.
 
-    mxport demo                                   # builds and exports a tiny gpt-oss into ~/.cache/mxport/demo
-    python examples/generate.py ~/.cache/mxport/demo/tiny-v1/export
+    mxport demo                                   # exports the built-in trained tiny gpt-oss into ~/.cache/mxport/demo
+    python examples/generate.py ~/.cache/mxport/demo/chat-tiny/export
 """
 
 import sys

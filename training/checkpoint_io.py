@@ -109,6 +109,8 @@ def write_hf_checkpoint(model: nn.Module, cfg: ModelConfig, tokenizer_dir: Path,
             shutil.copy(f, tmp / f.name)
         if extra is not None:
             (tmp / "training.json").write_text(json.dumps(extra, indent=2) + "\n")
+        for f in tmp.iterdir():  # safetensors writes 0600; the folder ships as package data, readable by all
+            f.chmod(0o644)
         replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
