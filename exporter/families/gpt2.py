@@ -142,11 +142,11 @@ def config_from_dict(d: Mapping[str, Any], source: str = "config.json") -> GPT2C
     """GPT2Config from GPT-2's config.json spellings (n_embd, n_layer, n_head, n_positions, n_inner, ...)."""
     if d.get("add_cross_attention"):
         raise MxportError(f"{source}: add_cross_attention=true (an encoder-decoder GPT-2) is not supported")
-    H = need(d, "n_embd", source) if "n_embd" in d or "hidden_size" not in d else need(d, "hidden_size", source)
-    heads = need(d, "n_head", source) if "n_head" in d or "num_attention_heads" not in d \
-        else need(d, "num_attention_heads", source)
-    layers = need(d, "n_layer", source) if "n_layer" in d or "num_hidden_layers" not in d \
-        else need(d, "num_hidden_layers", source)
+    def spelled(gpt2_key: str, generic_key: str) -> int:  # GPT-2's key, or transformers' attribute_map alias
+        return need(d, gpt2_key if gpt2_key in d or generic_key not in d else generic_key, source)
+
+    H, heads, layers = spelled("n_embd", "hidden_size"), spelled("n_head", "num_attention_heads"), \
+        spelled("n_layer", "num_hidden_layers")
     if not 0 < layers <= MAX_LAYERS:  # before the per-layer tables are built from it
         raise MxportError(f"{source}: n_layer={layers} must be in 1..{MAX_LAYERS}")
     positions = d.get("n_positions", d.get("max_position_embeddings", 1024))

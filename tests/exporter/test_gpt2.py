@@ -48,6 +48,8 @@ def test_gpt2_is_registered_and_its_config_round_trips():
     assert (xl.hidden_size, xl.num_hidden_layers, xl.num_attention_heads, xl.head_dim) == (1600, 48, 25, 64)
     assert fam.chat_format is None and cfg.position_limit == 1024
     assert config_from_dict({"vocab_size": 10, "n_embd": 8, "n_layer": 1, "n_head": 2, "n_inner": 20}).intermediate_size == 20
+    aliases = config_from_dict({"vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2})
+    assert (aliases.hidden_size, aliases.num_hidden_layers, aliases.head_dim, aliases.intermediate_size) == (8, 1, 4, 32)
 
 
 def test_transformers_config_spellings(tmp_path):
