@@ -27,12 +27,22 @@ def main(folder: str) -> None:
                           top_p=0.95, seed=0):
         print(f"{r.finish_reason:>11}: {r.text!r}")
 
-    # 3. one harmony chat turn (gpt-oss): only the final channel is printed as it streams. A family without a
+    # 3. one chat turn in the family's format: harmony (gpt-oss: only the final channel is printed as it streams) or
+    #    the checkpoint's chat template (Qwen3: only the answer, not the reasoning). A family without a
     #    chat format (GPT-2) stops here: require_chat_format raises MxportError naming the family.
     try:
         require_chat_format(Path(folder))
     except MxportError as exc:
         print(f"no chat: {exc}")
+        return
+    if gen.config is not None and gen.config.family.chat_format == "template":
+        # Qwen3: the checkpoint's own jinja chat template; <think>...</think> is the reasoning (off here)
+        from mxport.runtime.chat_template import ChatTemplate, TemplateChatSession
+
+        chat = TemplateChatSession(gen, ChatTemplate.from_folder(folder), thinking=False)
+        reply = chat.send("What is 2 + 2?", None, lambda kind, text: print(text, end="") if kind == "content" else None,
+                          max_new_tokens=32)
+        print(f"\n[reasoning: {len(reply.reasoning)} chars, tool calls: {len(reply.tool_calls)}]")
         return
     chat = ChatSession(gen, SystemContent(reasoning="low"))
     reply = chat.send("What is 2 + 2?", max_new_tokens=32,

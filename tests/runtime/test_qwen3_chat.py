@@ -161,3 +161,13 @@ def test_server_format_switches_thinking_by_reasoning_effort(exported):
     parser = fmt.parser()
     events = [e for i in gen.tokenizer.encode("<think>a</think>b") for e in parser.add(i)] + parser.finish()
     assert [(e.kind, e.text) for e in events] == [("reasoning", "a"), ("content", "b")] and not parser.tool_called
+
+
+def test_example_script_chats_with_qwen3(exported, capsys):
+    import runpy
+    from pathlib import Path
+
+    example = runpy.run_path(str(Path(__file__).parents[2] / "examples" / "generate.py"))
+    example["main"](str(exported))
+    out = capsys.readouterr().out
+    assert out.count("length:") == 2 and "[reasoning: 0 chars, tool calls: 0]" in out
