@@ -280,7 +280,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default="portable", help=f"one of {', '.join(options['target'])}")
     parser.add_argument("--experts", default=None,
                         help=f"one of {', '.join(options['experts'])} (default: "
-                        + ", ".join(f"{t} {e}" for t, e in DEFAULT_EXPERTS.items()) + ")")
+                        + ", ".join(f"{t} {e}" for t, e in DEFAULT_EXPERTS.items())
+                        + "; float experts (Qwen3-MoE): portable float, as stored; mxfp4 encodes them, lossy)")
     parser.add_argument("--dtype", default="float32", help=f"one of {', '.join(options['dtype'])}")
     parser.add_argument("--dense", default="float32",
                         help="dense weights: float32 (exact) | bf16 (ai.mxport.MatMulBF16 on the stored bf16, exact; --target cpu) | int8 | int4 (MatMulNBits; needs --target cpu/cuda)")
