@@ -24,7 +24,7 @@ import random
 
 from tokenizers import Regex, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
 
-from mxport.runtime.harmony import Harmony, Message, SystemContent
+from mxport.runtime.harmony import Harmony, Message, SystemContent, render_conversation
 from mxport.runtime.tokenizer import HARMONY_SPECIAL_TOKENS, Tokenizer
 
 import tasks
@@ -35,10 +35,6 @@ SPECIALS = tuple(HARMONY_SPECIAL_TOKENS)  # <|endoftext|> <|return|> <|constrain
 def _corpus(rng: random.Random, n: int) -> list[str]:
     """Text pieces of n training conversations, split where mxport's renderer splits (special tokens)."""
     out = []
-    tok_free = Harmony.__new__(Harmony)  # only render strings here: no tokenizer needed
-    del tok_free
-    from mxport.runtime.harmony import render_conversation
-
     for _ in range(n):
         task = rng.choice(tasks.TASKS)
         ex = tasks.sample(rng, task, held_out=False)
