@@ -61,6 +61,17 @@ from mxport.runtime.bench_engines import (  # noqa: F401  (re-exported: bench's 
     torch_traffic)
 
 DEFAULT_MODES = ("cpu/fp32", "cpu/int8", "cpu/int4", "cpu/int4/int4", "portable/mxfp4")  # target/experts[/dense]
+# a model without experts (GPT-2, Qwen3): --experts has nothing to act on, so the modes vary --dense instead
+DENSE_MODEL_MODES = ("cpu/fp32", "cpu/fp32/int8", "cpu/fp32/int4", "portable")
+
+
+def default_modes(checkpoint: Path) -> tuple[str, ...]:
+    """DEFAULT_MODES for a checkpoint whose family table has experts, else DENSE_MODEL_MODES."""
+    from mxport.exporter import families
+
+    cfg = families.read_config(checkpoint / "config.json")
+    has_experts = any(".experts." in e.name for e in cfg.family.tensors(cfg, None))
+    return DEFAULT_MODES if has_experts else DENSE_MODEL_MODES
 
 
 @dataclass
@@ -135,13 +146,18 @@ def _keep_best(result: Result, measured: dict[str, Any], prompt_len: int, new_to
 
 # ---- what to measure -----------------------------------------------------------------------------------------
 def _mode_label(target: str, experts: str, dense: str = "float32", level: int = 4, last: bool = False) -> str:
-    """An mxport engine's name in the table: TARGET/EXPERTS[/DENSE][@LEVEL][ last-logits] (defaults left out)."""
-    return (f"{target}/{experts}" + (f"/{dense}" if dense != "float32" else "") + (f"@{level}" if level != 4 else "")
-            + (" last-logits" if last else ""))
+    """An mxport engine's name in the table: TARGET/EXPERTS[/DENSE][@LEVEL][ last-logits] (defaults left out); a
+    model without experts (EXPERTS 'none'): TARGET[ dense-DENSE]..."""
+    if experts == "none":
+        head = target + (f" dense-{dense}" if dense != "float32" else "")
+    else:
+        head = f"{target}/{experts}" + (f"/{dense}" if dense != "float32" else "")
+    return head + (f"@{level}" if level != 4 else "") + (" last-logits" if last else "")
 
 
 def _export_modes(ckpt: Path, modes: list[str], work: Path, last_logits: bool = False) -> list[tuple[str, Path]]:
     from mxport.exporter.export import export
+    from mxport.runtime.session import read_export_meta
 
     out = []
     for mode in modes:
@@ -159,7 +175,8 @@ def _export_modes(ckpt: Path, modes: list[str], work: Path, last_logits: bool = 
         if not (folder / "mxport.json").is_file():
             export(ckpt, folder, target=target, experts=experts, dense=dense, last_logits=last,
                    accuracy_level=level, progress=False, force=True)
-        out.append((_mode_label(target, experts, dense, level, last), folder))
+        recorded = read_export_meta(folder).get("experts", experts)  # 'none' for a model without experts
+        out.append((_mode_label(target, recorded, dense, level, last), folder))
     return out
 
 
@@ -254,8 +271,9 @@ def bench(path: str | os.PathLike, *, peers: bool = False, threads: int = 2, pro
     try:
         work_dir.mkdir(parents=True, exist_ok=True)
         if not folders:
-            log(f"exporting {', '.join(modes or DEFAULT_MODES)} into {work_dir}")
-            folders = _export_modes(path, list(modes or DEFAULT_MODES), work_dir, last_logits)
+            modes = list(modes or default_modes(path))
+            log(f"exporting {', '.join(modes)} into {work_dir}")
+            folders = _export_modes(path, modes, work_dir, last_logits)
         log("measuring memory bandwidth")
         bandwidth = memory_bandwidth(bandwidth_mb, threads=threads)
         results, jobs = _jobs(folders, ckpt if peers else None, work_dir, timeout, log)
@@ -336,9 +354,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads of every engine (default 2)")
     parser.add_argument("--prompt-len", type=int, default=128, help="prompt tokens for prefill (default 128)")
     parser.add_argument("--new-tokens", type=int, default=32, help="decode steps timed (default 32)")
-    parser.add_argument("--modes", default=",".join(DEFAULT_MODES),
+    parser.add_argument("--modes", default=None,
                         help="TARGET/EXPERTS[/DENSE][@ACCURACY_LEVEL][+last] modes to export from a checkpoint "
-                        f"(default {','.join(DEFAULT_MODES)})")
+                        f"(default {','.join(DEFAULT_MODES)}; for models without experts "
+                        f"{','.join(DENSE_MODEL_MODES)})")
     parser.add_argument("--rounds", type=int, default=1, help="passes over all engines; best speeds kept (default 1)")
     parser.add_argument("--last-logits", action="store_true",
                         help="export the modes with logits of the last position only (prefill for generation)")
@@ -349,7 +368,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     results, bandwidth = bench(
         args.path, peers=args.peers, threads=args.threads, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
-        modes=[m for m in args.modes.split(",") if m], work=args.work, rounds=args.rounds,
+        modes=[m for m in (args.modes or "").split(",") if m], work=args.work, rounds=args.rounds,
         last_logits=args.last_logits,
         log=lambda msg: print(msg, file=sys.stderr),
     )

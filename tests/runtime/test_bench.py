@@ -174,3 +174,12 @@ def test_drop_page_cache_evicts_every_file_of_a_folder(tmp_path, monkeypatch):
     bench_mod.drop_page_cache(tmp_path / "model.onnx")
     bench_mod.drop_page_cache(tmp_path / "missing")  # nothing to do, no error
     assert len(advised) == 3
+
+
+def test_default_modes_follow_whether_the_model_has_experts(tiny_config, make_checkpoint, tmp_path):
+    from mxport.exporter.synth import PRESETS, write_checkpoint
+    from mxport.runtime.bench import DEFAULT_MODES, DENSE_MODEL_MODES, _mode_label, default_modes
+
+    assert default_modes(make_checkpoint(tiny_config)) == DEFAULT_MODES
+    assert default_modes(write_checkpoint(tmp_path / "q3", PRESETS["qwen3-tiny"])) == DENSE_MODEL_MODES
+    assert _mode_label("cpu", "none", "int4") == "cpu dense-int4" and _mode_label("cpu", "int4", "int4") == "cpu/int4/int4"
