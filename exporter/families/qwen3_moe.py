@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from mxport.errors import MxportError
-from mxport.exporter.families.base import FULL, SLIDING, Expected, Family, Source, convert, need
+from mxport.exporter.families.base import FULL, SLIDING, Expected, Family, Rope, Source, convert, need
 from mxport.exporter.families import qwen3
 from mxport.exporter.families.qwen3 import Qwen3Config, attention_tensors, common_dict, common_fields
 
@@ -198,8 +198,8 @@ PRESETS: dict[str, Qwen3MoeConfig] = {
         num_key_value_heads=4, head_dim=64, max_window_layers=8, num_experts=64, num_experts_per_tok=8,
         moe_intermediate_size=128, max_position_embeddings=4096, **_chat_ids(32000),
     ),
-    # the published shapes (Qwen/Qwen3-30B-A3B config.json): the dataclass defaults
-    "qwen3-30b-a3b": Qwen3MoeConfig(),
+    # the published shapes (Qwen/Qwen3-30B-A3B config.json): the dataclass defaults (rope as its config.json parses)
+    "qwen3-30b-a3b": Qwen3MoeConfig(rope=Rope(theta=1000000.0, original_max_position=40960)),
 }
 
 

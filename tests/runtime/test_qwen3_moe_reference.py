@@ -188,3 +188,21 @@ def test_missing_expert_file_is_named(case, tmp_path):
     save_file(tensors, bad / "model.safetensors")
     with pytest.raises(MxportError, match=r"missing tensor 'model\.layers\.1\.mlp\.experts\.5\.up_proj\.weight'"):
         open_checkpoint(bad)
+
+
+def test_published_config_json_parses_to_the_preset():
+    """Qwen/Qwen3-30B-A3B's config.json (as published, transformers 4.51 spellings) -> the qwen3-30b-a3b preset."""
+    published = {
+        "architectures": ["Qwen3MoeForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+        "bos_token_id": 151643, "decoder_sparse_step": 1, "eos_token_id": 151645, "head_dim": 128,
+        "hidden_act": "silu", "hidden_size": 2048, "initializer_range": 0.02, "intermediate_size": 6144,
+        "max_position_embeddings": 40960, "max_window_layers": 48, "mlp_only_layers": [], "model_type": "qwen3_moe",
+        "moe_intermediate_size": 768, "norm_topk_prob": True, "num_attention_heads": 32, "num_experts": 128,
+        "num_experts_per_tok": 8, "num_hidden_layers": 48, "num_key_value_heads": 4, "output_router_logits": False,
+        "rms_norm_eps": 1e-06, "rope_scaling": None, "rope_theta": 1000000.0, "router_aux_loss_coef": 0.001,
+        "sliding_window": None, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+        "transformers_version": "4.51.0", "use_cache": True, "use_sliding_window": False, "vocab_size": 151936,
+    }
+    cfg = families.config_from_dict(published)
+    assert cfg == qwen3_moe.PRESETS["qwen3-30b-a3b"]
+    assert qwen3_moe.config_from_dict(qwen3_moe.config_to_dict(cfg)) == cfg
