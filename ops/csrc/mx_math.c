@@ -172,67 +172,92 @@ AVX2_INLINE void mxfp4_direct(const float *ap, const int m, int64_t k, const uin
     }
 }
 
-#define TILE_N 16   /* weight rows decoded together */
-#define TILE_K 256  /* k values per decoded tile row (a multiple of 32): tile 16 KB, stays in L1 with its A rows */
+#define PANEL_K 256 /* k values per inner pass of the outer-product kernels */
 
-/* A 4 x 2 (or fewer rows) dot-product tile: out[r][c] = sum_i a[r][i] * w[c][i], i < kc. */
-AVX2_INLINE void dot_tile(const float *a, int64_t lda, const int mr, const float *w, int64_t kc, float out[4][2]) {
-    __m256 acc[4][2];
-    for (int r = 0; r < mr; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-    for (int64_t i = 0; i < kc; i += 8) {
-        const __m256 w0 = _mm256_loadu_ps(w + i), w1 = _mm256_loadu_ps(w + TILE_K + i);
-        for (int r = 0; r < mr; r++) {
-            const __m256 av = _mm256_loadu_ps(a + r * lda + i);
-            acc[r][0] = _mm256_fmadd_ps(av, w0, acc[r][0]);
-            acc[r][1] = _mm256_fmadd_ps(av, w1, acc[r][1]);
+/* Many rows (M > 4): A is packed transposed in groups of 16 rows ([K, 16], zero-padded), 6 weight rows at a time
+ * are decoded whole to float32 (K values each, in A's permuted order), then 6 x 16 outer-product tiles (12
+ * accumulators: per k two loads of A, six broadcast weights, twelve FMAs) run over all of K. */
+AVX2_INLINE void outer_tile(const float *at, const float *wd, int64_t ldw, int64_t kc, const int nr, const int wide,
+                            float out[6][16]) {
+    __m256 acc[6][2];
+    for (int r = 0; r < nr; r++) {
+        acc[r][0] = _mm256_load_ps(out[r]);
+        acc[r][1] = _mm256_load_ps(out[r] + 8);
+    }
+    for (int64_t i = 0; i < kc; i++) {
+        const __m256 a0 = _mm256_load_ps(at + 16 * i);
+        const __m256 a1 = wide ? _mm256_load_ps(at + 16 * i + 8) : a0;
+        for (int r = 0; r < nr; r++) {
+            const __m256 wv = _mm256_broadcast_ss(wd + r * ldw + i);
+            acc[r][0] = _mm256_fmadd_ps(wv, a0, acc[r][0]);
+            if (wide) acc[r][1] = _mm256_fmadd_ps(wv, a1, acc[r][1]);
         }
     }
-    for (int r = 0; r < mr; r++) {
-        out[r][0] = hsum8(acc[r][0]);
-        out[r][1] = hsum8(acc[r][1]);
+    for (int r = 0; r < nr; r++) {
+        _mm256_store_ps(out[r], acc[r][0]);
+        _mm256_store_ps(out[r] + 8, acc[r][1]);
     }
 }
 
-/* Many rows: decode TILE_N weight rows x TILE_K values to float32 once, then a register-blocked product. */
-AVX2 static void mxfp4_tiled(const float *ap, int64_t m, int64_t k, const uint8_t *blocks, const uint8_t *scales,
+AVX2 static void mxfp4_outer(const float *ap, int64_t m, int64_t k, const uint8_t *blocks, const uint8_t *scales,
                              int64_t n0, int64_t n1, float *y, int64_t ldy) {
-    const int64_t nb = k / MX_BLOCK;
-    float tile[TILE_N + 1][TILE_K] __attribute__((aligned(32)));  /* +1: an odd last row pairs with zeros */
-    for (int64_t nt = n0; nt < n1; nt += TILE_N) {
-        const int rows = (int)(n1 - nt < TILE_N ? n1 - nt : TILE_N);
-        for (int64_t kt = 0; kt < k; kt += TILE_K) {
-            const int64_t kc = k - kt < TILE_K ? k - kt : TILE_K;
-            for (int c = 0; c < rows; c++) {
-                for (int64_t j = 0; j < kc / MX_BLOCK; j++) {
-                    const int64_t blk = (nt + c) * nb + kt / MX_BLOCK + j;
-                    __m256 w[4];
-                    decode_codes(blocks + blk * MX_BLOCK_BYTES, w);
-                    const __m256 sc = _mm256_broadcast_ss(&SCALE2[scales[blk]]);
-                    float *dst = tile[c] + j * MX_BLOCK;
-                    for (int q = 0; q < 4; q++) _mm256_store_ps(dst + 8 * q, _mm256_mul_ps(w[q], sc));
-                }
+    const int64_t nb = k / MX_BLOCK, groups = (m + 15) / 16;
+    float *at = aligned_alloc(64, sizeof(float) * (size_t)(groups * 16 * k));
+    float *wd = aligned_alloc(64, sizeof(float) * (size_t)(6 * k + 8));
+    float *outs = aligned_alloc(64, sizeof(float) * (size_t)(groups * 6 * 16));
+    if (!at || !wd || !outs) {
+        free(at);
+        free(wd);
+        free(outs);
+        mxfp4_rows_c(ap, m, k, blocks, scales, n0, n1, y, ldy);
+        return;
+    }
+    for (int64_t g = 0; g < groups; g++) /* A^T, 16 rows per group */
+        for (int64_t i = 0; i < k; i++)
+            for (int j = 0; j < 16; j++) at[(g * k + i) * 16 + j] = g * 16 + j < m ? ap[(g * 16 + j) * k + i] : 0.0f;
+    for (int64_t nt = n0; nt < n1; nt += 6) {
+        const int nr = (int)(n1 - nt < 6 ? n1 - nt : 6);
+        for (int r = 0; r < nr; r++)
+            for (int64_t j = 0; j < nb; j++) {
+                const int64_t blk = (nt + r) * nb + j;
+                __m256 w[4];
+                decode_codes(blocks + blk * MX_BLOCK_BYTES, w);
+                const __m256 sc = _mm256_broadcast_ss(&SCALE2[scales[blk]]);
+                for (int q = 0; q < 4; q++) _mm256_storeu_ps(wd + r * k + j * MX_BLOCK + 8 * q, _mm256_mul_ps(w[q], sc));
             }
-            if (rows & 1) memset(tile[rows], 0, sizeof(float) * (size_t)kc);
-            for (int64_t r0 = 0; r0 < m; r0 += 4) {
-                const int mr = (int)(m - r0 < 4 ? m - r0 : 4);
-                for (int c = 0; c < rows; c += 2) {
-                    float out[4][2];
-                    const float *a = ap + r0 * k + kt;
-                    switch (mr) {
-                        case 4: dot_tile(a, k, 4, tile[c], kc, out); break;
-                        case 3: dot_tile(a, k, 3, tile[c], kc, out); break;
-                        case 2: dot_tile(a, k, 2, tile[c], kc, out); break;
-                        default: dot_tile(a, k, 1, tile[c], kc, out); break;
-                    }
-                    for (int r = 0; r < mr; r++)
-                        for (int q = 0; q < 2 && c + q < rows; q++) {
-                            float *dst = y + (r0 + r) * ldy + nt + c + q;
-                            *dst = kt == 0 ? out[r][q] : *dst + out[r][q];
-                        }
+        memset(outs, 0, sizeof(float) * (size_t)(groups * 6 * 16));
+        for (int64_t k0 = 0; k0 < k; k0 += PANEL_K) { /* a 16 KB slice of A^T and 6 KB of weights stay in L1 */
+            const int64_t kc = k - k0 < PANEL_K ? k - k0 : PANEL_K;
+            for (int64_t g = 0; g < groups; g++) {
+                const int wide = m - g * 16 > 8;
+                const float *atg = at + (g * k + k0) * 16, *wk = wd + k0;
+                float(*out)[16] = (float(*)[16])(outs + g * 6 * 16);
+                switch (nr * 2 + wide) {
+                    case 13: outer_tile(atg, wk, k, kc, 6, 1, out); break;
+                    case 12: outer_tile(atg, wk, k, kc, 6, 0, out); break;
+                    case 11: outer_tile(atg, wk, k, kc, 5, 1, out); break;
+                    case 10: outer_tile(atg, wk, k, kc, 5, 0, out); break;
+                    case 9: outer_tile(atg, wk, k, kc, 4, 1, out); break;
+                    case 8: outer_tile(atg, wk, k, kc, 4, 0, out); break;
+                    case 7: outer_tile(atg, wk, k, kc, 3, 1, out); break;
+                    case 6: outer_tile(atg, wk, k, kc, 3, 0, out); break;
+                    case 5: outer_tile(atg, wk, k, kc, 2, 1, out); break;
+                    case 4: outer_tile(atg, wk, k, kc, 2, 0, out); break;
+                    case 3: outer_tile(atg, wk, k, kc, 1, 1, out); break;
+                    default: outer_tile(atg, wk, k, kc, 1, 0, out); break;
                 }
             }
         }
+        for (int64_t g = 0; g < groups; g++) {
+            const int64_t rows = m - g * 16 < 16 ? m - g * 16 : 16;
+            const float *out = outs + g * 6 * 16;
+            for (int64_t j = 0; j < rows; j++)
+                for (int r = 0; r < nr; r++) y[(g * 16 + j) * ldy + nt + r] = out[r * 16 + j];
+        }
     }
+    free(at);
+    free(wd);
+    free(outs);
 }
 
 AVX2 static void mxfp4_rows_avx2(const float *ap, int64_t m, int64_t k, const uint8_t *blocks, const uint8_t *scales,
@@ -242,7 +267,7 @@ AVX2 static void mxfp4_rows_avx2(const float *ap, int64_t m, int64_t k, const ui
         case 2: mxfp4_direct(ap, 2, k, blocks, scales, n0, n1, y, ldy); return;
         case 3: mxfp4_direct(ap, 3, k, blocks, scales, n0, n1, y, ldy); return;
         case 4: mxfp4_direct(ap, 4, k, blocks, scales, n0, n1, y, ldy); return;
-        default: mxfp4_tiled(ap, m, k, blocks, scales, n0, n1, y, ldy); return;
+        default: mxfp4_outer(ap, m, k, blocks, scales, n0, n1, y, ldy); return;
     }
 }
 
@@ -300,7 +325,6 @@ AVX2 static void bf16_rows_avx2(const float *a, int64_t lda, int64_t m, int64_t 
 /* Many rows: 64 columns of W at a time are converted to float32 into four packed [K, 16] panels (each weight
  * row read 128 bytes at a time), then 6 x 16 outer-product tiles (12 accumulators) run over K in chunks of 256
  * (a 16 KB panel chunk and 6 rows of A stay in L1). */
-#define PANEL_K 256
 AVX2_INLINE void panel_tile(const float *ar, int64_t lda, const int mr, const float *panel, int64_t kc, float *yt,
                             int64_t ldy, int first) {
     __m256 acc[6][2];
