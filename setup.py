@@ -33,8 +33,12 @@ class OptionalNative(build_ext):
         except Exception as exc:  # noqa: BLE001
             self._skip(exc)
 
-    @staticmethod
-    def _skip(exc: Exception) -> None:
+    _said = False
+
+    def _skip(self, exc: Exception) -> None:
+        if OptionalNative._said:  # editable installs fail a second time copying the missing library: say it once
+            return
+        OptionalNative._said = True
         print(f"mxport: native kernels not built ({type(exc).__name__}: {exc}); mxport works without them "
               "(ai.mxport ops then run through their ONNX function bodies)")
 
