@@ -165,31 +165,19 @@ def run_harmony(generator: Generator, args: argparse.Namespace, config: Generati
     system = SystemContent(reasoning=args.reasoning or "medium", current_date=args.date,
                            **({"identity": args.system} if args.system else {}))
     chat = ChatSession(generator, system, args.developer, tools)
-    interactive = sys.stdin.isatty()
-    if not interactive:  # one turn; a tool call is printed and ends it (there is nobody to answer it)
-        text = sys.stdin.read().strip()
-        if not text:
-            raise MxportError("chat: stdin is empty (pipe a message in, or run on a terminal)")
-        _turn(chat, partial(chat.send, text), config, args.show_analysis)
-        return 0
-    print(f"mxport chat — {generator.name}; empty line or Ctrl-D to quit", file=sys.stderr)
-    while True:
-        try:
-            text = input("> ").strip()
-        except EOFError:
-            print()
-            return 0
-        if not text:
-            return 0
+
+    def turn(text: str, interactive: bool) -> bool:
         reply = _turn(chat, partial(chat.send, text), config, args.show_analysis)
-        while reply.stop == "call" and chat.pending_calls:  # ask for each call's result, let the model go on
+        # interactive: ask for each call's result and let the model go on (one-shot: the call is printed, and ends it)
+        while interactive and reply.stop == "call" and chat.pending_calls:
             (call,) = chat.pending_calls
-            try:
-                result = input(f"[tool result] {call.recipient}> ")
-            except EOFError:
-                print()
-                return 0
+            result = _read_line(f"[tool result] {call.recipient}> ")
+            if result is None:
+                return False
             reply = _turn(chat, partial(chat.send_tool_result, call.recipient, result), config, args.show_analysis)
+        return True
+
+    return _converse(generator, turn)
 
 
 def run_template(generator: Generator, args: argparse.Namespace, config: GenerationConfig) -> int:
@@ -223,25 +211,35 @@ def run_template(generator: Generator, args: argparse.Namespace, config: Generat
             raw = generator.tokenizer.decode(chat.last_token_ids)
             print(f"[no answer text in the reply; raw reply: {raw!r}]", file=sys.stderr)
 
+    return _converse(generator, lambda text, interactive: turn(text) or True)
+
+
+CHAT_RUNNERS = {"harmony": run_harmony, "template": run_template}  # by the family's chat_format
+
+
+def _read_line(prompt: str) -> str | None:
+    """One line typed at `prompt`, or None at end of input."""
+    try:
+        return input(prompt)
+    except EOFError:
+        print()
+        return None
+
+
+def _converse(generator: Generator, turn: Callable[[str, bool], bool]) -> int:
+    """One turn from stdin when it is not a terminal; else turns until an empty line or end of input.
+    `turn(text, interactive)` returns False to end the conversation."""
     if not sys.stdin.isatty():
         text = sys.stdin.read().strip()
         if not text:
             raise MxportError("chat: stdin is empty (pipe a message in, or run on a terminal)")
-        turn(text)
+        turn(text, False)
         return 0
     print(f"mxport chat — {generator.name}; empty line or Ctrl-D to quit", file=sys.stderr)
     while True:
-        try:
-            text = input("> ").strip()
-        except EOFError:
-            print()
+        text = _read_line("> ")
+        if not text or not text.strip() or not turn(text.strip(), True):
             return 0
-        if not text:
-            return 0
-        turn(text)
-
-
-CHAT_RUNNERS = {"harmony": run_harmony, "template": run_template}  # by the family's chat_format
 
 
 def _turn(chat: ChatSession, send: Callable[..., Reply], config: GenerationConfig, show_analysis: bool) -> Reply:
