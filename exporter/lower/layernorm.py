@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from .rules import MS_DOMAIN, Context, attr, const, move_uses
+from .norm import fed_by_residual_add, fuse_skip, residual_problem
+from .rules import Context, attr
 
 
 class SkipLayerNorm:
     name = "skip_layer_norm"
 
     def pattern(self, node: ir.Node) -> bool:
-        if node.domain != "" or node.op_type != "LayerNormalization":
-            return False
-        producer = node.inputs[0].producer()
-        return producer is not None and producer.op_type == "Add" and producer.domain == ""
+        return node.domain == "" and node.op_type == "LayerNormalization" and fed_by_residual_add(node)
 
     def check(self, node: ir.Node, ctx: Context) -> str | None:
         axis = attr(node, "axis", -1)
@@ -36,25 +34,7 @@ class SkipLayerNorm:
             return "no bias (beta) input: kept as LayerNormalization"
         if any(v.uses() for v in node.outputs[1:] if v is not None):
             return "mean / inv_std_dev outputs are used (training graphs only)"
-        a, b = node.inputs[0].producer().inputs
-        if const(a) is not None or const(b) is not None:
-            return "the Add has a constant operand (a bias, not a residual)"
-        shapes = [v.shape for v in (a, b)]
-        if all(s is not None for s in shapes) and shapes[0].rank() != shapes[1].rank():
-            return f"residual operands have ranks {shapes[0].rank()} and {shapes[1].rank()} (broadcasting Add)"
-        return None
+        return residual_problem(node.inputs[0].producer())
 
     def rewrite(self, node: ir.Node, ctx: Context) -> None:
-        ctx.use_ms_domain()
-        add = node.inputs[0].producer()
-        a, b = add.inputs
-        fused = ir.node(
-            "SkipLayerNormalization", [a, b, node.inputs[1], node.inputs[2]],
-            {"epsilon": float(attr(node, "epsilon", 1e-5))},
-            domain=MS_DOMAIN, num_outputs=4, name=f"{node.name or 'layer_norm'}/skip",
-        )
-        out, _mean, _inv_std, total = fused.outputs
-        ctx.graph.insert_before(add, fused)  # the Add's other users (next residual, hidden states) may come first
-        move_uses(node.outputs[0], out)
-        move_uses(add.outputs[0], total)
-        ctx.graph.remove([node, add], safe=True)
+        fuse_skip(ctx, node, "SkipLayerNormalization", [node.inputs[1], node.inputs[2]], "layer_norm")

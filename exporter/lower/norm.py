@@ -44,37 +44,49 @@ class SimplifiedNorm:
         replace(ctx, node, [new], new.outputs)
 
 
+def fed_by_residual_add(node: ir.Node) -> bool:
+    """The norm's input is a standard Add (a residual sum candidate)."""
+    producer = node.inputs[0].producer()
+    return producer is not None and producer.op_type == "Add" and producer.domain == ""
+
+
+def residual_problem(add: ir.Node) -> str | None:
+    """Why the Add feeding a norm is not a residual sum the Skip*Normalization ops can take, or None."""
+    a, b = add.inputs
+    if const(a) is not None or const(b) is not None:
+        return "the Add has a constant operand (a bias, not a residual)"
+    shapes = [v.shape for v in (a, b)]
+    if all(s is not None for s in shapes) and shapes[0].rank() != shapes[1].rank():
+        return f"residual operands have ranks {shapes[0].rank()} and {shapes[1].rank()} (broadcasting Add)"
+    return None
+
+
+def fuse_skip(ctx: Context, node: ir.Node, op_type: str, params: list[ir.Value], default_name: str) -> None:
+    """Add(a, b) -> norm(params) ==> com.microsoft `op_type`(a, b, *params): output 0 replaces the norm's, output 3
+    (a + b) the Add's, so the residual keeps feeding its other users under the Add's role."""
+    ctx.use_ms_domain()
+    add = node.inputs[0].producer()
+    a, b = add.inputs
+    fused = ir.node(
+        op_type, [a, b, *params], {"epsilon": float(attr(node, "epsilon", 1e-5))},
+        domain=MS_DOMAIN, num_outputs=4, name=f"{node.name or default_name}/skip",
+    )
+    out, _mean, _inv_std, total = fused.outputs
+    # Insert at the Add: its users (next residual, a hidden_states Identity) may sit before the norm.
+    ctx.graph.insert_before(add, fused)
+    move_uses(node.outputs[0], out)
+    move_uses(add.outputs[0], total)
+    ctx.graph.remove([node, add], safe=True)
+
+
 class SkipSimplifiedNorm:
     name = "skip_simplified_layer_norm"
 
     def pattern(self, node: ir.Node) -> bool:
-        if node.domain != "" or node.op_type != "SimplifiedLayerNormalization":
-            return False
-        producer = node.inputs[0].producer()
-        return producer is not None and producer.op_type == "Add" and producer.domain == ""
+        return node.domain == "" and node.op_type == "SimplifiedLayerNormalization" and fed_by_residual_add(node)
 
     def check(self, node: ir.Node, ctx: Context) -> str | None:
-        add = node.inputs[0].producer()
-        a, b = add.inputs
-        if const(a) is not None or const(b) is not None:
-            return "the Add has a constant operand (a bias, not a residual)"
-        shapes = [v.shape for v in (a, b)]
-        if all(s is not None for s in shapes) and shapes[0].rank() != shapes[1].rank():
-            return f"residual operands have ranks {shapes[0].rank()} and {shapes[1].rank()} (broadcasting Add)"
-        return None
+        return residual_problem(node.inputs[0].producer())
 
     def rewrite(self, node: ir.Node, ctx: Context) -> None:
-        ctx.use_ms_domain()
-        add = node.inputs[0].producer()
-        a, b = add.inputs
-        fused = ir.node(
-            "SkipSimplifiedLayerNormalization", [a, b, node.inputs[1]],
-            {"epsilon": float(attr(node, "epsilon", 1e-5))},
-            domain=MS_DOMAIN, num_outputs=4, name=f"{node.name or 'norm'}/skip",
-        )
-        out, _mean, _inv_std, total = fused.outputs
-        # Insert at the Add: its users (next residual, a hidden_states Identity) may sit before the norm.
-        ctx.graph.insert_before(add, fused)
-        move_uses(node.outputs[0], out)
-        move_uses(add.outputs[0], total)
-        ctx.graph.remove([node, add], safe=True)
+        fuse_skip(ctx, node, "SkipSimplifiedLayerNormalization", [node.inputs[1]], "norm")
