@@ -16,7 +16,7 @@ from mxport.errors import MxportError
 from mxport.exporter.checkpoint import open_checkpoint
 from mxport.exporter.export import export
 from mxport.runtime.reference_model import ReferenceModel
-from mxport.runtime.runners import OrtRunner
+from mxport.runtime.runners import OrtRunner, make_feeds
 from mxport.runtime.verify import verify
 
 _CACHE: dict = {}
@@ -49,18 +49,6 @@ def rel_err(a, b) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-def feeds(cfg, ids, mask=None, past=None):
-    B, S = ids.shape
-    mask = np.ones((B, S), np.int64) if mask is None else mask
-    out = {"input_ids": ids, "attention_mask": mask,
-           "position_ids": np.clip(np.cumsum(mask, 1) - 1, 0, None)[:, -S:]}
-    for i in range(cfg.num_hidden_layers):
-        for j, kv in enumerate(("key", "value")):
-            out[f"past_key_values.{i}.{kv}"] = (past[i][j] if past else
-                                                np.zeros((B, cfg.num_key_value_heads, 0, cfg.head_dim), np.float32))
-    return out
-
-
 def presents(cfg, out):
     return [(out[f"present.{i}.key"], out[f"present.{i}.value"]) for i in range(cfg.num_hidden_layers)]
 
@@ -80,7 +68,7 @@ def test_export_matches_transformers(case, exported, name, target):
     ids = np.random.default_rng(3).integers(4, cfg.vocab_size, (2, 10))
     with torch.no_grad():
         want = oracle(torch.tensor(ids)).logits.numpy()
-    got = OrtRunner(exported(name, target), "cpu").infer(feeds(cfg, ids))["logits"]
+    got = OrtRunner(exported(name, target), "cpu").infer(make_feeds(ids, cfg=cfg))["logits"]
     err = rel_err(got, want)
     print(f"\n{name} {target}: max relative logits error vs transformers {err:.2e}")
     assert err <= 1e-4 and (got.argmax(-1) == want.argmax(-1)).all()
@@ -118,11 +106,11 @@ def test_cached_decoding_equals_recomputation(case, exported, target):
     cfg = open_checkpoint(path).config
     runner = OrtRunner(exported("sliding", target), "cpu")
     ids = np.random.default_rng(4).integers(4, cfg.vocab_size, (2, 11))
-    full = runner.infer(feeds(cfg, ids))["logits"]
-    out = runner.infer(feeds(cfg, ids[:, :6]))
+    full = runner.infer(make_feeds(ids, cfg=cfg))["logits"]
+    out = runner.infer(make_feeds(ids[:, :6], cfg=cfg))
     steps = [out["logits"]]
     for t in range(6, 11):
-        out = runner.infer(feeds(cfg, ids[:, t : t + 1], np.ones((2, t + 1), np.int64), presents(cfg, out)))
+        out = runner.infer(make_feeds(ids[:, t : t + 1], np.ones((2, t + 1), np.int64), presents(cfg, out), cfg=cfg))
         steps.append(out["logits"])
     assert rel_err(np.concatenate(steps, axis=1), full) <= 1e-5
 
@@ -137,9 +125,9 @@ def test_left_padded_batch_equals_each_row_alone(case, exported, target):
     batch = np.concatenate([a, np.concatenate([np.zeros((1, 4), np.int64), b], axis=1)])
     mask = np.ones_like(batch)
     mask[1, :4] = 0
-    got = runner.infer(feeds(cfg, batch, mask))["logits"]
-    assert rel_err(got[0], runner.infer(feeds(cfg, a))["logits"][0]) <= 1e-5
-    assert rel_err(got[1, 4:], runner.infer(feeds(cfg, b))["logits"][0]) <= 1e-5
+    got = runner.infer(make_feeds(batch, mask, cfg=cfg))["logits"]
+    assert rel_err(got[0], runner.infer(make_feeds(a, cfg=cfg))["logits"][0]) <= 1e-5
+    assert rel_err(got[1, 4:], runner.infer(make_feeds(b, cfg=cfg))["logits"][0]) <= 1e-5
 
 
 @pytest.mark.parametrize("name", ["norm", "step2_bf16"])
@@ -156,7 +144,7 @@ def test_mxfp4_export_equals_the_reference_on_mxfp4_experts_and_verify_reports_i
     assert [n for n in model.graph.node if n.op_type == "MoEMXFP4_2"]
     cfg = open_checkpoint(path).config
     ids = np.random.default_rng(8).integers(4, cfg.vocab_size, (2, 8))
-    got = OrtRunner(out, "cpu").infer(feeds(cfg, ids))["logits"]
+    got = OrtRunner(out, "cpu").infer(make_feeds(ids, cfg=cfg))["logits"]
     with ReferenceModel(path, experts="mxfp4") as packed, ReferenceModel(path) as exact:
         same, float_ref = packed.forward(ids).logits, exact.forward(ids).logits
     assert rel_err(got, same) <= 1e-4 and (got.argmax(-1) == same.argmax(-1)).all()
