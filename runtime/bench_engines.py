@@ -193,7 +193,8 @@ def measure_mxport(folder: str, threads: int, prompt_len: int, new_tokens: int) 
         ids = _prompt(vocab, n_prompt)
         mask = np.ones_like(ids)
         t0 = time.perf_counter()
-        logits, cache = model.step(ids, mask, np.arange(n_prompt, dtype=np.int64)[None], model.new_cache(1))
+        logits, cache = model.step(ids, mask, np.arange(n_prompt, dtype=np.int64)[None],
+                                   model.new_cache(1, capacity=n_prompt + n_new))
         t1 = time.perf_counter()
         for i in range(n_new):
             nxt = logits[:, -1].argmax(-1)[:, None].astype(np.int64)

@@ -214,7 +214,7 @@ class Generator:
         texts = [_TextState(self.tokenizer, config) for _ in batch]
         done = [False] * B
         counts = [0] * B
-        cache = self.model.new_cache(B)
+        cache = self.model.new_cache(B, capacity=S0 + config.max_new_tokens)
         t0 = time.perf_counter()
         logits, cache = self.model.step(input_ids, mask, position_ids, cache)
         prefill_time[0] = time.perf_counter() - t0

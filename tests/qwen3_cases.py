@@ -18,6 +18,10 @@ CASES: dict[str, dict] = {
     # linear rope scaling, attention biases
     "linear_bias": dict(BASE, tie_word_embeddings=False, attention_bias=True,
                         rope_scaling={"rope_type": "linear", "factor": 2.5}),
+    # head_dim 32 (a multiple of 16): --target cpu folds the rotary into GroupQueryAttention; YaRN tables
+    "folded_rotary_yarn": dict(BASE, tie_word_embeddings=True, head_dim=32, rope_theta=None,
+                               rope_parameters={"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0,
+                                                "original_max_position_embeddings": 128}),
     # YaRN in the transformers 5 spelling (rope_parameters with rope_theta inside)
     "yarn": dict(BASE, tie_word_embeddings=True, rope_theta=None,
                  rope_parameters={"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0,

@@ -27,7 +27,7 @@ class ScriptedStepModel:
                  filler: int, delay: float = 0.0) -> None:
         self.vocab, self.choose, self.scripts, self.filler, self.delay = vocab, choose, scripts, filler, delay
 
-    def new_cache(self, batch: int) -> list[np.ndarray]:
+    def new_cache(self, batch: int, capacity: int | None = None) -> list[np.ndarray]:
         return [np.zeros((batch, 1, 0, 2), np.float32)] * 2
 
     def step(self, input_ids, attention_mask, position_ids, cache):

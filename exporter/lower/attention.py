@@ -1,4 +1,4 @@
-"""Lower ai.mxport Attention to com.microsoft GroupQueryAttention (rotary stays outside, in the graph).
+"""Lower ai.mxport Attention to com.microsoft GroupQueryAttention (on cpu, with the rotary folded in: rotary.py).
 
     ai.mxport.Attention(q, k, v, past_k, past_v, attention_mask [B,T] int64, sinks [Hq]) {num_heads, kv_num_heads,
                         scale, window}
@@ -7,7 +7,7 @@
               attention_bias = 0 | float32 min where attention_mask == 0   [B,1,S,T],
               head_sink = sinks (absent when every sink is -inf: "no sinks"),
               query_seqlens = S for every row (int32 [B]))
-           {num_heads, kv_num_heads, scale, local_window_size = window (or -1), do_rotary = 0}
+           {num_heads, kv_num_heads, scale, local_window_size = window (or -1), do_rotary = 1 on cpu, else 0}
 
 Why this spelling (checked against the NumPy kernel on CPU, onnxruntime 1.32):
   - GQA's own padding model is right padding (seqlens_k = valid length - 1). mxport's I/O is left padding, and
@@ -16,8 +16,10 @@ Why this spelling (checked against the NumPy kernel on CPU, onnxruntime 1.32):
     window counts absolute slots in both contracts.
   - local_window_size = W makes query slot i see keys i-W < j <= i: the same as `window` (not W-1).
   - query_seqlens lifts "batch_size must be 1 when sequence_length > 1 and past is given" (chunked prefill).
-  - Rotary stays outside: GQA's in-kernel rotary takes only position_ids[b, 0] for a first prompt and assumes
-    consecutive positions; left-padded rows have positions 0,0,..,0,1,2,.. (cumsum(mask) - 1, clipped).
+  - Rotary: on --target cpu the RotaryEmbedding of q and k is folded in (do_rotary = 1) with one cos/sin row
+    per token, so GQA never computes a position itself (left-padded rows have positions 0,0,..,0,1,2,..:
+    cumsum(mask) - 1, clipped; its own position rule is right padding's). On cuda it stays outside (the CUDA
+    kernel's rotary inputs are not checked on a GPU here).
   - A -inf sink constant (exporter/layers.attention(sinks=None): Qwen3, GPT-2) is the op's "no sinks": the
     head_sink input is left out, which is GQA's plain softmax (a -inf head_sink would be the same numbers, but
     only by the kernel's grace, and it costs a column per row).
@@ -30,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from .rotary import foldable, rotary_inputs
 from .rules import MS_DOMAIN, Context, attr, const, replace
 
 INT32 = ir.DataType.INT32
@@ -65,23 +68,37 @@ class LowerAttention:
         sinks = node.inputs[6] if len(node.inputs) > 6 else None
         if no_sinks(sinks):
             sinks = None
-        nodes, seqlens_k, total, bias, query_seqlens = _shared_inputs(ctx, mask, q)
+        ropes = foldable(q, k, _head_size(node)) if ctx.target == "cpu" else "target cuda"
+        rotary: list[ir.Value | None] = [None, None, None]  # cos_cache, sin_cache, position_ids
+        nodes: list[ir.Node] = []
+        if isinstance(ropes, str):
+            if ctx.target == "cpu" and not ropes.startswith("q and k are not"):  # GPT-2: no rotary to fold
+                ctx.report.refused.append(("rotary_in_attention", node.name or "attention", ropes))
+            ropes = None
+        else:  # rotary.py: GQA rotates q and k itself
+            ctx.report.applied["rotary_in_attention"] += 1
+            q, k = ropes[0].inputs[0], ropes[1].inputs[0]
+            nodes, rotary = rotary_inputs(ctx, ropes[0].inputs[1], ropes[0].inputs[2], mask, _head_size(node))
+        shared, seqlens_k, total, bias, query_seqlens = _shared_inputs(ctx, mask, q)
+        nodes = [*shared, *nodes]
         window = int(attr(node, "window", 0))
         attrs = {
             "num_heads": int(attr(node, "num_heads")),
             "kv_num_heads": int(attr(node, "kv_num_heads")),
             "local_window_size": window if window > 0 else -1,
-            "do_rotary": 0,
+            "do_rotary": 0 if ropes is None else 1,
         }
         if scale := attr(node, "scale"):  # ai.mxport: absent or 0 means 1/sqrt(D), as GQA's default
             attrs["scale"] = float(scale)
         # GQA inputs: query key value past_key past_value seqlens_k total_sequence_length cos_cache sin_cache
         #             position_ids attention_bias head_sink k_scale v_scale q_norm_weight k_norm_weight query_seqlens
-        inputs = [q, k, v, past_k, past_v, seqlens_k, total, None, None, None, bias, sinks,
+        inputs = [q, k, v, past_k, past_v, seqlens_k, total, *rotary, bias, sinks,
                   None, None, None, None, query_seqlens]
         prefix = node.name or "attention"
         gqa = ir.node("GroupQueryAttention", inputs, attrs, domain=MS_DOMAIN, num_outputs=3, name=f"{prefix}/gqa")
         replace(ctx, node, [*nodes, gqa], gqa.outputs)
+        if ropes is not None:
+            ctx.graph.remove(list(ropes), safe=True)
 
 
 def _head_size(node: ir.Node) -> int | None:

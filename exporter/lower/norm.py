@@ -71,7 +71,8 @@ def fuse_skip(ctx: Context, node: ir.Node, op_type: str, params: list[ir.Value],
         op_type, [a, b, *params], {"epsilon": float(attr(node, "epsilon", 1e-5))},
         domain=MS_DOMAIN, num_outputs=4, name=f"{node.name or default_name}/skip",
     )
-    out, _mean, _inv_std, total = fused.outputs
+    out, mean, inv_std, total = fused.outputs
+    mean.name = inv_std.name = ""  # optional outputs left out: ORT then neither computes nor allocates them
     # Insert at the Add: its users (next residual, a hidden_states Identity) may sit before the norm.
     ctx.graph.insert_before(add, fused)
     move_uses(node.outputs[0], out)

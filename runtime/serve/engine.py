@@ -40,7 +40,7 @@ import numpy as np
 
 from mxport.runtime.runners import position_ids
 from mxport.runtime.sampling import SamplingConfig, sample
-from mxport.runtime.session import StepModel
+from mxport.runtime.session import StepModel, cache_arrays
 
 
 class QueueFull(Exception):
@@ -242,8 +242,8 @@ class Engine:
         P = max(a.mask.shape[1], b.mask.shape[1])
         mask = np.concatenate([_left_pad(a.mask, P, 1), _left_pad(b.mask, P, 1)], axis=0)
         cache = []
-        for x, y in zip(a.cache, b.cache):
-            x, y = _numpy(x), _numpy(y)
+        for x, y in zip(cache_arrays(self.model, a.cache, a.mask.shape[1]),
+                        cache_arrays(self.model, b.cache, b.mask.shape[1])):
             L = max(x.shape[2], y.shape[2])
             cache.append(self._wrap(np.concatenate([_left_pad(x, L, 2), _left_pad(y, L, 2)], axis=0)))
         self.seconds["batch"] += time.perf_counter() - t0
@@ -258,8 +258,8 @@ class Engine:
         k = int(np.argmax(mask.any(axis=0)))  # leading columns that are padding in every remaining row
         P = mask.shape[1] - k
         cache = []
-        for value in b.cache:
-            arr = _numpy(value)[keep]
+        for arr in cache_arrays(self.model, b.cache, b.mask.shape[1]):
+            arr = arr[keep]
             L = min(arr.shape[2], P)
             cache.append(self._wrap(np.ascontiguousarray(arr[:, :, arr.shape[2] - L :])))
         self.seconds["batch"] += time.perf_counter() - t0
@@ -278,10 +278,6 @@ def _left_pad(x: np.ndarray, length: int, axis: int) -> np.ndarray:
     widths = [(0, 0)] * x.ndim
     widths[axis] = (short, 0)
     return np.pad(x, widths)
-
-
-def _numpy(value: Any) -> np.ndarray:
-    return value.numpy() if hasattr(value, "numpy") and not isinstance(value, np.ndarray) else np.asarray(value)
 
 
 def _wrapper(model: Any):

@@ -57,8 +57,11 @@ def test_rope_kinds():
 
 # Hashes of model.onnx + model.onnx.data of the gpt-oss tiny preset, exported before the family refactor (commit
 # 685291b). Serialization belongs to onnx / onnx-ir: with other versions than these the bytes may legitimately differ.
+# The cpu graph changed on purpose since (its logits did not): the RotaryEmbedding of q and k folded into
+# GroupQueryAttention (lower/rotary.py) and the unused mean / inv_std outputs of the Skip*Normalization nodes
+# left out (it was f76f0d7ea5b18892 up to 470f642).
 GOLDEN_VERSIONS = ("1.23.2", "1.1.0")
-GOLDEN = {"portable": "4f2b24e9919b9b9a", "cpu": "f76f0d7ea5b18892"}
+GOLDEN = {"portable": "4f2b24e9919b9b9a", "cpu": "157f6c2f27f02ff3"}
 
 
 @pytest.mark.skipif((onnx.__version__, onnx_ir.__version__) != GOLDEN_VERSIONS,

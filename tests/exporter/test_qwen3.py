@@ -64,7 +64,7 @@ def test_export_matches_transformers(case, exported, name, target):
     assert err <= 1e-4 and (got.argmax(-1) == want.argmax(-1)).all()
 
 
-@pytest.mark.parametrize("name", ["tied", "sliding_bf16"])
+@pytest.mark.parametrize("name", ["tied", "sliding_bf16", "folded_rotary_yarn"])
 def test_cpu_cached_decoding_equals_recomputation(case, exported, name):
     path, _ = case(name)
     cfg = open_checkpoint(path).config
@@ -106,6 +106,41 @@ def test_cpu_lowering_report(exported):
     assert len(gqa) == L and all(len(n.input) < 12 or n.input[11] == "" for n in gqa)
     refused = json.loads((exported("untied_d20", "cpu") / "mxport.json").read_text())["lowering"]["refused"]
     assert any("head_size=20" in r["reason"] for r in refused)
+
+
+def test_rotary_is_folded_into_gqa_where_head_size_allows(exported):
+    """head_dim 32: no RotaryEmbedding left, GQA rotates (do_rotary=1, one cos/sin row per token); head_dim 24:
+    refused with the reason, the RotaryEmbedding nodes stay."""
+    folded = onnx.load(exported("folded_rotary_yarn", "cpu") / "model.onnx", load_external_data=False)
+    ops = [n.op_type for n in folded.graph.node]
+    gqa = [n for n in folded.graph.node if n.op_type == "GroupQueryAttention"]
+    assert "RotaryEmbedding" not in ops and len(gqa) == 3
+    assert all(next(a.i for a in n.attribute if a.name == "do_rotary") == 1 and n.input[7] and n.input[9] for n in gqa)
+    kept = json.loads((exported("tied", "cpu") / "mxport.json").read_text())["lowering"]
+    assert [r["reason"] for r in kept["refused"]] == ["head_size=24 is not a multiple of 16 (ORT's CPU rotary needs it)"] * 3
+    model = onnx.load(exported("tied", "cpu") / "model.onnx", load_external_data=False)
+    assert [n.op_type for n in model.graph.node].count("RotaryEmbedding") == 6
+
+
+def test_folded_rotary_follows_the_given_positions(case, exported):
+    """GQA's own position rule (right padding) is never used: arbitrary position_ids give the portable export's
+    logits, and a row keeps its logits when its cache is shifted right by pad slots (serve's batch surgery)."""
+    path, _ = case("folded_rotary_yarn")
+    cfg = open_checkpoint(path).config
+    ids = np.random.default_rng(8).integers(4, cfg.vocab_size, (2, 6))
+    pos = np.array([[0, 1, 2, 9, 10, 30], [100, 101, 102, 103, 104, 105]])
+    feeds = make_feeds(ids, cfg=cfg)
+    feeds["position_ids"] = pos
+    want = OrtRunner(exported("folded_rotary_yarn", "portable"), "cpu").infer(feeds)["logits"]
+    cpu = OrtRunner(exported("folded_rotary_yarn", "cpu"), "cpu")
+    assert rel_err(cpu.infer(feeds)["logits"], want) <= 1e-5
+    out = cpu.infer(make_feeds(ids, cfg=cfg))
+    step = ids[:, :1]
+    plain = cpu.infer(make_feeds(step, np.ones((2, 7), np.int64), presents(cfg, out), cfg=cfg))["logits"]
+    shifted_past = [tuple(np.pad(x, ((0, 0), (0, 0), (5, 0), (0, 0))) for x in kv) for kv in presents(cfg, out)]
+    mask = np.concatenate([np.zeros((2, 5), np.int64), np.ones((2, 7), np.int64)], axis=1)
+    shifted = cpu.infer(make_feeds(step, mask, shifted_past, cfg=cfg))["logits"]
+    assert rel_err(shifted, plain) <= 1e-5
 
 
 @pytest.mark.parametrize("target", sorted(TARGETS))

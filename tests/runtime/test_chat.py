@@ -45,7 +45,7 @@ class _Scripted:
         self.prompts: list[list[int]] = []
         self._pos = 0
 
-    def new_cache(self, batch):
+    def new_cache(self, batch, capacity=None):
         return self.model.new_cache(batch)
 
     def step(self, input_ids, attention_mask, position_ids, cache):

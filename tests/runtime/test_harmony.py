@@ -206,7 +206,7 @@ class _ForceAt:
         self.model, self.at, self.token = model, at, token
         self.cache_shape = model.cache_shape
 
-    def new_cache(self, batch):
+    def new_cache(self, batch, capacity=None):
         return self.model.new_cache(batch)
 
     def step(self, input_ids, attention_mask, position_ids, cache):

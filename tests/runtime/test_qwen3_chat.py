@@ -106,7 +106,7 @@ class _Scripted:
         self.cache_shape = model.cache_shape
         self.prompt: list[int] = []
 
-    def new_cache(self, batch):
+    def new_cache(self, batch, capacity=None):
         return self.model.new_cache(batch)
 
     def step(self, input_ids, attention_mask, position_ids, cache):

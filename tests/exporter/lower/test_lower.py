@@ -62,7 +62,8 @@ def test_cpu_fp32_is_exact(tiny, reference, tmp_path):
     sess, report = _lowered(ckpt, tmp_path, "fp32")
     L = cfg.num_hidden_layers
     assert report["applied"] == {"fused_qkv": L, "simplified_layer_norm": 2 * L + 1,
-                                 "skip_simplified_layer_norm": 2 * L, "attention": L, "moe": L}
+                                 "skip_simplified_layer_norm": 2 * L, "attention": L, "moe": L,
+                                 "rotary_in_attention": L}
     assert report["refused"] == []
     prefill, decode = _prefill_and_step(cfg, sess, reference)
     assert prefill, prefill
