@@ -154,6 +154,10 @@ class OrtStepModel:
         shareable = shared_buffer_layers(path, self.past_names, self.present_names)
         use = cache == "static" or (cache == "auto" and self.device == "cpu")
         self.static = [use and ok for ok in shareable]  # per past input: bound as one buffer with its present
+        out = next(o for o in self.session.get_outputs() if o.name == "logits")
+        declared = out.shape if out.type == "tensor(float)" and len(out.shape) == 3 else [None, None, None]
+        self._logits_dims = ((declared[1] if isinstance(declared[1], int) else None, declared[2])
+                             if isinstance(declared[2], int) else None)
 
     def new_cache(self, batch: int, capacity: int | None = None) -> list[Any]:
         """An empty cache for `batch` rows; static layers get buffers of `capacity` slots (the prompt plus the
@@ -176,16 +180,31 @@ class OrtStepModel:
             if self.static[i] and value.shape()[2] < total:
                 cache[i] = value = self._grow(value, total - new, total)
             io.bind_ortvalue_input(name, value)
-        io.bind_output("logits", "cpu")
+        logits = self._logits_array(input_ids.shape)
+        if logits is None:
+            io.bind_output("logits", "cpu")
+        else:  # ORT writes straight into a numpy array of ours (get_outputs would wrap every present)
+            io.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
         for i, name in enumerate(self.present_names):
             if self.static[i]:
                 io.bind_ortvalue_output(name, cache[i])  # the same buffer: GQA writes the new slots in place
             else:
                 io.bind_output(name, self.device, 0)  # allocated by ORT on the device, fed back next step
         self.session.run_with_iobinding(io)
+        if logits is not None and all(self.static):
+            return logits, cache
         outputs = io.get_outputs()
-        logits = outputs[0].numpy()
+        if logits is None:
+            logits = outputs[0].numpy()
         return logits, [cache[i] if self.static[i] else out for i, out in enumerate(outputs[1:])]
+
+    def _logits_array(self, ids_shape: tuple[int, ...]) -> np.ndarray | None:
+        """An empty float32 array of the logits' shape [B, S (or 1: --last-logits), V], or None when the graph
+        does not declare V (then ORT allocates the output)."""
+        dims = self._logits_dims
+        if dims is None:
+            return None
+        return np.empty((ids_shape[0], ids_shape[1] if dims[0] is None else dims[0], dims[1]), np.float32)
 
     def cache_arrays(self, cache: list[Any], total: int) -> list[np.ndarray]:
         """The cache as numpy arrays of the slots in use (a static buffer's first `total` slots), for batch
