@@ -317,7 +317,9 @@ def run(args: argparse.Namespace) -> int:
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     print(f"exported {args.checkpoint} -> {out} ({size / 1e6:.1f} MB, {time.monotonic() - start:.1f}s)")
     refused = json.loads((out / META_FILE).read_text()).get("lowering", {}).get("refused", [])
-    reasons = Counter(f"{r['rule']}: {r['reason']}" for r in refused)  # lowering rules that left nodes portable
-    for reason, count in sorted(reasons.items()):
-        print(f"note: {count} node(s) kept portable by {reason}", file=sys.stderr)
+    reasons = Counter((r["rule"], r["reason"]) for r in refused)  # lowering rules that left nodes portable
+    for (rule, reason), count in sorted(reasons.items()):
+        what = "attention node(s) keep rotary outside GroupQueryAttention" if rule == "rotary_in_attention" \
+            else f"node(s) kept portable by {rule}"
+        print(f"note: {count} {what}: {reason}", file=sys.stderr)
     return 0
