@@ -203,7 +203,8 @@ def main(argv=None) -> int:
     print(f"model {args.shape}: {n_params / 1e6:.2f} M parameters; {cfg.num_hidden_layers} layers "
           f"{cfg.layer_types}, hidden {cfg.hidden_size}, {cfg.num_experts} experts top-{cfg.experts_per_token}, "
           f"vocab {cfg.vocab_size}", flush=True)
-    tok_dir = Path(tempfile.mkdtemp(prefix="chat-tok-"))
+    tok_tmp = tempfile.TemporaryDirectory(prefix="chat-tok-")  # removed when main returns (or the run dies)
+    tok_dir = Path(tok_tmp.name)
     save_tokenizer(tokenizer, tok_dir, cfg)
     pad = cfg.pad_token_id
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
