@@ -91,3 +91,23 @@ def test_generator_tokens_do_not_depend_on_the_cache_form(exports):
     b = growing.generate(prompts, max_new_tokens=20, stop_token_ids=())
     assert [r.token_ids for r in a] == [r.token_ids for r in b]
     assert any(static.model.static)
+
+
+def test_decode_ab_example_runs_mxport_and_genai(exports, capsys):
+    """examples/decode_ab.py (the interleaved side-by-side timing of docs/BENCHMARKS.md) on the tiny export, and
+    onnxruntime-genai on the same folder when it is installed (every export writes genai_config.json)."""
+    import runpy
+    from pathlib import Path
+
+    example = runpy.run_path(str(Path(__file__).parents[2] / "examples" / "decode_ab.py"))
+    engines = [str(exports["cpu"])]
+    try:
+        import onnxruntime_genai  # noqa: F401
+
+        engines.append(f"og:{exports['cpu']}")
+    except ImportError:
+        pass
+    assert example["main"]([*engines, "--rounds", "2", "--steps", "4", "--prompt-len", "8"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == len(engines) and all("ms/step" in line for line in lines)
+    assert lines[0].endswith("1.00x the first")
