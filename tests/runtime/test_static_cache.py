@@ -111,3 +111,18 @@ def test_decode_ab_example_runs_mxport_and_genai(exports, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == len(engines) and all("ms/step" in line for line in lines)
     assert lines[0].endswith("1.00x the first")
+
+
+def test_compare_logits_example(exports, capsys):
+    """examples/compare_logits.py (the int4 error table of docs/BENCHMARKS.md): the cpu export against the
+    portable one agrees to float32 rounding, and the report names the folder."""
+    import runpy
+    from pathlib import Path
+
+    example = runpy.run_path(str(Path(__file__).parents[2] / "examples" / "compare_logits.py"))
+    assert example["main"]([str(exports["portable"]), str(exports["cpu"]), "--prompts", "2", "--len", "9"]) == 0
+    out = capsys.readouterr().out
+    assert str(exports["cpu"]) in out and "top1" in out
+    row = next(line for line in out.splitlines() if line.startswith("logits"))
+    rel = float(row.split()[4])  # output shape max_abs mean_abs rel ...
+    assert rel < 1e-4
