@@ -214,7 +214,9 @@ class Generator:
         texts = [_TextState(self.tokenizer, config) for _ in batch]
         done = [False] * B
         counts = [0] * B
-        cache = self.model.new_cache(B, capacity=S0 + config.max_new_tokens)
+        # static caches are sized for the prompt and up to 1024 new tokens (more grows them, doubling): a large
+        # --max-new-tokens does not reserve the whole context up front
+        cache = self.model.new_cache(B, capacity=S0 + min(config.max_new_tokens, 1024))
         t0 = time.perf_counter()
         logits, cache = self.model.step(input_ids, mask, position_ids, cache)
         prefill_time[0] = time.perf_counter() - t0
