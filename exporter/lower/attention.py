@@ -33,7 +33,7 @@ import numpy as np
 import onnx_ir as ir
 
 from .rotary import foldable, rotary_inputs
-from .rules import MS_DOMAIN, Context, attr, const, replace
+from .rules import MS_DOMAIN, Context, adopt_tape, attr, const, replace
 
 INT32 = ir.DataType.INT32
 # The bias of a masked slot per compute dtype: very negative, finite after the cast to that dtype
@@ -153,14 +153,8 @@ def _shared_inputs(ctx: Context, mask: ir.Value, query: ir.Value):
     target = t.op("Concat", [batch, c("one_dim", [1]), t.op("Reshape", [seq64, c("one_shape", [1])]),
                              t.op("Reshape", [total64, c("one_shape_t", [1])])], {"axis": 0})
     bias = t.op("Expand", [bias4, target])  # [B,1,S,T]
-    for value in t.initializers:
-        if value.name not in ctx.graph.initializers:
-            ctx.graph.register_initializer(value)
-    for i, node in enumerate(t.nodes):
-        node.name = f"gqa_inputs{tag}/{node.op_type}_{i}"
-        for out in node.outputs:
-            out.name = f"gqa_inputs{tag}/{node.op_type}_{i}"
+    nodes = adopt_tape(ctx, t, f"gqa_inputs{tag}")
     ctx.shared[key] = (seqlens_k, total, bias, query_seqlens)
     # The mask may be used before the first Attention only as a graph input; insert the shared nodes before
     # the first Attention (every later one reuses them, and graph order is topological).
-    return list(t.nodes), seqlens_k, total, bias, query_seqlens
+    return nodes, seqlens_k, total, bias, query_seqlens

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from .rules import Context, attr
+from .rules import Context, adopt_tape, attr
 
 
 def foldable(q: ir.Value, k: ir.Value, head_size: int | None) -> tuple[ir.Node, ir.Node] | str:
@@ -73,12 +73,5 @@ def rotary_inputs(ctx: Context, cos: ir.Value, sin: ir.Value, mask: ir.Value,
     batch_seq = t.op("Slice", [t.op("Shape", [cos]), c("start", np.array([0], np.int64)), c("stop", np.array([2], np.int64))])
     count = t.op("ReduceProd", [batch_seq], {"keepdims": 0})
     row_ids = t.op("Reshape", [t.op("Range", [c("first", np.int64(0)), count, c("step", np.int64(1))]), batch_seq])
-    for value in t.initializers:
-        if value.name not in ctx.graph.initializers:
-            ctx.graph.register_initializer(value)
-    for i, node in enumerate(t.nodes):
-        node.name = f"{prefix}/{node.op_type}_{i}"
-        for out in node.outputs:
-            out.name = f"{prefix}/{node.op_type}_{i}"
     ctx.shared[key] = [cos_rows, sin_rows, row_ids]
-    return list(t.nodes), ctx.shared[key]
+    return adopt_tape(ctx, t, prefix), ctx.shared[key]

@@ -146,6 +146,19 @@ def replace(ctx: Context, old: ir.Node, new_nodes: Sequence[ir.Node], new_output
     ctx.graph.remove(old, safe=True)
 
 
+def adopt_tape(ctx: Context, tape: ir.tape.Tape, prefix: str) -> list[ir.Node]:
+    """A tape's nodes named `{prefix}/{op}_{i}` (outputs too) and its initializers registered in the graph once;
+    returns the nodes, for the caller to insert."""
+    for value in tape.initializers:
+        if value.name not in ctx.graph.initializers:
+            ctx.graph.register_initializer(value)
+    for i, node in enumerate(tape.nodes):
+        node.name = f"{prefix}/{node.op_type}_{i}"
+        for out in node.outputs:
+            out.name = f"{prefix}/{node.op_type}_{i}"
+    return list(tape.nodes)
+
+
 def move_uses(old: ir.Value, new: ir.Value) -> None:
     """Every use of `old` (graph outputs too) reads `new`, which takes old's name, type and shape."""
     name, typ, shape = old.name, old.type, old.shape
