@@ -123,6 +123,8 @@ class OrtStepModel:
                  session_options: Any = None, cache: str = "auto") -> None:
         import onnxruntime as ort
 
+        if cache not in CACHE_FORMS:
+            raise MxportError(f"cache={cache!r}: expected one of {', '.join(CACHE_FORMS)}")
         path = Path(model_path)
         if path.is_dir():
             path = path / "model.onnx"
@@ -149,8 +151,6 @@ class OrtStepModel:
         past_type = inputs[self.past_names[0]].type if self.past_names else "tensor(float)"
         self._cache_dtype = np.float16 if past_type == "tensor(float16)" else np.float32
         self._ort = ort
-        if cache not in CACHE_FORMS:
-            raise MxportError(f"cache={cache!r}: expected one of {', '.join(CACHE_FORMS)}")
         shareable = shared_buffer_layers(path, self.past_names, self.present_names)
         use = cache == "static" or (cache == "auto" and self.device == "cpu")
         self.static = [use and ok for ok in shareable]  # per past input: bound as one buffer with its present
