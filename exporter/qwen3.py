@@ -15,6 +15,8 @@ Only the ai.mxport Attention op is custom; everything else is standard opset 23.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import onnx_ir as ir
 
 from mxport.exporter.families.qwen3 import Qwen3Config
@@ -53,17 +55,22 @@ def attention(b: Builder, cfg: Qwen3Config, w: Weights, layer: int, x: ir.Value,
 
 
 def layer(b: Builder, cfg: Qwen3Config, w: Weights, i: int, x: ir.Value, rope: tuple[ir.Value, ir.Value],
-          past: tuple[ir.Value, ir.Value], attention_mask: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value]:
-    """x [B,S,H] -> (x after layer i, present_key, present_value)."""
+          past: tuple[ir.Value, ir.Value], attention_mask: ir.Value, mlp: Callable[[ir.Value], ir.Value] | None = None,
+          residual: str = RESIDUAL) -> tuple[ir.Value, ir.Value, ir.Value]:
+    """x [B,S,H] -> (x after layer i, present_key, present_value). `mlp(n)` replaces the dense SwiGLU MLP on the
+    normed residual (Qwen3-MoE's sparse blocks); `residual` is the role of the Add that ends the layer."""
     p, eps = f"model.layers.{i}", cfg.rms_norm_eps
     with b.scope(f"layers.{i}"):
         n = rms_norm(b, w, x, f"{p}.input_layernorm.weight", "input_norm", eps)
         a, present_k, present_v = attention(b, cfg, w, i, n, rope, past, attention_mask)
         x = b.op("Add", x, a, role="attn_residual")
         n = rms_norm(b, w, x, f"{p}.post_attention_layernorm.weight", "post_attn_norm", eps)
-        with b.scope("mlp"):
-            y = swiglu_mlp(b, w, n, f"{p}.mlp")
-        x = b.op("Add", x, y, role=RESIDUAL)
+        if mlp is None:
+            with b.scope("mlp"):
+                y = swiglu_mlp(b, w, n, f"{p}.mlp")
+        else:
+            y = mlp(n)
+        x = b.op("Add", x, y, role=residual)
     return x, present_k, present_v
 
 

@@ -20,8 +20,9 @@ import onnx_ir as ir
 from mxport.exporter.experts import experts_initializer
 from mxport.exporter.families.qwen3_moe import Qwen3MoeConfig
 from mxport.exporter.graph import Builder
-from mxport.exporter.layers import DOMAIN, Weights, linear, rms_norm, swiglu_mlp
-from mxport.exporter.qwen3 import attention, embed, final_norm, output, positions
+from mxport.exporter import qwen3
+from mxport.exporter.layers import DOMAIN, Weights, linear
+from mxport.exporter.qwen3 import embed, final_norm, output, positions
 
 __all__ = ["embed", "positions", "layer", "final_norm", "output", "moe"]
 
@@ -44,17 +45,6 @@ def moe(b: Builder, cfg: Qwen3MoeConfig, w: Weights, layer: int, x: ir.Value) ->
 
 def layer(b: Builder, cfg: Qwen3MoeConfig, w: Weights, i: int, x: ir.Value, rope: tuple[ir.Value, ir.Value],
           past: tuple[ir.Value, ir.Value], attention_mask: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value]:
-    """x [B,S,H] -> (x after layer i, present_key, present_value)."""
-    p, eps = f"model.layers.{i}", cfg.rms_norm_eps
-    with b.scope(f"layers.{i}"):
-        n = rms_norm(b, w, x, f"{p}.input_layernorm.weight", "input_norm", eps)
-        a, present_k, present_v = attention(b, cfg, w, i, n, rope, past, attention_mask)
-        x = b.op("Add", x, a, role="attn_residual")
-        n = rms_norm(b, w, x, f"{p}.post_attention_layernorm.weight", "post_attn_norm", eps)
-        if cfg.sparse(i):
-            y = moe(b, cfg, w, i, n)
-        else:
-            with b.scope("mlp"):
-                y = swiglu_mlp(b, w, n, f"{p}.mlp")
-        x = b.op("Add", x, y, role="moe_residual")
-    return x, present_k, present_v
+    """x [B,S,H] -> (x after layer i, present_key, present_value): Qwen3's layer, the MoE block on sparse layers."""
+    sparse = (lambda n: moe(b, cfg, w, i, n)) if cfg.sparse(i) else None
+    return qwen3.layer(b, cfg, w, i, x, rope, past, attention_mask, mlp=sparse, residual="moe_residual")

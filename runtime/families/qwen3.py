@@ -44,14 +44,19 @@ def attention(m, i: int, h: np.ndarray, rope, keep: np.ndarray, past_kv) -> tupl
     return L.linear(out, m.w(p + "o_proj.weight"), o_bias), (k, v)
 
 
-def layer(m, i: int, x: np.ndarray, rope, keep: np.ndarray, past_kv) -> tuple[np.ndarray, tuple]:
+def layer(m, i: int, x: np.ndarray, rope, keep: np.ndarray, past_kv, mlp=None) -> tuple[np.ndarray, tuple]:
+    """x [B,S,H] through layer i; `mlp(h)` replaces the dense SwiGLU MLP on the normed residual (Qwen3-MoE)."""
     cfg, p = m.cfg, f"model.layers.{i}."
     h = L.rms_norm(x, m.w(p + "input_layernorm.weight"), cfg.rms_norm_eps)
     attn, kv = attention(m, i, h, rope, keep, past_kv)
     x = x + attn
     h = L.rms_norm(x, m.w(p + "post_attention_layernorm.weight"), cfg.rms_norm_eps)
-    mlp = L.swiglu_mlp(h, m.w(p + "mlp.gate_proj.weight"), m.w(p + "mlp.up_proj.weight"), m.w(p + "mlp.down_proj.weight"))
-    return x + mlp, kv
+    if mlp is None:
+        y = L.swiglu_mlp(h, m.w(p + "mlp.gate_proj.weight"), m.w(p + "mlp.up_proj.weight"),
+                         m.w(p + "mlp.down_proj.weight"))
+    else:
+        y = mlp(h)
+    return x + y, kv
 
 
 def final_norm(m, x: np.ndarray) -> np.ndarray:

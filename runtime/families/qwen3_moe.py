@@ -16,7 +16,8 @@ import numpy as np
 
 from mxport.ops import mxfp4
 from mxport.runtime import reference_layers as L
-from mxport.runtime.families.qwen3 import attention, embed, final_norm, positions
+from mxport.runtime.families import qwen3
+from mxport.runtime.families.qwen3 import embed, final_norm, positions
 
 __all__ = ["positions", "embed", "layer", "final_norm"]
 
@@ -50,15 +51,7 @@ def moe(m, i: int, h: np.ndarray) -> np.ndarray:
 
 
 def layer(m, i: int, x: np.ndarray, rope, keep: np.ndarray, past_kv) -> tuple[np.ndarray, tuple]:
-    cfg, p = m.cfg, f"model.layers.{i}."
+    """Qwen3's layer (runtime/families/qwen3.py), the sparse block on cfg.sparse(i) layers."""
     B, S, _ = x.shape
-    h = L.rms_norm(x, m.w(p + "input_layernorm.weight"), cfg.rms_norm_eps)
-    attn, kv = attention(m, i, h, rope, keep, past_kv)
-    x = x + attn
-    h = L.rms_norm(x, m.w(p + "post_attention_layernorm.weight"), cfg.rms_norm_eps)
-    if cfg.sparse(i):
-        y = moe(m, i, h.reshape(B * S, -1)).reshape(B, S, -1)
-    else:
-        y = L.swiglu_mlp(h, m.w(p + "mlp.gate_proj.weight"), m.w(p + "mlp.up_proj.weight"),
-                         m.w(p + "mlp.down_proj.weight"))
-    return x + y, kv
+    sparse = (lambda h: moe(m, i, h.reshape(B * S, -1)).reshape(B, S, -1)) if m.cfg.sparse(i) else None
+    return qwen3.layer(m, i, x, rope, keep, past_kv, mlp=sparse)
