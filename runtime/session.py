@@ -237,20 +237,12 @@ class OrtStepModel:
     def _grow(self, value: Any, used: int, total: int) -> Any:
         """A static buffer with room for `total` slots (at least double the old one), holding value's first `used`."""
         batch, heads, slots, dim = value.shape()
-        capacity = max(total, 2 * slots, MIN_CAPACITY)
-        if used == 0:
-            return self._buffer(batch, capacity)
-        grown = np.zeros((batch, heads, capacity, dim), self._cache_dtype)
-        grown[:, :, :used] = value.numpy()[:, :, :used]
-        return self._ort.OrtValue.ortvalue_from_numpy(grown, self.device, 0) if self.device != "cpu" else \
-            _owned_copy(self._ort, grown)
-
-
-def _owned_copy(ort: Any, array: np.ndarray) -> Any:
-    """A CPU OrtValue that owns a copy of `array` (ortvalue_from_numpy would borrow the array's memory)."""
-    value = ort.OrtValue.ortvalue_from_shape_and_type(list(array.shape), array.dtype, "cpu", 0)
-    value.update_inplace(array)
-    return value
+        buffer = self._buffer(batch, max(total, 2 * slots, MIN_CAPACITY))
+        if used:  # update_inplace copies host memory into the buffer on its device
+            grown = np.zeros(buffer.shape(), self._cache_dtype)
+            grown[:, :, :used] = value.numpy()[:, :, :used]
+            buffer.update_inplace(grown)
+        return buffer
 
 
 def shared_buffer_layers(model_path: str | Path, past_names: list[str], present_names: list[str]) -> list[bool]:

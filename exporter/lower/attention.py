@@ -68,17 +68,17 @@ class LowerAttention:
         sinks = node.inputs[6] if len(node.inputs) > 6 else None
         if no_sinks(sinks):
             sinks = None
-        ropes = foldable(q, k, _head_size(node)) if ctx.target == "cpu" else "target cuda"
+        head_size = _head_size(node)
+        ropes = foldable(q, k, head_size) if ctx.target == "cpu" else None  # cuda: rotary stays outside
         rotary: list[ir.Value | None] = [None, None, None]  # cos_cache, sin_cache, position_ids
         nodes: list[ir.Node] = []
         if isinstance(ropes, str):
-            if ctx.target == "cpu" and not ropes.startswith("q and k are not"):  # GPT-2: no rotary to fold
-                ctx.report.refused.append(("rotary_in_attention", node.name or "attention", ropes))
+            ctx.report.refused.append(("rotary_in_attention", node.name or "attention", ropes))
             ropes = None
-        else:  # rotary.py: GQA rotates q and k itself
+        elif ropes is not None:  # rotary.py: GQA rotates q and k itself
             ctx.report.applied["rotary_in_attention"] += 1
             q, k = ropes[0].inputs[0], ropes[1].inputs[0]
-            nodes, rotary = rotary_inputs(ctx, ropes[0].inputs[1], ropes[0].inputs[2], mask, _head_size(node))
+            nodes, rotary = rotary_inputs(ctx, ropes[0].inputs[1], ropes[0].inputs[2], mask, head_size)
         shared, seqlens_k, total, bias, query_seqlens = _shared_inputs(ctx, mask, q)
         nodes = [*shared, *nodes]
         window = int(attr(node, "window", 0))

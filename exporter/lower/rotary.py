@@ -31,11 +31,12 @@ import onnx_ir as ir
 from .rules import Context, adopt_tape, attr
 
 
-def foldable(q: ir.Value, k: ir.Value, head_size: int | None) -> tuple[ir.Node, ir.Node] | str:
-    """The RotaryEmbedding nodes producing q and k when GQA can apply them itself, else why not."""
+def foldable(q: ir.Value, k: ir.Value, head_size: int | None) -> tuple[ir.Node, ir.Node] | str | None:
+    """The RotaryEmbedding nodes producing q and k when GQA can apply them itself, else why not; None when q and k
+    are not rotated at all (GPT-2: nothing to fold)."""
     ropes = (q.producer(), k.producer())
     if any(r is None or r.op_type != "RotaryEmbedding" or r.domain not in ("", "ai.onnx") for r in ropes):
-        return "q and k are not both RotaryEmbedding outputs"
+        return None
     if head_size is None or head_size % 16:
         return f"head_size={head_size} is not a multiple of 16 (ORT's CPU rotary needs it)"
     for rope, value in zip(ropes, (q, k)):
