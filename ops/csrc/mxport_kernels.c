@@ -158,6 +158,24 @@ static void bf16_sum_task(void *p, size_t i) {
 /* Output rows per task: a multiple of 16 (the decoded tile), at most ~64 tasks. */
 static int64_t mxfp4_chunk(int64_t n) { return clamp64(round_up((n + 63) / 64, 16), 16, 1 << 20); }
 
+/* Y [..., N] of a product of A [..., K] (m rows): allocated as output 0. *y is left NULL when nothing is left to
+ * compute: no rows or columns, or K == 0 (then Y is zero-filled). */
+static OrtStatus *product_output(Call c, const Tensor *a, int64_t m, int64_t k, int64_t n, float **y) {
+    int64_t dims[MAX_DIMS];
+    memcpy(dims, a->dims, sizeof(int64_t) * a->rank);
+    dims[a->rank - 1] = n;
+    float *out;
+    OrtStatus *st = output(c, 0, dims, a->rank, &out);
+    *y = NULL;
+    if (st || m == 0 || n == 0) return st;
+    if (k == 0) {
+        memset(out, 0, sizeof(float) * (size_t)(m * n));
+        return NULL;
+    }
+    *y = out;
+    return NULL;
+}
+
 /* ---- MatMulMXFP4(A [..., K], blocks [N, K/32, 16], scales [N, K/32]) -> [..., N] ------------------------------ */
 typedef struct {
     const OrtApi *api;
@@ -174,16 +192,8 @@ static OrtStatus *matmul_mxfp4_compute(void *kernel, OrtKernelContext *ctx) {
                            "found A rank %zu (last %lld), blocks rank %zu, scales rank %zu",
                     a.rank, (long long)a.dims[a.rank ? a.rank - 1 : 0], b.rank, s.rank);
     const int64_t k = a.dims[a.rank - 1], n = b.dims[0], m = k ? a.size / k : 0;
-    int64_t dims[MAX_DIMS];
-    memcpy(dims, a.dims, sizeof(int64_t) * a.rank);
-    dims[a.rank - 1] = n;
     float *y;
-    if ((st = output(c, 0, dims, a.rank, &y))) return st;
-    if (m == 0 || n == 0) return NULL;
-    if (k == 0) {
-        memset(y, 0, sizeof(float) * (size_t)(m * n));
-        return NULL;
-    }
+    if ((st = product_output(c, &a, m, k, n, &y)) || !y) return st;
     float *ap = malloc(sizeof(float) * (size_t)(m * k));
     if (!ap) return fail(c.api, "ai.mxport.MatMulMXFP4: out of memory");
     mx_permute_rows(a.data, m, k, ap);
@@ -203,16 +213,8 @@ static OrtStatus *matmul_bf16_compute(void *kernel, OrtKernelContext *ctx) {
         return fail(c.api, "ai.mxport.MatMulBF16: expected A[..., K] and W[K, N]; found A rank %zu, W rank %zu",
                     a.rank, w.rank);
     const int64_t k = w.dims[0], n = w.dims[1], m = k ? a.size / k : 0;
-    int64_t dims[MAX_DIMS];
-    memcpy(dims, a.dims, sizeof(int64_t) * a.rank);
-    dims[a.rank - 1] = n;
     float *y;
-    if ((st = output(c, 0, dims, a.rank, &y))) return st;
-    if (m == 0 || n == 0) return NULL;
-    if (k == 0) {
-        memset(y, 0, sizeof(float) * (size_t)(m * n));
-        return NULL;
-    }
+    if ((st = product_output(c, &a, m, k, n, &y)) || !y) return st;
     if (m <= 4) { /* decode: 8 row ranges read in order, partial outputs added */
         const int64_t chunk = round_up((k + 7) / 8, 4), parts = (k + chunk - 1) / chunk;
         float *partial = malloc(sizeof(float) * (size_t)(parts * m * n));

@@ -113,6 +113,18 @@ def test_matmul_bf16_equals_numpy(lead, m, k, n, isa, seed, monkeypatch_session)
     assert _rel(got, want) <= 1e-5
 
 
+@needs_lib
+@pytest.mark.parametrize("m, k, n", [(0, 5, 3), (2, 0, 3), (2, 5, 0)])
+def test_matmul_bf16_empty_products(m, k, n, monkeypatch_session):
+    """No rows, K = 0 (all zeros) or N = 0: the shape of A @ W, and its values."""
+    a = np.ones((m, k), np.float32)
+    w = np.ones((k, n), ml_dtypes.bfloat16)
+    inputs = {"a": a}
+    got = _session(build_model("MatMulBF16", inputs, 1, weights={"w": w}), register=True,
+                   monkeypatch=monkeypatch_session).run(None, inputs)[0]
+    np.testing.assert_array_equal(got, matmul_bf16._matmul_bf16(a, w))
+
+
 # ---- MoEMXFP4 ------------------------------------------------------------------------------------------------------
 def _moe_case(rng, t, e, h, i, route=None):
     x = rng.standard_normal((t, h)).astype(np.float32)
