@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import qwen3_moe_cases
+from decoding import cached_decoding_error, rel_err
 from mxport.errors import MxportError
 from mxport.exporter.checkpoint import open_checkpoint
 from mxport.exporter.export import export
@@ -43,14 +44,6 @@ def exported(case, tmp_path_factory):
         return cache[key]
 
     return get
-
-
-def rel_err(a, b) -> float:
-    return float(np.abs(a - b).max() / np.abs(b).max())
-
-
-def presents(cfg, out):
-    return [(out[f"present.{i}.key"], out[f"present.{i}.value"]) for i in range(cfg.num_hidden_layers)]
 
 
 def digest(folder) -> str:
@@ -105,14 +98,7 @@ def test_cached_decoding_equals_recomputation(case, exported, target):
     path, _, _ = case("sliding")
     cfg = open_checkpoint(path).config
     runner = OrtRunner(exported("sliding", target), "cpu")
-    ids = np.random.default_rng(4).integers(4, cfg.vocab_size, (2, 11))
-    full = runner.infer(make_feeds(ids, cfg=cfg))["logits"]
-    out = runner.infer(make_feeds(ids[:, :6], cfg=cfg))
-    steps = [out["logits"]]
-    for t in range(6, 11):
-        out = runner.infer(make_feeds(ids[:, t : t + 1], np.ones((2, t + 1), np.int64), presents(cfg, out), cfg=cfg))
-        steps.append(out["logits"])
-    assert rel_err(np.concatenate(steps, axis=1), full) <= 1e-5
+    assert cached_decoding_error(runner, cfg) <= 1e-5
 
 
 @pytest.mark.parametrize("target", sorted(TARGETS))

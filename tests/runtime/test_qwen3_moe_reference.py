@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import qwen3_moe_cases
+from decoding import ids_for, rel_err
 from mxport.errors import MxportError
 from mxport.exporter import families
 from mxport.exporter.checkpoint import open_checkpoint
@@ -24,14 +25,6 @@ _CACHE: dict = {}
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):
     return lambda name: qwen3_moe_cases.make(tmp_path_factory, _CACHE, name)
-
-
-def rel_err(a, b) -> float:
-    return float(np.abs(a - b).max() / np.abs(b).max())
-
-
-def ids_for(vocab: int, shape, seed: int = 5) -> np.ndarray:
-    return np.random.default_rng(seed).integers(4, vocab, shape)
 
 
 @pytest.mark.parametrize("layout", ["per_expert", "fused"])

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import qwen3_cases
+from decoding import ids_for, rel_err
 from mxport.errors import MxportError
 from mxport.runtime.reference_model import ReferenceModel
 
@@ -17,14 +18,6 @@ _CACHE: dict = {}
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):
     return lambda name: qwen3_cases.make(tmp_path_factory, _CACHE, name)
-
-
-def rel_err(a, b) -> float:
-    return float(np.abs(a - b).max() / np.abs(b).max())
-
-
-def ids_for(vocab: int, shape, seed: int = 5) -> np.ndarray:
-    return np.random.default_rng(seed).integers(4, vocab, shape)
 
 
 @pytest.mark.parametrize("name", sorted(qwen3_cases.CASES))
