@@ -158,6 +158,13 @@ static void bf16_sum_task(void *p, size_t i) {
 /* Output rows per task: a multiple of 16 (the decoded tile), at most ~64 tasks. */
 static int64_t mxfp4_chunk(int64_t n) { return clamp64(round_up((n + 63) / 64, 16), 16, 1 << 20); }
 
+/* Rows of A [..., K]: the product of its leading dims (not size / K, which K = 0 would make 0). */
+static int64_t leading_rows(const Tensor *a) {
+    int64_t m = 1;
+    for (size_t i = 0; i + 1 < a->rank; i++) m *= a->dims[i];
+    return m;
+}
+
 /* Y [..., N] of a product of A [..., K] (m rows): allocated as output 0. *y is left NULL when nothing is left to
  * compute: no rows or columns, or K == 0 (then Y is zero-filled). */
 static OrtStatus *product_output(Call c, const Tensor *a, int64_t m, int64_t k, int64_t n, float **y) {
@@ -191,7 +198,7 @@ static OrtStatus *matmul_mxfp4_compute(void *kernel, OrtKernelContext *ctx) {
         return fail(c.api, "ai.mxport.MatMulMXFP4: expected A[..., K], blocks[N, K/32, 16], scales[N, K/32]; "
                            "found A rank %zu (last %lld), blocks rank %zu, scales rank %zu",
                     a.rank, (long long)a.dims[a.rank ? a.rank - 1 : 0], b.rank, s.rank);
-    const int64_t k = a.dims[a.rank - 1], n = b.dims[0], m = k ? a.size / k : 0;
+    const int64_t k = a.dims[a.rank - 1], n = b.dims[0], m = leading_rows(&a);
     float *y;
     if ((st = product_output(c, &a, m, k, n, &y)) || !y) return st;
     float *ap = malloc(sizeof(float) * (size_t)(m * k));
@@ -212,7 +219,7 @@ static OrtStatus *matmul_bf16_compute(void *kernel, OrtKernelContext *ctx) {
     if (a.rank < 1 || w.rank != 2 || a.dims[a.rank - 1] != w.dims[0])
         return fail(c.api, "ai.mxport.MatMulBF16: expected A[..., K] and W[K, N]; found A rank %zu, W rank %zu",
                     a.rank, w.rank);
-    const int64_t k = w.dims[0], n = w.dims[1], m = k ? a.size / k : 0;
+    const int64_t k = w.dims[0], n = w.dims[1], m = leading_rows(&a);
     float *y;
     if ((st = product_output(c, &a, m, k, n, &y)) || !y) return st;
     if (m <= 4) { /* decode: 8 row ranges read in order, partial outputs added */

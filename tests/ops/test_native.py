@@ -114,7 +114,7 @@ def test_matmul_bf16_equals_numpy(lead, m, k, n, isa, seed, monkeypatch_session)
 
 
 @needs_lib
-@pytest.mark.parametrize("m, k, n", [(0, 5, 3), (2, 0, 3), (2, 5, 0)])
+@pytest.mark.parametrize("m, k, n", [(0, 5, 3), (2, 0, 3), (64, 0, 96), (2, 5, 0)])
 def test_matmul_bf16_empty_products(m, k, n, monkeypatch_session):
     """No rows, K = 0 (all zeros) or N = 0: the shape of A @ W, and its values."""
     a = np.ones((m, k), np.float32)
