@@ -284,7 +284,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                         + "; float experts (Qwen3-MoE): portable float, as stored; mxfp4 encodes them, lossy)")
     parser.add_argument("--dtype", default="float32", help=f"one of {', '.join(options['dtype'])}")
     parser.add_argument("--dense", default="float32",
-                        help="dense weights: float32 (exact) | bf16 (ai.mxport.MatMulBF16 on the stored bf16, exact; --target cpu) | int8 | int4 (MatMulNBits; needs --target cpu/cuda)")
+                        help="dense weights: float32 (exact) | bf16 (ai.mxport.LinearBF16 on the stored bf16, exact; --target cpu) | int8 | int4 (MatMulNBits; needs --target cpu/cuda)")
     parser.add_argument("--last-logits", action="store_true",
                         help="logits of the last position only, [B,1,V] (faster prefill for generation)")
     parser.add_argument("--accuracy-level", type=int, default=4, metavar="N",

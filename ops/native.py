@@ -4,7 +4,7 @@
     register_kernels(so)    SessionOptions.register_custom_ops_library(path); says once when the library is missing
     info()                  {"path", "domain", "ops", "isa", "ort_api"} read from the library itself
 
-The library is a standard ORT custom-op library (RegisterCustomOps): ai.mxport MoEMXFP4, MatMulMXFP4 and MatMulBF16
+The library is a standard ORT custom-op library (RegisterCustomOps): ai.mxport MoEMXFP4, MatMulMXFP4 and LinearBF16
 (and MoEMXFP4_2) on the CPU provider. ORT runs a registered kernel in preference to the model-local function of the same name, so
 one exported file runs everywhere through the function bodies and fast where the library is registered (tested
 with ORT's profiler: tests/ops/test_native.py). Other hosts register it by path (`mxport kernels` prints it):

@@ -55,7 +55,7 @@ from mxport.runtime.runners import (
 # else is lossy and gets the looser LOSSY_TOLERANCES -- int8 too: its weights map exactly
 # (ops.mxfp4.exact_int8) but ORT's CPU QMoE quantizes the activations to int8 (~1e-2 relative on tiny).
 EXACT_EXPERTS = ("mxfp4", "fp32", "float32", "dense", "float", "none")  # none: a model without experts
-EXACT_DENSE = ("float32", "bf16")  # dense matrices as stored (bf16 or float32) through a float32 MatMul (bf16: MatMulBF16)
+EXACT_DENSE = ("float32", "bf16")  # dense matrices as stored (bf16 or float32) through a float32 MatMul (bf16: LinearBF16)
 LOSSY_TOLERANCES: dict[str, Tolerance] = {
     "logits": Tolerance(rel=5e-2, top1=0.9, kl_mean=1e-2),
     "hidden_states.*": Tolerance(rel=5e-2),

@@ -16,7 +16,7 @@
              checkpoint's float experts as stored (portable only; bf16 stays bf16); fp32 | int8 | int4 = ORT's
              MoE / QMoE (int8 is exact from MXFP4, a block-wise quantization from float)
     dense (cpu, cuda): float32 keeps MatMul (exact); int8 | int4 -> MatMulNBits (dense.py), router excepted;
-                       bf16 (cpu) -> ai.mxport.MatMulBF16 over the stored bf16 (bf16.py, exact; native kernel)
+                       bf16 (cpu) -> ai.mxport.LinearBF16 over the stored bf16, tied head included (bf16.py, exact; native kernel)
     last_logits (any target): logits of the last position only, [B,1,V] (logits.py; changes the model I/O)
     cpu, cuda: a Cast of a weight whose output exceeds ORT's 1 GiB folding limit is stored cast (casts.py)
 
@@ -91,7 +91,7 @@ def lower(model: ir.Model, *, target: str, experts: str = "mxfp4", dtype: str = 
         raise MxportError("lower: --dtype bfloat16 is for --target cuda: ORT's CPU provider has no bfloat16 MatMul "
                           "(use --dtype float16 or float32 on cpu)")
     if dense == "bf16" and target != "cpu":
-        raise MxportError("lower: --dense bf16 (ai.mxport.MatMulBF16) has a native kernel for --target cpu only")
+        raise MxportError("lower: --dense bf16 (ai.mxport.LinearBF16) has a native kernel for --target cpu only")
     ctx = rules.Context(model=model, target=target, experts=experts, dtype=dtype, accuracy_level=accuracy_level)
     # --experts mxfp4: float experts are encoded first, on every target (the MoE rule then sees MXFP4 experts)
     chosen = ([EncodeExpertsMXFP4()] if experts == "mxfp4" else []) + list(RULES[target])

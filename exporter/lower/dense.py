@@ -17,9 +17,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from .linear import _weight
+from .linear import weight_source
 from .moe import INT4_BLOCK, int4_quantize
-from .rules import MS_DOMAIN, Context, add_initializer, attr, const, lazy, replace
+from .rules import MS_DOMAIN, Context, add_initializer, lazy, replace
 
 BLOCK = INT4_BLOCK
 MOE_OPS = {("com.microsoft", "MoE"), ("com.microsoft", "QMoE"), ("ai.mxport", "MoE"), ("ai.mxport", "MoEMXFP4"),
@@ -70,29 +70,11 @@ def _feeds_router(value: ir.Value, depth: int = 3) -> bool:
     return False
 
 
-def _transposed(matmul: ir.Node) -> ir.TensorProtocol | None:
-    """The stored [N, K] tensor E behind MatMul input B = Transpose(E or Cast(E), perm [1, 0]): a tied output
-    projection reading the embedding table (exporter/layers.tied_output). MatMulNBits wants W.T = E: no transpose."""
-    producer = matmul.inputs[1].producer()
-    if producer is None or producer.op_type != "Transpose" or producer.domain != "":
-        return None
-    if list(attr(producer, "perm", [1, 0])) != [1, 0]:
-        return None
-    source = producer.inputs[0]
-    tensor = const(source)
-    cast = source.producer()
-    if tensor is None and cast is not None and cast.op_type == "Cast" and cast.domain == "":
-        tensor = const(cast.inputs[0])
-    return tensor if tensor is not None and len(tensor.shape) == 2 else None
-
-
 def _matrix(matmul: ir.Node) -> tuple[ir.TensorProtocol, bool] | None:
-    """(stored tensor, whether it is stored [N, K], i.e. transposed) behind MatMul input B, or None."""
-    w = _weight(matmul)
-    if w is not None:
-        return w[0], False
-    tensor = _transposed(matmul)
-    return None if tensor is None else (tensor, True)
+    """(stored tensor, whether it is stored [N, K], i.e. transposed) behind MatMul input B, or None. A tied head's
+    table E [N, K] is W.T already: MatMulNBits reads its rows, no transpose."""
+    source = weight_source(matmul)
+    return None if source is None else (source[1], source[3])
 
 
 class DenseNBits:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from .rules import Context, add_initializer, const, lazy, move_uses
+from .rules import Context, add_initializer, attr, const, lazy, move_uses
 
 
 def _weight(matmul: ir.Node) -> tuple[ir.TensorProtocol, int | None] | None:
@@ -28,6 +28,27 @@ def _weight(matmul: ir.Node) -> tuple[ir.TensorProtocol, int | None] | None:
         if tensor is not None:
             return tensor, producer.attributes["to"].value
     return None
+
+
+def weight_source(matmul: ir.Node) -> tuple[ir.Value, ir.TensorProtocol, int | None, bool] | None:
+    """MatMul's constant B as (stored value, its tensor, Cast target or None, transposed), or None if computed.
+
+    B is W, Cast(W), or Transpose(E or Cast(E)){perm [1, 0]} with E a 2-D table stored [N, K]: a tied output
+    projection reading the embedding table (exporter/layers.tied_output); then transposed is True."""
+    b, transposed = matmul.inputs[1], False
+    producer = b.producer() if b is not None else None
+    if producer is not None and producer.op_type == "Transpose" and producer.domain == "":
+        if list(attr(producer, "perm", [1, 0])) != [1, 0]:
+            return None
+        b, transposed = producer.inputs[0], True
+        producer = b.producer()
+    cast_to = None
+    if const(b) is None and producer is not None and producer.op_type == "Cast" and producer.domain == "":
+        b, cast_to = producer.inputs[0], producer.attributes["to"].value
+    tensor = const(b)
+    if tensor is None or (transposed and len(tensor.shape) != 2):
+        return None
+    return b, tensor, cast_to, transposed
 
 
 def _bias(matmul: ir.Node) -> tuple[ir.Node, ir.TensorProtocol] | None:

@@ -4,9 +4,9 @@
  *                     ones (the order of an MXFP4 block's low and high nibbles), so weights decode without shuffles
  *   mx_mxfp4_rows     Y[m, n] = sum_k Ap[m, k] W[n, k] for n in [n0, n1); W MXFP4 out-major (blocks [N, K/32, 16],
  *                     scales [N, K/32]); M <= 4: decoded in registers, else a decoded tile and a blocked product
- *   mx_bf16_cols      Y[m, n] = sum_k A[m, k] W[k, n] for n in [n0, n1); W bfloat16 [K, N] (in-major); any M
- *   mx_bf16_rows      Y[m, :] = sum over the k rows given of A[m, k] W[k, :] (M <= 4, all N columns): weight rows
- *                     read in order; a caller splits K over threads and adds the partial Y (decode)
+ *   mx_linear_bf16    Y[m, n] = sum_k A[m, k] W[n, k] for n in [n0, n1); W bfloat16 [N, K] (out-major, a Linear
+ *                     layer's layout); M <= 4: each weight row streamed once into registers, else decoded rows and
+ *                     the blocked product of the MXFP4 kernel
  *
  * Every product is float32 arithmetic on exactly decoded weights (E2M1 x 2^(s-127) and bf16 are exact in
  * float32): results differ from a float32 reference only by summation order. AVX2+FMA is chosen at run time
@@ -26,9 +26,7 @@ int mx_isa(void);
 void mx_permute_rows(const float *a, int64_t m, int64_t k, float *ap);
 void mx_mxfp4_rows(const float *ap, int64_t m, int64_t k, const uint8_t *blocks, const uint8_t *scales,
                    int64_t n0, int64_t n1, float *y, int64_t ldy);
-void mx_bf16_cols(const float *a, int64_t m, int64_t k, const uint16_t *w, int64_t n, int64_t n0, int64_t n1,
-                  float *y, int64_t ldy);
-
-void mx_bf16_rows(const float *a, int64_t lda, int64_t m, int64_t k, const uint16_t *w, int64_t n, float *y);
+void mx_linear_bf16(const float *a, int64_t m, int64_t k, const uint16_t *w, int64_t n0, int64_t n1, float *y,
+                    int64_t ldy);
 
 #endif

@@ -1,8 +1,8 @@
-/* libmxport_kernels: ONNX Runtime CPU kernels for the ai.mxport ops MoEMXFP4, MatMulMXFP4 and MatMulBF16.
+/* libmxport_kernels: ONNX Runtime CPU kernels for the ai.mxport ops MoEMXFP4, MatMulMXFP4 and LinearBF16.
  *
  * A standard ORT custom-op library: RegisterCustomOps(OrtSessionOptions*, const OrtApiBase*) adds the domain
  * ai.mxport (version 1) to a session's options (Python: SessionOptions.register_custom_ops_library(path)).
- * The semantics are those of the NumPy kernels in ops/moe.py, ops/moe_2.py, ops/matmul_mxfp4.py, ops/matmul_bf16.py; the
+ * The semantics are those of the NumPy kernels in ops/moe.py, ops/moe_2.py, ops/matmul_mxfp4.py, ops/linear_bf16.py; the
  * math is in mx_math.c. Work is split over ORT's intra-op thread pool (KernelContext_ParallelFor).
  *
  * Environment: MXPORT_KERNELS_ISA=c at registration time selects the plain C kernels (tests, old CPUs).
@@ -108,7 +108,7 @@ static float attr_float(const OrtApi *api, const OrtKernelInfo *info, const char
 static int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 static int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : v > hi ? hi : v; }
 
-/* ---- MXFP4 and bf16 products split over output columns -------------------------------------------------------- */
+/* ---- MXFP4 and bf16 products split over output rows of W ------------------------------------------------------- */
 typedef struct {
     const float *a; /* permuted [m, k] (mxfp4) or plain [m, k] (bf16) */
     int64_t m, k, n, chunk;
@@ -121,38 +121,6 @@ static void mxfp4_task(void *p, size_t i) {
     const Product *q = p;
     const int64_t n0 = (int64_t)i * q->chunk, n1 = n0 + q->chunk < q->n ? n0 + q->chunk : q->n;
     mx_mxfp4_rows(q->a, q->m, q->k, q->blocks, q->scales, n0, n1, q->y, q->n);
-}
-
-static void bf16_task(void *p, size_t i) {
-    const Product *q = p;
-    const int64_t n0 = (int64_t)i * q->chunk, n1 = n0 + q->chunk < q->n ? n0 + q->chunk : q->n;
-    mx_bf16_cols(q->a, q->m, q->k, q->w, q->n, n0, n1, q->y, q->n);
-}
-
-/* Decode (M <= 4): task i takes weight rows [i chunk, (i+1) chunk) whole (one sequential read) into its own
- * partial output; bf16_sum_task then adds the partials column range by column range. */
-typedef struct {
-    const float *a;
-    int64_t m, k, n, chunk, parts;
-    const uint16_t *w;
-    float *partial; /* [parts, m, n] */
-    float *y;
-} RowSplit;
-
-static void bf16_rows_task(void *p, size_t i) {
-    const RowSplit *q = p;
-    const int64_t k0 = (int64_t)i * q->chunk, k1 = k0 + q->chunk < q->k ? k0 + q->chunk : q->k;
-    mx_bf16_rows(q->a + k0, q->k, q->m, k1 - k0, q->w + k0 * q->n, q->n, q->partial + (int64_t)i * q->m * q->n);
-}
-
-static void bf16_sum_task(void *p, size_t i) {
-    const RowSplit *q = p;
-    const int64_t total = q->m * q->n, c0 = (int64_t)i * 4096, c1 = c0 + 4096 < total ? c0 + 4096 : total;
-    for (int64_t c = c0; c < c1; c++) {
-        float s = q->partial[c];
-        for (int64_t t = 1; t < q->parts; t++) s += q->partial[t * total + c];
-        q->y[c] = s;
-    }
 }
 
 /* Output rows per task: a multiple of 16 (the decoded tile), at most ~64 tasks. */
@@ -210,31 +178,28 @@ static OrtStatus *matmul_mxfp4_compute(void *kernel, OrtKernelContext *ctx) {
     return NULL;
 }
 
-/* ---- MatMulBF16(A [..., K], W bfloat16 [K, N]) -> [..., N] ---------------------------------------------------- */
-static OrtStatus *matmul_bf16_compute(void *kernel, OrtKernelContext *ctx) {
+/* ---- LinearBF16(A [..., K], W bfloat16 [N, K]) -> [..., N] ---------------------------------------------------- */
+static void linear_bf16_task(void *p, size_t i) {
+    const Product *q = p;
+    const int64_t n0 = (int64_t)i * q->chunk, n1 = n0 + q->chunk < q->n ? n0 + q->chunk : q->n;
+    mx_linear_bf16(q->a, q->m, q->k, q->w, n0, n1, q->y, q->n);
+}
+
+static OrtStatus *linear_bf16_compute(void *kernel, OrtKernelContext *ctx) {
     Call c = {((PlainKernel *)kernel)->api, ctx};
     Tensor a, w;
     OrtStatus *st;
     if ((st = input(c, 0, &a)) || (st = input(c, 1, &w))) return st;
-    if (a.rank < 1 || w.rank != 2 || a.dims[a.rank - 1] != w.dims[0])
-        return fail(c.api, "ai.mxport.MatMulBF16: expected A[..., K] and W[K, N]; found A rank %zu, W rank %zu",
-                    a.rank, w.rank);
-    const int64_t k = w.dims[0], n = w.dims[1], m = leading_rows(&a);
+    if (a.rank < 1 || w.rank != 2 || a.dims[a.rank - 1] != w.dims[1])
+        return fail(c.api, "ai.mxport.LinearBF16: expected A[..., K] and W[N, K]; found A rank %zu (last %lld), W rank "
+                           "%zu (last %lld)", a.rank, (long long)a.dims[a.rank ? a.rank - 1 : 0], w.rank,
+                    (long long)w.dims[w.rank ? w.rank - 1 : 0]);
+    const int64_t n = w.dims[0], k = w.dims[1], m = leading_rows(&a);
     float *y;
     if ((st = product_output(c, &a, m, k, n, &y)) || !y) return st;
-    if (m <= 4) { /* decode: 8 row ranges read in order, partial outputs added */
-        const int64_t chunk = round_up((k + 7) / 8, 4), parts = (k + chunk - 1) / chunk;
-        float *partial = malloc(sizeof(float) * (size_t)(parts * m * n));
-        if (!partial) return fail(c.api, "ai.mxport.MatMulBF16: out of memory");
-        RowSplit q = {a.data, m, k, n, chunk, parts, w.data, partial, y};
-        parallel_for(c, bf16_rows_task, (size_t)parts, &q);
-        parallel_for(c, bf16_sum_task, (size_t)((m * n + 4095) / 4096), &q);
-        free(partial);
-        return NULL;
-    }
-    /* prefill: 16-column panels, ~32+ tasks */
-    Product q = {a.data, m, k, n, clamp64(round_up((n + 31) / 32, 16), 16, 1024), NULL, NULL, w.data, y};
-    parallel_for(c, bf16_task, (size_t)((n + q.chunk - 1) / q.chunk), &q);
+    /* output rows split over ~16 tasks (decode: each a sequential read of its weight rows), 16-row multiples */
+    Product q = {a.data, m, k, n, clamp64(round_up((n + 15) / 16, 16), 16, 1 << 20), NULL, NULL, w.data, y};
+    parallel_for(c, linear_bf16_task, (size_t)((n + q.chunk - 1) / q.chunk), &q);
     return NULL;
 }
 
@@ -442,7 +407,7 @@ typedef struct {
 static const int MOE_IN[] = {ELEM_FLOAT, ELEM_FLOAT, ELEM_UINT8, ELEM_UINT8, ELEM_FLOAT, ELEM_UINT8, ELEM_UINT8, ELEM_FLOAT};
 static const int MOE2_IN[] = {ELEM_FLOAT, ELEM_FLOAT, ELEM_UINT8, ELEM_UINT8, ELEM_UINT8, ELEM_UINT8};
 static const int MM_MXFP4_IN[] = {ELEM_FLOAT, ELEM_UINT8, ELEM_UINT8};
-static const int MM_BF16_IN[] = {ELEM_FLOAT, ELEM_BFLOAT16};
+static const int LINEAR_BF16_IN[] = {ELEM_FLOAT, ELEM_BFLOAT16};
 
 static const char *op_name(const OrtCustomOp *op) { return ((const OpDef *)op)->name; }
 static const char *op_ep(const OrtCustomOp *op) { (void)op; return "CPUExecutionProvider"; }
@@ -491,7 +456,7 @@ static OpDef OPS[] = {
     OP("MoEMXFP4", MOE_IN, moe_create, moe_compute),
     OP("MoEMXFP4_2", MOE2_IN, moe_create, moe_compute),
     OP("MatMulMXFP4", MM_MXFP4_IN, plain_create, matmul_mxfp4_compute),
-    OP("MatMulBF16", MM_BF16_IN, plain_create, matmul_bf16_compute),
+    OP("LinearBF16", LINEAR_BF16_IN, plain_create, linear_bf16_compute),
 };
 
 EXPORT OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase *base) {
@@ -513,7 +478,7 @@ EXPORT OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase
 /* For `mxport kernels` and tests (ctypes): the ops this library provides and the ISA it would use. */
 EXPORT const char *mxport_kernels_info(void) {
     static char info[160];
-    snprintf(info, sizeof info, "domain=%s;ops=MoEMXFP4,MoEMXFP4_2,MatMulMXFP4,MatMulBF16;isa=%s;ort_api=%d", DOMAIN,
+    snprintf(info, sizeof info, "domain=%s;ops=MoEMXFP4,MoEMXFP4_2,MatMulMXFP4,LinearBF16;isa=%s;ort_api=%d", DOMAIN,
              mx_set_isa(1) ? "avx2+fma" : "c", MXPORT_ORT_API_VERSION);
     return info;
 }

@@ -20,7 +20,8 @@ from mxport.exporter.families import qwen3
 from mxport.runtime.runners import OrtRunner, make_feeds
 
 _CACHE: dict = {}
-TARGETS = {"portable": {}, "cpu": {"target": "cpu", "experts": "fp32"}}
+TARGETS = {"portable": {}, "cpu": {"target": "cpu", "experts": "fp32"},
+           "cpu_bf16": {"target": "cpu", "experts": "fp32", "dense": "bf16"}}  # LinearBF16 where weights are bf16
 
 
 @pytest.fixture(scope="module")

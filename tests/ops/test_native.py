@@ -1,6 +1,6 @@
 """mxport's native ORT kernels (ops/csrc) against the NumPy kernels, and proof that ORT really runs them.
 
-Every kernel is compared with its NumPy kernel (ops/moe.py, ops/matmul_mxfp4.py, ops/matmul_bf16.py) across
+Every kernel is compared with its NumPy kernel (ops/moe.py, ops/matmul_mxfp4.py, ops/linear_bf16.py) across
 shapes, token counts, k and attributes, ≤ 1e-5 relative (max abs error / max |reference|), on the AVX2 path and
 on the plain C path (MXPORT_KERNELS_ISA=c). ORT's profiler shows which kernel ran: with the library registered the
 ai.mxport node itself; without it the same file runs its function body (Loop, Gemm, ...) with the same numbers.
@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mxport import ops
-from mxport.ops import matmul_bf16, matmul_mxfp4, moe, moe_2, mxfp4, native
+from mxport.ops import linear_bf16, matmul_mxfp4, moe, moe_2, mxfp4, native
 
 LIB = native.library_path()
 needs_lib = pytest.mark.skipif(LIB is None, reason="native kernels not built (no C compiler at install time)")
@@ -48,7 +48,7 @@ def test_library_is_built_where_a_compiler_exists():
     if shutil.which("cc") or shutil.which("gcc"):
         assert LIB is not None, "a C compiler is present but libmxport_kernels was not built"
         info = native.info()
-        assert info["ops"] == ["MoEMXFP4", "MoEMXFP4_2", "MatMulMXFP4", "MatMulBF16"] and info["domain"] == "ai.mxport"
+        assert info["ops"] == ["MoEMXFP4", "MoEMXFP4_2", "MatMulMXFP4", "LinearBF16"] and info["domain"] == "ai.mxport"
 
 
 def _session(model, *, register: bool, isa: str = "avx2", threads: int = 2, profile: str | None = None,
@@ -96,18 +96,19 @@ def test_matmul_mxfp4_equals_numpy(lead, m, kb, n, isa, seed, monkeypatch_sessio
     assert _rel(got, want) <= 1e-5
 
 
-# ---- MatMulBF16 --------------------------------------------------------------------------------------------------
+# ---- LinearBF16 --------------------------------------------------------------------------------------------------
 @needs_lib
 @PROPERTY
 @given(lead=st.lists(st.integers(1, 4), min_size=0, max_size=1), m=st.integers(1, 20), k=st.integers(1, 300),
        n=st.integers(1, 90), isa=st.sampled_from(["avx2", "c"]), seed=st.integers(0, 2**16))
-def test_matmul_bf16_equals_numpy(lead, m, k, n, isa, seed, monkeypatch_session):
+def test_linear_bf16_equals_numpy(lead, m, k, n, isa, seed, monkeypatch_session):
+    """Decode (1-4 rows: streamed weight rows) and prefill (more: the blocked product), any K (tails of 8 and 32)."""
     rng = np.random.default_rng(seed)
     a = rng.standard_normal((*lead, m, k)).astype(np.float32)
-    w = rng.standard_normal((k, n)).astype(ml_dtypes.bfloat16)
+    w = rng.standard_normal((n, k)).astype(ml_dtypes.bfloat16)
     inputs = {"a": a}
-    want = matmul_bf16._matmul_bf16(a, w)
-    got = _session(build_model("MatMulBF16", inputs, 1, weights={"w": w}), register=True, isa=isa,
+    want = linear_bf16._linear_bf16(a, w)
+    got = _session(build_model("LinearBF16", inputs, 1, weights={"w": w}), register=True, isa=isa,
                    monkeypatch=monkeypatch_session).run(None, inputs)[0]
     assert got.shape == want.shape
     assert _rel(got, want) <= 1e-5
@@ -115,14 +116,35 @@ def test_matmul_bf16_equals_numpy(lead, m, k, n, isa, seed, monkeypatch_session)
 
 @needs_lib
 @pytest.mark.parametrize("m, k, n", [(0, 5, 3), (2, 0, 3), (64, 0, 96), (2, 5, 0)])
-def test_matmul_bf16_empty_products(m, k, n, monkeypatch_session):
-    """No rows, K = 0 (all zeros) or N = 0: the shape of A @ W, and its values."""
+def test_linear_bf16_empty_products(m, k, n, monkeypatch_session):
+    """No rows, K = 0 (all zeros) or N = 0: the shape of A @ W.T, and its values."""
     a = np.ones((m, k), np.float32)
-    w = np.ones((k, n), ml_dtypes.bfloat16)
+    w = np.ones((n, k), ml_dtypes.bfloat16)
     inputs = {"a": a}
-    got = _session(build_model("MatMulBF16", inputs, 1, weights={"w": w}), register=True,
+    got = _session(build_model("LinearBF16", inputs, 1, weights={"w": w}), register=True,
                    monkeypatch=monkeypatch_session).run(None, inputs)[0]
-    np.testing.assert_array_equal(got, matmul_bf16._matmul_bf16(a, w))
+    np.testing.assert_array_equal(got, linear_bf16._linear_bf16(a, w))
+
+
+@needs_lib
+def test_an_op_the_library_no_longer_has_runs_its_function_body():
+    """Exports before LinearBF16 carry MatMulBF16 (W [K, N]) with its body; with the library registered (which has
+    no MatMulBF16 kernel any more) ORT runs that body: same numbers, no error."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    body = helper.make_function("ai.mxport", "MatMulBF16", ["A", "W"], ["Y"],
+                                [helper.make_node("CastLike", ["W", "A"], ["Wf"]), helper.make_node("MatMul", ["A", "Wf"], ["Y"])],
+                                [helper.make_opsetid("", 23)])
+    rng = np.random.default_rng(5)
+    a, w = rng.standard_normal((3, 64)).astype(np.float32), rng.standard_normal((64, 40)).astype(ml_dtypes.bfloat16)
+    graph = helper.make_graph([helper.make_node("MatMulBF16", ["a", "w"], ["y"], domain="ai.mxport")], "old",
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [3, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              initializer=[onnx.numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, functions=[body], opset_imports=ops.opset_imports())
+    got = _session(model, register=True).run(None, {"a": a})[0]
+    assert _rel(got, a @ w.astype(np.float32)) <= 1e-6
 
 
 # ---- MoEMXFP4 ------------------------------------------------------------------------------------------------------
@@ -204,7 +226,7 @@ def _profiled_ops(sess: ort.InferenceSession) -> set[str]:
 
 
 @needs_lib
-@pytest.mark.parametrize("op_type", ["MoEMXFP4", "MatMulMXFP4", "MatMulBF16"])
+@pytest.mark.parametrize("op_type", ["MoEMXFP4", "MatMulMXFP4", "LinearBF16"])
 def test_registered_kernel_runs_instead_of_the_function_body(op_type, tmp_path):
     """The same one-node file: native kernel when registered (the profile shows the op), function body without
     it (the profile shows the body's standard ops), equal numbers both ways."""
@@ -217,7 +239,7 @@ def test_registered_kernel_runs_instead_of_the_function_body(op_type, tmp_path):
         inputs, attrs = {"a": rng.standard_normal((3, 64)).astype(np.float32), "blocks": blocks, "scales": scales}, {}
     else:
         inputs = {"a": rng.standard_normal((3, 64)).astype(np.float32)}
-        weights, attrs = {"w": rng.standard_normal((64, 40)).astype(ml_dtypes.bfloat16)}, {}
+        weights, attrs = {"w": rng.standard_normal((40, 64)).astype(ml_dtypes.bfloat16)}, {}
     model = build_model(op_type, inputs, 1, weights=weights, **attrs)
     native_sess = _session(model, register=True, profile=str(tmp_path / "native"))
     body_sess = _session(model, register=False, profile=str(tmp_path / "body"))
@@ -262,6 +284,6 @@ def test_kernels_command(capsys):
     if LIB is None:
         assert code == 1 and "not built" in out
     else:
-        assert code == 0 and str(LIB) in out and "MoEMXFP4, MoEMXFP4_2, MatMulMXFP4, MatMulBF16" in out
+        assert code == 0 and str(LIB) in out and "MoEMXFP4, MoEMXFP4_2, MatMulMXFP4, LinearBF16" in out
         assert main(["kernels", "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["path"] == str(LIB)

@@ -127,7 +127,7 @@ def test_tolerance_defaults_and_options():
     assert default_tolerances({"dtype": "float32", "experts": "mxfp4"})[0] == FLOAT32_TOLERANCES
     assert default_tolerances({"dtype": "float32", "experts": "fp32"})[1].endswith("(exact)")
     assert default_tolerances({"dtype": "float32", "experts": "int8"})[1].endswith("(lossy)")
-    # --dense bf16 (ai.mxport.MatMulBF16) reads the checkpoint's bf16 in float32 math: exact
+    # --dense bf16 (ai.mxport.LinearBF16) reads the checkpoint's bf16 in float32 math: exact
     assert default_tolerances({"dtype": "float32", "experts": "mxfp4", "dense": "bf16"})[0] == FLOAT32_TOLERANCES
     tols, mode = default_tolerances({"dtype": "float16", "experts": "mxfp4"})
     assert tols == LOSSY_TOLERANCES and mode == "dtype=float16 experts=mxfp4 dense=float32 (lossy)"

@@ -129,7 +129,7 @@ def test_last_logits_equal_the_last_row_of_full_logits(tiny, tmp_path):
 
 @pytest.mark.parametrize("dense", ["float32", "bf16"])
 def test_cpu_mxfp4_is_exact_with_and_without_the_native_kernels(tiny, reference, tmp_path, dense):
-    """--target cpu --experts mxfp4 [--dense bf16]: MoEMXFP4 (and MatMulBF16) stay ai.mxport nodes. mxport's runner
+    """--target cpu --experts mxfp4 [--dense bf16]: MoEMXFP4 (and LinearBF16) stay ai.mxport nodes. mxport's runner
     registers the native kernels (the profile shows them, no function body ran); plain ORT runs the same file
     through the function bodies; both equal the NumPy reference (prefill with padding + a cached step)."""
     import json
@@ -152,8 +152,8 @@ def test_cpu_mxfp4_is_exact_with_and_without_the_native_kernels(tiny, reference,
     ops = {(n.domain, n.op_type) for n in onnx.load(str(out / "model.onnx"), load_external_data=False).graph.node}
     assert ("ai.mxport", "MoEMXFP4") in ops and ("com.microsoft", "GroupQueryAttention") in ops
     if dense == "bf16":  # fused q/k/v, o_proj and router per layer, lm_head
-        assert meta["lowering"]["applied"]["matmul_bf16"] == 3 * L + 1
-        assert ("ai.mxport", "MatMulBF16") in ops and ("", "MatMul") not in ops
+        assert meta["lowering"]["applied"]["linear_bf16"] == 3 * L + 1
+        assert ("ai.mxport", "LinearBF16") in ops and ("", "MatMul") not in ops
     body = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     prefill, decode = _prefill_and_step(cfg, body, reference)
     assert prefill, prefill
@@ -171,7 +171,7 @@ def test_cpu_mxfp4_is_exact_with_and_without_the_native_kernels(tiny, reference,
     ran = [e["args"]["op_name"] for e in events if e.get("cat") == "Node" and "op_name" in e.get("args", {})]
     assert ran.count("MoEMXFP4") >= 2 * L and "Loop" not in ran  # every layer, both calls, natively
     if dense == "bf16":
-        assert ran.count("MatMulBF16") >= 2 * (3 * L + 1) and "MatMul" not in ran
+        assert ran.count("LinearBF16") >= 2 * (3 * L + 1) and "MatMul" not in ran
 
 
 def test_accuracy_level_option(tiny, tmp_path, capsys):
