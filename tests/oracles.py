@@ -23,8 +23,9 @@ def load_transformers_gpt_oss(path):
     return model.eval()
 
 
-def save_transformers_gpt2(path, *, seed: int = 0, std: float = 0.3, **config):
-    """A random GPT2LMHeadModel (float32, eval) saved with save_pretrained to `path`; returns the model.
+def save_transformers_gpt2(path, *, seed: int = 0, std: float = 0.3, dtype: str = "float32", **config):
+    """A random GPT2LMHeadModel (eval) saved with save_pretrained to `path` (float32 or bfloat16 safetensors);
+    returns the float32 model of what was saved (the oracle).
 
     Weights are redrawn N(0, std) (norm scales around 1) so that every layer matters to the logits."""
     import torch
@@ -37,6 +38,10 @@ def save_transformers_gpt2(path, *, seed: int = 0, std: float = 0.3, **config):
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.normal_(1.0 if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")) else 0.0, std)
+    if dtype == "bfloat16":  # round the weights, then the oracle runs on exactly what was saved
+        model = model.to(torch.bfloat16)
+        model.save_pretrained(path)
+        return model.float().eval()
     model.save_pretrained(path)
     return model
 
