@@ -46,6 +46,7 @@ def present_names(i: int) -> tuple[str, str]:
 
 
 CHUNK_BYTES = 64 << 20  # checkpoint rows read per step when an initializer is written
+OUT_IN = "mxport.out_in"  # Value.meta key of a matrix initializer: produces the matrix [out, in] (not serialized)
 
 
 class Weights:
@@ -109,6 +110,8 @@ class Weights:
             return self._read_chunked(name, dtype, transpose=not in_out)
 
         value = self.b.lazy_initializer(as_name or name, ir.DataType.from_numpy(dtype), shape, produce)
+        # the same matrix [out, in], read straight from the checkpoint: --dense bf16 stores that layout (lower/bf16.py)
+        value.meta[OUT_IN] = lambda: self._read_chunked(name, dtype, transpose=in_out)
         return self.b.op("Cast", value, role=f"{role}/weight_f32", to=FLOAT) if keep_bf16 else value
 
     def stored(self, name: str) -> ir.Value:

@@ -5,8 +5,9 @@
 
 LinearBF16 takes W [out, in], a Linear layer's own layout: the kernel reads each output's weights as one
 contiguous row, so a decode step is one sequential read of the matrix (ops/csrc/mx_math.c). The [K, N] matrices of
-the portable graph are written back in that layout (one matrix in memory at a time, at save); a tied head uses the
-embedding table itself, stored once (the Gather reads it too).
+the portable graph are written in that layout at save, read again from the checkpoint (one matrix in memory at a
+time, as in the portable export; fused q/k/v and gate/up are transposed copies of their concatenation); a tied head
+uses the embedding table itself, stored once (the Gather reads it too).
 
 Exact: every bfloat16 is a float32, and the kernel multiplies in float32 (ops/linear_bf16.py has the meaning,
 ops/csrc the kernel). ORT would fold the Cast into a float32 copy at load and read twice the bytes per decode
@@ -27,8 +28,16 @@ FLOAT = ir.DataType.FLOAT.value
 CHUNK_ROWS = 4096  # output rows of Wᵀ written per step
 
 
+def out_in(value: ir.Value, tensor: ir.TensorProtocol):
+    """A producer of W [K, N] as Wᵀ [N, K]: straight from the checkpoint where the exporter's reader left one
+    (exporter/layers.OUT_IN: one copy in memory, like the portable export), else a transposed copy of W."""
+    from mxport.exporter.layers import OUT_IN
+
+    return value.meta.get(OUT_IN) or (lambda: transposed(tensor))
+
+
 def transposed(tensor: ir.TensorProtocol) -> np.ndarray:
-    """W [K, N] -> Wᵀ [N, K], contiguous, written a block of rows at a time."""
+    """W [K, N] -> Wᵀ [N, K], contiguous, written a block of rows at a time (W and Wᵀ in memory)."""
     w = tensor.numpy()
     out = np.empty(w.shape[::-1], dtype=w.dtype)
     for n0 in range(0, w.shape[1], CHUNK_ROWS):
@@ -60,7 +69,7 @@ class DenseBF16:
         if not is_transposed:  # W [K, N] -> [N, K]; a tied head's table E [N, K] is used as stored
             K, N = (int(d) for d in tensor.shape)
             name = (node.name or "matmul").replace("/", "_") + ".weight_nk"
-            w = add_initializer(ctx, lazy(name, ir.DataType.BFLOAT16, [N, K], lambda: transposed(tensor)))
+            w = add_initializer(ctx, lazy(name, ir.DataType.BFLOAT16, [N, K], out_in(w, tensor)))
         new = ir.node("LinearBF16", [node.inputs[0], w], {}, domain=DOMAIN, name=f"{node.name}/bf16")
         replace(ctx, node, [new], new.outputs)
 
