@@ -5,8 +5,8 @@
  *   mx_mxfp4_rows     Y[m, n] = sum_k Ap[m, k] W[n, k] for n in [n0, n1); W MXFP4 out-major (blocks [N, K/32, 16],
  *                     scales [N, K/32]); M <= 4: decoded in registers, else a decoded tile and a blocked product
  *   mx_linear_bf16    Y[m, n] = sum_k A[m, k] W[n, k] for n in [n0, n1); W bfloat16 [N, K] (out-major, a Linear
- *                     layer's layout); M <= 4: each weight row streamed once into registers, else decoded rows and
- *                     the blocked product of the MXFP4 kernel
+ *                     layer's layout); M <= 4: weight rows streamed front to back, one row of A at a time (rows 2-4
+ *                     re-read from L2), else decoded rows and the blocked product of the MXFP4 kernel
  *
  * Every product is float32 arithmetic on exactly decoded weights (E2M1 x 2^(s-127) and bf16 are exact in
  * float32): results differ from a float32 reference only by summation order. AVX2+FMA is chosen at run time

@@ -115,6 +115,20 @@ def test_linear_bf16_equals_numpy(lead, m, k, n, isa, seed, monkeypatch_session)
 
 
 @needs_lib
+@pytest.mark.parametrize("m, k, n", [(1, 2048, 150), (2, 2048, 150), (4, 4100, 70), (3, 40, 9000)])
+def test_linear_bf16_decode_over_several_row_blocks(m, k, n, monkeypatch_session):
+    """Decode rows 2-4 re-read blocks of weight rows sized to L2 (256 KB / 2K rows): products spanning several
+    blocks, a K tail (4100 = 128 x 32 + 4) and many small rows split over threads."""
+    rng = np.random.default_rng(k + n)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((n, k)).astype(ml_dtypes.bfloat16)
+    inputs = {"a": a}
+    got = _session(build_model("LinearBF16", inputs, 1, weights={"w": w}), register=True,
+                   monkeypatch=monkeypatch_session).run(None, inputs)[0]
+    assert _rel(got, linear_bf16._linear_bf16(a, w)) <= 1e-5
+
+
+@needs_lib
 @pytest.mark.parametrize("m, k, n", [(0, 5, 3), (2, 0, 3), (64, 0, 96), (2, 5, 0)])
 def test_linear_bf16_empty_products(m, k, n, monkeypatch_session):
     """No rows, K = 0 (all zeros) or N = 0: the shape of A @ W.T, and its values."""
