@@ -101,6 +101,12 @@ static void linear_bf16_c(const float *a, int64_t m, int64_t k, const uint16_t *
         }
 }
 
+void mx_pack_t(const float *a, int64_t m, int64_t k, int64_t g0, int64_t g1, float *at) {
+    for (int64_t g = g0; g < g1; g++) /* A^T, 16 rows per group, zero-padded */
+        for (int64_t i = 0; i < k; i++)
+            for (int j = 0; j < 16; j++) at[(g * k + i) * 16 + j] = g * 16 + j < m ? a[(g * 16 + j) * k + i] : 0.0f;
+}
+
 /* ---- AVX2 + FMA ------------------------------------------------------------------------------------------------ */
 #if MX_X86
 #define AVX2 __attribute__((target("avx2,fma")))
@@ -231,22 +237,18 @@ AVX2 static void bf16_decode_row(const void *src, int64_t row, int64_t k, float 
     for (; i < k; i++) out[i] = bf16_to_f32(w[i]);
 }
 
-/* Y[m, n] = sum_k A[m, k] Wd[n, k] for n in [n0, n1), Wd the decoded weight rows. Returns 0 when out of memory. */
-AVX2 static int rows_outer(const float *ap, int64_t m, int64_t k, RowDecoder decode, const void *src, int64_t n0,
-                           int64_t n1, float *y, int64_t ldy) {
+/* Y[m, n] = sum_k A[m, k] Wd[n, k] for n in [n0, n1), Wd the decoded weight rows, A given as mx_pack_t's A^T.
+ * Returns 0 when out of memory. */
+AVX2 static int packed_outer(const float *at, int64_t m, int64_t k, RowDecoder decode, const void *src, int64_t n0,
+                             int64_t n1, float *y, int64_t ldy) {
     const int64_t groups = (m + 15) / 16;
-    float *at = alloc64(sizeof(float) * (size_t)(groups * 16 * k));
     float *wd = alloc64(sizeof(float) * (size_t)(6 * k + 8));
     float *outs = alloc64(sizeof(float) * (size_t)(groups * 6 * 16));
-    if (!at || !wd || !outs) {
-        free(at);
+    if (!wd || !outs) {
         free(wd);
         free(outs);
         return 0;
     }
-    for (int64_t g = 0; g < groups; g++) /* A^T, 16 rows per group */
-        for (int64_t i = 0; i < k; i++)
-            for (int j = 0; j < 16; j++) at[(g * k + i) * 16 + j] = g * 16 + j < m ? ap[(g * 16 + j) * k + i] : 0.0f;
     for (int64_t nt = n0; nt < n1; nt += 6) {
         const int nr = (int)(n1 - nt < 6 ? n1 - nt : 6);
         for (int r = 0; r < nr; r++) decode(src, nt + r, k, wd + r * k);
@@ -280,10 +282,20 @@ AVX2 static int rows_outer(const float *ap, int64_t m, int64_t k, RowDecoder dec
                 for (int r = 0; r < nr; r++) y[(g * 16 + j) * ldy + nt + r] = out[r * 16 + j];
         }
     }
-    free(at);
     free(wd);
     free(outs);
     return 1;
+}
+
+/* packed_outer on A as given: A^T packed here (a caller that splits N over threads packs once: mx_pack_t). */
+AVX2 static int rows_outer(const float *ap, int64_t m, int64_t k, RowDecoder decode, const void *src, int64_t n0,
+                           int64_t n1, float *y, int64_t ldy) {
+    float *at = alloc64(sizeof(float) * (size_t)((m + 15) / 16 * 16 * k));
+    if (!at) return 0;
+    mx_pack_t(ap, m, k, 0, (m + 15) / 16, at);
+    const int done = packed_outer(at, m, k, decode, src, n0, n1, y, ldy);
+    free(at);
+    return done;
 }
 
 /* One row of A, W [N, K]: each weight row read front to back and dotted with A (which stays in L1), so the rows
@@ -308,10 +320,10 @@ AVX2_INLINE void linear_row(const float *a, int64_t k, const uint16_t *w, int64_
 
 #define LINEAR_L2_BYTES (256 << 10) /* weight rows re-read from L2 by rows 2-4 of A */
 
-AVX2 static void linear_bf16_avx2(const float *a, int64_t m, int64_t k, const uint16_t *w, int64_t n0, int64_t n1,
-                                  float *y, int64_t ldy) {
+AVX2 static void linear_bf16_avx2(const float *a, const float *at, int64_t m, int64_t k, const uint16_t *w,
+                                  int64_t n0, int64_t n1, float *y, int64_t ldy) {
     if (m > 4) {
-        if (!rows_outer(a, m, k, bf16_decode_row, w, n0, n1, y, ldy)) linear_bf16_c(a, m, k, w, n0, n1, y, ldy);
+        if (!packed_outer(at, m, k, bf16_decode_row, w, n0, n1, y, ldy)) linear_bf16_c(a, m, k, w, n0, n1, y, ldy);
         return;
     }
     /* Few rows (decode): a block of weight rows streamed from memory for row 0 of A, then read from L2 for the
@@ -355,11 +367,11 @@ void mx_mxfp4_rows(const float *ap, int64_t m, int64_t k, const uint8_t *blocks,
     mxfp4_rows_c(ap, m, k, blocks, scales, n0, n1, y, ldy);
 }
 
-void mx_linear_bf16(const float *a, int64_t m, int64_t k, const uint16_t *w, int64_t n0, int64_t n1, float *y,
-                    int64_t ldy) {
+void mx_linear_bf16(const float *a, const float *at, int64_t m, int64_t k, const uint16_t *w, int64_t n0, int64_t n1,
+                    float *y, int64_t ldy) {
 #if MX_X86
     if (mx_isa() == 1) {
-        linear_bf16_avx2(a, m, k, w, n0, n1, y, ldy);
+        linear_bf16_avx2(a, at, m, k, w, n0, n1, y, ldy);
         return;
     }
 #endif
