@@ -322,4 +322,7 @@ def run(args: argparse.Namespace) -> int:
         what = "attention node(s) keep rotary outside GroupQueryAttention" if rule == "rotary_in_attention" \
             else f"node(s) kept portable by {rule}"
         print(f"note: {count} {what}: {reason}", file=sys.stderr)
+    if json.loads((out / META_FILE).read_text()).get("lowering", {}).get("applied", {}).get("linear_bf16"):
+        print(f"note: LinearBF16 runs natively in mxport's sessions; for onnxruntime-genai on this machine run "
+              f"`mxport kernels --into {out}` (without it the function body runs, at float32 speed)", file=sys.stderr)
     return 0

@@ -3,6 +3,7 @@
     library_path()          Path of libmxport_kernels*.so next to this module, or None when it was not built
     register_kernels(so)    SessionOptions.register_custom_ops_library(path); says once when the library is missing
     info()                  {"path", "domain", "ops", "isa", "ort_api"} read from the library itself
+    install_into(folder)    copy it into an export folder, named in genai_config.json (onnxruntime-genai)
 
 The library is a standard ORT custom-op library (RegisterCustomOps): ai.mxport MoEMXFP4, MatMulMXFP4 and LinearBF16
 (and MoEMXFP4_2) on the CPU provider. ORT runs a registered kernel in preference to the model-local function of the same name, so
@@ -76,16 +77,61 @@ def info() -> dict[str, Any]:
             "ort_api": int(fields["ort_api"])}
 
 
+GENAI_LIBRARY = "libmxport_kernels.so"  # the library's name inside an export folder (`mxport kernels --into`)
+
+
+def install_into(folder: str | Path) -> Path:
+    """Copy the library into an export folder and name it in the folder's genai_config.json
+    (model.decoder.session_options.custom_ops_library), so onnxruntime-genai runs the ai.mxport nodes natively.
+
+    onnxruntime-genai loads a custom-op library only from inside the model folder ("not within an allowed
+    directory" otherwise), hence the copy; the path is relative, so the folder can move. The library is built
+    for this machine (x86-64 Linux): a folder that goes to another platform is exported again, not installed into."""
+    import json
+    import shutil
+
+    from mxport.errors import MxportError
+    from mxport.files import write_file
+
+    folder = Path(folder)
+    config_path = folder / "genai_config.json"
+    if not config_path.is_file():
+        raise MxportError(f"kernels --into: {folder} has no genai_config.json (expected an mxport export folder)")
+    path = library_path()
+    if path is None:
+        raise MxportError("kernels --into: mxport's native kernels are not built on this machine (no compiler at "
+                          "install time?): nothing to install")
+    try:
+        config = json.loads(config_path.read_text())
+        options = config["model"]["decoder"].setdefault("session_options", {})
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise MxportError(f"kernels --into: {config_path} is not a genai config with model.decoder "
+                          f"({type(exc).__name__}: {exc})") from exc
+    target = folder / GENAI_LIBRARY
+    write_file(target, lambda f: f.write(path.read_bytes()))
+    shutil.copymode(path, target)
+    options["custom_ops_library"] = GENAI_LIBRARY
+    write_file(config_path, lambda f: f.write((json.dumps(config, indent=2) + "\n").encode()))
+    return target
+
+
 # ---- `mxport kernels` ------------------------------------------------------------------------------------------
 def register(parser: Any) -> None:
     """`mxport kernels` options (the CLI's register(parser) hook)."""
     parser.add_argument("--json", action="store_true", help="print the library description as JSON")
+    parser.add_argument("--into", metavar="EXPORT", help="copy the library into an export folder and name it in its "
+                        "genai_config.json, so onnxruntime-genai runs ai.mxport nodes natively (this platform only)")
 
 
 def run(args: Any) -> int:
-    """Print the library path, domain, ops and ISA; exit 1 when the library was not built."""
+    """Print the library path, domain, ops and ISA (exit 1 when the library was not built); or install it into an
+    export folder (--into)."""
     import json
 
+    if args.into:
+        target = install_into(args.into)
+        print(f"{target} (named in {Path(args.into) / 'genai_config.json'}: custom_ops_library)")
+        return 0
     data = info()
     if args.json:
         print(json.dumps(data))

@@ -301,3 +301,68 @@ def test_kernels_command(capsys):
         assert code == 0 and str(LIB) in out and "MoEMXFP4, MoEMXFP4_2, MatMulMXFP4, LinearBF16" in out
         assert main(["kernels", "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["path"] == str(LIB)
+
+
+_GENAI_RUN = """
+import json, sys, numpy as np, onnxruntime_genai as og
+folder, prefix = sys.argv[1], sys.argv[2]
+config = og.Config(folder)
+config.overlay(json.dumps({"model": {"decoder": {"session_options": {"enable_profiling": prefix}}}}))
+model = og.Model(config)
+params = og.GeneratorParams(model)
+params.set_search_options(max_length=14, do_sample=False)
+gen = og.Generator(model, params)
+gen.append_tokens(np.array([[5, 6, 7, 8, 9]], np.int32))
+while not gen.is_done():
+    gen.generate_next_token()
+print(json.dumps([int(t) for t in gen.get_sequence(0)]))
+"""
+
+
+def _genai_tokens_and_ops(folder, prefix) -> tuple[list[int], set[str]]:
+    """Greedy tokens of onnxruntime-genai on `folder` and the ops its profile shows (a child process: the profile
+    is written when the session ends)."""
+    import glob
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _GENAI_RUN, str(folder), str(prefix)], capture_output=True,
+                          text=True, timeout=300, check=True)
+    ops_seen: set[str] = set()
+    for path in glob.glob(f"{prefix}*.json"):
+        with open(path) as f:
+            ops_seen |= {e["args"]["op_name"] for e in json.load(f) if e.get("cat") == "Node" and "op_name" in e.get("args", {})}
+    return json.loads(done.stdout.strip().splitlines()[-1]), ops_seen
+
+
+@needs_lib
+def test_kernels_into_an_export_makes_onnxruntime_genai_run_them(tmp_path):
+    """`mxport kernels --into EXPORT`: the library copied into the folder and named in genai_config.json, so
+    onnxruntime-genai runs LinearBF16 natively (its profile shows the op; before, the function body's MatMul), with
+    the same greedy tokens."""
+    pytest.importorskip("onnxruntime_genai")
+    from mxport.cli import main
+    from mxport.exporter.export import export
+    from mxport.exporter.synth import PRESETS, write_checkpoint
+
+    ckpt = write_checkpoint(tmp_path / "ckpt", PRESETS["qwen3-tiny"])
+    out = export(ckpt, tmp_path / "bf16", target="cpu", experts="fp32", dense="bf16", progress=False)
+    before, body_ops = _genai_tokens_and_ops(out, tmp_path / "body_")
+    assert "LinearBF16" not in body_ops and "MatMul" in body_ops
+    assert main(["kernels", "--into", str(out)]) == 0
+    config = json.loads((out / "genai_config.json").read_text())
+    assert config["model"]["decoder"]["session_options"]["custom_ops_library"] == native.GENAI_LIBRARY
+    assert (out / native.GENAI_LIBRARY).read_bytes() == LIB.read_bytes()
+    after, native_ops = _genai_tokens_and_ops(out, tmp_path / "native_")
+    assert "LinearBF16" in native_ops and "MatMul" not in native_ops
+    assert after == before and len(after) == 14
+
+
+def test_kernels_into_a_folder_that_is_not_an_export_exits_2(tmp_path, capsys):
+    from mxport.cli import main
+
+    (tmp_path / "notes.txt").write_text("x")
+    assert main(["kernels", "--into", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path) in err and "genai_config.json" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # nothing written
