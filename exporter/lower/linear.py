@@ -16,20 +16,6 @@ import onnx_ir as ir
 from .rules import Context, add_initializer, attr, const, lazy, move_uses
 
 
-def _weight(matmul: ir.Node) -> tuple[ir.TensorProtocol, int | None] | None:
-    """(stored [in,out] tensor, Cast target or None) behind MatMul input B, or None if it is computed."""
-    b = matmul.inputs[1]
-    tensor = const(b)
-    if tensor is not None:
-        return tensor, None
-    producer = b.producer()
-    if producer is not None and producer.op_type == "Cast" and producer.domain == "":
-        tensor = const(producer.inputs[0])
-        if tensor is not None:
-            return tensor, producer.attributes["to"].value
-    return None
-
-
 def weight_source(matmul: ir.Node) -> tuple[ir.Value, ir.TensorProtocol, int | None, bool] | None:
     """MatMul's constant B as (stored value, its tensor, Cast target or None, transposed), or None if computed.
 
@@ -49,6 +35,12 @@ def weight_source(matmul: ir.Node) -> tuple[ir.Value, ir.TensorProtocol, int | N
     if tensor is None or (transposed and len(tensor.shape) != 2):
         return None
     return b, tensor, cast_to, transposed
+
+
+def _weight(matmul: ir.Node) -> tuple[ir.TensorProtocol, int | None] | None:
+    """(stored [in,out] tensor, Cast target or None) behind MatMul input B: W or Cast(W); else None."""
+    source = weight_source(matmul)
+    return None if source is None or source[3] else (source[1], source[2])
 
 
 def _bias(matmul: ir.Node) -> tuple[ir.Node, ir.TensorProtocol] | None:
