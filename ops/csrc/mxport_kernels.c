@@ -108,11 +108,13 @@ static float attr_float(const OrtApi *api, const OrtKernelInfo *info, const char
 static int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 static int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : v > hi ? hi : v; }
 
-/* ---- MXFP4 products split over output rows of W ---------------------------------------------------------------- */
+/* ---- MXFP4 and bf16 products split over output rows of W ------------------------------------------------------- */
 typedef struct {
-    const float *a; /* permuted [m, k] */
+    const float *a;  /* [m, k]: permuted (MXFP4) or as given (bf16) */
+    const float *at; /* bf16, m > 4: A^T packed in 16-row groups (mx_pack_t), else NULL */
     int64_t m, k, n, chunk;
-    const uint8_t *blocks, *scales;
+    const uint8_t *blocks, *scales; /* MXFP4 */
+    const uint16_t *w;              /* bf16 [n, k] */
     float *y;
 } Product;
 
@@ -171,28 +173,21 @@ static OrtStatus *matmul_mxfp4_compute(void *kernel, OrtKernelContext *ctx) {
     float *ap = malloc(sizeof(float) * (size_t)(m * k));
     if (!ap) return fail(c.api, "ai.mxport.MatMulMXFP4: out of memory");
     mx_permute_rows(a.data, m, k, ap);
-    Product q = {ap, m, k, n, mxfp4_chunk(n), b.data, s.data, y};
+    Product q = {ap, NULL, m, k, n, mxfp4_chunk(n), b.data, s.data, NULL, y};
     parallel_for(c, mxfp4_task, (size_t)((n + q.chunk - 1) / q.chunk), &q);
     free(ap);
     return NULL;
 }
 
 /* ---- LinearBF16(A [..., K], W bfloat16 [N, K]) -> [..., N] ---------------------------------------------------- */
-typedef struct {
-    const float *a, *at; /* A [m, k]; A^T packed in 16-row groups when m > 4 (else NULL) */
-    int64_t m, k, n, chunk;
-    const uint16_t *w;
-    float *y;
-} Linear;
-
 static void linear_bf16_task(void *p, size_t i) {
-    const Linear *q = p;
+    const Product *q = p;
     const int64_t n0 = (int64_t)i * q->chunk, n1 = n0 + q->chunk < q->n ? n0 + q->chunk : q->n;
     mx_linear_bf16(q->a, q->at, q->m, q->k, q->w, n0, n1, q->y, q->n);
 }
 
 static void pack_task(void *p, size_t i) {
-    const Linear *q = p;
+    const Product *q = p;
     mx_pack_t(q->a, q->m, q->k, (int64_t)i, (int64_t)i + 1, (float *)q->at);
 }
 
@@ -210,7 +205,7 @@ static OrtStatus *linear_bf16_compute(void *kernel, OrtKernelContext *ctx) {
     if ((st = product_output(c, &a, m, k, n, &y)) || !y) return st;
     /* output rows split over ~16 tasks (decode: each a sequential read of its weight rows), 16-row multiples;
      * prompt rows (m > 4): A^T packed once, shared by the tasks */
-    Linear q = {a.data, NULL, m, k, n, clamp64(round_up((n + 15) / 16, 16), 16, 1 << 20), w.data, y};
+    Product q = {a.data, NULL, m, k, n, clamp64(round_up((n + 15) / 16, 16), 16, 1 << 20), NULL, NULL, w.data, y};
     float *at = NULL;
     if (m > 4) {
         const int64_t bytes = (int64_t)sizeof(float) * round_up(m, 16) * k;
