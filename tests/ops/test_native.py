@@ -366,3 +366,19 @@ def test_kernels_into_a_folder_that_is_not_an_export_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(tmp_path) in err and "genai_config.json" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # nothing written
+
+
+@needs_lib
+def test_product_chain_example_agrees_with_float32(capsys):
+    """examples/product_chain.py (the product-speed numbers of docs/BENCHMARKS.md) on small shapes: the LinearBF16
+    chain equals ORT's float32 chain on the same bf16-rounded weights up to summation order, decode and prompt rows."""
+    import runpy
+    from pathlib import Path
+
+    example = runpy.run_path(str(Path(__file__).parents[2] / "examples" / "product_chain.py"))
+    for rows in (1, 3, 9):
+        result = example["measure"](2, rows, 2, 1, example["shapes"](96, 64, 32, 80))
+        assert result["fp32"]["rel"] == 0 and result["bf16"]["rel"] <= 1e-5, (rows, result)
+    assert example["main"](["--layers", "1", "--hidden", "64", "--q", "32", "--kv", "16", "--inter", "48",
+                            "--rounds", "1"]) == 0
+    assert "LinearBF16 / MatMul speed" in capsys.readouterr().out
