@@ -101,6 +101,8 @@ static void linear_bf16_c(const float *a, int64_t m, int64_t k, const uint16_t *
         }
 }
 
+float *mx_pack_alloc(int64_t m, int64_t k) { return alloc64(sizeof(float) * (size_t)((m + 15) / 16 * 16 * k)); }
+
 void mx_pack_t(const float *a, int64_t m, int64_t k, int64_t g0, int64_t g1, float *at) {
     for (int64_t g = g0; g < g1; g++) /* A^T, 16 rows per group, zero-padded */
         for (int64_t i = 0; i < k; i++)
@@ -290,7 +292,7 @@ AVX2 static int packed_outer(const float *at, int64_t m, int64_t k, RowDecoder d
 /* packed_outer on A as given: A^T packed here (a caller that splits N over threads packs once: mx_pack_t). */
 AVX2 static int rows_outer(const float *ap, int64_t m, int64_t k, RowDecoder decode, const void *src, int64_t n0,
                            int64_t n1, float *y, int64_t ldy) {
-    float *at = alloc64(sizeof(float) * (size_t)((m + 15) / 16 * 16 * k));
+    float *at = mx_pack_alloc(m, k);
     if (!at) return 0;
     mx_pack_t(ap, m, k, 0, (m + 15) / 16, at);
     const int done = packed_outer(at, m, k, decode, src, n0, n1, y, ldy);

@@ -7,8 +7,9 @@
  *   mx_linear_bf16    Y[m, n] = sum_k A[m, k] W[n, k] for n in [n0, n1); W bfloat16 [N, K] (out-major, a Linear
  *                     layer's layout); M <= 4: weight rows streamed front to back, one row of A at a time (rows 2-4
  *                     re-read from L2), else decoded rows and the blocked product of the MXFP4 kernel on At,
- *                     A packed by mx_pack_t into 32-byte aligned memory (M > 4 only; may be NULL otherwise)
+ *                     A packed by mx_pack_t (M > 4 only; may be NULL otherwise)
  *   mx_pack_t         At = A^T in groups of 16 rows ([K, 16] each, zero-padded), groups [g0, g1) of ceil(M/16)
+ *   mx_pack_alloc     memory for At (aligned for the kernels' loads; free() it), NULL when out of memory
  *
  * Every product is float32 arithmetic on exactly decoded weights (E2M1 x 2^(s-127) and bf16 are exact in
  * float32): results differ from a float32 reference only by summation order. AVX2+FMA is chosen at run time
@@ -28,6 +29,7 @@ int mx_isa(void);
 void mx_permute_rows(const float *a, int64_t m, int64_t k, float *ap);
 void mx_mxfp4_rows(const float *ap, int64_t m, int64_t k, const uint8_t *blocks, const uint8_t *scales,
                    int64_t n0, int64_t n1, float *y, int64_t ldy);
+float *mx_pack_alloc(int64_t m, int64_t k);
 void mx_pack_t(const float *a, int64_t m, int64_t k, int64_t g0, int64_t g1, float *at);
 void mx_linear_bf16(const float *a, const float *at, int64_t m, int64_t k, const uint16_t *w, int64_t n0, int64_t n1,
                     float *y, int64_t ldy);

@@ -208,8 +208,7 @@ static OrtStatus *linear_bf16_compute(void *kernel, OrtKernelContext *ctx) {
     Product q = {a.data, NULL, m, k, n, clamp64(round_up((n + 15) / 16, 16), 16, 1 << 20), NULL, NULL, w.data, y};
     float *at = NULL;
     if (m > 4) {
-        const int64_t bytes = (int64_t)sizeof(float) * round_up(m, 16) * k;
-        at = aligned_alloc(64, (size_t)round_up(bytes, 64)); /* the kernel's aligned loads */
+        at = mx_pack_alloc(m, k);
         if (!at) return fail(c.api, "ai.mxport.LinearBF16: out of memory");
         q.at = at;
         parallel_for(c, pack_task, (size_t)((m + 15) / 16), &q);
