@@ -284,7 +284,9 @@ def register(parser: argparse.ArgumentParser) -> None:
                         + "; float experts (Qwen3-MoE): portable float, as stored; mxfp4 encodes them, lossy)")
     parser.add_argument("--dtype", default="float32", help=f"one of {', '.join(options['dtype'])}")
     parser.add_argument("--dense", default="float32",
-                        help="dense weights: float32 (exact) | bf16 (ai.mxport.LinearBF16 on the stored bf16, exact; --target cpu) | int8 | int4 (MatMulNBits; needs --target cpu/cuda)")
+                        help="dense weights: float32 (exact) | bf16 (ai.mxport.LinearBF16 on the stored bf16, exact; --target cpu) | "
+                        "int8 | int4 (MatMulNBits; needs --target cpu/cuda) | q4 (ai.mxport.LinearQ4, 4 bits in "
+                        "super-blocks, mxport's fastest int4 decode; --target cpu)")
     parser.add_argument("--last-logits", action="store_true",
                         help="logits of the last position only, [B,1,V] (faster prefill for generation)")
     parser.add_argument("--accuracy-level", type=int, default=4, metavar="N",
@@ -322,7 +324,10 @@ def run(args: argparse.Namespace) -> int:
         what = "attention node(s) keep rotary outside GroupQueryAttention" if rule == "rotary_in_attention" \
             else f"node(s) kept portable by {rule}"
         print(f"note: {count} {what}: {reason}", file=sys.stderr)
-    if json.loads((out / META_FILE).read_text()).get("lowering", {}).get("applied", {}).get("linear_bf16"):
-        print(f"note: LinearBF16 runs natively in mxport's sessions; for onnxruntime-genai on this machine run "
-              f"`mxport kernels --into {out}` (without it the function body runs, at float32 speed)", file=sys.stderr)
+    applied = json.loads((out / META_FILE).read_text()).get("lowering", {}).get("applied", {})
+    for rule, op_type in (("linear_bf16", "LinearBF16"), ("linear_q4", "LinearQ4")):
+        if applied.get(rule):
+            print(f"note: {op_type} runs natively in mxport's sessions; for onnxruntime-genai on this machine run "
+                  f"`mxport kernels --into {out}` (without it the function body runs, at float32 speed)",
+                  file=sys.stderr)
     return 0

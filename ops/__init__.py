@@ -26,10 +26,10 @@ STANDARD_OPSET = 23  # the ONNX opset the function bodies are written in (ORT 1.
 # Op modules, in order. Each defines FUNCTIONS (its ops' onnxscript bodies), HELPERS (functions those bodies call)
 # and one OpRun kernel class per op, named like the op. They load on first use (ALL_OPS, OPSET, functions(),
 # kernels()): importing onnxscript takes seconds, and `from mxport.ops import mxfp4` (the codec) must stay light.
-_OP_MODULES = ("dequantize_mxfp4", "matmul_mxfp4", "linear_bf16", "moe", "moe_2", "attention")
+_OP_MODULES = ("dequantize_mxfp4", "matmul_mxfp4", "linear_bf16", "linear_q4", "moe", "moe_2", "attention")
 # Modules whose bodies a model carries only when it uses one of their ops (functions(used=...)); the others are
 # attached to every export, as they were before these existed (gpt-oss exports stay byte-identical).
-_WHEN_USED = ("moe_2", "linear_bf16")
+_WHEN_USED = ("moe_2", "linear_bf16", "linear_q4")
 
 
 def __getattr__(name: str) -> Any:

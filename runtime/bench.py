@@ -62,7 +62,8 @@ from mxport.runtime.bench_engines import (  # noqa: F401  (re-exported: bench's 
 
 DEFAULT_MODES = ("cpu/fp32", "cpu/int8", "cpu/int4", "cpu/int4/int4", "portable/mxfp4")  # target/experts[/dense]
 # a model without experts (GPT-2, Qwen3): --experts has nothing to act on, so the modes vary --dense instead
-DENSE_MODEL_MODES = ("cpu/fp32", "cpu/fp32/bf16", "cpu/fp32/int8", "cpu/fp32/int4", "portable")  # bf16: exact, stored bf16
+# bf16: exact, on the stored bf16 (LinearBF16); q4: mxport's 4-bit LinearQ4, int4: ORT's MatMulNBits
+DENSE_MODEL_MODES = ("cpu/fp32", "cpu/fp32/bf16", "cpu/fp32/int8", "cpu/fp32/int4", "cpu/fp32/q4", "portable")
 
 
 def default_modes(checkpoint: Path) -> tuple[str, ...]:

@@ -44,6 +44,8 @@ MODES: dict[str, dict] = {
     "cpu/int4": dict(target="cpu", experts="int4"),
     **{f"cpu/int4@{k}": dict(target="cpu", experts="int4", accuracy_level=k) for k in (0, 1, 2, 3)},
     "cpu/fp32/int8": dict(target="cpu", dense="int8"),
+    "cpu/fp32/int4": dict(target="cpu", dense="int4"),
+    "cpu/fp32/q4": dict(target="cpu", dense="q4"),
     "cpu/int4/int4": dict(target="cpu", experts="int4", dense="int4"),
     **{f"cpu/int4/int4@{k}": dict(target="cpu", experts="int4", dense="int4", accuracy_level=k) for k in (0, 1, 2, 3)},
     "cpu/fp32 float16": dict(target="cpu", dtype="float16"),

@@ -17,6 +17,7 @@
              MoE / QMoE (int8 is exact from MXFP4, a block-wise quantization from float)
     dense (cpu, cuda): float32 keeps MatMul (exact); int8 | int4 -> MatMulNBits (dense.py), router excepted;
                        bf16 (cpu) -> ai.mxport.LinearBF16 over the stored bf16, tied head included (bf16.py, exact; native kernel)
+                       q4 (cpu) -> ai.mxport.LinearQ4, 4 bits in super-blocks of 256 (q4.py, lossy; native kernel)
     last_logits (any target): logits of the last position only, [B,1,V] (logits.py; changes the model I/O)
     cpu, cuda: a Cast of a weight whose output exceeds ORT's 1 GiB folding limit is stored cast (casts.py)
 
@@ -39,6 +40,7 @@ from .attention import LowerAttention
 from .bf16 import DenseBF16
 from .casts import materialize_large_casts
 from .dense import DenseNBits
+from .q4 import DenseQ4
 from .layernorm import SkipLayerNorm
 from .experts_mxfp4 import EncodeExpertsMXFP4
 from .linear import FuseSiblingLinear
@@ -50,7 +52,7 @@ from .tied_head import TiedHead
 TARGETS = ("portable", "cpu", "cuda")
 EXPERTS = ("mxfp4", "fp32", "int8", "int4", "float")
 DTYPES = ("float32", "float16", "bfloat16")
-DENSE = ("float32", "int8", "int4", "bf16")
+DENSE = ("float32", "int8", "int4", "q4", "bf16")
 
 RULES = {
     "portable": (),
@@ -90,13 +92,19 @@ def lower(model: ir.Model, *, target: str, experts: str = "mxfp4", dtype: str = 
     if target == "cpu" and dtype == "bfloat16":
         raise MxportError("lower: --dtype bfloat16 is for --target cuda: ORT's CPU provider has no bfloat16 MatMul "
                           "(use --dtype float16 or float32 on cpu)")
-    if dense == "bf16" and target != "cpu":
-        raise MxportError("lower: --dense bf16 (ai.mxport.LinearBF16) has a native kernel for --target cpu only")
+    if dense == "q4" and accuracy_level != 4:
+        raise MxportError("lower: --dense q4 (ai.mxport.LinearQ4) always quantizes activations to int8 (accuracy "
+                          "level 4); for float32 activations use --dense int4 --accuracy-level 0")
+    if dense in ("bf16", "q4") and target != "cpu":
+        op_type = "LinearBF16" if dense == "bf16" else "LinearQ4"
+        raise MxportError(f"lower: --dense {dense} (ai.mxport.{op_type}) has a native kernel for --target cpu only")
     ctx = rules.Context(model=model, target=target, experts=experts, dtype=dtype, accuracy_level=accuracy_level)
     # --experts mxfp4: float experts are encoded first, on every target (the MoE rule then sees MXFP4 experts)
     chosen = ([EncodeExpertsMXFP4()] if experts == "mxfp4" else []) + list(RULES[target])
     if dense == "bf16":
         chosen.append(DenseBF16())  # after fused QKV, which keeps the bf16 weight and its Cast
+    elif dense == "q4":
+        chosen.append(DenseQ4())  # after MoE, like MatMulNBits: the router is recognised by it
     elif dense != "float32":
         chosen.append(DenseNBits(bits=8 if dense == "int8" else 4))  # after MoE: the router is recognised by it
     if last_logits:

@@ -22,7 +22,7 @@ import numpy as np
 import onnx_ir as ir
 
 from .linear import weight_source
-from .rules import Context, add_initializer, lazy, replace
+from .rules import Context, add_initializer, attach_function, lazy, replace
 
 FLOAT = ir.DataType.FLOAT.value
 CHUNK_ROWS = 4096  # output rows of Wᵀ written per step
@@ -64,7 +64,7 @@ class DenseBF16:
     def rewrite(self, node: ir.Node, ctx: Context) -> None:
         from mxport.ops import DOMAIN
 
-        _attach_body(ctx.model)
+        attach_function(ctx.model, "LinearBF16")
         w, tensor, _, is_transposed = weight_source(node)
         if not is_transposed:  # W [K, N] -> [N, K]; a tied head's table E [N, K] is used as stored
             K, N = (int(d) for d in tensor.shape)
@@ -73,15 +73,3 @@ class DenseBF16:
         new = ir.node("LinearBF16", [node.inputs[0], w], {}, domain=DOMAIN, name=f"{node.name}/bf16")
         replace(ctx, node, [new], new.outputs)
 
-
-def _attach_body(model: ir.Model) -> None:
-    """Give the model LinearBF16's function body (exports carry it only when used: ops.functions(used=...)), so a
-    host without mxport's kernels runs the node, and the ai.mxport opset import it needs."""
-    from mxport import ops
-
-    if ("ai.mxport", "LinearBF16", "") not in model.functions:
-        for proto in ops.functions(used={"LinearBF16"}):
-            if proto.name == "LinearBF16":
-                fn = ir.serde.deserialize_function(proto)
-                model.functions[fn.identifier()] = fn
-    model.opset_imports.setdefault(ops.DOMAIN, ops.VERSION)

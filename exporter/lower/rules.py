@@ -131,6 +131,19 @@ def add_initializer(ctx: Context, value: ir.Value) -> ir.Value:
     return value
 
 
+def attach_function(model: ir.Model, op_type: str) -> None:
+    """Give the model the function body of ai.mxport's `op_type` (exports carry the bodies of the ops in
+    ops._WHEN_USED only when used), so a host without mxport's kernels runs the node, and the opset import."""
+    from mxport import ops
+
+    if (ops.DOMAIN, op_type, "") not in model.functions:
+        for proto in ops.functions(used={op_type}):
+            if proto.name == op_type:
+                fn = ir.serde.deserialize_function(proto)
+                model.functions[fn.identifier()] = fn
+    model.opset_imports.setdefault(ops.DOMAIN, ops.VERSION)
+
+
 def replace(ctx: Context, old: ir.Node, new_nodes: Sequence[ir.Node], new_outputs: Sequence[ir.Value | None]) -> None:
     """Insert `new_nodes` before `old`, move every use (graph outputs too) of old's outputs, remove `old`.
 

@@ -10,6 +10,9 @@
  *                     A packed by mx_pack_t (M > 4 only; may be NULL otherwise)
  *   mx_pack_t         At = A^T in groups of 16 rows ([K, 16] each, zero-padded), groups [g0, g1) of ceil(M/16)
  *   mx_pack_alloc     memory for At (aligned for the kernels' loads; free() it), NULL when out of memory
+ *   mx_q4_activations A [M, K] -> int8 qa [M, S, 256] (zero-padded), scales da [M, S], sub-block sums bs [M, S, 8]
+ *   mx_linear_q4      Y[m, n] = sum_k qa[m, k] W[n, k] for n in [n0, n1); W LinearQ4 super-blocks [N, S, 136]
+ *                     with D [N, S] (mx_q4.c; int8 activations, exact integer sums per super-block)
  *
  * Every product is float32 arithmetic on exactly decoded weights (E2M1 x 2^(s-127) and bf16 are exact in
  * float32): results differ from a float32 reference only by summation order. AVX2+FMA is chosen at run time
@@ -22,6 +25,8 @@
 
 #define MX_BLOCK 32
 #define MX_BLOCK_BYTES 16
+#define MX_Q4_SUPER 256 /* LinearQ4: values per super-block */
+#define MX_Q4_BYTES 136 /* LinearQ4: bytes per super-block (8 sub-scales, 128 nibble bytes) */
 
 int mx_set_isa(int want_avx2);  /* 1: AVX2+FMA if the CPU has them; 0: plain C. Returns the ISA in use (1/0). */
 int mx_isa(void);
@@ -33,5 +38,8 @@ float *mx_pack_alloc(int64_t m, int64_t k);
 void mx_pack_t(const float *a, int64_t m, int64_t k, int64_t g0, int64_t g1, float *at);
 void mx_linear_bf16(const float *a, const float *at, int64_t m, int64_t k, const uint16_t *w, int64_t n0, int64_t n1,
                     float *y, int64_t ldy);
+void mx_q4_activations(const float *a, int64_t m, int64_t k, int64_t s, int8_t *qa, float *da, int16_t *bs);
+void mx_linear_q4(const int8_t *qa, const float *da, const int16_t *bs, int64_t m, int64_t s, const uint8_t *w,
+                  const float *d, int64_t n0, int64_t n1, float *y, int64_t ldy);
 
 #endif

@@ -1,9 +1,10 @@
-/* libmxport_kernels: ONNX Runtime CPU kernels for the ai.mxport ops MoEMXFP4, MatMulMXFP4 and LinearBF16.
+/* libmxport_kernels: ONNX Runtime CPU kernels for the ai.mxport ops MoEMXFP4, MatMulMXFP4, LinearBF16, LinearQ4.
  *
  * A standard ORT custom-op library: RegisterCustomOps(OrtSessionOptions*, const OrtApiBase*) adds the domain
  * ai.mxport (version 1) to a session's options (Python: SessionOptions.register_custom_ops_library(path)).
- * The semantics are those of the NumPy kernels in ops/moe.py, ops/moe_2.py, ops/matmul_mxfp4.py, ops/linear_bf16.py; the
- * math is in mx_math.c. Work is split over ORT's intra-op thread pool (KernelContext_ParallelFor).
+ * The semantics are those of the NumPy kernels in ops/moe.py, ops/moe_2.py, ops/matmul_mxfp4.py, ops/linear_bf16.py,
+ * ops/linear_q4.py; the math is in mx_math.c and mx_q4.c, LinearQ4's op in linear_q4_op.c, the C API helpers in
+ * ort_kernel.c. Work is split over ORT's intra-op thread pool (KernelContext_ParallelFor).
  *
  * Environment: MXPORT_KERNELS_ISA=c at registration time selects the plain C kernels (tests, old CPUs).
  */
@@ -14,99 +15,11 @@
 
 #include "mx_math.h"
 #include "ort_abi.h"
+#include "ort_kernel.h"
 
 #define EXPORT __attribute__((visibility("default")))
-#define MAX_DIMS 8
 
 static const char *const DOMAIN = "ai.mxport";
-
-/* ---- small helpers around the C API ------------------------------------------------------------------------- */
-typedef struct {
-    const OrtApi *api;
-    OrtKernelContext *ctx;
-} Call;
-
-typedef struct {
-    const void *data;
-    int64_t dims[MAX_DIMS];
-    size_t rank;
-    int64_t size;
-} Tensor;
-
-static OrtStatus *fail(const OrtApi *api, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-#include <stdarg.h>
-static OrtStatus *fail(const OrtApi *api, const char *fmt, ...) {
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    return ORT_CALL(api, CreateStatus)(ORT_INVALID_ARGUMENT, msg);
-}
-
-static OrtStatus *input(Call c, size_t index, Tensor *t) {
-    const OrtValue *v = NULL;
-    OrtStatus *st = ORT_CALL(c.api, KernelContext_GetInput)(c.ctx, index, &v);
-    if (st) return st;
-    if (!v) return fail(c.api, "input %zu is missing", index);
-    OrtTensorTypeAndShapeInfo *info = NULL;
-    if ((st = ORT_CALL(c.api, GetTensorTypeAndShape)(v, &info))) return st;
-    st = ORT_CALL(c.api, GetDimensionsCount)(info, &t->rank);
-    if (!st && t->rank > MAX_DIMS) st = fail(c.api, "input %zu has rank %zu > %d", index, t->rank, MAX_DIMS);
-    if (!st) st = ORT_CALL(c.api, GetDimensions)(info, t->dims, t->rank);
-    ORT_CALL(c.api, ReleaseTensorTypeAndShapeInfo)(info);
-    if (st) return st;
-    t->size = 1;
-    for (size_t i = 0; i < t->rank; i++) t->size *= t->dims[i];
-    void *data = NULL;
-    if ((st = ORT_CALL(c.api, GetTensorMutableData)((OrtValue *)v, &data))) return st;
-    t->data = data;
-    return NULL;
-}
-
-static OrtStatus *output(Call c, size_t index, const int64_t *dims, size_t rank, float **out) {
-    OrtValue *v = NULL;
-    OrtStatus *st = ORT_CALL(c.api, KernelContext_GetOutput)(c.ctx, index, dims, rank, &v);
-    if (st) return st;
-    void *data = NULL;
-    if ((st = ORT_CALL(c.api, GetTensorMutableData)(v, &data))) return st;
-    *out = data;
-    return NULL;
-}
-
-/* fn(data, i) for i in [0, total) on ORT's intra-op pool (serially if the pool is not reachable). */
-static void parallel_for(Call c, void (*fn)(void *, size_t), size_t total, void *data) {
-    if (total > 1) {
-        OrtStatus *st = ORT_CALL(c.api, KernelContext_ParallelFor)(c.ctx, fn, total, 0, data);
-        if (!st) return;
-        ORT_CALL(c.api, ReleaseStatus)(st);
-    }
-    for (size_t i = 0; i < total; i++) fn(data, i);
-}
-
-static int64_t attr_int(const OrtApi *api, const OrtKernelInfo *info, const char *name, int64_t dflt, int *found) {
-    int64_t v = dflt;
-    OrtStatus *st = ORT_CALL(api, KernelInfoGetAttribute_int64)(info, name, &v);
-    if (found) *found = st == NULL;
-    if (st) {
-        ORT_CALL(api, ReleaseStatus)(st);
-        v = dflt;
-    }
-    return v;
-}
-
-static float attr_float(const OrtApi *api, const OrtKernelInfo *info, const char *name, float dflt) {
-    float v = dflt;
-    OrtStatus *st = ORT_CALL(api, KernelInfoGetAttribute_float)(info, name, &v);
-    if (st) {
-        ORT_CALL(api, ReleaseStatus)(st);
-        v = dflt;
-    }
-    return v;
-}
-
-static int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
-static int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : v > hi ? hi : v; }
 
 /* ---- MXFP4 and bf16 products split over output rows of W ------------------------------------------------------- */
 typedef struct {
@@ -127,36 +40,7 @@ static void mxfp4_task(void *p, size_t i) {
 /* Output rows per task: a multiple of 16 (the decoded tile), at most ~64 tasks. */
 static int64_t mxfp4_chunk(int64_t n) { return clamp64(round_up((n + 63) / 64, 16), 16, 1 << 20); }
 
-/* Rows of A [..., K]: the product of its leading dims (not size / K, which K = 0 would make 0). */
-static int64_t leading_rows(const Tensor *a) {
-    int64_t m = 1;
-    for (size_t i = 0; i + 1 < a->rank; i++) m *= a->dims[i];
-    return m;
-}
-
-/* Y [..., N] of a product of A [..., K] (m rows): allocated as output 0. *y is left NULL when nothing is left to
- * compute: no rows or columns, or K == 0 (then Y is zero-filled). */
-static OrtStatus *product_output(Call c, const Tensor *a, int64_t m, int64_t k, int64_t n, float **y) {
-    int64_t dims[MAX_DIMS];
-    memcpy(dims, a->dims, sizeof(int64_t) * a->rank);
-    dims[a->rank - 1] = n;
-    float *out;
-    OrtStatus *st = output(c, 0, dims, a->rank, &out);
-    *y = NULL;
-    if (st || m == 0 || n == 0) return st;
-    if (k == 0) {
-        memset(out, 0, sizeof(float) * (size_t)(m * n));
-        return NULL;
-    }
-    *y = out;
-    return NULL;
-}
-
 /* ---- MatMulMXFP4(A [..., K], blocks [N, K/32, 16], scales [N, K/32]) -> [..., N] ------------------------------ */
-typedef struct {
-    const OrtApi *api;
-} PlainKernel;
-
 static OrtStatus *matmul_mxfp4_compute(void *kernel, OrtKernelContext *ctx) {
     Call c = {((PlainKernel *)kernel)->api, ctx};
     Tensor a, b, s;
@@ -423,6 +307,7 @@ static const int MOE_IN[] = {ELEM_FLOAT, ELEM_FLOAT, ELEM_UINT8, ELEM_UINT8, ELE
 static const int MOE2_IN[] = {ELEM_FLOAT, ELEM_FLOAT, ELEM_UINT8, ELEM_UINT8, ELEM_UINT8, ELEM_UINT8};
 static const int MM_MXFP4_IN[] = {ELEM_FLOAT, ELEM_UINT8, ELEM_UINT8};
 static const int LINEAR_BF16_IN[] = {ELEM_FLOAT, ELEM_BFLOAT16};
+static const int LINEAR_Q4_IN[] = {ELEM_FLOAT, ELEM_UINT8, ELEM_FLOAT};
 
 static const char *op_name(const OrtCustomOp *op) { return ((const OpDef *)op)->name; }
 static const char *op_ep(const OrtCustomOp *op) { (void)op; return "CPUExecutionProvider"; }
@@ -472,6 +357,7 @@ static OpDef OPS[] = {
     OP("MoEMXFP4_2", MOE2_IN, moe_create, moe_compute),
     OP("MatMulMXFP4", MM_MXFP4_IN, plain_create, matmul_mxfp4_compute),
     OP("LinearBF16", LINEAR_BF16_IN, plain_create, linear_bf16_compute),
+    OP("LinearQ4", LINEAR_Q4_IN, plain_create, linear_q4_compute),
 };
 
 EXPORT OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase *base) {
@@ -493,7 +379,7 @@ EXPORT OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase
 /* For `mxport kernels` and tests (ctypes): the ops this library provides and the ISA it would use. */
 EXPORT const char *mxport_kernels_info(void) {
     static char info[160];
-    snprintf(info, sizeof info, "domain=%s;ops=MoEMXFP4,MoEMXFP4_2,MatMulMXFP4,LinearBF16;isa=%s;ort_api=%d", DOMAIN,
+    snprintf(info, sizeof info, "domain=%s;ops=MoEMXFP4,MoEMXFP4_2,MatMulMXFP4,LinearBF16,LinearQ4;isa=%s;ort_api=%d", DOMAIN,
              mx_set_isa(1) ? "avx2+fma" : "c", MXPORT_ORT_API_VERSION);
     return info;
 }

@@ -149,6 +149,27 @@ def test_dense_nbits_quantizes_every_matrix_and_the_tied_head(dense, max_rel, mi
 
 
 @pytest.mark.parametrize("case", ["wide", "relu_untied"])
+def test_dense_q4_quantizes_every_matrix_and_the_head(case, oracle, tmp_path):
+    """--dense q4: every Conv1D matrix and the head (the tied table's rows, or lm_head) is an ai.mxport.LinearQ4
+    (K = 48 or 96: one zero-padded super-block); lossy like --dense int4, within the same bounds."""
+    import onnx
+
+    path, model = oracle(case)
+    ids = np.random.default_rng(3).integers(0, model.config.vocab_size, (2, 13))
+    want = hf_logits(model, ids)
+    out = export(path, tmp_path / "q4", target="cpu", dense="q4", progress=False)
+    lowering = json.loads((out / "mxport.json").read_text())["lowering"]
+    L = model.config.n_layer
+    assert lowering["applied"]["linear_q4"] == 4 * L + 1 and lowering["refused"] == []
+    graph = onnx.load(out / "model.onnx", load_external_data=False).graph
+    assert not [n for n in graph.node if n.op_type in ("MatMul", "FusedMatMul", "Gemm")]
+    got = ort_logits(out, ids, ReferenceModel(path).cfg)
+    err, top1 = np.abs(got - want).max() / np.abs(want).max(), (got.argmax(-1) == want.argmax(-1)).mean()
+    print(f"\ngpt2 {case} --dense q4: max relative logits error vs transformers {err:.3g}, top-1 {top1:.2f}")
+    assert 1e-4 < err <= 0.5 and top1 >= 0.5
+
+
+@pytest.mark.parametrize("case", ["wide", "relu_untied"])
 def test_dense_bf16_reads_every_stored_matrix_as_bf16_and_stays_exact(case, tmp_path):
     """bf16 safetensors, --dense bf16: every Conv1D matrix (stored [in, out], written [out, in]) and the head (the
     tied table itself, or lm_head) is an ai.mxport.LinearBF16; logits as close to transformers as float32."""

@@ -157,6 +157,25 @@ def test_dense_int4_quantizes_the_tied_head_and_stays_close(case, exported):
     assert 1e-4 < err < 0.1 and top1 >= 0.8  # lossy (the weights really are 4-bit), and close
 
 
+def test_dense_q4_quantizes_every_matrix_and_the_tied_head(case, exported):
+    """--dense q4: every linear layer and the tied head (from the table's rows; the Gather keeps the float table)
+    is an ai.mxport.LinearQ4; lossy, as close as --dense int4."""
+    path, oracle = case("tied")
+    cfg = open_checkpoint(path).config
+    out = exported("tied", "cpu", dense="q4")
+    model = onnx.load(out / "model.onnx", load_external_data=False)
+    q4 = [n.name for n in model.graph.node if n.op_type == "LinearQ4"]
+    assert any(n.startswith("lm_head") for n in q4) and len(q4) == 4 * cfg.num_hidden_layers + 1
+    assert not any(n.op_type in ("MatMul", "FusedMatMul", "MatMulNBits") for n in model.graph.node)
+    ids = np.random.default_rng(3).integers(4, cfg.vocab_size, (1, 10))
+    with torch.no_grad():
+        want = oracle(torch.tensor(ids)).logits.numpy()
+    got = OrtRunner(out, "cpu").infer(make_feeds(ids, cfg=cfg))["logits"]
+    err, top1 = rel_err(got, want), float((got.argmax(-1) == want.argmax(-1)).mean())
+    print(f"\nqwen3 tied cpu --dense q4: max relative logits error vs transformers {err:.2e}, top-1 {top1:.2f}")
+    assert 1e-4 < err < 0.1 and top1 >= 0.8
+
+
 # ---- config and tensor errors -------------------------------------------------------------------------------------
 def test_layer_types_follow_transformers():
     from transformers import Qwen3Config as HF

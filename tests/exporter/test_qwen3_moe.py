@@ -183,15 +183,17 @@ def test_cli_synth_export_verify_chat_offline(tmp_path, capsys, monkeypatch):
     assert "model.layers.47.mlp.experts.127.down_proj.weight" in listing and "[768, 2048]" in listing
 
 
-def test_dense_int4_keeps_the_router_float_with_portable_mxfp4_experts(exported):
-    """--target cpu --experts mxfp4 --dense int4: MoEMXFP4_2 stays portable (no ORT CPU kernel) and its router
+@pytest.mark.parametrize("dense", ["int4", "q4"])
+def test_dense_quantized_keeps_the_router_float_with_portable_mxfp4_experts(dense, exported):
+    """--target cpu --experts mxfp4 --dense int4|q4: MoEMXFP4_2 stays portable (no ORT CPU kernel) and its router
     MatMul is not quantized (quantized routing flips expert choices)."""
-    out = exported("norm", "cpu", experts="mxfp4", dense="int4")
+    out = exported("norm", "cpu", experts="mxfp4", dense=dense)
     report = json.loads((out / "mxport.json").read_text())["lowering"]
     assert any("router: kept float32" in r["reason"] for r in report["refused"])
     model = onnx.load(out / "model.onnx", load_external_data=False)
     assert [n.op_type for n in model.graph.node].count("MoEMXFP4_2") == 3
-    assert not any(n.op_type == "MatMulNBits" and "router" in n.name for n in model.graph.node)
+    assert not any(n.op_type in ("MatMulNBits", "LinearQ4") and "router" in n.name for n in model.graph.node)
+    assert any(n.op_type == {"int4": "MatMulNBits", "q4": "LinearQ4"}[dense] for n in model.graph.node)
 
 
 def test_cuda_mxfp4_is_qmoe_fp4_per_sparse_layer(exported):

@@ -52,3 +52,11 @@ def run_op():
 def op_model():
     """op_model(op_type, inputs, n_outputs, **attrs) -> the one-node ModelProto run_op uses."""
     return build_model
+
+
+@pytest.fixture
+def monkeypatch_session():
+    """A MonkeyPatch usable inside @given (function-scoped fixtures are not reset between examples)."""
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()

@@ -48,7 +48,7 @@ def test_library_is_built_where_a_compiler_exists():
     if shutil.which("cc") or shutil.which("gcc"):
         assert LIB is not None, "a C compiler is present but libmxport_kernels was not built"
         info = native.info()
-        assert info["ops"] == ["MoEMXFP4", "MoEMXFP4_2", "MatMulMXFP4", "LinearBF16"] and info["domain"] == "ai.mxport"
+        assert info["ops"] == ["MoEMXFP4", "MoEMXFP4_2", "MatMulMXFP4", "LinearBF16", "LinearQ4"] and info["domain"] == "ai.mxport"
 
 
 def _session(model, *, register: bool, isa: str = "avx2", threads: int = 2, profile: str | None = None,
@@ -262,14 +262,6 @@ def test_registered_kernel_runs_instead_of_the_function_body(op_type, tmp_path):
     body_ops = _profiled_ops(body_sess)
     assert op_type not in body_ops and any("MatMul" in o or "Gemm" in o for o in body_ops)  # the body ran
     assert _rel(got, body) <= 1e-5
-
-
-@pytest.fixture
-def monkeypatch_session():
-    """A MonkeyPatch usable inside @given (function-scoped fixtures are not reset between examples)."""
-    mp = pytest.MonkeyPatch()
-    yield mp
-    mp.undo()
 
 
 # ---- registration and the CLI ---------------------------------------------------------------------------------------

@@ -136,6 +136,8 @@ def test_tolerance_defaults_and_options():
     tols, mode = default_tolerances({"dtype": "float32", "experts": "fp32", "dense": "int4", "accuracy_level": 0})
     assert tols == LOSSY_TOLERANCES and mode == "dtype=float32 experts=fp32 dense=int4 accuracy_level=0 (lossy)"
     assert default_tolerances({"dtype": "float32", "experts": "fp32", "dense": "int8"})[1].endswith("(lossy)")
+    assert default_tolerances({"dtype": "float32", "experts": "none", "dense": "q4"}) == (
+        LOSSY_TOLERANCES, "dtype=float32 experts=none dense=q4 (lossy)")  # ai.mxport.LinearQ4: 4-bit weights
     merged = merge_tolerances(FLOAT32_TOLERANCES, {"logits": 1e-3})
     assert merged["logits"] == Tolerance(rel=1e-3, top1=1.0)  # a float changes rel only
     opts = parse_tolerance_options(["logits=1e-3", "logits:top1=0.99", "hidden_states.*:abs=0.5"], FLOAT32_TOLERANCES)

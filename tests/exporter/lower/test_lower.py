@@ -37,7 +37,11 @@ def _lowered(ckpt, tmp_path, experts: str, dense: str = "float32") -> tuple[ort.
         b, inputs, outputs = gpt_oss.build(c)
         model = lowering.lower(b.model(inputs, outputs), target="cpu", experts=experts, dtype="float32", dense=dense)
         ir.save(model, tmp_path / "model.onnx", external_data="model.onnx.data")
-    sess = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    from mxport.ops import native
+
+    so = ort.SessionOptions()
+    native.register_kernels(so)  # LinearQ4 (--dense q4) through mxport's kernel, as mxport's sessions run it
+    sess = ort.InferenceSession(str(tmp_path / "model.onnx"), so, providers=["CPUExecutionProvider"])
     return sess, lowering.report(model)
 
 
@@ -71,15 +75,17 @@ def test_cpu_fp32_is_exact(tiny, reference, tmp_path):
 
 
 @pytest.mark.parametrize("experts,dense,max_rel", [("int8", "float32", 0.1), ("int4", "float32", 0.6),
-                                                  ("int4", "int4", 0.8)])
+                                                  ("int4", "int4", 0.8), ("fp32", "int4", 0.8), ("fp32", "q4", 0.8)])
 def test_cpu_quantized_modes_report_their_error(tiny, reference, tmp_path, experts, dense, max_rel):
     cfg, ckpt = tiny
     sess, report = _lowered(ckpt, tmp_path, experts, dense)
     assert report["applied"]["moe"] == cfg.num_hidden_layers
     if dense != "float32":  # q/k/v fused, o_proj per layer, lm_head; routers refused
-        assert report["applied"]["matmul_nbits"] == 2 * cfg.num_hidden_layers + 1
+        assert report["applied"]["linear_q4" if dense == "q4" else "matmul_nbits"] == 2 * cfg.num_hidden_layers + 1
+        assert {r["reason"] for r in report["refused"]} == {"router: kept float32 (quantized routing flips expert choices)"}
     prefill, decode = _prefill_and_step(cfg, sess, reference)
     stats = prefill["logits"]
+    print(f"\ncpu experts={experts} dense={dense}: prefill logits rel {stats.rel:.3g}, top-1 {stats.top1:.3f}")
     assert 0 < stats.rel < max_rel, stats  # lossy, and by no more than measured (tiny random model)
 
 
@@ -88,6 +94,11 @@ def test_bad_options_name_the_option():
         lowering.lower(ir.Model(ir.Graph([], [], nodes=[]), ir_version=10), target="cpu", experts="fp8")
     with pytest.raises(MxportError, match="need --target cpu or cuda"):
         lowering.lower(ir.Model(ir.Graph([], [], nodes=[]), ir_version=10), target="portable", experts="int4")
+    with pytest.raises(MxportError, match=r"--dense q4 \(ai.mxport.LinearQ4\) has a native kernel for --target cpu only"):
+        lowering.lower(ir.Model(ir.Graph([], [], nodes=[]), ir_version=10), target="cuda", experts="int4", dense="q4")
+    with pytest.raises(MxportError, match="--dense q4 .* always quantizes activations to int8"):
+        lowering.lower(ir.Model(ir.Graph([], [], nodes=[]), ir_version=10), target="cpu", dense="q4",
+                       accuracy_level=0)
 
 
 def test_export_passes_dense_through(tiny, tmp_path):

@@ -1,0 +1,81 @@
+"""Dense weights to ai.mxport LinearQ4 (--dense q4, target cpu): 4 bits in super-blocks, read by mxport's kernel.
+
+    A[..., K] ─ MatMul(W [K, N] or Cast(W_bf16)) ─► Y                ==>   A ─ ai.mxport.LinearQ4(Wq [N, S, 136], D [N, S]) ─► Y
+    A[..., K] ─ MatMul(Transpose(E [N, K])) ─► Y (tied head)          ==>   A ─ ai.mxport.LinearQ4(Eq, D) ─► Y
+
+Every output row of W (a Linear layer's [out, in] row) is quantized as ops/linear_q4.py lays it out: symmetric
+4 bits, a uint8 scale per 32 values and a float32 scale per 256 (4.375 bits per weight), each sub-block's scale
+chosen for the least squared error as `--dense int4` chooses it. The tied head is quantized from the table's
+rows; the embedding Gather keeps the float table. The router of a MoE stays float32, as for --dense int4.
+
+Lossy, like `--dense int4`: the weights are rounded, and mxport's native kernel quantizes activations to int8
+per 256 (docs/LOWERING.md reports the error). Without mxport's kernels ORT runs the op's function body (decode
+and a float32 MatMul, folded at load up to ORT's 1 GiB limit).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from .dense import CHUNK_BYTES, _feeds_router, _matrix
+from .rules import Context, add_initializer, attach_function, lazy, replace
+
+
+def quantize_rows(w: np.ndarray, transposed: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Stored W [K, N] (or a tied head's E [N, K] when `transposed`) -> LinearQ4 parts of its [N, K] rows, a
+    chunk of rows at a time in float32 (memory: the stored tensor and the outputs)."""
+    from mxport.ops import linear_q4
+
+    n, k = w.shape[::-1] if not transposed else w.shape
+    s = linear_q4.super_blocks(k)
+    packed = np.empty((n, s, linear_q4.BYTES), np.uint8)
+    scales = np.empty((n, s), np.float32)
+    step = max(1, CHUNK_BYTES // (4 * k))
+    for n0 in range(0, n, step):
+        rows = w[n0 : n0 + step] if transposed else w[:, n0 : n0 + step].T
+        packed[n0 : n0 + len(rows)], scales[n0 : n0 + len(rows)] = linear_q4.quantize(np.asarray(rows, np.float32))
+    return packed, scales
+
+
+class DenseQ4:
+    name = "linear_q4"
+
+    def pattern(self, node: ir.Node) -> bool:
+        return node.op_type == "MatMul" and node.domain == "" and _matrix(node) is not None
+
+    def check(self, node: ir.Node, ctx: Context) -> str | None:
+        tensor, _ = _matrix(node)
+        if len(tensor.shape) != 2:
+            return f"weight has shape {tensor.shape}: LinearQ4 takes a 2-D weight"
+        if _feeds_router(node.outputs[0]):
+            return "router: kept float32 (quantized routing flips expert choices)"
+        return None
+
+    def rewrite(self, node: ir.Node, ctx: Context) -> None:
+        from mxport.ops import DOMAIN, linear_q4
+
+        attach_function(ctx.model, "LinearQ4")
+        tensor, transposed = _matrix(node)
+        k, n = (int(d) for d in tensor.shape[:: -1 if transposed else 1])
+        s = linear_q4.super_blocks(k)
+        prefix = (node.name or "matmul").replace("/", "_")
+        cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+        def parts() -> tuple[np.ndarray, np.ndarray]:
+            if "q" not in cache:
+                cache["q"] = quantize_rows(tensor.numpy(), transposed)
+            return cache["q"]
+
+        def weights() -> np.ndarray:
+            return parts()[0]
+
+        def scales() -> np.ndarray:
+            out = parts()[1]
+            cache.clear()
+            return out
+
+        w = add_initializer(ctx, lazy(f"{prefix}.q4", ir.DataType.UINT8, [n, s, linear_q4.BYTES], weights))
+        d = add_initializer(ctx, lazy(f"{prefix}.q4_scales", ir.DataType.FLOAT, [n, s], scales))
+        new = ir.node("LinearQ4", [node.inputs[0], w, d], {}, domain=DOMAIN, name=f"{node.name}/q4")
+        replace(ctx, node, [new], new.outputs)

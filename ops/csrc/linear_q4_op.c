@@ -1,0 +1,52 @@
+/* ai.mxport.LinearQ4(A [..., K], W uint8 [N, S, 136], D float [N, S]) -> [..., N]: rows of A quantized to int8 once
+ * per call, output rows of W split over ORT's intra-op pool (the product is in mx_q4.c, the meaning in
+ * ops/linear_q4.py). */
+#include <stdlib.h>
+
+#include "mx_math.h"
+#include "ort_kernel.h"
+
+typedef struct {
+    const int8_t *qa;
+    const float *da;
+    const int16_t *bs;
+    int64_t m, s, n, chunk;
+    const uint8_t *w;
+    const float *d;
+    float *y;
+} Q4Product;
+
+static void linear_q4_task(void *p, size_t i) {
+    const Q4Product *q = p;
+    const int64_t n0 = (int64_t)i * q->chunk, n1 = n0 + q->chunk < q->n ? n0 + q->chunk : q->n;
+    mx_linear_q4(q->qa, q->da, q->bs, q->m, q->s, q->w, q->d, n0, n1, q->y, q->n);
+}
+
+OrtStatus *linear_q4_compute(void *kernel, OrtKernelContext *ctx) {
+    Call c = {((PlainKernel *)kernel)->api, ctx};
+    Tensor a, w, d;
+    OrtStatus *st;
+    if ((st = input(c, 0, &a)) || (st = input(c, 1, &w)) || (st = input(c, 2, &d))) return st;
+    const int64_t k = a.rank ? a.dims[a.rank - 1] : 0, s = (k + MX_Q4_SUPER - 1) / MX_Q4_SUPER;
+    if (a.rank < 1 || w.rank != 3 || w.dims[2] != MX_Q4_BYTES || w.dims[1] != s || d.rank != 2 ||
+        d.dims[0] != w.dims[0] || d.dims[1] != s)
+        return fail(c.api, "ai.mxport.LinearQ4: expected A[..., K], W[N, ceil(K/256), %d] and D[N, ceil(K/256)]; found "
+                           "A rank %zu (last %lld), W rank %zu, D rank %zu", MX_Q4_BYTES, a.rank, (long long)k, w.rank,
+                    d.rank);
+    const int64_t n = w.dims[0], m = leading_rows(&a);
+    float *y;
+    if ((st = product_output(c, &a, m, k, n, &y)) || !y) return st;
+    int8_t *qa = malloc((size_t)(m * s * MX_Q4_SUPER));
+    float *da = malloc(sizeof(float) * (size_t)(m * s));
+    int16_t *bs = malloc(sizeof(int16_t) * (size_t)(m * s * 8));
+    if (qa && da && bs) {
+        mx_q4_activations(a.data, m, k, s, qa, da, bs);
+        /* ~16 tasks of 16-row multiples: each a sequential read of its weight rows */
+        Q4Product q = {qa, da, bs, m, s, n, clamp64(round_up((n + 15) / 16, 16), 16, 1 << 20), w.data, d.data, y};
+        parallel_for(c, linear_q4_task, (size_t)((n + q.chunk - 1) / q.chunk), &q);
+    } else {
+        st = fail(c.api, "ai.mxport.LinearQ4: out of memory");
+    }
+    free(qa); free(da); free(bs);
+    return st;
+}
