@@ -7,6 +7,8 @@
 #include "ort_kernel.h"
 
 typedef struct {
+    const float *a;
+    int64_t k;
     const int8_t *qa;
     const float *da;
     const int16_t *bs;
@@ -20,6 +22,14 @@ static void linear_q4_task(void *p, size_t i) {
     const Q4Product *q = p;
     const int64_t n0 = (int64_t)i * q->chunk, n1 = n0 + q->chunk < q->n ? n0 + q->chunk : q->n;
     mx_linear_q4(q->qa, q->da, q->bs, q->m, q->s, q->w, q->d, n0, n1, q->y, q->n);
+}
+
+/* rows [8i, 8i + 8) of A to int8 */
+static void quantize_task(void *p, size_t i) {
+    const Q4Product *q = p;
+    const int64_t r0 = (int64_t)i * 8, r1 = r0 + 8 < q->m ? r0 + 8 : q->m;
+    mx_q4_activations(q->a + r0 * q->k, r1 - r0, q->k, q->s, (int8_t *)q->qa + r0 * q->s * MX_Q4_SUPER,
+                      (float *)q->da + r0 * q->s, (int16_t *)q->bs + r0 * q->s * 8);
 }
 
 OrtStatus *linear_q4_compute(void *kernel, OrtKernelContext *ctx) {
@@ -40,9 +50,10 @@ OrtStatus *linear_q4_compute(void *kernel, OrtKernelContext *ctx) {
     float *da = malloc(sizeof(float) * (size_t)(m * s));
     int16_t *bs = malloc(sizeof(int16_t) * (size_t)(m * s * 8));
     if (qa && da && bs) {
-        mx_q4_activations(a.data, m, k, s, qa, da, bs);
         /* ~16 tasks of 16-row multiples: each a sequential read of its weight rows */
-        Q4Product q = {qa, da, bs, m, s, n, clamp64(round_up((n + 15) / 16, 16), 16, 1 << 20), w.data, d.data, y};
+        Q4Product q = {a.data, k, qa, da, bs, m, s, n, clamp64(round_up((n + 15) / 16, 16), 16, 1 << 20), w.data,
+                       d.data, y};
+        parallel_for(c, quantize_task, (size_t)((m + 7) / 8), &q);
         parallel_for(c, linear_q4_task, (size_t)((n + q.chunk - 1) / q.chunk), &q);
     } else {
         st = fail(c.api, "ai.mxport.LinearQ4: out of memory");

@@ -7,7 +7,8 @@
  *
  * Per super-block the kernel sums in int32: maddubs(q, a) gives int16 pairs (|x| <= 2·15·127), madd by the
  * broadcast sub-scale gives int32, and the zero point is 8 · Σ_j sc[j] · sum_a[j] (one madd over the 8 sub-blocks);
- * one float conversion and FMA per 256 weights. Decode reads each weight row once, front to back.
+ * one float conversion and FMA per 256 weights. Decode reads each weight row once, front to back; prompt rows go
+ * four at a time through a block of weight rows that stays in L2.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -103,6 +104,48 @@ __attribute__((target("avx2,fma"))) static float dot_avx2(const uint8_t *w, cons
     return hsum8(acc);
 }
 
+/* Four rows of A (row stride s super-blocks) against one weight row: each weight super-block is unpacked once and
+ * its sub-scales broadcast once for the four (prompt rows: ~1.25x the single-row product). */
+__attribute__((target("avx2,fma"))) static void dot4_avx2(const uint8_t *w, const float *d, const int8_t *qa,
+                                                         const float *da, const int16_t *bs, int64_t s, float *out) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const int64_t sq = s * Q4_SUPER, sb = s * Q4_SUBS;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+    for (int64_t b = 0; b < s; b++) {
+        const uint8_t *p = w + b * MX_Q4_BYTES;
+        const __m128i s16 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)p));
+        const __m256i sc = _mm256_broadcastsi128_si256(s16);
+        __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
+        for (int c = 0; c < 4; c++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(p + Q4_SUBS + 32 * c));
+            const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+            const __m256i bl = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(((4 * c + 1) << 8) | (4 * c))));
+            const __m256i bh = _mm256_shuffle_epi8(sc, _mm256_set1_epi16((short)(((4 * c + 3) << 8) | (4 * c + 2))));
+            const int8_t *x = qa + b * Q4_SUPER + 64 * c;
+#define Q4_ROW(R, S)                                                                                               \
+            S = _mm256_add_epi32(                                                                                  \
+                S, _mm256_add_epi32(                                                                               \
+                       _mm256_madd_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(x + (R) * sq))), bl), \
+                       _mm256_madd_epi16(_mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(x + (R) * sq + 32))), \
+                                         bh)));
+            Q4_ROW(0, s0) Q4_ROW(1, s1) Q4_ROW(2, s2) Q4_ROW(3, s3)
+#undef Q4_ROW
+        }
+#define Q4_FINISH(R, S, A)                                                                                          \
+        {                                                                                                          \
+            const __m128i zp = _mm_madd_epi16(s16, _mm_loadu_si128((const __m128i *)(bs + (R) * sb + b * Q4_SUBS))); \
+            S = _mm256_sub_epi32(S, _mm256_zextsi128_si256(_mm_slli_epi32(zp, 3)));                                \
+            A = _mm256_fmadd_ps(_mm256_cvtepi32_ps(S), _mm256_set1_ps(d[b] * da[(R) * s + b]), A);                   \
+        }
+        Q4_FINISH(0, s0, acc0) Q4_FINISH(1, s1, acc1) Q4_FINISH(2, s2, acc2) Q4_FINISH(3, s3, acc3)
+#undef Q4_FINISH
+    }
+    out[0] = hsum8(acc0);
+    out[1] = hsum8(acc1);
+    out[2] = hsum8(acc2);
+    out[3] = hsum8(acc3);
+}
+
 void mx_linear_q4(const int8_t *qa, const float *da, const int16_t *bs, int64_t m, int64_t s, const uint8_t *w,
                   const float *d, int64_t n0, int64_t n1, float *y, int64_t ldy) {
     const int avx2 = mx_isa() == 1;
@@ -111,7 +154,14 @@ void mx_linear_q4(const int8_t *qa, const float *da, const int16_t *bs, int64_t 
     const int64_t block = m == 1 ? n1 - n0 : (256 << 10) / row_bytes + 1;
     for (int64_t c0 = n0; c0 < n1; c0 += block) {
         const int64_t c1 = c0 + block < n1 ? c0 + block : n1;
-        for (int64_t r = 0; r < m; r++) {
+        int64_t r = 0;
+        for (; avx2 && r + 4 <= m; r += 4)
+            for (int64_t n = c0; n < c1; n++) {
+                float out[4];
+                dot4_avx2(w + n * row_bytes, d + n * s, qa + r * s * Q4_SUPER, da + r * s, bs + r * s * Q4_SUBS, s, out);
+                for (int i = 0; i < 4; i++) y[(r + i) * ldy + n] = out[i];
+            }
+        for (; r < m; r++) {
             const int8_t *x = qa + r * s * Q4_SUPER;
             const float *dx = da + r * s;
             const int16_t *sx = bs + r * s * Q4_SUBS;
