@@ -76,13 +76,26 @@ def super_blocks(k: int) -> int:
     return -(-k // SUPER)
 
 
+QUANTIZE_VALUES = 1 << 19  # values quantized per step (2 MB of float32): the candidate search stays in cache
+
+
 def quantize(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """float W [N, K] -> (uint8 [N, S, 136], float32 D [N, S]).
 
     Each sub-block of 32 gets the scale absmax/t (t from SCALE_DIVISORS) with the least squared error; a
     super-block's D is its largest sub-block scale / 255 and each sub-scale is round(scale / D) (1..255, 0 for an
-    all-zero sub-block); the values are then rounded to nearest on D·sc and clipped to −8..7."""
-    w = np.asarray(w, dtype=np.float32)
+    all-zero sub-block); the values are then rounded to nearest on D·sc and clipped to −8..7. Rows are quantized
+    a few at a time: memory beyond W and the result stays a few MB."""
+    n, k = w.shape
+    s = super_blocks(k)
+    out, d = np.empty((n, s, BYTES), np.uint8), np.empty((n, s), np.float32)
+    step = max(1, QUANTIZE_VALUES // (s * SUPER))
+    for r0 in range(0, n, step):
+        out[r0 : r0 + step], d[r0 : r0 + step] = _quantize_rows(np.asarray(w[r0 : r0 + step], dtype=np.float32))
+    return out, d
+
+
+def _quantize_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n, k = w.shape
     s = super_blocks(k)
     padded = np.zeros((n, s * SUPER), np.float32)

@@ -24,7 +24,7 @@ from .rules import Context, add_initializer, attach_function, lazy, replace
 
 def quantize_rows(w: np.ndarray, transposed: bool) -> tuple[np.ndarray, np.ndarray]:
     """Stored W [K, N] (or a tied head's E [N, K] when `transposed`) -> LinearQ4 parts of its [N, K] rows, a
-    chunk of rows at a time in float32 (memory: the stored tensor and the outputs)."""
+    chunk of rows at a time (memory: the stored tensor, the outputs and one chunk as stored)."""
     from mxport.ops import linear_q4
 
     n, k = w.shape[::-1] if not transposed else w.shape
@@ -33,8 +33,8 @@ def quantize_rows(w: np.ndarray, transposed: bool) -> tuple[np.ndarray, np.ndarr
     scales = np.empty((n, s), np.float32)
     step = max(1, CHUNK_BYTES // (4 * k))
     for n0 in range(0, n, step):
-        rows = w[n0 : n0 + step] if transposed else w[:, n0 : n0 + step].T
-        packed[n0 : n0 + len(rows)], scales[n0 : n0 + len(rows)] = linear_q4.quantize(np.asarray(rows, np.float32))
+        rows = w[n0 : n0 + step] if transposed else np.ascontiguousarray(w[:, n0 : n0 + step].T)
+        packed[n0 : n0 + len(rows)], scales[n0 : n0 + len(rows)] = linear_q4.quantize(rows)
     return packed, scales
 
 
