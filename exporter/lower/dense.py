@@ -40,21 +40,61 @@ CHUNK_BYTES = 64 << 20  # float32 bytes of W's columns quantized per step
 
 def quantize_columns(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     """W [K, N] as stored (bf16 or float32) -> MatMulNBits parts for W.T, one row per output column:
-    (uint8 [N, K·bits/8], float32 scales [N, K/32]).
-
-    Columns are converted to float32 and quantized a chunk at a time (blocks run along K, within a column, so
-    chunks are independent): memory is the stored tensor and the outputs, not a float32 copy of the whole W
-    (gpt-oss-20b's lm_head: 2.3 GB in float32, twice over with the transpose)."""
+    (uint8 [N, K·bits/8], float32 scales [N, K/32])."""
     K, N = w.shape
-    packed = np.empty((N, K * bits // 8), dtype=np.uint8)
-    scales = np.empty((N, K // BLOCK), dtype=np.float32)
-    step = max(1, CHUNK_BYTES // (4 * K))
-    for n0 in range(0, N, step):
-        cols = np.ascontiguousarray(np.asarray(w[:, n0 : n0 + step], dtype=np.float32).T)  # [n, K]
-        q, sc = int4_quantize(cols) if bits == 4 else int8_quantize(cols)
-        packed[n0 : n0 + len(cols)] = q.reshape(len(cols), -1)
-        scales[n0 : n0 + len(cols)] = sc
+    return quantize_rows(lambda a, b: np.ascontiguousarray(w[:, a:b].T), N, K, bits)
+
+
+def quantize_rows(rows, n: int, k: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """MatMulNBits parts of the matrix [N, K] whose rows(start, stop) returns rows as stored.
+
+    Rows are converted to float32 and quantized a chunk at a time (blocks run along K, within a row, so chunks are
+    independent): memory is the outputs and one chunk (plus the stored tensor where rows come from it), not a
+    float32 copy of the whole W (gpt-oss-20b's lm_head: 2.3 GB in float32, twice over with the transpose)."""
+    packed = np.empty((n, k * bits // 8), dtype=np.uint8)
+    scales = np.empty((n, k // BLOCK), dtype=np.float32)
+    for n0, n1, chunk in each_chunk(rows, n, max(1, CHUNK_BYTES // (4 * k))):
+        q, sc = (int4_quantize if bits == 4 else int8_quantize)(np.asarray(chunk, dtype=np.float32))  # [n, K]
+        packed[n0:n1] = q.reshape(n1 - n0, -1)
+        scales[n0:n1] = sc
     return packed, scales
+
+
+def row_reader(matmul: ir.Node):
+    """rows(start, stop) of a MatMul's weight as W.T [N, K] (out, in): straight from the checkpoint where the
+    exporter's reader left one (exporter/layers.OUT_IN_ROWS: a chunk in memory at a time), else from the stored
+    tensor (read whole once: fused q/k/v and gate/up are concatenations made at export)."""
+    from mxport.exporter.layers import OUT_IN_ROWS
+
+    value, tensor, _, transposed = weight_source(matmul)
+    direct = value.meta.get(OUT_IN_ROWS)
+    return direct if direct is not None else _StoredRows(tensor, transposed)
+
+
+class _StoredRows:
+    """rows(start, stop) of W.T from a stored tensor, read whole on first use and dropped by close()."""
+
+    def __init__(self, tensor: ir.TensorProtocol, transposed: bool) -> None:
+        self.tensor, self.transposed, self.w = tensor, transposed, None
+
+    def __call__(self, a: int, b: int) -> np.ndarray:
+        if self.w is None:
+            self.w = self.tensor.numpy()
+        return self.w[a:b] if self.transposed else np.ascontiguousarray(self.w[:, a:b].T)
+
+    def close(self) -> None:
+        self.w = None
+
+
+def each_chunk(rows, n: int, step: int):
+    """(start, stop, rows(start, stop)) over [0, n) in steps; a reader with close() is closed at the end."""
+    try:
+        for n0 in range(0, n, step):
+            n1 = min(n, n0 + step)
+            yield n0, n1, rows(n0, n1)
+    finally:
+        if hasattr(rows, "close"):
+            rows.close()
 
 
 def _feeds_router(value: ir.Value, depth: int = 3) -> bool:
@@ -104,11 +144,11 @@ class DenseNBits:
         prefix = (node.name or "matmul").replace("/", "_")
         bits = self.bits
         cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        rows = row_reader(node)  # lazy: reads nothing until saved
 
         def parts() -> tuple[np.ndarray, np.ndarray]:
             if "q" not in cache:
-                stored = tensor.numpy()  # [K, N], or [N, K] for a tied head: its transposed view reads rows
-                cache["q"] = quantize_columns(stored.T if transposed else stored, bits)
+                cache["q"] = quantize_rows(rows, N, K, bits)
             return cache["q"]
 
         def weights() -> np.ndarray:

@@ -18,23 +18,21 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from .dense import CHUNK_BYTES, _feeds_router, _matrix
+from . import dense
+from .dense import _feeds_router, _matrix, each_chunk, row_reader
 from .rules import Context, add_initializer, attach_function, lazy, replace
 
 
-def quantize_rows(w: np.ndarray, transposed: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Stored W [K, N] (or a tied head's E [N, K] when `transposed`) -> LinearQ4 parts of its [N, K] rows, a
-    chunk of rows at a time (memory: the stored tensor, the outputs and one chunk as stored)."""
+def quantize_rows(rows, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """LinearQ4 parts of the matrix [N, K] whose rows(start, stop) returns rows as stored (dense.row_reader): a
+    chunk of rows at a time, so memory is the outputs and one chunk."""
     from mxport.ops import linear_q4
 
-    n, k = w.shape[::-1] if not transposed else w.shape
     s = linear_q4.super_blocks(k)
     packed = np.empty((n, s, linear_q4.BYTES), np.uint8)
     scales = np.empty((n, s), np.float32)
-    step = max(1, CHUNK_BYTES // (4 * k))
-    for n0 in range(0, n, step):
-        rows = w[n0 : n0 + step] if transposed else np.ascontiguousarray(w[:, n0 : n0 + step].T)
-        packed[n0 : n0 + len(rows)], scales[n0 : n0 + len(rows)] = linear_q4.quantize(rows)
+    for n0, n1, chunk in each_chunk(rows, n, max(1, dense.CHUNK_BYTES // (4 * k))):
+        packed[n0:n1], scales[n0:n1] = linear_q4.quantize(chunk)
     return packed, scales
 
 
@@ -61,10 +59,11 @@ class DenseQ4:
         s = linear_q4.super_blocks(k)
         prefix = (node.name or "matmul").replace("/", "_")
         cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        rows = row_reader(node)  # lazy: reads nothing until saved
 
         def parts() -> tuple[np.ndarray, np.ndarray]:
             if "q" not in cache:
-                cache["q"] = quantize_rows(tensor.numpy(), transposed)
+                cache["q"] = quantize_rows(rows, n, k)
             return cache["q"]
 
         def weights() -> np.ndarray:

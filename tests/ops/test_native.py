@@ -374,3 +374,20 @@ def test_product_chain_example_agrees_with_float32(capsys):
     assert example["main"](["--layers", "1", "--hidden", "64", "--q", "32", "--kv", "16", "--inter", "48",
                             "--rounds", "1"]) == 0
     assert "LinearBF16 / MatMul speed" in capsys.readouterr().out
+
+
+@needs_lib
+def test_product_chain_example_q4_pair(capsys):
+    """--pair q4: ORT's MatMulNBits and LinearQ4 chains, each lossy against the float32 chain by about as much."""
+    import runpy
+    from pathlib import Path
+
+    example = runpy.run_path(str(Path(__file__).parents[2] / "examples" / "product_chain.py"))
+    for rows in (1, 5):
+        result = example["measure"](2, rows, 2, 1, example["shapes"](256, 128, 64, 320), ("nbits", "q4"))
+        assert set(result) == {"nbits", "q4"}
+        assert 1e-3 < result["q4"]["rel"] < 0.2 and 1e-3 < result["nbits"]["rel"] < 0.2, (rows, result)
+        assert result["q4"]["rel"] < 2 * result["nbits"]["rel"], (rows, result)
+    assert example["main"](["--pair", "q4", "--layers", "1", "--hidden", "256", "--q", "128", "--kv", "64",
+                            "--inter", "320", "--rounds", "1"]) == 0
+    assert "LinearQ4 / MatMulNBits speed" in capsys.readouterr().out

@@ -117,3 +117,36 @@ def test_tied_head_quantizes_the_embedding_rows_as_the_transposed_matrix(bits):
     for suffix in (f".q{bits}", f".q{bits}_scales"):
         np.testing.assert_array_equal(q_tied["lm_head_matmul" + suffix], q_plain["lm_head_matmul" + suffix])
     assert "e" in q_tied  # still gathered
+
+
+@pytest.mark.parametrize("rule", ["nbits", "q4"])
+def test_quantized_rows_come_from_the_checkpoint_reader_a_chunk_at_a_time(rule, monkeypatch):
+    """A weight the exporter's reader tagged with exporter/layers.OUT_IN_ROWS is read through it, a chunk of rows
+    at a time, and never whole (the initializer's own tensor is not evaluated); the result is that of the whole
+    matrix. Without the tag the stored tensor is read once and released when the matrix is done."""
+    from mxport.exporter.layers import OUT_IN_ROWS
+    from mxport.exporter.lower import q4
+    from mxport.ops import linear_q4
+
+    w = np.random.default_rng(5).standard_normal((K, N)).astype(np.float32)
+    model = ir.serde.deserialize_model(_graph(w, bf16=False))
+    value = model.graph.initializers["w32"]
+    calls = []
+    value.meta[OUT_IN_ROWS] = lambda a, b: calls.append((a, b)) or w.T[a:b]
+    value.const_value = ir.LazyTensor(lambda: pytest.fail("the whole matrix was read"), dtype=ir.DataType.FLOAT,
+                                      shape=ir.Shape([K, N]))
+    monkeypatch.setattr(dense, "CHUNK_BYTES", 4 * K * 40)  # 40 rows per chunk: 96 = 40 + 40 + 16
+    ctx = rules.Context(model=model, target="cpu", experts="fp32", dtype="float32", accuracy_level=4)
+    rules.apply([dense.DenseNBits(4) if rule == "nbits" else q4.DenseQ4()], ctx)
+    rules.remove_dead(ctx)
+    got = {t.name: numpy_helper.to_array(t) for t in ir.serde.serialize_model(model).graph.initializer}
+    assert calls == [(0, 40), (40, 80), (80, 96)]
+    if rule == "nbits":
+        packed, scales = dense.int4_quantize(w.T.copy())
+        assert np.array_equal(got["lm_head_matmul.q4"].reshape(N, -1), packed.reshape(N, -1))
+    else:
+        packed, scales = linear_q4.quantize(w.T)
+        assert np.array_equal(got["lm_head_matmul.q4"], packed)
+        assert np.array_equal(got["lm_head_matmul.q4_scales"], scales)
+    stored = dense._StoredRows(ir.tensor(w), transposed=False)
+    assert [n1 for _, n1, _ in dense.each_chunk(stored, N, 40)] == [40, 80, 96] and stored.w is None
