@@ -5,8 +5,10 @@ onnxruntime-genai's parser rejects keys it does not know, so this writes only it
     model:  type "decoder" (its generic decoder-only loop), context_length, vocab_size, eos/pad ids,
             decoder: filename, head/hidden/layer/KV-head counts, I/O names (`%d` = layer),
                      sliding_window (window-sized caches only, see below)
-    search: greedy defaults (top_k 1, do_sample false), max_length = the context,
-            past_present_share_buffer false (mxport's presents grow: past + new, never a preallocated buffer)
+    search: greedy defaults (top_k 1, do_sample false), max_length = the context, past_present_share_buffer
+            true where every layer's past is read and its present written by one GroupQueryAttention alone (a
+            --target cpu / cuda graph without window-sized caches: GQA's shared-buffer mode, the static cache
+            mxport's own sessions use, runtime/session.shared_buffer_layers), else false (presents are past + new)
 
 Window-sized caches (ARCHITECTURE.md): a sliding layer's present is the last min(P+S, W-1) slots, so its cache
 length differs from the full layers'. With share_buffer off, genai allocates every present before each run as
@@ -42,8 +44,13 @@ def sliding_layers(cfg: Any) -> list[tuple[int, int]]:
 
 
 def genai_config(cfg: Any, *, inputs: list[str], outputs: list[str], window_cache: bool,
-                 model_file: str = "model.onnx", provider: str | None = None) -> dict[str, Any]:
-    """The genai_config.json dict for an export of `cfg` whose graph has these input / output names."""
+                 model_file: str = "model.onnx", provider: str | None = None,
+                 share_buffer: bool = False) -> dict[str, Any]:
+    """The genai_config.json dict for an export of `cfg` whose graph has these input / output names.
+
+    share_buffer: genai may bind one [B, kv_heads, max_length, head_dim] buffer as each layer's past and present
+    (onnxruntime-genai's past_present_share_buffer, what its own builder writes for GroupQueryAttention graphs):
+    no copy of the cache per step."""
     for name in ("input_ids", "attention_mask", "logits", "past_key_values.0.key", "present.0.key"):
         if name not in inputs + outputs:
             raise MxportError(f"genai_config: the graph has no {name!r} (model I/O contract, ARCHITECTURE.md)")
@@ -106,7 +113,7 @@ def genai_config(cfg: Any, *, inputs: list[str], outputs: list[str], window_cach
         "no_repeat_ngram_size": 0,
         "num_beams": 1,
         "num_return_sequences": 1,
-        "past_present_share_buffer": False,
+        "past_present_share_buffer": bool(share_buffer),
         "repetition_penalty": 1.0,
         "temperature": 1.0,
         "top_k": 1,
@@ -117,9 +124,14 @@ def genai_config(cfg: Any, *, inputs: list[str], outputs: list[str], window_cach
 
 def write_genai_files(folder: Path, cfg: Any, meta: dict[str, Any]) -> None:
     """genai_config.json (+ a minimal tokenizer_config.json when the folder has tokenizer.json alone)."""
+    from mxport.runtime.session import shared_buffer_layers
+
     provider = {"cuda": "cuda"}.get(meta.get("target", ""))
+    pasts = [n for n in meta["inputs"] if n.startswith("past_key_values.")]
+    shared = shared_buffer_layers(folder / "model.onnx", pasts, [n.replace("past_key_values.", "present.") for n in pasts])
     config = genai_config(cfg, inputs=list(meta["inputs"]), outputs=list(meta["outputs"]),
-                          window_cache=bool(meta.get("window_cache", True)), provider=provider)
+                          window_cache=bool(meta.get("window_cache", True)), provider=provider,
+                          share_buffer=bool(shared) and all(shared))
     (folder / GENAI_FILE).write_text(json.dumps(config, indent=2) + "\n")
     if (folder / "tokenizer.json").is_file() and not (folder / "tokenizer_config.json").is_file():
         (folder / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG, indent=2) + "\n")

@@ -64,7 +64,7 @@ def test_genai_greedy_equals_mxport(exports, name):
 def test_genai_config_contents(exports, tiny_config):
     cfg = json.loads((exports["cpu"] / GENAI_FILE).read_text())
     dec = cfg["model"]["decoder"]
-    assert cfg["model"]["type"] == "decoder" and cfg["search"]["past_present_share_buffer"] is False
+    assert cfg["model"]["type"] == "decoder" and cfg["search"]["past_present_share_buffer"] is False  # window caches
     assert (dec["num_hidden_layers"], dec["num_key_value_heads"], dec["head_size"]) == (
         tiny_config.num_hidden_layers, tiny_config.num_key_value_heads, tiny_config.head_dim)
     assert cfg["model"]["context_length"] == tiny_config.max_position_embeddings
@@ -73,6 +73,15 @@ def test_genai_config_contents(exports, tiny_config):
                                      "slide_key_value_cache": False}
     full = json.loads((exports["cpu-full-cache"] / GENAI_FILE).read_text())
     assert "sliding_window" not in full["model"]["decoder"]
+
+
+@pytest.mark.parametrize("name, shared", [("portable", False), ("cpu", False), ("cpu-full-cache", True),
+                                          ("gpt2-portable", False), ("gpt2-cpu", True), ("qwen3-cpu", True)])
+def test_genai_shares_the_cache_buffer_where_every_layer_is_one_gqa(exports, name, shared):
+    """past_present_share_buffer (genai binds one buffer as past and present, as its own builder's graphs do) only
+    where GroupQueryAttention alone reads every past and writes its present; the greedy test above runs them."""
+    cfg = json.loads((exports[name] / GENAI_FILE).read_text())
+    assert cfg["search"]["past_present_share_buffer"] is shared
 
 
 @pytest.mark.parametrize("name", ["gpt2-cpu", "qwen3-cpu"])
