@@ -89,7 +89,7 @@ def quantize(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n, k = w.shape
     s = super_blocks(k)
     out, d = np.empty((n, s, BYTES), np.uint8), np.empty((n, s), np.float32)
-    step = max(1, QUANTIZE_VALUES // (s * SUPER))
+    step = max(1, QUANTIZE_VALUES // max(1, s * SUPER))
     for r0 in range(0, n, step):
         out[r0 : r0 + step], d[r0 : r0 + step] = _quantize_rows(np.asarray(w[r0 : r0 + step], dtype=np.float32))
     return out, d
