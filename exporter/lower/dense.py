@@ -117,6 +117,21 @@ def _matrix(matmul: ir.Node) -> tuple[ir.TensorProtocol, bool] | None:
     return None if source is None else (source[1], source[3])
 
 
+def weight_matmul(node: ir.Node) -> bool:
+    """A standard MatMul whose B is a constant weight (the pattern of every quantizing rule)."""
+    return node.op_type == "MatMul" and node.domain == "" and _matrix(node) is not None
+
+
+def refusal(node: ir.Node, op_type: str) -> str | None:
+    """Why a quantizing rule leaves this weight MatMul alone (not 2-D, or a MoE router), else None."""
+    tensor, _ = _matrix(node)
+    if len(tensor.shape) != 2:
+        return f"weight has shape {tensor.shape}: {op_type} takes a 2-D weight"
+    if _feeds_router(node.outputs[0]):
+        return "router: kept float32 (quantized routing flips expert choices)"
+    return None
+
+
 class DenseNBits:
     name = "matmul_nbits"
 
@@ -124,18 +139,14 @@ class DenseNBits:
         self.bits = bits
 
     def pattern(self, node: ir.Node) -> bool:
-        return node.op_type == "MatMul" and node.domain == "" and _matrix(node) is not None
+        return weight_matmul(node)
 
     def check(self, node: ir.Node, ctx: Context) -> str | None:
+        if reason := refusal(node, "MatMulNBits"):
+            return reason
         tensor, transposed = _matrix(node)
-        if len(tensor.shape) != 2:
-            return f"weight has shape {tensor.shape}: MatMulNBits takes a 2-D [K, N] weight"
         K = int(tensor.shape[1 if transposed else 0])
-        if K % BLOCK:
-            return f"K={K} is not a multiple of the block size {BLOCK}"
-        if _feeds_router(node.outputs[0]):
-            return "router: kept float32 (quantized routing flips expert choices)"
-        return None
+        return f"K={K} is not a multiple of the block size {BLOCK}" if K % BLOCK else None
 
     def rewrite(self, node: ir.Node, ctx: Context) -> None:
         ctx.use_ms_domain()

@@ -19,7 +19,7 @@ import numpy as np
 import onnx_ir as ir
 
 from . import dense
-from .dense import _feeds_router, _matrix, each_chunk, row_reader
+from .dense import _matrix, each_chunk, refusal, row_reader, weight_matmul
 from .rules import Context, add_initializer, attach_function, lazy, replace
 
 
@@ -40,15 +40,10 @@ class DenseQ4:
     name = "linear_q4"
 
     def pattern(self, node: ir.Node) -> bool:
-        return node.op_type == "MatMul" and node.domain == "" and _matrix(node) is not None
+        return weight_matmul(node)
 
     def check(self, node: ir.Node, ctx: Context) -> str | None:
-        tensor, _ = _matrix(node)
-        if len(tensor.shape) != 2:
-            return f"weight has shape {tensor.shape}: LinearQ4 takes a 2-D weight"
-        if _feeds_router(node.outputs[0]):
-            return "router: kept float32 (quantized routing flips expert choices)"
-        return None
+        return refusal(node, "LinearQ4")  # any K: the last super-block is zero-padded
 
     def rewrite(self, node: ir.Node, ctx: Context) -> None:
         from mxport.ops import DOMAIN, linear_q4
