@@ -1,6 +1,7 @@
 /* ai.mxport.LinearQ4(A [..., K], W uint8 [N, S, 136], D float [N, S]) -> [..., N]: rows of A quantized to int8 once
  * per call, output rows of W split over ORT's intra-op pool (the product is in mx_q4.c, the meaning in
  * ops/linear_q4.py). */
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "mx_math.h"
@@ -32,6 +33,15 @@ static void quantize_task(void *p, size_t i) {
                       (float *)q->da + r0 * q->s, (int16_t *)q->bs + r0 * q->s * 8);
 }
 
+/* "[d0, d1, ...]" of a tensor's shape, for error messages */
+static const char *dims_text(const Tensor *t, char *buf, size_t size) {
+    size_t used = (size_t)snprintf(buf, size, "[");
+    for (size_t i = 0; i < t->rank && used < size; i++)
+        used += (size_t)snprintf(buf + used, size - used, i ? ", %lld" : "%lld", (long long)t->dims[i]);
+    if (used < size) snprintf(buf + used, size - used, "]");
+    return buf;
+}
+
 OrtStatus *linear_q4_compute(void *kernel, OrtKernelContext *ctx) {
     Call c = {((PlainKernel *)kernel)->api, ctx};
     Tensor a, w, d;
@@ -39,10 +49,12 @@ OrtStatus *linear_q4_compute(void *kernel, OrtKernelContext *ctx) {
     if ((st = input(c, 0, &a)) || (st = input(c, 1, &w)) || (st = input(c, 2, &d))) return st;
     const int64_t k = a.rank ? a.dims[a.rank - 1] : 0, s = (k + MX_Q4_SUPER - 1) / MX_Q4_SUPER;
     if (a.rank < 1 || w.rank != 3 || w.dims[2] != MX_Q4_BYTES || w.dims[1] != s || d.rank != 2 ||
-        d.dims[0] != w.dims[0] || d.dims[1] != s)
+        d.dims[0] != w.dims[0] || d.dims[1] != s) {
+        char wd[96], dd[96];
         return fail(c.api, "ai.mxport.LinearQ4: expected A[..., K], W[N, ceil(K/256), %d] and D[N, ceil(K/256)]; found "
-                           "A rank %zu (last %lld), W rank %zu, D rank %zu", MX_Q4_BYTES, a.rank, (long long)k, w.rank,
-                    d.rank);
+                           "A[..., %lld] (rank %zu), W%s, D%s", MX_Q4_BYTES, (long long)k, a.rank,
+                    dims_text(&w, wd, sizeof wd), dims_text(&d, dd, sizeof dd));
+    }
     const int64_t n = w.dims[0], m = leading_rows(&a);
     float *y;
     if ((st = product_output(c, &a, m, k, n, &y)) || !y) return st;

@@ -168,3 +168,16 @@ def test_registered_kernel_runs_instead_of_the_function_body(tmp_path):
     assert "LinearQ4" not in _profiled_ops(body_sess)
     assert 1e-5 < np.linalg.norm(got - body) / np.linalg.norm(body) < 2e-2
     assert LIB is not None
+
+
+@needs_lib
+def test_native_kernel_names_mismatched_shapes():
+    """A is K = 600 wide (3 super-blocks) but W holds 2: ORT's error names the op and the expected layout."""
+    import onnxruntime as ort
+
+    packed, scales = linear_q4.quantize(np.ones((4, 300), np.float32))
+    inputs = {"a": np.ones((2, 600), np.float32)}
+    sess = _session(build_model("LinearQ4", inputs, 1, weights={"w": packed, "d": scales}), register=True)
+    with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+                       match=r"LinearQ4: expected .* found A\[..., 600\] \(rank 2\), W\[4, 2, 136\], D\[4, 2\]"):
+        sess.run(None, inputs)
