@@ -143,15 +143,19 @@ def dequantize(w: np.ndarray, d: np.ndarray, k: int) -> np.ndarray:
 
 def quantize_activations(a: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray]:
     """float32 A [M, K] -> (int8 [M, S, 256] zero-padded, float32 scales [M, S]): per super-block, scale
-    max|a| / 127 and round(a · (1 / scale)) half to even, in float32 (the native kernel's arithmetic)."""
+    max|a| / 127 and round(a · (1 / scale)) half to even, in float32 (the native kernel's arithmetic). A NaN or
+    inf makes its super-block's scale NaN or inf (so the product is too, as in float32) and quantizes to 0."""
     a = np.asarray(a, dtype=np.float32)
     m, k = a.shape
     padded = np.zeros((m, s * SUPER), np.float32)
     padded[:, :k] = a
     blocks = padded.reshape(m, s, SUPER)
-    scale = (np.abs(blocks).max(axis=-1) / np.float32(127)).astype(np.float32)
-    inv = np.where(scale > 0, np.float32(1) / np.where(scale > 0, scale, 1), 0).astype(np.float32)
-    return np.rint(blocks * inv[..., None]).astype(np.int8), scale
+    with np.errstate(invalid="ignore"):
+        scale = (np.abs(blocks).max(axis=-1) / np.float32(127)).astype(np.float32)  # NaN / inf propagate
+        ok = np.isfinite(scale) & (scale > 0)
+        inv = np.where(ok, np.float32(1) / np.where(ok, scale, 1), 0).astype(np.float32)
+        q = np.rint(np.where(np.isfinite(blocks), blocks, 0) * inv[..., None])
+    return q.astype(np.int8), scale
 
 
 def _linear_q4(a: np.ndarray, w: np.ndarray, d: np.ndarray) -> np.ndarray:
@@ -167,7 +171,8 @@ def _linear_q4(a: np.ndarray, w: np.ndarray, d: np.ndarray) -> np.ndarray:
     wq = (q.astype(np.float64) * sub.astype(np.float64)[..., None]).reshape(n, s, SUPER)
     isum = np.einsum("msk,nsk->mns", qa.astype(np.float64), wq)
     scale = (d[None, :, :].astype(np.float32) * da[:, None, :]).astype(np.float32)  # float32, as the kernel
-    y = (scale.astype(np.float64) * isum).sum(axis=-1)
+    with np.errstate(invalid="ignore"):  # inf · 0 = NaN for a non-finite activation, as in float32 math
+        y = (scale.astype(np.float64) * isum).sum(axis=-1)
     return y.astype(np.float32).reshape(lead + (n,))
 
 

@@ -25,14 +25,20 @@ void mx_q4_activations(const float *a, int64_t m, int64_t k, int64_t s, int8_t *
         for (int64_t b = 0; b < s; b++) {
             const int64_t c0 = b * Q4_SUPER, c1 = c0 + Q4_SUPER < k ? c0 + Q4_SUPER : k;
             float amax = 0.0f;
-            for (int64_t c = c0; c < c1; c++) amax = fmaxf(amax, fabsf(x[c]));
-            const float d = amax / 127.0f, inv = d > 0.0f ? 1.0f / d : 0.0f;
+            int nan = 0;
+            for (int64_t c = c0; c < c1; c++) {
+                amax = fmaxf(amax, fabsf(x[c]));
+                nan |= isnan(x[c]);
+            }
+            /* a NaN or inf makes the super-block's scale NaN or inf, so the product is NaN or inf as in float32
+             * math (the non-finite values themselves quantize to 0) */
+            const float d = nan ? NAN : amax / 127.0f, inv = d > 0.0f && isfinite(d) ? 1.0f / d : 0.0f;
             int8_t *q = qa + (r * s + b) * Q4_SUPER;
             for (int j = 0; j < Q4_SUBS; j++) {
                 int sum = 0;
                 for (int i = 0; i < Q4_SUPER / Q4_SUBS; i++) {
                     const int64_t c = c0 + j * (Q4_SUPER / Q4_SUBS) + i;
-                    const float v = c < c1 ? x[c] * inv : 0.0f;
+                    const float v = c < c1 && isfinite(x[c]) ? x[c] * inv : 0.0f;
                     const int iv = (int)nearbyintf(v); /* round half to even: the default rounding mode */
                     q[j * (Q4_SUPER / Q4_SUBS) + i] = (int8_t)iv;
                     sum += iv;

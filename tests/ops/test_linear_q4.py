@@ -171,6 +171,23 @@ def test_registered_kernel_runs_instead_of_the_function_body(tmp_path):
 
 
 @needs_lib
+@pytest.mark.parametrize("isa", ["avx2", "c"])
+def test_non_finite_activations_stay_non_finite(isa, monkeypatch_session):
+    """A NaN in a row of A makes that row's outputs NaN, an inf makes them inf or NaN, as float32 math would (int8
+    cannot hold them): never a finite number; the other rows are untouched. NumPy kernel and native agree."""
+    _, packed, scales = _weights(np.random.default_rng(6), 16, 300)
+    a = np.random.default_rng(7).standard_normal((3, 300)).astype(np.float32)
+    a[0, 5], a[1, 290] = np.nan, np.inf
+    inputs = {"a": a}
+    got = _session(build_model("LinearQ4", inputs, 1, weights={"w": packed, "d": scales}), register=True, isa=isa,
+                   monkeypatch=monkeypatch_session).run(None, inputs)[0]
+    want = linear_q4._linear_q4(a, packed, scales)
+    assert np.isnan(got[0]).all() and np.isnan(want[0]).all()
+    assert not np.isfinite(got[1]).any() and not np.isfinite(want[1]).any()
+    assert np.isfinite(got[2]).all() and _rel(got[2], want[2]) <= 1e-5
+
+
+@needs_lib
 def test_native_kernel_names_mismatched_shapes():
     """A is K = 600 wide (3 super-blocks) but W holds 2: ORT's error names the op and the expected layout."""
     import onnxruntime as ort
