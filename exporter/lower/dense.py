@@ -19,7 +19,7 @@ import onnx_ir as ir
 
 from .linear import weight_source
 from .moe import INT4_BLOCK, int4_quantize
-from .rules import MS_DOMAIN, Context, add_initializer, lazy, replace
+from .rules import MS_DOMAIN, Context, add_initializer, lazy_pair, replace
 
 BLOCK = INT4_BLOCK
 MOE_OPS = {("com.microsoft", "MoE"), ("com.microsoft", "QMoE"), ("ai.mxport", "MoE"), ("ai.mxport", "MoEMXFP4"),
@@ -154,24 +154,16 @@ class DenseNBits:
         K, N = (int(d) for d in tensor.shape[:: -1 if transposed else 1])
         prefix = (node.name or "matmul").replace("/", "_")
         bits = self.bits
-        cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         rows = row_reader(node)  # lazy: reads nothing until saved
+        blocks = [N, K // BLOCK, BLOCK * bits // 8]
 
-        def parts() -> tuple[np.ndarray, np.ndarray]:
-            if "q" not in cache:
-                cache["q"] = quantize_rows(rows, N, K, bits)
-            return cache["q"]
+        def make() -> tuple[np.ndarray, np.ndarray]:
+            packed, scales = quantize_rows(rows, N, K, bits)
+            return packed.reshape(blocks), scales
 
-        def weights() -> np.ndarray:
-            return parts()[0].reshape(N, K // BLOCK, BLOCK * bits // 8)
-
-        def scales() -> np.ndarray:
-            out = parts()[1]
-            cache.clear()
-            return out
-
-        b = add_initializer(ctx, lazy(f"{prefix}.q{bits}", ir.DataType.UINT8, [N, K // BLOCK, BLOCK * bits // 8], weights))
-        s = add_initializer(ctx, lazy(f"{prefix}.q{bits}_scales", ir.DataType.FLOAT, [N, K // BLOCK], scales))
+        b, s = lazy_pair((f"{prefix}.q{bits}", ir.DataType.UINT8, blocks),
+                         (f"{prefix}.q{bits}_scales", ir.DataType.FLOAT, [N, K // BLOCK]), make)
+        b, s = add_initializer(ctx, b), add_initializer(ctx, s)
         attrs = {"K": K, "N": N, "bits": bits, "block_size": BLOCK, "accuracy_level": ctx.accuracy_level}
         new = ir.node("MatMulNBits", [node.inputs[0], b, s], attrs, domain=MS_DOMAIN, name=f"{node.name}/nbits")
         replace(ctx, node, [new], new.outputs)

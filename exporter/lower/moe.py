@@ -36,7 +36,7 @@ import onnx_ir as ir
 
 from mxport.ops import mxfp4
 
-from .rules import MS_DOMAIN, Context, add_initializer, attr, const, lazy, replace
+from .rules import MS_DOMAIN, Context, add_initializer, attr, const, lazy, lazy_pair, replace
 
 INT4_BLOCK = 32
 # QMoE accuracy_level for 4-bit experts comes from the lowering options (Context.accuracy_level, default 4):
@@ -264,10 +264,9 @@ class _Mxfp4Source:
 
     def int8_parts(self, ctx: Context, prefix: str, tag: str) -> tuple[ir.Value, ir.Value]:
         E, N, K = self.shape
-        w = lazy(f"{prefix}.{tag}_q8", ir.DataType.UINT8, [E, N, K],
-                 lambda: int8_exact(self.blocks(), self.scales())[0])
-        s = lazy(f"{prefix}.{tag}_q8_scales", ir.DataType.FLOAT, [E, N, K // mxfp4.BLOCK_SIZE],
-                 lambda: mxfp4.exact_int8(self.blocks(), self.scales())[1])
+        w, s = lazy_pair((f"{prefix}.{tag}_q8", ir.DataType.UINT8, [E, N, K]),
+                         (f"{prefix}.{tag}_q8_scales", ir.DataType.FLOAT, [E, N, K // mxfp4.BLOCK_SIZE]),
+                         lambda: int8_exact(self.blocks(), self.scales()))  # one decode for both
         return add_initializer(ctx, w), add_initializer(ctx, s)
 
     def int4_parts(self, ctx: Context, prefix: str, tag: str) -> tuple[ir.Value, ir.Value]:
@@ -308,24 +307,7 @@ def _quantized_parts(ctx: Context, prefix: str, tag: str, shape: tuple[int, ...]
                      bits: int = 4) -> tuple[ir.Value, ir.Value]:
     """QMoE weight + scales initializers from one lazy `quantize() -> (q, scales)`: 4 bit packed [E,N,K/2], 8 bit [E,N,K]."""
     E, N, K = shape
-    cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-
-    def parts() -> tuple[np.ndarray, np.ndarray]:
-        # Both halves come from one quantization; whichever is saved first computes it, the other takes it.
-        if "q" not in cache:
-            cache["q"] = quantize()
-        return cache["q"]
-
-    def take(i: int):
-        def make() -> np.ndarray:
-            out = parts()[i]
-            if i == 1:
-                cache.clear()  # the scales are written after the weights: free the pair
-            return out
-
-        return make
-
     q = f"{prefix}.{tag}_q{bits}"
-    w = lazy(q, ir.DataType.UINT8, [E, N, K * bits // 8], take(0))
-    s = lazy(f"{q}_scales", ir.DataType.FLOAT, [E, N, K // INT4_BLOCK], take(1))
+    w, s = lazy_pair((q, ir.DataType.UINT8, [E, N, K * bits // 8]),
+                     (f"{q}_scales", ir.DataType.FLOAT, [E, N, K // INT4_BLOCK]), quantize)
     return add_initializer(ctx, w), add_initializer(ctx, s)

@@ -20,7 +20,7 @@ import onnx_ir as ir
 
 from . import dense
 from .dense import _matrix, each_chunk, refusal, row_reader, weight_matmul
-from .rules import Context, add_initializer, attach_function, lazy, replace
+from .rules import Context, add_initializer, attach_function, lazy_pair, replace
 
 
 def quantize_rows(rows, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -53,23 +53,9 @@ class DenseQ4:
         k, n = (int(d) for d in tensor.shape[:: -1 if transposed else 1])
         s = linear_q4.super_blocks(k)
         prefix = (node.name or "matmul").replace("/", "_")
-        cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         rows = row_reader(node)  # lazy: reads nothing until saved
-
-        def parts() -> tuple[np.ndarray, np.ndarray]:
-            if "q" not in cache:
-                cache["q"] = quantize_rows(rows, n, k)
-            return cache["q"]
-
-        def weights() -> np.ndarray:
-            return parts()[0]
-
-        def scales() -> np.ndarray:
-            out = parts()[1]
-            cache.clear()
-            return out
-
-        w = add_initializer(ctx, lazy(f"{prefix}.q4", ir.DataType.UINT8, [n, s, linear_q4.BYTES], weights))
-        d = add_initializer(ctx, lazy(f"{prefix}.q4_scales", ir.DataType.FLOAT, [n, s], scales))
+        w, d = lazy_pair((f"{prefix}.q4", ir.DataType.UINT8, [n, s, linear_q4.BYTES]),
+                         (f"{prefix}.q4_scales", ir.DataType.FLOAT, [n, s]), lambda: quantize_rows(rows, n, k))
+        w, d = add_initializer(ctx, w), add_initializer(ctx, d)
         new = ir.node("LinearQ4", [node.inputs[0], w, d], {}, domain=DOMAIN, name=f"{node.name}/q4")
         replace(ctx, node, [new], new.outputs)

@@ -122,6 +122,27 @@ def lazy(name: str, dtype: ir.DataType, shape: Sequence[int], make: Any) -> ir.V
     return ir.Value(name=name, shape=ir.Shape(list(shape)), type=ir.TensorType(dtype), const_value=tensor)
 
 
+def lazy_pair(first: tuple[str, ir.DataType, Sequence[int]], second: tuple[str, ir.DataType, Sequence[int]],
+              make: Any) -> tuple[ir.Value, ir.Value]:
+    """Two lazy initializers (name, dtype, shape) whose bytes come from one `make() -> (a, b)` at save time, e.g.
+    a quantization's weights and scales: whichever is written first computes the pair, and writing the second
+    one frees it (ir.save writes initializers in order, the first before the second)."""
+    cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def take(i: int):
+        def produce() -> np.ndarray:
+            if "pair" not in cache:
+                cache["pair"] = make()
+            out = cache["pair"][i]
+            if i == 1:
+                cache.clear()
+            return out
+
+        return produce
+
+    return lazy(*first, take(0)), lazy(*second, take(1))
+
+
 def add_initializer(ctx: Context, value: ir.Value) -> ir.Value:
     base, i = value.name, 1
     while value.name in ctx.graph.initializers:
