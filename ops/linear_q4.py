@@ -36,14 +36,12 @@ from onnxscript import FLOAT, UINT8, script
 from onnxscript import opset23 as op
 
 from mxport.ops import DOMAIN, OPSET
+from mxport.ops.int4 import Q_MAX, Q_MIN, ZERO, best_scales
 
 SUPER = 256  # values per super-block
 SUB = 32  # values per sub-block (one uint8 scale each)
 SUBS = SUPER // SUB
 BYTES = SUBS + SUPER // 2  # 136 bytes per super-block
-Q_MIN, Q_MAX, ZERO = -8, 7, 8
-# Divisors t of a sub-block's absmax tried as its scale (absmax / t); the best squared error wins (as for int4).
-SCALE_DIVISORS = np.linspace(4.0, 8.0, 17)
 
 _BYTES = np.arange(256, dtype=np.uint8)
 # uint8 byte -> (low nibble − 8, high nibble − 8) as float32 [256, 2]: one Gather per byte (see DequantizeMXFP4)
@@ -82,7 +80,7 @@ QUANTIZE_VALUES = 1 << 19  # values quantized per step (2 MB of float32): the ca
 def quantize(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """float W [N, K] -> (uint8 [N, S, 136], float32 D [N, S]).
 
-    Each sub-block of 32 gets the scale absmax/t (t from SCALE_DIVISORS) with the least squared error; a
+    Each sub-block of 32 gets the scale of ops/int4.best_scales (absmax/t, the least squared error); a
     super-block's D is its largest sub-block scale / 255 and each sub-scale is round(scale / D) (1..255, 0 for an
     all-zero sub-block); the values are then rounded to nearest on D·sc and clipped to −8..7. Rows are quantized
     a few at a time: memory beyond W and the result stays a few MB."""
@@ -102,17 +100,7 @@ def _quantize_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     padded[:, :k] = w
     blocks = padded.reshape(n, s, SUBS, SUB)
     amax = np.abs(blocks).max(axis=-1)  # [N, S, 8]
-    safe = np.where(amax > 0, amax, 1.0).astype(np.float32)
-    best_err = np.full(amax.shape, np.inf, np.float32)
-    best = safe / np.float32(Q_MAX)
-    for t in SCALE_DIVISORS:
-        sc = (safe / np.float32(t)).astype(np.float32)
-        q = np.clip(np.rint(blocks / sc[..., None]), Q_MIN, Q_MAX)
-        err = np.square(q * sc[..., None] - blocks).sum(axis=-1)
-        better = err < best_err
-        best_err = np.where(better, err, best_err)
-        best = np.where(better, sc, best)
-    best = np.where(amax > 0, best, 0.0).astype(np.float32)
+    best = np.where(amax > 0, best_scales(blocks), 0.0).astype(np.float32)  # the int4 search (ops/int4.py)
     d = (best.max(axis=-1) / np.float32(255)).astype(np.float32)  # [N, S]
     sub = np.where(d[..., None] > 0, np.rint(best / np.where(d > 0, d, 1.0)[..., None]), 0)
     sub = np.clip(sub, np.where(amax > 0, 1, 0), 255).astype(np.uint8)

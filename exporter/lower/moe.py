@@ -34,7 +34,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from mxport.ops import mxfp4
+from mxport.ops import int4, mxfp4
 
 from .rules import MS_DOMAIN, Context, add_initializer, attr, const, lazy, lazy_pair, replace
 
@@ -42,9 +42,9 @@ INT4_BLOCK = 32
 # QMoE accuracy_level for 4-bit experts comes from the lowering options (Context.accuracy_level, default 4):
 # 4 = int8 activations (ORT's fast kernels, ~2.5x faster decode here than level 0, but its prepacked weights with
 # per-block sums take ~30% more memory); 0 = float32 activations on the weights as stored.
-INT4_MIN, INT4_MAX = -8, 7  # symmetric int4 with zero point 8
+INT4_MIN, INT4_MAX = int4.Q_MIN, int4.Q_MAX  # symmetric int4 with zero point 8 (ops/int4.py)
 # Divisors t of a block's absmax tried as its int4 scale (absmax / t); the best squared error wins.
-INT4_SCALE_DIVISORS = np.linspace(4.0, 8.0, 17)
+INT4_SCALE_DIVISORS = int4.SCALE_DIVISORS
 
 
 # ---- weight transforms (pure NumPy, one expert tensor at a time) --------------------------------------------
@@ -74,7 +74,7 @@ def int4_quantize(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """float [..., K] -> (uint8 [..., K/2] packed q+8 low nibble first, float32 scales [..., K/32]).
 
     Symmetric int4 per block of 32 with the scale absmax/t, t from INT4_SCALE_DIVISORS, chosen per block to
-    minimise the block's squared error (round-to-nearest for each candidate).
+    minimise the block's squared error (round-to-nearest for each candidate: ops/int4.best_scales).
     """
     shape = w.shape
     blocks = np.asarray(w, dtype=np.float32).reshape(-1, INT4_BLOCK)  # (M, 32)
@@ -83,17 +83,7 @@ def int4_quantize(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     chunk = 1 << 14  # blocks per step: the candidate search stays in cache
     for lo in range(0, len(blocks), chunk):
         b = blocks[lo : lo + chunk]
-        amax = np.abs(b).max(axis=1)
-        amax = np.where(amax > 0, amax, 1.0).astype(np.float32)
-        best_err = np.full(len(b), np.inf, dtype=np.float32)
-        best_scale = amax / INT4_MAX
-        for t in INT4_SCALE_DIVISORS:
-            sc = (amax / np.float32(t)).astype(np.float32)
-            q = np.clip(np.rint(b / sc[:, None]), INT4_MIN, INT4_MAX)
-            err = np.square(q * sc[:, None] - b).sum(axis=1)
-            better = err < best_err
-            best_err = np.where(better, err, best_err)
-            best_scale = np.where(better, sc, best_scale)
+        best_scale = int4.best_scales(b)
         q = np.clip(np.rint(b / best_scale[:, None]), INT4_MIN, INT4_MAX).astype(np.int16) + 8
         u = q.astype(np.uint8)
         packed[lo : lo + len(b)] = (u[:, 0::2] & 0x0F) | (u[:, 1::2] << 4)
