@@ -10,9 +10,9 @@
 typedef struct {
     const float *a;
     int64_t k;
-    const int8_t *qa;
-    const float *da;
-    const int16_t *bs;
+    int8_t *qa; /* A quantized: written by quantize_task, read by linear_q4_task */
+    float *da;
+    int16_t *bs;
     int64_t m, s, n, chunk;
     const uint8_t *w;
     const float *d;
@@ -25,12 +25,14 @@ static void linear_q4_task(void *p, size_t i) {
     mx_linear_q4(q->qa, q->da, q->bs, q->m, q->s, q->w, q->d, n0, n1, q->y, q->n);
 }
 
+#define QUANTIZE_ROWS 8 /* rows of A per quantize task */
+
 /* rows [8i, 8i + 8) of A to int8 */
 static void quantize_task(void *p, size_t i) {
     const Q4Product *q = p;
-    const int64_t r0 = (int64_t)i * 8, r1 = r0 + 8 < q->m ? r0 + 8 : q->m;
-    mx_q4_activations(q->a + r0 * q->k, r1 - r0, q->k, q->s, (int8_t *)q->qa + r0 * q->s * MX_Q4_SUPER,
-                      (float *)q->da + r0 * q->s, (int16_t *)q->bs + r0 * q->s * 8);
+    const int64_t r0 = (int64_t)i * QUANTIZE_ROWS, r1 = r0 + QUANTIZE_ROWS < q->m ? r0 + QUANTIZE_ROWS : q->m;
+    mx_q4_activations(q->a + r0 * q->k, r1 - r0, q->k, q->s, q->qa + r0 * q->s * MX_Q4_SUPER, q->da + r0 * q->s,
+                      q->bs + r0 * q->s * MX_Q4_SUBS);
 }
 
 /* "[d0, d1, ...]" of a tensor's shape, for error messages */
@@ -60,12 +62,12 @@ OrtStatus *linear_q4_compute(void *kernel, OrtKernelContext *ctx) {
     if ((st = product_output(c, &a, m, k, n, &y)) || !y) return st;
     int8_t *qa = malloc((size_t)(m * s * MX_Q4_SUPER));
     float *da = malloc(sizeof(float) * (size_t)(m * s));
-    int16_t *bs = malloc(sizeof(int16_t) * (size_t)(m * s * 8));
+    int16_t *bs = malloc(sizeof(int16_t) * (size_t)(m * s * MX_Q4_SUBS));
     if (qa && da && bs) {
         /* ~16 tasks of 16-row multiples: each a sequential read of its weight rows */
         Q4Product q = {a.data, k, qa, da, bs, m, s, n, clamp64(round_up((n + 15) / 16, 16), 16, 1 << 20), w.data,
                        d.data, y};
-        parallel_for(c, quantize_task, (size_t)((m + 7) / 8), &q);
+        parallel_for(c, quantize_task, (size_t)((m + QUANTIZE_ROWS - 1) / QUANTIZE_ROWS), &q);
         parallel_for(c, linear_q4_task, (size_t)((n + q.chunk - 1) / q.chunk), &q);
     } else {
         st = fail(c.api, "ai.mxport.LinearQ4: out of memory");

@@ -26,6 +26,7 @@
 #define MX_BLOCK 32
 #define MX_BLOCK_BYTES 16
 #define MX_Q4_SUPER 256 /* LinearQ4: values per super-block */
+#define MX_Q4_SUBS 8    /* LinearQ4: sub-blocks (of 32 values, one uint8 scale each) per super-block */
 #define MX_Q4_BYTES 136 /* LinearQ4: bytes per super-block (8 sub-scales, 128 nibble bytes) */
 
 int mx_set_isa(int want_avx2);  /* 1: AVX2+FMA if the CPU has them; 0: plain C. Returns the ISA in use (1/0). */

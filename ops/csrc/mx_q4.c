@@ -17,7 +17,7 @@
 #include "mx_math.h"
 
 #define Q4_SUPER MX_Q4_SUPER
-#define Q4_SUBS 8
+#define Q4_SUBS MX_Q4_SUBS
 
 void mx_q4_activations(const float *a, int64_t m, int64_t k, int64_t s, int8_t *qa, float *da, int16_t *bs) {
     for (int64_t r = 0; r < m; r++) {
