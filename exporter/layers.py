@@ -47,9 +47,11 @@ def present_names(i: int) -> tuple[str, str]:
 
 CHUNK_BYTES = 64 << 20  # checkpoint rows read per step when an initializer is written
 OUT_IN = "mxport.out_in"  # Value.meta key of a matrix initializer: produces the matrix [out, in] (not serialized)
-# Value.meta key: rows(start, stop) of the matrix [out, in] as stored, read from the checkpoint (not serialized):
-# quantizing lowerings (lower/q4.py, lower/dense.py) read a chunk of rows at a time instead of the whole matrix
-OUT_IN_ROWS = "mxport.out_in_rows"
+# Value.meta key (not serialized): (rows, transposed) where rows(start, stop) reads rows of the checkpoint tensor an
+# initializer was made from, and transposed says the initializer holds that tensor transposed (matrix(): [in, out]
+# from a checkpoint's [out, in]). Quantizing lowerings (lower/q4.py, lower/dense.py) read a chunk of rows at a time
+# instead of the whole matrix, when those rows are the ones they need (dense.row_reader).
+SOURCE_ROWS = "mxport.source_rows"
 
 
 class Weights:
@@ -115,8 +117,7 @@ class Weights:
         value = self.b.lazy_initializer(as_name or name, ir.DataType.from_numpy(dtype), shape, produce)
         # the same matrix [out, in], read straight from the checkpoint: --dense bf16 stores that layout (lower/bf16.py)
         value.meta[OUT_IN] = lambda: self._read_chunked(name, dtype, transpose=in_out)
-        if not in_out:
-            value.meta[OUT_IN_ROWS] = self._rows(name)
+        value.meta[SOURCE_ROWS] = (self._rows(name), not in_out)
         return self.b.op("Cast", value, role=f"{role}/weight_f32", to=FLOAT) if keep_bf16 else value
 
     def stored(self, name: str) -> ir.Value:
@@ -126,7 +127,7 @@ class Weights:
             dtype = ir.DataType.from_numpy(np.dtype(spec.dtype))
             self._stored[name] = self.b.lazy_initializer(
                 name, dtype, spec.shape, lambda: self._read_chunked(name, np.dtype(spec.dtype)))
-            self._stored[name].meta[OUT_IN_ROWS] = self._rows(name)  # a tied head's table is [out, in]
+            self._stored[name].meta[SOURCE_ROWS] = (self._rows(name), False)  # e.g. a tied head's table, [out, in]
         return self._stored[name]
 
     def _rows(self, name: str):

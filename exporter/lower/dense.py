@@ -62,13 +62,16 @@ def quantize_rows(rows, n: int, k: int, bits: int) -> tuple[np.ndarray, np.ndarr
 
 def row_reader(matmul: ir.Node):
     """rows(start, stop) of a MatMul's weight as W.T [N, K] (out, in): straight from the checkpoint where the
-    exporter's reader left one (exporter/layers.OUT_IN_ROWS: a chunk in memory at a time), else from the stored
-    tensor (read whole once: fused q/k/v and gate/up are concatenations made at export)."""
-    from mxport.exporter.layers import OUT_IN_ROWS
+    exporter's reader left a reader whose rows are those (exporter/layers.SOURCE_ROWS: a chunk in memory at a time;
+    a checkpoint [out, in] matrix, or a table read through the tied head's Transpose), else from the stored tensor
+    (read whole once: fused q/k/v and gate/up are concatenations made at export, GPT-2's Conv1D is [in, out])."""
+    from mxport.exporter.layers import SOURCE_ROWS
 
     value, tensor, _, transposed = weight_source(matmul)
-    direct = value.meta.get(OUT_IN_ROWS)
-    return direct if direct is not None else _StoredRows(tensor, transposed)
+    source = value.meta.get(SOURCE_ROWS)
+    if source is not None and source[1] != transposed:  # B = W = source.T, or B = Transpose(source)
+        return source[0]
+    return _StoredRows(tensor, transposed)
 
 
 class _StoredRows:

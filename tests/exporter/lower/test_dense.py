@@ -121,10 +121,11 @@ def test_tied_head_quantizes_the_embedding_rows_as_the_transposed_matrix(bits):
 
 @pytest.mark.parametrize("rule", ["nbits", "q4"])
 def test_quantized_rows_come_from_the_checkpoint_reader_a_chunk_at_a_time(rule, monkeypatch):
-    """A weight the exporter's reader tagged with exporter/layers.OUT_IN_ROWS is read through it, a chunk of rows
-    at a time, and never whole (the initializer's own tensor is not evaluated); the result is that of the whole
-    matrix. Without the tag the stored tensor is read once and released when the matrix is done."""
-    from mxport.exporter.layers import OUT_IN_ROWS
+    """A weight the exporter's reader tagged with exporter/layers.SOURCE_ROWS (its checkpoint tensor, held
+    transposed) is read through it, a chunk of rows at a time, and never whole (the initializer's own tensor is not
+    evaluated); the result is that of the whole matrix. Without the tag the stored tensor is read once and released
+    when the matrix is done."""
+    from mxport.exporter.layers import SOURCE_ROWS
     from mxport.exporter.lower import q4
     from mxport.ops import linear_q4
 
@@ -132,7 +133,7 @@ def test_quantized_rows_come_from_the_checkpoint_reader_a_chunk_at_a_time(rule, 
     model = ir.serde.deserialize_model(_graph(w, bf16=False))
     value = model.graph.initializers["w32"]
     calls = []
-    value.meta[OUT_IN_ROWS] = lambda a, b: calls.append((a, b)) or w.T[a:b]
+    value.meta[SOURCE_ROWS] = (lambda a, b: calls.append((a, b)) or w.T[a:b], True)
     value.const_value = ir.LazyTensor(lambda: pytest.fail("the whole matrix was read"), dtype=ir.DataType.FLOAT,
                                       shape=ir.Shape([K, N]))
     monkeypatch.setattr(dense, "CHUNK_BYTES", 4 * K * 40)  # 40 rows per chunk: 96 = 40 + 40 + 16
@@ -150,3 +151,18 @@ def test_quantized_rows_come_from_the_checkpoint_reader_a_chunk_at_a_time(rule, 
         assert np.array_equal(got["lm_head_matmul.q4_scales"], scales)
     stored = dense._StoredRows(ir.tensor(w), transposed=False)
     assert [n1 for _, n1, _ in dense.each_chunk(stored, N, 40)] == [40, 80, 96] and stored.w is None
+
+
+def test_source_rows_of_a_tensor_used_as_stored_are_not_w_transposed():
+    """A table held as stored (layers.stored: SOURCE_ROWS transposed False) read by a plain MatMul(x, E) is W
+    itself, so its rows are not W.T's: the lowering quantizes W.T from the stored tensor, never from those rows."""
+    from mxport.exporter.layers import SOURCE_ROWS
+
+    w = np.random.default_rng(6).standard_normal((K, N)).astype(np.float32)
+    model = ir.serde.deserialize_model(_graph(w, bf16=False))
+    model.graph.initializers["w32"].meta[SOURCE_ROWS] = (lambda a, b: pytest.fail("read W's rows as W.T's"), False)
+    ctx = rules.Context(model=model, target="cpu", experts="fp32", dtype="float32", accuracy_level=4)
+    rules.apply([dense.DenseNBits(4)], ctx)
+    got = {t.name: numpy_helper.to_array(t) for t in ir.serde.serialize_model(model).graph.initializer}
+    packed, _ = dense.int4_quantize(w.T.copy())
+    assert np.array_equal(got["lm_head_matmul.q4"].reshape(N, -1), packed.reshape(N, -1))
