@@ -319,15 +319,15 @@ def run(args: argparse.Namespace) -> int:
     )
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     print(f"exported {args.checkpoint} -> {out} ({size / 1e6:.1f} MB, {time.monotonic() - start:.1f}s)")
-    refused = json.loads((out / META_FILE).read_text()).get("lowering", {}).get("refused", [])
+    lowering = json.loads((out / META_FILE).read_text()).get("lowering", {})
+    refused = lowering.get("refused", [])
     reasons = Counter((r["rule"], r["reason"]) for r in refused)  # lowering rules that left nodes portable
     for (rule, reason), count in sorted(reasons.items()):
         what = "attention node(s) keep rotary outside GroupQueryAttention" if rule == "rotary_in_attention" \
             else f"node(s) kept portable by {rule}"
         print(f"note: {count} {what}: {reason}", file=sys.stderr)
-    applied = json.loads((out / META_FILE).read_text()).get("lowering", {}).get("applied", {})
     for rule, op_type in (("linear_bf16", "LinearBF16"), ("linear_q4", "LinearQ4")):
-        if applied.get(rule):
+        if lowering.get("applied", {}).get(rule):
             print(f"note: {op_type} runs natively in mxport's sessions; for onnxruntime-genai on this machine run "
                   f"`mxport kernels --into {out}` (without it the function body runs, at float32 speed)",
                   file=sys.stderr)
