@@ -6,8 +6,25 @@ may fail (no compiler, not x86/Linux): mxport then installs without it, prints o
 ai.mxport ops through their ONNX function bodies (`mxport kernels` tells which case a machine is in).
 """
 
+from pathlib import Path
+
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+
+# The repository keeps its parts as top-level folders; they install under one import package, `mxport`.
+ROOTS = {"mxport": "mxport", "mxport.exporter": "exporter", "mxport.runtime": "runtime", "mxport.ops": "ops"}
+
+
+def packages() -> tuple[dict[str, str], list[str]]:
+    """Every folder with an __init__.py under the roots, as (package_dir, packages)."""
+    here = Path(__file__).resolve().parent
+    found: dict[str, str] = {}
+    for name, folder in ROOTS.items():
+        for init in sorted((here / folder).rglob("__init__.py")):
+            rel = init.parent.relative_to(here / folder)
+            found[".".join([name, *rel.parts])] = "/".join([folder, *rel.parts])
+    return found, list(found)
+
 
 NATIVE = Extension(
     "mxport.ops.libmxport_kernels",
@@ -44,4 +61,5 @@ class OptionalNative(build_ext):
               "(ai.mxport ops then run through their ONNX function bodies)")
 
 
-setup(ext_modules=[NATIVE], cmdclass={"build_ext": OptionalNative})
+PACKAGE_DIR, PACKAGES = packages()
+setup(package_dir=PACKAGE_DIR, packages=PACKAGES, ext_modules=[NATIVE], cmdclass={"build_ext": OptionalNative})

@@ -25,7 +25,7 @@ def vocab_size(folder: Path) -> int:
 def prompt_logits(folder: Path, ids: np.ndarray, threads: int) -> np.ndarray:
     import onnxruntime as ort
 
-    from mxport.runtime.session import mxport_options
+    from mxport.runtime.execution.session import mxport_options
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
@@ -45,7 +45,7 @@ def prompt_logits(folder: Path, ids: np.ndarray, threads: int) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mxport.runtime.compare import Tolerance, compare
+    from mxport.runtime.judge.compare import Tolerance, compare
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("reference", type=Path)

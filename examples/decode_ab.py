@@ -25,7 +25,7 @@ class Mxport:
     def __init__(self, folder: str, threads: int) -> None:
         import onnxruntime as ort
 
-        from mxport.runtime.session import OrtStepModel
+        from mxport.runtime.execution.session import OrtStepModel
 
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads = threads, 1

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 from mxport.errors import MxportError
-from mxport.runtime.chat import ChatSession, require_chat_format
-from mxport.runtime.generate import Generator
-from mxport.runtime.harmony import SystemContent
+from mxport.runtime.chat.session import ChatSession, require_chat_format
+from mxport.runtime.generation.generate import Generator
+from mxport.runtime.chat.harmony import SystemContent
 
 
 def main(folder: str) -> None:
@@ -37,7 +37,7 @@ def main(folder: str) -> None:
         return
     if gen.config is not None and gen.config.family.chat_format == "template":
         # Qwen3: the checkpoint's own jinja chat template; <think>...</think> is the reasoning (off here)
-        from mxport.runtime.chat_template import ChatTemplate, TemplateChatSession
+        from mxport.runtime.chat.template import ChatTemplate, TemplateChatSession
 
         chat = TemplateChatSession(gen, ChatTemplate.from_folder(folder), thinking=False)
         reply = chat.send("What is 2 + 2?", None, lambda kind, text: print(text, end="") if kind == "content" else None,

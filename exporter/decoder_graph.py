@@ -12,9 +12,6 @@ identical bytes.
 
 from __future__ import annotations
 
-import importlib
-
-
 from mxport.exporter.graph import Builder, set_output, tensor_value
 from mxport.exporter.layers import (BATCH, DOMAIN, DOMAIN_VERSION, FLOAT, INT64, PAST, PAST_W, PRESENT_W, SEQ, TOTAL,
                                     Weights, past_names, present_names, trim_present, window_masks)
@@ -22,7 +19,7 @@ from mxport.exporter.layers import (BATCH, DOMAIN, DOMAIN_VERSION, FLOAT, INT64,
 
 def graph_module(cfg):
     """The family's graph wiring module (embed, positions, layer, final_norm, output)."""
-    return importlib.import_module(cfg.family.graph)
+    return cfg.family.graph
 
 
 def build(ckpt, *, storage: str = "bfloat16", hidden_states: bool = False,

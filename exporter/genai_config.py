@@ -124,7 +124,7 @@ def genai_config(cfg: Any, *, inputs: list[str], outputs: list[str], window_cach
 
 def write_genai_files(folder: Path, cfg: Any, meta: dict[str, Any]) -> None:
     """genai_config.json (+ a minimal tokenizer_config.json when the folder has tokenizer.json alone)."""
-    from mxport.runtime.session import shared_buffer_layers
+    from mxport.runtime.execution.session import shared_buffer_layers
 
     provider = {"cuda": "cuda"}.get(meta.get("target", ""))
     pasts = [n for n in meta["inputs"] if n.startswith("past_key_values.")]

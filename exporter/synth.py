@@ -34,17 +34,17 @@ from mxport.errors import MxportError
 from mxport.files import replace_dir, temp_dir_beside
 from mxport.exporter.checkpoint import INDEX_FILE, expected_tensors, layout_sources, stored_tensors
 from mxport.exporter import families
-from mxport.exporter.families.base import DecoderConfig as ModelConfig
+from mxport.exporter.families.base import DecoderConfig
 from mxport.ops import mxfp4
 
 CHUNK_VALUES = 1 << 22  # float values generated per step (16 MB as float32)
 DEFAULT_SHARD_BYTES = 5 * 10**9  # the published gpt-oss repos use ~5 GB shards
 
-PRESETS: dict[str, ModelConfig] = families.presets()  # every family's, by name (tiny, mini, qwen3-tiny, ...)
+PRESETS: dict[str, DecoderConfig] = families.presets()  # every family's, by name (tiny, mini, qwen3-tiny, ...)
 
 
 # ---- how each tensor is initialised ------------------------------------------------------------------------------
-def init_std_mean(name: str, cfg: ModelConfig) -> tuple[float, float]:
+def init_std_mean(name: str, cfg: DecoderConfig) -> tuple[float, float]:
     """(std, mean) of the Gaussian a canonical tensor is drawn from: the family's choice, else fan-in scaled."""
     if cfg.family.init is not None:
         return cfg.family.init(name, cfg)
@@ -59,7 +59,7 @@ def _rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(name.encode())])
 
 
-def gaussian_rows(name: str, shape: tuple[int, ...], cfg: ModelConfig, seed: int) -> Iterator[tuple[int, np.ndarray]]:
+def gaussian_rows(name: str, shape: tuple[int, ...], cfg: DecoderConfig, seed: int) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (first row, float32 chunk [rows, *shape[1:]]) covering the tensor; deterministic per (seed, name)."""
     std, mean = init_std_mean(name, cfg)
     rng = _rng(seed, name)
@@ -80,7 +80,7 @@ def expert_weight_name(name: str) -> str:
     return name
 
 
-def expert_rows(name: str, cfg: ModelConfig, seed: int) -> Iterator[tuple[int, int, np.ndarray]]:
+def expert_rows(name: str, cfg: DecoderConfig, seed: int) -> Iterator[tuple[int, int, np.ndarray]]:
     """Out-major expert weight [E, R, C] (gate_up: R = 2I, C = H; down: R = H, C = I) as (expert, first row, chunk).
 
     Both the MXFP4 and the dense variant are made from these values, so they hold the same numbers."""
@@ -146,7 +146,7 @@ class SafetensorsWriter:
 
 
 # ---- planning: stored tensors, dtypes, shards ---------------------------------------------------------------------
-def stored_plan(cfg: ModelConfig, layout: str) -> list[tuple[str, tuple[int, ...], np.dtype]]:
+def stored_plan(cfg: DecoderConfig, layout: str) -> list[tuple[str, tuple[int, ...], np.dtype]]:
     """(stored name, shape, dtype) of every tensor the layout stores: bf16 dense, uint8 MXFP4 halves."""
     if layout not in cfg.family.layouts:
         raise MxportError(f"layout {layout!r} is not supported for {cfg.family.name} "
@@ -176,7 +176,7 @@ def plan_bytes(plan: list) -> int:
 
 
 # ---- writing -------------------------------------------------------------------------------------------------------
-def _fill(put, cfg: ModelConfig, layout: str, seed: int) -> None:
+def _fill(put, cfg: DecoderConfig, layout: str, seed: int) -> None:
     """Generate every canonical tensor and hand its bytes to put(stored name, array, byte offset)."""
     sources = {k: v for k, v in layout_sources(cfg, layout).items() if v.stored != k}
     bf16 = mxfp4.BFLOAT16
@@ -201,7 +201,7 @@ def _fill(put, cfg: ModelConfig, layout: str, seed: int) -> None:
             put(stored, chunk.astype(bf16), base + start * row_bytes)
 
 
-def write_experts(put, cfg: ModelConfig, seed: int, weight: str, sources: dict) -> None:
+def write_experts(put, cfg: DecoderConfig, seed: int, weight: str, sources: dict) -> None:
     """One experts weight (…gate_up_proj or …down_proj): MXFP4 halves, or dense bf16 input-major [E, C, R]."""
     H, I = cfg.hidden_size, cfg.intermediate_size
     R, C = (2 * I, H) if weight.endswith("gate_up_proj") else (H, I)
@@ -233,7 +233,7 @@ def _check_target(out_dir: Path, overwrite: bool) -> None:
 
 def write_checkpoint(
     out_dir: str | os.PathLike,
-    cfg: ModelConfig,
+    cfg: DecoderConfig,
     *,
     layout: str = "hf",
     seed: int = 0,
@@ -304,20 +304,20 @@ def _shard_bytes(args: argparse.Namespace) -> int | None:
     return default_shard_bytes(_config(args), args.layout)
 
 
-def default_shard_bytes(cfg: ModelConfig, layout: str) -> int | None:
+def default_shard_bytes(cfg: DecoderConfig, layout: str) -> int | None:
     """DEFAULT_SHARD_BYTES for an hf-layout checkpoint larger than that (gpt-oss-20b/120b, qwen3-8b: the published
     repos shard their HF weights), else None (one model.safetensors; gpt-oss' original/ folder is one file too)."""
     return DEFAULT_SHARD_BYTES if layout == "hf" and plan_bytes(stored_plan(cfg, layout)) > DEFAULT_SHARD_BYTES else None
 
 
-def _config(args: argparse.Namespace) -> ModelConfig:
+def _config(args: argparse.Namespace) -> DecoderConfig:
     cfg = PRESETS[args.preset]
     if args.float_experts and not hasattr(cfg, "experts_mxfp4"):
         raise MxportError(f"--float-experts: preset {args.preset!r} ({cfg.family.name}) has no MXFP4 experts")
     return cfg.replace(experts_mxfp4=False) if args.float_experts else cfg
 
 
-def print_table(cfg: ModelConfig, layout: str, max_shard_bytes: int | None, out=None) -> None:
+def print_table(cfg: DecoderConfig, layout: str, max_shard_bytes: int | None, out=None) -> None:
     out = out or sys.stdout
     plan = stored_plan(cfg, layout)
     shards = shard_plan(plan, max_shard_bytes)

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from mxport.exporter.config import ModelConfig
+from mxport.exporter.families.gpt_oss.config import GptOssConfig
 from mxport.exporter.synth import PRESETS, write_checkpoint
 
 
 @pytest.fixture(scope="session")
-def tiny_config() -> ModelConfig:
+def tiny_config() -> GptOssConfig:
     """PRESETS["tiny"]: 2 layers (sliding, full; window 8), hidden 64, 4/2 heads of 16, 8 experts top-2, vocab 512."""
     return PRESETS["tiny"]
 
@@ -24,7 +24,7 @@ def make_checkpoint(tmp_path_factory):
     cache: dict[tuple, Path] = {}
     root = tmp_path_factory.mktemp("checkpoints")
 
-    def make(cfg: ModelConfig, layout: str = "hf", seed: int = 0, max_shard_bytes: int | None = None) -> Path:
+    def make(cfg: GptOssConfig, layout: str = "hf", seed: int = 0, max_shard_bytes: int | None = None) -> Path:
         key = (cfg, layout, seed, max_shard_bytes)
         if key not in cache:
             cache[key] = write_checkpoint(

@@ -19,14 +19,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from mxport.exporter.config import ModelConfig
-from mxport.runtime.tokenizer import build_harmony_tokenizer
+from mxport.exporter.families.gpt_oss.config import GptOssConfig
+from mxport.runtime.generation.tokenizer import build_harmony_tokenizer
 
 H, KV, D, LAYERS = 16, 2, 8, 2
 
 
-def toy_config(vocab: int, max_positions: int, eos: tuple[int, ...]) -> ModelConfig:
-    return ModelConfig(vocab_size=vocab, hidden_size=H, intermediate_size=H, num_hidden_layers=LAYERS,
+def toy_config(vocab: int, max_positions: int, eos: tuple[int, ...]) -> GptOssConfig:
+    return GptOssConfig(vocab_size=vocab, hidden_size=H, intermediate_size=H, num_hidden_layers=LAYERS,
                        num_attention_heads=KV, num_key_value_heads=KV, head_dim=D, num_experts=1,
                        experts_per_token=1, experts_mxfp4=False, eos_token_ids=eos, pad_token_id=None,
                        max_position_embeddings=max_positions)

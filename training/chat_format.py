@@ -24,8 +24,8 @@ import random
 
 from tokenizers import Regex, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
 
-from mxport.runtime.harmony import Harmony, Message, SystemContent, render_conversation
-from mxport.runtime.tokenizer import HARMONY_SPECIAL_TOKENS, Tokenizer
+from mxport.runtime.chat.harmony import Harmony, Message, SystemContent, render_conversation
+from mxport.runtime.generation.tokenizer import HARMONY_SPECIAL_TOKENS, Tokenizer
 
 import tasks
 

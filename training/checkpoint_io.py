@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from mxport.exporter.checkpoint import expected_tensors
-from mxport.exporter.config import ModelConfig
+from mxport.exporter.families.gpt_oss.config import GptOssConfig
 from mxport.files import replace_dir, temp_dir_beside
 from mxport.ops import mxfp4
 
@@ -73,7 +73,7 @@ def remove_fake_quant(model: nn.Module) -> None:
                 parametrize.remove_parametrizations(module, pname, leave_parametrized=False)
 
 
-def checkpoint_tensors(model: nn.Module, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+def checkpoint_tensors(model: nn.Module, cfg: GptOssConfig) -> dict[str, torch.Tensor]:
     """The stored tensors of the checkpoint, named and shaped as mxport's expected_tensors(cfg) says."""
     out = {}
     for name, p in model.state_dict().items():
@@ -93,7 +93,7 @@ def checkpoint_tensors(model: nn.Module, cfg: ModelConfig) -> dict[str, torch.Te
     return out
 
 
-def write_hf_checkpoint(model: nn.Module, cfg: ModelConfig, tokenizer_dir: Path, out_dir: Path,
+def write_hf_checkpoint(model: nn.Module, cfg: GptOssConfig, tokenizer_dir: Path, out_dir: Path,
                         extra: dict | None = None) -> Path:
     """config.json (quantization_config mxfp4), model.safetensors, tokenizer files, training.json; atomic."""
     out_dir = Path(out_dir)

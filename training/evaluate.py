@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from mxport.runtime.harmony import Harmony
-from mxport.runtime.tokenizer import Tokenizer
+from mxport.runtime.chat.harmony import Harmony
+from mxport.runtime.generation.tokenizer import Tokenizer
 
 import chat_format
 import tasks

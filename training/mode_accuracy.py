@@ -31,10 +31,10 @@ import chat_format  # noqa: E402
 import evaluate  # noqa: E402
 import tasks  # noqa: E402
 from mxport.exporter.export import export  # noqa: E402
-from mxport.runtime.compare import kl_divergence  # noqa: E402
-from mxport.runtime.generate import Generator  # noqa: E402
-from mxport.runtime.harmony import Harmony  # noqa: E402
-from mxport.runtime.verify import verify  # noqa: E402
+from mxport.runtime.judge.compare import kl_divergence  # noqa: E402
+from mxport.runtime.generation.generate import Generator  # noqa: E402
+from mxport.runtime.chat.harmony import Harmony  # noqa: E402
+from mxport.runtime.judge.verify import verify  # noqa: E402
 
 # label -> export options
 MODES: dict[str, dict] = {

@@ -36,9 +36,9 @@ import torch  # noqa: E402
 import chat_format  # noqa: E402
 import checkpoint_io  # noqa: E402
 import evaluate  # noqa: E402
-from mxport.exporter.config import ModelConfig  # noqa: E402
-from mxport.runtime.harmony import IDENTITY, KNOWLEDGE_CUTOFF, Harmony  # noqa: E402
-from mxport.runtime.tokenizer import Tokenizer  # noqa: E402
+from mxport.exporter.families.gpt_oss.config import GptOssConfig  # noqa: E402
+from mxport.runtime.chat.harmony import IDENTITY, KNOWLEDGE_CUTOFF, Harmony  # noqa: E402
+from mxport.runtime.generation.tokenizer import Tokenizer  # noqa: E402
 
 # name -> (vocab, hidden, intermediate, layers, heads, kv heads, head_dim, experts, top-k, window)
 SHAPES = {
@@ -47,16 +47,16 @@ SHAPES = {
 }
 
 
-def model_config(shape: str, tokenizer) -> ModelConfig:
+def model_config(shape: str, tokenizer) -> GptOssConfig:
     V, H, I, L, NH, KV, D, E, K, W = SHAPES[shape]
-    return ModelConfig(vocab_size=V, hidden_size=H, intermediate_size=I, num_hidden_layers=L,
+    return GptOssConfig(vocab_size=V, hidden_size=H, intermediate_size=I, num_hidden_layers=L,
                        num_attention_heads=NH, num_key_value_heads=KV, head_dim=D, num_experts=E,
                        experts_per_token=K, sliding_window=W,
                        eos_token_ids=(tokenizer.require("<|return|>"), tokenizer.require("<|call|>")),
                        pad_token_id=tokenizer.require("<|endoftext|>"))
 
 
-def torch_model(cfg: ModelConfig, seed: int, aux_loss: float):
+def torch_model(cfg: GptOssConfig, seed: int, aux_loss: float):
     from transformers import GptOssConfig, GptOssForCausalLM
 
     d = {k: v for k, v in cfg.to_hf_dict().items()
@@ -68,7 +68,7 @@ def torch_model(cfg: ModelConfig, seed: int, aux_loss: float):
 
 
 def chat_template() -> str:
-    """Harmony as mxport renders it (runtime/harmony.py), for transformers' apply_chat_template:
+    """Harmony as mxport renders it (runtime/chat/harmony.py), for transformers' apply_chat_template:
     reasoning_effort= and current_date= are template variables; history keeps final answers only."""
     return (
         "{%- set effort = reasoning_effort | default('medium') -%}"
@@ -86,7 +86,7 @@ def chat_template() -> str:
     ).replace("\\n", "\n")
 
 
-def save_tokenizer(tokenizer, folder: Path, cfg: ModelConfig) -> None:
+def save_tokenizer(tokenizer, folder: Path, cfg: GptOssConfig) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer.save(folder / "tokenizer.json")
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg.max_position_embeddings,
@@ -129,7 +129,7 @@ def torch_generate_fn(model, pad: int) -> evaluate.GenerateFn:
 def mxport_score(ckpt: Path, n: int, seed: int):
     """Held-out accuracy through mxport: portable export on ONNX Runtime, mxport's Generator."""
     from mxport.exporter.export import export
-    from mxport.runtime.generate import Generator
+    from mxport.runtime.generation.generate import Generator
 
     with tempfile.TemporaryDirectory() as tmp:
         export(ckpt, Path(tmp) / "onnx", progress=False)
@@ -187,7 +187,7 @@ def main(argv=None) -> int:
             raise SystemExit(f"--weights: unknown tasks {sorted(set(weights) - set(chat_format.TASK_WEIGHTS))}")
     if args.init_from is not None:  # a second stage: same tokenizer and shape, weights as the checkpoint stores them
         tokenizer = Tokenizer.from_file(args.init_from / "tokenizer.json")
-        cfg = ModelConfig.from_file(args.init_from / "config.json")
+        cfg = GptOssConfig.from_file(args.init_from / "config.json")
         torch.manual_seed(args.seed)
         model = checkpoint_io.load_shipped(args.init_from, attn_implementation="eager")
         model.config.router_aux_loss_coef = model.router_aux_loss_coef = args.aux_loss

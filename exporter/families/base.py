@@ -19,6 +19,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -240,9 +241,9 @@ class Family:
               layouts: stored layouts it reads; sources(cfg, layout, lm_head, stored_names) -> {canonical: Source}
               (None: identity); ignored(stored_name) -> True for buffers a file may carry that are not weights;
               layout_of(d) -> layout name from the raw config.json.
-    Graph:    graph (exporter side: an object with embed/positions/layer/final_norm, see exporter/decoder_graph.py).
-    NumPy:    reference (runtime side: the same hooks over NumPy, see runtime/reference_model.py), by module path
-              so the exporter never imports the runtime.
+    Graph:    graph, the folder's graph.py (embed/positions/layer/final_norm/output, see exporter/decoder_graph.py).
+              The NumPy wiring is not named here: the runtime finds it by the family's name
+              (runtime/oracle/families/NAME.py), so the exporter never imports the runtime.
     Head:     embedding / output: canonical names of the token embedding and the output projection.
     Presets:  synth presets {name: cfg}; init(name, cfg) -> (std, mean) for synthetic weights; synth: writes the
               tensors the generic Gaussian writer should not (gpt-oss's MXFP4 experts); synth_files(cfg, folder)
@@ -256,8 +257,7 @@ class Family:
     config_from_dict: Callable[[Mapping[str, Any], str], DecoderConfig]
     config_to_dict: Callable[[DecoderConfig], dict[str, Any]]
     tensors: Callable[..., list[Expected]]
-    graph: str  # module path of the graph wiring
-    reference: str  # module path of the NumPy wiring
+    graph: ModuleType  # the graph wiring: the family folder's graph.py
     presets: Mapping[str, DecoderConfig] = field(default_factory=dict)
     layouts: tuple[str, ...] = ("hf",)
     layout_of: Callable[[Mapping[str, Any]], str] = lambda d: "hf"

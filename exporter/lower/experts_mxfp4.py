@@ -6,7 +6,7 @@
 
 Attributes are kept. The encoding streams (exporter/experts.py: one expert, row chunks), runs when the file is
 written, and is lossy: an export this rule touched records it (lowering report, applied "experts_mxfp4"), and
-`mxport verify` then judges it with the lossy tolerances against the float reference (runtime/verify.py).
+`mxport verify` then judges it with the lossy tolerances against the float reference (runtime/judge/verify.py).
 The rule runs first on every target, so the later MoE rule sees MXFP4 experts (cuda: QMoE fp4; cpu: kept
 portable, ORT has no CPU kernel for them).
 """

@@ -32,7 +32,7 @@ from mxport.runtime.serve.engine import Engine, Job, QueueFull
 from mxport.runtime.serve.formats import ChatFormat, FormatError, ReplyParser, StopMatcher, TextParser, chat_format
 from mxport.runtime.serve.protocol import (ApiError, Request, bad, chunk, completion_body, new_id, parse_request,
                                            usage)
-from mxport.runtime.tokenizer import Tokenizer
+from mxport.runtime.generation.tokenizer import Tokenizer
 
 log = logging.getLogger("mxport.serve")
 
@@ -53,7 +53,7 @@ class Served:
 def load_folder(folder: str | Path, *, provider: str = "cpu", max_batch: int = 16, max_queue: int = 64,
                 model_name: str | None = None, max_context: int | None = None) -> Served:
     """An export folder on ONNX Runtime (the Generator's loader: the same step model, tokenizer and eos ids)."""
-    from mxport.runtime.generate import Generator
+    from mxport.runtime.generation.generate import Generator
 
     gen = Generator.from_folder(folder, provider=provider, max_context=max_context)
     engine = Engine(gen.model, pad_token_id=gen.pad_token_id, max_batch=max_batch, max_queue=max_queue).start()

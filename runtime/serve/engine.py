@@ -38,9 +38,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from mxport.runtime.runners import position_ids
-from mxport.runtime.sampling import SamplingConfig, sample
-from mxport.runtime.session import StepModel, cache_arrays
+from mxport.runtime.execution.runners import position_ids
+from mxport.runtime.generation.sampling import SamplingConfig, sample
+from mxport.runtime.execution.session import StepModel, cache_arrays
 
 
 class QueueFull(Exception):

@@ -9,7 +9,7 @@
     parser.tool_called                                     # the reply ended in a tool call (finish_reason tool_calls)
     fmt.stop_token_ids                                     # ids that end a reply (with the model's eos ids)
 
-TemplateFormat renders the folder's own jinja chat_template (runtime/chat_template.py): `<think>...</think>` is
+TemplateFormat renders the folder's own jinja chat_template (runtime/chat/template.py): `<think>...</think>` is
 reasoning, switched by reasoning_effort (none/minimal = off, low/medium/high = on; absent = the template's default),
 `<tool_call>` JSON blocks are tool calls. A new format implements the same three members. `TextParser` is the plain one (/v1/completions).
 Bad request content raises FormatError naming the request field (the server answers 400).
@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mxport.errors import MxportError
-from mxport.runtime.harmony import (REASONING_EFFORTS, SPECIALS, Harmony, Message, StreamParser, SystemContent,
+from mxport.runtime.chat.harmony import (REASONING_EFFORTS, SPECIALS, Harmony, Message, StreamParser, SystemContent,
                                     as_tools)
-from mxport.runtime.tokenizer import Tokenizer
+from mxport.runtime.generation.tokenizer import Tokenizer
 
 
 class FormatError(MxportError):
@@ -242,7 +242,7 @@ class TemplateFormat:
     name = "template"
 
     def __init__(self, tokenizer: Tokenizer, folder: str | Path) -> None:
-        from mxport.runtime.chat_template import ChatTemplate, stop_ids
+        from mxport.runtime.chat.template import ChatTemplate, stop_ids
 
         self.tokenizer = tokenizer
         self.template = ChatTemplate.from_folder(folder)
@@ -250,7 +250,7 @@ class TemplateFormat:
 
     def render(self, messages: Sequence[dict], tools: Sequence[dict] = (), tool_choice: Any = None,
                reasoning_effort: str | None = None) -> list[int]:
-        from mxport.runtime.chat_template import enable_thinking
+        from mxport.runtime.chat.template import enable_thinking
 
         if tool_choice not in (None, "auto", "none"):
             raise FormatError(f"tool_choice {tool_choice!r} is not supported (only 'auto' and 'none')", "tool_choice")
@@ -284,7 +284,7 @@ class TemplateParser:
     """ThinkParser's deltas as events: reasoning, content, and a tool call with its arguments when it closes."""
 
     def __init__(self, tokenizer: Tokenizer) -> None:
-        from mxport.runtime.chat_template import ThinkParser
+        from mxport.runtime.chat.template import ThinkParser
 
         self._p = ThinkParser(tokenizer)
         self.calls = 0

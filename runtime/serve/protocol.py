@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from mxport.runtime.sampling import SamplingConfig
+from mxport.runtime.generation.sampling import SamplingConfig
 
 
 class ApiError(Exception):

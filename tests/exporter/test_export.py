@@ -24,8 +24,8 @@ from mxport.errors import MxportError
 from mxport.exporter import export as export_mod
 from mxport.exporter.export import export
 from mxport.exporter.synth import PRESETS, write_checkpoint
-from mxport.runtime.compare import FLOAT32_TOLERANCES, compare
-from mxport.runtime.reference_model import ReferenceModel
+from mxport.runtime.judge.compare import FLOAT32_TOLERANCES, compare
+from mxport.runtime.oracle.model import ReferenceModel
 
 CFG = PRESETS["tiny"]  # layers (sliding, full), window 8
 SEQ = 19  # > 2 * window: the window matters in prefill and in cached decoding

@@ -10,7 +10,7 @@ import pytest
 from mxport.errors import MxportError
 from mxport.exporter.export import export
 from mxport.exporter.genai_config import GENAI_FILE, genai_config
-from mxport.runtime.generate import Generator
+from mxport.runtime.generation.generate import Generator
 
 og = pytest.importorskip("onnxruntime_genai")
 
@@ -94,7 +94,7 @@ def test_genai_tokenizer_of_synthetic_families_matches(exports, name):
 
 def test_genai_tokenizer_matches(tiny_config, make_checkpoint, tmp_path):
     """With tokenizer.json alone, the export adds a minimal tokenizer_config.json so genai's tokenizer loads."""
-    from mxport.runtime.tokenizer import build_harmony_tokenizer
+    from mxport.runtime.generation.tokenizer import build_harmony_tokenizer
 
     ckpt = tmp_path / "ckpt"
     ckpt.symlink_to(make_checkpoint(tiny_config), target_is_directory=True)

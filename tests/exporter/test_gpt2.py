@@ -13,8 +13,8 @@ from mxport.exporter import families
 from mxport.exporter.checkpoint import open_checkpoint
 from mxport.exporter.export import export
 from mxport.exporter.families.gpt2 import ACTIVATIONS, PRESETS, GPT2Config, config_from_dict
-from mxport.runtime.reference_model import ReferenceModel
-from mxport.runtime.runners import OrtRunner, make_feeds
+from mxport.runtime.oracle.model import ReferenceModel
+from mxport.runtime.execution.runners import OrtRunner, make_feeds
 from tests.oracles import save_transformers_gpt2
 
 torch = pytest.importorskip("torch")
@@ -285,7 +285,7 @@ def test_prompt_past_n_positions_is_a_clear_error(oracle):
 def test_numpy_activations_match_transformers():
     from transformers.activations import ACT2FN
 
-    from mxport.runtime.reference_layers import activation
+    from mxport.runtime.oracle.layers import activation
 
     x = np.linspace(-12, 12, 2001, dtype=np.float64)
     for name in ACTIVATIONS:

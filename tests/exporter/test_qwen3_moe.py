@@ -16,9 +16,9 @@ from decoding import cached_decoding_error, rel_err
 from mxport.errors import MxportError
 from mxport.exporter.checkpoint import open_checkpoint
 from mxport.exporter.export import export
-from mxport.runtime.reference_model import ReferenceModel
-from mxport.runtime.runners import OrtRunner, make_feeds
-from mxport.runtime.verify import verify
+from mxport.runtime.oracle.model import ReferenceModel
+from mxport.runtime.execution.runners import OrtRunner, make_feeds
+from mxport.runtime.judge.verify import verify
 
 _CACHE: dict = {}
 TARGETS = {"portable": {}, "cpu": {"target": "cpu"}}
@@ -170,7 +170,7 @@ def test_cli_synth_export_verify_chat_offline(tmp_path, capsys, monkeypatch):
         monkeypatch.setattr(sys, "stdin", io.StringIO("Hello!"))
         assert main(["chat", str(tmp_path / "out"), "--max-new-tokens", "4", "--reasoning", reasoning]) == 0
     assert main(["run", str(tmp_path / "out"), "--prompt", "Hi", "--max-new-tokens", "3"]) == 0
-    from mxport.runtime.generate import Generator
+    from mxport.runtime.generation.generate import Generator
     from mxport.runtime.serve.formats import TemplateFormat, chat_format
 
     gen = Generator.from_folder(tmp_path / "out")  # what `mxport serve` builds on

@@ -11,7 +11,7 @@ import pytest
 from mxport.cli import main
 from mxport.errors import MxportError
 from mxport.exporter.export import export
-from mxport.runtime import bench
+from mxport.runtime.bench import speed as bench
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +161,7 @@ def test_drop_page_cache_evicts_every_file_of_a_folder(tmp_path, monkeypatch):
     """Each engine starts from the same page-cache state: its files are fsynced and evicted before its child runs."""
     import os
 
-    from mxport.runtime import bench as bench_mod
+    from mxport.runtime.bench import speed as bench_mod
 
     (tmp_path / "model.onnx").write_bytes(b"x" * 10)
     (tmp_path / "model.onnx.data").write_bytes(b"y" * 10)
@@ -178,7 +178,7 @@ def test_drop_page_cache_evicts_every_file_of_a_folder(tmp_path, monkeypatch):
 
 def test_default_modes_follow_whether_the_model_has_experts(tiny_config, make_checkpoint, tmp_path):
     from mxport.exporter.synth import PRESETS, write_checkpoint
-    from mxport.runtime.bench import DEFAULT_MODES, DENSE_MODEL_MODES, _mode_label, default_modes
+    from mxport.runtime.bench.speed import DEFAULT_MODES, DENSE_MODEL_MODES, _mode_label, default_modes
 
     assert default_modes(make_checkpoint(tiny_config)) == DEFAULT_MODES
     assert default_modes(write_checkpoint(tmp_path / "q3", PRESETS["qwen3-tiny"])) == DENSE_MODEL_MODES

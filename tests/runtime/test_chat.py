@@ -11,10 +11,10 @@ import pytest
 
 import gen_toy
 from mxport.cli import main
-from mxport.runtime import chat as chat_module
-from mxport.runtime.chat import ChatSession
-from mxport.runtime.generate import Generator
-from mxport.runtime.harmony import Message, SystemContent
+from mxport.runtime.chat import session as chat_module
+from mxport.runtime.chat.session import ChatSession
+from mxport.runtime.generation.generate import Generator
+from mxport.runtime.chat.harmony import Message, SystemContent
 
 TOOLS = [{"type": "function", "function": {
     "name": "get_weather", "description": "Weather in a city.",

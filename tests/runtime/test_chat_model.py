@@ -15,11 +15,11 @@ import pytest
 
 from mxport.cli import main
 from mxport.exporter.export import export
-from mxport.runtime import demo
-from mxport.runtime.generate import Generator
-from mxport.runtime.harmony import Harmony, Message, SystemContent, render_conversation
-from mxport.runtime.reference_model import ReferenceModel
-from mxport.runtime.tokenizer import Tokenizer
+from mxport.commands import demo
+from mxport.runtime.generation.generate import Generator
+from mxport.runtime.chat.harmony import Harmony, Message, SystemContent, render_conversation
+from mxport.runtime.oracle.model import ReferenceModel
+from mxport.runtime.generation.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 TRAINING = REPO / "training"

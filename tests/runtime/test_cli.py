@@ -8,7 +8,7 @@ import pytest
 
 import gen_toy
 from mxport.cli import main
-from mxport.runtime.generate import Generator
+from mxport.runtime.generation.generate import Generator
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +110,8 @@ def test_chat_one_shot_from_stdin(toy, capsys, monkeypatch):
     code, out, err = _run(capsys, "chat", toy, "--reasoning", "low", "--max-new-tokens", "8",
                           "--date", "2025-06-28", "--developer", "Be brief.")
     assert code == 0, err
-    from mxport.runtime.chat import ChatSession
-    from mxport.runtime.harmony import SystemContent
+    from mxport.runtime.chat.session import ChatSession
+    from mxport.runtime.chat.harmony import SystemContent
 
     chat = ChatSession(Generator.from_folder(toy), SystemContent("low", "2025-06-28"), "Be brief.")
     shown = []
@@ -138,7 +138,7 @@ def test_demo_end_to_end(tmp_path, capsys):
 
 
 def test_demo_cache_is_reused_and_rebuilt(tmp_path):
-    from mxport.runtime.demo import demo_config, ensure_checkpoint
+    from mxport.commands.demo import demo_config, ensure_checkpoint
 
     logs = []
     first = ensure_checkpoint(tmp_path, log=logs.append)
@@ -161,7 +161,7 @@ def test_demo_bad_cache_dir(tmp_path, capsys):
 
 
 def test_run_checkpoint_with_numpy_backend(make_checkpoint, tiny_config, tmp_path, capsys):
-    from mxport.runtime.reference_model import ReferenceModel
+    from mxport.runtime.oracle.model import ReferenceModel
 
     ckpt = make_checkpoint(tiny_config)
     ids = np.array([[5, 17, 300, 42, 7, 99]], np.int64)

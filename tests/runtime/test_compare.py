@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mxport.errors import MxportError
-from mxport.runtime.compare import (
+from mxport.runtime.judge.compare import (
     FLOAT32_TOLERANCES,
     Report,
     Tolerance,

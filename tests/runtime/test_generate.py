@@ -6,9 +6,9 @@ import pytest
 
 import gen_toy
 from mxport.errors import MxportError
-from mxport.runtime.generate import Generator, GenerationConfig
-from mxport.runtime.sampling import SamplingConfig
-from mxport.runtime.session import OrtStepModel, resolve_provider
+from mxport.runtime.generation.generate import Generator, GenerationConfig
+from mxport.runtime.generation.sampling import SamplingConfig
+from mxport.runtime.execution.session import OrtStepModel, resolve_provider
 
 PROMPTS = ["Hello world, the quick brown", "The", "日本語 🙂 text"]
 
@@ -198,7 +198,7 @@ TINY_PROMPTS = [[5, 17, 300, 42, 7, 99, 123, 4, 8, 15, 16, 23], [42, 7], [1, 2, 
 
 
 def test_checkpoint_numpy_backend_equals_reference_generate_greedy(tiny_np, tiny_ckpt):
-    from mxport.runtime.reference_model import ReferenceModel
+    from mxport.runtime.oracle.model import ReferenceModel
 
     assert tiny_np.name == "NumPy reference model"
     ours = tiny_np.generate(TINY_PROMPTS[0], max_new_tokens=10, stop_token_ids=())[0]

@@ -13,8 +13,8 @@ import pytest
 from mxport.cli import main
 from mxport.errors import MxportError
 from mxport.exporter.families.gpt2 import PRESETS
-from mxport.runtime.generate import Generator
-from mxport.runtime.tokenizer import Tokenizer
+from mxport.runtime.generation.generate import Generator
+from mxport.runtime.generation.tokenizer import Tokenizer
 
 
 def _run(capsys, *argv) -> tuple[int, str, str]:
@@ -90,7 +90,7 @@ def test_prompt_past_n_positions_is_a_named_error(tiny, capsys):
 
 
 def test_bench_traffic_counts_the_tied_head_whole(tiny):
-    from mxport.runtime.bench import onnx_traffic
+    from mxport.runtime.bench.speed import onnx_traffic
 
     _, out = tiny
     cfg = PRESETS["gpt2-tiny"]

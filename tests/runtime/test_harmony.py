@@ -5,10 +5,10 @@ import pytest
 
 import gen_toy
 from mxport.errors import MxportError
-from mxport.runtime.chat import ChatSession
-from mxport.runtime.generate import Generator
-from mxport.runtime.harmony import Harmony, Message, SystemContent, render_conversation
-from mxport.runtime.tokenizer import build_harmony_tokenizer
+from mxport.runtime.chat.session import ChatSession
+from mxport.runtime.generation.generate import Generator
+from mxport.runtime.chat.harmony import Harmony, Message, SystemContent, render_conversation
+from mxport.runtime.generation.tokenizer import build_harmony_tokenizer
 
 SYSTEM = ("<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\n"
           "Knowledge cutoff: 2024-06\nCurrent date: 2025-06-28\n\nReasoning: {effort}\n\n"
@@ -100,7 +100,7 @@ def test_parse_analysis_and_final(harmony):
 
 
 def test_stream_parser_deltas_add_up_per_channel(harmony):
-    from mxport.runtime.harmony import StreamParser
+    from mxport.runtime.chat.harmony import StreamParser
 
     tok = harmony.tokenizer
     text = ("<|channel|>analysis<|message|>Think: 日本 🙂<|end|>"
@@ -149,7 +149,7 @@ def test_parse_is_lenient_with_garbage(harmony):
 def test_tokenizer_without_harmony_tokens_is_an_error():
     from tokenizers import Tokenizer as HF, models
 
-    from mxport.runtime.tokenizer import Tokenizer
+    from mxport.runtime.generation.tokenizer import Tokenizer
 
     plain = Tokenizer(HF(models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")), "plain.json")
     with pytest.raises(MxportError, match=r"plain.json: tokenizer has no token '<\|start\|>'"):

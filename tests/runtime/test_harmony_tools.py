@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from mxport.errors import MxportError
-from mxport.runtime.harmony import (Harmony, Message, SystemContent, Tool, as_tools, load_tools, render_conversation,
+from mxport.runtime.chat.harmony import (Harmony, Message, SystemContent, Tool, as_tools, load_tools, render_conversation,
                                     render_tools, schema_to_typescript)
-from mxport.runtime.tokenizer import build_harmony_tokenizer
+from mxport.runtime.generation.tokenizer import build_harmony_tokenizer
 
 WEATHER_FORMAT = {"type": "string", "enum": ["celsius", "fahrenheit"], "default": "celsius"}
 FORMAT_MD_TOOLS = [

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mxport.runtime.generate import Generator
+from mxport.runtime.generation.generate import Generator
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "node"
 NODE = shutil.which("node")
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(
 def export_dir(tmp_path_factory):
     from mxport.exporter.export import export
     from mxport.exporter.synth import write_checkpoint
-    from mxport.runtime.demo import demo_config
+    from mxport.commands.demo import demo_config
 
     cfg, tok = demo_config()  # tiny preset + harmony tokenizer (eos <|return|>, <|call|>)
     root = tmp_path_factory.mktemp("node")

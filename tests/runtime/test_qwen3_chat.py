@@ -16,10 +16,10 @@ from mxport.cli import main
 from mxport.errors import MxportError
 from mxport.exporter.export import export
 from mxport.exporter.synth import PRESETS, write_checkpoint
-from mxport.runtime.chat_template import ChatTemplate, TemplateChatSession, ThinkParser
-from mxport.runtime.generate import Generator
+from mxport.runtime.chat.template import ChatTemplate, TemplateChatSession, ThinkParser
+from mxport.runtime.generation.generate import Generator
 from mxport.runtime.serve.formats import FormatError, TemplateFormat, chat_format
-from mxport.runtime.tokenizer import Tokenizer
+from mxport.runtime.generation.tokenizer import Tokenizer
 
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city.",
                                            "parameters": {"type": "object",

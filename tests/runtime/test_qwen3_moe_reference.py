@@ -16,8 +16,8 @@ from mxport.errors import MxportError
 from mxport.exporter import families
 from mxport.exporter.checkpoint import open_checkpoint
 from mxport.exporter.families import qwen3_moe
-from mxport.runtime import reference_layers as L
-from mxport.runtime.reference_model import ReferenceModel
+from mxport.runtime.oracle import layers as L
+from mxport.runtime.oracle.model import ReferenceModel
 
 _CACHE: dict = {}
 

@@ -10,7 +10,7 @@ import torch
 import qwen3_cases
 from decoding import ids_for, rel_err
 from mxport.errors import MxportError
-from mxport.runtime.reference_model import ReferenceModel
+from mxport.runtime.oracle.model import ReferenceModel
 
 _CACHE: dict = {}
 

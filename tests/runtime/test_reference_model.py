@@ -10,30 +10,30 @@ import numpy as np
 import pytest
 
 from mxport.errors import MxportError
-from mxport.exporter.config import FULL, SLIDING, ModelConfig
+from mxport.exporter.families.gpt_oss.config import FULL, SLIDING, GptOssConfig
 from mxport.exporter.synth import PRESETS
 from mxport.ops import mxfp4
-from mxport.runtime import reference_layers as L
-from mxport.runtime import reference_model
-from mxport.runtime.reference_model import ReferenceModel, run_checkpoint
+from mxport.runtime.oracle import layers as L
+from mxport.runtime.oracle import model as reference_model
+from mxport.runtime.oracle.model import ReferenceModel, run_checkpoint
 
 # Small configs that each stress one thing transformers and the reference could disagree on.
 # MXFP4 needs hidden and intermediate sizes that are multiples of 32.
 _SMALL = dict(vocab_size=96, pad_token_id=0, eos_token_ids=(1,), max_position_embeddings=64)
 CONFIGS = {
     # window 4 < 12-token prompt, k=3 of 5 experts, 6 query / 3 KV heads of 24, hidden 96, YaRN s=4
-    "window4-k3of5-odd-heads-yarn4": ModelConfig(
+    "window4-k3of5-odd-heads-yarn4": GptOssConfig(
         hidden_size=96, intermediate_size=64, num_hidden_layers=3, num_attention_heads=6, num_key_value_heads=3,
         head_dim=24, num_experts=5, experts_per_token=3, sliding_window=4, rope_theta=10000.0,
         rope_scaling_factor=4.0, rope_original_max_position=16, **_SMALL,
     ),
     # gpt-oss rope (theta 150000, YaRN s=32, L=4096), MQA (8 query heads on 1 KV head), full layer first
-    "gptoss-yarn32-mqa-full-first": ModelConfig(
+    "gptoss-yarn32-mqa-full-first": GptOssConfig(
         hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=1,
         head_dim=16, num_experts=4, experts_per_token=2, sliding_window=3, layer_types=(FULL, SLIDING), **_SMALL,
     ),
     # plain RoPE (s=1), top-1 routing, window longer than the prompt, 5 query heads of 40 on 5 KV heads (MHA)
-    "plain-rope-top1-mha": ModelConfig(
+    "plain-rope-top1-mha": GptOssConfig(
         hidden_size=160, intermediate_size=32, num_hidden_layers=2, num_attention_heads=5, num_key_value_heads=5,
         head_dim=40, num_experts=3, experts_per_token=1, sliding_window=128, rope_scaling_factor=1.0, **_SMALL,
     ),
@@ -52,7 +52,7 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(np.asarray(a, np.float64) - b).max() / np.abs(b).max())
 
 
-def prompt(cfg: ModelConfig, shape: tuple[int, ...], seed: int = 7) -> np.ndarray:
+def prompt(cfg: GptOssConfig, shape: tuple[int, ...], seed: int = 7) -> np.ndarray:
     return np.random.default_rng(seed).integers(2, cfg.vocab_size, shape).astype(np.int64)
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mxport.errors import MxportError
-from mxport.runtime.sampling import SamplingConfig, filter_logits, greedy, sample
+from mxport.runtime.generation.sampling import SamplingConfig, filter_logits, greedy, sample
 
 
 def test_greedy_is_argmax_and_ignores_rng():

@@ -19,7 +19,7 @@ httpx = pytest.importorskip("httpx")
 
 from serve_helpers import run_server, wait_ready  # noqa: E402
 
-from mxport.runtime.generate import Generator  # noqa: E402
+from mxport.runtime.generation.generate import Generator  # noqa: E402
 from mxport.runtime.serve.app import create_app, load_folder  # noqa: E402
 from mxport.runtime.serve.engine import wait_idle  # noqa: E402
 
@@ -31,7 +31,7 @@ MODEL = "tiny"
 def tiny_export(tmp_path_factory):
     from mxport.exporter.export import export
     from mxport.exporter.synth import write_checkpoint
-    from mxport.runtime.demo import demo_config
+    from mxport.commands.demo import demo_config
 
     cfg, tok = demo_config()  # the tiny preset with the harmony tokenizer's eos / pad ids
     root = tmp_path_factory.mktemp("serve")
@@ -121,8 +121,8 @@ def test_concurrent_requests_are_batched_and_equal_alone(server, client, generat
 
 
 def test_chat_greedy_equals_generator(client, generator):
-    from mxport.runtime.chat import ChatSession
-    from mxport.runtime.harmony import SystemContent
+    from mxport.runtime.chat.session import ChatSession
+    from mxport.runtime.chat.harmony import SystemContent
     from mxport.runtime.serve.formats import HarmonyFormat
 
     session = ChatSession(generator, SystemContent(reasoning="low"))
@@ -249,7 +249,7 @@ def test_qwen3_chat_switches_thinking(make_checkpoint, tmp_path):
     reasoning through the server equal `mxport chat`'s TemplateChatSession."""
     from mxport.exporter.export import export
     from mxport.exporter.synth import PRESETS
-    from mxport.runtime.chat_template import ChatTemplate, TemplateChatSession
+    from mxport.runtime.chat.template import ChatTemplate, TemplateChatSession
 
     folder = export(make_checkpoint(PRESETS["qwen3-tiny"]), tmp_path / "qwen3", target="cpu", progress=False)
     gen = Generator.from_folder(folder)

@@ -11,8 +11,8 @@ import threading
 import pytest
 
 from mxport.exporter.export import export
-from mxport.runtime.generate import Generator
-from mxport.runtime.sampling import SamplingConfig
+from mxport.runtime.generation.generate import Generator
+from mxport.runtime.generation.sampling import SamplingConfig
 from mxport.runtime.serve.engine import Engine, Job, QueueFull, wait_idle
 
 PROMPTS = [

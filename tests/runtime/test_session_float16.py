@@ -1,7 +1,7 @@
 """A --dtype float16 export runs under the Generator: its KV cache starts as float16 (OrtStepModel.new_cache)."""
 
 from mxport.exporter.export import export
-from mxport.runtime.generate import Generator
+from mxport.runtime.generation.generate import Generator
 
 
 def test_float16_export_generates(make_checkpoint, tiny_config, tmp_path):

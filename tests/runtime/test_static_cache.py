@@ -9,9 +9,9 @@ import pytest
 
 from mxport.errors import MxportError
 from mxport.exporter.export import export
-from mxport.runtime.generate import Generator
-from mxport.runtime.runners import position_ids
-from mxport.runtime.session import OrtStepModel, cache_arrays
+from mxport.runtime.generation.generate import Generator
+from mxport.runtime.execution.runners import position_ids
+from mxport.runtime.execution.session import OrtStepModel, cache_arrays
 
 
 @pytest.fixture(scope="module")

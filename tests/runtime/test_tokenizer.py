@@ -3,7 +3,7 @@
 import pytest
 
 from mxport.errors import MxportError
-from mxport.runtime.tokenizer import HARMONY_SPECIAL_TOKENS, Tokenizer, build_harmony_tokenizer
+from mxport.runtime.generation.tokenizer import HARMONY_SPECIAL_TOKENS, Tokenizer, build_harmony_tokenizer
 
 TEXTS = ["Hello, world!", "héllo wörld", "日本語のテキスト", "emoji 🙂🚀 mixed ±×÷ text", "a", "  spaces  ", ""]
 

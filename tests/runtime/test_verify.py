@@ -13,8 +13,8 @@ import pytest
 
 from mxport.cli import main
 from mxport.errors import MxportError
-from mxport.runtime.compare import FLOAT32_TOLERANCES, Tolerance, compare
-from mxport.runtime.runners import (
+from mxport.runtime.judge.compare import FLOAT32_TOLERANCES, Tolerance, compare
+from mxport.runtime.execution.runners import (
     OnnxReferenceRunner,
     OrtRunner,
     ReferenceModelRunner,
@@ -22,7 +22,7 @@ from mxport.runtime.runners import (
     make_feeds,
     step_feeds,
 )
-from mxport.runtime.verify import (
+from mxport.runtime.judge.verify import (
     LOSSY_TOLERANCES,
     default_tolerances,
     left_pad,
@@ -294,7 +294,7 @@ def test_verify_refuses_a_checkpoint_of_another_model(export_dir, make_checkpoin
 
 
 def test_top1_and_kl_mean_are_pooled_over_all_positions():
-    from mxport.runtime.verify import CallResult, VerifyReport
+    from mxport.runtime.judge.verify import CallResult, VerifyReport
 
     def logits(rows):  # rows of 2-way logits; argmax 0 unless the row is flipped
         return np.array([[[1.0, 0.0] if r else [0.0, 1.0] for r in rows]])

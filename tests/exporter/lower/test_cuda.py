@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper
 from onnxruntime.capi import onnxruntime_pybind11_state as C
 
-from mxport.exporter import gpt_oss
+from mxport.exporter.families.gpt_oss import graph as gpt_oss
 from mxport.exporter import lower as lowering
 from mxport.exporter.checkpoint import open_checkpoint
 

@@ -12,11 +12,11 @@ import onnxruntime as ort
 import pytest
 
 from mxport.errors import MxportError
-from mxport.exporter import gpt_oss
+from mxport.exporter.families.gpt_oss import graph as gpt_oss
 from mxport.exporter import lower as lowering
 from mxport.exporter.checkpoint import open_checkpoint
-from mxport.runtime.compare import compare
-from mxport.runtime.runners import ReferenceModelRunner, make_feeds, step_feeds
+from mxport.runtime.judge.compare import compare
+from mxport.runtime.execution.runners import ReferenceModelRunner, make_feeds, step_feeds
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +149,7 @@ def test_cpu_mxfp4_is_exact_with_and_without_the_native_kernels(tiny, reference,
 
     from mxport.cli import main
     from mxport.ops import native
-    from mxport.runtime.runners import OrtRunner
+    from mxport.runtime.execution.runners import OrtRunner
 
     cfg, ckpt = tiny
     out = tmp_path / "out"

@@ -12,11 +12,11 @@ import onnxruntime as ort
 import pytest
 
 from mxport.errors import MxportError
-from mxport.exporter import gpt_oss
+from mxport.exporter.families.gpt_oss import graph as gpt_oss
 from mxport.exporter import lower as lowering
 from mxport.exporter.checkpoint import open_checkpoint
-from mxport.runtime.compare import compare
-from mxport.runtime.runners import ReferenceModelRunner, make_feeds
+from mxport.runtime.judge.compare import compare
+from mxport.runtime.execution.runners import ReferenceModelRunner, make_feeds
 
 def _lowered(ckpt, **options) -> onnx.ModelProto:
     with open_checkpoint(ckpt) as c:

@@ -1,0 +1,1 @@
+"""The mxport subcommands: argument parsing and printing over the libraries (mxport/cli.py dispatches)."""

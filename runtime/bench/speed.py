@@ -1,0 +1,386 @@
+"""`mxport bench`: prefill and decode speed, memory and size of exports, side by side with their peers.
+
+    mxport bench CKPT_OR_OUT [--peers] [--threads N] [--prompt-len N] [--new-tokens N] [--modes M,...]
+                 [--work DIR] [--json FILE]
+
+    CKPT  (config.json + *.safetensors): exports every --modes entry (target/experts, default
+          cpu/fp32,cpu/int8,cpu/int4,cpu/int4/int4,portable/mxfp4; a third part is --dense, a "+last" suffix
+          exports with last-position logits) into --work (a temp folder unless given) and measures each;
+          --peers adds transformers on CPU (float32) and onnxruntime-genai's fp32 and int4 exports when
+          onnxruntime_genai is installed (built offline with its builder; a checkpoint without tokenizer.json
+          gets a stand-in byte-level tokenizer in a shadow folder, since the builder insists on one).
+    OUT   (an export folder with mxport.json): measures that folder (and the peers of its checkpoint).
+
+Every measurement runs in its own child process (`python -m mxport.runtime.bench.speed --child ...`), so its memory
+(from /proc/self/status) is that engine's alone. Batch 1, greedy, random prompt ids (seeded). Per engine:
+
+    prefill tok/s   prompt_len / time of the first call (prompt -> logits)          best of REPEATS runs
+    decode tok/s    new_tokens / time of new_tokens cached one-token calls          best of REPEATS runs
+    base MB         VmRSS after importing the engine, before loading the model (Python, numpy, ORT or torch)
+    load RSS        VmRSS right after the session / model is created (before any call)
+    load anon/file  RssAnon / RssFile at that moment: private copies (prepacked or constant-folded weights,
+                    arena) vs mapped file pages (weights ORT uses in place from model.onnx.data)
+    runtime RSS     VmRSS at the end of a timed decode (KV cache alive): the steady state of generation
+    peak RSS        VmHWM at the end: the highest VmRSS of the whole run, session creation included
+    runtime/weights (runtime RSS - base) / weights: what the model costs while generating
+    peak/weights    peak RSS / weights (base included)
+    file MB         model files on disk (onnx + data, or safetensors)
+    weights MB      bytes of every initializer (what a session must hold)
+    MB/token        weights one decode step reads: dense matrices, k of E experts per MoE layer, lm_head,
+                    one embedding row (from the graph: an initializer read by Gather counts one row, MoE
+                    expert inputs count k/E, rotary caches one row, a constant Cast counts its cast size since
+                    ORT folds it at load)
+    bw share        decode tok/s x MB/token / measured read bandwidth (a decode step mostly reads weights)
+
+Memory bandwidth is measured twice in the parent: read (np.maximum.reduce over a float32 array split into
+--threads contiguous parts, one thread each, bytes read / time: the traffic pattern of a decode step) and copy
+(np.copyto on one thread, bytes read + bytes written; the number older tables used for bw share).
+
+Benchmarks are not timed tests: tests/runtime/test_bench.py checks the plumbing on the tiny preset only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+from mxport.errors import MxportError
+from mxport.folders import is_checkpoint
+from mxport.files import write_file
+from mxport.runtime.bench.engines import (  # noqa: F401  (re-exported: bench's measurements, used by tests)
+    ENGINES, REPEATS, Bandwidth, _tensor_bytes, drop_page_cache, file_bytes, memory_bandwidth, onnx_traffic,
+    torch_traffic)
+
+DEFAULT_MODES = ("cpu/fp32", "cpu/int8", "cpu/int4", "cpu/int4/int4", "portable/mxfp4")  # target/experts[/dense]
+# a model without experts (GPT-2, Qwen3): --experts has nothing to act on, so the modes vary --dense instead
+# bf16: exact, on the stored bf16 (LinearBF16); q4: mxport's 4-bit LinearQ4, int4: ORT's MatMulNBits
+DENSE_MODEL_MODES = ("cpu/fp32", "cpu/fp32/bf16", "cpu/fp32/int8", "cpu/fp32/int4", "cpu/fp32/q4", "portable")
+
+
+def default_modes(checkpoint: Path) -> tuple[str, ...]:
+    """DEFAULT_MODES for a checkpoint whose family table has experts, else DENSE_MODEL_MODES."""
+    from mxport.exporter import families
+
+    cfg = families.read_config(checkpoint / "config.json")
+    has_experts = any(".experts." in e.name for e in cfg.family.tensors(cfg, None))
+    return DEFAULT_MODES if has_experts else DENSE_MODEL_MODES
+
+
+@dataclass
+class Result:
+    name: str  # "mxport cpu/fp32", "genai int4", "transformers fp32"
+    path: str
+    file_bytes: int = 0
+    weight_bytes: int = 0
+    bytes_per_token: int = 0
+    prefill_tok_s: float = float("nan")
+    decode_tok_s: float = float("nan")
+    # memory of the child process in bytes (0 = not reported), all from one measurement (the largest peak)
+    baseline_rss: int = 0  # VmRSS after imports, before loading the model
+    load_rss: int = 0  # VmRSS right after loading
+    load_anon_rss: int = 0  # RssAnon then (private memory)
+    load_file_rss: int = 0  # RssFile then (mapped files)
+    runtime_rss: int = 0  # VmRSS at the end of a timed decode
+    peak_rss: int = 0  # VmHWM at the end of the run
+    load_s: float = float("nan")
+    error: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def bandwidth_share(self, bandwidth: float) -> float:
+        return self.decode_tok_s * self.bytes_per_token / bandwidth if bandwidth > 0 else float("nan")
+
+    def runtime_per_weights(self) -> float:
+        """(runtime RSS - baseline) / weight bytes: what holding and running the model costs, interpreter excluded."""
+        if not (self.weight_bytes and self.runtime_rss and self.baseline_rss):
+            return float("nan")
+        return (self.runtime_rss - self.baseline_rss) / self.weight_bytes
+
+    def peak_per_weights(self) -> float:
+        return self.peak_rss / self.weight_bytes if self.weight_bytes and self.peak_rss else float("nan")
+
+
+MEMORY_FIELDS = ("baseline_rss", "load_rss", "load_anon_rss", "load_file_rss", "runtime_rss", "peak_rss")
+
+
+# ---- measurements (each engine runs in a child process: runtime/bench/engines.py) -------------------------------
+def _child(kind: str, path: str, threads: int, prompt_len: int, new_tokens: int, timeout: float) -> dict[str, Any]:
+    drop_page_cache(path)
+    cmd = [sys.executable, "-m", "mxport.runtime.bench.speed", "--child", kind, path, str(threads), str(prompt_len),
+           str(new_tokens)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f}s"}
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        return {"error": f"exit {done.returncode}: {' | '.join(tail)[:400]}"}
+    return json.loads(lines[-1])
+
+
+def _keep_best(result: Result, measured: dict[str, Any], prompt_len: int, new_tokens: int) -> Result:
+    """Fold one measurement into `result`: best speeds and load time, the memory numbers of the measurement with
+    the largest peak RSS (kept together, so they come from one process), first error."""
+    if "error" in measured:
+        result.error = result.error or measured["error"]
+        return result
+    result.load_s = min(result.load_s, measured["load_s"]) if result.load_s == result.load_s else measured["load_s"]
+    result.prefill_tok_s = max(v for v in (result.prefill_tok_s, prompt_len / measured["prefill_s"]) if v == v)
+    result.decode_tok_s = max(v for v in (result.decode_tok_s, new_tokens / measured["decode_s"]) if v == v)
+    if measured["peak_rss"] >= result.peak_rss:
+        for name in MEMORY_FIELDS:
+            setattr(result, name, int(measured[name]))
+    if "weight_bytes" in measured:
+        result.weight_bytes, result.bytes_per_token = measured["weight_bytes"], measured["bytes_per_token"]
+    return result
+
+
+# ---- what to measure -----------------------------------------------------------------------------------------
+def _mode_label(target: str, experts: str, dense: str = "float32", level: int = 4, last: bool = False) -> str:
+    """An mxport engine's name in the table: TARGET/EXPERTS[/DENSE][@LEVEL][ last-logits] (defaults left out); a
+    model without experts (EXPERTS 'none'): TARGET[ dense-DENSE]..."""
+    if experts == "none":
+        head = target + (f" dense-{dense}" if dense != "float32" else "")
+    else:
+        head = f"{target}/{experts}" + (f"/{dense}" if dense != "float32" else "")
+    return head + (f"@{level}" if level != 4 else "") + (" last-logits" if last else "")
+
+
+def _export_modes(ckpt: Path, modes: list[str], work: Path, last_logits: bool = False) -> list[tuple[str, Path]]:
+    from mxport.exporter.export import export
+    from mxport.runtime.execution.session import read_export_meta
+
+    out = []
+    for mode in modes:
+        last = last_logits or mode.endswith("+last")
+        mode = mode.removesuffix("+last")
+        mode, _, level_text = mode.partition("@")  # TARGET/EXPERTS[/DENSE][@ACCURACY_LEVEL]
+        parts = mode.split("/")
+        if not 1 <= len(parts) <= 3 or (level_text and not level_text.isdigit()):
+            raise MxportError(f"bench: --modes entry {mode!r}: expected TARGET/EXPERTS[/DENSE][@LEVEL][+last], "
+                              "e.g. cpu/int4/int4 or cpu/int4@0+last")
+        level = int(level_text) if level_text else 4
+        target, experts, dense = (parts + ["mxfp4", "float32"][len(parts) - 1 :])[:3]
+        folder = work / (f"mxport-{target}-{experts}" + (f"-dense-{dense}" if dense != "float32" else "")
+                         + (f"-acc{level}" if level != 4 else "") + ("-last" if last else ""))
+        if not (folder / "mxport.json").is_file():
+            export(ckpt, folder, target=target, experts=experts, dense=dense, last_logits=last,
+                   accuracy_level=level, progress=False, force=True)
+        recorded = read_export_meta(folder).get("experts", experts)  # 'none' for a model without experts
+        out.append((_mode_label(target, recorded, dense, level, last), folder))
+    return out
+
+
+def _genai_checkpoint(ckpt: Path, work: Path) -> Path:
+    """The checkpoint as the genai builder wants it: with tokenizer files (a stand-in if the checkpoint has none)."""
+    if (ckpt / "tokenizer.json").is_file():
+        return ckpt
+    shadow = work / "genai-input"
+    shadow.mkdir(parents=True, exist_ok=True)
+    for f in ckpt.iterdir():
+        if f.is_file() and not (shadow / f.name).exists():
+            (shadow / f.name).symlink_to(f.resolve())
+    if not (shadow / "tokenizer.json").is_file():
+        from mxport.exporter import families
+        from mxport.runtime.generation.tokenizer import build_harmony_tokenizer
+
+        vocab = families.read_config(ckpt / "config.json").vocab_size
+        build_harmony_tokenizer(vocab).save(shadow / "tokenizer.json")
+        (shadow / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
+    return shadow
+
+
+def _genai_exports(ckpt: Path, work: Path, timeout: float) -> list[tuple[str, Path | None, str]]:
+    try:
+        import onnxruntime_genai  # noqa: F401
+    except ImportError:
+        return [("genai", None, "onnxruntime_genai is not installed")]
+    src = _genai_checkpoint(ckpt, work)
+    out = []
+    for precision in ("fp32", "int4"):
+        folder = work / f"genai-{precision}"
+        if not (folder / "genai_config.json").is_file():
+            cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(folder),
+                   "-p", precision, "-e", "cpu", "-c", str(work / "genai-cache")]
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                out.append((f"genai {precision}", None, f"builder timed out after {timeout:.0f}s"))
+                continue
+            if done.returncode != 0 or not (folder / "genai_config.json").is_file():
+                tail = done.stderr.strip().splitlines()[-1:] if done.stderr else []
+                out.append((f"genai {precision}", None, f"builder failed: {' '.join(tail)[:300]}"))
+                continue
+        out.append((f"genai {precision}", folder, ""))
+    return out
+
+
+def _check_positions(config_file: Path, prompt_len: int, new_tokens: int) -> None:
+    """A model with learned positions (GPT-2) has no embedding past its last position: say so before measuring."""
+    from mxport.exporter import families
+
+    raw = families.read_json(config_file)
+    raw = raw.get("config", raw) if config_file.name == "mxport.json" else raw
+    try:
+        limit = families.config_from_dict(raw, str(config_file)).position_limit
+    except MxportError:
+        return  # the engines name what is wrong with the config themselves
+    if limit and prompt_len + new_tokens > limit:
+        raise MxportError(f"bench: --prompt-len {prompt_len} + --new-tokens {new_tokens} passes this model's {limit} "
+                          f"positions (n_positions, {config_file})")
+
+
+def bench(path: str | os.PathLike, *, peers: bool = False, threads: int = 2, prompt_len: int = 128,
+          new_tokens: int = 32, modes: list[str] | None = None, work: str | os.PathLike | None = None,
+          timeout: float = 1800.0, bandwidth_mb: int = 256, rounds: int = 1, last_logits: bool = False,
+          log=print) -> tuple[list[Result], Bandwidth]:
+    """Measure; returns (results, memory bandwidth).
+
+    rounds > 1 runs the whole engine list that many times, in order, and keeps each engine's best speeds (and
+    the memory of its largest-peak run): on a shared machine, load drifts over minutes, and one pass would
+    favour whichever engine ran in a quiet moment. Without `work` the exports go to a temporary folder that is
+    removed however bench ends (error or not)."""
+    from mxport.runtime.execution.session import read_export_meta
+
+    path = Path(path)
+    if not path.is_dir():
+        raise MxportError(f"bench: {path} is not a folder (expected a checkpoint or an export folder)")
+    if min(prompt_len, new_tokens, threads, rounds) < 1:
+        raise MxportError("bench: --prompt-len, --new-tokens, --threads and --rounds must be >= 1")
+    if (path / "mxport.json").is_file():
+        meta = read_export_meta(path)
+        mode = _mode_label(meta.get("target", "?"), meta.get("experts", "?"), meta.get("dense", "float32"),
+                           meta.get("accuracy_level", 4), bool(meta.get("last_logits")))
+        folders, ckpt = [(mode, path)], Path(meta.get("checkpoint", ""))
+    elif is_checkpoint(path):
+        folders, ckpt = [], path
+    else:
+        raise MxportError(f"bench: {path} is neither a checkpoint (config.json + *.safetensors) nor an export "
+                          "folder (mxport.json)")
+    _check_positions(path / "mxport.json" if folders else path / "config.json", prompt_len, new_tokens)
+    work_dir = Path(work) if work else Path(tempfile.mkdtemp(prefix="mxport-bench-"))
+    try:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        if not folders:
+            modes = list(modes or default_modes(path))
+            log(f"exporting {', '.join(modes)} into {work_dir}")
+            folders = _export_modes(path, modes, work_dir, last_logits)
+        log("measuring memory bandwidth")
+        bandwidth = memory_bandwidth(bandwidth_mb, threads=threads)
+        results, jobs = _jobs(folders, ckpt if peers else None, work_dir, timeout, log)
+        for round_ in range(rounds):
+            for result, kind, where in jobs:
+                log(f"running {result.name}" + (f" (round {round_ + 1}/{rounds})" if rounds > 1 else ""))
+                measured = _child(kind, where, threads, prompt_len, new_tokens, timeout)
+                _keep_best(result, measured, prompt_len, new_tokens)
+        return results + [r for r, _, _ in jobs], bandwidth
+    finally:
+        if not work:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _jobs(folders: list[tuple[str, Path]], peers_of: Path | None, work_dir: Path, timeout: float,
+          log) -> tuple[list[Result], list[tuple[Result, str, str]]]:
+    """(results that failed before measuring, [(result to fill, engine kind, folder)]): the mxport folders, then
+    with `peers_of` (a checkpoint) transformers and the genai builds of it."""
+    failed, jobs = [], []
+    for mode, folder in folders:
+        total, per_token = onnx_traffic(folder / "model.onnx")
+        result = Result(f"mxport {mode}", str(folder), file_bytes(folder), total, per_token)
+        jobs.append((result, "mxport", str(folder)))
+    if peers_of is None:
+        return failed, jobs
+    if not is_checkpoint(peers_of):
+        log(f"peers skipped: checkpoint {peers_of} not found")
+        return failed, jobs
+    jobs.append((Result("transformers fp32", str(peers_of), file_bytes(peers_of)), "transformers", str(peers_of)))
+    for name, folder, why in _genai_exports(peers_of, work_dir, timeout):
+        if folder is None:
+            failed.append(Result(name, "", error=why))
+            continue
+        total, per_token = onnx_traffic(folder / "model.onnx")
+        jobs.append((Result(name, str(folder), file_bytes(folder), total, per_token), "genai", str(folder)))
+    return failed, jobs
+
+
+COLUMNS = ("engine", "prefill tok/s", "decode tok/s", "base MB", "load RSS MB", "load anon/file MB",
+           "runtime RSS MB", "peak RSS MB", "runtime/weights", "peak/weights", "file MB", "weights MB", "MB/token",
+           "bw share")
+
+
+def _row(r: Result, bandwidth: Bandwidth) -> tuple[str, ...]:
+    mb = lambda n: f"{n / 1e6:.0f}" if n else "-"  # noqa: E731
+    ratio = lambda x: f"{x:.2f}" if x == x else "-"  # noqa: E731
+    return (r.name, f"{r.prefill_tok_s:.1f}", f"{r.decode_tok_s:.2f}", mb(r.baseline_rss), mb(r.load_rss),
+            f"{mb(r.load_anon_rss)}/{mb(r.load_file_rss)}", mb(r.runtime_rss), mb(r.peak_rss),
+            ratio(r.runtime_per_weights()), ratio(r.peak_per_weights()), f"{r.file_bytes / 1e6:.0f}",
+            f"{r.weight_bytes / 1e6:.0f}", f"{r.bytes_per_token / 1e6:.1f}", f"{r.bandwidth_share(bandwidth.read):.0%}")
+
+
+def format_results(results: list[Result], bandwidth: Bandwidth) -> str:
+    rows = [(r.name, *["-"] * (len(COLUMNS) - 2), f"error: {r.error}") if r.error else _row(r, bandwidth)
+            for r in results]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(COLUMNS)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    out = [f"memory bandwidth: read {bandwidth.read / 1e9:.1f} GB/s (max-reduce, {bandwidth.threads} "
+           f"thread{'s' if bandwidth.threads > 1 else ''}; bw share uses it), copy {bandwidth.copy / 1e9:.1f} GB/s "
+           "(numpy copy, read+write, 1 thread)", line(COLUMNS), line(tuple("-" * w for w in widths))]
+    return "\n".join(out + [line(r) for r in rows])
+
+
+def to_json(results: list[Result], bandwidth: Bandwidth, **settings: Any) -> dict[str, Any]:
+    """Every number: the settings, both bandwidths (bytes/s), each result's fields (bytes, tok/s) and the derived
+    ratios of the table; null where a number is undefined (NaN is not JSON)."""
+    finite = lambda x: None if isinstance(x, float) and x != x else x  # noqa: E731
+    return {"bandwidth": asdict(bandwidth), **settings, "results": [
+        {**{k: finite(v) for k, v in asdict(r).items()}, "runtime_per_weights": finite(r.runtime_per_weights()),
+         "peak_per_weights": finite(r.peak_per_weights()),
+         "bandwidth_share": finite(r.bandwidth_share(bandwidth.read))} for r in results]}
+
+
+# ---- CLI -----------------------------------------------------------------------------------------------------
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", metavar="CKPT_OR_OUT", help="a checkpoint folder or an export folder")
+    parser.add_argument("--peers", action="store_true", help="also measure transformers and onnxruntime-genai")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads of every engine (default 2)")
+    parser.add_argument("--prompt-len", type=int, default=128, help="prompt tokens for prefill (default 128)")
+    parser.add_argument("--new-tokens", type=int, default=32, help="decode steps timed (default 32)")
+    parser.add_argument("--modes", default=None,
+                        help="TARGET/EXPERTS[/DENSE][@ACCURACY_LEVEL][+last] modes to export from a checkpoint "
+                        f"(default {','.join(DEFAULT_MODES)}; for models without experts "
+                        f"{','.join(DENSE_MODEL_MODES)})")
+    parser.add_argument("--rounds", type=int, default=1, help="passes over all engines; best speeds kept (default 1)")
+    parser.add_argument("--last-logits", action="store_true",
+                        help="export the modes with logits of the last position only (prefill for generation)")
+    parser.add_argument("--work", metavar="DIR", help="keep exports here (default: a temporary folder)")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    results, bandwidth = bench(
+        args.path, peers=args.peers, threads=args.threads, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
+        modes=[m for m in (args.modes or "").split(",") if m], work=args.work, rounds=args.rounds,
+        last_logits=args.last_logits,
+        log=lambda msg: print(msg, file=sys.stderr),
+    )
+    print(format_results(results, bandwidth))
+    if args.json:
+        data = to_json(results, bandwidth, threads=args.threads, prompt_len=args.prompt_len,
+                       new_tokens=args.new_tokens, rounds=args.rounds)
+        write_file(Path(args.json), lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
+    return 0 if all(not r.error for r in results) else 1
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--child"]:
+    _, _, kind, where, n_threads, n_prompt, n_new = sys.argv
+    print(json.dumps(ENGINES[kind](where, int(n_threads), int(n_prompt), int(n_new))))

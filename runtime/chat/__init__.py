@@ -1,0 +1,1 @@
+"""Chat: formats (harmony.py, template.py) and the chat session (session.py)."""

@@ -1,0 +1,1 @@
+"""Generation: the token loop (generate.py), sampling (sampling.py) and tokenizers (tokenizer.py)."""

@@ -1,0 +1,1 @@
+"""Judgement: the comparator (compare.py), verify (verify.py) and its report (report.py)."""

@@ -1,0 +1,203 @@
+"""The report of `mxport verify`: per call (case, step) compare() results, the worst outputs, per-layer errors,
+a verdict, and the text / JSON forms the CLI prints (runtime/judge/verify.py runs the cases).
+
+    report = verify(...)            # VerifyReport: truthy when every output of every call is within tolerance
+    report.first_failing_layer; report.worst(); report.layers(); report.to_json(); print(report)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from mxport.runtime.judge.compare import Report, Tolerance, first_failing_layer, grid, layer_of, resolve_tolerance
+
+MAX_FAILURE_LINES = 12  # failing outputs listed by the CLI; --json has them all
+
+
+# ---- report ------------------------------------------------------------------------------------------------------
+@dataclass
+class CallResult:
+    case: str  # "long" | "batch"
+    step: int  # 0 = prefill, then decode steps
+    report: Report
+
+    @property
+    def label(self) -> str:
+        return f"{self.case}/{'prefill' if self.step == 0 else f'decode{self.step}'}"
+
+
+@dataclass
+class VerifyReport:
+    """All comparisons of one verify run; truthy iff every one passed."""
+
+    export_dir: str
+    checkpoint: str
+    mode: str  # "dtype=float32 experts=mxfp4 (exact)"
+    provider: str
+    prompt_lengths: list[int]
+    decode_steps: int
+    calls: list[CallResult] = field(default_factory=list)
+    hidden_states_source: str = "none"  # "export" | "exposed" | "none"
+    notes: list[str] = field(default_factory=list)
+    # The full tolerances. Per call, compare() checks everything except top1 and kl_mean, which are averages over
+    # positions: they are checked once, pooled over every position of every call (a decode call of batch 1 has
+    # a single position, where top-1 agreement can only be 0 or 1).
+    tolerances: dict[str, Tolerance] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return all(c.report for c in self.calls) and not any(r["failed_in"] for r in self.worst())
+
+    @property
+    def passed(self) -> bool:
+        return bool(self)
+
+    @property
+    def first_failing_layer(self) -> int | None:
+        return first_failing_layer([c.report for c in self.calls])
+
+    def worst(self) -> list[dict[str, Any]]:
+        """Per output name: the worst max/mean/rel/p99/kl_max over all calls, top1 and kl_mean pooled over all
+        positions of all calls, the calls that failed ("pooled" for a failed pooled check) and why."""
+        rows: dict[str, dict[str, Any]] = {}
+        for call in self.calls:
+            for s in call.report.outputs:
+                tol = resolve_tolerance(s.name, self.tolerances) if self.tolerances else s.tolerance
+                r = rows.setdefault(
+                    s.name,
+                    {"name": s.name, "max_abs": 0.0, "mean_abs": 0.0, "rel": 0.0, "p99": 0.0, "top1": None,
+                     "kl_mean": None, "kl_max": None, "positions": 0, "tolerance": tol.describe(),
+                     "failed_in": [], "failures": [], "_tol": tol},
+                )
+                r["max_abs"] = max(r["max_abs"], s.max_abs)
+                r["mean_abs"] = max(r["mean_abs"], s.mean_abs)
+                r["rel"] = max(r["rel"], s.rel)
+                r["p99"] = max(r["p99"], s.quantiles.get("p99", 0.0))
+                if s.top1 is not None:
+                    n = s.compared // max(s.shape[-1], 1)  # positions in this call
+                    total = r["positions"] + n
+                    r["top1"] = ((r["top1"] or 0.0) * r["positions"] + s.top1 * n) / total
+                    r["kl_mean"] = ((r["kl_mean"] or 0.0) * r["positions"] + s.kl_mean * n) / total
+                    r["kl_max"] = s.kl_max if r["kl_max"] is None else max(r["kl_max"], s.kl_max)
+                    r["positions"] = total
+                if not s.passed:
+                    r["failed_in"].append(call.label)
+                    r["failures"].extend(f"{call.label}: {f}" for f in s.failures)
+        for r in rows.values():
+            tol = r.pop("_tol")
+            if r["top1"] is not None and tol.top1 is not None and r["top1"] < tol.top1:
+                r["failed_in"].append("pooled")
+                r["failures"].append(f"pooled over {r['positions']} positions: top1 {r['top1']:.4g} < {tol.top1:g}")
+            if r["kl_mean"] is not None and tol.kl_mean is not None and not r["kl_mean"] <= tol.kl_mean:
+                r["failed_in"].append("pooled")
+                r["failures"].append(f"pooled over {r['positions']} positions: kl_mean {r['kl_mean']:.3g} > {tol.kl_mean:g}")
+        return list(rows.values())
+
+    def layers(self) -> list[dict[str, Any]]:
+        """Per layer i: worst rel of hidden_states.{i} and of present.{i}.key/value, and whether it failed."""
+        table: dict[int, dict[str, Any]] = {}
+        for row in self.worst():
+            name = row["name"]
+            i = layer_of(name)
+            kind = "hidden"
+            if i is None:
+                m = re.fullmatch(r"present\.(\d+)\.(key|value)", name)
+                if not m:
+                    continue
+                i, kind = int(m.group(1)), m.group(2)
+            t = table.setdefault(i, {"layer": i, "hidden_rel": None, "key_rel": None, "value_rel": None, "passed": True})
+            t[f"{kind}_rel"] = row["rel"]
+            t["passed"] &= not row["failed_in"]
+        return [table[i] for i in sorted(table)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "export_dir": self.export_dir,
+            "checkpoint": self.checkpoint,
+            "mode": self.mode,
+            "provider": self.provider,
+            "prompt_lengths": self.prompt_lengths,
+            "decode_steps": self.decode_steps,
+            "hidden_states_source": self.hidden_states_source,
+            "first_failing_layer": self.first_failing_layer,
+            "summary": [_finite(r) for r in self.worst()],
+            "layers": [_finite(r) for r in self.layers()],
+            "calls": [{"call": c.label, **c.report.to_dict()} for c in self.calls],
+            "notes": self.notes,
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    def __str__(self) -> str:
+        lines = [
+            f"export     {self.export_dir}",
+            f"checkpoint {self.checkpoint}",
+            f"mode       {self.mode}; provider {self.provider}",
+            f"inputs     prompts of {self.prompt_lengths} tokens (alone: the longest; batch: left-padded), "
+            f"prefill + {self.decode_steps} cached decode steps; {len(self.calls)} calls compared",
+            f"per-layer  hidden_states: {self.hidden_states_source}",
+            "",
+            "worst over all calls, per output:",
+            _worst_table([r for r in self.worst() if layer_of(r["name"]) is None and not r["name"].startswith("present.")]),
+        ]
+        layer_rows = self.layers()
+        if layer_rows:
+            lines += ["", "per layer (worst relative error over all calls):", _layer_table(layer_rows)]
+        failed = [r for r in self.worst() if r["failed_in"]]
+        if failed:  # one line per failing output: its first failure and how many more (all of them in --json)
+            lines += ["", f"failures ({len(failed)} outputs; first failure of each):"]
+            for r in failed[:MAX_FAILURE_LINES]:
+                more = len(r["failures"]) - 1
+                lines.append(f"  {r['name']}: {r['failures'][0]}" + (f" (+{more} more)" if more else ""))
+            if len(failed) > MAX_FAILURE_LINES:
+                lines.append(f"  ... {len(failed) - MAX_FAILURE_LINES} more outputs")
+        for note in self.notes:
+            lines.append(f"note: {note}")
+        layer = self.first_failing_layer
+        lines.append("")
+        if layer is not None:
+            lines.append(f"first failing layer: {layer}")
+        lines.append("PASS" if self else "FAIL")
+        return "\n".join(lines)
+
+
+def _finite(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
+def _fmt(v: Any, spec: str = ".3g") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _worst_table(rows: list[dict[str, Any]]) -> str:
+    head = ("output", "max_abs", "mean_abs", "rel", "p99", "top1", "kl_mean", "kl_max", "tolerance", "result")
+    body = [
+        (r["name"], _fmt(r["max_abs"]), _fmt(r["mean_abs"]), _fmt(r["rel"]), _fmt(r["p99"]), _fmt(r["top1"], ".4f"),
+         _fmt(r["kl_mean"]), _fmt(r["kl_max"]), r["tolerance"], _verdict(r["failed_in"]))
+        for r in rows
+    ]
+    return grid(head, body)
+
+
+def _verdict(failed_in: list[str]) -> str:
+    if not failed_in:
+        return "ok"
+    calls = [c for c in failed_in if c != "pooled"]
+    parts = ([f"{len(calls)} calls"] if calls else []) + (["pooled"] if "pooled" in failed_in else [])
+    return "FAIL: " + ", ".join(parts)
+
+
+def _layer_table(rows: list[dict[str, Any]]) -> str:
+    head = ("layer", "hidden_rel", "key_rel", "value_rel", "result")
+    body = [
+        (str(r["layer"]), _fmt(r["hidden_rel"]), _fmt(r["key_rel"]), _fmt(r["value_rel"]), "ok" if r["passed"] else "FAIL")
+        for r in rows
+    ]
+    return grid(head, body)
+
+

@@ -1,0 +1,364 @@
+"""`mxport verify`: run an export and the NumPy reference model on the same inputs and compare every output.
+
+    report = verify("out_dir")                        # checkpoint from out_dir/mxport.json
+    report = verify("out_dir", checkpoint="ckpt", prompts=4, decode_steps=4, tolerances={"logits": 1e-3})
+    bool(report); print(report); report.first_failing_layer; report.to_json()
+
+What runs (all fixed by `seed`):
+
+    prompts   N random token sequences, lengths spread from 3 to past the sliding window
+    cases     "long":  the longest prompt alone, batch 1, no padding
+              "batch": all N prompts in one left-padded batch (attention_mask 0 on the pads)
+    per case  prefill, then `decode_steps` cached steps of one token; the next token is the reference's
+              argmax, fed to both runners; each runner gets its *own* presents back as its past
+    compared  logits (real positions only), present.{i}.key/value (real slots only), hidden_states.{i}
+              (residual stream after layer i, real positions) when the export has them or they can be exposed
+
+The loader -> runners -> comparator split follows Polygraphy: this module only builds inputs and collects
+`compare()` reports; runners.py runs models, compare.py judges numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from mxport.errors import MxportError
+from mxport.files import write_file
+from mxport.runtime.judge.compare import (
+    FLOAT32_TOLERANCES,
+    Tolerance,
+    compare,
+    layer_of,
+    resolve_tolerance,
+)
+from mxport.runtime.judge.report import MAX_FAILURE_LINES, CallResult, VerifyReport  # noqa: F401
+from mxport.runtime.execution.runners import (
+    OrtRunner,
+    ReferenceModelRunner,
+    expose_hidden_states,
+    make_feeds,
+    model_path,
+    read_manifest,
+    step_feeds,
+)
+
+# Exact modes: every weight the export uses equals the checkpoint's after dequantization (MXFP4 kept or decoded
+# to float32) and the math is float32, so only summation order differs from the float32 reference. Anything
+# else is lossy and gets the looser LOSSY_TOLERANCES -- int8 too: its weights map exactly
+# (ops.mxfp4.exact_int8) but ORT's CPU QMoE quantizes the activations to int8 (~1e-2 relative on tiny).
+EXACT_EXPERTS = ("mxfp4", "fp32", "float32", "dense", "float", "none")  # none: a model without experts
+EXACT_DENSE = ("float32", "bf16")  # dense matrices as stored (bf16 or float32) through a float32 MatMul (bf16: LinearBF16)
+LOSSY_TOLERANCES: dict[str, Tolerance] = {
+    "logits": Tolerance(rel=5e-2, top1=0.9, kl_mean=1e-2),
+    "hidden_states.*": Tolerance(rel=5e-2),
+    "present.*": Tolerance(rel=5e-2),
+    "*": Tolerance(rel=5e-2),
+}
+MIN_PROMPT = 3
+
+
+def default_tolerances(manifest: Mapping[str, Any], reference_experts: str = "float") -> tuple[dict[str, Tolerance], str]:
+    """(tolerances, mode label) for an export's dtype / experts / dense mode as recorded in mxport.json.
+
+    Exact only when every part is: float32 math, experts kept or decoded exactly, dense matrices not quantized
+    (`--dense int8|int4` is MatMulNBits: lossy whatever the accuracy level, which only changes the activations)."""
+    dtype = str(manifest.get("dtype", "float32"))
+    experts = str(manifest.get("experts", "mxfp4"))
+    dense = str(manifest.get("dense", "float32"))
+    mode = f"dtype={dtype} experts={experts} dense={dense}"
+    level = manifest.get("accuracy_level")
+    if level is not None and level != 4 and (dense != "float32" or experts == "int4"):
+        mode += f" accuracy_level={level}"
+    # float experts encoded to MXFP4 at export (exporter/lower/experts_mxfp4.py): lossy against the float reference
+    lowering = manifest.get("lowering")
+    encoded = lowering.get("applied", {}).get("experts_mxfp4", 0) if isinstance(lowering, Mapping) else 0
+    if encoded and reference_experts == "mxfp4":  # the reference runs the same MXFP4 experts: exact again
+        mode += " (float experts encoded to MXFP4 at export; reference on the same MXFP4 experts)"
+        exact = dtype == "float32" and dense in EXACT_DENSE
+        return dict(FLOAT32_TOLERANCES if exact else LOSSY_TOLERANCES), mode + (" (exact)" if exact else " (lossy)")
+    if encoded:
+        return dict(LOSSY_TOLERANCES), mode + " (lossy: float experts encoded to MXFP4 at export)"
+    if dtype == "float32" and experts in EXACT_EXPERTS and dense in EXACT_DENSE:
+        return dict(FLOAT32_TOLERANCES), mode + " (exact)"
+    return dict(LOSSY_TOLERANCES), mode + " (lossy)"
+
+
+def merge_tolerances(
+    defaults: Mapping[str, Tolerance], overrides: Mapping[str, Tolerance | float] | None
+) -> dict[str, Tolerance]:
+    """Overrides go first (first match wins). A float overrides only `rel` of the default for that pattern,
+    so `{"logits": 1e-3}` keeps the top-1 requirement."""
+    merged: dict[str, Tolerance] = {}
+    for pattern, tol in (overrides or {}).items():
+        if not isinstance(tol, Tolerance):
+            tol = dataclasses.replace(resolve_tolerance(pattern, defaults), rel=float(tol))
+        merged[pattern] = tol
+    for pattern, tol in defaults.items():
+        merged.setdefault(pattern, tol)
+    return merged
+
+
+def parse_tolerance_options(specs: list[str] | None, defaults: Mapping[str, Tolerance]) -> dict[str, Tolerance]:
+    """CLI `--tolerance OUTPUT=VALUE` (rel) or `OUTPUT:FIELD=VALUE` (FIELD in rel, abs, top1, kl_mean, kl_max);
+    OUTPUT may be a glob (`hidden_states.*`). Later options refine earlier ones for the same OUTPUT."""
+    fields = {f.name for f in dataclasses.fields(Tolerance)}
+    out: dict[str, Tolerance] = {}
+    for spec in specs or ():
+        m = re.fullmatch(r"([^=:]+)(?::(\w+))?=(.+)", spec.strip())
+        if not m:
+            raise MxportError(f"--tolerance {spec!r}: expected OUTPUT=VALUE or OUTPUT:FIELD=VALUE (e.g. logits=1e-3)")
+        pattern, fld, value = m.group(1), m.group(2) or "rel", m.group(3)
+        if fld not in fields:
+            raise MxportError(f"--tolerance {spec!r}: unknown field {fld!r}; expected one of {sorted(fields)}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise MxportError(f"--tolerance {spec!r}: {value!r} is not a number") from None
+        base = out.get(pattern) or resolve_tolerance(pattern, defaults)
+        out[pattern] = dataclasses.replace(base, **{fld: number})
+    return out
+
+
+# ---- inputs ------------------------------------------------------------------------------------------------------
+def make_prompts(cfg: Any, n: int, seed: int = 0, max_len: int | None = None) -> list[np.ndarray]:
+    """`n` seeded random prompts (int64 ids), lengths spread evenly from 3 up to past the sliding window.
+
+    The longest is `window + max(4, window // 8)` tokens when any layer slides (so cached decode crosses the
+    window too), else 16; capped by `max_len` and max_position_embeddings."""
+    if n < 1:
+        raise MxportError(f"--prompts must be at least 1, found {n}")
+    sliding = any(cfg.window(i) for i in range(cfg.num_hidden_layers))
+    longest = cfg.sliding_window + max(4, cfg.sliding_window // 8) if sliding else 16
+    longest = min(longest, max_len or longest, cfg.max_position_embeddings // 2)
+    longest = max(longest, MIN_PROMPT)
+    lengths = np.linspace(longest, MIN_PROMPT, n).round().astype(int) if n > 1 else np.array([longest])
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, cfg.vocab_size, size=int(L), dtype=np.int64) for L in lengths]
+
+
+def left_pad(prompts: list[np.ndarray], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """ids [B, S_max] and attention_mask [B, S_max] (0 on the left pads)."""
+    S = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), S), pad_id, np.int64)
+    mask = np.zeros((len(prompts), S), np.int64)
+    for b, p in enumerate(prompts):
+        ids[b, S - len(p) :] = p
+        mask[b, S - len(p) :] = 1
+    return ids, mask
+
+
+# ---- the run -----------------------------------------------------------------------------------------------------
+def recorded_checkpoint(manifest: Mapping[str, Any]) -> str | None:
+    """The checkpoint path the exporter recorded in mxport.json (key `checkpoint`, or `checkpoint_path` /
+    `checkpoint_dir` / `source.checkpoint`)."""
+    for key in ("checkpoint", "checkpoint_path", "checkpoint_dir"):
+        if isinstance(manifest.get(key), str):
+            return manifest[key]
+    src = manifest.get("source")
+    if isinstance(src, Mapping) and isinstance(src.get("checkpoint"), str):
+        return src["checkpoint"]
+    return None
+
+
+def verify(
+    export_dir: str | os.PathLike,
+    checkpoint: str | os.PathLike | None = None,
+    prompts: int = 4,
+    decode_steps: int = 4,
+    seed: int = 0,
+    tolerances: Mapping[str, Tolerance | float] | None = None,
+    *,
+    provider: str = "CPUExecutionProvider",
+    threads: int | None = None,
+    reference_dtype: Any = np.float32,
+    max_prompt_len: int | None = None,
+    per_layer: bool = True,
+    reference_experts: str = "float",
+) -> VerifyReport:
+    """Compare the export in `export_dir` (ONNX Runtime, `provider`) with the NumPy reference model of its
+    checkpoint (recorded in mxport.json unless given). Raises MxportError on bad input; returns a VerifyReport
+    that is falsy when a tolerance fails. reference_experts="mxfp4": the reference runs float experts as an
+    `--experts mxfp4` export holds them (ReferenceModel(experts=)), which makes such an export exact again."""
+    export_dir = Path(export_dir)
+    if not export_dir.is_dir():
+        raise MxportError(f"{export_dir}: no such export folder")
+    model_path(export_dir)  # model.onnx must be there
+    manifest = read_manifest(export_dir)
+    if checkpoint is None:
+        checkpoint = recorded_checkpoint(manifest)
+        if checkpoint is None:
+            raise MxportError(
+                f"{export_dir / 'mxport.json'}: no checkpoint path recorded; pass --checkpoint CKPT_DIR"
+            )
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_dir():
+        raise MxportError(f"checkpoint {checkpoint}: no such folder (recorded in mxport.json or given with --checkpoint)")
+    if decode_steps < 0:
+        raise MxportError(f"--decode-steps must be >= 0, found {decode_steps}")
+    defaults, mode = default_tolerances(manifest, reference_experts)
+    tols = merge_tolerances(defaults, tolerances)
+    per_call = {p: dataclasses.replace(t, top1=None, kl_mean=None) for p, t in tols.items()}  # pooled later
+
+    reference = ReferenceModelRunner(checkpoint, dtype=reference_dtype, hidden_states=True,
+                                     window_cache=bool(manifest.get("window_cache", False)), experts=reference_experts)
+    cfg = reference.cfg
+    _check_same_model(manifest, cfg, export_dir, checkpoint)
+    ort_runner = OrtRunner(export_dir, provider=provider, threads=threads)
+    report = VerifyReport(str(export_dir), str(checkpoint), mode, provider, [], decode_steps, tolerances=tols)
+    tmp = None
+    try:
+        if any(n.startswith("hidden_states.") for n in ort_runner.output_names):
+            report.hidden_states_source = "export"
+        elif per_layer:
+            tmp, exposed = _exposed_copy(export_dir, cfg.num_hidden_layers, report.notes)
+            if exposed is not None:
+                try:
+                    ort_runner = OrtRunner(exposed, provider=provider, threads=threads)
+                    report.hidden_states_source = "exposed"
+                except MxportError as exc:  # e.g. an output type shape inference could not tell
+                    report.notes.append(f"per-layer hidden states unavailable: {exc}")
+        prompt_set = make_prompts(cfg, prompts, seed, max_prompt_len)
+        report.prompt_lengths = [len(p) for p in prompt_set]
+        limit = cfg.position_limit  # learned positions (GPT-2): the last position must have an embedding row
+        if limit and len(prompt_set[0]) + decode_steps > limit:
+            raise MxportError(f"verify: a {len(prompt_set[0])}-token prompt + --decode-steps {decode_steps} passes "
+                              f"this model's {limit} positions (n_positions); use fewer decode steps or "
+                              f"--max-prompt-len")
+        cases = [("long", [prompt_set[0]])]
+        if len(prompt_set) > 1:
+            cases.append(("batch", prompt_set))
+        for case, group in cases:
+            ids, mask = left_pad(group)
+            for step, result in enumerate(_run_case(ort_runner, reference, cfg, ids, mask, decode_steps, per_call)):
+                report.calls.append(CallResult(case, step, result))
+    finally:
+        del ort_runner
+        reference.close()
+        if tmp is not None:
+            tmp.cleanup()
+    return report
+
+
+def _exposed_copy(export_dir: Path, num_layers: int, notes: list[str]):
+    """(TemporaryDirectory, model path) of a copy with hidden_states.{i} outputs, or (None, None) with a note.
+    The copy hard-links the weights, so it must live on the export's file system: the system temp folder
+    first, else a temporary sibling of the export folder; removed when verify ends."""
+    errors = []
+    for parent in (None, export_dir.resolve().parent):
+        try:
+            tmp = tempfile.TemporaryDirectory(prefix=".mxport-verify-", dir=parent)
+        except OSError as exc:
+            errors.append(str(exc))
+            continue
+        try:
+            return tmp, expose_hidden_states(model_path(export_dir), Path(tmp.name), num_layers)
+        except MxportError as exc:
+            tmp.cleanup()
+            errors.append(str(exc))
+            if "cannot hard-link" not in str(exc):
+                break
+    notes.append("per-layer hidden states unavailable: " + "; ".join(errors))
+    return None, None
+
+
+def _run_case(ort_runner, reference, cfg, ids, mask, decode_steps, tols):
+    """Prefill + cached decode steps; yields one compare() Report per call."""
+    feeds = make_feeds(ids, mask, cfg=cfg)
+    ort_feeds = ref_feeds = feeds
+    for step in range(decode_steps + 1):
+        got = ort_runner.infer({k: v for k, v in ort_feeds.items() if k in ort_runner.input_names})
+        want = reference.infer(ref_feeds)
+        yield compare(got, want, tols, masks=_masks(got, ref_feeds["attention_mask"], ids.shape[1] if step == 0 else 1))
+        if step == decode_steps:
+            break
+        nxt = want["logits"][:, -1].argmax(-1)  # the reference's greedy choice, fed to both
+        ort_feeds = step_feeds(got, nxt, ort_feeds["attention_mask"])
+        ref_feeds = step_feeds(want, nxt, ref_feeds["attention_mask"])
+
+
+def _masks(outputs: Mapping[str, np.ndarray], mask: np.ndarray, new: int) -> dict[str, np.ndarray]:
+    """Real positions of this call ([B,S] for logits/hidden states) and real cache slots ([B,kv,T_i] for
+    presents, T_i <= P+S: a window-sized cache holds the last T_i slots): pads are garbage in, garbage out on
+    both sides and are not compared."""
+    real = mask.astype(bool)  # [B, P+S]
+    masks = {}
+    for name, value in outputs.items():
+        if name == "logits" or layer_of(name) is not None:
+            masks[name] = real[:, -new:]
+        elif name.startswith("present."):
+            masks[name] = np.broadcast_to(real[:, None, real.shape[1] - value.shape[2] :], value.shape[:3])
+    return masks
+
+
+def _check_same_model(manifest: Mapping[str, Any], cfg: Any, export_dir: Path, checkpoint: Path) -> None:
+    """The recorded model config (if any) must describe the checkpoint's model."""
+    from mxport.exporter import families
+
+    recorded = manifest.get("config") or manifest.get("model_config")
+    if not isinstance(recorded, Mapping):
+        return
+    theirs = families.config_from_dict(recorded, str(export_dir / "mxport.json"))
+    keys = ("architecture", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+            "num_key_value_heads", "head_dim")
+    diff = [f"{k}: export {getattr(theirs, k)} vs checkpoint {getattr(cfg, k)}" for k in keys
+            if getattr(theirs, k) != getattr(cfg, k)]
+    if diff:
+        raise MxportError(f"{export_dir} was not exported from {checkpoint}: " + "; ".join(diff))
+
+
+# ---- CLI ---------------------------------------------------------------------------------------------------------
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("export_dir", metavar="OUT_DIR", help="export folder (model.onnx + mxport.json)")
+    parser.add_argument("--checkpoint", metavar="CKPT_DIR", help="checkpoint to compare with (default: from mxport.json)")
+    parser.add_argument("--prompts", type=int, default=4, metavar="N", help="number of random prompts (default 4)")
+    parser.add_argument("--decode-steps", type=int, default=4, metavar="N", help="cached decode steps after prefill (default 4)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the prompt set (default 0)")
+    parser.add_argument("--json", metavar="REPORT", help="write the full report as JSON to this file")
+    parser.add_argument("--provider", default="CPUExecutionProvider", help="ONNX Runtime execution provider")
+    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    parser.add_argument(
+        "--tolerance",
+        action="append",
+        metavar="OUTPUT=VALUE",
+        help="override a tolerance: OUTPUT=REL or OUTPUT:FIELD=VALUE, FIELD in rel/abs/top1/kl_mean/kl_max; "
+        "OUTPUT may be a glob such as 'hidden_states.*' (repeatable)",
+    )
+    parser.add_argument("--reference-dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--reference-experts", choices=("float", "mxfp4"), default="float",
+                        help="mxfp4: the reference runs a checkpoint's float experts MXFP4-encoded, as an "
+                        "--experts mxfp4 export holds them (then exact tolerances apply); default: as stored")
+    parser.add_argument("--max-prompt-len", type=int, default=None, metavar="N", help="cap the longest prompt")
+
+
+def run(args: argparse.Namespace) -> int:
+    export_dir = Path(args.export_dir)
+    if not export_dir.is_dir():
+        raise MxportError(f"{export_dir}: no such export folder")
+    model_path(export_dir)
+    defaults, _ = default_tolerances(read_manifest(export_dir), args.reference_experts)
+    overrides = parse_tolerance_options(args.tolerance, defaults)
+    report = verify(
+        export_dir,
+        checkpoint=args.checkpoint,
+        prompts=args.prompts,
+        decode_steps=args.decode_steps,
+        seed=args.seed,
+        tolerances=overrides,
+        provider=args.provider,
+        threads=args.threads,
+        reference_dtype=np.dtype(args.reference_dtype),
+        max_prompt_len=args.max_prompt_len,
+        reference_experts=args.reference_experts,
+    )
+    print(report)
+    if args.json:
+        write_file(Path(args.json), lambda f: f.write((report.to_json() + "\n").encode()))
+    return 0 if report else 1

@@ -1,0 +1,57 @@
+"""Qwen3-MoE in NumPy (transformers' Qwen3MoeForCausalLM, fp32 eager): Qwen3's attention, then per layer a sparse
+MoE block or a dense SwiGLU MLP (cfg.sparse(i)).
+
+    x += o_proj(attention(rope(q_norm(q_proj(n))), rope(k_norm(k_proj(n))), v_proj(n))),   n = rmsnorm(x)
+    x += Σ_{e in topk} p_e · down_e(silu(gate_e n) * up_e n)     softmax over all E, renormalised iff norm_topk_prob
+      or down(silu(gate n) * up n)                                mlp_only_layers / off-step layers
+
+Only the experts some token chose are read (one expert's rows through the checkpoint when weights are not cached).
+`m.experts == "mxfp4"` (ReferenceModel(experts="mxfp4")) runs the experts as an `--experts mxfp4` export holds them:
+each chosen expert MXFP4-encoded and decoded (ops.mxfp4, the format module), to compare that export exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mxport.ops import mxfp4
+from mxport.runtime.oracle import layers as L
+from mxport.runtime.oracle.families import qwen3
+from mxport.runtime.oracle.families.qwen3 import embed, final_norm, positions
+
+__all__ = ["positions", "embed", "layer", "final_norm"]
+
+
+def expert_loader(m, layer: int):
+    """e -> (w1 [2I,H] gate rows then up rows, w2 [H,I]) in the compute dtype, reading only expert e."""
+    p = f"model.layers.{layer}.mlp.experts."
+
+    def read(name: str, e: int) -> np.ndarray:
+        if m.cache_weights or not hasattr(m.ckpt, "get_rows"):
+            return m.w(p + name)[e]
+        try:
+            return np.asarray(m.ckpt.get_rows(p + name, e, e + 1)[0], np.float32).astype(m.dtype)
+        finally:
+            m.ckpt.close()  # drop the mappings: RSS stays at the experts read, not the file
+
+    def load(e: int):
+        w1, w2 = read("gate_up_proj", e), read("down_proj", e)
+        if getattr(m, "experts", "float") == "mxfp4":
+            w1, w2 = (mxfp4.decode(*mxfp4.encode(np.asarray(w, np.float32))).astype(m.dtype) for w in (w1, w2))
+        return w1, w2
+
+    return load
+
+
+def moe(m, i: int, h: np.ndarray) -> np.ndarray:
+    """h [T,H] through layer i's sparse block."""
+    cfg = m.cfg
+    router_logits = L.linear(h, m.w(f"model.layers.{i}.mlp.gate.weight"), None)  # [T,E]
+    return L.moe_plain_swiglu(h, router_logits, cfg.num_experts_per_tok, cfg.norm_topk_prob, expert_loader(m, i))
+
+
+def layer(m, i: int, x: np.ndarray, rope, keep: np.ndarray, past_kv) -> tuple[np.ndarray, tuple]:
+    """Qwen3's layer (runtime/oracle/families/qwen3.py), the sparse block on cfg.sparse(i) layers."""
+    B, S, _ = x.shape
+    sparse = (lambda h: moe(m, i, h.reshape(B * S, -1)).reshape(B, S, -1)) if m.cfg.sparse(i) else None
+    return qwen3.layer(m, i, x, rope, keep, past_kv, mlp=sparse)

@@ -1,0 +1,345 @@
+"""The NumPy reference model of every family: the numbers every export is checked against.
+
+    model = ReferenceModel("ckpt_dir")                    # or an open Checkpoint; dtype=np.float64 for a tighter oracle
+    out = model.forward(ids)                              # ModelOutput(logits [B,S,V], present [(k, v)] per layer)
+    outputs = model.infer(feeds)                          # the model I/O names of ARCHITECTURE.md, like an ORT session
+    ids = model.generate_greedy(ids, max_new_tokens=8)    # KV-cached greedy decoding
+
+Weights are read lazily from the Checkpoint. Dense tensors are converted to the compute dtype once and cached,
+MXFP4 halves cached as stored, when that stays under CACHE_LIMIT_BYTES (tiny, mini); larger checkpoints (or
+`cache_weights=False`) re-read each tensor on use, so memory holds about one layer's tensors (or the vocabulary matrix) at a time. MXFP4
+experts stay MXFP4: per call and layer, only the experts some token chose are dequantized (ops.mxfp4.decode).
+The math is `runtime.reference_layers`; this module wires weights, cache, masks and positions, and the family's
+NumPy wiring (runtime/oracle/families/<family>.py: positions, embed, layer, final_norm) wires one layer.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from mxport.errors import MxportError
+from mxport.files import write_file
+
+from mxport.exporter.families.base import DecoderConfig
+from mxport.runtime.oracle import families, layers as L
+from mxport.runtime.execution.runners import position_ids as default_positions
+
+CACHE_LIMIT_BYTES = 4 << 30  # cache_weights=None caches every weight only below this (gpt-oss-20b streams)
+KVCache = list[tuple[np.ndarray, np.ndarray]]  # per layer (key [B,Hkv,T,D] after RoPE, value [B,Hkv,T,D])
+
+
+@dataclass
+class ModelOutput:
+    logits: np.ndarray  # [B,S,V]
+    present: KVCache  # per layer, past and new concatenated: [B,Hkv,P+S,D]
+    hidden_states: list[np.ndarray] | None = field(default=None)  # per layer, residual stream after it: [B,S,H]
+
+
+def _open(checkpoint_or_path: Any) -> tuple[Any, bool]:
+    """A Checkpoint (anything with config/names/get/get_f32) as is, or a path opened here (then owned)."""
+    if isinstance(checkpoint_or_path, (str, os.PathLike)):
+        from mxport.exporter.checkpoint import open_checkpoint
+
+        return open_checkpoint(Path(checkpoint_or_path)), True
+    return checkpoint_or_path, False
+
+
+class ReferenceModel:
+    """A decoder's forward pass in NumPy, float32 (matches transformers' fp32 eager path) or float64."""
+
+    def __init__(
+        self,
+        checkpoint_or_path: Any,
+        dtype: Any = np.float32,
+        *,
+        cache_weights: bool | None = None,
+        output_hidden_states: bool = False,
+        window_cache: bool = False,
+        experts: str = "float",
+    ) -> None:
+        """window_cache: sliding layers' presents keep only their last W-1 slots (what an export made with the
+        default window cache returns, and what transformers' sliding-window cache keeps); False keeps all.
+        experts: "float" = the checkpoint's experts as stored; "mxfp4" = float experts as an `--experts mxfp4`
+        export holds them (encoded and decoded, per chosen expert; families with float experts read it)."""
+        self.dtype = np.dtype(dtype)
+        self.window_cache = window_cache
+        if experts not in ("float", "mxfp4"):
+            raise MxportError(f"ReferenceModel: experts must be 'float' or 'mxfp4', found {experts!r}")
+        self.experts = experts
+        if self.dtype not in (np.float32, np.float64):
+            raise MxportError(f"ReferenceModel: dtype must be float32 or float64, found {self.dtype}")
+        self.ckpt, self._owns_ckpt = _open(checkpoint_or_path)
+        self.cfg: DecoderConfig = self.ckpt.config
+        self.family = self.cfg.family
+        self.wiring = families.wiring(self.family)  # positions, embed, layer, final_norm
+        self.output_hidden_states = output_hidden_states
+        self._cache: dict[str, np.ndarray] = {}
+        names = set(self.ckpt.names())
+        # The checkpoint decides tied vs stored (Checkpoint.output_name); an in-memory stand-in by its names.
+        self._head = getattr(self.ckpt, "output_name", None) or (
+            self.family.embedding if self.cfg.tie_word_embeddings and self.family.output not in names
+            else self.family.output)
+        tied = self._head == self.family.embedding
+        missing = [n for n in self._required_names(not tied) if n not in names]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise MxportError(f"checkpoint {self._where()}: missing tensors {shown}")
+        if cache_weights is None:  # auto: keep weights when the cache stays small (tiny, mini), else stream
+            cache_weights = self._cached_bytes() <= CACHE_LIMIT_BYTES
+        self.cache_weights = cache_weights
+
+    # ---- weights ----------------------------------------------------------------------------------------------
+    def _where(self) -> str:
+        return str(getattr(self.ckpt, "path", getattr(self.ckpt, "root", "<in memory>")))
+
+    def _cached_bytes(self) -> int:
+        """What caching every weight would hold: dense tensors in the compute dtype, MXFP4 halves as stored."""
+        spec = getattr(self.ckpt, "spec", None)
+        if spec is None:  # an in-memory checkpoint holds its tensors already
+            return 0
+        total = 0
+        for name in self.ckpt.names():
+            s = spec(name)
+            n = int(np.prod(s.shape, dtype=np.int64))
+            total += n if np.dtype(s.dtype) == np.uint8 else n * self.dtype.itemsize
+        return total
+
+    def _required_names(self, lm_head: bool) -> list[str]:
+        """The family's table, the output projection first (the one a hand-made checkpoint most often lacks)."""
+        table = [e.name for e in self.family.tensors(self.cfg, lm_head)]
+        return sorted(table, key=lambda n: n != self._head)
+
+    def w(self, name: str) -> np.ndarray:
+        """A dense tensor in the compute dtype (cached unless cache_weights=False)."""
+        w = self._cache.get(name)
+        if w is None:
+            w = np.asarray(self.ckpt.get_f32(name)).astype(self.dtype)
+            if self.cache_weights:
+                self._cache[name] = w
+        return w
+
+    def rows(self, name: str, ids: np.ndarray) -> np.ndarray:
+        """Rows `ids` of a [N, H] table (embeddings) in the compute dtype; without the weight cache only the rows
+        asked for are converted."""
+        if self.cache_weights or name in self._cache:
+            return self.w(name)[ids]
+        return np.asarray(self.ckpt.get(name))[ids].astype(np.float32).astype(self.dtype)
+
+    def raw(self, name: str) -> np.ndarray:
+        """A tensor as stored (MXFP4 halves as uint8), cached unless cache_weights=False."""
+        key = "raw:" + name
+        w = self._cache.get(key)
+        if w is None:
+            w = np.asarray(self.ckpt.get(name))
+            if self.cache_weights:
+                self._cache[key] = w
+        return w
+
+    # ---- forward ----------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray | None = None,
+        position_ids: np.ndarray | None = None,
+        past: KVCache | None = None,
+        return_hidden_states: bool = False,
+    ) -> ModelOutput:
+        """input_ids [B,S]; attention_mask [B,P+S] (1 keep, 0 pad, left padding); position_ids [B,S];
+        past: per layer (key, value) [B,Hkv,P_i,D]: P_i = P for full-attention layers, P_i <= P for sliding
+        layers (a window-sized cache: the last P_i slots). Defaults: mask all ones, positions cumsum(mask)-1
+        clipped at 0."""
+        cfg = self.cfg
+        ids, mask, pos, past = self._check_inputs(input_ids, attention_mask, position_ids, past)
+        B, S = ids.shape
+        P = mask.shape[1] - S
+        tables = self.wiring.positions(self, pos)  # e.g. RoPE cos, sin [B,S,D/2]; None for learned positions
+        keep_masks: dict[tuple[int, int], np.ndarray] = {}
+
+        def keep(i: int) -> np.ndarray:
+            # a window-sized cache holds the last P_i slots of the full one: its mask is the tail of `mask`
+            key = (cfg.window(i), 0 if past is None else past[i][0].shape[2])
+            if key not in keep_masks:
+                w, p_i = key
+                keep_masks[key] = L.attention_keep_mask(mask[:, P - p_i :], p_i, S, w)
+            return keep_masks[key]
+
+        x = self.wiring.embed(self, ids, pos)  # [B,S,H]
+        present: KVCache = []
+        hidden: list[np.ndarray] = []
+        for i in range(cfg.num_hidden_layers):
+            x, kv = self.wiring.layer(self, i, x, tables, keep(i), None if past is None else past[i])
+            if self.window_cache and cfg.window(i) > 0:  # keep the W-1 slots the next query can still see
+                kv = tuple(t[:, :, max(t.shape[2] - (cfg.window(i) - 1), 0) :] for t in kv)
+            present.append(kv)
+            if return_hidden_states:
+                hidden.append(x)
+        x = self.wiring.final_norm(self, x)
+        logits = x @ self.w(self._head).T
+        return ModelOutput(logits, present, hidden if return_hidden_states else None)
+
+    def _check_inputs(self, input_ids, attention_mask, position_ids, past):
+        cfg = self.cfg
+        ids = np.asarray(input_ids)
+        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+            raise MxportError(f"input_ids: expected an integer array [B,S], found {ids.dtype} {ids.shape}")
+        B, S = ids.shape
+        if ids.size and (ids.min() < 0 or ids.max() >= cfg.vocab_size):
+            raise MxportError(
+                f"input_ids: ids must lie in [0, vocab_size={cfg.vocab_size}), found {ids.min()}..{ids.max()}"
+            )
+        lengths = []
+        if past is not None:
+            if len(past) != cfg.num_hidden_layers:
+                raise MxportError(f"past: expected {cfg.num_hidden_layers} (key, value) pairs, found {len(past)}")
+            want = (B, cfg.num_key_value_heads, None, cfg.head_dim)
+            for i, (k, v) in enumerate(past):
+                for name, t in (("key", k), ("value", v)):
+                    if t.ndim != 4 or any(w is not None and w != s for w, s in zip(want, t.shape)) or t.shape != k.shape:
+                        raise MxportError(
+                            f"past_key_values.{i}.{name}: expected shape [B={B}, {want[1]}, P, {want[3]}] "
+                            f"like past_key_values.{i}.key {k.shape}, found {t.shape}"
+                        )
+                lengths.append(k.shape[2])
+        P = max(lengths, default=0)
+        if attention_mask is None:
+            mask = np.ones((B, P + S), dtype=np.int64)
+        else:
+            mask = np.asarray(attention_mask)
+            if mask.ndim != 2 or mask.shape[0] != B or mask.shape[1] < P + S or (past is None and mask.shape[1] != S):
+                raise MxportError(f"attention_mask: expected shape [B, P+S] = {(B, P + S)}, found {mask.shape}")
+            P = mask.shape[1] - S
+        for i, p_i in enumerate(lengths):  # full layers hold every slot; sliding ones may hold only the last few
+            if p_i > P or (p_i != P and cfg.window(i) == 0):
+                raise MxportError(
+                    f"past_key_values.{i}: {p_i} cache slots, but attention_mask covers {P} past slots"
+                    + ("" if cfg.window(i) else " (a full-attention layer must hold all of them)")
+                )
+        if position_ids is None:
+            pos = default_positions(mask, S)
+        else:
+            pos = np.asarray(position_ids)
+            if pos.shape != (B, S):
+                raise MxportError(f"position_ids: expected shape [B, S] = {(B, S)}, found {pos.shape}")
+        return ids, mask, pos.astype(np.int64), past
+
+    # ---- runner interface (ARCHITECTURE.md "Model I/O") ---------------------------------------------------------
+    def infer(self, feeds: dict[str, np.ndarray], *, hidden_states: bool | None = None) -> dict[str, np.ndarray]:
+        """Feeds and outputs named as in the exported graph; outputs float32 like the graph's.
+
+        `past_key_values.{i}.key/.value` are optional as a whole (absent = empty cache); `hidden_states.{i}` are
+        returned when `hidden_states` (default: the constructor's `output_hidden_states`) is true."""
+        n = self.cfg.num_hidden_layers
+        known = {"input_ids", "attention_mask", "position_ids"}
+        known |= {f"past_key_values.{i}.{kv}" for i in range(n) for kv in ("key", "value")}
+        if unknown := sorted(set(feeds) - known):
+            raise MxportError(
+                f"infer: unknown feeds {unknown} (expected input_ids, attention_mask, position_ids and "
+                f"past_key_values.{{i}}.key/.value for i < {n})"
+            )
+        if "input_ids" not in feeds:
+            raise MxportError("infer: missing feed 'input_ids'")
+        past_names = [(f"past_key_values.{i}.key", f"past_key_values.{i}.value") for i in range(n)]
+        given = [name for pair in past_names for name in pair if name in feeds]
+        if given and len(given) != 2 * n:
+            missing = [name for pair in past_names for name in pair if name not in feeds]
+            raise MxportError(f"infer: past_key_values incomplete, missing {missing[:4]}")
+        past = [(feeds[k], feeds[v]) for k, v in past_names] if given else None
+        want_hidden = self.output_hidden_states if hidden_states is None else hidden_states
+        out = self.forward(
+            feeds["input_ids"], feeds.get("attention_mask"), feeds.get("position_ids"), past, want_hidden
+        )
+        result = {"logits": out.logits.astype(np.float32)}
+        for i, (k, v) in enumerate(out.present):
+            result[f"present.{i}.key"] = k.astype(np.float32)
+            result[f"present.{i}.value"] = v.astype(np.float32)
+        for i, h in enumerate(out.hidden_states or ()):
+            result[f"hidden_states.{i}"] = h.astype(np.float32)
+        return result
+
+    # ---- decoding ---------------------------------------------------------------------------------------------
+    def generate_greedy(
+        self,
+        input_ids: np.ndarray,
+        max_new_tokens: int,
+        attention_mask: np.ndarray | None = None,
+        *,
+        eos_token_ids: Iterable[int] | None = None,
+        logits_out: list[np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """Greedy decoding with the KV cache: prefill the prompt, then feed one token at a time.
+
+        Returns ids [B, S+N] (prompt and the N <= max_new_tokens new tokens). With `eos_token_ids`, a row that
+        produced one keeps repeating it and decoding stops once every row has. When `logits_out` is a list,
+        the logits of every call are appended to it ([B,S,V] for the prompt, then [B,1,V] per step)."""
+        ids = np.asarray(input_ids, dtype=np.int64)
+        if ids.ndim != 2:
+            raise MxportError(f"input_ids: expected [B,S], found shape {ids.shape}")
+        if max_new_tokens < 0:
+            raise MxportError(f"max_new_tokens must be >= 0, found {max_new_tokens}")
+        B, S = ids.shape
+        mask = np.ones((B, S), np.int64) if attention_mask is None else np.asarray(attention_mask, np.int64)
+        eos = np.array(sorted(set(eos_token_ids or ())), dtype=np.int64)
+        done = np.zeros(B, dtype=bool)
+        tokens = [ids]
+        step_ids, past = ids, None
+        for _ in range(max_new_tokens):
+            out = self.forward(step_ids, mask, default_positions(mask, step_ids.shape[1]), past)
+            if logits_out is not None:
+                logits_out.append(out.logits)
+            nxt = out.logits[:, -1].argmax(axis=-1).astype(np.int64)
+            nxt = np.where(done, tokens[-1][:, -1], nxt)
+            tokens.append(nxt[:, None])
+            done |= np.isin(nxt, eos)
+            if done.all():
+                break
+            step_ids, past = nxt[:, None], out.present
+            mask = np.concatenate([mask, np.ones((B, 1), np.int64)], axis=1)
+        return np.concatenate(tokens, axis=1)
+
+    def close(self) -> None:
+        self._cache.clear()
+        if self._owns_ckpt:
+            self.ckpt.close()
+
+    def __enter__(self) -> ReferenceModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_checkpoint(
+    ckpt_dir: str | os.PathLike,
+    input_ids: np.ndarray,
+    max_new_tokens: int = 0,
+    logits_out: str | os.PathLike | None = None,
+    *,
+    dtype: Any = np.float32,
+    eos_token_ids: Iterable[int] | None = None,
+) -> np.ndarray:
+    """The `mxport run --backend numpy` hook: greedy-decode `input_ids` ([S] or [B,S]) on the checkpoint.
+
+    Returns ids [B, S+N]. With `logits_out`, writes (atomically) float32 logits of every position that was run
+    through the model: [B, S+N-1, V] when N >= 1 new tokens were produced (row t predicts token t+1), [B,S,V]
+    when max_new_tokens is 0."""
+    ids = np.asarray(input_ids)
+    if ids.ndim == 1:
+        ids = ids[None]
+    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+        raise MxportError(f"input ids: expected integers of shape [S] or [B,S], found {ids.dtype} {ids.shape}")
+    with ReferenceModel(ckpt_dir, dtype=dtype) as model:
+        if max_new_tokens == 0:
+            logits = [model.forward(ids).logits]
+            result = ids.astype(np.int64)
+        else:
+            logits = []
+            result = model.generate_greedy(ids, max_new_tokens, eos_token_ids=eos_token_ids, logits_out=logits)
+    if logits_out is not None:
+        array = np.concatenate(logits, axis=1).astype(np.float32)
+        write_file(Path(logits_out), lambda f: np.save(f, array))
+    return result
