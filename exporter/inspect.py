@@ -1,12 +1,14 @@
-"""`mxport inspect OUT_DIR`: what an export folder holds, read from model.onnx alone (external data is not loaded).
+"""What an export folder holds, read from model.onnx alone (external data is not loaded).
 
-Prints the op histogram (domain::op counts, main graph), the custom ops used and the model-local functions,
+    s = summarize("out")       # Summary: ops, custom ops, functions, inputs/outputs, bytes by dtype, mxport.json
+    print(format_summary(s))   # the text `mxport inspect OUT_DIR` prints (mxport/commands/inspect.py)
+
+The text holds the op histogram (domain::op counts, main graph), the custom ops used and the model-local functions,
 inputs/outputs with dtypes and shapes, and initializer bytes by dtype (from shapes, not from the data file).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections import Counter
 from dataclasses import dataclass
@@ -110,7 +112,6 @@ def _options_text(meta: dict, cfg: dict) -> str:
 
 def _shared_fields(cfg: dict) -> dict:
     """num_hidden_layers / hidden_size / vocab_size of a recorded config, whatever the family calls them."""
-    from mxport.errors import MxportError
     from mxport.exporter import families
 
     try:
@@ -148,12 +149,3 @@ def format_summary(s: Summary) -> str:
         f"  {dtype:<10} {n / 1e6:12.3f} MB  {100 * n / max(total, 1):5.1f}%" for dtype, n in s.bytes_by_dtype.items()
     ]
     return "\n".join(out)
-
-
-def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("export_dir", metavar="OUT_DIR", help="an export folder (or a model.onnx)")
-
-
-def run(args: argparse.Namespace) -> int:
-    print(format_summary(summarize(args.export_dir)))
-    return 0

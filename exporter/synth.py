@@ -1,7 +1,8 @@
 """Synthetic checkpoints of any family: deterministic random weights in the published layouts, written tensor by tensor.
 
     write_checkpoint("ckpt", PRESETS["tiny"], layout="hf", seed=0)       # config.json + model.safetensors
-    mxport synth --preset mini --layout original -o ckpt [--seed S] [--list] [--force]
+    tensor_table(PRESETS["mini"], "original", None)                      # what it would hold, as text
+    (`mxport synth`, mxport/commands/synth.py, is the command line over these)
 
 Every canonical tensor draws from its own generator, seeded by (seed, canonical name), in row chunks whose size
 depends only on the tensor's shape. So the HF and original layouts (and any sharding) hold the same weights for
@@ -18,12 +19,10 @@ Output is atomic: everything goes to a temporary sibling folder that is renamed 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import struct
-import sys
 import zlib
 from pathlib import Path
 from typing import Iterator
@@ -50,9 +49,7 @@ def init_std_mean(name: str, cfg: DecoderConfig) -> tuple[float, float]:
         return cfg.family.init(name, cfg)
     if name.endswith(("norm.weight", "ln_1.weight", "ln_2.weight", "ln_f.weight")):
         return 0.1, 1.0
-    if name.endswith("bias"):
-        return 0.02, 0.0
-    return 0.02, 0.0
+    return 0.02, 0.0  # weights and biases alike
 
 
 def _rng(seed: int, name: str) -> np.random.Generator:
@@ -281,68 +278,26 @@ def write_checkpoint(
     return out_dir
 
 
-# ---- CLI ----------------------------------------------------------------------------------------------------------
-def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="model shape (default tiny)")
-    parser.add_argument("--layout", choices=("hf", "original"), default="hf", help="tensor names and config keys")
-    parser.add_argument("-o", "--output", type=Path, help="output folder (written atomically)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--float-experts", "--dense-experts", dest="float_experts", action="store_true",
-                        help="bf16 (float) experts instead of MXFP4 (hf only; --dense-experts is the old name)")
-    parser.add_argument("--max-shard-bytes", type=int, default=None,
-                        help="split into shards with an index (default: 5e9 bytes when the hf-layout checkpoint is "
-                             "larger than that, as the published repos do; else one file)")
-    parser.add_argument("--list", action="store_true", help="print the tensor table and totals, write nothing")
-    parser.add_argument("--force", action="store_true", help="replace an existing non-empty output folder")
-
-
-def _shard_bytes(args: argparse.Namespace) -> int | None:
-    if args.max_shard_bytes is not None:
-        if args.max_shard_bytes <= 0:
-            raise MxportError(f"--max-shard-bytes must be positive, found {args.max_shard_bytes}")
-        return args.max_shard_bytes
-    return default_shard_bytes(_config(args), args.layout)
-
-
+# ---- what a checkpoint will hold ----------------------------------------------------------------------------------
 def default_shard_bytes(cfg: DecoderConfig, layout: str) -> int | None:
     """DEFAULT_SHARD_BYTES for an hf-layout checkpoint larger than that (gpt-oss-20b/120b, qwen3-8b: the published
     repos shard their HF weights), else None (one model.safetensors; gpt-oss' original/ folder is one file too)."""
     return DEFAULT_SHARD_BYTES if layout == "hf" and plan_bytes(stored_plan(cfg, layout)) > DEFAULT_SHARD_BYTES else None
 
 
-def _config(args: argparse.Namespace) -> DecoderConfig:
-    cfg = PRESETS[args.preset]
-    if args.float_experts and not hasattr(cfg, "experts_mxfp4"):
-        raise MxportError(f"--float-experts: preset {args.preset!r} ({cfg.family.name}) has no MXFP4 experts")
-    return cfg.replace(experts_mxfp4=False) if args.float_experts else cfg
-
-
-def print_table(cfg: DecoderConfig, layout: str, max_shard_bytes: int | None, out=None) -> None:
-    out = out or sys.stdout
+def tensor_table(cfg: DecoderConfig, layout: str, max_shard_bytes: int | None) -> str:
+    """The stored tensors (name, shape, dtype, bytes) one a line, then the totals by dtype and the file count."""
     plan = stored_plan(cfg, layout)
     shards = shard_plan(plan, max_shard_bytes)
     width = max(len(n) for n, _, _ in plan)
-    print(f"{'name':<{width}}  {'shape':<22} {'dtype':<5} {'bytes':>14}", file=out)
+    lines = [f"{'name':<{width}}  {'shape':<22} {'dtype':<5} {'bytes':>14}"]
     for name, shape, dtype in plan:
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        print(f"{name:<{width}}  {str(list(shape)):<22} {_ST_NAME[dtype]:<5} {nbytes:>14,}", file=out)
+        lines.append(f"{name:<{width}}  {str(list(shape)):<22} {_ST_NAME[dtype]:<5} {nbytes:>14,}")
     by_dtype: dict[str, int] = {}
     for _, shape, dtype in plan:
         by_dtype[_ST_NAME[dtype]] = by_dtype.get(_ST_NAME[dtype], 0) + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     total = plan_bytes(plan)
-    print(f"total: {len(plan)} tensors, {total:,} bytes ({total / 1e9:.3f} GB) in {len(shards)} file(s); "
-          + ", ".join(f"{k} {v:,}" for k, v in sorted(by_dtype.items())), file=out)
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg, shard_bytes = _config(args), _shard_bytes(args)
-    if args.list:
-        stored_plan(cfg, args.layout)  # validates the layout / experts combination
-        print_table(cfg, args.layout, shard_bytes)
-        return 0
-    if args.output is None:
-        raise MxportError("synth: -o/--output is required (or use --list)")
-    path = write_checkpoint(args.output, cfg, layout=args.layout, seed=args.seed, max_shard_bytes=shard_bytes,
-                            overwrite=args.force)
-    print(f"wrote {args.preset} ({args.layout} layout, seed {args.seed}) to {path}")
-    return 0
+    lines.append(f"total: {len(plan)} tensors, {total:,} bytes ({total / 1e9:.3f} GB) in {len(shards)} file(s); "
+                 + ", ".join(f"{k} {v:,}" for k, v in sorted(by_dtype.items())))
+    return "\n".join(lines)

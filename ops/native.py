@@ -8,7 +8,8 @@
 The library is a standard ORT custom-op library (RegisterCustomOps): ai.mxport MoEMXFP4, MatMulMXFP4, LinearBF16
 and LinearQ4 (and MoEMXFP4_2) on the CPU provider. ORT runs a registered kernel in preference to the model-local function of the same name, so
 one exported file runs everywhere through the function bodies and fast where the library is registered (tested
-with ORT's profiler: tests/ops/test_native.py). Other hosts register it by path (`mxport kernels` prints it):
+with ORT's profiler: tests/ops/test_native.py). Other hosts register it by path (`mxport kernels` prints it,
+mxport/commands/kernels.py):
 Python `so.register_custom_ops_library(path)`, C `RegisterCustomOpsLibrary`, C# / Java the same-named methods.
 
 MXPORT_KERNELS=off keeps mxport's own sessions on the function bodies (comparisons); MXPORT_KERNELS_ISA=c makes
@@ -113,34 +114,3 @@ def install_into(folder: str | Path) -> Path:
     options["custom_ops_library"] = GENAI_LIBRARY
     write_file(config_path, lambda f: f.write((json.dumps(config, indent=2) + "\n").encode()))
     return target
-
-
-# ---- `mxport kernels` ------------------------------------------------------------------------------------------
-def register(parser: Any) -> None:
-    """`mxport kernels` options (the CLI's register(parser) hook)."""
-    parser.add_argument("--json", action="store_true", help="print the library description as JSON")
-    parser.add_argument("--into", metavar="EXPORT", help="copy the library into an export folder and name it in its "
-                        "genai_config.json, so onnxruntime-genai runs ai.mxport nodes natively (this platform only)")
-
-
-def run(args: Any) -> int:
-    """Print the library path, domain, ops and ISA (exit 1 when the library was not built); or install it into an
-    export folder (--into)."""
-    import json
-
-    if args.into:
-        target = install_into(args.into)
-        print(f"{target} (named in {Path(args.into) / 'genai_config.json'}: custom_ops_library)")
-        return 0
-    data = info()
-    if args.json:
-        print(json.dumps(data))
-    elif data["path"] is None:
-        print("native kernels: not built (no compiler at install time?); ai.mxport ops run through their ONNX "
-              "function bodies")
-    else:
-        print(data["path"])
-        print(f"domain {data['domain']} version 1, CPUExecutionProvider: {', '.join(data['ops'])}")
-        print(f"isa {data['isa']}, ONNX Runtime C API version {data['ort_api']} or newer")
-        print(f"register in other hosts: SessionOptions.register_custom_ops_library({str(data['path'])!r})")
-    return 0 if data["path"] else 1
