@@ -4,11 +4,11 @@ One module per op (MoE and MoEMXFP4 share ops/moe.py; their bias-free version 2,
 body (in the module's FUNCTIONS, an onnxscript function in OPSET) and its NumPy kernel for onnx.reference
 (a class named like the op).
 
-    functions()      FunctionProtos to put in ModelProto.functions (every body, incl. helpers they call)
-    kernels()        OpRun classes for onnx.reference.ReferenceEvaluator(model, new_ops=kernels())
-    opset_imports()  the opset imports a model using these ops needs
-    make_node(...)   a NodeProto with every attribute filled in (onnx.reference ignores function defaults)
-    make_model(...)  a ModelProto around a graph, with functions and opset imports attached
+    functions()          FunctionProtos to put in ModelProto.functions (every body, incl. helpers they call)
+    reference_kernels()  OpRun classes for onnx.reference.ReferenceEvaluator(model, new_ops=reference_kernels())
+    opset_imports()      the opset imports a model using these ops needs
+    make_node(...)       a NodeProto with every attribute filled in (onnx.reference ignores function defaults)
+    make_model(...)      a ModelProto around a graph, with functions and opset imports attached
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ STANDARD_OPSET = 23  # the ONNX opset the function bodies are written in (ORT 1.
 
 # Op modules, in order. Each defines FUNCTIONS (its ops' onnxscript bodies), HELPERS (functions those bodies call)
 # and one OpRun kernel class per op, named like the op. They load on first use (ALL_OPS, OPSET, functions(),
-# kernels()): importing onnxscript takes seconds, and `from mxport.ops import mxfp4` (the codec) must stay light.
+# reference_kernels()): importing onnxscript takes seconds, and `from mxport.ops import mxfp4` (the codec) must stay light.
 _OP_MODULES = ("dequantize_mxfp4", "matmul_mxfp4", "linear_bf16", "linear_q4", "moe", "moe_2", "attention")
 # Modules whose bodies a model carries only when it uses one of their ops (functions(used=...)); the others are
 # attached to every export, as they were before these existed (gpt-oss exports stay byte-identical).
@@ -95,8 +95,10 @@ def _explicit_loop_conditions(proto: onnx.FunctionProto) -> onnx.FunctionProto:
     return proto
 
 
-def kernels() -> list[type]:
-    """The NumPy kernels, for onnx.reference.ReferenceEvaluator(..., new_ops=kernels())."""
+def reference_kernels() -> list[type]:
+    """The ops' NumPy kernels (OpRun classes), for onnx.reference.ReferenceEvaluator(..., new_ops=reference_kernels()).
+
+    Not the native C library of ops/native.py, which ONNX Runtime runs."""
     ALL_OPS = __getattr__("ALL_OPS")  # noqa: N806
     return [getattr(module, body.name) for module in ALL_OPS for body in module.FUNCTIONS]
 

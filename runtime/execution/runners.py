@@ -1,7 +1,7 @@
 """Runners: one interface over everything that can run a model (Polygraphy's loaders -> runners -> comparator).
 
     runner = OrtRunner("out_dir")                       # ONNX Runtime session over out_dir/model.onnx
-    runner = OnnxReferenceRunner("out_dir")             # onnx.reference, custom ops by mxport.ops.kernels()
+    runner = OnnxReferenceRunner("out_dir")             # onnx.reference, custom ops by mxport.ops.reference_kernels()
     runner = OnnxReferenceRunner("out_dir", kernels=False)   # ... custom ops by their ONNX function bodies only
     runner = ReferenceModelRunner("ckpt_dir")           # the NumPy reference model on the checkpoint itself
 
@@ -107,7 +107,7 @@ class OrtRunner:
 class OnnxReferenceRunner:
     """onnx.reference.ReferenceEvaluator over the exported graph: the pure-Python "numpy backend" of an export.
 
-    kernels=True runs the ai.mxport nodes with mxport.ops.kernels() (NumPy); kernels=False runs their ONNX
+    kernels=True runs the ai.mxport nodes with mxport.ops.reference_kernels() (NumPy); kernels=False runs their ONNX
     function bodies (the model-local functions stored in model.onnx), which checks the bodies themselves.
     Loads the whole model into memory: meant for tiny models and tests."""
 
@@ -124,9 +124,7 @@ class OnnxReferenceRunner:
         if kernels:
             from mxport import ops
 
-            if not hasattr(ops, "kernels"):
-                raise MxportError("OnnxReferenceRunner(kernels=True): mxport.ops.kernels() is not available")
-            new_ops = list(ops.kernels())
+            new_ops = ops.reference_kernels()
         self.evaluator = ReferenceEvaluator(model, new_ops=new_ops)
         self.name = "onnx.reference" + ("+kernels" if kernels else "[functions]")
         self.input_names = list(self.evaluator.input_names)

@@ -1,6 +1,6 @@
 """Shared fixtures for the ai.mxport op tests: run one op node three ways.
 
-    kernel     onnx.reference with the NumPy kernels (new_ops=kernels())
+    kernel     onnx.reference with the NumPy kernels (new_ops=reference_kernels())
     reference  onnx.reference with the function bodies alone (no new_ops)
     ort        ONNX Runtime CPU with the function bodies
 """
@@ -36,7 +36,7 @@ def run_three_ways(op_type: str, inputs: dict[str, np.ndarray], n_outputs: int =
     model = build_model(op_type, inputs, n_outputs, **attrs)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return {
-        "kernel": ReferenceEvaluator(model, new_ops=ops.kernels()).run(None, inputs),
+        "kernel": ReferenceEvaluator(model, new_ops=ops.reference_kernels()).run(None, inputs),
         "reference": ReferenceEvaluator(model).run(None, inputs),
         "ort": session.run(None, inputs),
     }

@@ -84,7 +84,7 @@ def test_moe_2_bf16_weights_three_ways(t, e, k, route, normalize, act):
     model = bf16_initializer_model(x, logits, w1, w2, k=k, normalize_routing_weights=normalize, **act)
     feeds = dict(x=x, router_logits=logits)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    got = {"kernel": ReferenceEvaluator(model, new_ops=ops.kernels()).run(None, feeds),
+    got = {"kernel": ReferenceEvaluator(model, new_ops=ops.reference_kernels()).run(None, feeds),
            "reference": ReferenceEvaluator(model).run(None, feeds), "ort": session.run(None, feeds)}
     check_all(got, want)
 
