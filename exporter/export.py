@@ -57,20 +57,17 @@ MATRIX_STORAGE = "bfloat16"
 
 
 def _lowering():
-    """exporter/lower when it is installed, else None. It may declare TARGETS, EXPERTS, DTYPES and `lower()`."""
-    try:
-        from mxport.exporter import lower
-    except ImportError:
-        return None
-    return lower if hasattr(lower, "lower") else None
+    """exporter/lower (imported on first use): its TARGETS, EXPERTS, DTYPES, ACCURACY_LEVELS and `lower()`."""
+    from mxport.exporter import lower
+
+    return lower
 
 
 def _options() -> dict[str, tuple[str, ...]]:
     lower = _lowering()
     known = {"target": ("portable",), "experts": ("mxfp4",), "dtype": ("float32",)}
-    if lower is not None:
-        for option, attr in (("target", "TARGETS"), ("experts", "EXPERTS"), ("dtype", "DTYPES")):
-            known[option] += tuple(v for v in getattr(lower, attr, ()) if v not in known[option])
+    for option, attr in (("target", "TARGETS"), ("experts", "EXPERTS"), ("dtype", "DTYPES")):
+        known[option] += tuple(v for v in getattr(lower, attr) if v not in known[option])
     return known
 
 
@@ -117,8 +114,6 @@ def lower(model: ir.Model, *, target: str, experts: str, dtype: str, dense: str 
             experts == "float" or (experts == "mxfp4" and not float_experts(model))):
         return model  # nothing to rewrite: experts as stored
     lowering = _lowering()
-    if lowering is None:
-        raise MxportError(f"export: target={target!r} experts={experts!r} dtype={dtype!r} need exporter/lower")
     extra = {"dense": dense} if dense != "float32" else {}
     if last_logits:
         extra["last_logits"] = True
@@ -237,7 +232,7 @@ def export(
     from mxport.exporter.checkpoint import open_checkpoint
 
     _validate(target, DEFAULT_EXPERTS.get(target, "mxfp4") if experts is None else experts, dtype)
-    if accuracy_level not in getattr(_lowering(), "ACCURACY_LEVELS", (4,)):  # exporter/lower's own list
+    if accuracy_level not in _lowering().ACCURACY_LEVELS:  # exporter/lower's own list
         raise MxportError(f"export: --accuracy-level must be 0..4 (ORT's accuracy_level), found {accuracy_level}")
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
     _check_out_dir(out_dir, force, checkpoint_dir)

@@ -15,7 +15,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import save_file
 from torch import nn
@@ -125,15 +124,3 @@ def load_shipped(folder: Path, **kwargs) -> nn.Module:
     model = GptOssForCausalLM.from_pretrained(folder, dtype=torch.float32, device_map="cpu",
                                               quantization_config=Mxfp4Config(dequantize=True), **kwargs)
     return model.float().eval()
-
-
-def experts_roundtrip_ok(model: nn.Module) -> bool:
-    """Whether the torch fake quantiser and mxport's encoder agree on every expert weight (they must)."""
-    for name, p in model.state_dict().items():
-        if name.rpartition(".")[2] in EXPERT_WEIGHTS:
-            w = p.detach().float()
-            ours = fake_mxfp4(w).numpy()
-            theirs = mxfp4.decode(*mxfp4.encode(w.transpose(1, 2).contiguous().numpy())).transpose(0, 2, 1)
-            if not np.array_equal(ours, theirs):
-                return False
-    return True

@@ -96,11 +96,6 @@ def const(value: ir.Value | None) -> ir.TensorProtocol | None:
     return None
 
 
-def const_array(value: ir.Value | None) -> np.ndarray | None:
-    tensor = const(value)
-    return None if tensor is None else tensor.numpy()
-
-
 def attr(node: ir.Node, name: str, default: Any = None) -> Any:
     a = node.attributes.get(name)
     return default if a is None else a.value
