@@ -6,8 +6,9 @@
     w = b.lazy_initializer("lm_head.weight", ir.DataType.BFLOAT16, (H, V), produce)   # bytes read at save time
     model = b.model(inputs, outputs, functions=...)
 
-Values flow through arguments and return values (STYLE.md 5); the Builder only remembers what it recorded,
-in order, so that the same input always gives the same graph (names, node order, initializer order).
+Values flow through arguments and return values (docs/STYLE.md "Values, not name strings"); the Builder only
+remembers what it recorded, in order, so that the same input always gives the same graph (names, node order,
+initializer order).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""Layers every family's graph is built from: weights read lazily from the checkpoint, linear, norms, RoPE,
-the attention op call, MLPs, window-sized caches. Pure functions over onnx-ir values (STYLE.md 5, 13); the
-differences between families are arguments (bias, eps, qk norms, window), not branches on a family name.
+"""Layers every family's graph is built from: weights read lazily from the checkpoint, linear, norms, RoPE, the
+attention op call, MLPs, window-sized caches. Pure functions over onnx-ir values (docs/STYLE.md "Values, not name
+strings", "A family is one folder over shared layers"); the differences between families are arguments (bias, eps,
+qk norms, window), not branches on a family name.
 
     Weights(b, ckpt)            checkpoint tensor -> lazy initializer (matrices [in, out], bf16 + Cast or float32)
     linear(b, w, x, prefix)     x @ W.T (+ b)

@@ -1,8 +1,8 @@
 """MoE_2 and MoEMXFP4_2 (ai.mxport, version 1 domain): MoE / MoEMXFP4 without expert biases.
 
-Version 2 of the MoE ops (STYLE.md 2: a new signature is a new name; MoE and MoEMXFP4 keep their meaning for the
-families that have expert biases, gpt-oss). Families whose experts have no bias (Qwen3-MoE) call these: no zero
-bias tensors in the file, no bias Add per expert.
+Version 2 of the MoE ops (docs/STYLE.md "Versions are new names": a new signature is a new name; MoE and MoEMXFP4
+keep their meaning for the families that have expert biases, gpt-oss). Families whose experts have no bias
+(Qwen3-MoE) call these: no zero bias tensors in the file, no bias Add per expert.
 
 Schema
     MoE_2(x: float[T, H], router_logits: float[T, E], w1: float|bfloat16[E, 2I, H], w2: float|bfloat16[E, H, I])

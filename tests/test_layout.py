@@ -1,4 +1,5 @@
-"""The package's shape, read from the source's AST (nothing is imported): layers, no import cycles, modules under 500 lines.
+"""The package's shape, read from the source (nothing is imported): layers, no import cycles, modules under 500
+lines, and the docs the repository cites.
 
     ground floor  mxport/{__init__,errors,files,folders}.py, mxport/contract/   import nothing of mxport above them
     ops           ops/                                                          + the ground floor
@@ -8,11 +9,14 @@
 
 A module may import its own layer and the layers below it, in any function (imports inside functions count).
 Module-level imports (those that run when the module loads; `if TYPE_CHECKING:` ones do not) form no cycle.
+Every doc the code, the docs or the README cites (`docs/<name>.md`, or `<name>.md` beside the citing file or in
+docs/) is a file of the repository.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,3 +195,43 @@ def test_every_module_is_under_500_lines():
     lengths = {m: len(path.read_text().splitlines()) for m, path in MODULES.items()}
     long = [f"{MODULES[m].relative_to(REPO)}: {n} lines" for m, n in lengths.items() if n >= MAX_LINES]
     assert long == [], f"modules of {MAX_LINES} lines or more:\n" + "\n".join(long)
+
+
+# A citation of one of the project's docs: an upper-case name (ARCHITECTURE.md, docs/LOWERING.md, ../README.md).
+# Other projects' docs cited by name (harmony's docs/format.md, ORT's ContribOperators.md) are spelled otherwise.
+DOC_CITATION = re.compile(r"(?<![\w./-])((?:[\w.-]+/)*[A-Z][A-Z0-9_]*\.md)\b")
+CITING_FOLDERS = ("mxport", "exporter", "runtime", "ops", "training", "tests", "examples", "docs")
+CITING_SUFFIXES = {".py", ".md", ".toml", ".c", ".h", ".mjs", ".js"}
+
+
+def _citing_files() -> list[Path]:
+    files = [REPO / "README.md", REPO / "pyproject.toml", REPO / "setup.py"]
+    for folder in CITING_FOLDERS:
+        files += [p for p in sorted((REPO / folder).rglob("*")) if p.suffix in CITING_SUFFIXES
+                  and "node_modules" not in p.parts and p.is_file()]
+    return files
+
+
+def _cited_file(cited: str, citing: Path) -> Path | None:
+    """The repository file a citation names: from the repository root, beside the citing file, or in docs/."""
+    places = [REPO / cited, citing.parent / cited] + ([REPO / "docs" / cited] if "/" not in cited else [])
+    for path in places:
+        path = path.resolve()
+        if path.is_file() and path.is_relative_to(REPO):
+            return path
+    return None
+
+
+def test_doc_citation_pattern():
+    text = 'see docs/LOWERING.md, ARCHITECTURE.md "Model I/O", [x](../README.md), format.md, ContribOperators.md'
+    assert DOC_CITATION.findall(text) == ["docs/LOWERING.md", "ARCHITECTURE.md", "../README.md"]
+
+
+def test_every_cited_doc_is_in_the_repository():
+    missing = []
+    for path in _citing_files():
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            missing += [f"{path.relative_to(REPO)}:{number}: {cited}" for cited in DOC_CITATION.findall(line)
+                        if _cited_file(cited, path) is None]
+    assert missing == [], "cited docs that are not in the repository:\n" + "\n".join(missing)
+

@@ -25,8 +25,8 @@ probabilities (both checked against the NumPy kernel). The CPU kernel runs SwiGL
 (swiglu_fusion=1; 2 = concatenated is refused at session creation by ORT 1.32): a portable node with
 swiglu_interleaved=0 (gate rows first, Qwen3-MoE) gets its fc1 rows interleaved at export, an exact row
 permutation (MXFP4 blocks and scales are per row, so they permute as they are). activation_alpha 1 / beta 0
-without swiglu_limit is plain SwiGLU on ORT 1.32 (tests/exporter/lower/test_moe_2.py; NUMERICS.md warns that
-older kernels hard-coded gpt-oss's constants).
+without swiglu_limit is plain SwiGLU on ORT 1.32 (tests/exporter/lower/test_moe_2.py; docs/NUMERICS.md
+"ONNX Runtime contrib ops" warns that older kernels hard-coded gpt-oss's constants).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The rule machinery of lowering: pattern / check / rewrite on an onnx-ir model (STYLE.md 4).
+"""The rule machinery of lowering: pattern / check / rewrite on an onnx-ir model (docs/STYLE.md "Rewrites are rules").
 
 A rule is a small object with three methods:
 

@@ -18,7 +18,7 @@ from tokenizers import Tokenizer as _HFTokenizer, decoders, models, pre_tokenize
 
 from mxport.errors import MxportError
 
-# Harmony special tokens and their ids in o200k_harmony (NUMERICS.md "Harmony chat format").
+# Harmony special tokens and their ids in o200k_harmony (docs/NUMERICS.md "Harmony chat format (gpt-oss)").
 # Code that needs an id asks the tokenizer (token_to_id); these ids are used only to *build* a tokenizer.
 HARMONY_SPECIAL_TOKENS: dict[str, int] = {
     "<|endoftext|>": 199999,

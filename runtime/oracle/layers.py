@@ -1,4 +1,4 @@
-"""Pure NumPy building blocks of the gpt-oss forward pass (NUMERICS.md "Forward"), one function per step.
+"""Pure NumPy building blocks of the gpt-oss forward pass (docs/NUMERICS.md "Forward"), one function per step.
 
 Every function computes in the dtype of its floating inputs (float32 or float64) and allocates nothing that
 outlives the call. The model (`runtime.reference_model`) wires them together and feeds them weights.

@@ -1,4 +1,4 @@
-"""gpt-oss in NumPy (NUMERICS.md "Forward"): RMSNorm, attention with bias and sinks, YaRN RoPE, MXFP4 MoE.
+"""gpt-oss in NumPy (docs/NUMERICS.md "Forward"): RMSNorm, attention with bias and sinks, YaRN RoPE, MXFP4 MoE.
 
     x += o_proj(attention(rope(q_proj(n)), rope(k_proj(n)), v_proj(n), sinks)),  n = rmsnorm(x)
     x += moe(rmsnorm(x))          router top-k softmax, clamped interleaved SwiGLU experts, weighted sum

@@ -19,7 +19,7 @@ from mxport.ops import mxfp4
 
 T, H, I, E, K = 6, 64, 32, 7, 3
 # Qwen3-MoE: split halves, no clamp, alpha 1, beta 0. Large weights so |gate|, |up| pass 7 often: a kernel that
-# clamped at gpt-oss's 7 or used its alpha 1.702 / beta 1 would be far off (NUMERICS.md: older ORT kernels did).
+# clamped at gpt-oss's 7 or used its alpha 1.702 / beta 1 would be far off (docs/NUMERICS.md: older ORT kernels did).
 QWEN3_MOE = dict(k=K, swiglu_interleaved=0, swiglu_limit=0.0, activation_alpha=1.0, activation_beta=0.0)
 
 
