@@ -9,6 +9,7 @@ lines, and the docs the repository cites.
 
 A module may import its own layer and the layers below it, in any function (imports inside functions count).
 Module-level imports (those that run when the module loads; `if TYPE_CHECKING:` ones do not) form no cycle.
+Libraries (every layer below the commands) hold no argparse and call no print: the command layer does both.
 Every doc the code, the docs or the README cites (`docs/<name>.md`, or `<name>.md` beside the citing file or in
 docs/) is a file of the repository.
 """
@@ -42,9 +43,16 @@ KNOWN_CYCLE_EDGES: set[tuple[str, str]] = {
     ("mxport.exporter.families.qwen3_moe.graph", "mxport.exporter.families.qwen3_moe"),
 }
 
+# Libraries that still hold a command's argparse / printing, which other steps move to mxport/commands/ (must
+# shrink to empty). ops.native's print is its once-per-process notice that the native library is missing.
+KNOWN_CLI_IN_LIBRARIES: set[str] = {
+    "mxport.exporter.export", "mxport.runtime.bench.speed", "mxport.runtime.chat.session",
+    "mxport.runtime.judge.verify", "mxport.ops.native",
+}
+
 
 def layer(module: str) -> int | None:
-    """The layer of a module of the package, None for one outside the four layers (e.g. mxport.data)."""
+    """The layer of a module of the package (GROUND .. TOP), None for a module outside them."""
     for prefix, rank in (("mxport.ops", OPS), ("mxport.exporter", EXPORTER), ("mxport.runtime", RUNTIME),
                          ("mxport.commands", TOP), ("mxport.contract", GROUND)):
         if module == prefix or module.startswith(prefix + "."):
@@ -152,6 +160,27 @@ def test_no_module_imports_a_layer_above_its_own():
                               f"{LAYER_NAMES[layer(imp.target)]})")
     assert upward == [], "upward imports:\n" + "\n".join(upward)
     assert KNOWN_UPWARD <= seen_known, f"gone, delete from KNOWN_UPWARD: {sorted(KNOWN_UPWARD - seen_known)}"
+
+
+def _command_code(module: str) -> list[str]:
+    """`import argparse` and print() calls in a module, as 'file:line: what'."""
+    found = []
+    for node in ast.walk(ast.parse(MODULES[module].read_text())):
+        if isinstance(node, ast.Import) and any(a.name == "argparse" for a in node.names) or (
+                isinstance(node, ast.ImportFrom) and node.module == "argparse"):
+            found.append(f"{MODULES[module].relative_to(REPO)}:{node.lineno}: imports argparse")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
+            found.append(f"{MODULES[module].relative_to(REPO)}:{node.lineno}: print()")
+    return found
+
+
+def test_libraries_hold_no_argparse_and_no_printing():
+    libraries = [m for m in MODULES if layer(m) < TOP]
+    found = {m: _command_code(m) for m in libraries}
+    unknown = [line for m, lines in found.items() if m not in KNOWN_CLI_IN_LIBRARIES for line in lines]
+    assert unknown == [], "command-line code in libraries (it belongs in mxport/commands/):\n" + "\n".join(unknown)
+    gone = sorted(m for m in KNOWN_CLI_IN_LIBRARIES if not found.get(m))
+    assert gone == [], f"gone, delete from KNOWN_CLI_IN_LIBRARIES: {gone}"
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
