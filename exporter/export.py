@@ -265,7 +265,7 @@ def export(
             for name in TOKENIZER_FILES:
                 if (checkpoint_dir / name).is_file():
                     shutil.copyfile(checkpoint_dir / name, tmp / name)
-            write_genai_files(tmp, ckpt.config, meta)  # genai_config.json: onnxruntime-genai runs the folder
+            write_genai_files(tmp, ckpt.config, meta, model)  # genai_config.json: onnxruntime-genai runs the folder
             replace_dir(tmp, out_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

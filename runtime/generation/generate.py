@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from mxport.contract.io import position_ids
 from mxport.errors import MxportError
 from mxport.folders import folder_kind
-from mxport.runtime.execution.runners import position_ids as default_positions
 from mxport.runtime.generation.sampling import SamplingConfig, sample
 from mxport.runtime.execution.session import CacheShape, InferStepModel, OrtStepModel, StepModel, read_export_meta
 from mxport.runtime.generation.tokenizer import Tokenizer
@@ -209,7 +209,7 @@ class Generator:
         for b, p in enumerate(batch):
             input_ids[b, S0 - len(p):] = p
             mask[b, S0 - len(p):] = 1
-        position_ids = default_positions(mask, S0)
+        positions = position_ids(mask, S0)
 
         texts = [_TextState(self.tokenizer, config) for _ in batch]
         done = [False] * B
@@ -218,7 +218,7 @@ class Generator:
         # --max-new-tokens does not reserve the whole context up front
         cache = self.model.new_cache(B, capacity=S0 + min(config.max_new_tokens, 1024))
         t0 = time.perf_counter()
-        logits, cache = self.model.step(input_ids, mask, position_ids, cache)
+        logits, cache = self.model.step(input_ids, mask, positions, cache)
         prefill_time[0] = time.perf_counter() - t0
         while True:
             next_ids = sample(logits[:, -1, :], config.sampling, rng)
@@ -241,8 +241,8 @@ class Generator:
                 return
             step_ids = np.where(done, self.pad_token_id, next_ids).astype(np.int64)[:, None]
             mask = np.concatenate([mask, np.ones((B, 1), np.int64)], axis=1)
-            position_ids = default_positions(mask, 1)
-            logits, cache = self.model.step(step_ids, mask, position_ids, cache)
+            positions = position_ids(mask, 1)
+            logits, cache = self.model.step(step_ids, mask, positions, cache)
 
     def _full_text(self, token_ids: list[int], config: GenerationConfig) -> str:
         """The non-streamed text: decode everything, cut at the first stop string."""

@@ -30,13 +30,14 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from mxport.contract import io
 from mxport.errors import MxportError
 from mxport.files import write_file
+from mxport.folders import read_manifest
 from mxport.runtime.judge.compare import (
     FLOAT32_TOLERANCES,
     Tolerance,
     compare,
-    layer_of,
     resolve_tolerance,
 )
 from mxport.runtime.judge.report import MAX_FAILURE_LINES, CallResult, VerifyReport  # noqa: F401
@@ -44,10 +45,7 @@ from mxport.runtime.execution.runners import (
     OrtRunner,
     ReferenceModelRunner,
     expose_hidden_states,
-    make_feeds,
     model_path,
-    read_manifest,
-    step_feeds,
 )
 
 # Exact modes: every weight the export uses equals the checkpoint's after dequantization (MXFP4 kept or decoded
@@ -57,9 +55,9 @@ from mxport.runtime.execution.runners import (
 EXACT_EXPERTS = ("mxfp4", "fp32", "float32", "dense", "float", "none")  # none: a model without experts
 EXACT_DENSE = ("float32", "bf16")  # dense matrices as stored (bf16 or float32) through a float32 MatMul (bf16: LinearBF16)
 LOSSY_TOLERANCES: dict[str, Tolerance] = {
-    "logits": Tolerance(rel=5e-2, top1=0.9, kl_mean=1e-2),
-    "hidden_states.*": Tolerance(rel=5e-2),
-    "present.*": Tolerance(rel=5e-2),
+    io.LOGITS: Tolerance(rel=5e-2, top1=0.9, kl_mean=1e-2),
+    io.HIDDEN + "*": Tolerance(rel=5e-2),
+    io.PRESENT + "*": Tolerance(rel=5e-2),
     "*": Tolerance(rel=5e-2),
 }
 MIN_PROMPT = 3
@@ -215,7 +213,7 @@ def verify(
     report = VerifyReport(str(export_dir), str(checkpoint), mode, provider, [], decode_steps, tolerances=tols)
     tmp = None
     try:
-        if any(n.startswith("hidden_states.") for n in ort_runner.output_names):
+        if any(n.startswith(io.HIDDEN) for n in ort_runner.output_names):
             report.hidden_states_source = "export"
         elif per_layer:
             tmp, exposed = _exposed_copy(export_dir, cfg.num_hidden_layers, report.notes)
@@ -271,17 +269,17 @@ def _exposed_copy(export_dir: Path, num_layers: int, notes: list[str]):
 
 def _run_case(ort_runner, reference, cfg, ids, mask, decode_steps, tols):
     """Prefill + cached decode steps; yields one compare() Report per call."""
-    feeds = make_feeds(ids, mask, cfg=cfg)
+    feeds = io.make_feeds(ids, mask, cfg=cfg)
     ort_feeds = ref_feeds = feeds
     for step in range(decode_steps + 1):
         got = ort_runner.infer({k: v for k, v in ort_feeds.items() if k in ort_runner.input_names})
         want = reference.infer(ref_feeds)
-        yield compare(got, want, tols, masks=_masks(got, ref_feeds["attention_mask"], ids.shape[1] if step == 0 else 1))
+        yield compare(got, want, tols, masks=_masks(got, ref_feeds[io.ATTENTION_MASK], ids.shape[1] if step == 0 else 1))
         if step == decode_steps:
             break
-        nxt = want["logits"][:, -1].argmax(-1)  # the reference's greedy choice, fed to both
-        ort_feeds = step_feeds(got, nxt, ort_feeds["attention_mask"])
-        ref_feeds = step_feeds(want, nxt, ref_feeds["attention_mask"])
+        nxt = want[io.LOGITS][:, -1].argmax(-1)  # the reference's greedy choice, fed to both
+        ort_feeds = io.step_feeds(got, nxt, ort_feeds[io.ATTENTION_MASK])
+        ref_feeds = io.step_feeds(want, nxt, ref_feeds[io.ATTENTION_MASK])
 
 
 def _masks(outputs: Mapping[str, np.ndarray], mask: np.ndarray, new: int) -> dict[str, np.ndarray]:
@@ -291,9 +289,9 @@ def _masks(outputs: Mapping[str, np.ndarray], mask: np.ndarray, new: int) -> dic
     real = mask.astype(bool)  # [B, P+S]
     masks = {}
     for name, value in outputs.items():
-        if name == "logits" or layer_of(name) is not None:
+        if name == io.LOGITS or io.hidden_layer(name) is not None:
             masks[name] = real[:, -new:]
-        elif name.startswith("present."):
+        elif name.startswith(io.PRESENT):
             masks[name] = np.broadcast_to(real[:, None, real.shape[1] - value.shape[2] :], value.shape[:3])
     return masks
 

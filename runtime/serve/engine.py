@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from mxport.runtime.execution.runners import position_ids
+from mxport.contract.io import position_ids
 from mxport.runtime.generation.sampling import SamplingConfig, sample
 from mxport.runtime.execution.session import StepModel, cache_arrays
 

@@ -12,6 +12,7 @@ import onnx
 import pytest
 
 from mxport.cli import main
+from mxport.contract.io import make_feeds, step_feeds
 from mxport.errors import MxportError
 from mxport.runtime.judge.compare import FLOAT32_TOLERANCES, Tolerance, compare
 from mxport.runtime.execution.runners import (
@@ -19,8 +20,6 @@ from mxport.runtime.execution.runners import (
     OrtRunner,
     ReferenceModelRunner,
     expose_hidden_states,
-    make_feeds,
-    step_feeds,
 )
 from mxport.runtime.judge.verify import (
     LOSSY_TOLERANCES,
