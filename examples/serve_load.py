@@ -33,6 +33,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from mxport.contract.folder import read_manifest
+
 
 @contextmanager
 def server(folder: Path, max_batch: int, max_queue: int):
@@ -168,8 +170,7 @@ def main() -> int:
     p.add_argument("--json", type=Path, default=None, help="write the rows as JSON")
     args = p.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]
-    meta = json.loads((args.folder / "mxport.json").read_text())
-    vocab = int(meta["config"]["vocab_size"])
+    vocab = int(read_manifest(args.folder).config["vocab_size"])
     rows = run_loads(args.folder, args, args.max_batch, f"batch {args.max_batch}", vocab)
     if args.serial:
         rows += run_loads(args.folder, args, 1, "one at a time", vocab)

@@ -31,9 +31,9 @@ from typing import Any
 import onnx_ir as ir
 
 from mxport.contract import io
+from mxport.contract.folder import GENAI_FILE, MODEL_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, Manifest
 from mxport.errors import MxportError
 
-GENAI_FILE = "genai_config.json"
 # ort-extensions (genai's tokenizer) needs tokenizer_config.json beside tokenizer.json; written when absent.
 TOKENIZER_CONFIG = {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": False, "add_eos_token": False}
 
@@ -47,7 +47,7 @@ def sliding_layers(cfg: Any) -> list[tuple[int, int]]:
 
 
 def genai_config(cfg: Any, *, inputs: list[str], outputs: list[str], window_cache: bool,
-                 model_file: str = "model.onnx", provider: str | None = None,
+                 model_file: str = MODEL_FILE, provider: str | None = None,
                  share_buffer: bool = False) -> dict[str, Any]:
     """The genai_config.json dict for an export of `cfg` whose graph has these input / output names.
 
@@ -126,17 +126,17 @@ def genai_config(cfg: Any, *, inputs: list[str], outputs: list[str], window_cach
     return {"model": model, "search": search}
 
 
-def write_genai_files(folder: Path, cfg: Any, meta: dict[str, Any], model: ir.Model) -> None:
+def write_genai_files(folder: Path, cfg: Any, meta: Manifest, model: ir.Model) -> None:
     """genai_config.json (+ a minimal tokenizer_config.json when the folder has tokenizer.json alone) for the
     export of `model` (the graph just saved into `folder`)."""
-    provider = {"cuda": "cuda"}.get(meta.get("target", ""))
-    pasts = [n for n in meta["inputs"] if n.startswith(io.PAST)]
+    provider = {"cuda": "cuda"}.get(meta.target)
+    pasts = [n for n in meta.inputs if n.startswith(io.PAST)]
     nodes = ((n.domain, n.op_type, [v.name if v is not None else "" for v in n.inputs], [v.name for v in n.outputs])
              for n in model.graph)
     shared = io.shared_buffer_layers(nodes, pasts, [io.past_to_present(n) for n in pasts])
-    config = genai_config(cfg, inputs=list(meta["inputs"]), outputs=list(meta["outputs"]),
-                          window_cache=bool(meta.get("window_cache", True)), provider=provider,
+    config = genai_config(cfg, inputs=list(meta.inputs), outputs=list(meta.outputs),
+                          window_cache=meta.window_cache, provider=provider,
                           share_buffer=bool(shared) and all(shared))
     (folder / GENAI_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    if (folder / "tokenizer.json").is_file() and not (folder / "tokenizer_config.json").is_file():
-        (folder / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG, indent=2) + "\n")
+    if (folder / TOKENIZER_FILE).is_file() and not (folder / TOKENIZER_CONFIG_FILE).is_file():
+        (folder / TOKENIZER_CONFIG_FILE).write_text(json.dumps(TOKENIZER_CONFIG, indent=2) + "\n")

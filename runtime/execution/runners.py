@@ -21,20 +21,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from mxport.contract import io
+from mxport.contract.folder import model_path
 from mxport.errors import MxportError
 from mxport.runtime.execution.session import mxport_options, resolve_provider
-
-MODEL_FILE = "model.onnx"
-
-# ---- locating an export ----------------------------------------------------------------------------------------
-def model_path(export_dir_or_model: str | os.PathLike) -> Path:
-    """`dir/model.onnx` for an export folder, or the .onnx file itself; MxportError naming the path otherwise."""
-    p = Path(export_dir_or_model)
-    if p.is_dir():
-        p = p / MODEL_FILE
-    if not p.is_file():
-        raise MxportError(f"{p}: no such ONNX model (expected an export folder holding {MODEL_FILE}, or an .onnx file)")
-    return p
 
 
 # ---- ONNX Runtime ----------------------------------------------------------------------------------------------

@@ -27,8 +27,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from mxport.contract import io
+from mxport.contract.folder import model_path as export_model_path
 from mxport.errors import MxportError
-from mxport.folders import read_manifest
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -49,11 +49,6 @@ class StepModel(Protocol):
 
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
              cache: Any) -> tuple[np.ndarray, Any]: ...
-
-
-def read_export_meta(folder: str | Path) -> dict[str, Any]:
-    """mxport.json of an exported folder ({} when the folder has none): mxport.folders.read_manifest."""
-    return read_manifest(folder)
 
 
 def resolve_provider(provider: str | None) -> str:
@@ -124,11 +119,7 @@ class OrtStepModel:
 
         if cache not in CACHE_FORMS:
             raise MxportError(f"cache={cache!r}: expected one of {', '.join(CACHE_FORMS)}")
-        path = Path(model_path)
-        if path.is_dir():
-            path = path / "model.onnx"
-        if not path.is_file():
-            raise MxportError(f"{path}: model file not found (expected an exported folder with model.onnx)")
+        path = export_model_path(model_path)
         self.provider = resolve_provider(provider)
         self.device = "cuda" if self.provider == PROVIDERS["cuda"] else "cpu"
         try:

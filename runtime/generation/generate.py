@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from mxport.contract.folder import CONFIG_FILE, MANIFEST_FILE, TOKENIZER_FILE, folder_kind, read_manifest
 from mxport.contract.io import position_ids
 from mxport.errors import MxportError
-from mxport.folders import folder_kind
 from mxport.runtime.generation.sampling import SamplingConfig, sample
-from mxport.runtime.execution.session import CacheShape, InferStepModel, OrtStepModel, StepModel, read_export_meta
+from mxport.runtime.execution.session import CacheShape, InferStepModel, OrtStepModel, StepModel
 from mxport.runtime.generation.tokenizer import Tokenizer
 
 
@@ -106,7 +106,7 @@ class Generator:
             )
         config, eos, pad = _folder_config(folder, kind)
         if kind == "export" and backend == "ort":
-            model: StepModel = OrtStepModel(folder / "model.onnx", provider)
+            model: StepModel = OrtStepModel(folder, provider)
             name = f"onnxruntime {model.provider}"
         elif kind == "export":
             model = InferStepModel(_onnx_reference_runner(folder), _cache_shape(config, folder))
@@ -114,8 +114,8 @@ class Generator:
         else:
             model = InferStepModel(_reference_model_runner(folder), _cache_shape(config, folder))
             name = "NumPy reference model"
-        if tokenizer is None and (folder / "tokenizer.json").is_file():
-            tokenizer = Tokenizer.from_file(folder / "tokenizer.json")
+        if tokenizer is None and (folder / TOKENIZER_FILE).is_file():
+            tokenizer = Tokenizer.from_file(folder / TOKENIZER_FILE)
         vocab = config.vocab_size if config is not None else None
         if pad is None or (vocab is not None and not 0 <= pad < vocab):
             pad = 0
@@ -321,24 +321,19 @@ def _folder_config(folder: Path, kind: str):
     from mxport.exporter import families
 
     if kind == "export":
-        meta = read_export_meta(folder)
-        raw = meta.get("config") or meta.get("model_config")
-        config = families.config_from_dict(raw, str(folder / "mxport.json")) if raw else None
-        eos = meta.get("eos_token_ids", meta.get("eos_token_id"))
-        if eos is None and config is not None:
-            eos = list(config.eos_token_ids)
+        meta = read_manifest(folder)
+        config = families.config_from_dict(meta.config, str(folder / MANIFEST_FILE)) if meta.config else None
+        eos = list(meta.eos_token_ids) or (list(config.eos_token_ids) if config is not None else [])
     else:
-        cfg_path = folder / "config.json"
-        config = families.read_config(cfg_path)
+        config = families.read_config(folder / CONFIG_FILE)
         eos = list(config.eos_token_ids)
-    eos = [eos] if isinstance(eos, int) else list(eos or [])
     pad = config.pad_token_id if config is not None else None
     return config, [int(e) for e in eos], pad
 
 
 def _cache_shape(config, folder: Path) -> CacheShape:
     if config is None:
-        raise MxportError(f"{folder}: mxport.json has no model config; the numpy backend needs it")
+        raise MxportError(f"{folder}: {MANIFEST_FILE} has no model config; the numpy backend needs it")
     return CacheShape(config.num_hidden_layers, config.num_key_value_heads, config.head_dim)
 
 

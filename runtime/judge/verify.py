@@ -32,8 +32,8 @@ import numpy as np
 
 from mxport.contract import io
 from mxport.errors import MxportError
+from mxport.contract.folder import MANIFEST_FILE, Manifest, model_path, read_manifest
 from mxport.files import write_file
-from mxport.folders import read_manifest
 from mxport.runtime.judge.compare import (
     FLOAT32_TOLERANCES,
     Tolerance,
@@ -45,7 +45,6 @@ from mxport.runtime.execution.runners import (
     OrtRunner,
     ReferenceModelRunner,
     expose_hidden_states,
-    model_path,
 )
 
 # Exact modes: every weight the export uses equals the checkpoint's after dequantization (MXFP4 kept or decoded
@@ -63,20 +62,18 @@ LOSSY_TOLERANCES: dict[str, Tolerance] = {
 MIN_PROMPT = 3
 
 
-def default_tolerances(manifest: Mapping[str, Any], reference_experts: str = "float") -> tuple[dict[str, Tolerance], str]:
+def default_tolerances(manifest: Manifest, reference_experts: str = "float") -> tuple[dict[str, Tolerance], str]:
     """(tolerances, mode label) for an export's dtype / experts / dense mode as recorded in mxport.json.
 
     Exact only when every part is: float32 math, experts kept or decoded exactly, dense matrices not quantized
     (`--dense int8|int4` is MatMulNBits: lossy whatever the accuracy level, which only changes the activations)."""
-    dtype = str(manifest.get("dtype", "float32"))
-    experts = str(manifest.get("experts", "mxfp4"))
-    dense = str(manifest.get("dense", "float32"))
+    dtype, experts, dense = manifest.dtype, manifest.experts, manifest.dense
     mode = f"dtype={dtype} experts={experts} dense={dense}"
-    level = manifest.get("accuracy_level")
-    if level is not None and level != 4 and (dense != "float32" or experts == "int4"):
+    level = manifest.accuracy_level
+    if level != 4 and (dense != "float32" or experts == "int4"):
         mode += f" accuracy_level={level}"
     # float experts encoded to MXFP4 at export (exporter/lower/experts_mxfp4.py): lossy against the float reference
-    lowering = manifest.get("lowering")
+    lowering = manifest.lowering
     encoded = lowering.get("applied", {}).get("experts_mxfp4", 0) if isinstance(lowering, Mapping) else 0
     if encoded and reference_experts == "mxfp4":  # the reference runs the same MXFP4 experts: exact again
         mode += " (float experts encoded to MXFP4 at export; reference on the same MXFP4 experts)"
@@ -154,18 +151,6 @@ def left_pad(prompts: list[np.ndarray], pad_id: int = 0) -> tuple[np.ndarray, np
 
 
 # ---- the run -----------------------------------------------------------------------------------------------------
-def recorded_checkpoint(manifest: Mapping[str, Any]) -> str | None:
-    """The checkpoint path the exporter recorded in mxport.json (key `checkpoint`, or `checkpoint_path` /
-    `checkpoint_dir` / `source.checkpoint`)."""
-    for key in ("checkpoint", "checkpoint_path", "checkpoint_dir"):
-        if isinstance(manifest.get(key), str):
-            return manifest[key]
-    src = manifest.get("source")
-    if isinstance(src, Mapping) and isinstance(src.get("checkpoint"), str):
-        return src["checkpoint"]
-    return None
-
-
 def verify(
     export_dir: str | os.PathLike,
     checkpoint: str | os.PathLike | None = None,
@@ -191,10 +176,10 @@ def verify(
     model_path(export_dir)  # model.onnx must be there
     manifest = read_manifest(export_dir)
     if checkpoint is None:
-        checkpoint = recorded_checkpoint(manifest)
+        checkpoint = manifest.checkpoint
         if checkpoint is None:
             raise MxportError(
-                f"{export_dir / 'mxport.json'}: no checkpoint path recorded; pass --checkpoint CKPT_DIR"
+                f"{export_dir / MANIFEST_FILE}: no checkpoint path recorded; pass --checkpoint CKPT_DIR"
             )
     checkpoint = Path(checkpoint)
     if not checkpoint.is_dir():
@@ -206,7 +191,7 @@ def verify(
     per_call = {p: dataclasses.replace(t, top1=None, kl_mean=None) for p, t in tols.items()}  # pooled later
 
     reference = ReferenceModelRunner(checkpoint, dtype=reference_dtype, hidden_states=True,
-                                     window_cache=bool(manifest.get("window_cache", False)), experts=reference_experts)
+                                     window_cache=manifest.window_cache, experts=reference_experts)
     cfg = reference.cfg
     _check_same_model(manifest, cfg, export_dir, checkpoint)
     ort_runner = OrtRunner(export_dir, provider=provider, threads=threads)
@@ -296,14 +281,13 @@ def _masks(outputs: Mapping[str, np.ndarray], mask: np.ndarray, new: int) -> dic
     return masks
 
 
-def _check_same_model(manifest: Mapping[str, Any], cfg: Any, export_dir: Path, checkpoint: Path) -> None:
+def _check_same_model(manifest: Manifest, cfg: Any, export_dir: Path, checkpoint: Path) -> None:
     """The recorded model config (if any) must describe the checkpoint's model."""
     from mxport.exporter import families
 
-    recorded = manifest.get("config") or manifest.get("model_config")
-    if not isinstance(recorded, Mapping):
+    if not manifest.config:
         return
-    theirs = families.config_from_dict(recorded, str(export_dir / "mxport.json"))
+    theirs = families.config_from_dict(manifest.config, str(export_dir / MANIFEST_FILE))
     keys = ("architecture", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
             "num_key_value_heads", "head_dim")
     diff = [f"{k}: export {getattr(theirs, k)} vs checkpoint {getattr(cfg, k)}" for k in keys

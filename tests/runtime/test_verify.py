@@ -13,6 +13,7 @@ import onnx
 import pytest
 
 from mxport.cli import main
+from mxport.contract.folder import Manifest
 from mxport.contract.io import make_feeds, step_feeds
 from mxport.errors import MxportError
 from mxport.runtime.judge.compare import FLOAT32_TOLERANCES, Tolerance, compare
@@ -124,19 +125,19 @@ def test_prompts_are_seeded_and_cross_the_window(cfg):
 
 
 def test_tolerance_defaults_and_options():
-    assert default_tolerances({"dtype": "float32", "experts": "mxfp4"})[0] == FLOAT32_TOLERANCES
-    assert default_tolerances({"dtype": "float32", "experts": "fp32"})[1].endswith("(exact)")
-    assert default_tolerances({"dtype": "float32", "experts": "int8"})[1].endswith("(lossy)")
+    assert default_tolerances(Manifest(dtype="float32", experts="mxfp4"))[0] == FLOAT32_TOLERANCES
+    assert default_tolerances(Manifest(dtype="float32", experts="fp32"))[1].endswith("(exact)")
+    assert default_tolerances(Manifest(dtype="float32", experts="int8"))[1].endswith("(lossy)")
     # --dense bf16 (ai.mxport.LinearBF16) reads the checkpoint's bf16 in float32 math: exact
-    assert default_tolerances({"dtype": "float32", "experts": "mxfp4", "dense": "bf16"})[0] == FLOAT32_TOLERANCES
-    tols, mode = default_tolerances({"dtype": "float16", "experts": "mxfp4"})
+    assert default_tolerances(Manifest(dtype="float32", experts="mxfp4", dense="bf16"))[0] == FLOAT32_TOLERANCES
+    tols, mode = default_tolerances(Manifest(dtype="float16", experts="mxfp4"))
     assert tols == LOSSY_TOLERANCES and mode == "dtype=float16 experts=mxfp4 dense=float32 (lossy)"
-    assert default_tolerances({"experts": "int4"})[1].endswith("(lossy)")
+    assert default_tolerances(Manifest(experts="int4"))[1].endswith("(lossy)")
     # MatMulNBits dense weights are lossy whatever the experts or the accuracy level (was labelled exact)
-    tols, mode = default_tolerances({"dtype": "float32", "experts": "fp32", "dense": "int4", "accuracy_level": 0})
+    tols, mode = default_tolerances(Manifest(dtype="float32", experts="fp32", dense="int4", accuracy_level=0))
     assert tols == LOSSY_TOLERANCES and mode == "dtype=float32 experts=fp32 dense=int4 accuracy_level=0 (lossy)"
-    assert default_tolerances({"dtype": "float32", "experts": "fp32", "dense": "int8"})[1].endswith("(lossy)")
-    assert default_tolerances({"dtype": "float32", "experts": "none", "dense": "q4"}) == (
+    assert default_tolerances(Manifest(dtype="float32", experts="fp32", dense="int8"))[1].endswith("(lossy)")
+    assert default_tolerances(Manifest(dtype="float32", experts="none", dense="q4")) == (
         LOSSY_TOLERANCES, "dtype=float32 experts=none dense=q4 (lossy)")  # ai.mxport.LinearQ4: 4-bit weights
     merged = merge_tolerances(FLOAT32_TOLERANCES, {"logits": 1e-3})
     assert merged["logits"] == Tolerance(rel=1e-3, top1=1.0)  # a float changes rel only
