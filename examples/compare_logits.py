@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     want = prompt_logits(args.reference, ids, args.threads)
     for folder in args.others:
         got = prompt_logits(folder, ids, args.threads)
-        report = compare({"logits": got}, {"logits": want}, {"logits": Tolerance(rel=float("inf"))})
+        report = compare({io.LOGITS: got}, {io.LOGITS: want}, {io.LOGITS: Tolerance(rel=float("inf"))})
         print(f"{folder}\n{report}")
     return 0
 

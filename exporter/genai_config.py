@@ -56,7 +56,7 @@ def genai_config(cfg: Any, *, inputs: list[str], outputs: list[str], window_cach
     no copy of the cache per step."""
     for name in (io.INPUT_IDS, io.ATTENTION_MASK, io.LOGITS, io.past_names(0)[0], io.present_names(0)[0]):
         if name not in inputs + outputs:
-            raise MxportError(f"genai_config: the graph has no {name!r} (the model I/O contract, mxport/contract/io.py)")
+            raise MxportError(f"genai_config: the graph has no {name!r} (model I/O contract, mxport/contract/io.py)")
     eos = [int(e) for e in cfg.eos_token_ids]
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else (eos[0] if eos else 0)
     (past_key, past_value), (present_key, present_value) = io.past_names("%d"), io.present_names("%d")

@@ -9,7 +9,8 @@
              as hidden_states.{i}
 
     past_names(i), present_names(i)     -> (key, value) names of layer i (i may be "%d": genai's patterns)
-    present_to_past(name), past_to_present(name), cache_layer(name), hidden_name(i), hidden_layer(name), residual_name(i)
+    present_to_past(name), past_to_present(name), cache_layer(name)   -> renames, (i, "key" | "value") or None
+    hidden_name(i), hidden_layer(name), layer_scope(i), residual_name(i)
     position_ids(mask, new_tokens)      -> positions of the last new_tokens slots: cumsum(mask) - 1, clipped at 0
     empty_cache(B, kv_heads, head_dim)  -> one [B, kv_heads, 0, head_dim] float32 array (a first step's past)
     make_feeds(ids, mask, past, cfg=)   -> the feeds of a first (or any) call

@@ -121,7 +121,7 @@ class OnnxReferenceRunner:
 
 # ---- the NumPy reference model ---------------------------------------------------------------------------------
 class ReferenceModelRunner:
-    """runtime.reference_model.ReferenceModel on a checkpoint folder, as a runner (hidden_states.{i} included
+    """runtime.oracle.model.ReferenceModel on a checkpoint folder, as a runner (hidden_states.{i} included
     when `hidden_states`; `window_cache` as the export it stands for: read it from mxport.json)."""
 
     def __init__(self, checkpoint_dir: Any, dtype: Any = np.float32, *, hidden_states: bool = True,

@@ -170,8 +170,8 @@ class Generator:
             input_ids = input_ids[None]
         self._check_context(input_ids.shape[1], 0)
         mask = np.ones_like(input_ids)
-        pos = np.broadcast_to(np.arange(input_ids.shape[1], dtype=np.int64), input_ids.shape)
-        logits, _ = self.model.step(input_ids, mask, pos, self.model.new_cache(input_ids.shape[0]))
+        positions = position_ids(mask, input_ids.shape[1])
+        logits, _ = self.model.step(input_ids, mask, positions, self.model.new_cache(input_ids.shape[0]))
         return logits
 
     # ---- the loop -------------------------------------------------------------------------------------------

@@ -2,14 +2,14 @@
 
     model = ReferenceModel("ckpt_dir")                    # or an open Checkpoint; dtype=np.float64 for a tighter oracle
     out = model.forward(ids)                              # ModelOutput(logits [B,S,V], present [(k, v)] per layer)
-    outputs = model.infer(feeds)                          # the model I/O names of ARCHITECTURE.md, like an ORT session
+    outputs = model.infer(feeds)                          # the model I/O names (mxport/contract/io.py), like ORT
     ids = model.generate_greedy(ids, max_new_tokens=8)    # KV-cached greedy decoding
 
 Weights are read lazily from the Checkpoint. Dense tensors are converted to the compute dtype once and cached,
 MXFP4 halves cached as stored, when that stays under CACHE_LIMIT_BYTES (tiny, mini); larger checkpoints (or
 `cache_weights=False`) re-read each tensor on use, so memory holds about one layer's tensors (or the vocabulary matrix) at a time. MXFP4
 experts stay MXFP4: per call and layer, only the experts some token chose are dequantized (ops.mxfp4.decode).
-The math is `runtime.reference_layers`; this module wires weights, cache, masks and positions, and the family's
+The math is `runtime/oracle/layers.py`; this module wires weights, cache, masks and positions, and the family's
 NumPy wiring (runtime/oracle/families/<family>.py: positions, embed, layer, final_norm) wires one layer.
 """
 
@@ -186,11 +186,11 @@ class ReferenceModel:
         cfg = self.cfg
         ids = np.asarray(input_ids)
         if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
-            raise MxportError(f"input_ids: expected an integer array [B,S], found {ids.dtype} {ids.shape}")
+            raise MxportError(f"{io.INPUT_IDS}: expected an integer array [B,S], found {ids.dtype} {ids.shape}")
         B, S = ids.shape
         if ids.size and (ids.min() < 0 or ids.max() >= cfg.vocab_size):
             raise MxportError(
-                f"input_ids: ids must lie in [0, vocab_size={cfg.vocab_size}), found {ids.min()}..{ids.max()}"
+                f"{io.INPUT_IDS}: ids must lie in [0, vocab_size={cfg.vocab_size}), found {ids.min()}..{ids.max()}"
             )
         lengths = []
         if past is not None:
@@ -211,12 +211,12 @@ class ReferenceModel:
         else:
             mask = np.asarray(attention_mask)
             if mask.ndim != 2 or mask.shape[0] != B or mask.shape[1] < P + S or (past is None and mask.shape[1] != S):
-                raise MxportError(f"attention_mask: expected shape [B, P+S] = {(B, P + S)}, found {mask.shape}")
+                raise MxportError(f"{io.ATTENTION_MASK}: expected shape [B, P+S] = {(B, P + S)}, found {mask.shape}")
             P = mask.shape[1] - S
         for i, p_i in enumerate(lengths):  # full layers hold every slot; sliding ones may hold only the last few
             if p_i > P or (p_i != P and cfg.window(i) == 0):
                 raise MxportError(
-                    f"past_key_values.{i}: {p_i} cache slots, but attention_mask covers {P} past slots"
+                    f"{io.PAST}{i}: {p_i} cache slots, but {io.ATTENTION_MASK} covers {P} past slots"
                     + ("" if cfg.window(i) else " (a full-attention layer must hold all of them)")
                 )
         if position_ids is None:
@@ -224,7 +224,7 @@ class ReferenceModel:
         else:
             pos = np.asarray(position_ids)
             if pos.shape != (B, S):
-                raise MxportError(f"position_ids: expected shape [B, S] = {(B, S)}, found {pos.shape}")
+                raise MxportError(f"{io.POSITION_IDS}: expected shape [B, S] = {(B, S)}, found {pos.shape}")
         return ids, mask, pos.astype(np.int64), past
 
     # ---- runner interface (ARCHITECTURE.md "Model I/O") ---------------------------------------------------------
@@ -276,7 +276,7 @@ class ReferenceModel:
         the logits of every call are appended to it ([B,S,V] for the prompt, then [B,1,V] per step)."""
         ids = np.asarray(input_ids, dtype=np.int64)
         if ids.ndim != 2:
-            raise MxportError(f"input_ids: expected [B,S], found shape {ids.shape}")
+            raise MxportError(f"{io.INPUT_IDS}: expected [B,S], found shape {ids.shape}")
         if max_new_tokens < 0:
             raise MxportError(f"max_new_tokens must be >= 0, found {max_new_tokens}")
         B, S = ids.shape
