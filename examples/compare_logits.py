@@ -15,11 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
+from mxport.contract import io
+from mxport.contract.folder import GENAI_FILE, manifest_file, model_path, read_manifest
+
 
 def vocab_size(folder: Path) -> int:
-    if (folder / "mxport.json").is_file():
-        return int(json.loads((folder / "mxport.json").read_text())["config"]["vocab_size"])
-    return int(json.loads((folder / "genai_config.json").read_text())["model"]["vocab_size"])
+    if manifest_file(folder).is_file():
+        return int(read_manifest(folder).config["vocab_size"])
+    return int(json.loads((folder / GENAI_FILE).read_text())["model"]["vocab_size"])
 
 
 def prompt_logits(folder: Path, ids: np.ndarray, threads: int) -> np.ndarray:
@@ -29,19 +32,20 @@ def prompt_logits(folder: Path, ids: np.ndarray, threads: int) -> np.ndarray:
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(folder / "model.onnx"), mxport_options(so), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(model_path(folder)), mxport_options(so), providers=["CPUExecutionProvider"])
     batch, length = ids.shape
-    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    mask = np.ones_like(ids)
+    feeds = {io.INPUT_IDS: ids, io.ATTENTION_MASK: mask}
     for i in session.get_inputs():
-        if i.name == "position_ids":
-            feeds[i.name] = np.broadcast_to(np.arange(length), ids.shape).copy()
-        elif i.name.startswith("past_key_values."):
+        if i.name == io.POSITION_IDS:
+            feeds[i.name] = io.position_ids(mask, length)
+        elif i.name.startswith(io.PAST):
             heads, dim = i.shape[1], i.shape[3]
             if not isinstance(dim, int):  # onnxruntime-genai's graphs leave the head size symbolic
-                decoder = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]
+                decoder = json.loads((folder / GENAI_FILE).read_text())["model"]["decoder"]
                 heads, dim = decoder["num_key_value_heads"], decoder["head_size"]
-            feeds[i.name] = np.zeros((batch, heads, 0, dim), np.float32)
-    return session.run(["logits"], feeds)[0]
+            feeds[i.name] = io.empty_cache(batch, heads, dim)
+    return session.run([io.LOGITS], feeds)[0]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     want = prompt_logits(args.reference, ids, args.threads)
     for folder in args.others:
         got = prompt_logits(folder, ids, args.threads)
-        report = compare({"logits": got}, {"logits": want}, {"logits": Tolerance(rel=float("inf"))})
+        report = compare({io.LOGITS: got}, {io.LOGITS: want}, {io.LOGITS: Tolerance(rel=float("inf"))})
         print(f"{folder}\n{report}")
     return 0
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mxport.contract.folder import GENAI_FILE, read_manifest
+
 
 class Mxport:
     def __init__(self, folder: str, threads: int) -> None:
@@ -30,7 +32,7 @@ class Mxport:
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
         self.model = OrtStepModel(folder, "cpu", session_options=so)
-        self.vocab = int(json.loads((Path(folder) / "mxport.json").read_text())["config"]["vocab_size"])
+        self.vocab = int(read_manifest(folder).config["vocab_size"])
 
     def run(self, ids: np.ndarray, steps: int) -> list[float]:
         n = ids.shape[1]
@@ -55,7 +57,7 @@ class Genai:
         config.overlay(json.dumps({"model": {"decoder": {"session_options": {
             "intra_op_num_threads": threads, "inter_op_num_threads": 1}}}}))
         self.model = og.Model(config)
-        self.vocab = int(json.loads((Path(folder) / "genai_config.json").read_text())["model"]["vocab_size"])
+        self.vocab = int(json.loads((Path(folder) / GENAI_FILE).read_text())["model"]["vocab_size"])
 
     def run(self, ids: np.ndarray, steps: int) -> list[float]:
         params = self.og.GeneratorParams(self.model)

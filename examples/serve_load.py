@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -32,6 +31,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+
+from mxport.contract.folder import read_manifest
 
 
 @contextmanager
@@ -168,8 +169,7 @@ def main() -> int:
     p.add_argument("--json", type=Path, default=None, help="write the rows as JSON")
     args = p.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]
-    meta = json.loads((args.folder / "mxport.json").read_text())
-    vocab = int(meta["config"]["vocab_size"])
+    vocab = int(read_manifest(args.folder).config["vocab_size"])
     rows = run_loads(args.folder, args, args.max_batch, f"batch {args.max_batch}", vocab)
     if args.serial:
         rows += run_loads(args.folder, args, 1, "one at a time", vocab)

@@ -32,22 +32,13 @@ from pathlib import Path
 import onnx_ir as ir
 
 from mxport import __version__
+from mxport.contract.folder import DATA_FILE, MODEL_FILE, TOKENIZER_FILES, Manifest, read_manifest, write_manifest
 from mxport.errors import MxportError
 from mxport.files import replace_dir, temp_dir_beside
 from mxport.exporter import decoder_graph
 from mxport.exporter.genai_config import write_genai_files
 from mxport.exporter.layers import DOMAIN
 
-MODEL_FILE = "model.onnx"
-DATA_FILE = "model.onnx.data"
-META_FILE = "mxport.json"
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "generation_config.json",
-)
 SIZE_THRESHOLD = 256  # initializers larger than this many bytes go to the data file (ir.save's default)
 # How weight matrices are stored in the portable graph: bf16 bytes + Cast to float32 (exact; see docs/EXPORT.md).
 # Names used across mxport: "matrix storage" (this), "--dense" (the form of the linear layers outside the experts:
@@ -143,24 +134,24 @@ def resolve_experts(experts: str | None, target: str, model: ir.Model) -> str:
     return experts
 
 
-def _metadata(ckpt, checkpoint_dir: Path, model: ir.Model, **options) -> dict:
+def _manifest(ckpt, checkpoint_dir: Path, model: ir.Model, **options) -> Manifest:
     cfg = ckpt.config
-    return {
-        "mxport_version": __version__,
-        "checkpoint": str(checkpoint_dir.resolve()),
-        "family": ckpt.family.name,
-        "layout": ckpt.layout,
-        "config": ckpt.family.config_to_dict(cfg),
+    return Manifest(
+        mxport_version=__version__,
+        checkpoint=str(checkpoint_dir.resolve()),
+        family=ckpt.family.name,
+        layout=ckpt.layout,
+        config=ckpt.family.config_to_dict(cfg),
         **options,
-        "matrix_storage": MATRIX_STORAGE,
-        **({"checkpoint_experts": "mxfp4" if cfg.experts_mxfp4 else "float (float32 experts, ai.mxport.MoE)"}
-           if hasattr(cfg, "experts_mxfp4") else {}),
-        "opset_imports": dict(sorted(model.opset_imports.items())),
-        "inputs": [v.name for v in model.graph.inputs],
-        "outputs": [v.name for v in model.graph.outputs],
-        "eos_token_ids": list(cfg.eos_token_ids),
-        "pad_token_id": cfg.pad_token_id,
-    }
+        matrix_storage=MATRIX_STORAGE,
+        checkpoint_experts=("mxfp4" if cfg.experts_mxfp4 else "float (float32 experts, ai.mxport.MoE)")
+        if hasattr(cfg, "experts_mxfp4") else None,
+        opset_imports=dict(sorted(model.opset_imports.items())),
+        inputs=tuple(v.name for v in model.graph.inputs),
+        outputs=tuple(v.name for v in model.graph.outputs),
+        eos_token_ids=tuple(cfg.eos_token_ids),
+        pad_token_id=cfg.pad_token_id,
+    )
 
 
 class _Progress:
@@ -246,9 +237,9 @@ def export(
         # a model without experts (a dense family) records "none": --experts has nothing to act on
         options = dict(target=target, experts=experts if has_experts else "none", dtype=dtype, hidden_states=hidden_states, dense=dense,
                        last_logits=last_logits, window_cache=window_cache, accuracy_level=accuracy_level)
-        meta = _metadata(ckpt, checkpoint_dir, model, **options)
-        if lowering_report := model.metadata_props.get("mxport.lowering"):  # exporter/lower: rewrites, refusals
-            meta["lowering"] = json.loads(lowering_report)
+        lowering_report = model.metadata_props.get("mxport.lowering")  # exporter/lower: rewrites, refusals
+        meta = _manifest(ckpt, checkpoint_dir, model, **options,
+                         lowering=json.loads(lowering_report) if lowering_report else None)
         tmp = temp_dir_beside(out_dir)
         try:
             bar = _Progress(model, progress)
@@ -256,11 +247,11 @@ def export(
                 model, tmp / MODEL_FILE, external_data=DATA_FILE, size_threshold_bytes=SIZE_THRESHOLD, callback=bar
             )
             bar.finish()
-            (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+            write_manifest(tmp, meta)
             for name in TOKENIZER_FILES:
                 if (checkpoint_dir / name).is_file():
                     shutil.copyfile(checkpoint_dir / name, tmp / name)
-            write_genai_files(tmp, ckpt.config, meta)  # genai_config.json: onnxruntime-genai runs the folder
+            write_genai_files(tmp, ckpt.config, meta, model)  # genai_config.json: onnxruntime-genai runs the folder
             replace_dir(tmp, out_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -314,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
     )
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     print(f"exported {args.checkpoint} -> {out} ({size / 1e6:.1f} MB, {time.monotonic() - start:.1f}s)")
-    lowering = json.loads((out / META_FILE).read_text()).get("lowering", {})
+    lowering = read_manifest(out).lowering or {}
     refused = lowering.get("refused", [])
     reasons = Counter((r["rule"], r["reason"]) for r in refused)  # lowering rules that left nodes portable
     for (rule, reason), count in sorted(reasons.items()):

@@ -8,7 +8,7 @@ onnxruntime-genai's parser rejects keys it does not know, so this writes only it
     search: greedy defaults (top_k 1, do_sample false), max_length = the context, past_present_share_buffer
             true where every layer's past is read and its present written by one GroupQueryAttention alone (a
             --target cpu / cuda graph without window-sized caches: GQA's shared-buffer mode, the static cache
-            mxport's own sessions use, runtime/session.shared_buffer_layers), else false (presents are past + new)
+            mxport's own sessions use, contract/io.shared_buffer_layers), else false (presents are past + new)
 
 Window-sized caches (ARCHITECTURE.md): a sliding layer's present is the last min(P+S, W-1) slots, so its cache
 length differs from the full layers'. With share_buffer off, genai allocates every present before each run as
@@ -28,9 +28,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import onnx_ir as ir
+
+from mxport.contract import io
+from mxport.contract.folder import GENAI_FILE, MODEL_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, Manifest
 from mxport.errors import MxportError
 
-GENAI_FILE = "genai_config.json"
 # ort-extensions (genai's tokenizer) needs tokenizer_config.json beside tokenizer.json; written when absent.
 TOKENIZER_CONFIG = {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": False, "add_eos_token": False}
 
@@ -44,26 +47,27 @@ def sliding_layers(cfg: Any) -> list[tuple[int, int]]:
 
 
 def genai_config(cfg: Any, *, inputs: list[str], outputs: list[str], window_cache: bool,
-                 model_file: str = "model.onnx", provider: str | None = None,
+                 model_file: str = MODEL_FILE, provider: str | None = None,
                  share_buffer: bool = False) -> dict[str, Any]:
     """The genai_config.json dict for an export of `cfg` whose graph has these input / output names.
 
     share_buffer: genai may bind one [B, kv_heads, max_length, head_dim] buffer as each layer's past and present
     (onnxruntime-genai's past_present_share_buffer, what its own builder writes for GroupQueryAttention graphs):
     no copy of the cache per step."""
-    for name in ("input_ids", "attention_mask", "logits", "past_key_values.0.key", "present.0.key"):
+    for name in (io.INPUT_IDS, io.ATTENTION_MASK, io.LOGITS, io.past_names(0)[0], io.present_names(0)[0]):
         if name not in inputs + outputs:
-            raise MxportError(f"genai_config: the graph has no {name!r} (model I/O contract, ARCHITECTURE.md)")
+            raise MxportError(f"genai_config: the graph has no {name!r} (model I/O contract, mxport/contract/io.py)")
     eos = [int(e) for e in cfg.eos_token_ids]
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else (eos[0] if eos else 0)
+    (past_key, past_value), (present_key, present_value) = io.past_names("%d"), io.present_names("%d")
     names_in = {
-        "input_ids": "input_ids",
-        "attention_mask": "attention_mask",
-        "past_key_names": "past_key_values.%d.key",
-        "past_value_names": "past_key_values.%d.value",
+        io.INPUT_IDS: io.INPUT_IDS,
+        io.ATTENTION_MASK: io.ATTENTION_MASK,
+        "past_key_names": past_key,
+        "past_value_names": past_value,
     }
-    if "position_ids" in inputs:
-        names_in["position_ids"] = "position_ids"
+    if io.POSITION_IDS in inputs:
+        names_in[io.POSITION_IDS] = io.POSITION_IDS
     decoder: dict[str, Any] = {
         "session_options": {"log_id": "onnxruntime-genai",
                             "provider_options": [{provider: {}}] if provider else []},
@@ -71,7 +75,7 @@ def genai_config(cfg: Any, *, inputs: list[str], outputs: list[str], window_cach
         "head_size": int(cfg.head_dim),
         "hidden_size": int(cfg.hidden_size),
         "inputs": names_in,
-        "outputs": {"logits": "logits", "present_key_names": "present.%d.key", "present_value_names": "present.%d.value"},
+        "outputs": {io.LOGITS: io.LOGITS, "present_key_names": present_key, "present_value_names": present_value},
         "num_attention_heads": int(cfg.num_attention_heads),
         "num_hidden_layers": int(cfg.num_hidden_layers),
         "num_key_value_heads": int(cfg.num_key_value_heads),
@@ -122,16 +126,17 @@ def genai_config(cfg: Any, *, inputs: list[str], outputs: list[str], window_cach
     return {"model": model, "search": search}
 
 
-def write_genai_files(folder: Path, cfg: Any, meta: dict[str, Any]) -> None:
-    """genai_config.json (+ a minimal tokenizer_config.json when the folder has tokenizer.json alone)."""
-    from mxport.runtime.execution.session import shared_buffer_layers
-
-    provider = {"cuda": "cuda"}.get(meta.get("target", ""))
-    pasts = [n for n in meta["inputs"] if n.startswith("past_key_values.")]
-    shared = shared_buffer_layers(folder / "model.onnx", pasts, [n.replace("past_key_values.", "present.") for n in pasts])
-    config = genai_config(cfg, inputs=list(meta["inputs"]), outputs=list(meta["outputs"]),
-                          window_cache=bool(meta.get("window_cache", True)), provider=provider,
+def write_genai_files(folder: Path, cfg: Any, meta: Manifest, model: ir.Model) -> None:
+    """genai_config.json (+ a minimal tokenizer_config.json when the folder has tokenizer.json alone) for the
+    export of `model` (the graph just saved into `folder`)."""
+    provider = {"cuda": "cuda"}.get(meta.target)
+    pasts = [n for n in meta.inputs if n.startswith(io.PAST)]
+    nodes = ((n.domain, n.op_type, [v.name if v is not None else "" for v in n.inputs], [v.name for v in n.outputs])
+             for n in model.graph)
+    shared = io.shared_buffer_layers(nodes, pasts, [io.past_to_present(n) for n in pasts])
+    config = genai_config(cfg, inputs=list(meta.inputs), outputs=list(meta.outputs),
+                          window_cache=meta.window_cache, provider=provider,
                           share_buffer=bool(shared) and all(shared))
     (folder / GENAI_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    if (folder / "tokenizer.json").is_file() and not (folder / "tokenizer_config.json").is_file():
-        (folder / "tokenizer_config.json").write_text(json.dumps(TOKENIZER_CONFIG, indent=2) + "\n")
+    if (folder / TOKENIZER_FILE).is_file() and not (folder / TOKENIZER_CONFIG_FILE).is_file():
+        (folder / TOKENIZER_CONFIG_FILE).write_text(json.dumps(TOKENIZER_CONFIG, indent=2) + "\n")

@@ -9,7 +9,6 @@ inputs/outputs with dtypes and shapes, and initializer bytes by dtype (from shap
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +16,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from mxport.contract.folder import MODEL_FILE, manifest_dict, manifest_file, read_manifest
 from mxport.errors import MxportError
-
-MODEL_FILE = "model.onnx"
-META_FILE = "mxport.json"
 
 
 @dataclass
@@ -72,7 +69,6 @@ def summarize(export_dir: str | Path) -> Summary:
         n = _nbytes(t)
         bytes_by_dtype[_dtype_name(t.data_type)] += n
         external += n if t.data_location == onnx.TensorProto.EXTERNAL else 0
-    meta_path = path.parent / META_FILE
     return Summary(
         ops=ops,
         custom_ops=sorted(k for k in ops if not k.startswith("ai.onnx::")),
@@ -82,7 +78,7 @@ def summarize(export_dir: str | Path) -> Summary:
         bytes_by_dtype=dict(sorted(bytes_by_dtype.items(), key=lambda kv: -kv[1])),
         external_bytes=external,
         opset_imports={o.domain or "ai.onnx": o.version for o in model.opset_import},
-        meta=json.loads(meta_path.read_text()) if meta_path.is_file() else None,
+        meta=manifest_dict(read_manifest(path)) if manifest_file(path).is_file() else None,
     )
 
 

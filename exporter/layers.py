@@ -38,14 +38,6 @@ PAST_W, PRESENT_W = "past_seq_window", "present_seq_window"
 INT64_MAX = np.iinfo(np.int64).max
 
 
-def past_names(i: int) -> tuple[str, str]:
-    return f"past_key_values.{i}.key", f"past_key_values.{i}.value"
-
-
-def present_names(i: int) -> tuple[str, str]:
-    return f"present.{i}.key", f"present.{i}.value"
-
-
 CHUNK_BYTES = 64 << 20  # checkpoint rows read per step when an initializer is written
 OUT_IN = "mxport.out_in"  # Value.meta key of a matrix initializer: produces the matrix [out, in] (not serialized)
 # Value.meta key (not serialized): (rows, transposed) where rows(start, stop) reads rows of the checkpoint tensor an

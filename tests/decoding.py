@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mxport.runtime.execution.runners import make_feeds
+from mxport.contract.io import make_feeds
 
 
 def rel_err(a, b) -> float:

@@ -7,7 +7,7 @@ ln_f each read a residual sum).
 
 A LayerNormalization without such an Add stays the standard op (ORT's CPU kernel for it is the same code). Both
 forms compute in float32 for float32 inputs (mean, then variance of the centred values), so the rewrite is
-exact up to summation order. The fused output keeps the Add's name, so `layers.{i}/moe_residual` (the residual
+exact up to summation order. The fused output keeps the Add's name, so `layers.{i}/residual` (the residual
 stream after layer i, ARCHITECTURE.md) survives.
 """
 

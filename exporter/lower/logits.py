@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from mxport.contract import io
+
 from .rules import Context, add_initializer
 
 HEADS = {("", "MatMul"), ("com.microsoft", "MatMulNBits")}
@@ -24,7 +26,7 @@ class LastLogits:
 
     def pattern(self, node: ir.Node) -> bool:
         return (node.domain, node.op_type) in HEADS and any(
-            out.is_graph_output() and out.name == "logits" for out in node.outputs)
+            out.is_graph_output() and out.name == io.LOGITS for out in node.outputs)
 
     def check(self, node: ir.Node, ctx: Context) -> str | None:
         x = node.inputs[0]

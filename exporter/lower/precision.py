@@ -20,14 +20,15 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from mxport.contract import io
 from mxport.errors import MxportError
 
 from .rules import Context, const
 
 HALF = {"float16": ir.DataType.FLOAT16, "bfloat16": ir.DataType.BFLOAT16}
-# Model I/O inputs whose derived values stay float32 (ARCHITECTURE.md "Model I/O"); input_ids is not one of them:
+# Model I/O inputs whose derived values stay float32 (mxport/contract/io.py); input_ids is not one of them:
 # the embedding lookup is the data path.
-FLOAT32_SOURCES = ("position_ids", "attention_mask")
+FLOAT32_SOURCES = (io.POSITION_IDS, io.ATTENTION_MASK)
 
 
 def _is_float(value: ir.Value | None) -> bool:

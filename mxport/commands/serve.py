@@ -7,6 +7,7 @@ import logging
 from functools import partial
 from pathlib import Path
 
+from mxport.contract.folder import MODEL_FILE, is_export
 from mxport.errors import MxportError
 
 
@@ -33,8 +34,8 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise MxportError(f"serve needs the serve extra: pip install \"mxport[serve]\" ({exc})") from None
     folder = Path(args.folder)
-    if not (folder / "model.onnx").is_file():
-        raise MxportError(f"{folder}: not an exported folder (no model.onnx)")
+    if not is_export(folder):
+        raise MxportError(f"{folder}: not an exported folder (no {MODEL_FILE})")
     for name in ("max_batch", "default_max_tokens"):
         if getattr(args, name) < 1:
             raise MxportError(f"--{name.replace('_', '-')} must be >= 1, found {getattr(args, name)}")

@@ -176,9 +176,10 @@ def _measured(run, prompt_len: int, new_tokens: int, load_s: float, baseline: di
 def measure_mxport(folder: str, threads: int, prompt_len: int, new_tokens: int) -> dict[str, Any]:
     import onnxruntime as ort
 
-    from mxport.runtime.execution.session import OrtStepModel, read_export_meta
+    from mxport.contract.folder import read_manifest
+    from mxport.runtime.execution.session import OrtStepModel
 
-    vocab = int(read_export_meta(folder)["config"]["vocab_size"])
+    vocab = int(read_manifest(folder).config["vocab_size"])
     baseline = _memory()
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads

@@ -53,8 +53,8 @@ from pathlib import Path
 from typing import Any
 
 
+from mxport.contract.folder import CONFIG_FILE, MANIFEST_FILE, is_checkpoint, manifest_file, read_manifest
 from mxport.errors import MxportError
-from mxport.folders import is_checkpoint
 from mxport.files import write_file
 from mxport.runtime.bench.engines import (  # noqa: F401  (re-exported: bench's measurements, used by tests)
     ENGINES, REPEATS, Bandwidth, _tensor_bytes, drop_page_cache, file_bytes, memory_bandwidth, onnx_traffic,
@@ -158,7 +158,6 @@ def _mode_label(target: str, experts: str, dense: str = "float32", level: int = 
 
 def _export_modes(ckpt: Path, modes: list[str], work: Path, last_logits: bool = False) -> list[tuple[str, Path]]:
     from mxport.exporter.export import export
-    from mxport.runtime.execution.session import read_export_meta
 
     out = []
     for mode in modes:
@@ -173,10 +172,10 @@ def _export_modes(ckpt: Path, modes: list[str], work: Path, last_logits: bool = 
         target, experts, dense = (parts + ["mxfp4", "float32"][len(parts) - 1 :])[:3]
         folder = work / (f"mxport-{target}-{experts}" + (f"-dense-{dense}" if dense != "float32" else "")
                          + (f"-acc{level}" if level != 4 else "") + ("-last" if last else ""))
-        if not (folder / "mxport.json").is_file():
+        if not manifest_file(folder).is_file():
             export(ckpt, folder, target=target, experts=experts, dense=dense, last_logits=last,
                    accuracy_level=level, progress=False, force=True)
-        recorded = read_export_meta(folder).get("experts", experts)  # 'none' for a model without experts
+        recorded = read_manifest(folder).experts  # 'none' for a model without experts
         out.append((_mode_label(target, recorded, dense, level, last), folder))
     return out
 
@@ -229,8 +228,10 @@ def _check_positions(config_file: Path, prompt_len: int, new_tokens: int) -> Non
     """A model with learned positions (GPT-2) has no embedding past its last position: say so before measuring."""
     from mxport.exporter import families
 
-    raw = families.read_json(config_file)
-    raw = raw.get("config", raw) if config_file.name == "mxport.json" else raw
+    if config_file.name == MANIFEST_FILE:
+        raw = read_manifest(config_file).config or {}
+    else:
+        raw = families.read_json(config_file)
     try:
         limit = families.config_from_dict(raw, str(config_file)).position_limit
     except MxportError:
@@ -250,24 +251,21 @@ def bench(path: str | os.PathLike, *, peers: bool = False, threads: int = 2, pro
     the memory of its largest-peak run): on a shared machine, load drifts over minutes, and one pass would
     favour whichever engine ran in a quiet moment. Without `work` the exports go to a temporary folder that is
     removed however bench ends (error or not)."""
-    from mxport.runtime.execution.session import read_export_meta
-
     path = Path(path)
     if not path.is_dir():
         raise MxportError(f"bench: {path} is not a folder (expected a checkpoint or an export folder)")
     if min(prompt_len, new_tokens, threads, rounds) < 1:
         raise MxportError("bench: --prompt-len, --new-tokens, --threads and --rounds must be >= 1")
-    if (path / "mxport.json").is_file():
-        meta = read_export_meta(path)
-        mode = _mode_label(meta.get("target", "?"), meta.get("experts", "?"), meta.get("dense", "float32"),
-                           meta.get("accuracy_level", 4), bool(meta.get("last_logits")))
-        folders, ckpt = [(mode, path)], Path(meta.get("checkpoint", ""))
+    if manifest_file(path).is_file():
+        meta = read_manifest(path)
+        mode = _mode_label(meta.target, meta.experts, meta.dense, meta.accuracy_level, meta.last_logits)
+        folders, ckpt = [(mode, path)], Path(meta.checkpoint or "")
     elif is_checkpoint(path):
         folders, ckpt = [], path
     else:
         raise MxportError(f"bench: {path} is neither a checkpoint (config.json + *.safetensors) nor an export "
                           "folder (mxport.json)")
-    _check_positions(path / "mxport.json" if folders else path / "config.json", prompt_len, new_tokens)
+    _check_positions(manifest_file(path) if folders else path / CONFIG_FILE, prompt_len, new_tokens)
     work_dir = Path(work) if work else Path(tempfile.mkdtemp(prefix="mxport-bench-"))
     try:
         work_dir.mkdir(parents=True, exist_ok=True)

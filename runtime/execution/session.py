@@ -20,18 +20,17 @@ graph, or an OrtRunner) and keeps the cache as numpy arrays.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from mxport.contract import io
+from mxport.contract.folder import model_path as export_model_path
 from mxport.errors import MxportError
-from mxport.folders import read_manifest
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-_PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 
 
 @dataclass(frozen=True)
@@ -50,11 +49,6 @@ class StepModel(Protocol):
 
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
              cache: Any) -> tuple[np.ndarray, Any]: ...
-
-
-def read_export_meta(folder: str | Path) -> dict[str, Any]:
-    """mxport.json of an exported folder ({} when the folder has none): mxport.folders.read_manifest."""
-    return read_manifest(folder)
 
 
 def resolve_provider(provider: str | None) -> str:
@@ -125,11 +119,7 @@ class OrtStepModel:
 
         if cache not in CACHE_FORMS:
             raise MxportError(f"cache={cache!r}: expected one of {', '.join(CACHE_FORMS)}")
-        path = Path(model_path)
-        if path.is_dir():
-            path = path / "model.onnx"
-        if not path.is_file():
-            raise MxportError(f"{path}: model file not found (expected an exported folder with model.onnx)")
+        path = export_model_path(model_path)
         self.provider = resolve_provider(provider)
         self.device = "cuda" if self.provider == PROVIDERS["cuda"] else "cpu"
         try:
@@ -155,7 +145,7 @@ class OrtStepModel:
         use = cache == "static" or (cache == "auto" and self.device == "cpu")
         self.static = [use and ok for ok in shareable]  # per past input: bound as one buffer with its present
         self._bound: tuple[Any, list[Any]] | None = None  # (IOBinding, the cache it binds) kept between steps
-        out = next(o for o in self.session.get_outputs() if o.name == "logits")
+        out = next(o for o in self.session.get_outputs() if o.name == io.LOGITS)
         declared = out.shape if out.type == "tensor(float)" and len(out.shape) == 3 else [None, None, None]
         self._logits_dims = ((declared[1] if isinstance(declared[1], int) else None, declared[2])
                              if isinstance(declared[2], int) else None)
@@ -176,21 +166,21 @@ class OrtStepModel:
             if self.static[i] and value.shape()[2] < total:
                 cache[i] = self._grow(value, total - new, total)
         logits = self._logits_array(input_ids.shape)
-        io = self._binding(cache, logits is not None)
-        feeds = [("input_ids", np.ascontiguousarray(input_ids, np.int64)),
-                 ("attention_mask", np.ascontiguousarray(attention_mask, np.int64))]
-        if "position_ids" in self.input_names:
-            feeds.append(("position_ids", np.ascontiguousarray(position_ids, np.int64)))
+        binding = self._binding(cache, logits is not None)
+        feeds = [(io.INPUT_IDS, np.ascontiguousarray(input_ids, np.int64)),
+                 (io.ATTENTION_MASK, np.ascontiguousarray(attention_mask, np.int64))]
+        if io.POSITION_IDS in self.input_names:
+            feeds.append((io.POSITION_IDS, np.ascontiguousarray(position_ids, np.int64)))
         for name, array in feeds:  # bound by address: `feeds` keeps them alive through the run
-            io.bind_cpu_input(name, array)
+            binding.bind_cpu_input(name, array)
         if logits is None:
-            io.bind_output("logits", "cpu")
+            binding.bind_output(io.LOGITS, "cpu")
         else:  # ORT writes straight into a numpy array of ours (get_outputs would wrap every present)
-            io.bind_output("logits", "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
-        self.session.run_with_iobinding(io)
+            binding.bind_output(io.LOGITS, "cpu", 0, np.float32, list(logits.shape), logits.ctypes.data)
+        self.session.run_with_iobinding(binding)
         if logits is not None and all(self.static):
             return logits, cache
-        outputs = io.get_outputs()  # in binding order: the presents (_binding), then the logits
+        outputs = binding.get_outputs()  # in binding order: the presents (_binding), then the logits
         if logits is None:
             logits = outputs[-1].numpy()
         return logits, [cache[i] if self.static[i] else out for i, out in enumerate(outputs[:len(cache)])]
@@ -202,16 +192,16 @@ class OrtStepModel:
         if self._bound is not None and len(self._bound[1]) == len(cache) and \
                 all(a is b for a, b in zip(self._bound[1], cache)):
             return self._bound[0]
-        io = self.session.io_binding()
+        binding = self.session.io_binding()
         for name, value in zip(self.past_names, cache):
-            io.bind_ortvalue_input(name, value)
+            binding.bind_ortvalue_input(name, value)
         for i, name in enumerate(self.present_names):
             if self.static[i]:
-                io.bind_ortvalue_output(name, cache[i])  # the same buffer: GQA writes the new slots in place
+                binding.bind_ortvalue_output(name, cache[i])  # the same buffer: GQA writes the new slots in place
             else:
-                io.bind_output(name, self.device, 0)  # allocated by ORT on the device, fed back next step
-        self._bound = (io, cache) if own_logits and all(self.static) else None
-        return io
+                binding.bind_output(name, self.device, 0)  # allocated by ORT on the device, fed back next step
+        self._bound = (binding, cache) if own_logits and all(self.static) else None
+        return binding
 
     def _logits_array(self, ids_shape: tuple[int, ...]) -> np.ndarray | None:
         """An empty float32 array of the logits' shape [B, S (or 1: --last-logits), V], or None when the graph
@@ -246,26 +236,12 @@ class OrtStepModel:
 
 
 def shared_buffer_layers(model_path: str | Path, past_names: list[str], present_names: list[str]) -> list[bool]:
-    """Per past input: True when one com.microsoft.GroupQueryAttention alone reads it (as past_key or past_value)
-    and writes the matching present (output 1 or 2), so one buffer can be both (GQA's shared-buffer mode)."""
+    """io.shared_buffer_layers over the graph of the .onnx file at `model_path` (external data not loaded)."""
     import onnx
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
-    readers: dict[str, list[tuple[Any, int]]] = {}
-    for node in graph.node:
-        for index, name in enumerate(node.input):
-            readers.setdefault(name, []).append((node, index))
-    out = []
-    for past, present in zip(past_names, present_names):
-        users = readers.get(past, [])
-        ok = len(users) == 1 and users[0][1] in (3, 4)
-        if ok:
-            node, index = users[0]
-            ok = (node.op_type == "GroupQueryAttention" and node.domain == "com.microsoft"
-                  and len(node.output) > index - 2 and node.output[index - 2] == present
-                  and present not in readers)  # nothing else in the graph reads the present
-        out.append(ok)
-    return out
+    nodes = ((n.domain, n.op_type, list(n.input), list(n.output)) for n in graph.node)
+    return io.shared_buffer_layers(nodes, past_names, present_names)
 
 
 def cache_arrays(model: Any, cache: list[Any], total: int) -> list[np.ndarray]:
@@ -286,35 +262,31 @@ class InferStepModel:
 
     def new_cache(self, batch: int, capacity: int | None = None) -> list[np.ndarray]:
         c = self.cache_shape
-        empty = np.zeros((batch, c.kv_heads, 0, c.head_dim), np.float32)
-        return [empty] * (2 * c.num_layers)
+        return [io.empty_cache(batch, c.kv_heads, c.head_dim)] * (2 * c.num_layers)
 
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
              cache: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        n = self.cache_shape.num_layers
         feeds = {
-            "input_ids": np.asarray(input_ids, np.int64),
-            "attention_mask": np.asarray(attention_mask, np.int64),
-            "position_ids": np.asarray(position_ids, np.int64),
+            io.INPUT_IDS: np.asarray(input_ids, np.int64),
+            io.ATTENTION_MASK: np.asarray(attention_mask, np.int64),
+            io.POSITION_IDS: np.asarray(position_ids, np.int64),
+            **dict(zip((name for i in range(n) for name in io.past_names(i)), cache)),
         }
-        for i in range(self.cache_shape.num_layers):
-            feeds[f"past_key_values.{i}.key"] = cache[2 * i]
-            feeds[f"past_key_values.{i}.value"] = cache[2 * i + 1]
         out = self.runner.infer(feeds)
-        presents = []
-        for i in range(self.cache_shape.num_layers):
-            presents += [np.asarray(out[f"present.{i}.key"]), np.asarray(out[f"present.{i}.value"])]
-        return np.asarray(out["logits"], np.float32), presents
+        presents = [np.asarray(out[name]) for i in range(n) for name in io.present_names(i)]
+        return np.asarray(out[io.LOGITS], np.float32), presents
 
 
 def _cache_names(inputs: list[str], outputs: list[str], where: str) -> tuple[list[str], list[str]]:
     """past_key_values.{i}.key/value inputs and present.{i}.key/value outputs, in layer order, checked to pair."""
-    layers = sorted({int(m.group(1)) for n in inputs if (m := _PAST.match(n))})
-    past = [f"past_key_values.{i}.{kv}" for i in layers for kv in ("key", "value")]
-    present = [f"present.{i}.{kv}" for i in layers for kv in ("key", "value")]
+    layers = sorted({at[0] for n in inputs if n.startswith(io.PAST) and (at := io.cache_layer(n))})
+    past = [name for i in layers for name in io.past_names(i)]
+    present = [name for i in layers for name in io.present_names(i)]
     missing = [n for n in past if n not in inputs] + [n for n in present if n not in outputs]
-    if "logits" not in outputs:
-        missing.append("logits")
-    for name in ("input_ids", "attention_mask"):
+    if io.LOGITS not in outputs:
+        missing.append(io.LOGITS)
+    for name in (io.INPUT_IDS, io.ATTENTION_MASK):
         if name not in inputs:
             missing.append(name)
     if layers != list(range(len(layers))) or missing:

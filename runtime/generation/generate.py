@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from mxport.contract.folder import CONFIG_FILE, MANIFEST_FILE, TOKENIZER_FILE, folder_kind, read_manifest
+from mxport.contract.io import position_ids
 from mxport.errors import MxportError
-from mxport.folders import folder_kind
-from mxport.runtime.execution.runners import position_ids as default_positions
 from mxport.runtime.generation.sampling import SamplingConfig, sample
-from mxport.runtime.execution.session import CacheShape, InferStepModel, OrtStepModel, StepModel, read_export_meta
+from mxport.runtime.execution.session import CacheShape, InferStepModel, OrtStepModel, StepModel
 from mxport.runtime.generation.tokenizer import Tokenizer
 
 
@@ -106,7 +106,7 @@ class Generator:
             )
         config, eos, pad = _folder_config(folder, kind)
         if kind == "export" and backend == "ort":
-            model: StepModel = OrtStepModel(folder / "model.onnx", provider)
+            model: StepModel = OrtStepModel(folder, provider)
             name = f"onnxruntime {model.provider}"
         elif kind == "export":
             model = InferStepModel(_onnx_reference_runner(folder), _cache_shape(config, folder))
@@ -114,8 +114,8 @@ class Generator:
         else:
             model = InferStepModel(_reference_model_runner(folder), _cache_shape(config, folder))
             name = "NumPy reference model"
-        if tokenizer is None and (folder / "tokenizer.json").is_file():
-            tokenizer = Tokenizer.from_file(folder / "tokenizer.json")
+        if tokenizer is None and (folder / TOKENIZER_FILE).is_file():
+            tokenizer = Tokenizer.from_file(folder / TOKENIZER_FILE)
         vocab = config.vocab_size if config is not None else None
         if pad is None or (vocab is not None and not 0 <= pad < vocab):
             pad = 0
@@ -170,8 +170,8 @@ class Generator:
             input_ids = input_ids[None]
         self._check_context(input_ids.shape[1], 0)
         mask = np.ones_like(input_ids)
-        pos = np.broadcast_to(np.arange(input_ids.shape[1], dtype=np.int64), input_ids.shape)
-        logits, _ = self.model.step(input_ids, mask, pos, self.model.new_cache(input_ids.shape[0]))
+        positions = position_ids(mask, input_ids.shape[1])
+        logits, _ = self.model.step(input_ids, mask, positions, self.model.new_cache(input_ids.shape[0]))
         return logits
 
     # ---- the loop -------------------------------------------------------------------------------------------
@@ -209,7 +209,7 @@ class Generator:
         for b, p in enumerate(batch):
             input_ids[b, S0 - len(p):] = p
             mask[b, S0 - len(p):] = 1
-        position_ids = default_positions(mask, S0)
+        positions = position_ids(mask, S0)
 
         texts = [_TextState(self.tokenizer, config) for _ in batch]
         done = [False] * B
@@ -218,7 +218,7 @@ class Generator:
         # --max-new-tokens does not reserve the whole context up front
         cache = self.model.new_cache(B, capacity=S0 + min(config.max_new_tokens, 1024))
         t0 = time.perf_counter()
-        logits, cache = self.model.step(input_ids, mask, position_ids, cache)
+        logits, cache = self.model.step(input_ids, mask, positions, cache)
         prefill_time[0] = time.perf_counter() - t0
         while True:
             next_ids = sample(logits[:, -1, :], config.sampling, rng)
@@ -241,8 +241,8 @@ class Generator:
                 return
             step_ids = np.where(done, self.pad_token_id, next_ids).astype(np.int64)[:, None]
             mask = np.concatenate([mask, np.ones((B, 1), np.int64)], axis=1)
-            position_ids = default_positions(mask, 1)
-            logits, cache = self.model.step(step_ids, mask, position_ids, cache)
+            positions = position_ids(mask, 1)
+            logits, cache = self.model.step(step_ids, mask, positions, cache)
 
     def _full_text(self, token_ids: list[int], config: GenerationConfig) -> str:
         """The non-streamed text: decode everything, cut at the first stop string."""
@@ -321,24 +321,19 @@ def _folder_config(folder: Path, kind: str):
     from mxport.exporter import families
 
     if kind == "export":
-        meta = read_export_meta(folder)
-        raw = meta.get("config") or meta.get("model_config")
-        config = families.config_from_dict(raw, str(folder / "mxport.json")) if raw else None
-        eos = meta.get("eos_token_ids", meta.get("eos_token_id"))
-        if eos is None and config is not None:
-            eos = list(config.eos_token_ids)
+        meta = read_manifest(folder)
+        config = families.config_from_dict(meta.config, str(folder / MANIFEST_FILE)) if meta.config else None
+        eos = list(meta.eos_token_ids) or (list(config.eos_token_ids) if config is not None else [])
     else:
-        cfg_path = folder / "config.json"
-        config = families.read_config(cfg_path)
+        config = families.read_config(folder / CONFIG_FILE)
         eos = list(config.eos_token_ids)
-    eos = [eos] if isinstance(eos, int) else list(eos or [])
     pad = config.pad_token_id if config is not None else None
     return config, [int(e) for e in eos], pad
 
 
 def _cache_shape(config, folder: Path) -> CacheShape:
     if config is None:
-        raise MxportError(f"{folder}: mxport.json has no model config; the numpy backend needs it")
+        raise MxportError(f"{folder}: {MANIFEST_FILE} has no model config; the numpy backend needs it")
     return CacheShape(config.num_hidden_layers, config.num_key_value_heads, config.head_dim)
 
 

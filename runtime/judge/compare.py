@@ -23,12 +23,12 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Mapping
 
 import numpy as np
 
+from mxport.contract import io
 from mxport.errors import MxportError
 
 QUANTILES = (0.5, 0.9, 0.99, 0.999)
@@ -52,15 +52,15 @@ class Tolerance:
 # Defaults for a float32 export checked against the float32 NumPy reference. Patterns are fnmatch globs; the
 # first matching pattern wins, so specific names go first.
 FLOAT32_TOLERANCES: dict[str, Tolerance] = {
-    "logits": Tolerance(rel=1e-4, top1=1.0),
-    "hidden_states.*": Tolerance(rel=1e-4),
-    "present.*": Tolerance(rel=1e-4),
+    io.LOGITS: Tolerance(rel=1e-4, top1=1.0),
+    io.HIDDEN + "*": Tolerance(rel=1e-4),
+    io.PRESENT + "*": Tolerance(rel=1e-4),
     "*": Tolerance(rel=1e-4),
 }
 
 
 def is_logits(name: str) -> bool:
-    return name == "logits" or name.endswith("/logits") or name.endswith(".logits")
+    return name == io.LOGITS or name.endswith("/" + io.LOGITS) or name.endswith("." + io.LOGITS)
 
 
 def resolve_tolerance(name: str, tolerances: Mapping[str, Tolerance | float] | None) -> Tolerance:
@@ -274,15 +274,6 @@ def _json_float(v):
 
 
 # ---- per-layer ------------------------------------------------------------------------------------------------
-_HIDDEN = re.compile(r"(?:^|[./])hidden_states\.(\d+)$")
-
-
-def layer_of(name: str) -> int | None:
-    """Layer index of a `hidden_states.{i}` output name (also with a prefix such as `step2/`), else None."""
-    m = _HIDDEN.search(name)
-    return int(m.group(1)) if m else None
-
-
 def first_failing_layer(reports: Report | Iterable[Report]) -> int | None:
     """The smallest i whose `hidden_states.{i}` fails its tolerance in any of the reports; None if none fails.
 
@@ -290,7 +281,7 @@ def first_failing_layer(reports: Report | Iterable[Report]) -> int | None:
     where the numbers first go wrong."""
     if isinstance(reports, Report):
         reports = [reports]
-    failing = [layer_of(s.name) for r in reports for s in r.outputs if not s.passed]
+    failing = [io.hidden_layer(s.name) for r in reports for s in r.outputs if not s.passed]
     failing = [i for i in failing if i is not None]
     return min(failing) if failing else None
 

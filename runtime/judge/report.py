@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from mxport.runtime.judge.compare import Report, Tolerance, first_failing_layer, grid, layer_of, resolve_tolerance
+from mxport.contract import io
+from mxport.runtime.judge.compare import Report, Tolerance, first_failing_layer, grid, resolve_tolerance
 
 MAX_FAILURE_LINES = 12  # failing outputs listed by the CLI; --json has them all
 
@@ -101,13 +101,13 @@ class VerifyReport:
         table: dict[int, dict[str, Any]] = {}
         for row in self.worst():
             name = row["name"]
-            i = layer_of(name)
+            i = io.hidden_layer(name)
             kind = "hidden"
             if i is None:
-                m = re.fullmatch(r"present\.(\d+)\.(key|value)", name)
-                if not m:
+                at = io.cache_layer(name) if name.startswith(io.PRESENT) else None
+                if at is None:
                     continue
-                i, kind = int(m.group(1)), m.group(2)
+                i, kind = at
             t = table.setdefault(i, {"layer": i, "hidden_rel": None, "key_rel": None, "value_rel": None, "passed": True})
             t[f"{kind}_rel"] = row["rel"]
             t["passed"] &= not row["failed_in"]
@@ -143,7 +143,7 @@ class VerifyReport:
             f"per-layer  hidden_states: {self.hidden_states_source}",
             "",
             "worst over all calls, per output:",
-            _worst_table([r for r in self.worst() if layer_of(r["name"]) is None and not r["name"].startswith("present.")]),
+            _worst_table([r for r in self.worst() if io.hidden_layer(r["name"]) is None and not r["name"].startswith(io.PRESENT)]),
         ]
         layer_rows = self.layers()
         if layer_rows:

@@ -30,13 +30,14 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from mxport.contract import io
 from mxport.errors import MxportError
+from mxport.contract.folder import MANIFEST_FILE, Manifest, model_path, read_manifest
 from mxport.files import write_file
 from mxport.runtime.judge.compare import (
     FLOAT32_TOLERANCES,
     Tolerance,
     compare,
-    layer_of,
     resolve_tolerance,
 )
 from mxport.runtime.judge.report import MAX_FAILURE_LINES, CallResult, VerifyReport  # noqa: F401
@@ -44,10 +45,6 @@ from mxport.runtime.execution.runners import (
     OrtRunner,
     ReferenceModelRunner,
     expose_hidden_states,
-    make_feeds,
-    model_path,
-    read_manifest,
-    step_feeds,
 )
 
 # Exact modes: every weight the export uses equals the checkpoint's after dequantization (MXFP4 kept or decoded
@@ -57,28 +54,26 @@ from mxport.runtime.execution.runners import (
 EXACT_EXPERTS = ("mxfp4", "fp32", "float32", "dense", "float", "none")  # none: a model without experts
 EXACT_DENSE = ("float32", "bf16")  # dense matrices as stored (bf16 or float32) through a float32 MatMul (bf16: LinearBF16)
 LOSSY_TOLERANCES: dict[str, Tolerance] = {
-    "logits": Tolerance(rel=5e-2, top1=0.9, kl_mean=1e-2),
-    "hidden_states.*": Tolerance(rel=5e-2),
-    "present.*": Tolerance(rel=5e-2),
+    io.LOGITS: Tolerance(rel=5e-2, top1=0.9, kl_mean=1e-2),
+    io.HIDDEN + "*": Tolerance(rel=5e-2),
+    io.PRESENT + "*": Tolerance(rel=5e-2),
     "*": Tolerance(rel=5e-2),
 }
 MIN_PROMPT = 3
 
 
-def default_tolerances(manifest: Mapping[str, Any], reference_experts: str = "float") -> tuple[dict[str, Tolerance], str]:
+def default_tolerances(manifest: Manifest, reference_experts: str = "float") -> tuple[dict[str, Tolerance], str]:
     """(tolerances, mode label) for an export's dtype / experts / dense mode as recorded in mxport.json.
 
     Exact only when every part is: float32 math, experts kept or decoded exactly, dense matrices not quantized
     (`--dense int8|int4` is MatMulNBits: lossy whatever the accuracy level, which only changes the activations)."""
-    dtype = str(manifest.get("dtype", "float32"))
-    experts = str(manifest.get("experts", "mxfp4"))
-    dense = str(manifest.get("dense", "float32"))
+    dtype, experts, dense = manifest.dtype, manifest.experts, manifest.dense
     mode = f"dtype={dtype} experts={experts} dense={dense}"
-    level = manifest.get("accuracy_level")
-    if level is not None and level != 4 and (dense != "float32" or experts == "int4"):
+    level = manifest.accuracy_level
+    if level != 4 and (dense != "float32" or experts == "int4"):
         mode += f" accuracy_level={level}"
     # float experts encoded to MXFP4 at export (exporter/lower/experts_mxfp4.py): lossy against the float reference
-    lowering = manifest.get("lowering")
+    lowering = manifest.lowering
     encoded = lowering.get("applied", {}).get("experts_mxfp4", 0) if isinstance(lowering, Mapping) else 0
     if encoded and reference_experts == "mxfp4":  # the reference runs the same MXFP4 experts: exact again
         mode += " (float experts encoded to MXFP4 at export; reference on the same MXFP4 experts)"
@@ -156,18 +151,6 @@ def left_pad(prompts: list[np.ndarray], pad_id: int = 0) -> tuple[np.ndarray, np
 
 
 # ---- the run -----------------------------------------------------------------------------------------------------
-def recorded_checkpoint(manifest: Mapping[str, Any]) -> str | None:
-    """The checkpoint path the exporter recorded in mxport.json (key `checkpoint`, or `checkpoint_path` /
-    `checkpoint_dir` / `source.checkpoint`)."""
-    for key in ("checkpoint", "checkpoint_path", "checkpoint_dir"):
-        if isinstance(manifest.get(key), str):
-            return manifest[key]
-    src = manifest.get("source")
-    if isinstance(src, Mapping) and isinstance(src.get("checkpoint"), str):
-        return src["checkpoint"]
-    return None
-
-
 def verify(
     export_dir: str | os.PathLike,
     checkpoint: str | os.PathLike | None = None,
@@ -193,10 +176,10 @@ def verify(
     model_path(export_dir)  # model.onnx must be there
     manifest = read_manifest(export_dir)
     if checkpoint is None:
-        checkpoint = recorded_checkpoint(manifest)
+        checkpoint = manifest.checkpoint
         if checkpoint is None:
             raise MxportError(
-                f"{export_dir / 'mxport.json'}: no checkpoint path recorded; pass --checkpoint CKPT_DIR"
+                f"{export_dir / MANIFEST_FILE}: no checkpoint path recorded; pass --checkpoint CKPT_DIR"
             )
     checkpoint = Path(checkpoint)
     if not checkpoint.is_dir():
@@ -208,14 +191,14 @@ def verify(
     per_call = {p: dataclasses.replace(t, top1=None, kl_mean=None) for p, t in tols.items()}  # pooled later
 
     reference = ReferenceModelRunner(checkpoint, dtype=reference_dtype, hidden_states=True,
-                                     window_cache=bool(manifest.get("window_cache", False)), experts=reference_experts)
+                                     window_cache=manifest.window_cache, experts=reference_experts)
     cfg = reference.cfg
     _check_same_model(manifest, cfg, export_dir, checkpoint)
     ort_runner = OrtRunner(export_dir, provider=provider, threads=threads)
     report = VerifyReport(str(export_dir), str(checkpoint), mode, provider, [], decode_steps, tolerances=tols)
     tmp = None
     try:
-        if any(n.startswith("hidden_states.") for n in ort_runner.output_names):
+        if any(n.startswith(io.HIDDEN) for n in ort_runner.output_names):
             report.hidden_states_source = "export"
         elif per_layer:
             tmp, exposed = _exposed_copy(export_dir, cfg.num_hidden_layers, report.notes)
@@ -271,17 +254,17 @@ def _exposed_copy(export_dir: Path, num_layers: int, notes: list[str]):
 
 def _run_case(ort_runner, reference, cfg, ids, mask, decode_steps, tols):
     """Prefill + cached decode steps; yields one compare() Report per call."""
-    feeds = make_feeds(ids, mask, cfg=cfg)
+    feeds = io.make_feeds(ids, mask, cfg=cfg)
     ort_feeds = ref_feeds = feeds
     for step in range(decode_steps + 1):
         got = ort_runner.infer({k: v for k, v in ort_feeds.items() if k in ort_runner.input_names})
         want = reference.infer(ref_feeds)
-        yield compare(got, want, tols, masks=_masks(got, ref_feeds["attention_mask"], ids.shape[1] if step == 0 else 1))
+        yield compare(got, want, tols, masks=_masks(got, ref_feeds[io.ATTENTION_MASK], ids.shape[1] if step == 0 else 1))
         if step == decode_steps:
             break
-        nxt = want["logits"][:, -1].argmax(-1)  # the reference's greedy choice, fed to both
-        ort_feeds = step_feeds(got, nxt, ort_feeds["attention_mask"])
-        ref_feeds = step_feeds(want, nxt, ref_feeds["attention_mask"])
+        nxt = want[io.LOGITS][:, -1].argmax(-1)  # the reference's greedy choice, fed to both
+        ort_feeds = io.step_feeds(got, nxt, ort_feeds[io.ATTENTION_MASK])
+        ref_feeds = io.step_feeds(want, nxt, ref_feeds[io.ATTENTION_MASK])
 
 
 def _masks(outputs: Mapping[str, np.ndarray], mask: np.ndarray, new: int) -> dict[str, np.ndarray]:
@@ -291,21 +274,20 @@ def _masks(outputs: Mapping[str, np.ndarray], mask: np.ndarray, new: int) -> dic
     real = mask.astype(bool)  # [B, P+S]
     masks = {}
     for name, value in outputs.items():
-        if name == "logits" or layer_of(name) is not None:
+        if name == io.LOGITS or io.hidden_layer(name) is not None:
             masks[name] = real[:, -new:]
-        elif name.startswith("present."):
+        elif name.startswith(io.PRESENT):
             masks[name] = np.broadcast_to(real[:, None, real.shape[1] - value.shape[2] :], value.shape[:3])
     return masks
 
 
-def _check_same_model(manifest: Mapping[str, Any], cfg: Any, export_dir: Path, checkpoint: Path) -> None:
+def _check_same_model(manifest: Manifest, cfg: Any, export_dir: Path, checkpoint: Path) -> None:
     """The recorded model config (if any) must describe the checkpoint's model."""
     from mxport.exporter import families
 
-    recorded = manifest.get("config") or manifest.get("model_config")
-    if not isinstance(recorded, Mapping):
+    if not manifest.config:
         return
-    theirs = families.config_from_dict(recorded, str(export_dir / "mxport.json"))
+    theirs = families.config_from_dict(manifest.config, str(export_dir / MANIFEST_FILE))
     keys = ("architecture", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
             "num_key_value_heads", "head_dim")
     diff = [f"{k}: export {getattr(theirs, k)} vs checkpoint {getattr(cfg, k)}" for k in keys

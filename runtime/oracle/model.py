@@ -2,14 +2,14 @@
 
     model = ReferenceModel("ckpt_dir")                    # or an open Checkpoint; dtype=np.float64 for a tighter oracle
     out = model.forward(ids)                              # ModelOutput(logits [B,S,V], present [(k, v)] per layer)
-    outputs = model.infer(feeds)                          # the model I/O names of ARCHITECTURE.md, like an ORT session
+    outputs = model.infer(feeds)                          # the model I/O names (mxport/contract/io.py), like ORT
     ids = model.generate_greedy(ids, max_new_tokens=8)    # KV-cached greedy decoding
 
 Weights are read lazily from the Checkpoint. Dense tensors are converted to the compute dtype once and cached,
 MXFP4 halves cached as stored, when that stays under CACHE_LIMIT_BYTES (tiny, mini); larger checkpoints (or
 `cache_weights=False`) re-read each tensor on use, so memory holds about one layer's tensors (or the vocabulary matrix) at a time. MXFP4
 experts stay MXFP4: per call and layer, only the experts some token chose are dequantized (ops.mxfp4.decode).
-The math is `runtime.reference_layers`; this module wires weights, cache, masks and positions, and the family's
+The math is `runtime/oracle/layers.py`; this module wires weights, cache, masks and positions, and the family's
 NumPy wiring (runtime/oracle/families/<family>.py: positions, embed, layer, final_norm) wires one layer.
 """
 
@@ -22,12 +22,12 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from mxport.contract import io
 from mxport.errors import MxportError
 from mxport.files import write_file
 
 from mxport.exporter.families.base import DecoderConfig
 from mxport.runtime.oracle import families, layers as L
-from mxport.runtime.execution.runners import position_ids as default_positions
 
 CACHE_LIMIT_BYTES = 4 << 30  # cache_weights=None caches every weight only below this (gpt-oss-20b streams)
 KVCache = list[tuple[np.ndarray, np.ndarray]]  # per layer (key [B,Hkv,T,D] after RoPE, value [B,Hkv,T,D])
@@ -186,11 +186,11 @@ class ReferenceModel:
         cfg = self.cfg
         ids = np.asarray(input_ids)
         if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
-            raise MxportError(f"input_ids: expected an integer array [B,S], found {ids.dtype} {ids.shape}")
+            raise MxportError(f"{io.INPUT_IDS}: expected an integer array [B,S], found {ids.dtype} {ids.shape}")
         B, S = ids.shape
         if ids.size and (ids.min() < 0 or ids.max() >= cfg.vocab_size):
             raise MxportError(
-                f"input_ids: ids must lie in [0, vocab_size={cfg.vocab_size}), found {ids.min()}..{ids.max()}"
+                f"{io.INPUT_IDS}: ids must lie in [0, vocab_size={cfg.vocab_size}), found {ids.min()}..{ids.max()}"
             )
         lengths = []
         if past is not None:
@@ -198,11 +198,11 @@ class ReferenceModel:
                 raise MxportError(f"past: expected {cfg.num_hidden_layers} (key, value) pairs, found {len(past)}")
             want = (B, cfg.num_key_value_heads, None, cfg.head_dim)
             for i, (k, v) in enumerate(past):
-                for name, t in (("key", k), ("value", v)):
+                for name, t in zip(io.past_names(i), (k, v)):
                     if t.ndim != 4 or any(w is not None and w != s for w, s in zip(want, t.shape)) or t.shape != k.shape:
                         raise MxportError(
-                            f"past_key_values.{i}.{name}: expected shape [B={B}, {want[1]}, P, {want[3]}] "
-                            f"like past_key_values.{i}.key {k.shape}, found {t.shape}"
+                            f"{name}: expected shape [B={B}, {want[1]}, P, {want[3]}] "
+                            f"like {io.past_names(i)[0]} {k.shape}, found {t.shape}"
                         )
                 lengths.append(k.shape[2])
         P = max(lengths, default=0)
@@ -211,20 +211,20 @@ class ReferenceModel:
         else:
             mask = np.asarray(attention_mask)
             if mask.ndim != 2 or mask.shape[0] != B or mask.shape[1] < P + S or (past is None and mask.shape[1] != S):
-                raise MxportError(f"attention_mask: expected shape [B, P+S] = {(B, P + S)}, found {mask.shape}")
+                raise MxportError(f"{io.ATTENTION_MASK}: expected shape [B, P+S] = {(B, P + S)}, found {mask.shape}")
             P = mask.shape[1] - S
         for i, p_i in enumerate(lengths):  # full layers hold every slot; sliding ones may hold only the last few
             if p_i > P or (p_i != P and cfg.window(i) == 0):
                 raise MxportError(
-                    f"past_key_values.{i}: {p_i} cache slots, but attention_mask covers {P} past slots"
+                    f"{io.PAST}{i}: {p_i} cache slots, but {io.ATTENTION_MASK} covers {P} past slots"
                     + ("" if cfg.window(i) else " (a full-attention layer must hold all of them)")
                 )
         if position_ids is None:
-            pos = default_positions(mask, S)
+            pos = io.position_ids(mask, S)
         else:
             pos = np.asarray(position_ids)
             if pos.shape != (B, S):
-                raise MxportError(f"position_ids: expected shape [B, S] = {(B, S)}, found {pos.shape}")
+                raise MxportError(f"{io.POSITION_IDS}: expected shape [B, S] = {(B, S)}, found {pos.shape}")
         return ids, mask, pos.astype(np.int64), past
 
     # ---- runner interface (ARCHITECTURE.md "Model I/O") ---------------------------------------------------------
@@ -234,16 +234,15 @@ class ReferenceModel:
         `past_key_values.{i}.key/.value` are optional as a whole (absent = empty cache); `hidden_states.{i}` are
         returned when `hidden_states` (default: the constructor's `output_hidden_states`) is true."""
         n = self.cfg.num_hidden_layers
-        known = {"input_ids", "attention_mask", "position_ids"}
-        known |= {f"past_key_values.{i}.{kv}" for i in range(n) for kv in ("key", "value")}
-        if unknown := sorted(set(feeds) - known):
+        inputs = (io.INPUT_IDS, io.ATTENTION_MASK, io.POSITION_IDS)
+        past_names = [io.past_names(i) for i in range(n)]
+        if unknown := sorted(set(feeds) - {*inputs, *(name for pair in past_names for name in pair)}):
             raise MxportError(
-                f"infer: unknown feeds {unknown} (expected input_ids, attention_mask, position_ids and "
-                f"past_key_values.{{i}}.key/.value for i < {n})"
+                f"infer: unknown feeds {unknown} (expected {', '.join(inputs)} and "
+                f"{io.PAST}{{i}}.key/.value for i < {n})"
             )
-        if "input_ids" not in feeds:
-            raise MxportError("infer: missing feed 'input_ids'")
-        past_names = [(f"past_key_values.{i}.key", f"past_key_values.{i}.value") for i in range(n)]
+        if io.INPUT_IDS not in feeds:
+            raise MxportError(f"infer: missing feed {io.INPUT_IDS!r}")
         given = [name for pair in past_names for name in pair if name in feeds]
         if given and len(given) != 2 * n:
             missing = [name for pair in past_names for name in pair if name not in feeds]
@@ -251,14 +250,13 @@ class ReferenceModel:
         past = [(feeds[k], feeds[v]) for k, v in past_names] if given else None
         want_hidden = self.output_hidden_states if hidden_states is None else hidden_states
         out = self.forward(
-            feeds["input_ids"], feeds.get("attention_mask"), feeds.get("position_ids"), past, want_hidden
+            feeds[io.INPUT_IDS], feeds.get(io.ATTENTION_MASK), feeds.get(io.POSITION_IDS), past, want_hidden
         )
-        result = {"logits": out.logits.astype(np.float32)}
-        for i, (k, v) in enumerate(out.present):
-            result[f"present.{i}.key"] = k.astype(np.float32)
-            result[f"present.{i}.value"] = v.astype(np.float32)
+        result = {io.LOGITS: out.logits.astype(np.float32)}
+        for i, kv in enumerate(out.present):
+            result.update({name: t.astype(np.float32) for name, t in zip(io.present_names(i), kv)})
         for i, h in enumerate(out.hidden_states or ()):
-            result[f"hidden_states.{i}"] = h.astype(np.float32)
+            result[io.hidden_name(i)] = h.astype(np.float32)
         return result
 
     # ---- decoding ---------------------------------------------------------------------------------------------
@@ -278,7 +276,7 @@ class ReferenceModel:
         the logits of every call are appended to it ([B,S,V] for the prompt, then [B,1,V] per step)."""
         ids = np.asarray(input_ids, dtype=np.int64)
         if ids.ndim != 2:
-            raise MxportError(f"input_ids: expected [B,S], found shape {ids.shape}")
+            raise MxportError(f"{io.INPUT_IDS}: expected [B,S], found shape {ids.shape}")
         if max_new_tokens < 0:
             raise MxportError(f"max_new_tokens must be >= 0, found {max_new_tokens}")
         B, S = ids.shape
@@ -288,7 +286,7 @@ class ReferenceModel:
         tokens = [ids]
         step_ids, past = ids, None
         for _ in range(max_new_tokens):
-            out = self.forward(step_ids, mask, default_positions(mask, step_ids.shape[1]), past)
+            out = self.forward(step_ids, mask, io.position_ids(mask, step_ids.shape[1]), past)
             if logits_out is not None:
                 logits_out.append(out.logits)
             nxt = out.logits[:, -1].argmax(axis=-1).astype(np.int64)

@@ -32,13 +32,12 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-from mxport.runtime.execution.runners import position_ids
+from mxport.contract.io import position_ids
 from mxport.runtime.generation.sampling import SamplingConfig, sample
 from mxport.runtime.execution.session import StepModel, cache_arrays
 

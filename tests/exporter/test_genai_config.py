@@ -9,7 +9,8 @@ import pytest
 
 from mxport.errors import MxportError
 from mxport.exporter.export import export
-from mxport.exporter.genai_config import GENAI_FILE, genai_config
+from mxport.contract.folder import GENAI_FILE
+from mxport.exporter.genai_config import genai_config
 from mxport.runtime.generation.generate import Generator
 
 og = pytest.importorskip("onnxruntime_genai")

@@ -14,7 +14,8 @@ from mxport.exporter.checkpoint import open_checkpoint
 from mxport.exporter.export import export
 from mxport.exporter.families.gpt2 import ACTIVATIONS, PRESETS, GPT2Config, config_from_dict
 from mxport.runtime.oracle.model import ReferenceModel
-from mxport.runtime.execution.runners import OrtRunner, make_feeds
+from mxport.contract.io import make_feeds
+from mxport.runtime.execution.runners import OrtRunner
 from tests.oracles import save_transformers_gpt2
 
 torch = pytest.importorskip("torch")

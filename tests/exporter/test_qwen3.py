@@ -17,7 +17,8 @@ from mxport.exporter import families
 from mxport.exporter.checkpoint import open_checkpoint
 from mxport.exporter.export import export
 from mxport.exporter.families import qwen3
-from mxport.runtime.execution.runners import OrtRunner, make_feeds
+from mxport.contract.io import make_feeds
+from mxport.runtime.execution.runners import OrtRunner
 
 _CACHE: dict = {}
 TARGETS = {"portable": {}, "cpu": {"target": "cpu", "experts": "fp32"},

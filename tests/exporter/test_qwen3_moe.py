@@ -17,7 +17,8 @@ from mxport.errors import MxportError
 from mxport.exporter.checkpoint import open_checkpoint
 from mxport.exporter.export import export
 from mxport.runtime.oracle.model import ReferenceModel
-from mxport.runtime.execution.runners import OrtRunner, make_feeds
+from mxport.contract.io import make_feeds
+from mxport.runtime.execution.runners import OrtRunner
 from mxport.runtime.judge.verify import verify
 
 _CACHE: dict = {}

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from mxport.contract.io import hidden_layer
 from mxport.errors import MxportError
 from mxport.runtime.judge.compare import (
     FLOAT32_TOLERANCES,
@@ -16,7 +17,6 @@ from mxport.runtime.judge.compare import (
     compare,
     first_failing_layer,
     kl_divergence,
-    layer_of,
     resolve_tolerance,
 )
 
@@ -138,7 +138,7 @@ def test_first_failing_layer():
     r = compare(test, ref)
     assert first_failing_layer(r) == 2
     assert first_failing_layer([compare(ref, ref), r]) == 2
-    assert layer_of("step1/hidden_states.11") == 11 and layer_of("logits") is None
+    assert hidden_layer("step1/hidden_states.11") == 11 and hidden_layer("logits") is None
 
 
 def test_report_json_and_table():

@@ -10,7 +10,7 @@ import pytest
 from mxport.errors import MxportError
 from mxport.exporter.export import export
 from mxport.runtime.generation.generate import Generator
-from mxport.runtime.execution.runners import position_ids
+from mxport.contract.io import position_ids
 from mxport.runtime.execution.session import OrtStepModel, cache_arrays
 
 

@@ -4,6 +4,7 @@ writes --json, and exits 2 on bad input."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import ml_dtypes
@@ -12,6 +13,8 @@ import onnx
 import pytest
 
 from mxport.cli import main
+from mxport.contract.folder import Manifest
+from mxport.contract.io import make_feeds, step_feeds
 from mxport.errors import MxportError
 from mxport.runtime.judge.compare import FLOAT32_TOLERANCES, Tolerance, compare
 from mxport.runtime.execution.runners import (
@@ -19,8 +22,6 @@ from mxport.runtime.execution.runners import (
     OrtRunner,
     ReferenceModelRunner,
     expose_hidden_states,
-    make_feeds,
-    step_feeds,
 )
 from mxport.runtime.judge.verify import (
     LOSSY_TOLERANCES,
@@ -124,19 +125,19 @@ def test_prompts_are_seeded_and_cross_the_window(cfg):
 
 
 def test_tolerance_defaults_and_options():
-    assert default_tolerances({"dtype": "float32", "experts": "mxfp4"})[0] == FLOAT32_TOLERANCES
-    assert default_tolerances({"dtype": "float32", "experts": "fp32"})[1].endswith("(exact)")
-    assert default_tolerances({"dtype": "float32", "experts": "int8"})[1].endswith("(lossy)")
+    assert default_tolerances(Manifest(dtype="float32", experts="mxfp4"))[0] == FLOAT32_TOLERANCES
+    assert default_tolerances(Manifest(dtype="float32", experts="fp32"))[1].endswith("(exact)")
+    assert default_tolerances(Manifest(dtype="float32", experts="int8"))[1].endswith("(lossy)")
     # --dense bf16 (ai.mxport.LinearBF16) reads the checkpoint's bf16 in float32 math: exact
-    assert default_tolerances({"dtype": "float32", "experts": "mxfp4", "dense": "bf16"})[0] == FLOAT32_TOLERANCES
-    tols, mode = default_tolerances({"dtype": "float16", "experts": "mxfp4"})
+    assert default_tolerances(Manifest(dtype="float32", experts="mxfp4", dense="bf16"))[0] == FLOAT32_TOLERANCES
+    tols, mode = default_tolerances(Manifest(dtype="float16", experts="mxfp4"))
     assert tols == LOSSY_TOLERANCES and mode == "dtype=float16 experts=mxfp4 dense=float32 (lossy)"
-    assert default_tolerances({"experts": "int4"})[1].endswith("(lossy)")
+    assert default_tolerances(Manifest(experts="int4"))[1].endswith("(lossy)")
     # MatMulNBits dense weights are lossy whatever the experts or the accuracy level (was labelled exact)
-    tols, mode = default_tolerances({"dtype": "float32", "experts": "fp32", "dense": "int4", "accuracy_level": 0})
+    tols, mode = default_tolerances(Manifest(dtype="float32", experts="fp32", dense="int4", accuracy_level=0))
     assert tols == LOSSY_TOLERANCES and mode == "dtype=float32 experts=fp32 dense=int4 accuracy_level=0 (lossy)"
-    assert default_tolerances({"dtype": "float32", "experts": "fp32", "dense": "int8"})[1].endswith("(lossy)")
-    assert default_tolerances({"dtype": "float32", "experts": "none", "dense": "q4"}) == (
+    assert default_tolerances(Manifest(dtype="float32", experts="fp32", dense="int8"))[1].endswith("(lossy)")
+    assert default_tolerances(Manifest(dtype="float32", experts="none", dense="q4")) == (
         LOSSY_TOLERANCES, "dtype=float32 experts=none dense=q4 (lossy)")  # ai.mxport.LinearQ4: 4-bit weights
     merged = merge_tolerances(FLOAT32_TOLERANCES, {"logits": 1e-3})
     assert merged["logits"] == Tolerance(rel=1e-3, top1=1.0)  # a float changes rel only
@@ -196,6 +197,38 @@ def test_expose_hidden_states_matches_exported_ones(export_dir, export_hidden, c
         np.testing.assert_array_equal(got[f"hidden_states.{i}"], want[f"hidden_states.{i}"])
     with pytest.raises(MxportError, match="already has hidden_states outputs"):
         expose_hidden_states(export_hidden / "model.onnx", tmp_path / "again", cfg.num_hidden_layers)
+
+
+def test_expose_hidden_states_reads_the_older_residual_names(ckpt, cfg, tmp_path):
+    """Exports made before the one residual role named the value moe_residual / mlp_residual; on a cpu export the
+    residual Add is fused into SkipSimplifiedLayerNormalization, so only the name finds it (no Add to fall back to)."""
+    from mxport.contract import io
+    from mxport.exporter.export import export
+
+    out = export(ckpt, tmp_path / "cpu", target="cpu", progress=False)
+    want = OrtRunner(expose_hidden_states(out / "model.onnx", tmp_path / "new", cfg.num_hidden_layers))
+
+    def renamed(role: str, where: str):
+        proto = onnx.load(str(out / "model.onnx"), load_external_data=False)
+        names = {io.residual_name(i): io.residual_name(i, role) for i in range(cfg.num_hidden_layers)}
+        for node in proto.graph.node:
+            node.input[:] = [names.get(n, n) for n in node.input]
+            node.output[:] = [names.get(n, n) for n in node.output]
+        for info in proto.graph.value_info:
+            info.name = names.get(info.name, info.name)
+        (tmp_path / where).mkdir()
+        os.link(out / "model.onnx.data", tmp_path / where / "model.onnx.data")
+        onnx.save_model(proto, str(tmp_path / where / "model.onnx"))
+        return tmp_path / where / "model.onnx"
+
+    for role in io.OLDER_RESIDUALS:
+        got = OrtRunner(expose_hidden_states(renamed(role, role), tmp_path / f"{role}_exposed", cfg.num_hidden_layers))
+        feeds = make_feeds(make_prompts(cfg, 1)[0], cfg=cfg)
+        a, b = got.infer(feeds), want.infer(feeds)
+        for i in range(cfg.num_hidden_layers):
+            np.testing.assert_array_equal(a[io.hidden_name(i)], b[io.hidden_name(i)])
+    with pytest.raises(MxportError, match="cannot find the residual stream after layer 0"):
+        expose_hidden_states(renamed("other", "other"), tmp_path / "other_exposed", cfg.num_hidden_layers)
 
 
 # ---- verify --------------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import numpy as np
 import onnx_ir as ir
 
 from mxport.exporter.families.gpt2 import PREFIX, GPT2Config
+from mxport.contract import io
 from mxport.exporter.graph import Builder
 from mxport.exporter.layers import FLOAT, Weights, attention as attention_op, conv1d, layer_norm, mlp, tied_output
 
@@ -64,7 +65,7 @@ def layer(b: Builder, cfg: GPT2Config, w: Weights, i: int, x: ir.Value, rope: No
         n = layer_norm(b, w, x, f"{p}.ln_2", "post_attn_norm", eps)
         with b.scope("mlp"):
             y = mlp(b, w, n, f"{p}.mlp.c_fc", f"{p}.mlp.c_proj", cfg.activation_function)
-        x = b.op("Add", x, y, role="moe_residual")  # the residual stream after layer i (ARCHITECTURE.md)
+        x = b.op("Add", x, y, role=io.RESIDUAL)  # the residual stream after layer i (mxport/contract/io.py)
     return x, present_k, present_v
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from mxport.contract import io
 from mxport.exporter.families.gpt_oss.config import GptOssConfig
 from mxport.exporter.graph import Builder
 from mxport.exporter.layers import DOMAIN, FLOAT, Weights, apply_rope, attention as attention_op, linear, rms_norm
@@ -85,7 +86,7 @@ def layer(b: Builder, cfg: GptOssConfig, w: Weights, i: int, x: ir.Value, rope: 
         a, present_k, present_v = attention(b, cfg, w, i, n, rope, past, attention_mask)
         x = b.op("Add", x, a, role="attn_residual")
         n = rms_norm(b, w, x, f"{p}.post_attention_layernorm.weight", "post_attn_norm", eps)
-        x = b.op("Add", x, moe(b, cfg, w, i, n), role="moe_residual")
+        x = b.op("Add", x, moe(b, cfg, w, i, n), role=io.RESIDUAL)  # the residual stream after layer i
     return x, present_k, present_v
 
 

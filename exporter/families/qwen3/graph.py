@@ -7,7 +7,7 @@
         q = rope(q_norm(q_proj(n)))   k = rope(k_norm(k_proj(n)))   v = v_proj(n)   (q_norm, k_norm: RMSNorm over
                                                                                    head_dim, per head)
         x += o_proj(Attention(q, k, v, past, mask, no sinks, window = sliding layers' window))
-        n = rmsnorm(x);  x += down(silu(gate(n)) * up(n))       (value "layers.{i}/mlp_residual")
+        n = rmsnorm(x);  x += down(silu(gate(n)) * up(n))       (value "layers.{i}/residual": io.RESIDUAL)
     logits [B,S,V] = rmsnorm(x) @ lm_head.T, or @ embed.T when tied (the table stored once: layers.tied_output)
 
 Only the ai.mxport Attention op is custom; everything else is standard opset 23. Qwen3-MoE reuses `attention`.
@@ -19,13 +19,11 @@ from collections.abc import Callable
 
 import onnx_ir as ir
 
+from mxport.contract import io
 from mxport.exporter.families.qwen3 import Qwen3Config
 from mxport.exporter.graph import Builder
 from mxport.exporter.layers import (FLOAT, Weights, apply_rope, attention as attention_op, head_rms_norm, linear,
                                     rms_norm, rope_tables, swiglu_mlp, tied_output)
-
-RESIDUAL = "mlp_residual"  # role of the residual Add that ends a layer (runtime.runners reads hidden states there)
-
 
 def embed(b: Builder, cfg: Qwen3Config, w: Weights, input_ids: ir.Value, position_ids: ir.Value) -> ir.Value:
     """Embedding rows [B,S,H] in float32; the table stays as stored and only the rows are cast."""
@@ -55,10 +53,10 @@ def attention(b: Builder, cfg: Qwen3Config, w: Weights, layer: int, x: ir.Value,
 
 
 def layer(b: Builder, cfg: Qwen3Config, w: Weights, i: int, x: ir.Value, rope: tuple[ir.Value, ir.Value],
-          past: tuple[ir.Value, ir.Value], attention_mask: ir.Value, mlp: Callable[[ir.Value], ir.Value] | None = None,
-          residual: str = RESIDUAL) -> tuple[ir.Value, ir.Value, ir.Value]:
+          past: tuple[ir.Value, ir.Value], attention_mask: ir.Value, mlp: Callable[[ir.Value], ir.Value] | None = None
+          ) -> tuple[ir.Value, ir.Value, ir.Value]:
     """x [B,S,H] -> (x after layer i, present_key, present_value). `mlp(n)` replaces the dense SwiGLU MLP on the
-    normed residual (Qwen3-MoE's sparse blocks); `residual` is the role of the Add that ends the layer."""
+    normed residual (Qwen3-MoE's sparse blocks). The Add that ends the layer has the contract's role io.RESIDUAL."""
     p, eps = f"model.layers.{i}", cfg.rms_norm_eps
     with b.scope(f"layers.{i}"):
         n = rms_norm(b, w, x, f"{p}.input_layernorm.weight", "input_norm", eps)
@@ -70,7 +68,7 @@ def layer(b: Builder, cfg: Qwen3Config, w: Weights, i: int, x: ir.Value, rope: t
                 y = swiglu_mlp(b, w, n, f"{p}.mlp")
         else:
             y = mlp(n)
-        x = b.op("Add", x, y, role=residual)
+        x = b.op("Add", x, y, role=io.RESIDUAL)
     return x, present_k, present_v
 
 

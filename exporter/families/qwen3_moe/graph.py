@@ -4,7 +4,7 @@
         n = rmsnorm(x);  x += o_proj(Attention(rope(q_norm(q_proj(n))), rope(k_norm(k_proj(n))), v_proj(n)))
         n = rmsnorm(x);  x += MoE_2(n, n @ gate.T, gate_up_proj, down_proj)    sparse layers (cfg.sparse(i))
                          x += down(silu(gate(n)) * up(n))                     the others
-        (value "layers.{i}/moe_residual": the residual stream after layer i)
+        (value "layers.{i}/residual", io.RESIDUAL: the residual stream after layer i)
 
 MoE_2 (ai.mxport, ops/moe_2.py) takes the router logits and the experts as stored (bf16 stays bf16, gate rows
 first: swiglu_interleaved 0), softmax over all E, top-k, renormalised iff norm_topk_prob (normalize_routing_weights),
@@ -47,4 +47,4 @@ def layer(b: Builder, cfg: Qwen3MoeConfig, w: Weights, i: int, x: ir.Value, rope
           past: tuple[ir.Value, ir.Value], attention_mask: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value]:
     """x [B,S,H] -> (x after layer i, present_key, present_value): Qwen3's layer, the MoE block on sparse layers."""
     sparse = (lambda n: moe(b, cfg, w, i, n)) if cfg.sparse(i) else None
-    return qwen3.layer(b, cfg, w, i, x, rope, past, attention_mask, mlp=sparse, residual="moe_residual")
+    return qwen3.layer(b, cfg, w, i, x, rope, past, attention_mask, mlp=sparse)

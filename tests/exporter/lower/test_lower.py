@@ -16,7 +16,8 @@ from mxport.exporter.families.gpt_oss import graph as gpt_oss
 from mxport.exporter import lower as lowering
 from mxport.exporter.checkpoint import open_checkpoint
 from mxport.runtime.judge.compare import compare
-from mxport.runtime.execution.runners import ReferenceModelRunner, make_feeds, step_feeds
+from mxport.contract.io import make_feeds, step_feeds
+from mxport.runtime.execution.runners import ReferenceModelRunner
 
 
 @pytest.fixture(scope="module")
