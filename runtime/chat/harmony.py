@@ -333,7 +333,7 @@ class HarmonyFormat:
             elif role == "user":
                 out.append(Message("user", text))
             elif role == "assistant" and isinstance(m.get("harmony"), tuple):
-                out += [replace(h, role="assistant") for h in m["harmony"] if isinstance(h, Message)]
+                out += [h for h in m["harmony"] if isinstance(h, Message)]
             elif role == "assistant":
                 out += self._assistant(m, text, where, call_names)
             elif role == "tool":
@@ -413,4 +413,4 @@ class HarmonyParser(ReplyParser):
         return [Event("content", m.content) for m in self._p.messages[since:] if m.content]
 
     def _message(self, message: dict) -> dict:
-        return {**message, "harmony": tuple(self._p.messages)}
+        return {**message, "harmony": tuple(self._p.h.to_history(self._p.reply()))}

@@ -21,6 +21,8 @@ from typing import Any
 
 from mxport.errors import MxportError
 from mxport.runtime.chat.format import ChatFormat, Event, Reply
+from mxport.runtime.chat.harmony import SPECIALS, HarmonyFormat
+from mxport.runtime.chat.template import TemplateFormat
 from mxport.runtime.generation.generate import GenerationConfig, Generator
 from mxport.runtime.generation.tokenizer import Tokenizer
 
@@ -29,9 +31,6 @@ def chat_format(tokenizer: Tokenizer | None, folder: str | Path | None = None,
                 kind: str | None = None) -> ChatFormat | None:
     """The chat format of a model: `kind` is its family's chat_format ("harmony" | "template" | None); without it
     (an export without a family record), harmony when the tokenizer has harmony's special tokens."""
-    from mxport.runtime.chat.harmony import SPECIALS, HarmonyFormat
-    from mxport.runtime.chat.template import TemplateFormat
-
     if tokenizer is None:
         return None
     if kind is None and all(tokenizer.token_to_id(t) is not None for t in SPECIALS):
