@@ -5,12 +5,10 @@
 """
 
 import sys
-from pathlib import Path
 
 from mxport.errors import MxportError
-from mxport.runtime.chat.session import ChatSession, require_chat_format
+from mxport.runtime.chat.session import ChatSession, folder_chat_format
 from mxport.runtime.generation.generate import Generator
-from mxport.runtime.chat.harmony import SystemContent
 
 
 def main(folder: str) -> None:
@@ -27,27 +25,18 @@ def main(folder: str) -> None:
                           top_p=0.95, seed=0):
         print(f"{r.finish_reason:>11}: {r.text!r}")
 
-    # 3. one chat turn in the family's format: harmony (gpt-oss: only the final channel is printed as it streams) or
-    #    the checkpoint's chat template (Qwen3: only the answer, not the reasoning). A family without a
-    #    chat format (GPT-2) stops here: require_chat_format raises MxportError naming the family.
+    # 3. one chat turn in the family's format, through the same ChatFormat objects `mxport serve` uses: harmony
+    #    (gpt-oss) or the checkpoint's chat template (Qwen3). Only the answer is printed as it streams, not the
+    #    reasoning (low effort / thinking off). A family without a chat format (GPT-2) stops here.
     try:
-        require_chat_format(Path(folder))
+        fmt = folder_chat_format(gen, folder)
     except MxportError as exc:
         print(f"no chat: {exc}")
         return
-    if gen.config is not None and gen.config.family.chat_format == "template":
-        # Qwen3: the checkpoint's own jinja chat template; <think>...</think> is the reasoning (off here)
-        from mxport.runtime.chat.template import ChatTemplate, TemplateChatSession
-
-        chat = TemplateChatSession(gen, ChatTemplate.from_folder(folder), thinking=False)
-        reply = chat.send("What is 2 + 2?", None, lambda kind, text: print(text, end="") if kind == "content" else None,
-                          max_new_tokens=32)
-        print(f"\n[reasoning: {len(reply.reasoning)} chars, tool calls: {len(reply.tool_calls)}]")
-        return
-    chat = ChatSession(gen, SystemContent(reasoning="low"))
+    chat = ChatSession(gen, fmt, reasoning="low" if fmt.name == "harmony" else "off")
     reply = chat.send("What is 2 + 2?", max_new_tokens=32,
-                      on_delta=lambda channel, text: print(text, end="") if channel == "final" else None)
-    print(f"\n[analysis: {len(reply.analysis)} chars, stop: {reply.stop}]")
+                      on_event=lambda ev: print(ev.text, end="") if ev.kind == "content" else None)
+    print(f"\n[reasoning: {len(reply.reasoning)} chars, tool calls: {len(reply.tool_calls)}]")
 
 
 if __name__ == "__main__":

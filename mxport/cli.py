@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("mxport.exporter.export", "export a checkpoint to ONNX"),
     "inspect": ("mxport.commands.inspect", "summarise an exported folder: ops, inputs/outputs, bytes by dtype"),
     "run": ("mxport.commands.run", "run a checkpoint or an exported folder (greedy or sampled)"),
-    "chat": ("mxport.runtime.chat.session", "chat with an exported folder in its family's format (harmony, chat template)"),
+    "chat": ("mxport.commands.chat", "chat with an exported folder in its family's format (harmony, chat template)"),
     "verify": ("mxport.runtime.judge.verify", "compare an export against the NumPy reference model"),
     "bench": ("mxport.runtime.bench.speed", "benchmark prefill/decode speed, memory and file size"),
     "serve": ("mxport.commands.serve", "an OpenAI-compatible HTTP server over an exported folder"),

@@ -29,11 +29,6 @@ MAX_LINES = 500
 GROUND, OPS, EXPORTER, RUNTIME, TOP = range(5)
 LAYER_NAMES = ("ground floor", "ops", "exporter", "runtime", "commands/cli")
 
-# Upward imports that other steps of the re-layout remove (issue 19): (importer, imported). Shrinks to empty;
-# an entry that no longer occurs fails the test, so it is deleted with the import.
-KNOWN_UPWARD: set[tuple[str, str]] = {
-    ("mxport.exporter.families.qwen3", "mxport.runtime.chat.template"),
-}
 # Module-level import cycles other steps remove, as the edge that closes each (importer, imported): a family's
 # graph.py imports its config from the family's __init__.py, which imports graph.py for the Family record.
 KNOWN_CYCLE_EDGES: set[tuple[str, str]] = {
@@ -45,8 +40,7 @@ KNOWN_CYCLE_EDGES: set[tuple[str, str]] = {
 # Libraries that still hold a command's argparse / printing, which other steps move to mxport/commands/ (must
 # shrink to empty). ops.native's print is its once-per-process notice that the native library is missing.
 KNOWN_CLI_IN_LIBRARIES: set[str] = {
-    "mxport.exporter.export", "mxport.runtime.bench.speed", "mxport.runtime.chat.session",
-    "mxport.runtime.judge.verify", "mxport.ops.native",
+    "mxport.exporter.export", "mxport.runtime.bench.speed", "mxport.runtime.judge.verify", "mxport.ops.native",
 }
 
 
@@ -148,17 +142,12 @@ def test_every_module_has_a_layer():
 
 def test_no_module_imports_a_layer_above_its_own():
     upward = []
-    seen_known = set()
     for module, found in GRAPH.items():
         for imp in found:
             if layer(imp.target) > layer(module):
-                if (module, imp.target) in KNOWN_UPWARD:
-                    seen_known.add((module, imp.target))
-                    continue
                 upward.append(f"{_where(module, imp)} ({LAYER_NAMES[layer(module)]} imports "
                               f"{LAYER_NAMES[layer(imp.target)]})")
     assert upward == [], "upward imports:\n" + "\n".join(upward)
-    assert KNOWN_UPWARD <= seen_known, f"gone, delete from KNOWN_UPWARD: {sorted(KNOWN_UPWARD - seen_known)}"
 
 
 def _command_code(module: str) -> list[str]:

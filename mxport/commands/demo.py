@@ -208,24 +208,24 @@ def run(args: argparse.Namespace) -> int:
 def ask(gen, questions: list[Question], max_new_tokens: int, checked: bool):
     """One fresh harmony chat per question; prints question, reasoning, answer (and the check). Returns
     (number right or None, (prompt tokens, prefill s, new tokens, decode s) summed over the questions)."""
+    from mxport.runtime.chat.harmony import HarmonyFormat
     from mxport.runtime.chat.session import ChatSession
-    from mxport.runtime.chat.harmony import SystemContent
 
     right, n_prompt, prefill_s, n_new, decode_s = 0, 0, 0.0, 0, 0.0
     for q in questions:
-        chat = ChatSession(gen, SystemContent(reasoning=q.reasoning))
+        chat = ChatSession(gen, HarmonyFormat(gen.tokenizer), reasoning=q.reasoning)
         reply = chat.send(q.text, max_new_tokens=max_new_tokens)
         first, total = chat.last_timing
         n_prompt, prefill_s = n_prompt + len(chat.last_prompt_ids), prefill_s + first
         n_new, decode_s = n_new + max(0, len(chat.last_token_ids) - 1), decode_s + max(0.0, total - first)
         print(f"question:   {q.text}   (reasoning: {q.reasoning})")
-        if reply.final or reply.analysis:
-            print(f"reasoning:  {reply.analysis}")
-            print(f"answer:     {reply.final}")
+        if reply.content or reply.reasoning:
+            print(f"reasoning:  {reply.reasoning}")
+            print(f"answer:     {reply.content}")
         else:
             print(f"reply:      {gen.tokenizer.decode(chat.last_token_ids)!r}")
         if checked:
-            ok = answer_ok(reply.final, q.expected)
+            ok = answer_ok(reply.content, q.expected)
             right += ok
             print(f"check:      {'right' if ok else 'WRONG'} (expected {q.expected})")
         print()

@@ -18,7 +18,7 @@ import numpy as np
 
 from mxport.errors import MxportError
 from mxport.files import write_file
-from mxport.runtime.chat.session import add_generation_options, generation_config
+from mxport.commands.options import add_generation_options, generation_config
 from mxport.runtime.generation.generate import Generator
 
 

@@ -1,5 +1,10 @@
 """The harmony chat format of gpt-oss: render a conversation to token ids, parse the reply back into messages.
 
+    fmt = HarmonyFormat(tokenizer, identity=IDENTITY, current_date=None)   # the ChatFormat (runtime/chat/format.py)
+    ids = fmt.render(openai_messages, tools, tool_choice, reasoning_effort)  # system/developer -> instructions
+    parser = fmt.parser()     # analysis = reasoning, final / commentary = content, a message to functions.f = a call
+    Harmony(tokenizer).render_ids(messages, SystemContent(..), developer, tools) / .parse(ids)   # harmony Messages
+
     <|start|>system<|message|>{identity}\\nKnowledge cutoff: ..\\nCurrent date: ..\\n\\nReasoning: medium\\n\\n
         # Valid channels: analysis, commentary, final. Channel must be included for every message.<|end|>
     <|start|>developer<|message|># Instructions\\n\\n{instructions}<|end|>           (optional)
@@ -18,13 +23,13 @@ puts them inside its small vocab.
 from __future__ import annotations
 
 import datetime as _dt
-import json
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from typing import Any
 
 from mxport.errors import MxportError
+from mxport.runtime.chat.format import Event, FormatError, ReplyParser, check_tool_choice, message_text
+from mxport.runtime.chat.harmony_tools import Tool, as_tools, developer_text
 from mxport.runtime.generation.tokenizer import IncrementalDecoder, Tokenizer
 
 IDENTITY = "You are ChatGPT, a large language model trained by OpenAI."
@@ -70,8 +75,8 @@ class SystemContent:
 
 
 @dataclass
-class Reply:
-    """A parsed assistant reply."""
+class HarmonyReply:
+    """A parsed assistant reply, as harmony messages."""
 
     messages: list[Message]
     stop: str | None = None  # "return" | "call" | None (cut off by length)
@@ -92,202 +97,7 @@ class Reply:
         return [m for m in self.messages if m.recipient is not None]
 
 
-# ---- function tools (the developer message's `# Tools` section) ---------------------------------------------------
-#
-# Rendered as openai-harmony renders them (src/encoding.rs: template_tools_section, json_schema_to_typescript):
-#
-#     # Tools\n\n## functions\n\nnamespace functions {\n\n
-#     // {description line}                               one comment line per line of the tool's description
-#     type {name} = (_: {\n{fields}}) => any;\n\n        or `type {name} = () => any;` without parameters
-#     } // namespace functions
-#
-# A field: [// {title}\n//\n][// {description}\n][// Examples:\n// - "{ex}"\n]{name}[?]: {type},[ // default: ..]\n
-
-_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]+")
-
-
-@dataclass(frozen=True)
-class Tool:
-    """A function tool: name, description and the JSON schema of its arguments (None = takes no arguments)."""
-
-    name: str
-    description: str = ""
-    parameters: dict | None = None
-
-    @classmethod
-    def from_dict(cls, d: object, where: str = "tool") -> Tool:
-        """OpenAI's {"type": "function", "function": {name, description, parameters}} or the bare inner dict."""
-        if not isinstance(d, dict):
-            raise MxportError(f"{where}: expected a JSON object, found {type(d).__name__}")
-        if "function" in d or "type" in d:
-            if d.get("type", "function") != "function" or not isinstance(d.get("function"), dict):
-                raise MxportError(f"{where}: expected {{\"type\": \"function\", \"function\": {{...}}}} or "
-                                  f"{{\"name\", \"description\", \"parameters\"}}, found type {d.get('type')!r}")
-            d = d["function"]
-        name, description, parameters = d.get("name"), d.get("description", ""), d.get("parameters")
-        if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
-            raise MxportError(f"{where}: 'name' must be letters, digits, '_' or '-', found {name!r}")
-        if not isinstance(description, str):
-            raise MxportError(f"{where} ({name}): 'description' must be a string, found {description!r}")
-        if parameters is not None and not isinstance(parameters, dict):
-            raise MxportError(f"{where} ({name}): 'parameters' must be a JSON schema object, found {parameters!r}")
-        return cls(name, description, parameters)
-
-    def render(self) -> str:
-        """'// {description}\\ntype {name} = (_: {...}) => any;\\n' (one comment line per description line)."""
-        lines = [f"// {line}" for line in _rust_lines(self.description)]
-        args = f"_: {schema_to_typescript(self.parameters)}" if self.parameters is not None else ""
-        return "\n".join([*lines, f"type {self.name} = ({args}) => any;\n"])
-
-
-def as_tools(tools: Iterable[Tool | dict], where: str = "tools") -> tuple[Tool, ...]:
-    """Tools from Tool objects or dicts (both shapes); duplicate names are an error."""
-    out = tuple(t if isinstance(t, Tool) else Tool.from_dict(t, f"{where}[{i}]") for i, t in enumerate(tools))
-    names = [t.name for t in out]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise MxportError(f"{where}: tool names must be unique, found {', '.join(dup)} more than once")
-    return out
-
-
-def load_tools(path: str | Path) -> tuple[Tool, ...]:
-    """A JSON file holding a list of tool definitions (OpenAI's shape or the bare one)."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise MxportError(f"--tools {path}: cannot read the file ({e.strerror or e})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MxportError(f"--tools {path}: not valid JSON ({e})") from None
-    if not isinstance(data, list):
-        raise MxportError(f"--tools {path}: expected a JSON list of tool definitions, found {type(data).__name__}")
-    return as_tools(data, f"--tools {path}: tool")
-
-
-def render_tools(tools: Sequence[Tool], namespace: str = "functions") -> str:
-    """The `# Tools` section of the developer message ('' without tools)."""
-    if not tools:
-        return ""
-    body = [f"## {namespace}\n", f"namespace {namespace} {{\n", *(t.render() for t in tools),
-            f"}} // namespace {namespace}"]
-    return "# Tools\n\n" + "\n".join(body)
-
-
-def developer_text(instructions: str | None, tools: Sequence[Tool] = ()) -> str:
-    """The developer message: '# Instructions\\n\\n{instructions}' and the tools section, joined by a blank line."""
-    sections = ["# Instructions", instructions] if instructions else []
-    if tools:
-        sections.append(render_tools(tools))
-    return "\n\n".join(sections)
-
-
-def schema_to_typescript(schema: object, indent: str = "") -> str:
-    """A JSON schema as the TypeScript-like type openai-harmony writes (json_schema_to_typescript)."""
-    if not isinstance(schema, dict):
-        return "any"
-    if isinstance(schema.get("oneOf"), list):  # (an enum's string default is JSON here, bare in a property)
-        return "".join(f"\n{indent} | " + _variant(v, indent + "   ", None, False, enum_bare=False)
-                       for v in schema["oneOf"])
-    kind = schema.get("type")
-    if isinstance(kind, list) and any(isinstance(k, str) for k in kind):
-        return " | ".join("number" if k == "integer" else k for k in kind if isinstance(k, str))
-    if kind == "object":
-        return _object(schema, indent)
-    if kind == "string":
-        values = [f'"{v}"' for v in schema["enum"] if isinstance(v, str)] if _is_enum(schema) else []
-        return " | ".join(values) if values else "string"
-    if kind in ("number", "integer"):
-        return "number"
-    if kind == "boolean":
-        return "boolean"
-    if kind == "array":
-        return f"{schema_to_typescript(schema['items'], indent)}[]" if "items" in schema else "Array<any>"
-    return "any"
-
-
-def _object(schema: dict, indent: str) -> str:
-    out = f"{indent}// {schema['description']}\n" if isinstance(schema.get("description"), str) else ""
-    out += "{\n"
-    props = schema.get("properties")
-    required = {r for r in schema.get("required") or [] if isinstance(r, str)}
-    for key, val in (props.items() if isinstance(props, dict) else ()):
-        val = val if isinstance(val, dict) else {}
-        opt = "" if key in required else "?"
-        if isinstance(val.get("title"), str):
-            out += f"{indent}// {val['title']}\n{indent}//\n"
-        if "oneOf" not in val and isinstance(val.get("description"), str):
-            out += f"{indent}// {val['description']}\n"
-        if isinstance(val.get("examples"), list) and val["examples"]:
-            out += f"{indent}// Examples:\n"
-            out += "".join(f'{indent}// - "{ex}"\n' for ex in val["examples"] if isinstance(ex, str))
-        if isinstance(val.get("oneOf"), list):
-            out += _one_of_field(key, opt, val, indent)
-            continue
-        out += f"{indent}{key}{opt}: {_nullable(val, schema_to_typescript(val, indent + '    '))},"
-        if "oneOf" not in val and "default" in val:
-            out += f" // default: {_default(val)}"
-        out += "\n"
-    return out + f"{indent}}}"
-
-
-def _one_of_field(key: str, opt: str, val: dict, indent: str) -> str:
-    """A property whose schema is a oneOf: '{key}?:' then one ' | {variant}' line per variant."""
-    desc = val.get("description") if isinstance(val.get("description"), str) else None
-    first = val["oneOf"][0] if val["oneOf"] and isinstance(val["oneOf"][0], dict) else {}
-    above = desc is not None and first.get("description") != desc
-    out = f"{indent}// {desc}\n" if above else ""
-    if "default" in val:
-        out += f"{indent}// default: {_default(val)}\n"
-    out += f"{indent}{key}{opt}:\n"
-    for i, variant in enumerate(val["oneOf"]):
-        out += f"{indent} | " + _variant(variant, indent + "   ", desc, i == 0 and above) + "\n"
-    return out + f"{indent},\n"
-
-
-def _variant(variant: object, indent: str, parent_desc: str | None, skip_desc: bool,
-             enum_bare: bool = True) -> str:
-    """One oneOf variant: its type, then ' // {description} default: ..' when it has them."""
-    text = _nullable(variant, schema_to_typescript(variant, indent))
-    v = variant if isinstance(variant, dict) else {}
-    notes = []
-    if not skip_desc and isinstance(v.get("description"), str) and v["description"] != parent_desc:
-        notes.append(v["description"])
-    if "default" in v:
-        notes.append(f"default: {_default(v, enum_bare)}")
-    return text + (f" // {' '.join(notes)}" if notes else "")
-
-
-def _nullable(schema: object, text: str) -> str:
-    nullable = isinstance(schema, dict) and schema.get("nullable") is True
-    return f"{text} | null" if nullable and "null" not in text else text
-
-
-def _default(schema: dict, enum_bare: bool = True) -> str:
-    """'"text"' for a string default (not escaped), the bare string for an enum's default, compact JSON otherwise."""
-    value = schema["default"]
-    if isinstance(value, str) and not _is_enum(schema):
-        return f'"{value}"'
-    if isinstance(value, str) and enum_bare:
-        return value
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def _is_enum(schema: dict) -> bool:
-    return isinstance(schema.get("enum"), list) and bool(schema["enum"])
-
-
-def _rust_lines(text: str) -> list[str]:
-    """str::lines() of Rust: split on '\\n', drop a '\\r' before it, no empty last line after a final newline."""
-    *lines, last = text.split("\n")
-    return [line[:-1] if line.endswith("\r") else line for line in lines] + ([last] if last else [])
-
-
 # ---- rendering ----------------------------------------------------------------------------------------------------
-
-def render_message(m: Message, end: str = "<|end|>") -> str:
-    """'<|start|>{role}[ to=..][<|channel|>{channel}][ to={recipient}][ <|constrain|>{type}]<|message|>{content}{end}'"""
-    return "".join(text for text, _ in _message_parts(m, end))
-
 
 def _message_parts(m: Message, end: str) -> list[tuple[str, bool]]:
     """(text, is_content) pieces; content is encoded with special tokens taken literally (no prompt injection)."""
@@ -361,7 +171,7 @@ class Harmony:
             ids += self.tokenizer.encode(text, allow_special=not is_content)
         return ids
 
-    def parse(self, token_ids: Iterable[int], stop_token_id: int | None = None) -> Reply:
+    def parse(self, token_ids: Iterable[int], stop_token_id: int | None = None) -> HarmonyReply:
         """Reply tokens (after the prompt's `<|start|>assistant`) -> messages. Lenient: a model that breaks the
         format still gives a Reply (text outside any message header lands in a message with channel None)."""
         parser = StreamParser(self)
@@ -371,7 +181,7 @@ class Harmony:
             parser.add(stop_token_id)
         return parser.reply()
 
-    def to_history(self, reply: Reply) -> list[Message]:
+    def to_history(self, reply: HarmonyReply) -> list[Message]:
         """The reply's messages as they go into the next prompt (the renderer turns <|return|> into <|end|>)."""
         return [replace(m, role="assistant") for m in reply.messages]
 
@@ -435,10 +245,10 @@ class StreamParser:
         """The recipient of the message being read ('functions.f' inside a tool call), else None."""
         return self._header.get("recipient") if self._cur.in_content else None
 
-    def reply(self) -> Reply:
+    def reply(self) -> HarmonyReply:
         if self.stop is None:
             self._close()
-        return Reply(list(self.messages), self.stop)
+        return HarmonyReply(list(self.messages), self.stop)
 
     def _parse_header(self, header_ids: list[int]) -> dict:
         """'assistant<|channel|>commentary to=functions.f <|constrain|>json' -> role, channel, recipient, type."""
@@ -472,3 +282,135 @@ class StreamParser:
                                          head.get("channel"), head.get("recipient"), head.get("content_type")))
         self._cur, self._header, self._decoder = _Open(), {}, None
         self._started_with_start = False
+
+
+# ---- the ChatFormat: OpenAI-style messages in, events out -----------------------------------------------------------
+
+class HarmonyFormat:
+    """gpt-oss' harmony: system/developer messages -> developer instructions, functions.* calls <-> tool_calls.
+    An assistant turn that HarmonyParser parsed keeps its harmony messages under "harmony" (Message objects, which
+    no JSON request can carry), so the next prompt writes that turn back exactly as parsed (preambles and all)."""
+
+    name = "harmony"
+
+    def __init__(self, tokenizer: Tokenizer, *, identity: str = IDENTITY, current_date: str | None = None) -> None:
+        self.harmony = Harmony(tokenizer)
+        self.identity, self.current_date = identity, current_date
+        self.stop_token_ids = self.harmony.stop_token_ids
+
+    def render(self, messages: Sequence[dict], tools: Sequence[Tool | dict] = (), tool_choice: Any = None,
+               reasoning_effort: str | None = None) -> list[int]:
+        if reasoning_effort is not None and reasoning_effort not in REASONING_EFFORTS:
+            raise FormatError(f"reasoning_effort {reasoning_effort!r}: this model takes one of "
+                              f"{', '.join(REASONING_EFFORTS)}", "reasoning_effort")
+        check_tool_choice(tool_choice)
+        try:
+            tool_list = as_tools(tools or (), "tools") if tool_choice != "none" else ()
+        except MxportError as exc:
+            raise FormatError(str(exc), "tools") from None
+        instructions, history = self._messages(messages)
+        system = SystemContent(reasoning=reasoning_effort or "medium", current_date=self.current_date,
+                               identity=self.identity)
+        try:
+            return self.harmony.render_ids(history, system, instructions or None, tool_list)
+        except MxportError as exc:
+            raise FormatError(str(exc), "messages") from None
+
+    def _messages(self, messages: Sequence[dict]) -> tuple[str, list[Message]]:
+        if not isinstance(messages, list) or not messages:
+            raise FormatError("messages: expected a non-empty list of messages", "messages")
+        instructions: list[str] = []
+        out: list[Message] = []
+        call_names: dict[str, str] = {}  # tool_call_id -> function name
+        for i, m in enumerate(messages):
+            where = f"messages[{i}]"
+            if not isinstance(m, dict):
+                raise FormatError(f"{where}: expected an object with 'role' and 'content'", where)
+            role = m.get("role")
+            text = message_text(m.get("content"), f"{where}.content")
+            if role in ("system", "developer"):
+                instructions.append(text)
+            elif role == "user":
+                out.append(Message("user", text))
+            elif role == "assistant" and isinstance(m.get("harmony"), tuple):
+                out += [h for h in m["harmony"] if isinstance(h, Message)]
+            elif role == "assistant":
+                out += self._assistant(m, text, where, call_names)
+            elif role == "tool":
+                name = m.get("name") or call_names.get(m.get("tool_call_id") or "")
+                if not name:
+                    raise FormatError(f"{where}: a tool message needs the 'tool_call_id' of an earlier assistant "
+                                      "tool call (or a 'name')", f"{where}.tool_call_id")
+                out.append(Message("tool", text, "commentary", author=f"functions.{name}"))
+            else:
+                raise FormatError(f"{where}.role {role!r}: expected system, developer, user, assistant or tool",
+                                  f"{where}.role")
+        return "\n\n".join(instructions), out
+
+    @staticmethod
+    def _assistant(m: dict, text: str, where: str, call_names: dict[str, str]) -> list[Message]:
+        calls = m.get("tool_calls") or []
+        out = []
+        reasoning = m.get("reasoning") or m.get("reasoning_content")
+        if calls and isinstance(reasoning, str) and reasoning:  # kept while the call is open (harmony drops it later)
+            out.append(Message("assistant", reasoning, "analysis"))
+        if text:
+            out.append(Message("assistant", text, "final"))
+        for j, call in enumerate(calls):
+            fn = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                raise FormatError(f"{where}.tool_calls[{j}]: expected {{'id', 'type': 'function', 'function': "
+                                  "{'name', 'arguments'}}", f"{where}.tool_calls")
+            call_names[str(call.get("id", ""))] = fn["name"]
+            args = fn.get("arguments") or "{}"
+            out.append(Message("assistant", args if isinstance(args, str) else str(args), "commentary",
+                               recipient=f"functions.{fn['name']}", content_type="json"))
+        return out
+
+    def parser(self) -> HarmonyParser:
+        return HarmonyParser(self.harmony)
+
+
+class HarmonyParser(ReplyParser):
+    """Harmony reply tokens -> events: analysis = reasoning, final / commentary = content, a message to
+    `functions.f` = a tool call whose arguments stream as tool_args. Text outside any message (a model that ignores
+    the format) comes out as content when its message closes."""
+
+    def __init__(self, harmony: Harmony) -> None:
+        super().__init__()
+        self._p = StreamParser(harmony)
+        self.calls = 0
+
+    @property
+    def tool_called(self) -> bool:
+        return self._p.stop == "call" and self.calls > 0
+
+    def _add(self, token_id: int) -> list[Event]:
+        p = self._p
+        was_content, recipient, closed = p.in_content, p.recipient, len(p.messages)
+        channel, text = p.add(token_id)
+        out = self._unstreamed(closed) if not was_content else []
+        if text:
+            if recipient is not None:
+                out.append(Event("tool_args", text, index=self.calls - 1))
+            else:
+                out.append(Event("reasoning" if channel == "analysis" else "content", text))
+        if not was_content and p.in_content and p.recipient is not None:
+            self.calls += 1
+            out.append(Event("tool_call", index=self.calls - 1, name=p.recipient.removeprefix("functions.")))
+        return out
+
+    def _finish(self, stop_token: int | None) -> list[Event]:
+        """A stop token (<|return|>, <|call|>) closes the last message as harmony says."""
+        out = self._add(stop_token) if stop_token is not None and stop_token in self._p.h.stop_token_ids else []
+        p = self._p
+        closed, was_content = len(p.messages), p.in_content
+        p.reply()
+        return out + ([] if was_content else self._unstreamed(closed))
+
+    def _unstreamed(self, since: int) -> list[Event]:
+        """Messages closed without ever reaching <|message|>: their decoded text as content."""
+        return [Event("content", m.content) for m in self._p.messages[since:] if m.content]
+
+    def _message(self, message: dict) -> dict:
+        return {**message, "harmony": tuple(self._p.h.to_history(self._p.reply()))}

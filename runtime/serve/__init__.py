@@ -3,8 +3,9 @@
     app.py       FastAPI routes, SSE streaming, the request -> job glue
     protocol.py  OpenAI's request fields (validated, unsupported ones refused by name) and response bodies
     engine.py    the continuous-batching scheduler (one step per token for every active request)
-    formats.py   chat formats behind one interface (harmony now), plain text, stop strings
-    cli.py       the subcommand
+
+Chat requests are rendered and parsed by the model's chat format (runtime/chat/format.py), the same objects
+`mxport chat` uses; app.py maps them to and from OpenAI's shapes. The subcommand: mxport/commands/serve.py.
 
 Needs the `serve` extra (`pip install "mxport[serve]"`: fastapi, uvicorn); nothing here is imported by the rest
 of mxport.

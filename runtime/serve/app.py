@@ -1,4 +1,5 @@
-"""The HTTP side: FastAPI routes in OpenAI's shapes over the engine (engine.py) and a chat format (formats.py).
+"""The HTTP side: FastAPI routes in OpenAI's shapes over the engine (engine.py) and the model's chat format (the one
+`mxport chat` uses: runtime/chat/format.py; `prepare` renders a request with it).
 
     GET  /health                503 while the model loads (or failed to), then 200
     GET  /v1/models             the one model this server serves (its id: the folder name or --model-name)
@@ -28,11 +29,12 @@ from typing import Any
 from fastapi import FastAPI, Request as HttpRequest
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from mxport.runtime.chat.format import ChatFormat, FormatError, ReplyParser, TextParser
+from mxport.runtime.chat.session import chat_format
+from mxport.runtime.generation.tokenizer import Tokenizer
 from mxport.runtime.serve.engine import Engine, Job, QueueFull
-from mxport.runtime.serve.formats import ChatFormat, FormatError, ReplyParser, StopMatcher, TextParser, chat_format
 from mxport.runtime.serve.protocol import (ApiError, Request, bad, chunk, completion_body, new_id, parse_request,
                                            usage)
-from mxport.runtime.generation.tokenizer import Tokenizer
 
 log = logging.getLogger("mxport.serve")
 
@@ -61,6 +63,33 @@ def load_folder(folder: str | Path, *, provider: str = "cpu", max_batch: int = 1
     return Served(model_name or Path(folder).resolve().name, engine, gen.tokenizer,
                   chat_format(gen.tokenizer, folder, kind),
                   gen.eos_token_ids, gen.max_context, gen.vocab_size)
+
+
+class StopMatcher:
+    """Stop strings over streamed text: text that could still become a stop string is held back."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = tuple(stops)
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """-> (text to show now, whether a stop string was completed; text from it on is dropped)."""
+        self.pending += text
+        if not self.stops:
+            out, self.pending = self.pending, ""
+            return out, False
+        cut = min((i for s in self.stops if (i := self.pending.find(s)) >= 0), default=None)
+        if cut is not None:
+            out, self.pending = self.pending[:cut], ""
+            return out, True
+        hold = max((n for s in self.stops for n in range(1, len(s)) if self.pending.endswith(s[:n])), default=0)
+        out = self.pending[: len(self.pending) - hold]
+        self.pending = self.pending[len(out):]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
 
 
 class QueueHandler:

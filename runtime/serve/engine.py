@@ -24,7 +24,7 @@ padded cache is again the last min(P, W-1) columns, and its pad slots (if any) f
 the attention excludes. Positions come from cumsum(mask) - 1, so padding never shifts a row's positions. The same
 rule read backwards trims: dropping k leading all-pad columns shortens a layer to min(L, P - k).
 
-The engine knows nothing of text: a job's `handler` turns tokens into output (see formats.py and app.py).
+The engine knows nothing of text: a job's `handler` turns tokens into output (see app.py).
 """
 
 from __future__ import annotations

@@ -172,7 +172,8 @@ def test_cli_synth_export_verify_chat_offline(tmp_path, capsys, monkeypatch):
         assert main(["chat", str(tmp_path / "out"), "--max-new-tokens", "4", "--reasoning", reasoning]) == 0
     assert main(["run", str(tmp_path / "out"), "--prompt", "Hi", "--max-new-tokens", "3"]) == 0
     from mxport.runtime.generation.generate import Generator
-    from mxport.runtime.serve.formats import TemplateFormat, chat_format
+    from mxport.runtime.chat.session import chat_format
+    from mxport.runtime.chat.template import TemplateFormat
 
     gen = Generator.from_folder(tmp_path / "out")  # what `mxport serve` builds on
     fmt = chat_format(gen.tokenizer, tmp_path / "out", gen.config.family.chat_format)

@@ -11,10 +11,10 @@ import pytest
 
 import gen_toy
 from mxport.cli import main
-from mxport.runtime.chat import session as chat_module
+from mxport.commands import chat as chat_module
+from mxport.runtime.chat.harmony import HarmonyFormat, Message
 from mxport.runtime.chat.session import ChatSession
 from mxport.runtime.generation.generate import Generator
-from mxport.runtime.chat.harmony import Message, SystemContent
 
 TOOLS = [{"type": "function", "function": {
     "name": "get_weather", "description": "Weather in a city.",
@@ -69,21 +69,23 @@ def _scripted(gen, *texts):
 
 def test_session_renders_tools_and_answers_a_call(toy_gen):
     gen, model = _scripted(toy_gen, CALL, FINAL)
-    chat = ChatSession(gen, SystemContent(current_date="2025-06-28"), "Be brief.", tools=TOOLS)
+    chat = ChatSession(gen, HarmonyFormat(gen.tokenizer, current_date="2025-06-28"),
+                       [{"role": "developer", "content": "Be brief."}], tools=TOOLS)
     prompt = toy_gen.tokenizer.decode(chat.prompt_ids("Weather in Paris?"))
     assert ("Calls to these tools must go to the commentary channel: 'functions'.<|end|><|start|>developer<|message|>"
             f"# Instructions\n\nBe brief.\n\n{TOOLS_TEXT}<|end|>") in prompt
 
     shown = []
-    reply = chat.send("Weather in Paris?", max_new_tokens=120, on_delta=lambda ch, text: shown.append(text))
-    assert reply.stop == "call" and shown == []  # the call's arguments are not streamed as text
+    reply = chat.send("Weather in Paris?", max_new_tokens=120,
+                      on_event=lambda ev: shown.append(ev.text) if ev.kind in ("content", "reasoning") else None)
+    assert reply.tool_called and shown == []  # the call's arguments are not streamed as text
     (call,) = reply.tool_calls
-    assert (call.recipient, json.loads(call.content)) == ("functions.get_weather", {"city": "Paris"})
-    assert chat.pending_calls == [Message("assistant", call.content, "commentary", "functions.get_weather", "json")]
-    assert chat_module.format_call(call) == '[tool call] functions.get_weather {"city": "Paris"}'
+    assert (call.name, json.loads(call.arguments)) == ("get_weather", {"city": "Paris"})
+    assert chat.messages[-1]["harmony"] == (
+        Message("assistant", call.arguments, "commentary", "functions.get_weather", "json"),)
 
-    reply = chat.send_tool_result("functions.get_weather", '{"sky": "clear"}', max_new_tokens=120)
-    assert (reply.stop, reply.final, chat.pending_calls) == ("return", "Sunny.", [])
+    reply = chat.send_tool_results([("get_weather", '{"sky": "clear"}')], max_new_tokens=120)
+    assert (reply.tool_called, reply.content, reply.tool_calls) == (False, "Sunny.", [])
     second = toy_gen.tokenizer.decode(model.prompts[1])
     assert second.endswith(
         "<|start|>user<|message|>Weather in Paris?<|end|>"
@@ -124,7 +126,7 @@ def test_cli_one_shot_prints_the_call_and_stops(toy, tmp_path, capsys, monkeypat
     code, out, err = _run(capsys, "chat", toy, "--tools", _tools_file(tmp_path), "--max-new-tokens", "120",
                           "--date", "2025-06-28")
     assert code == 0, err
-    assert out == '\n[tool call] functions.get_weather {"city": "Paris"}\n'
+    assert out == '\n[tool call] get_weather {"city": "Paris"}\n'
     (prompt,) = made["model"].prompts  # one generation: nobody can answer the call from a pipe
     assert TOOLS_TEXT in Generator.from_folder(toy).tokenizer.decode(prompt)
 
@@ -141,8 +143,8 @@ def test_cli_interactive_asks_for_the_tool_result(toy, tmp_path, capsys, monkeyp
                           "--date", "2025-06-28")
     assert code == 0, err
     # prompt, call (its arguments are not streamed), prompt for the result, the final answer, prompt, empty -> quit
-    assert out == ('> \n[tool call] functions.get_weather {"city": "Paris"}\n'
-                   "[tool result] functions.get_weather> Sunny.\n> ")
+    assert out == ('> \n[tool call] get_weather {"city": "Paris"}\n'
+                   "[tool result] get_weather> Sunny.\n> ")
     first, second = made["model"].prompts
     tok = Generator.from_folder(toy).tokenizer
     assert tok.decode(second).endswith(

@@ -110,14 +110,16 @@ def test_chat_one_shot_from_stdin(toy, capsys, monkeypatch):
     code, out, err = _run(capsys, "chat", toy, "--reasoning", "low", "--max-new-tokens", "8",
                           "--date", "2025-06-28", "--developer", "Be brief.")
     assert code == 0, err
+    from mxport.runtime.chat.harmony import HarmonyFormat
     from mxport.runtime.chat.session import ChatSession
-    from mxport.runtime.chat.harmony import SystemContent
 
-    chat = ChatSession(Generator.from_folder(toy), SystemContent("low", "2025-06-28"), "Be brief.")
+    gen = Generator.from_folder(toy)
+    chat = ChatSession(gen, HarmonyFormat(gen.tokenizer, current_date="2025-06-28"),
+                       [{"role": "developer", "content": "Be brief."}], reasoning="low")
     shown = []
     reply = chat.send("What is 2 + 2?", max_new_tokens=8,
-                      on_delta=lambda channel, text: shown.append(text) if channel != "analysis" else None)
-    calls = "".join(f"[tool call] {c.recipient} {c.content}\n" for c in reply.tool_calls)
+                      on_event=lambda ev: shown.append(ev.text) if ev.kind == "content" else None)
+    calls = "".join(f"[tool call] {c.name} {c.arguments}\n" for c in reply.tool_calls)
     assert out == "".join(shown) + "\n" + calls
 
 

@@ -5,9 +5,9 @@ import pytest
 
 import gen_toy
 from mxport.errors import MxportError
+from mxport.runtime.chat.harmony import Harmony, HarmonyFormat, Message, SystemContent, render_conversation
 from mxport.runtime.chat.session import ChatSession
 from mxport.runtime.generation.generate import Generator
-from mxport.runtime.chat.harmony import Harmony, Message, SystemContent, render_conversation
 from mxport.runtime.generation.tokenizer import build_harmony_tokenizer
 
 SYSTEM = ("<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\n"
@@ -175,25 +175,26 @@ def _free_run(gen, ids, n=12):
 @pytest.mark.parametrize("stop", ["<|return|>", "<|call|>"])
 def test_chat_turn_stops_on_return_and_call(chat_gen, stop):
     """Make the toy's greedy reply hit <|return|> / <|call|> by mapping its 4th token to that id via eos."""
-    chat = ChatSession(chat_gen, SystemContent(current_date="2025-06-28"))
+    chat = ChatSession(chat_gen, HarmonyFormat(chat_gen.tokenizer, current_date="2025-06-28"))
     ids = chat.prompt_ids("Hi")
     free = _free_run(chat_gen, ids)
-    stop_id = chat.harmony.ids[stop]
+    stop_id = chat.format.harmony.ids[stop]
     # a toy model never emits harmony stops by itself: force the stop via a logits bias model wrapper
     chat.generator = Generator(_ForceAt(chat_gen.model, len(ids) + 3, stop_id), chat_gen.tokenizer,
                                eos_token_ids=chat_gen.eos_token_ids, max_context=chat_gen.max_context)
     reply = chat.send("Hi", max_new_tokens=12)
-    assert reply.stop == ("return" if stop == "<|return|>" else "call")
-    assert chat.last_token_count == 4  # three tokens, then the stop
+    assert chat.last_token_ids[-1] == stop_id and len(chat.last_token_ids) == 4  # three tokens, then the stop
     expected = chat_gen.tokenizer.decode(free[:3])
-    assert "".join(m.content for m in reply.messages) == expected
-    assert chat.messages[0] == Message("user", "Hi")
+    assert reply.reasoning + reply.content == expected and not reply.tool_called
+    assert chat.messages[0] == {"role": "user", "content": "Hi"}
+    assert "".join(m.content for m in chat.messages[1]["harmony"]) == expected
 
 
 def test_chat_history_grows_and_is_rendered(chat_gen):
-    chat = ChatSession(chat_gen, SystemContent(current_date="2025-06-28"), developer="Be brief.")
+    chat = ChatSession(chat_gen, HarmonyFormat(chat_gen.tokenizer, current_date="2025-06-28"),
+                       [{"role": "developer", "content": "Be brief."}])
     chat.send("Hi", max_new_tokens=5)
-    second = chat.harmony.tokenizer.decode(chat.prompt_ids("Again"))
+    second = chat_gen.tokenizer.decode(chat.prompt_ids("Again"))
     assert second.startswith(SYSTEM.format(effort="medium") + "<|start|>developer<|message|># Instructions\n\n"
                              "Be brief.<|end|><|start|>user<|message|>Hi<|end|><|start|>")
     assert second.endswith("<|start|>user<|message|>Again<|end|><|start|>assistant")

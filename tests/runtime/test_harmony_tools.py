@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from mxport.errors import MxportError
-from mxport.runtime.chat.harmony import (Harmony, Message, SystemContent, Tool, as_tools, load_tools, render_conversation,
-                                    render_tools, schema_to_typescript)
+from mxport.runtime.chat.harmony import Harmony, Message, SystemContent, render_conversation
+from mxport.runtime.chat.harmony_tools import Tool, as_tools, load_tools, render_tools, schema_to_typescript
 from mxport.runtime.generation.tokenizer import build_harmony_tokenizer
 
 WEATHER_FORMAT = {"type": "string", "enum": ["celsius", "fahrenheit"], "default": "celsius"}

@@ -16,9 +16,10 @@ from mxport.cli import main
 from mxport.errors import MxportError
 from mxport.exporter.export import export
 from mxport.exporter.synth import PRESETS, write_checkpoint
-from mxport.runtime.chat.template import ChatTemplate, TemplateChatSession, ThinkParser
+from mxport.runtime.chat.format import FormatError, ToolCall
+from mxport.runtime.chat.session import ChatSession, chat_format
+from mxport.runtime.chat.template import ChatTemplate, TemplateFormat, TemplateParser
 from mxport.runtime.generation.generate import Generator
-from mxport.runtime.serve.formats import FormatError, TemplateFormat, chat_format
 from mxport.runtime.generation.tokenizer import Tokenizer
 
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city.",
@@ -84,18 +85,19 @@ def test_think_parser_splits_reasoning_content_and_tool_calls(ckpt):
     tok = Tokenizer.from_file(ckpt)
     ids = tok.encode('<think>\nLet me see: 2+2.\n</think>\n\nIt is 4.<tool_call>\n{"name": "calc", "arguments": '
                      '{"x": 4}}\n</tool_call>')
-    p, events = ThinkParser(tok), []
+    p, events = TemplateParser(tok), []
     for i in ids:
         events += p.add(i)
     events += p.finish()
-    assert p.reasoning == "Let me see: 2+2." and p.content == "It is 4."
-    assert p.tool_calls == [("calc", '{"x": 4}')]
-    assert "".join(t for k, t in events if k == "reasoning") == p.reasoning
-    cut = ThinkParser(tok)
+    reply = p.reply()
+    assert reply.reasoning == "Let me see: 2+2." and reply.content == "It is 4."
+    assert reply.tool_calls == [ToolCall("calc", '{"x": 4}')] and reply.tool_called
+    assert "".join(e.text for e in events if e.kind == "reasoning") == reply.reasoning
+    cut = TemplateParser(tok)
     for i in tok.encode("<think>\nstill thinking"):
         cut.add(i)
     cut.finish()
-    assert cut.reasoning == "still thinking" and cut.content == ""
+    assert cut.reply().reasoning == "still thinking" and cut.reply().content == ""
 
 
 class _Scripted:
@@ -125,15 +127,15 @@ def test_session_streams_reasoning_then_content_and_keeps_history(exported):
     reply = gen.tokenizer.encode("<think>\nhmm\n</think>\n\nHello!<|im_end|>")
     model = _Scripted(gen.model, reply)
     scripted = Generator(model, gen.tokenizer, eos_token_ids=gen.eos_token_ids, config=gen.config)
-    chat = TemplateChatSession(scripted, ChatTemplate.from_folder(exported), system="Be brief.")
+    chat = ChatSession(scripted, TemplateFormat(gen.tokenizer, exported), [{"role": "system", "content": "Be brief."}])
     seen = []
-    out = chat.send("Hi", None, lambda kind, text: seen.append((kind, text)), max_new_tokens=40)
+    out = chat.send("Hi", None, lambda ev: seen.append((ev.kind, ev.text)), max_new_tokens=40)
     assert (out.reasoning, out.content) == ("hmm", "Hello!")
     kinds = [k for i, (k, _) in enumerate(seen) if i == 0 or seen[i - 1][0] != k]
     assert kinds == ["reasoning", "content"] and "".join(t for k, t in seen if k == "content") == "Hello!"
     assert gen.tokenizer.decode(model.prompt).endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
     assert chat.messages[-1] == {"role": "assistant", "content": "Hello!", "reasoning_content": "hmm"}
-    off = TemplateChatSession(scripted, ChatTemplate.from_folder(exported), thinking=False)
+    off = ChatSession(scripted, TemplateFormat(gen.tokenizer, exported), reasoning="off")
     assert gen.tokenizer.decode(off.prompt_ids("Hi")).endswith("<think>\n\n</think>\n\n")
 
 

@@ -18,7 +18,7 @@ from serve_helpers import ScriptedStepModel, run_server, wait_ready  # noqa: E40
 
 from mxport.runtime.serve.app import Served, create_app  # noqa: E402
 from mxport.runtime.serve.engine import Engine  # noqa: E402
-from mxport.runtime.serve.formats import chat_format  # noqa: E402
+from mxport.runtime.chat.session import chat_format  # noqa: E402
 from mxport.runtime.generation.tokenizer import build_harmony_tokenizer  # noqa: E402
 
 VOCAB = 512

@@ -1,7 +1,8 @@
 """Family `qwen3` (Qwen3ForCausalLM, dense): config spellings, tensor table, presets, registry entry.
 
-Graph wiring: exporter/families/qwen3/graph.py. NumPy wiring: runtime/oracle/families/qwen3.py. Chat: the checkpoint's own jinja
-`chat_template` (runtime/chat/template.py), `<think>...</think>` is the reasoning.
+Graph wiring: exporter/families/qwen3/graph.py. Synthetic tokenizer and chat template: exporter/families/qwen3/tokenizer.py.
+NumPy wiring: runtime/oracle/families/qwen3.py. Chat: the checkpoint's own jinja `chat_template`
+(runtime/chat/template.py), `<think>...</think>` is the reasoning.
 
     model.embed_tokens.weight                      [V,H]
     model.layers.N.input_layernorm.weight          [H]
@@ -33,6 +34,7 @@ import numpy as np
 from mxport.errors import MxportError
 from mxport.exporter.families.base import (FULL, SLIDING, DecoderConfig, Expected, Family, Rope, convert, need,
                                            parse_rope, token_ids)
+from mxport.exporter.families.qwen3.tokenizer import write_synth_files
 
 ACTIVATIONS = ("silu", "swish")  # transformers' ACT2FN names of x * sigmoid(x)
 
@@ -222,11 +224,9 @@ def expected_tensors(cfg: Qwen3Config, lm_head: bool | None = None) -> list[Expe
 
 
 # ---- presets and synthetic weights --------------------------------------------------------------------------------
-TINY_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
-
 PRESETS: dict[str, Qwen3Config] = {
     # seconds to write and run; odd widths (head_dim 24 != 80/4, intermediate 136); the top 7 ids are the specials of
-    # the synth tokenizer (runtime/chat/template.py: <|endoftext|> 505, <|im_start|> 506, <|im_end|> 507, ...)
+    # the synth tokenizer (tokenizer.py: <|endoftext|> 505, <|im_start|> 506, <|im_end|> 507, ...)
     "qwen3-tiny": Qwen3Config(
         vocab_size=512, hidden_size=80, intermediate_size=136, num_hidden_layers=3, num_attention_heads=4,
         num_key_value_heads=2, head_dim=24, max_window_layers=3, max_position_embeddings=4096,
@@ -250,13 +250,6 @@ def init_std_mean(name: str, cfg: Qwen3Config) -> tuple[float, float]:
     fan_in = cfg.num_attention_heads * cfg.head_dim if "o_proj" in name else (
         cfg.intermediate_size if "down_proj" in name else cfg.hidden_size)
     return float(1.0 / np.sqrt(fan_in)), 0.0
-
-
-def write_synth_files(cfg: Qwen3Config, folder) -> None:
-    """A tokenizer and chat template of Qwen3's shape beside a synthetic checkpoint (runtime/chat/template.py)."""
-    from mxport.runtime.chat.template import write_qwen3_tokenizer  # tokenizers/jinja: only synth needs them
-
-    write_qwen3_tokenizer(folder, cfg)
 
 
 from mxport.exporter.families.qwen3 import graph  # noqa: E402  (graph.py imports this module's config)
