@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import struct
-import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -33,10 +32,9 @@ from mxport.errors import MxportError
 from mxport.files import replace_dir, temp_dir_beside
 from mxport.exporter.checkpoint import INDEX_FILE, expected_tensors, layout_sources, stored_tensors
 from mxport.exporter import families
-from mxport.exporter.families.base import DecoderConfig
+from mxport.exporter.families.base import CHUNK_VALUES, DecoderConfig, rng_for
 from mxport.ops import mxfp4
 
-CHUNK_VALUES = 1 << 22  # float values generated per step (16 MB as float32)
 DEFAULT_SHARD_BYTES = 5 * 10**9  # the published gpt-oss repos use ~5 GB shards
 
 PRESETS: dict[str, DecoderConfig] = families.presets()  # every family's, by name (tiny, mini, qwen3-tiny, ...)
@@ -52,14 +50,10 @@ def init_std_mean(name: str, cfg: DecoderConfig) -> tuple[float, float]:
     return 0.02, 0.0  # weights and biases alike
 
 
-def _rng(seed: int, name: str) -> np.random.Generator:
-    return np.random.default_rng([seed, zlib.crc32(name.encode())])
-
-
 def gaussian_rows(name: str, shape: tuple[int, ...], cfg: DecoderConfig, seed: int) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (first row, float32 chunk [rows, *shape[1:]]) covering the tensor; deterministic per (seed, name)."""
     std, mean = init_std_mean(name, cfg)
-    rng = _rng(seed, name)
+    rng = rng_for(seed, name)
     row_values = int(np.prod(shape[1:], dtype=np.int64))
     step = max(1, CHUNK_VALUES // max(row_values, 1))
     for start in range(0, shape[0], step):
@@ -68,30 +62,6 @@ def gaussian_rows(name: str, shape: tuple[int, ...], cfg: DecoderConfig, seed: i
         chunk *= np.float32(std)
         chunk += np.float32(mean)
         yield start, chunk
-
-
-def expert_weight_name(name: str) -> str:
-    """Canonical experts weight a stored tensor comes from: '...gate_up_proj' for '_blocks', '_scales' or dense."""
-    for suffix in mxfp4.HF_SUFFIXES:
-        name = name.removesuffix(suffix)
-    return name
-
-
-def expert_rows(name: str, cfg: DecoderConfig, seed: int) -> Iterator[tuple[int, int, np.ndarray]]:
-    """Out-major expert weight [E, R, C] (gate_up: R = 2I, C = H; down: R = H, C = I) as (expert, first row, chunk).
-
-    Both the MXFP4 and the dense variant are made from these values, so they hold the same numbers."""
-    E, H, I = cfg.num_experts, cfg.hidden_size, cfg.intermediate_size
-    R, C = (2 * I, H) if name.endswith("gate_up_proj") else (H, I)
-    std, _ = init_std_mean(name, cfg)  # gpt-oss experts (the family's synth hook calls this)
-    rng = _rng(seed, name)
-    step = max(1, CHUNK_VALUES // C)
-    for e in range(E):
-        for start in range(0, R, step):
-            rows = min(step, R - start)
-            chunk = rng.standard_normal((rows, C), dtype=np.float32)
-            chunk *= np.float32(std)
-            yield e, start, chunk
 
 
 # ---- streaming safetensors writer ---------------------------------------------------------------------------------
@@ -196,29 +166,6 @@ def _fill(put, cfg: DecoderConfig, layout: str, seed: int) -> None:
         row_bytes = int(np.prod(e.shape[1:], dtype=np.int64)) * np.dtype(bf16).itemsize
         for start, chunk in gaussian_rows(e.name, e.shape, cfg, seed):
             put(stored, chunk.astype(bf16), base + start * row_bytes)
-
-
-def write_experts(put, cfg: DecoderConfig, seed: int, weight: str, sources: dict) -> None:
-    """One experts weight (…gate_up_proj or …down_proj): MXFP4 halves, or dense bf16 input-major [E, C, R]."""
-    H, I = cfg.hidden_size, cfg.intermediate_size
-    R, C = (2 * I, H) if weight.endswith("gate_up_proj") else (H, I)
-    if cfg.experts_mxfp4:
-        names = [weight + s for s in mxfp4.HF_SUFFIXES]
-        blocks_name, scales_name = (sources[n].stored if sources else n for n in names)
-        nb = C // mxfp4.BLOCK_SIZE
-        for e, start, chunk in expert_rows(weight, cfg, seed):
-            blocks, scales = mxfp4.encode(chunk)  # [rows, nb, 16], [rows, nb]
-            put(blocks_name, blocks, (e * R + start) * nb * mxfp4.BYTES_PER_BLOCK)
-            put(scales_name, scales, (e * R + start) * nb)
-        return
-    # Dense: the MXFP4-representable values (so dense and MXFP4 checkpoints of one seed agree), input-major.
-    current, rows = -1, None
-    for e, start, chunk in expert_rows(weight, cfg, seed):
-        if e != current:
-            current, rows = e, np.empty((R, C), dtype=np.float32)
-        rows[start : start + len(chunk)] = mxfp4.decode(*mxfp4.encode(chunk))
-        if start + len(chunk) == R:
-            put(weight, rows.T.astype(mxfp4.BFLOAT16), e * R * C * np.dtype(mxfp4.BFLOAT16).itemsize)
 
 
 def _check_target(out_dir: Path, overwrite: bool) -> None:

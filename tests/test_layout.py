@@ -29,13 +29,6 @@ MAX_LINES = 500
 GROUND, OPS, EXPORTER, RUNTIME, TOP = range(5)
 LAYER_NAMES = ("ground floor", "ops", "exporter", "runtime", "commands/cli")
 
-# Module-level import cycles other steps remove, as the edge that closes each (importer, imported): a family's
-# graph.py imports its config from the family's __init__.py, which imports graph.py for the Family record.
-KNOWN_CYCLE_EDGES: set[tuple[str, str]] = {
-    ("mxport.exporter.families.gpt2.graph", "mxport.exporter.families.gpt2"),
-    ("mxport.exporter.families.qwen3.graph", "mxport.exporter.families.qwen3"),
-    ("mxport.exporter.families.qwen3_moe.graph", "mxport.exporter.families.qwen3_moe"),
-}
 
 # Libraries that still hold a command's argparse / printing, which other steps move to mxport/commands/ (must
 # shrink to empty). ops.native's print is its once-per-process notice that the native library is missing.
@@ -200,10 +193,6 @@ def test_find_cycle_reports_the_loop():
 
 def test_no_import_cycle_among_modules():
     at_load = {m: {i.target for i in found if i.at_load and i.target != m} for m, found in GRAPH.items()}
-    gone = sorted(edge for edge in KNOWN_CYCLE_EDGES if edge[1] not in at_load[edge[0]])
-    assert gone == [], f"gone, delete from KNOWN_CYCLE_EDGES: {gone}"
-    for importer, imported in KNOWN_CYCLE_EDGES:
-        at_load[importer].discard(imported)
     cycle = find_cycle(at_load)
     assert cycle is None, "import cycle (module-level imports): " + " -> ".join(cycle)
 

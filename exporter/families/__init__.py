@@ -6,7 +6,8 @@
     families.config_from_dict(d, source)   # -> that family's frozen config (a DecoderConfig)
     families.read_config(path)             # the same from a file
 
-Adding a family = one module here that defines `FAMILY = Family(...)`, its entry in MODULES, and its tests.
+Adding a family = a folder here (NAME/__init__.py defines `FAMILY = Family(...)`), its line in NAMES, the
+oracle's runtime/oracle/families/NAME.py, its tests and its doc (docs/ARCHITECTURE.md, "Adding a family").
 Nothing outside this package branches on a family's name.
 """
 
@@ -21,16 +22,13 @@ from typing import Any
 from mxport.errors import MxportError
 from mxport.exporter.families.base import DecoderConfig, Family
 
-MODULES: dict[str, str] = {
-    "gpt_oss": "mxport.exporter.families.gpt_oss",
-    "gpt2": "mxport.exporter.families.gpt2",
-    "qwen3": "mxport.exporter.families.qwen3",
-    "qwen3_moe": "mxport.exporter.families.qwen3_moe",
-}
+# The registry: one line per family. A family NAME is the folder exporter/families/NAME/ (its FAMILY record) and
+# the oracle's runtime/oracle/families/NAME.py; both are found by that name.
+NAMES: tuple[str, ...] = ("gpt_oss", "gpt2", "qwen3", "qwen3_moe")
 
 
 def names() -> tuple[str, ...]:
-    return tuple(MODULES)
+    return NAMES
 
 
 def _supported() -> str:
@@ -39,13 +37,13 @@ def _supported() -> str:
 
 def get(name: str) -> Family:
     """The Family registered as `name`; MxportError listing the supported ones otherwise."""
-    if name not in MODULES:
-        raise MxportError(f"unknown model family {name!r}; supported: {', '.join(MODULES)}")
-    return importlib.import_module(MODULES[name]).FAMILY
+    if name not in NAMES:
+        raise MxportError(f"unknown model family {name!r}; supported: {', '.join(NAMES)}")
+    return importlib.import_module(f"{__name__}.{name}").FAMILY
 
 
 def all_families() -> list[Family]:
-    return [get(n) for n in MODULES]
+    return [get(n) for n in NAMES]
 
 
 def detect(d: Mapping[str, Any], source: str = "config.json") -> Family:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,6 +229,15 @@ def token_ids(value: Any, key: str, source: str) -> tuple[int, ...]:
         return ()
     items = value if isinstance(value, list) else [value]
     return tuple(convert(v, key, source) for v in items)
+
+
+# ---- synthetic weights: the seeding rule every family's synthetic tensors share -----------------------------------
+CHUNK_VALUES = 1 << 22  # float values generated per step (16 MB as float32)
+
+
+def rng_for(seed: int, name: str) -> np.random.Generator:
+    """The generator of canonical tensor `name`: seeded by (seed, name), so every layout holds the same values."""
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
 
 
 # ---- the registry entry -------------------------------------------------------------------------------------------

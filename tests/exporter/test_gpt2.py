@@ -12,7 +12,8 @@ from mxport.errors import MxportError
 from mxport.exporter import families
 from mxport.exporter.checkpoint import open_checkpoint
 from mxport.exporter.export import export
-from mxport.exporter.families.gpt2 import ACTIVATIONS, PRESETS, GPT2Config, config_from_dict
+from mxport.exporter.families.gpt2 import PRESETS
+from mxport.exporter.families.gpt2.config import ACTIVATIONS, GPT2Config, config_from_dict
 from mxport.runtime.oracle.model import ReferenceModel
 from mxport.contract.io import make_feeds
 from mxport.runtime.execution.runners import OrtRunner

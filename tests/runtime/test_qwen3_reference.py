@@ -94,10 +94,11 @@ def test_transformers_reads_the_config_we_write(tmp_path):
     from transformers import Qwen3Config as HFConfig
 
     from mxport.exporter.families import qwen3
+    from mxport.exporter.families.base import Rope
 
     cfg = qwen3.PRESETS["qwen3-tiny"].replace(
         use_sliding_window=True, sliding_window=16, max_window_layers=1, layer_types=(),
-        rope=qwen3.Rope(theta=5e5, rope_type="yarn", factor=2.0, original_max_position=256))
+        rope=Rope(theta=5e5, rope_type="yarn", factor=2.0, original_max_position=256))
     d = qwen3.config_to_dict(cfg)
     (tmp_path / "config.json").write_text(json.dumps(d))
     hf = HFConfig.from_pretrained(tmp_path)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from mxport.exporter.families.gpt2 import PREFIX, GPT2Config
+from mxport.exporter.families.gpt2.config import PREFIX, GPT2Config
 from mxport.contract import io
 from mxport.exporter.graph import Builder
 from mxport.exporter.layers import FLOAT, Weights, attention as attention_op, conv1d, layer_norm, mlp, tied_output

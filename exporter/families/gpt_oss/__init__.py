@@ -26,10 +26,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
-from mxport.exporter.families.gpt_oss.config import FULL, SLIDING, GptOssConfig
 from mxport.exporter.families.base import Expected, Family, Source
+from mxport.exporter.families.gpt_oss import graph, synth
+from mxport.exporter.families.gpt_oss.config import FULL, SLIDING, GptOssConfig
 from mxport.ops.mxfp4 import BLOCK_SIZE, BYTES_PER_BLOCK, HF_SUFFIXES, ORIGINAL_SUFFIXES
 
 
@@ -168,45 +167,6 @@ assert PRESETS["tiny"].layer_types == (SLIDING, FULL)
 
 
 
-# ---- synthetic weights ------------------------------------------------------------------------------------------
-def init_std_mean(name: str, cfg: GptOssConfig) -> tuple[float, float]:
-    """(std, mean) of the Gaussian a canonical tensor is drawn from: sensible magnitudes, norms around 1."""
-    H, I = cfg.hidden_size, cfg.intermediate_size
-    attn = cfg.num_attention_heads * cfg.head_dim
-    if name.endswith("norm.weight"):
-        return 0.1, 1.0
-    if name.endswith("sinks"):
-        return 0.5, 0.0
-    if name.endswith("bias"):
-        return 0.02, 0.0
-    if name.endswith(("embed_tokens.weight", "lm_head.weight")):
-        return 0.02, 0.0
-    if "o_proj" in name:
-        return 1.0 / np.sqrt(attn), 0.0
-    if "down_proj" in name:
-        return 1.0 / np.sqrt(I), 0.0
-    return 1.0 / np.sqrt(H), 0.0  # q, k, v, router, gate_up: fan_in H
-
-
-
-def synth_tensor(put, cfg: GptOssConfig, seed: int, e: Expected, sources: dict, done: set[str]) -> bool:
-    """Experts for synthetic checkpoints: MXFP4 halves from one encode, or dense bf16 experts (input-major)."""
-    from mxport.exporter import synth
-
-    if e.packed:  # blocks and scales come out of one encode: write both halves on the first of them
-        weight = synth.expert_weight_name(e.name)
-        if weight not in done:
-            done.add(weight)
-            synth.write_experts(put, cfg, seed, weight, sources)
-        return True
-    if e.name.endswith(("experts.gate_up_proj", "experts.down_proj")):  # float (bf16) experts
-        synth.write_experts(put, cfg, seed, e.name, sources)
-        return True
-    return False
-
-
-from mxport.exporter.families.gpt_oss import graph  # noqa: E402  (graph.py imports this module's config)
-
 FAMILY = Family(
     name="gpt_oss",
     architectures=("GptOssForCausalLM",),
@@ -220,6 +180,6 @@ FAMILY = Family(
     layout_of=layout_of,
     sources=sources,
     chat_format="harmony",
-    init=init_std_mean,
-    synth=synth_tensor,
+    init=synth.init_std_mean,
+    synth=synth.synth_tensor,
 )

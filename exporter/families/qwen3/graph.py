@@ -20,7 +20,7 @@ from collections.abc import Callable
 import onnx_ir as ir
 
 from mxport.contract import io
-from mxport.exporter.families.qwen3 import Qwen3Config
+from mxport.exporter.families.qwen3.config import Qwen3Config
 from mxport.exporter.graph import Builder
 from mxport.exporter.layers import (FLOAT, Weights, apply_rope, attention as attention_op, head_rms_norm, linear,
                                     rms_norm, rope_tables, swiglu_mlp, tied_output)

@@ -18,7 +18,7 @@ import numpy as np
 import onnx_ir as ir
 
 from mxport.exporter.experts import experts_initializer
-from mxport.exporter.families.qwen3_moe import Qwen3MoeConfig
+from mxport.exporter.families.qwen3_moe.config import Qwen3MoeConfig
 from mxport.exporter.graph import Builder
 from mxport.exporter.families.qwen3 import graph as qwen3
 from mxport.exporter.layers import DOMAIN, Weights, linear

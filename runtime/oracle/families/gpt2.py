@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from mxport.errors import MxportError
-from mxport.exporter.families.gpt2 import PREFIX
+from mxport.exporter.families.gpt2.config import PREFIX
 from mxport.runtime.oracle import layers as L
 
 
