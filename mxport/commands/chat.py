@@ -20,7 +20,7 @@ from mxport.errors import MxportError
 from mxport.runtime.chat.format import Event, Reply
 from mxport.runtime.chat.harmony import IDENTITY, REASONING_EFFORTS, HarmonyFormat
 from mxport.runtime.chat.harmony_tools import load_tools
-from mxport.runtime.chat.session import ChatSession, folder_chat_format
+from mxport.runtime.chat.session import ChatSession, folder_chat_format, require_chat
 from mxport.runtime.generation.generate import GenerationConfig, Generator
 
 
@@ -43,6 +43,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = generation_config(args)  # checks the options before the model loads
+    require_chat(args.folder)  # and the family (GPT-2 has no chat format)
     generator = Generator.from_folder(args.folder, backend=args.backend, provider=args.provider,
                                       max_context=args.max_context)
     chat = session(generator, args)

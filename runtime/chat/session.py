@@ -19,7 +19,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from mxport.contract.folder import is_export, read_manifest
 from mxport.errors import MxportError
+from mxport.exporter import families
 from mxport.runtime.chat.format import ChatFormat, Event, Reply
 from mxport.runtime.chat.harmony import SPECIALS, HarmonyFormat
 from mxport.runtime.chat.template import TemplateFormat
@@ -48,10 +50,23 @@ def folder_chat_format(generator: Generator, folder: str | Path) -> ChatFormat:
         raise MxportError(f"{generator.name}: chat needs a tokenizer (tokenizer.json in the exported folder)")
     fmt = chat_format(generator.tokenizer, folder, family.chat_format if family is not None else None)
     if fmt is None:
-        what = f"the {family.name} model family has" if family else "the model (no family record, no harmony tokens) has"
-        raise MxportError(f"{folder}: {what} no chat format, so `mxport chat` cannot talk to it; continue text with "
-                          f"`mxport run {folder} --prompt TEXT`")
+        raise _no_chat(folder, family)
     return fmt
+
+
+def require_chat(folder: str | Path) -> None:
+    """Refuse, before the model loads, an export whose manifest names a family without a chat format (GPT-2)."""
+    if is_export(folder):
+        name = read_manifest(folder).family
+        family = families.get(name) if name in families.names() else None
+        if family is not None and family.chat_format is None:
+            raise _no_chat(folder, family)
+
+
+def _no_chat(folder: str | Path, family) -> MxportError:
+    what = f"the {family.name} model family has" if family else "the model (no family record, no harmony tokens) has"
+    return MxportError(f"{folder}: {what} no chat format, so `mxport chat` cannot talk to it; continue text with "
+                       f"`mxport run {folder} --prompt TEXT`")
 
 
 class ChatSession:

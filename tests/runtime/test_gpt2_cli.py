@@ -67,6 +67,18 @@ def test_chat_refuses_gpt2_naming_the_family(tiny, capsys, monkeypatch):
         assert "the gpt2 model family has no chat format" in err and "mxport run" in err
 
 
+def test_chat_refuses_a_gpt2_export_before_its_model_loads(tiny, capsys, monkeypatch):
+    _, out = tiny
+
+    def load(*args, **kwargs):
+        raise AssertionError("the model was loaded before the refusal")
+
+    monkeypatch.setattr(Generator, "from_folder", load)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n"))
+    code, _, err = _run(capsys, "chat", out)
+    assert code == 2 and "the gpt2 model family has no chat format" in err
+
+
 def test_verify_and_inspect(tiny, capsys):
     _, out = tiny
     code, text, _ = _run(capsys, "verify", out)
