@@ -14,25 +14,22 @@ Memory: every weight is an ir.LazyTensor that reads its one tensor from the chec
 writes it, so peak RSS stays near the largest tensor whatever the model size. Identical input gives identical
 bytes (names, node order and the external data layout depend on the checkpoint only).
 
-CLI: `mxport export CKPT_DIR -o OUT_DIR [--target T] [--experts E] [--dtype D] [--force] [--hidden-states]
-[--no-progress]`.
+Options: the mode table (mxport.contract.modes). CLI: mxport/commands/export.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import sys
-import time
-from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import onnx_ir as ir
 
 from mxport import __version__
-from mxport.contract.folder import DATA_FILE, MODEL_FILE, TOKENIZER_FILES, Manifest, read_manifest, write_manifest
+from mxport.contract.folder import DATA_FILE, MODEL_FILE, TOKENIZER_FILES, Manifest, write_manifest
+from mxport.contract.modes import DEFAULT_ACCURACY_LEVEL, DEFAULT_EXPERTS, check
 from mxport.errors import MxportError
 from mxport.files import replace_dir, temp_dir_beside
 from mxport.exporter import decoder_graph
@@ -45,28 +42,6 @@ SIZE_THRESHOLD = 256  # initializers larger than this many bytes go to the data 
 # float32, bf16 as stored (LinearBF16), int8 / int4 (ORT's MatMulNBits) or q4 (mxport's LinearQ4)), "float experts"
 # (experts that are not MXFP4), "dense model" (a family without experts).
 MATRIX_STORAGE = "bfloat16"
-
-
-def _lowering():
-    """exporter/lower (imported on first use): its TARGETS, EXPERTS, DTYPES, ACCURACY_LEVELS and `lower()`."""
-    from mxport.exporter import lower
-
-    return lower
-
-
-def _options() -> dict[str, tuple[str, ...]]:
-    lower = _lowering()
-    known = {"target": ("portable",), "experts": ("mxfp4",), "dtype": ("float32",)}
-    for option, attr in (("target", "TARGETS"), ("experts", "EXPERTS"), ("dtype", "DTYPES")):
-        known[option] += tuple(v for v in getattr(lower, attr) if v not in known[option])
-    return known
-
-
-def _validate(target: str, experts: str, dtype: str) -> None:
-    for option, value in (("target", target), ("experts", experts), ("dtype", dtype)):
-        allowed = _options()[option]
-        if value not in allowed:
-            raise MxportError(f"export: unknown {option} {value!r}; expected one of {', '.join(allowed)}")
 
 
 # ---- the steps ------------------------------------------------------------------------------------------------
@@ -97,20 +72,17 @@ def _functions(b) -> list[ir.Function]:
 
 
 def lower(model: ir.Model, *, target: str, experts: str, dtype: str, dense: str = "float32",
-          last_logits: bool = False, accuracy_level: int = 4) -> ir.Model:
+          last_logits: bool = False, accuracy_level: int = DEFAULT_ACCURACY_LEVEL) -> ir.Model:
     """The seam for exporter/lower: rewrite the portable model for a target. Identity for the portable defaults.
 
-    dense: "float32" (MatMul, exact) or a quantized form for dense weights that exporter/lower offers (DENSE)."""
+    The values are the mode table's (mxport.contract.modes), checked there."""
     if target == "portable" and dtype == "float32" and dense == "float32" and not last_logits and (
             experts == "float" or (experts == "mxfp4" and not float_experts(model))):
         return model  # nothing to rewrite: experts as stored
-    lowering = _lowering()
-    extra = {"dense": dense} if dense != "float32" else {}
-    if last_logits:
-        extra["last_logits"] = True
-    if accuracy_level != 4:
-        extra["accuracy_level"] = accuracy_level
-    return lowering.lower(model, target=target, experts=experts, dtype=dtype, **extra)
+    from mxport.exporter import lower as lowering
+
+    return lowering.lower(model, target=target, experts=experts, dtype=dtype, dense=dense, last_logits=last_logits,
+                          accuracy_level=accuracy_level)
 
 
 FLOAT_EXPERT_OPS = ("MoE", "MoE_2")  # ai.mxport MoE ops with float expert weights (MoEMXFP4*: MXFP4 ones)
@@ -122,11 +94,11 @@ def float_experts(model: ir.Model) -> bool:
 
 
 def resolve_experts(experts: str | None, target: str, model: ir.Model) -> str:
-    """The --experts value to use: the target's default (DEFAULT_EXPERTS; portable keeps float experts as stored:
+    """The --experts value to use: the target's default (modes.DEFAULT_EXPERTS; portable keeps float experts as stored:
     'float'), or the one asked for, refused where it cannot hold."""
     has_float = float_experts(model)
     if experts is None:
-        return "float" if target == "portable" and has_float else DEFAULT_EXPERTS.get(target, "mxfp4")
+        return "float" if target == "portable" and has_float else DEFAULT_EXPERTS[target]
     has_moe = any(n.domain == DOMAIN and n.op_type.startswith("MoE") for n in model.graph)
     if experts == "float" and has_moe and not has_float:
         raise MxportError("export: --experts float keeps a checkpoint's float experts, and this checkpoint's experts "
@@ -154,30 +126,20 @@ def _manifest(ckpt, checkpoint_dir: Path, model: ir.Model, **options) -> Manifes
     )
 
 
-class _Progress:
-    """A one-line progress bar on stderr, fed by ir.save's per-tensor callback."""
+def _save_callback(model: ir.Model, progress: Callable[[int, int, int, int], None] | None):
+    """ir.save's per-tensor callback that reports (bytes done, bytes total, tensors done, tensors total)."""
+    if not progress:
+        return None
+    sizes = [v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None]
+    total = sum(n for n in sizes if n > SIZE_THRESHOLD)  # the tensors ir.save writes to the data file
+    done = 0
 
-    def __init__(self, model: ir.Model, enabled: bool) -> None:
-        self.enabled = enabled
-        sizes = [v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None]
-        self.total = sum(n for n in sizes if n > SIZE_THRESHOLD)  # the tensors ir.save writes to the data file
-        self.done, self.start = 0, time.monotonic()
+    def callback(tensor, info) -> None:
+        nonlocal done
+        done += tensor.nbytes
+        progress(done, total, info.index + 1, info.total)
 
-    def __call__(self, tensor, info) -> None:
-        if not self.enabled:
-            return
-        self.done += tensor.nbytes
-        frac = self.done / max(self.total, 1)
-        bar = "#" * int(30 * frac)
-        sys.stderr.write(
-            f"\rexport [{bar:<30}] {info.index + 1}/{info.total} tensors "
-            f"{self.done / 1e9:.2f}/{self.total / 1e9:.2f} GB {time.monotonic() - self.start:.0f}s"
-        )
-        sys.stderr.flush()
-
-    def finish(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
+    return callback
 
 
 def _check_out_dir(out_dir: Path, force: bool, checkpoint_dir: Path) -> None:
@@ -190,13 +152,6 @@ def _check_out_dir(out_dir: Path, force: bool, checkpoint_dir: Path) -> None:
         raise MxportError(f"export: output directory {out_dir} is not empty (use --force / force=True to replace it)")
 
 
-# Expert format when none is asked for: keep MXFP4 where a kernel runs it (portable function bodies, CUDA's fp4
-# QMoE); on CPU, ORT has no MXFP4 kernel, and float32 (com.microsoft.MoE) is its one exact expert format. A
-# checkpoint with float experts exports them as stored on portable ("float", resolve_experts); --experts mxfp4
-# encodes them at export (lossy; exporter/lower/experts_mxfp4.py).
-DEFAULT_EXPERTS = {"portable": "mxfp4", "cpu": "fp32", "cuda": "mxfp4"}
-
-
 # ---- the API --------------------------------------------------------------------------------------------------
 def export(
     checkpoint_dir: str | os.PathLike,
@@ -205,26 +160,29 @@ def export(
     target: str = "portable",
     experts: str | None = None,
     dtype: str = "float32",
-    progress: bool = True,
+    progress: Callable[[int, int, int, int], None] | None = None,
     hidden_states: bool = False,
     force: bool = False,
     dense: str = "float32",
     last_logits: bool = False,
     window_cache: bool = True,
-    accuracy_level: int = 4,
+    accuracy_level: int = DEFAULT_ACCURACY_LEVEL,
 ) -> Path:
     """Export the checkpoint at `checkpoint_dir` into `out_dir`; returns out_dir. Raises MxportError on bad input.
 
-    `experts=None` takes the target's default (DEFAULT_EXPERTS): the fastest exact form that target's kernels run;
-    float experts stay as stored on portable ("float"); "mxfp4" on float experts encodes them (lossy).
+    target / experts / dense / dtype / accuracy_level: the mode table's values (mxport.contract.modes, checked by
+    its `check`). `experts=None` takes the target's default (modes.DEFAULT_EXPERTS): the fastest exact form that
+    target's kernels run; float experts stay as stored on portable ("float"); "mxfp4" on float experts encodes
+    them (lossy).
+    `progress(bytes done, bytes total, tensors done, tensors total)` is called after each tensor written.
     `window_cache`: sliding-window layers keep only their last W-1 cache slots (layers.window_masks); False
     keeps every slot in every layer's cache (one cache length for all layers).
     `accuracy_level` (cpu): of the quantized GEMMs, ORT's meaning: 4 = int8 activations (fast), 0 = float32."""
     from mxport.exporter.checkpoint import open_checkpoint
 
-    _validate(target, DEFAULT_EXPERTS.get(target, "mxfp4") if experts is None else experts, dtype)
-    if accuracy_level not in _lowering().ACCURACY_LEVELS:  # exporter/lower's own list
-        raise MxportError(f"export: --accuracy-level must be 0..4 (ORT's accuracy_level), found {accuracy_level}")
+    modes = check(target=target, experts=experts, dense=dense, dtype=dtype, accuracy_level=accuracy_level)
+    target, dense, dtype = modes.target, modes.dense, modes.dtype
+    experts = None if experts is None else modes.experts
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
     _check_out_dir(out_dir, force, checkpoint_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -242,11 +200,8 @@ def export(
                          lowering=json.loads(lowering_report) if lowering_report else None)
         tmp = temp_dir_beside(out_dir)
         try:
-            bar = _Progress(model, progress)
-            ir.save(
-                model, tmp / MODEL_FILE, external_data=DATA_FILE, size_threshold_bytes=SIZE_THRESHOLD, callback=bar
-            )
-            bar.finish()
+            ir.save(model, tmp / MODEL_FILE, external_data=DATA_FILE, size_threshold_bytes=SIZE_THRESHOLD,
+                    callback=_save_callback(model, progress))
             write_manifest(tmp, meta)
             for name in TOKENIZER_FILES:
                 if (checkpoint_dir / name).is_file():
@@ -257,64 +212,3 @@ def export(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return out_dir
-
-
-# ---- CLI ------------------------------------------------------------------------------------------------------
-def register(parser: argparse.ArgumentParser) -> None:
-    options = _options()
-    parser.add_argument("checkpoint", metavar="CKPT_DIR", help="checkpoint folder (config.json + *.safetensors)")
-    parser.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="export folder to write")
-    parser.add_argument("--target", default="portable", help=f"one of {', '.join(options['target'])}")
-    parser.add_argument("--experts", default=None,
-                        help=f"one of {', '.join(options['experts'])} (default: "
-                        + ", ".join(f"{t} {e}" for t, e in DEFAULT_EXPERTS.items())
-                        + "; float experts (Qwen3-MoE): portable float, as stored; mxfp4 encodes them, lossy)")
-    parser.add_argument("--dtype", default="float32", help=f"one of {', '.join(options['dtype'])}")
-    parser.add_argument("--dense", default="float32",
-                        help="dense weights: float32 (exact) | bf16 (ai.mxport.LinearBF16 on the stored bf16, exact; --target cpu) | "
-                        "int8 | int4 (MatMulNBits; needs --target cpu/cuda) | q4 (ai.mxport.LinearQ4, 4 bits in "
-                        "super-blocks, mxport's fastest int4 decode; --target cpu)")
-    parser.add_argument("--last-logits", action="store_true",
-                        help="logits of the last position only, [B,1,V] (faster prefill for generation)")
-    parser.add_argument("--accuracy-level", type=int, default=4, metavar="N",
-                        help="CPU quantized GEMMs (int4 experts, --dense int8/int4), ORT's meaning: 4 = int8 "
-                        "activations (fast, default), 0 = float32 activations (more exact, less memory, slower)")
-    parser.add_argument("--full-cache", action="store_true",
-                        help="sliding-window layers keep every cache slot (default: only the last window-1, "
-                        "as transformers does; the full-attention layers always keep all)")
-    parser.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
-    parser.add_argument("--hidden-states", action="store_true", help="add outputs hidden_states.{i} per layer")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-
-
-def run(args: argparse.Namespace) -> int:
-    start = time.monotonic()
-    out = export(
-        args.checkpoint,
-        args.output,
-        target=args.target,
-        experts=args.experts,
-        dtype=args.dtype,
-        progress=not args.no_progress,
-        hidden_states=args.hidden_states,
-        force=args.force,
-        dense=args.dense,
-        last_logits=args.last_logits,
-        window_cache=not args.full_cache,
-        accuracy_level=args.accuracy_level,
-    )
-    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
-    print(f"exported {args.checkpoint} -> {out} ({size / 1e6:.1f} MB, {time.monotonic() - start:.1f}s)")
-    lowering = read_manifest(out).lowering or {}
-    refused = lowering.get("refused", [])
-    reasons = Counter((r["rule"], r["reason"]) for r in refused)  # lowering rules that left nodes portable
-    for (rule, reason), count in sorted(reasons.items()):
-        what = "attention node(s) keep rotary outside GroupQueryAttention" if rule == "rotary_in_attention" \
-            else f"node(s) kept portable by {rule}"
-        print(f"note: {count} {what}: {reason}", file=sys.stderr)
-    for rule, op_type in (("linear_bf16", "LinearBF16"), ("linear_q4", "LinearQ4")):
-        if lowering.get("applied", {}).get(rule):
-            print(f"note: {op_type} runs natively in mxport's sessions; for onnxruntime-genai on this machine run "
-                  f"`mxport kernels --into {out}` (without it the function body runs, at float32 speed)",
-                  file=sys.stderr)
-    return 0

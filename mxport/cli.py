@@ -19,12 +19,12 @@ from mxport.errors import MxportError
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("mxport.commands.demo", "build, export, verify and chat with a tiny built-in gpt-oss (no download)"),
     "synth": ("mxport.commands.synth", "write a synthetic checkpoint of any family's preset (synth --list-presets)"),
-    "export": ("mxport.exporter.export", "export a checkpoint to ONNX"),
+    "export": ("mxport.commands.export", "export a checkpoint to ONNX"),
     "inspect": ("mxport.commands.inspect", "summarise an exported folder: ops, inputs/outputs, bytes by dtype"),
     "run": ("mxport.commands.run", "run a checkpoint or an exported folder (greedy or sampled)"),
     "chat": ("mxport.commands.chat", "chat with an exported folder in its family's format (harmony, chat template)"),
-    "verify": ("mxport.runtime.judge.verify", "compare an export against the NumPy reference model"),
-    "bench": ("mxport.runtime.bench.speed", "benchmark prefill/decode speed, memory and file size"),
+    "verify": ("mxport.commands.verify", "compare an export against the NumPy reference model"),
+    "bench": ("mxport.commands.bench", "benchmark prefill/decode speed, memory and file size"),
     "serve": ("mxport.commands.serve", "an OpenAI-compatible HTTP server over an exported folder"),
     "kernels": ("mxport.commands.kernels", "print the path of mxport's native ONNX Runtime kernel library and its ops"),
 }

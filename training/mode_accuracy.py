@@ -2,6 +2,8 @@
 
     python training/mode_accuracy.py [CKPT] [--n 100] [--json work/modes.json] [--modes portable,cpu/int8,...]
 
+Modes are mode labels (mxport.contract.modes.LABEL_SYNTAX: TARGET[/EXPERTS[/DENSE]][@LEVEL][:DTYPE]).
+
 CKPT defaults to the shipped model (mxport/data/chat-tiny). Needs mxport only (no torch). For every mode:
 
     export CKPT --target/--experts/--dense/--dtype/--accuracy-level  (into a temporary folder)
@@ -30,26 +32,18 @@ import numpy as np  # noqa: E402
 import chat_format  # noqa: E402
 import evaluate  # noqa: E402
 import tasks  # noqa: E402
+from mxport.contract import modes  # noqa: E402
+from mxport.errors import MxportError  # noqa: E402
 from mxport.exporter.export import export  # noqa: E402
 from mxport.runtime.judge.compare import kl_divergence  # noqa: E402
 from mxport.runtime.generation.generate import Generator  # noqa: E402
 from mxport.runtime.chat.harmony import Harmony  # noqa: E402
 from mxport.runtime.judge.verify import verify  # noqa: E402
 
-# label -> export options
-MODES: dict[str, dict] = {
-    "portable": dict(target="portable"),
-    "cpu/fp32": dict(target="cpu"),
-    "cpu/int8": dict(target="cpu", experts="int8"),
-    "cpu/int4": dict(target="cpu", experts="int4"),
-    **{f"cpu/int4@{k}": dict(target="cpu", experts="int4", accuracy_level=k) for k in (0, 1, 2, 3)},
-    "cpu/fp32/int8": dict(target="cpu", dense="int8"),
-    "cpu/fp32/int4": dict(target="cpu", dense="int4"),
-    "cpu/fp32/q4": dict(target="cpu", dense="q4"),
-    "cpu/int4/int4": dict(target="cpu", experts="int4", dense="int4"),
-    **{f"cpu/int4/int4@{k}": dict(target="cpu", experts="int4", dense="int4", accuracy_level=k) for k in (0, 1, 2, 3)},
-    "cpu/fp32 float16": dict(target="cpu", dtype="float16"),
-}
+# mode labels (mxport.contract.modes.LABEL_SYNTAX), each parsed into export options by the mode table
+MODES = ("portable", "cpu/fp32", "cpu/int8", "cpu/int4", *(f"cpu/int4@{k}" for k in (0, 1, 2, 3)), "cpu/fp32/int8",
+         "cpu/fp32/int4", "cpu/fp32/q4", "cpu/int4/int4", *(f"cpu/int4/int4@{k}" for k in (0, 1, 2, 3)),
+         "cpu/fp32:float16")
 
 
 def shipped() -> Path:
@@ -89,7 +83,7 @@ def verify_row(out: Path, ckpt: Path) -> dict:
     return {**{k: row[k] for k in keep}, "pass": bool(report)}
 
 
-def measure(ckpt: Path, modes: list[str], n: int, n_forced: int, save=lambda results: None,
+def measure(ckpt: Path, labels: list[str], n: int, n_forced: int, save=lambda results: None,
             reference_tasks: bool = False) -> dict:
     reference = Generator.from_folder(ckpt, backend="numpy")
     seqs = teacher_forced(reference.tokenizer, n_forced)
@@ -102,11 +96,12 @@ def measure(ckpt: Path, modes: list[str], n: int, n_forced: int, save=lambda res
         results["reference"] = {"tasks": score.table(), "seconds": round(time.time() - t0, 1)}
         print(f"reference (NumPy): {score.line()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        for label in modes:
-            out = Path(tmp) / label.replace("/", "_").replace(" ", "_").replace("@", "_at")
+        for label in labels:
+            out = Path(tmp) / label.replace("/", "_").replace(":", "_").replace("@", "_at")
             t0 = time.time()
-            export(ckpt, out, progress=False, **MODES[label])
-            row = {"options": MODES[label], "verify": verify_row(out, ckpt)}
+            options = modes.parse_label(label)
+            export(ckpt, out, **options)
+            row = {"options": options, "verify": verify_row(out, ckpt)}
             gen = Generator.from_folder(out)
             row["in_dist"] = in_dist(ref_logits, reply_logits(gen, seqs))
             score = evaluate.evaluate(evaluate.generator_fn(gen), gen.tokenizer, n)
@@ -143,20 +138,24 @@ def main(argv=None) -> int:
     p.add_argument("checkpoint", nargs="?", type=Path, default=None)
     p.add_argument("--n", type=int, default=100, help="held-out questions per task (task accuracy)")
     p.add_argument("--forced", type=int, default=10, help="teacher-forced conversations per task (in-dist)")
-    p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of: {', '.join(MODES)}")
+    p.add_argument("--modes", default=",".join(MODES),
+                   help=f"comma-separated mode labels, {modes.LABEL_SYNTAX} (default: {', '.join(MODES)})")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--reference-tasks", action="store_true",
                    help="also score the NumPy reference model on the tasks (slow)")
     args = p.parse_args(argv)
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if bad := [m for m in modes if m not in MODES]:
-        p.error(f"--modes: unknown {bad}")
+    labels = [m.strip() for m in args.modes.split(",") if m.strip()]
+    for label in labels:
+        try:
+            modes.parse_label(label)
+        except MxportError as exc:
+            p.error(f"--modes: {exc}")
     def save(results: dict) -> None:  # after every mode: a long run that is cut short keeps what it measured
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(results, indent=2) + "\n")
 
-    results = measure(args.checkpoint or shipped(), modes, args.n, args.forced, save, args.reference_tasks)
+    results = measure(args.checkpoint or shipped(), labels, args.n, args.forced, save, args.reference_tasks)
     save(results)
     print(markdown(results))
     return 0

@@ -2,22 +2,18 @@
 
     lower(model, target="cpu", experts="fp32", dtype="float32", dense="float32") -> model (rewritten in place)
 
-    target    rules, in order                                              experts modes        dtypes
+    target    rules, in order
     (any)     --experts mxfp4: float experts -> MXFP4 first (experts_mxfp4.py)
-    portable  none otherwise                                               mxfp4 | float        float32
-    cpu       fused QKV, SimplifiedLayerNorm, SkipSimplifiedLayerNorm,     fp32 | int8 | int4   float32
-              SkipLayerNorm, GroupQueryAttention, MoE / QMoE               | mxfp4 (ai.mxport.MoEMXFP4
-                                                                           kept for mxport's native kernel)
+    portable  none otherwise
+    cpu       fused QKV, SimplifiedLayerNorm, SkipSimplifiedLayerNorm, SkipLayerNorm, GroupQueryAttention,
+              MoE / QMoE by --experts (moe.py; mxfp4 keeps ai.mxport.MoEMXFP4 for mxport's native kernel),
               tied head MatMul(Transpose(E)) -> FusedMatMul(E){transB} (last)
-    cuda      the same; experts=mxfp4 -> QMoE quant_type='fp4'            mxfp4 | fp32 | int8 | int4   float32
-                                                                           | float16 | bfloat16 (precision.py)
+    cuda      the same; experts=mxfp4 -> QMoE quant_type='fp4'; --dtype float16 | bfloat16 (precision.py)
+    --dense   int8 | int4 -> MatMulNBits (dense.py), router excepted; bf16 -> ai.mxport.LinearBF16 over the stored
+              bf16, tied head included (bf16.py); q4 -> ai.mxport.LinearQ4, super-blocks of 256 (q4.py)
 
-    experts: mxfp4 = MXFP4 experts (kept as stored, or encoded at export from float ones: lossy); float = a
-             checkpoint's float experts as stored (portable only; bf16 stays bf16); fp32 | int8 | int4 = ORT's
-             MoE / QMoE (int8 is exact from MXFP4, a block-wise quantization from float)
-    dense (cpu, cuda): float32 keeps MatMul (exact); int8 | int4 -> MatMulNBits (dense.py), router excepted;
-                       bf16 (cpu) -> ai.mxport.LinearBF16 over the stored bf16, tied head included (bf16.py, exact; native kernel)
-                       q4 (cpu) -> ai.mxport.LinearQ4, 4 bits in super-blocks of 256 (q4.py, lossy; native kernel)
+    Which values each target takes, which are exact and which need mxport's native kernels: the mode table,
+    mxport.contract.modes (its one validator, `check`, runs first).
     last_logits (any target): logits of the last position only, [B,1,V] (logits.py; changes the model I/O)
     cpu, cuda: a Cast of a weight whose output exceeds ORT's 1 GiB folding limit is stored cast (casts.py)
 
@@ -33,7 +29,7 @@ import json
 
 import onnx_ir as ir
 
-from mxport.errors import MxportError
+from mxport.contract.modes import DEFAULT_ACCURACY_LEVEL, check
 
 from . import precision, rules
 from .attention import LowerAttention
@@ -49,11 +45,6 @@ from .moe import LowerMoE
 from .norm import SimplifiedNorm, SkipSimplifiedNorm
 from .tied_head import TiedHead
 
-TARGETS = ("portable", "cpu", "cuda")
-EXPERTS = ("mxfp4", "fp32", "int8", "int4", "float")
-DTYPES = ("float32", "float16", "bfloat16")
-DENSE = ("float32", "int8", "int4", "q4", "bf16")
-
 RULES = {
     "portable": (),
     "cpu": (FuseSiblingLinear(), SimplifiedNorm(), SkipSimplifiedNorm(), SkipLayerNorm(), LowerAttention(), LowerMoE()),
@@ -62,42 +53,16 @@ RULES = {
 METADATA_KEY = "mxport.lowering"
 
 
-ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # ORT's accuracy_level of MatMulNBits / QMoE (minimum accuracy of the CPU GEMMs)
-DEFAULT_ACCURACY_LEVEL = 4
-
-
 def lower(model: ir.Model, *, target: str, experts: str = "mxfp4", dtype: str = "float32",
           dense: str = "float32", last_logits: bool = False, accuracy_level: int = DEFAULT_ACCURACY_LEVEL) -> ir.Model:
-    """Rewrite `model` (the portable graph) for `target`; returns it. Raises MxportError for bad options.
+    """Rewrite `model` (the portable graph) for `target`; returns it. Raises MxportError for bad options
+    (mxport.contract.modes.check: the mode table says which values each target takes).
 
     accuracy_level: of the CPU quantized GEMMs (QMoE 4-bit experts, MatMulNBits dense weights), ORT's meaning:
     4 = int8 activations (its fast kernels, which prepack weights with per-block sums: more memory), 0 or 1 =
     float32 activations (weights used as stored: less memory, slower decode). 8-bit QMoE has no float32 kernel."""
-    for option, value, allowed in (("target", target, TARGETS), ("experts", experts, EXPERTS), ("dtype", dtype, DTYPES),
-                                   ("dense", dense, DENSE)):
-        if value not in allowed:
-            raise MxportError(f"lower: unknown {option} {value!r}; expected one of {', '.join(allowed)}")
-    if target == "portable" and (experts not in ("mxfp4", "float") or (dense, dtype) != ("float32", "float32")):
-        raise MxportError(f"lower: --experts {experts} --dense {dense} --dtype {dtype} need --target cpu or cuda "
-                          "(the portable graph keeps MXFP4 or float experts, float32 dense weights and float32 math)")
-    if target != "portable" and experts == "float":
-        raise MxportError(f"lower: --experts float keeps a checkpoint's float experts in the portable graph; "
-                          f"--target {target} takes fp32 (exact), int8, int4 or mxfp4")
-    if accuracy_level not in ACCURACY_LEVELS:
-        raise MxportError(f"lower: --accuracy-level must be one of {', '.join(map(str, ACCURACY_LEVELS))}, "
-                          f"found {accuracy_level}")
-    if experts == "int8" and target == "cpu" and accuracy_level != 4:
-        raise MxportError("lower: --experts int8 has no float32-activation kernel in ONNX Runtime (8-bit QMoE "
-                          "always quantizes activations to int8): use --accuracy-level 4, or --experts int4 / fp32")
-    if target == "cpu" and dtype == "bfloat16":
-        raise MxportError("lower: --dtype bfloat16 is for --target cuda: ORT's CPU provider has no bfloat16 MatMul "
-                          "(use --dtype float16 or float32 on cpu)")
-    if dense == "q4" and accuracy_level != 4:
-        raise MxportError("lower: --dense q4 (ai.mxport.LinearQ4) always quantizes activations to int8 (accuracy "
-                          "level 4); for float32 activations use --dense int4 --accuracy-level 0")
-    if dense in ("bf16", "q4") and target != "cpu":
-        op_type = "LinearBF16" if dense == "bf16" else "LinearQ4"
-        raise MxportError(f"lower: --dense {dense} (ai.mxport.{op_type}) has a native kernel for --target cpu only")
+    modes = check(target=target, experts=experts, dense=dense, dtype=dtype, accuracy_level=accuracy_level)
+    target, experts, dense, dtype = modes.target, modes.experts, modes.dense, modes.dtype
     ctx = rules.Context(model=model, target=target, experts=experts, dtype=dtype, accuracy_level=accuracy_level)
     # --experts mxfp4: float experts are encoded first, on every target (the MoE rule then sees MXFP4 experts)
     chosen = ([EncodeExpertsMXFP4()] if experts == "mxfp4" else []) + list(RULES[target])

@@ -18,12 +18,10 @@ import numpy as np
 import onnx_ir as ir
 
 from .linear import weight_source
-from .moe import INT4_BLOCK, int4_quantize
+from .moe import INT4_BLOCK, MOE_OPS, int4_quantize
 from .rules import MS_DOMAIN, Context, add_initializer, lazy_pair, replace
 
 BLOCK = INT4_BLOCK
-MOE_OPS = {("com.microsoft", "MoE"), ("com.microsoft", "QMoE"), ("ai.mxport", "MoE"), ("ai.mxport", "MoEMXFP4"),
-           ("ai.mxport", "MoE_2"), ("ai.mxport", "MoEMXFP4_2")}
 
 
 def int8_quantize(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -34,11 +34,16 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from mxport.contract import modes
 from mxport.ops import int4, mxfp4
 
 from .rules import MS_DOMAIN, Context, add_initializer, attr, const, lazy, lazy_pair, replace
 
 INT4_BLOCK = 32
+# Every MoE op a graph may hold, portable (ai.mxport, experts MXFP4 or float) or lowered (com.microsoft): the router
+# and the expert weights of these nodes are recognised by dense.py and counted k-of-E by bench's traffic estimate.
+MOE_OPS = {("com.microsoft", "MoE"), ("com.microsoft", "QMoE"), ("ai.mxport", "MoE"), ("ai.mxport", "MoEMXFP4"),
+           ("ai.mxport", "MoE_2"), ("ai.mxport", "MoEMXFP4_2")}
 # QMoE accuracy_level for 4-bit experts comes from the lowering options (Context.accuracy_level, default 4):
 # 4 = int8 activations (ORT's fast kernels, ~2.5x faster decode here than level 0, but its prepacked weights with
 # per-block sums take ~30% more memory); 0 = float32 activations on the weights as stored.
@@ -144,7 +149,6 @@ class LowerMoE:
     """ai.mxport MoEMXFP4 / MoE (and _2) -> com.microsoft MoE (fp32) or QMoE (int8, int4, fp4 on CUDA)."""
 
     name = "moe"
-    MODES = ("fp32", "int8", "int4", "mxfp4")
 
     def pattern(self, node: ir.Node) -> bool:
         from mxport.ops import DOMAIN
@@ -153,8 +157,8 @@ class LowerMoE:
 
     def check(self, node: ir.Node, ctx: Context) -> str | None:
         mode = ctx.experts
-        if mode not in self.MODES:
-            return f"unknown experts mode {mode!r} (expected one of {self.MODES})"
+        if mode not in (takes := modes.values("experts", ctx.target)):
+            return f"unknown experts mode {mode!r} (--target {ctx.target} takes {', '.join(takes)})"
         if mode == "mxfp4" and not node.op_type.startswith("MoEMXFP4"):
             return "experts are float (not MXFP4) and were not encoded: --experts mxfp4 has nothing to keep"
         if mode == "mxfp4" and ctx.target == "cpu":

@@ -16,8 +16,6 @@ from typing import Any
 import numpy as np
 
 ROTARY_TABLES = {("com.microsoft", "GroupQueryAttention"): (7, 8), ("com.microsoft", "RotaryEmbedding"): (2, 3)}
-MOE_OPS = {("com.microsoft", "MoE"), ("com.microsoft", "QMoE"), ("ai.mxport", "MoE"), ("ai.mxport", "MoEMXFP4"),
-           ("ai.mxport", "MoE_2"), ("ai.mxport", "MoEMXFP4_2")}
 
 
 # ---- machine -------------------------------------------------------------------------------------------------
@@ -81,6 +79,8 @@ def onnx_traffic(model_file: Path) -> tuple[int, int]:
     """(bytes of all initializers, bytes one decode step reads) of an ONNX model, read without its data."""
     import onnx
     from onnx import helper
+
+    from mxport.exporter.lower.moe import MOE_OPS
 
     model = onnx.load(str(model_file), load_external_data=False)
     g = model.graph

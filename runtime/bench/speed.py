@@ -1,11 +1,12 @@
-"""`mxport bench`: prefill and decode speed, memory and size of exports, side by side with their peers.
+"""bench(): prefill and decode speed, memory and size of exports, side by side with their peers.
 
-    mxport bench CKPT_OR_OUT [--peers] [--threads N] [--prompt-len N] [--new-tokens N] [--modes M,...]
-                 [--work DIR] [--json FILE]
+    results, bandwidth = bench(CKPT_OR_OUT, peers=False, threads=2, prompt_len=128, new_tokens=32, modes=[...])
+    print(format_results(results, bandwidth))          # the CLI: mxport/commands/bench.py (`mxport bench`)
 
-    CKPT  (config.json + *.safetensors): exports every --modes entry (target/experts, default
-          cpu/fp32,cpu/int8,cpu/int4,cpu/int4/int4,portable/mxfp4; a third part is --dense, a "+last" suffix
-          exports with last-position logits) into --work (a temp folder unless given) and measures each;
+    CKPT  (config.json + *.safetensors): exports every mode label (mxport.contract.modes.LABEL_SYNTAX:
+          TARGET[/EXPERTS[/DENSE]][@ACCURACY_LEVEL][:DTYPE], checked against the mode table; default DEFAULT_MODES
+          or DENSE_MODEL_MODES; a "+last" suffix exports with last-position logits) into `work` (a temp folder
+          unless given) and measures each;
           --peers adds transformers on CPU (float32) and onnxruntime-genai's fp32 and int4 exports when
           onnxruntime_genai is installed (built offline with its builder; a checkpoint without tokenizer.json
           gets a stand-in byte-level tokenizer in a shadow folder, since the builder insists on one).
@@ -41,7 +42,6 @@ Benchmarks are not timed tests: tests/runtime/test_bench.py checks the plumbing 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -53,14 +53,15 @@ from pathlib import Path
 from typing import Any
 
 
-from mxport.contract.folder import CONFIG_FILE, MANIFEST_FILE, is_checkpoint, manifest_file, read_manifest
+from mxport.contract import modes as modes_table
+from mxport.contract.folder import (CONFIG_FILE, MANIFEST_FILE, Manifest, is_checkpoint, manifest_file,
+                                   read_manifest)
 from mxport.errors import MxportError
-from mxport.files import write_file
 from mxport.runtime.bench.engines import (  # noqa: F401  (re-exported: bench's measurements, used by tests)
     ENGINES, REPEATS, Bandwidth, _tensor_bytes, drop_page_cache, file_bytes, memory_bandwidth, onnx_traffic,
     torch_traffic)
 
-DEFAULT_MODES = ("cpu/fp32", "cpu/int8", "cpu/int4", "cpu/int4/int4", "portable/mxfp4")  # target/experts[/dense]
+DEFAULT_MODES = ("cpu/fp32", "cpu/int8", "cpu/int4", "cpu/int4/int4", "portable/mxfp4")  # mode labels
 # a model without experts (GPT-2, Qwen3): --experts has nothing to act on, so the modes vary --dense instead
 # bf16: exact, on the stored bf16 (LinearBF16); q4: mxport's 4-bit LinearQ4, int4: ORT's MatMulNBits
 DENSE_MODEL_MODES = ("cpu/fp32", "cpu/fp32/bf16", "cpu/fp32/int8", "cpu/fp32/int4", "cpu/fp32/q4", "portable")
@@ -146,38 +147,30 @@ def _keep_best(result: Result, measured: dict[str, Any], prompt_len: int, new_to
 
 
 # ---- what to measure -----------------------------------------------------------------------------------------
-def _mode_label(target: str, experts: str, dense: str = "float32", level: int = 4, last: bool = False) -> str:
-    """An mxport engine's name in the table: TARGET/EXPERTS[/DENSE][@LEVEL][ last-logits] (defaults left out); a
-    model without experts (EXPERTS 'none'): TARGET[ dense-DENSE]..."""
-    if experts == "none":
-        head = target + (f" dense-{dense}" if dense != "float32" else "")
-    else:
-        head = f"{target}/{experts}" + (f"/{dense}" if dense != "float32" else "")
-    return head + (f"@{level}" if level != 4 else "") + (" last-logits" if last else "")
-
-
-def _export_modes(ckpt: Path, modes: list[str], work: Path, last_logits: bool = False) -> list[tuple[str, Path]]:
+def _export_modes(ckpt: Path, labels: list[str], work: Path, last_logits: bool = False) -> list[tuple[str, Path]]:
+    """Export each mode label (mxport.contract.modes.LABEL_SYNTAX, "+last": last-position logits) into `work`."""
     from mxport.exporter.export import export
 
     out = []
-    for mode in modes:
-        last = last_logits or mode.endswith("+last")
-        mode = mode.removesuffix("+last")
-        mode, _, level_text = mode.partition("@")  # TARGET/EXPERTS[/DENSE][@ACCURACY_LEVEL]
-        parts = mode.split("/")
-        if not 1 <= len(parts) <= 3 or (level_text and not level_text.isdigit()):
-            raise MxportError(f"bench: --modes entry {mode!r}: expected TARGET/EXPERTS[/DENSE][@LEVEL][+last], "
-                              "e.g. cpu/int4/int4 or cpu/int4@0+last")
-        level = int(level_text) if level_text else 4
-        target, experts, dense = (parts + ["mxfp4", "float32"][len(parts) - 1 :])[:3]
-        folder = work / (f"mxport-{target}-{experts}" + (f"-dense-{dense}" if dense != "float32" else "")
-                         + (f"-acc{level}" if level != 4 else "") + ("-last" if last else ""))
+    for text in labels:
+        last = last_logits or text.endswith("+last")
+        options = modes_table.parse_label(text.removesuffix("+last"))
+        target, experts, dense, dtype, level = (options[k] for k in
+                                                ("target", "experts", "dense", "dtype", "accuracy_level"))
+        folder = work / (f"mxport-{target}-{experts or 'default'}" + (f"-dense-{dense}" if dense != "float32" else "")
+                         + (f"-{dtype}" if dtype != "float32" else "") + (f"-acc{level}" if level != 4 else "")
+                         + ("-last" if last else ""))
         if not manifest_file(folder).is_file():
-            export(ckpt, folder, target=target, experts=experts, dense=dense, last_logits=last,
-                   accuracy_level=level, progress=False, force=True)
-        recorded = read_manifest(folder).experts  # 'none' for a model without experts
-        out.append((_mode_label(target, recorded, dense, level, last), folder))
+            export(ckpt, folder, last_logits=last, force=True, **options)
+        meta = read_manifest(folder)  # experts: 'none' for a model without experts, the default resolved
+        out.append((_label(meta), folder))
     return out
+
+
+def _label(meta: Manifest) -> str:
+    """An mxport engine's name in the table: the mode label of its mxport.json, " last-logits" when so."""
+    return modes_table.label(target=meta.target, experts=meta.experts, dense=meta.dense, dtype=meta.dtype,
+                             accuracy_level=meta.accuracy_level) + (" last-logits" if meta.last_logits else "")
 
 
 def _genai_checkpoint(ckpt: Path, work: Path) -> Path:
@@ -244,8 +237,9 @@ def _check_positions(config_file: Path, prompt_len: int, new_tokens: int) -> Non
 def bench(path: str | os.PathLike, *, peers: bool = False, threads: int = 2, prompt_len: int = 128,
           new_tokens: int = 32, modes: list[str] | None = None, work: str | os.PathLike | None = None,
           timeout: float = 1800.0, bandwidth_mb: int = 256, rounds: int = 1, last_logits: bool = False,
-          log=print) -> tuple[list[Result], Bandwidth]:
-    """Measure; returns (results, memory bandwidth).
+          log=lambda message: None) -> tuple[list[Result], Bandwidth]:
+    """Measure; returns (results, memory bandwidth). `modes`: mode labels (mxport.contract.modes.LABEL_SYNTAX,
+    "+last" for last-position logits) to export from a checkpoint; `log(message)` hears what runs.
 
     rounds > 1 runs the whole engine list that many times, in order, and keeps each engine's best speeds (and
     the memory of its largest-peak run): on a shared machine, load drifts over minutes, and one pass would
@@ -258,8 +252,7 @@ def bench(path: str | os.PathLike, *, peers: bool = False, threads: int = 2, pro
         raise MxportError("bench: --prompt-len, --new-tokens, --threads and --rounds must be >= 1")
     if manifest_file(path).is_file():
         meta = read_manifest(path)
-        mode = _mode_label(meta.target, meta.experts, meta.dense, meta.accuracy_level, meta.last_logits)
-        folders, ckpt = [(mode, path)], Path(meta.checkpoint or "")
+        folders, ckpt = [(_label(meta), path)], Path(meta.checkpoint or "")
     elif is_checkpoint(path):
         folders, ckpt = [], path
     else:
@@ -270,9 +263,9 @@ def bench(path: str | os.PathLike, *, peers: bool = False, threads: int = 2, pro
     try:
         work_dir.mkdir(parents=True, exist_ok=True)
         if not folders:
-            modes = list(modes or default_modes(path))
-            log(f"exporting {', '.join(modes)} into {work_dir}")
-            folders = _export_modes(path, modes, work_dir, last_logits)
+            labels = list(modes or default_modes(path))
+            log(f"exporting {', '.join(labels)} into {work_dir}")
+            folders = _export_modes(path, labels, work_dir, last_logits)
         log("measuring memory bandwidth")
         bandwidth = memory_bandwidth(bandwidth_mb, threads=threads)
         results, jobs = _jobs(folders, ckpt if peers else None, work_dir, timeout, log)
@@ -344,39 +337,6 @@ def to_json(results: list[Result], bandwidth: Bandwidth, **settings: Any) -> dic
         {**{k: finite(v) for k, v in asdict(r).items()}, "runtime_per_weights": finite(r.runtime_per_weights()),
          "peak_per_weights": finite(r.peak_per_weights()),
          "bandwidth_share": finite(r.bandwidth_share(bandwidth.read))} for r in results]}
-
-
-# ---- CLI -----------------------------------------------------------------------------------------------------
-def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", metavar="CKPT_OR_OUT", help="a checkpoint folder or an export folder")
-    parser.add_argument("--peers", action="store_true", help="also measure transformers and onnxruntime-genai")
-    parser.add_argument("--threads", type=int, default=2, help="intra-op threads of every engine (default 2)")
-    parser.add_argument("--prompt-len", type=int, default=128, help="prompt tokens for prefill (default 128)")
-    parser.add_argument("--new-tokens", type=int, default=32, help="decode steps timed (default 32)")
-    parser.add_argument("--modes", default=None,
-                        help="TARGET/EXPERTS[/DENSE][@ACCURACY_LEVEL][+last] modes to export from a checkpoint "
-                        f"(default {','.join(DEFAULT_MODES)}; for models without experts "
-                        f"{','.join(DENSE_MODEL_MODES)})")
-    parser.add_argument("--rounds", type=int, default=1, help="passes over all engines; best speeds kept (default 1)")
-    parser.add_argument("--last-logits", action="store_true",
-                        help="export the modes with logits of the last position only (prefill for generation)")
-    parser.add_argument("--work", metavar="DIR", help="keep exports here (default: a temporary folder)")
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-
-
-def run(args: argparse.Namespace) -> int:
-    results, bandwidth = bench(
-        args.path, peers=args.peers, threads=args.threads, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
-        modes=[m for m in (args.modes or "").split(",") if m], work=args.work, rounds=args.rounds,
-        last_logits=args.last_logits,
-        log=lambda msg: print(msg, file=sys.stderr),
-    )
-    print(format_results(results, bandwidth))
-    if args.json:
-        data = to_json(results, bandwidth, threads=args.threads, prompt_len=args.prompt_len,
-                       new_tokens=args.new_tokens, rounds=args.rounds)
-        write_file(Path(args.json), lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
-    return 0 if all(not r.error for r in results) else 1
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--child"]:

@@ -1,4 +1,4 @@
-"""`mxport verify`: run an export and the NumPy reference model on the same inputs and compare every output.
+"""verify(): run an export and the NumPy reference model on the same inputs and compare every output.
 
     report = verify("out_dir")                        # checkpoint from out_dir/mxport.json
     report = verify("out_dir", checkpoint="ckpt", prompts=4, decode_steps=4, tolerances={"logits": 1e-3})
@@ -15,12 +15,12 @@ What runs (all fixed by `seed`):
               (residual stream after layer i, real positions) when the export has them or they can be exposed
 
 The loader -> runners -> comparator split follows Polygraphy: this module only builds inputs and collects
-`compare()` reports; runners.py runs models, compare.py judges numbers.
+`compare()` reports; runners.py runs models, compare.py judges numbers; which modes are exact is the mode table's
+(mxport.contract.modes.exact). CLI: mxport/commands/verify.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import re
@@ -30,10 +30,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from mxport.contract import io
-from mxport.errors import MxportError
+from mxport.contract import io, modes
 from mxport.contract.folder import MANIFEST_FILE, Manifest, model_path, read_manifest
-from mxport.files import write_file
+from mxport.errors import MxportError
 from mxport.runtime.judge.compare import (
     FLOAT32_TOLERANCES,
     Tolerance,
@@ -47,12 +46,10 @@ from mxport.runtime.execution.runners import (
     expose_hidden_states,
 )
 
-# Exact modes: every weight the export uses equals the checkpoint's after dequantization (MXFP4 kept or decoded
-# to float32) and the math is float32, so only summation order differs from the float32 reference. Anything
-# else is lossy and gets the looser LOSSY_TOLERANCES -- int8 too: its weights map exactly
+# Exact modes (the mode table, mxport.contract.modes.exact): every weight the export uses equals the checkpoint's
+# after dequantization and the math is float32, so only summation order differs from the float32 reference.
+# Anything else is lossy and gets the looser LOSSY_TOLERANCES -- int8 experts too: their weights map exactly
 # (ops.mxfp4.exact_int8) but ORT's CPU QMoE quantizes the activations to int8 (~1e-2 relative on tiny).
-EXACT_EXPERTS = ("mxfp4", "fp32", "float32", "dense", "float", "none")  # none: a model without experts
-EXACT_DENSE = ("float32", "bf16")  # dense matrices as stored (bf16 or float32) through a float32 MatMul (bf16: LinearBF16)
 LOSSY_TOLERANCES: dict[str, Tolerance] = {
     io.LOGITS: Tolerance(rel=5e-2, top1=0.9, kl_mean=1e-2),
     io.HIDDEN + "*": Tolerance(rel=5e-2),
@@ -77,11 +74,11 @@ def default_tolerances(manifest: Manifest, reference_experts: str = "float") -> 
     encoded = lowering.get("applied", {}).get("experts_mxfp4", 0) if isinstance(lowering, Mapping) else 0
     if encoded and reference_experts == "mxfp4":  # the reference runs the same MXFP4 experts: exact again
         mode += " (float experts encoded to MXFP4 at export; reference on the same MXFP4 experts)"
-        exact = dtype == "float32" and dense in EXACT_DENSE
+        exact = modes.exact(experts="mxfp4", dense=dense, dtype=dtype)
         return dict(FLOAT32_TOLERANCES if exact else LOSSY_TOLERANCES), mode + (" (exact)" if exact else " (lossy)")
     if encoded:
         return dict(LOSSY_TOLERANCES), mode + " (lossy: float experts encoded to MXFP4 at export)"
-    if dtype == "float32" and experts in EXACT_EXPERTS and dense in EXACT_DENSE:
+    if modes.exact(experts=experts, dense=dense, dtype=dtype):
         return dict(FLOAT32_TOLERANCES), mode + " (exact)"
     return dict(LOSSY_TOLERANCES), mode + " (lossy)"
 
@@ -294,53 +291,3 @@ def _check_same_model(manifest: Manifest, cfg: Any, export_dir: Path, checkpoint
             if getattr(theirs, k) != getattr(cfg, k)]
     if diff:
         raise MxportError(f"{export_dir} was not exported from {checkpoint}: " + "; ".join(diff))
-
-
-# ---- CLI ---------------------------------------------------------------------------------------------------------
-def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("export_dir", metavar="OUT_DIR", help="export folder (model.onnx + mxport.json)")
-    parser.add_argument("--checkpoint", metavar="CKPT_DIR", help="checkpoint to compare with (default: from mxport.json)")
-    parser.add_argument("--prompts", type=int, default=4, metavar="N", help="number of random prompts (default 4)")
-    parser.add_argument("--decode-steps", type=int, default=4, metavar="N", help="cached decode steps after prefill (default 4)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the prompt set (default 0)")
-    parser.add_argument("--json", metavar="REPORT", help="write the full report as JSON to this file")
-    parser.add_argument("--provider", default="CPUExecutionProvider", help="ONNX Runtime execution provider")
-    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
-    parser.add_argument(
-        "--tolerance",
-        action="append",
-        metavar="OUTPUT=VALUE",
-        help="override a tolerance: OUTPUT=REL or OUTPUT:FIELD=VALUE, FIELD in rel/abs/top1/kl_mean/kl_max; "
-        "OUTPUT may be a glob such as 'hidden_states.*' (repeatable)",
-    )
-    parser.add_argument("--reference-dtype", choices=("float32", "float64"), default="float32")
-    parser.add_argument("--reference-experts", choices=("float", "mxfp4"), default="float",
-                        help="mxfp4: the reference runs a checkpoint's float experts MXFP4-encoded, as an "
-                        "--experts mxfp4 export holds them (then exact tolerances apply); default: as stored")
-    parser.add_argument("--max-prompt-len", type=int, default=None, metavar="N", help="cap the longest prompt")
-
-
-def run(args: argparse.Namespace) -> int:
-    export_dir = Path(args.export_dir)
-    if not export_dir.is_dir():
-        raise MxportError(f"{export_dir}: no such export folder")
-    model_path(export_dir)
-    defaults, _ = default_tolerances(read_manifest(export_dir), args.reference_experts)
-    overrides = parse_tolerance_options(args.tolerance, defaults)
-    report = verify(
-        export_dir,
-        checkpoint=args.checkpoint,
-        prompts=args.prompts,
-        decode_steps=args.decode_steps,
-        seed=args.seed,
-        tolerances=overrides,
-        provider=args.provider,
-        threads=args.threads,
-        reference_dtype=np.dtype(args.reference_dtype),
-        max_prompt_len=args.max_prompt_len,
-        reference_experts=args.reference_experts,
-    )
-    print(report)
-    if args.json:
-        write_file(Path(args.json), lambda f: f.write((report.to_json() + "\n").encode()))
-    return 0 if report else 1

@@ -143,7 +143,7 @@ def test_failing_bench_leaves_no_work_folder(tiny_config, make_checkpoint, scrat
     with pytest.raises(MxportError, match="neither a checkpoint"):
         bench.bench(neither, log=lambda _: None)
     ckpt = make_checkpoint(tiny_config)
-    with pytest.raises(MxportError, match="expected TARGET/EXPERTS"):
+    with pytest.raises(MxportError, match=r"expected TARGET\[/EXPERTS\[/DENSE\]\]"):
         bench.bench(ckpt, modes=["cpu/fp32/float32/x"], log=lambda _: None)
     with pytest.raises(MxportError, match="nope"):  # fails inside export, after bench made its work folder
         bench.bench(ckpt, modes=["nope/fp32"], log=lambda _: None)
@@ -178,8 +178,10 @@ def test_drop_page_cache_evicts_every_file_of_a_folder(tmp_path, monkeypatch):
 
 def test_default_modes_follow_whether_the_model_has_experts(tiny_config, make_checkpoint, tmp_path):
     from mxport.exporter.synth import PRESETS, write_checkpoint
-    from mxport.runtime.bench.speed import DEFAULT_MODES, DENSE_MODEL_MODES, _mode_label, default_modes
+    from mxport.contract.modes import label
+    from mxport.runtime.bench.speed import DEFAULT_MODES, DENSE_MODEL_MODES, default_modes
 
     assert default_modes(make_checkpoint(tiny_config)) == DEFAULT_MODES
     assert default_modes(write_checkpoint(tmp_path / "q3", PRESETS["qwen3-tiny"])) == DENSE_MODEL_MODES
-    assert _mode_label("cpu", "none", "int4") == "cpu dense-int4" and _mode_label("cpu", "int4", "int4") == "cpu/int4/int4"
+    assert label(target="cpu", experts="none", dense="int4") == "cpu dense-int4"
+    assert label(target="cpu", experts="int4", dense="int4") == "cpu/int4/int4"

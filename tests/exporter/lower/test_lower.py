@@ -93,9 +93,9 @@ def test_cpu_quantized_modes_report_their_error(tiny, reference, tmp_path, exper
 def test_bad_options_name_the_option():
     with pytest.raises(MxportError, match="unknown experts 'fp8'"):
         lowering.lower(ir.Model(ir.Graph([], [], nodes=[]), ir_version=10), target="cpu", experts="fp8")
-    with pytest.raises(MxportError, match="need --target cpu or cuda"):
+    with pytest.raises(MxportError, match=r"--experts int4 \(ORT\'s QMoE, 4-bit experts\) needs --target cpu or cuda; --target portable takes --experts mxfp4, float"):
         lowering.lower(ir.Model(ir.Graph([], [], nodes=[]), ir_version=10), target="portable", experts="int4")
-    with pytest.raises(MxportError, match=r"--dense q4 \(ai.mxport.LinearQ4\) has a native kernel for --target cpu only"):
+    with pytest.raises(MxportError, match=r"--dense q4 \(ai.mxport.LinearQ4, .*native kernel\)\) needs --target cpu; --target cuda takes --dense float32, int8, int4"):
         lowering.lower(ir.Model(ir.Graph([], [], nodes=[]), ir_version=10), target="cuda", experts="int4", dense="q4")
     with pytest.raises(MxportError, match="--dense q4 .* always quantizes activations to int8"):
         lowering.lower(ir.Model(ir.Graph([], [], nodes=[]), ir_version=10), target="cpu", dense="q4",

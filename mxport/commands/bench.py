@@ -1,0 +1,49 @@
+"""`mxport bench CKPT_OR_OUT [--peers] [--threads N] [--prompt-len N] [--new-tokens N] [--modes M,...] [--rounds N]
+[--last-logits] [--work DIR] [--json FILE]`: runtime/bench/speed.py's bench(), its table on stdout, progress on
+stderr; exit code 1 when an engine failed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mxport.contract import modes
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    from mxport.runtime.bench.speed import DEFAULT_MODES, DENSE_MODEL_MODES
+
+    parser.add_argument("path", metavar="CKPT_OR_OUT", help="a checkpoint folder or an export folder")
+    parser.add_argument("--peers", action="store_true", help="also measure transformers and onnxruntime-genai")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads of every engine (default 2)")
+    parser.add_argument("--prompt-len", type=int, default=128, help="prompt tokens for prefill (default 128)")
+    parser.add_argument("--new-tokens", type=int, default=32, help="decode steps timed (default 32)")
+    parser.add_argument("--modes", default=None,
+                        help=f"{modes.LABEL_SYNTAX}[+last] modes to export from a checkpoint, comma-separated "
+                        f"(default {','.join(DEFAULT_MODES)}; for models without experts "
+                        f"{','.join(DENSE_MODEL_MODES)}); the values are `mxport export`'s")
+    parser.add_argument("--rounds", type=int, default=1, help="passes over all engines; best speeds kept (default 1)")
+    parser.add_argument("--last-logits", action="store_true",
+                        help="export the modes with logits of the last position only (prefill for generation)")
+    parser.add_argument("--work", metavar="DIR", help="keep exports here (default: a temporary folder)")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from mxport.files import write_file
+    from mxport.runtime.bench.speed import bench, format_results, to_json
+
+    results, bandwidth = bench(
+        args.path, peers=args.peers, threads=args.threads, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
+        modes=[m for m in (args.modes or "").split(",") if m], work=args.work, rounds=args.rounds,
+        last_logits=args.last_logits,
+        log=lambda msg: print(msg, file=sys.stderr),
+    )
+    print(format_results(results, bandwidth))
+    if args.json:
+        data = to_json(results, bandwidth, threads=args.threads, prompt_len=args.prompt_len,
+                       new_tokens=args.new_tokens, rounds=args.rounds)
+        write_file(Path(args.json), lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
+    return 0 if all(not r.error for r in results) else 1

@@ -1,0 +1,69 @@
+"""`mxport verify OUT_DIR [--checkpoint CKPT_DIR] [--prompts N] [--decode-steps N] [--tolerance OUTPUT=VALUE]...
+[--json REPORT]`: runtime/judge/verify.py's verify(); prints the report, exit code 1 when a tolerance fails."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mxport.contract import modes
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("export_dir", metavar="OUT_DIR", help="export folder (model.onnx + mxport.json)")
+    parser.add_argument("--checkpoint", metavar="CKPT_DIR", help="checkpoint to compare with (default: from mxport.json)")
+    parser.add_argument("--prompts", type=int, default=4, metavar="N", help="number of random prompts (default 4)")
+    parser.add_argument("--decode-steps", type=int, default=4, metavar="N", help="cached decode steps after prefill (default 4)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the prompt set (default 0)")
+    parser.add_argument("--json", metavar="REPORT", help="write the full report as JSON to this file")
+    parser.add_argument("--provider", default="CPUExecutionProvider", help="ONNX Runtime execution provider")
+    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    parser.add_argument(
+        "--tolerance",
+        action="append",
+        metavar="OUTPUT=VALUE",
+        help="override a tolerance: OUTPUT=REL or OUTPUT:FIELD=VALUE, FIELD in rel/abs/top1/kl_mean/kl_max; "
+        "OUTPUT may be a glob such as 'hidden_states.*' (repeatable)",
+    )
+    parser.add_argument("--reference-dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--reference-experts", choices=("float", "mxfp4"), default="float",
+                        help="mxfp4: the reference runs a checkpoint's float experts MXFP4-encoded, as an "
+                        "--experts mxfp4 export holds them (then exact tolerances apply); default: as stored. "
+                        "Exact modes (float32 tolerances): --experts "
+                        + ", ".join(v for v in modes.values("experts") if modes.MODES["experts"][v].exact)
+                        + "; --dense " + ", ".join(v for v in modes.values("dense") if modes.MODES["dense"][v].exact)
+                        + "; --dtype float32")
+    parser.add_argument("--max-prompt-len", type=int, default=None, metavar="N", help="cap the longest prompt")
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from mxport.errors import MxportError
+    from mxport.files import write_file
+    from mxport.contract.folder import model_path, read_manifest
+    from mxport.runtime.judge.verify import default_tolerances, parse_tolerance_options, verify
+
+    export_dir = Path(args.export_dir)
+    if not export_dir.is_dir():
+        raise MxportError(f"{export_dir}: no such export folder")
+    model_path(export_dir)
+    defaults, _ = default_tolerances(read_manifest(export_dir), args.reference_experts)
+    overrides = parse_tolerance_options(args.tolerance, defaults)
+    report = verify(
+        export_dir,
+        checkpoint=args.checkpoint,
+        prompts=args.prompts,
+        decode_steps=args.decode_steps,
+        seed=args.seed,
+        tolerances=overrides,
+        provider=args.provider,
+        threads=args.threads,
+        reference_dtype=np.dtype(args.reference_dtype),
+        max_prompt_len=args.max_prompt_len,
+        reference_experts=args.reference_experts,
+    )
+    print(report)
+    if args.json:
+        write_file(Path(args.json), lambda f: f.write((report.to_json() + "\n").encode()))
+    return 0 if report else 1
