@@ -77,7 +77,7 @@ def lower(model: ir.Model, *, target: str, experts: str, dtype: str, dense: str 
 
     The values are the mode table's (mxport.contract.modes), checked there."""
     if target == "portable" and dtype == "float32" and dense == "float32" and not last_logits and (
-            experts == "float" or (experts == "mxfp4" and not float_experts(model))):
+            experts == "float32" or (experts == "mxfp4" and not float_experts(model))):
         return model  # nothing to rewrite: experts as stored
     from mxport.exporter import lower as lowering
 
@@ -95,14 +95,15 @@ def float_experts(model: ir.Model) -> bool:
 
 def resolve_experts(experts: str | None, target: str, model: ir.Model) -> str:
     """The --experts value to use: the target's default (modes.DEFAULT_EXPERTS; portable keeps float experts as stored:
-    'float'), or the one asked for, refused where it cannot hold."""
+    'float32'), or the one asked for, refused where it cannot hold."""
     has_float = float_experts(model)
     if experts is None:
-        return "float" if target == "portable" and has_float else DEFAULT_EXPERTS[target]
+        return "float32" if target == "portable" and has_float else DEFAULT_EXPERTS[target]
     has_moe = any(n.domain == DOMAIN and n.op_type.startswith("MoE") for n in model.graph)
-    if experts == "float" and has_moe and not has_float:
-        raise MxportError("export: --experts float keeps a checkpoint's float experts, and this checkpoint's experts "
-                          "are MXFP4 (use --experts mxfp4, or --target cpu with fp32 | int8 | int4)")
+    if experts == "float32" and target == "portable" and has_moe and not has_float:
+        raise MxportError("export: --experts float32 on --target portable keeps a checkpoint's float experts as "
+                          "stored, and this checkpoint's experts are MXFP4 (use --experts mxfp4, or --target cpu with "
+                          "float32 | int8 | int4)")
     return experts
 
 
@@ -172,7 +173,7 @@ def export(
 
     target / experts / dense / dtype / accuracy_level: the mode table's values (mxport.contract.modes, checked by
     its `check`). `experts=None` takes the target's default (modes.DEFAULT_EXPERTS): the fastest exact form that
-    target's kernels run; float experts stay as stored on portable ("float"); "mxfp4" on float experts encodes
+    target's kernels run; float experts stay as stored on portable ("float32"); "mxfp4" on float experts encodes
     them (lossy).
     `progress(bytes done, bytes total, tensors done, tensors total)` is called after each tensor written.
     `window_cache`: sliding-window layers keep only their last W-1 cache slots (layers.window_masks); False

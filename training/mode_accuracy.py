@@ -13,7 +13,7 @@ CKPT defaults to the shipped model (mxport/data/chat-tiny). Needs mxport only (n
     tasks    greedy replies through mxport's Generator on the held-out questions, per-task accuracy
 
 and, with --reference-tasks, once for the NumPy reference model itself (slow; the exact modes, portable and
-cpu/fp32, answer as it does).
+cpu/float32, answer as it does).
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ from mxport.runtime.chat.harmony import Harmony  # noqa: E402
 from mxport.runtime.judge.verify import verify  # noqa: E402
 
 # mode labels (mxport.contract.modes.LABEL_SYNTAX), each parsed into export options by the mode table
-MODES = ("portable", "cpu/fp32", "cpu/int8", "cpu/int4", *(f"cpu/int4@{k}" for k in (0, 1, 2, 3)), "cpu/fp32/int8",
-         "cpu/fp32/int4", "cpu/fp32/q4", "cpu/int4/int4", *(f"cpu/int4/int4@{k}" for k in (0, 1, 2, 3)),
-         "cpu/fp32:float16")
+MODES = ("portable", "cpu/float32", "cpu/int8", "cpu/int4", *(f"cpu/int4@{k}" for k in (0, 1, 2, 3)), "cpu/float32/int8",
+         "cpu/float32/int4", "cpu/float32/q4", "cpu/int4/int4", *(f"cpu/int4/int4@{k}" for k in (0, 1, 2, 3)),
+         "cpu/float32:float16")
 
 
 def shipped() -> Path:

@@ -1,6 +1,6 @@
 """Lowering: rewrite the portable graph for an ONNX Runtime execution provider, one small rule at a time.
 
-    lower(model, target="cpu", experts="fp32", dtype="float32", dense="float32") -> model (rewritten in place)
+    lower(model, target="cpu", experts="float32", dtype="float32", dense="float32") -> model (rewritten in place)
 
     target    rules, in order
     (any)     --experts mxfp4: float experts -> MXFP4 first (experts_mxfp4.py)
@@ -9,7 +9,7 @@
               MoE / QMoE by --experts (moe.py; mxfp4 keeps ai.mxport.MoEMXFP4 for mxport's native kernel),
               tied head MatMul(Transpose(E)) -> FusedMatMul(E){transB} (last)
     cuda      the same; experts=mxfp4 -> QMoE quant_type='fp4'; --dtype float16 | bfloat16 (precision.py)
-    --dense   int8 | int4 -> MatMulNBits (dense.py), router excepted; bf16 -> ai.mxport.LinearBF16 over the stored
+    --dense   int8 | int4 -> MatMulNBits (dense.py), router excepted; bfloat16 -> ai.mxport.LinearBF16 over the stored
               bf16, tied head included (bf16.py); q4 -> ai.mxport.LinearQ4, super-blocks of 256 (q4.py)
 
     Which values each target takes, which are exact and which need mxport's native kernels: the mode table,
@@ -66,7 +66,7 @@ def lower(model: ir.Model, *, target: str, experts: str = "mxfp4", dtype: str = 
     ctx = rules.Context(model=model, target=target, experts=experts, dtype=dtype, accuracy_level=accuracy_level)
     # --experts mxfp4: float experts are encoded first, on every target (the MoE rule then sees MXFP4 experts)
     chosen = ([EncodeExpertsMXFP4()] if experts == "mxfp4" else []) + list(RULES[target])
-    if dense == "bf16":
+    if dense == "bfloat16":
         chosen.append(DenseBF16())  # after fused QKV, which keeps the bf16 weight and its Cast
     elif dense == "q4":
         chosen.append(DenseQ4())  # after MoE, like MatMulNBits: the router is recognised by it

@@ -1,4 +1,4 @@
-"""Dense bf16 weights to ai.mxport LinearBF16 (--dense bf16, target cpu): mxport's native kernel reads them as stored.
+"""Dense bf16 weights to ai.mxport LinearBF16 (--dense bfloat16, target cpu): mxport's native kernel reads them as stored.
 
     A[..., K] ─ MatMul(Cast(W_bf16 [K, N], to=float)) ─► Y            ==>   A ─ ai.mxport.LinearBF16(Wᵀ [N, K]) ─► Y
     A[..., K] ─ MatMul(Transpose(Cast(E_bf16 [N, K]))) ─► Y (tied head) ==>   A ─ ai.mxport.LinearBF16(E) ─► Y

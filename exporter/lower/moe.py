@@ -4,7 +4,7 @@ com.microsoft MoE and QMoE.
     ai.mxport.MoEMXFP4(x, router_logits, w1_blocks, w1_scales, b1, w2_blocks, w2_scales, b2)
     ai.mxport.MoE(x, router_logits, w1, b1, w2, b2)
     ai.mxport.MoEMXFP4_2 / MoE_2: the same without b1, b2 (ORT's optional bias inputs are left empty)
-        │  experts=fp32 ─► com.microsoft.MoE   fc1 = decode(w1) f32 [E,2I,H], fc2 = decode(w2) f32 [E,H,I]   exact
+        │  experts=float32 ─► com.microsoft.MoE  fc1 = decode(w1) f32 [E,2I,H], fc2 = decode(w2) f32 [E,H,I]   exact
         │  experts=int8 ─► com.microsoft.QMoE  8 bit, block 32: q = 2·E2M1 code value ∈ [-12,12] stored q+128,
         │                                      scale 2^(s-128)  (ops.mxfp4.exact_int8): weights exact; ORT's
         │                                      block-wise 8-bit kernel quantizes activations to int8 (lossy)
@@ -146,7 +146,7 @@ def int4_dequantize(packed: np.ndarray, scales: np.ndarray) -> np.ndarray:
 
 # ---- the rule ------------------------------------------------------------------------------------------------
 class LowerMoE:
-    """ai.mxport MoEMXFP4 / MoE (and _2) -> com.microsoft MoE (fp32) or QMoE (int8, int4, fp4 on CUDA)."""
+    """ai.mxport MoEMXFP4 / MoE (and _2) -> com.microsoft MoE (float32) or QMoE (int8, int4, fp4 on CUDA)."""
 
     name = "moe"
 
@@ -201,7 +201,7 @@ class LowerMoE:
         if limit:
             attrs["swiglu_limit"] = limit  # absent = no clamp in ORT; 0 in ai.mxport means no clamp
         mode = ctx.experts
-        if mode == "fp32":
+        if mode == "float32":
             fc1 = add_initializer(ctx, lazy(f"{prefix}.fc1", ir.DataType.FLOAT, w1.shape, w1.float32))
             fc2 = add_initializer(ctx, lazy(f"{prefix}.fc2", ir.DataType.FLOAT, w2.shape, w2.float32))
             new = ir.node("MoE", [x, router, fc1, b1, fc2, b2], attrs, domain=MS_DOMAIN, name=f"{prefix}.MoE")

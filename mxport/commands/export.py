@@ -20,7 +20,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", default=modes.DEFAULTS["target"], help=modes.help_text("target"))
     defaults = ", ".join(f"{t} {e}" for t, e in modes.DEFAULT_EXPERTS.items())
     parser.add_argument("--experts", default=None, help=f"{modes.help_text('experts')} (default: {defaults}; "
-                        "a checkpoint's float experts: portable float)")
+                        "a checkpoint's float experts: portable float32, as stored)")
     parser.add_argument("--dtype", default=modes.DEFAULTS["dtype"], help=modes.help_text("dtype"))
     parser.add_argument("--dense", default=modes.DEFAULTS["dense"],
                         help=f"the linear layers outside the experts: {modes.help_text('dense')}")

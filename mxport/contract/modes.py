@@ -3,7 +3,7 @@
     MODES["experts"]["int4"]          -> Mode(name, exact, why, targets, native, help)
     check(target="cpu", experts="int4", dense="float32", dtype="float32", accuracy_level=4) -> ExportModes
     exact(experts="mxfp4", dense="float32", dtype="float32")  -> True (verify's float32 tolerances apply)
-    canonical("experts", "dense")     -> "none" (ALIASES: older spellings read from mxport.json and the CLI)
+    canonical("experts", "fp32")      -> "float32" (ALIASES: older spellings read from mxport.json and the CLI)
     parse_label("cpu/int4/int4@0:float16") -> {"target": "cpu", "experts": "int4", "dense": "int4", ...}
     label(target="cpu", experts="int4", dense="int4") -> "cpu/int4/int4"
 
@@ -40,30 +40,30 @@ def _table(*modes: Mode) -> dict[str, Mode]:
 
 MODES: dict[str, dict[str, Mode]] = {
     "target": _table(
-        Mode("portable", True, "opset 23 + ai.mxport ops with their function bodies: any ONNX runtime", TARGETS,
-             False, "the portable graph (any runtime; MXFP4 or float experts as stored)"),
-        Mode("cpu", True, "rewrites to ORT contrib ops are exact; the lossy ones are --experts/--dense/--dtype values",
-             TARGETS, False, "ONNX Runtime's CPU provider (fused attention, norms, MoE / QMoE)"),
-        Mode("cuda", True, "as cpu", TARGETS, False, "ONNX Runtime's CUDA provider (QMoE fp4 for MXFP4 experts)"),
+        Mode("portable", True, "opset 23 + ai.mxport ops with their function bodies: any ONNX runtime", ("portable",),
+             False, "the portable graph (any runtime; experts as stored)"),
+        Mode("cpu", True, "its rewrites to ORT contrib ops are exact; the lossy modes are --experts/--dense/--dtype "
+             "values", ("cpu",), False, "ONNX Runtime's CPU provider (fused attention, norms, MoE / QMoE)"),
+        Mode("cuda", True, "as cpu", ("cuda",), False, "ONNX Runtime's CUDA provider (QMoE fp4 for MXFP4 experts)"),
     ),
     "experts": _table(
         Mode("mxfp4", True, "MXFP4 experts as stored (exact); float experts are encoded to MXFP4 at export (lossy)",
              TARGETS, True, "MXFP4 experts (portable function body; cpu: ai.mxport.MoEMXFP4, mxport's native "
              "kernel; cuda: QMoE fp4); float experts are encoded at export (lossy)"),
-        Mode("fp32", True, "expert weights decoded to float32, float32 math", GPU, False,
-             "ORT's MoE with float32 experts (exact, the most memory)"),
+        Mode("float32", True, "float experts as stored, or MXFP4 ones decoded exactly; float32 math", TARGETS, False,
+             "float32 math on float experts: portable keeps a checkpoint's float experts as stored (ai.mxport.MoE; "
+             "its default for them), cpu/cuda run ORT's MoE on float32 experts (from MXFP4: decoded, the most "
+             "memory)"),
         Mode("int8", False, "weights map exactly from MXFP4, but ORT's CPU QMoE quantizes activations to int8",
              GPU, False, "ORT's QMoE, 8-bit experts"),
         Mode("int4", False, "4-bit block-wise quantization of the experts", GPU, False, "ORT's QMoE, 4-bit experts"),
-        Mode("float", True, "a checkpoint's float experts as stored (bf16 stays bf16), float32 math", ("portable",),
-             False, "a checkpoint's float experts as stored, in ai.mxport.MoE (the portable default for them)"),
         Mode("none", True, "a model without experts: --experts has nothing to act on", TARGETS, False,
              "recorded in mxport.json for a model without experts", option=False),
     ),
     "dense": _table(
         Mode("float32", True, "dense matrices as stored through a float32 MatMul", TARGETS, False,
              "MatMul on the stored matrices, cast to float32 (exact)"),
-        Mode("bf16", True, "the stored bf16 matrices, float32 accumulation", ("cpu",), True,
+        Mode("bfloat16", True, "the stored bf16 matrices, float32 accumulation", ("cpu",), True,
              "ai.mxport.LinearBF16 on the stored bf16 (exact, half the memory; mxport's native kernel)"),
         Mode("int8", False, "8-bit block-wise quantization of the dense matrices", GPU, False,
              "ORT's MatMulNBits, 8 bits (router kept float32)"),
@@ -82,14 +82,14 @@ MODES: dict[str, dict[str, Mode]] = {
 # Older spellings, read wherever a mode is read (CLI, mxport.json): alias -> the one name.
 ALIASES: dict[str, dict[str, str]] = {
     "target": {},
-    "experts": {"float32": "fp32", "dense": "none"},
-    "dense": {},
+    "experts": {"fp32": "float32", "float": "float32", "dense": "none"},
+    "dense": {"bf16": "bfloat16"},
     "dtype": {},
 }
 # --experts when none is asked for: keep MXFP4 where a kernel runs it (portable function bodies, CUDA's fp4 QMoE);
 # on CPU, float32 (ORT's MoE) is the one exact expert format ORT runs. A checkpoint with float experts exports
-# them as stored on portable ("float", exporter/export.py resolve_experts).
-DEFAULT_EXPERTS = {"portable": "mxfp4", "cpu": "fp32", "cuda": "mxfp4"}
+# them as stored on portable ("float32", exporter/export.py resolve_experts).
+DEFAULT_EXPERTS = {"portable": "mxfp4", "cpu": "float32", "cuda": "mxfp4"}
 DEFAULTS = {"target": "portable", "dense": "float32", "dtype": "float32"}
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # ORT's accuracy_level of MatMulNBits / QMoE (minimum accuracy of the CPU GEMMs)
 DEFAULT_ACCURACY_LEVEL = 4
@@ -143,7 +143,7 @@ def check(*, target: str = "portable", experts: str | None = None, dense: str = 
                           f"found {accuracy_level}")
     if asked["experts"] == "int8" and target == "cpu" and accuracy_level != 4:
         raise MxportError("--experts int8 has no float32-activation kernel in ONNX Runtime (8-bit QMoE always "
-                          "quantizes activations to int8): use --accuracy-level 4, or --experts int4 / fp32")
+                          "quantizes activations to int8): use --accuracy-level 4, or --experts int4 / float32")
     if asked["dense"] == "q4" and accuracy_level != 4:
         raise MxportError("--dense q4 (ai.mxport.LinearQ4) always quantizes activations to int8 (accuracy level 4); "
                           "for float32 activations use --dense int4 --accuracy-level 0")
@@ -167,7 +167,7 @@ def exact(*, experts: str, dense: str = "float32", dtype: str = "float32") -> bo
 def help_text(axis: str) -> str:
     """The CLI help of `--AXIS`: every value with its help, exact or lossy, targets and native kernels."""
     def one(m: Mode) -> str:
-        where = "" if m.targets == TARGETS else f"; --target {'/'.join(m.targets)}"
+        where = "" if axis == "target" or m.targets == TARGETS else f"; --target {'/'.join(m.targets)}"
         return f"{m.name} ({'exact' if m.exact else 'lossy'}{where}): {m.help}"
 
     text = " | ".join(one(MODES[axis][v]) for v in values(axis))
@@ -200,7 +200,8 @@ def label(*, target: str, experts: str, dense: str = "float32", dtype: str = "fl
           accuracy_level: int = DEFAULT_ACCURACY_LEVEL) -> str:
     """TARGET/EXPERTS[/DENSE][@LEVEL][:DTYPE], defaults left out; a model without experts (EXPERTS 'none'):
     TARGET[ dense-DENSE][@LEVEL][:DTYPE]."""
-    if canonical("experts", experts) == "none":
+    experts, dense = canonical("experts", experts), canonical("dense", dense)
+    if experts == "none":
         head = target + (f" dense-{dense}" if dense != "float32" else "")
     else:
         head = f"{target}/{experts}" + (f"/{dense}" if dense != "float32" else "")

@@ -61,10 +61,10 @@ from mxport.runtime.bench.engines import (  # noqa: F401  (re-exported: bench's 
     ENGINES, REPEATS, Bandwidth, _tensor_bytes, drop_page_cache, file_bytes, memory_bandwidth, onnx_traffic,
     torch_traffic)
 
-DEFAULT_MODES = ("cpu/fp32", "cpu/int8", "cpu/int4", "cpu/int4/int4", "portable/mxfp4")  # mode labels
+DEFAULT_MODES = ("cpu/float32", "cpu/int8", "cpu/int4", "cpu/int4/int4", "portable/mxfp4")  # mode labels
 # a model without experts (GPT-2, Qwen3): --experts has nothing to act on, so the modes vary --dense instead
-# bf16: exact, on the stored bf16 (LinearBF16); q4: mxport's 4-bit LinearQ4, int4: ORT's MatMulNBits
-DENSE_MODEL_MODES = ("cpu/fp32", "cpu/fp32/bf16", "cpu/fp32/int8", "cpu/fp32/int4", "cpu/fp32/q4", "portable")
+# bfloat16: exact, on the stored bf16 (LinearBF16); q4: mxport's 4-bit LinearQ4, int4: ORT's MatMulNBits
+DENSE_MODEL_MODES = ("cpu", "cpu/float32/bfloat16", "cpu/float32/int8", "cpu/float32/int4", "cpu/float32/q4", "portable")
 
 
 def default_modes(checkpoint: Path) -> tuple[str, ...]:
@@ -78,7 +78,7 @@ def default_modes(checkpoint: Path) -> tuple[str, ...]:
 
 @dataclass
 class Result:
-    name: str  # "mxport cpu/fp32", "genai int4", "transformers fp32"
+    name: str  # "mxport cpu/float32", "genai int4", "transformers fp32"
     path: str
     file_bytes: int = 0
     weight_bytes: int = 0

@@ -381,7 +381,7 @@ def test_experts_default_to_the_targets_exact_kernel(checkpoints, tmp_path, targ
     graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
     assert moe_op in {f"{n.domain}::{n.op_type}" for n in graph.node}
     meta = json.loads((out / "mxport.json").read_text())
-    assert meta["experts"] == ("mxfp4" if target == "portable" else "fp32")
+    assert meta["experts"] == ("mxfp4" if target == "portable" else "float32")
 
 
 def test_tied_embeddings_without_lm_head(make_checkpoint, tmp_path):

@@ -173,14 +173,14 @@ def test_dense_q4_quantizes_every_matrix_and_the_head(case, oracle, tmp_path):
 
 @pytest.mark.parametrize("case", ["wide", "relu_untied"])
 def test_dense_bf16_reads_every_stored_matrix_as_bf16_and_stays_exact(case, tmp_path):
-    """bf16 safetensors, --dense bf16: every Conv1D matrix (stored [in, out], written [out, in]) and the head (the
+    """bf16 safetensors, --dense bfloat16: every Conv1D matrix (stored [in, out], written [out, in]) and the head (the
     tied table itself, or lm_head) is an ai.mxport.LinearBF16; logits as close to transformers as float32."""
     import onnx
 
     path = tmp_path / "ckpt"
     model = save_transformers_gpt2(path, dtype="bfloat16", **CASES[case])
     ids = np.random.default_rng(4).integers(0, model.config.vocab_size, (2, 9))
-    out = export(path, tmp_path / "bf16", target="cpu", dense="bf16", progress=False)
+    out = export(path, tmp_path / "bf16", target="cpu", dense="bfloat16", progress=False)
     lowering = json.loads((out / "mxport.json").read_text())["lowering"]
     L = model.config.n_layer
     assert lowering["applied"]["linear_bf16"] == 4 * L + 1 and lowering["refused"] == []
@@ -189,7 +189,7 @@ def test_dense_bf16_reads_every_stored_matrix_as_bf16_and_stays_exact(case, tmp_
     if model.config.tie_word_embeddings:
         head = [n for n in graph.node if n.op_type == "LinearBF16"][-1]
         assert head.input[1] == "transformer.wte.weight"  # the embedding table as stored, no copy
-    assert_close(ort_logits(out, ids, ReferenceModel(path).cfg), hf_logits(model, ids), f"{case} --dense bf16")
+    assert_close(ort_logits(out, ids, ReferenceModel(path).cfg), hf_logits(model, ids), f"{case} --dense bfloat16")
 
 
 def test_tied_head_is_stored_once_and_a_stored_lm_head_is_used(oracle, tmp_path):

@@ -21,8 +21,8 @@ from mxport.contract.io import make_feeds
 from mxport.runtime.execution.runners import OrtRunner
 
 _CACHE: dict = {}
-TARGETS = {"portable": {}, "cpu": {"target": "cpu", "experts": "fp32"},
-           "cpu_bf16": {"target": "cpu", "experts": "fp32", "dense": "bf16"}}  # LinearBF16 where weights are bf16
+TARGETS = {"portable": {}, "cpu": {"target": "cpu", "experts": "float32"},
+           "cpu_bf16": {"target": "cpu", "experts": "float32", "dense": "bfloat16"}}  # LinearBF16 where weights are bf16
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +240,7 @@ def test_cuda_graph_follows_ort_contrib_schemas(case, dtype):
     path, _ = case("sliding_bf16")
     with open_checkpoint(path) as ckpt:
         b, inputs, outputs = decoder_graph.build(ckpt)
-        model = lowering.lower(b.model(inputs, outputs), target="cuda", experts="fp32", dtype=dtype)
+        model = lowering.lower(b.model(inputs, outputs), target="cuda", experts="float32", dtype=dtype)
         proto = ir.serde.serialize_model(model)
     assert lowering.report(model)["refused"] == []
     ops = [n.op_type for n in proto.graph.node]

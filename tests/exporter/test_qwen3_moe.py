@@ -77,7 +77,7 @@ def test_both_expert_layouts_give_identical_files(exported, name, target):
 def test_portable_keeps_experts_as_stored_and_cpu_lowers_every_sparse_layer(case, exported):
     path, _, _ = case("step2_bf16")
     meta = json.loads((exported("step2_bf16", "portable") / "mxport.json").read_text())
-    assert meta["family"] == "qwen3_moe" and meta["experts"] == "float"
+    assert meta["family"] == "qwen3_moe" and meta["experts"] == "float32"
     model = onnx.load(exported("step2_bf16", "portable") / "model.onnx", load_external_data=False)
     moe = [n for n in model.graph.node if n.op_type == "MoE_2"]
     assert [n.name.split("/")[0] for n in moe] == ["layers.3"]  # layers 0-2 dense (step 2, mlp_only_layers [1])
@@ -146,13 +146,20 @@ def test_mxfp4_export_equals_the_reference_on_mxfp4_experts_and_verify_reports_i
     assert same_weights and "(exact)" in same_weights.mode  # against the same MXFP4 experts: float32 tolerances
 
 
-def test_experts_float_is_refused_where_it_cannot_hold(case, tiny_config, make_checkpoint, tmp_path):
+def test_experts_float32_keeps_float_experts_and_reads_the_old_spellings(case, tiny_config, make_checkpoint, tmp_path):
+    """--experts float32 is float32 math on float experts: portable keeps them as stored, cpu runs ORT's MoE on them;
+    the older spellings `float` (as stored) and `fp32` (ORT's MoE) read as float32. Portable cannot hold MXFP4
+    experts as float ones: refused."""
     with pytest.raises(MxportError, match="this checkpoint's experts are MXFP4"):
         export(make_checkpoint(tiny_config), tmp_path / "x", experts="float", progress=False)
+    assert not (tmp_path / "x").exists()
     path, _, _ = case("norm")
-    with pytest.raises(MxportError, match=r"--experts float \(a checkpoint's float experts as stored.*needs --target portable"):
-        export(path, tmp_path / "y", target="cpu", experts="float", progress=False)
-    assert not (tmp_path / "y").exists()
+    for spelling in ("float", "fp32"):
+        out = export(path, tmp_path / spelling, target="cpu", experts=spelling, progress=False)
+        assert json.loads((out / "mxport.json").read_text())["experts"] == "float32"
+        ops = {(n.domain, n.op_type) for n in onnx.load(str(out / "model.onnx"), load_external_data=False).graph.node}
+        assert ("com.microsoft", "MoE") in ops
+    assert (tmp_path / "float" / "model.onnx").read_bytes() == (tmp_path / "fp32" / "model.onnx").read_bytes()
 
 
 def test_cli_synth_export_verify_chat_offline(tmp_path, capsys, monkeypatch):

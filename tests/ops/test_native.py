@@ -338,7 +338,7 @@ def test_kernels_into_an_export_makes_onnxruntime_genai_run_them(tmp_path):
     from mxport.exporter.synth import PRESETS, write_checkpoint
 
     ckpt = write_checkpoint(tmp_path / "ckpt", PRESETS["qwen3-tiny"])
-    out = export(ckpt, tmp_path / "bf16", target="cpu", experts="fp32", dense="bf16", progress=False)
+    out = export(ckpt, tmp_path / "bf16", target="cpu", experts="float32", dense="bfloat16", progress=False)
     before, body_ops = _genai_tokens_and_ops(out, tmp_path / "body_")
     assert "LinearBF16" not in body_ops and "MatMul" in body_ops
     assert main(["kernels", "--into", str(out)]) == 0

@@ -16,8 +16,8 @@ from mxport.runtime.bench import speed as bench
 
 @pytest.fixture(scope="module")
 def tiny_export(tiny_config, make_checkpoint, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench") / "cpu-fp32"
-    export(make_checkpoint(tiny_config), out, target="cpu", experts="fp32", progress=False)
+    out = tmp_path_factory.mktemp("bench") / "cpu-float32"
+    export(make_checkpoint(tiny_config), out, target="cpu", experts="float32", progress=False)
     return tiny_config, out
 
 
@@ -52,7 +52,7 @@ def test_bench_an_export_folder(tiny_export, tmp_path):
                                       log=lambda _: None)
     (r,) = results
     assert not r.error, r.error
-    assert r.name == "mxport cpu/fp32"
+    assert r.name == "mxport cpu/float32"
     assert r.prefill_tok_s > 0 and r.decode_tok_s > 0
     assert bandwidth.read > 0 and bandwidth.copy > 0 and bandwidth.threads == 1
     assert r.file_bytes == sum(f.stat().st_size for f in out.iterdir() if f.name.startswith("model.onnx"))
@@ -67,7 +67,7 @@ def test_bench_an_export_folder(tiny_export, tmp_path):
     assert "read" in header and "copy" in header and "GB/s" in header
     for name in ("load RSS MB", "runtime RSS MB", "peak RSS MB", "runtime/weights", "peak/weights", "bw share"):
         assert name in columns
-    assert row.startswith("mxport cpu/fp32") and f"{r.peak_rss / 1e6:.0f}" in row
+    assert row.startswith("mxport cpu/float32") and f"{r.peak_rss / 1e6:.0f}" in row
 
 
 def test_child_reports_memory_of_each_phase(tiny_export):
@@ -144,16 +144,16 @@ def test_failing_bench_leaves_no_work_folder(tiny_config, make_checkpoint, scrat
         bench.bench(neither, log=lambda _: None)
     ckpt = make_checkpoint(tiny_config)
     with pytest.raises(MxportError, match=r"expected TARGET\[/EXPERTS\[/DENSE\]\]"):
-        bench.bench(ckpt, modes=["cpu/fp32/float32/x"], log=lambda _: None)
+        bench.bench(ckpt, modes=["cpu/float32/float32/x"], log=lambda _: None)
     with pytest.raises(MxportError, match="nope"):  # fails inside export, after bench made its work folder
-        bench.bench(ckpt, modes=["nope/fp32"], log=lambda _: None)
+        bench.bench(ckpt, modes=["nope/float32"], log=lambda _: None)
     assert list(scratch.iterdir()) == []
 
 
 def test_given_work_folder_is_kept_on_failure(tiny_config, make_checkpoint, scratch, tmp_path):
     work = tmp_path / "work"
     with pytest.raises(MxportError, match="nope"):
-        bench.bench(make_checkpoint(tiny_config), modes=["nope/fp32"], work=work, log=lambda _: None)
+        bench.bench(make_checkpoint(tiny_config), modes=["nope/float32"], work=work, log=lambda _: None)
     assert work.is_dir() and list(scratch.iterdir()) == []
 
 

@@ -312,7 +312,7 @@ def test_verify_reports_per_layer_errors_of_a_float16_export(ckpt, cfg, tmp_path
     small but clearly not float32-exact."""
     from mxport.exporter.export import export
 
-    out = export(ckpt, tmp_path / "f16", target="cpu", experts="fp32", dtype="float16", progress=False)
+    out = export(ckpt, tmp_path / "f16", target="cpu", experts="float32", dtype="float16", progress=False)
     report = verify(out, prompts=2, decode_steps=1)
     assert report.hidden_states_source == "exposed"
     assert report, str(report)

@@ -66,7 +66,7 @@ def _portable(window: int) -> onnx.ModelProto:
 
 def _lower(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, rules.Report]:
     model = ir.serde.deserialize_model(proto)
-    ctx = rules.Context(model=model, target="cpu", experts="fp32", dtype="float32")
+    ctx = rules.Context(model=model, target="cpu", experts="float32", dtype="float32")
     rules.apply([attention_rule.LowerAttention()], ctx)
     return ir.serde.serialize_model(model), ctx.report
 

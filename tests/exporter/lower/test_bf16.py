@@ -1,4 +1,4 @@
-"""Dense MatMul(Cast(W bf16)) and a tied head MatMul(Transpose(Cast(E bf16))) -> ai.mxport.LinearBF16 (--dense bf16):
+"""Dense MatMul(Cast(W bf16)) and a tied head MatMul(Transpose(Cast(E bf16))) -> ai.mxport.LinearBF16 (--dense bfloat16):
 exact, reads the stored bf16 ([N, K]: W written transposed, E as it is), float32 refused."""
 
 from __future__ import annotations
@@ -91,5 +91,5 @@ def test_float32_weight_is_left_alone(tied):
 
 def test_dense_bf16_needs_target_cpu():
     model = ir.serde.deserialize_model(_graph(np.ones((K, N), np.float32), as_bf16=True))
-    with pytest.raises(MxportError, match=r"--dense bf16 \(ai.mxport.LinearBF16 .*\) needs --target cpu"):
-        lowering.lower(model, target="cuda", experts="mxfp4", dense="bf16")
+    with pytest.raises(MxportError, match=r"--dense bfloat16 \(ai.mxport.LinearBF16 .*\) needs --target cpu"):
+        lowering.lower(model, target="cuda", experts="mxfp4", dense="bfloat16")

@@ -29,7 +29,7 @@ def _graph(to: int = TensorProto.FLOAT) -> onnx.ModelProto:
 
 def _materialize(proto: onnx.ModelProto, limit: int) -> tuple[onnx.ModelProto, int, rules.Context]:
     model = ir.serde.deserialize_model(proto)
-    ctx = rules.Context(model=model, target="cpu", experts="fp32", dtype="float32")
+    ctx = rules.Context(model=model, target="cpu", experts="float32", dtype="float32")
     done = casts.materialize_large_casts(ctx, limit=limit)
     rules.remove_dead(ctx)
     return ir.serde.serialize_model(model), done, ctx

@@ -29,7 +29,7 @@ def _graph(w: np.ndarray, bf16: bool):
 
 def _lower(proto, bits, accuracy_level=4):
     model = ir.serde.deserialize_model(proto)
-    ctx = rules.Context(model=model, target="cpu", experts="fp32", dtype="float32", accuracy_level=accuracy_level)
+    ctx = rules.Context(model=model, target="cpu", experts="float32", dtype="float32", accuracy_level=accuracy_level)
     report = rules.apply([dense.DenseNBits(bits)], ctx)
     rules.remove_dead(ctx)
     return ir.serde.serialize_model(model), report
@@ -137,7 +137,7 @@ def test_quantized_rows_come_from_the_checkpoint_reader_a_chunk_at_a_time(rule, 
     value.const_value = ir.LazyTensor(lambda: pytest.fail("the whole matrix was read"), dtype=ir.DataType.FLOAT,
                                       shape=ir.Shape([K, N]))
     monkeypatch.setattr(dense, "CHUNK_BYTES", 4 * K * 40)  # 40 rows per chunk: 96 = 40 + 40 + 16
-    ctx = rules.Context(model=model, target="cpu", experts="fp32", dtype="float32", accuracy_level=4)
+    ctx = rules.Context(model=model, target="cpu", experts="float32", dtype="float32", accuracy_level=4)
     rules.apply([dense.DenseNBits(4) if rule == "nbits" else q4.DenseQ4()], ctx)
     rules.remove_dead(ctx)
     got = {t.name: numpy_helper.to_array(t) for t in ir.serde.serialize_model(model).graph.initializer}
@@ -161,7 +161,7 @@ def test_source_rows_of_a_tensor_used_as_stored_are_not_w_transposed():
     w = np.random.default_rng(6).standard_normal((K, N)).astype(np.float32)
     model = ir.serde.deserialize_model(_graph(w, bf16=False))
     model.graph.initializers["w32"].meta[SOURCE_ROWS] = (lambda a, b: pytest.fail("read W's rows as W.T's"), False)
-    ctx = rules.Context(model=model, target="cpu", experts="fp32", dtype="float32", accuracy_level=4)
+    ctx = rules.Context(model=model, target="cpu", experts="float32", dtype="float32", accuracy_level=4)
     rules.apply([dense.DenseNBits(4)], ctx)
     got = {t.name: numpy_helper.to_array(t) for t in ir.serde.serialize_model(model).graph.initializer}
     packed, _ = dense.int4_quantize(w.T.copy())

@@ -50,7 +50,7 @@ def _run(proto, feeds):
 def test_skip_layer_norm_is_exact_and_refuses_a_bias_add():
     before = _graph()
     model = ir.serde.deserialize_model(before)
-    ctx = rules.Context(model=model, target="cpu", experts="fp32", dtype="float32")
+    ctx = rules.Context(model=model, target="cpu", experts="float32", dtype="float32")
     report = rules.apply([layernorm.SkipLayerNorm()], ctx)
     after = ir.serde.serialize_model(model)
     assert report.applied == {"skip_layer_norm": 1}
@@ -70,7 +70,7 @@ def test_gpt2_cuda_graph_follows_ort_contracts(make_checkpoint):
     cfg = PRESETS["gpt2-tiny"]
     with open_checkpoint(make_checkpoint(cfg)) as c:
         b, inputs, outputs = decoder_graph.build(c)
-        model = lowering.lower(b.model(inputs, outputs), target="cuda", experts="fp32", dtype="float16",
+        model = lowering.lower(b.model(inputs, outputs), target="cuda", experts="float32", dtype="float16",
                                dense="int4")
         proto, report = ir.serde.serialize_model(model), lowering.report(model)
     assert report["refused"] == []

@@ -39,7 +39,7 @@ def _graph(bf16: bool) -> onnx.ModelProto:
 def test_fused_qkv_is_exact(bf16):
     before = _graph(bf16)
     model = ir.serde.deserialize_model(before)
-    ctx = rules.Context(model=model, target="cpu", experts="fp32", dtype="float32")
+    ctx = rules.Context(model=model, target="cpu", experts="float32", dtype="float32")
     report = rules.apply([linear.FuseSiblingLinear()], ctx)
     rules.remove_dead(ctx)
     after = ir.serde.serialize_model(model)

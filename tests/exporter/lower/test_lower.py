@@ -1,6 +1,6 @@
 """lower() on the whole tiny gpt-oss graph: every rule fires, and the numbers hold against the NumPy reference.
 
-cpu/fp32 is exact (logits rel <= 1e-4, same top-1) for a left-padded prefill and a cached decode step;
+cpu/float32 is exact (logits rel <= 1e-4, same top-1) for a left-padded prefill and a cached decode step;
 int8 and int4 are lossy by design and must stay within the bounds measured when they were written.
 """
 
@@ -64,7 +64,7 @@ def _prefill_and_step(cfg, sess, reference):
 
 def test_cpu_fp32_is_exact(tiny, reference, tmp_path):
     cfg, ckpt = tiny
-    sess, report = _lowered(ckpt, tmp_path, "fp32")
+    sess, report = _lowered(ckpt, tmp_path, "float32")
     L = cfg.num_hidden_layers
     assert report["applied"] == {"fused_qkv": L, "simplified_layer_norm": 2 * L + 1,
                                  "skip_simplified_layer_norm": 2 * L, "attention": L, "moe": L,
@@ -76,7 +76,7 @@ def test_cpu_fp32_is_exact(tiny, reference, tmp_path):
 
 
 @pytest.mark.parametrize("experts,dense,max_rel", [("int8", "float32", 0.1), ("int4", "float32", 0.6),
-                                                  ("int4", "int4", 0.8), ("fp32", "int4", 0.8), ("fp32", "q4", 0.8)])
+                                                  ("int4", "int4", 0.8), ("float32", "int4", 0.8), ("float32", "q4", 0.8)])
 def test_cpu_quantized_modes_report_their_error(tiny, reference, tmp_path, experts, dense, max_rel):
     cfg, ckpt = tiny
     sess, report = _lowered(ckpt, tmp_path, experts, dense)
@@ -121,8 +121,8 @@ def test_last_logits_equal_the_last_row_of_full_logits(tiny, tmp_path):
     from mxport.exporter.export import export
 
     cfg, ckpt = tiny
-    full = export(ckpt, tmp_path / "full", target="cpu", experts="fp32", progress=False)
-    last = export(ckpt, tmp_path / "last", target="cpu", experts="fp32", last_logits=True, progress=False)
+    full = export(ckpt, tmp_path / "full", target="cpu", experts="float32", progress=False)
+    last = export(ckpt, tmp_path / "last", target="cpu", experts="float32", last_logits=True, progress=False)
     ids = np.random.default_rng(1).integers(3, cfg.vocab_size, (2, 7))
     mask = np.ones((2, 7), np.int64)
     mask[0, :2] = 0
@@ -139,9 +139,9 @@ def test_last_logits_equal_the_last_row_of_full_logits(tiny, tmp_path):
     assert json.loads((last / "mxport.json").read_text())["last_logits"] is True
 
 
-@pytest.mark.parametrize("dense", ["float32", "bf16"])
+@pytest.mark.parametrize("dense", ["float32", "bfloat16"])
 def test_cpu_mxfp4_is_exact_with_and_without_the_native_kernels(tiny, reference, tmp_path, dense):
-    """--target cpu --experts mxfp4 [--dense bf16]: MoEMXFP4 (and LinearBF16) stay ai.mxport nodes. mxport's runner
+    """--target cpu --experts mxfp4 [--dense bfloat16]: MoEMXFP4 (and LinearBF16) stay ai.mxport nodes. mxport's runner
     registers the native kernels (the profile shows them, no function body ran); plain ORT runs the same file
     through the function bodies; both equal the NumPy reference (prefill with padding + a cached step)."""
     import json
@@ -163,7 +163,7 @@ def test_cpu_mxfp4_is_exact_with_and_without_the_native_kernels(tiny, reference,
     assert meta["lowering"]["refused"] == []
     ops = {(n.domain, n.op_type) for n in onnx.load(str(out / "model.onnx"), load_external_data=False).graph.node}
     assert ("ai.mxport", "MoEMXFP4") in ops and ("com.microsoft", "GroupQueryAttention") in ops
-    if dense == "bf16":  # fused q/k/v, o_proj and router per layer, lm_head
+    if dense == "bfloat16":  # fused q/k/v, o_proj and router per layer, lm_head
         assert meta["lowering"]["applied"]["linear_bf16"] == 3 * L + 1
         assert ("ai.mxport", "LinearBF16") in ops and ("", "MatMul") not in ops
     body = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -182,7 +182,7 @@ def test_cpu_mxfp4_is_exact_with_and_without_the_native_kernels(tiny, reference,
     events = json.loads(open(fast.session.end_profiling()).read())
     ran = [e["args"]["op_name"] for e in events if e.get("cat") == "Node" and "op_name" in e.get("args", {})]
     assert ran.count("MoEMXFP4") >= 2 * L and "Loop" not in ran  # every layer, both calls, natively
-    if dense == "bf16":
+    if dense == "bfloat16":
         assert ran.count("LinearBF16") >= 2 * (3 * L + 1) and "MatMul" not in ran
 
 

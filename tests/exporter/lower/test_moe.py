@@ -74,7 +74,7 @@ def _ops(proto: onnx.ModelProto) -> list[tuple[str, str]]:
 def test_fp32_is_exact(normalize):
     weights, x, logits = _weights()
     before = _portable(weights, **{**GPT_OSS, "normalize_routing_weights": normalize})
-    after, report = _lower(before, "fp32")
+    after, report = _lower(before, "float32")
     assert _ops(after) == [("com.microsoft", "MoE")] and report.applied["moe"] == 1
     y0, y1 = _run(before, x, logits), _run(after, x, logits)
     np.testing.assert_allclose(y1, y0, rtol=1e-5, atol=1e-5 * np.abs(y0).max())
@@ -85,7 +85,7 @@ def test_fp32_from_dense_moe():
     dense = dict(w1=mxfp4.decode(weights["w1_blocks"], weights["w1_scales"]), b1=weights["b1"],
                  w2=mxfp4.decode(weights["w2_blocks"], weights["w2_scales"]), b2=weights["b2"])
     before = _portable(dense, "MoE", **GPT_OSS)
-    after, _ = _lower(before, "fp32")
+    after, _ = _lower(before, "float32")
     np.testing.assert_allclose(_run(after, x, logits), _run(before, x, logits), rtol=1e-5, atol=1e-5)
 
 

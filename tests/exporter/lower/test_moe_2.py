@@ -90,7 +90,7 @@ def test_fp32_com_microsoft_moe_is_exact_plain_swiglu(normalize, dtype):
     w1, w2, x, logits = _case(normalize)
     w1, w2 = w1.astype(dtype), w2.astype(dtype)
     before = _portable(dict(w1=w1, w2=w2), "MoE_2", normalize_routing_weights=normalize, **QWEN3_MOE)
-    after, report = _lower(before, "fp32")
+    after, report = _lower(before, "float32")
     (node,) = after.graph.node
     assert (node.domain, node.op_type) == ("com.microsoft", "MoE") and report.applied["moe"] == 1
     attrs = _attrs(node)

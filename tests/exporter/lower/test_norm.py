@@ -45,7 +45,7 @@ def _run(proto, feeds):
 def test_norms_lower_and_stay_exact():
     before = _graph()
     model = ir.serde.deserialize_model(before)
-    ctx = rules.Context(model=model, target="cpu", experts="fp32", dtype="float32")
+    ctx = rules.Context(model=model, target="cpu", experts="float32", dtype="float32")
     report = rules.apply([norm.SimplifiedNorm(), norm.SkipSimplifiedNorm()], ctx)
     after = ir.serde.serialize_model(model)
     assert report.applied == {"simplified_layer_norm": 2, "skip_simplified_layer_norm": 1}
@@ -63,7 +63,7 @@ def test_skip_refuses_a_bias_add():
     g.graph.initializer.append(numpy_helper.from_array(np.ones(H, np.float32), "bias"))
     g.graph.node[1].input[1] = "bias"
     model = ir.serde.deserialize_model(g)
-    ctx = rules.Context(model=model, target="cpu", experts="fp32", dtype="float32")
+    ctx = rules.Context(model=model, target="cpu", experts="float32", dtype="float32")
     report = rules.apply([norm.SimplifiedNorm(), norm.SkipSimplifiedNorm()], ctx)
     assert report.applied["skip_simplified_layer_norm"] == 0
     assert "constant operand" in report.refused[0][2]

@@ -32,7 +32,7 @@ def tiny(tiny_config, make_checkpoint):
 
 def test_cpu_float16_runs_and_stays_close(tiny, tmp_path):
     cfg, ckpt = tiny
-    proto = _lowered(ckpt, target="cpu", experts="fp32", dtype="float16")
+    proto = _lowered(ckpt, target="cpu", experts="float32", dtype="float16")
     onnx.save(proto, tmp_path / "model.onnx")
     sess = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     ids = np.random.default_rng(0).integers(3, cfg.vocab_size, (2, 12))
@@ -54,6 +54,6 @@ def test_cpu_float16_runs_and_stays_close(tiny, tmp_path):
 def test_bad_dtype_combinations():
     empty = ir.Model(ir.Graph([], [], nodes=[]), ir_version=10)
     with pytest.raises(MxportError, match=r"--dtype bfloat16 .*no bfloat16 MatMul.* needs --target cuda"):
-        lowering.lower(empty, target="cpu", experts="fp32", dtype="bfloat16")
+        lowering.lower(empty, target="cpu", experts="float32", dtype="bfloat16")
     with pytest.raises(MxportError, match="--dtype float16 .* needs --target cpu or cuda; --target portable takes --dtype float32"):
         lowering.lower(empty, target="portable", dtype="float16")
