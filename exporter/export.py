@@ -38,9 +38,9 @@ from mxport.exporter.layers import DOMAIN
 
 SIZE_THRESHOLD = 256  # initializers larger than this many bytes go to the data file (ir.save's default)
 # How weight matrices are stored in the portable graph: bf16 bytes + Cast to float32 (exact; see docs/EXPORT.md).
-# Names used across mxport: "matrix storage" (this), "--dense" (the form of the linear layers outside the experts:
-# float32, bf16 as stored (LinearBF16), int8 / int4 (ORT's MatMulNBits) or q4 (mxport's LinearQ4)), "float experts"
-# (experts that are not MXFP4), "dense model" (a family without experts).
+# Names used across mxport: "matrix storage" (this), "--dense" (the form of the linear layers outside the experts,
+# a column of the mode table, mxport/contract/modes.py), "float experts" (experts that are not MXFP4), "model
+# without experts" (a family without experts; mxport.json records experts "none").
 MATRIX_STORAGE = "bfloat16"
 
 

@@ -1,6 +1,6 @@
 """`mxport` command line: a thin layer over the Python API.
 
-Each subcommand lives in the module that owns its feature and exposes two functions:
+Each subcommand's module (mxport/commands/, for some still the library module that owns the feature) exposes:
   register(parser: argparse.ArgumentParser) -> None   adds the subcommand's options
   run(args: argparse.Namespace) -> int                 does the work, returns the exit code
 Modules are imported only when their subcommand runs, so `mxport --help` stays fast and torch-free.
