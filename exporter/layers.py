@@ -108,7 +108,7 @@ class Weights:
             return self._read_chunked(name, dtype, transpose=not in_out)
 
         value = self.b.lazy_initializer(as_name or name, ir.DataType.from_numpy(dtype), shape, produce)
-        # the same matrix [out, in], read straight from the checkpoint: --dense bf16 stores that layout (lower/bf16.py)
+        # the same matrix [out, in], read straight from the checkpoint: --dense bfloat16 stores that layout (lower/bf16.py)
         value.meta[OUT_IN] = lambda: self._read_chunked(name, dtype, transpose=in_out)
         value.meta[SOURCE_ROWS] = (self._rows(name), not in_out)
         return self.b.op("Cast", value, role=f"{role}/weight_f32", to=FLOAT) if keep_bf16 else value

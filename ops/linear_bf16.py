@@ -12,7 +12,7 @@ embedding table [V, H], so both are used as stored, with no transposed copy.
 Function body: CastLike(W, A), Transpose, MatMul. Runtimes fold the Cast and Transpose of a constant W once at
 load (ONNX Runtime: up to its 1 GiB folding limit) and then read float32, twice the bytes; mxport's native kernel
 (ops/csrc, registered by ops/native.py) reads the bf16 bytes as stored and converts in registers: one sequential
-read of W per decode step. `--dense bf16` (exporter/lower/bf16.py) writes this op for the dense matrices of a
+read of W per decode step. `--dense bfloat16` (exporter/lower/bf16.py) writes this op for the dense matrices of a
 checkpoint stored in bf16.
 
 It replaces MatMulBF16 (W [K, N]), which earlier exports carry with its function body: they still run, through

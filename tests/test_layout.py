@@ -33,7 +33,7 @@ LAYER_NAMES = ("ground floor", "ops", "exporter", "runtime", "commands/cli")
 # Libraries that still hold a command's argparse / printing, which other steps move to mxport/commands/ (must
 # shrink to empty). ops.native's print is its once-per-process notice that the native library is missing.
 KNOWN_CLI_IN_LIBRARIES: set[str] = {
-    "mxport.runtime.bench.speed", "mxport.ops.native",
+    "mxport.ops.native",
 }
 
 

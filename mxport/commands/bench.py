@@ -1,6 +1,7 @@
 """`mxport bench CKPT_OR_OUT [--peers] [--threads N] [--prompt-len N] [--new-tokens N] [--modes M,...] [--rounds N]
 [--last-logits] [--work DIR] [--json FILE]`: runtime/bench/speed.py's bench(), its table on stdout, progress on
-stderr; exit code 1 when an engine failed."""
+stderr; exit code 1 when an engine failed. `python -m mxport.commands.bench --child KIND PATH THREADS PROMPT NEW` is
+one engine's measurement in its own process (runtime/bench/engines.py), its JSON on stdout for bench() to read."""
 
 from __future__ import annotations
 
@@ -47,3 +48,10 @@ def run(args: argparse.Namespace) -> int:
                        new_tokens=args.new_tokens, rounds=args.rounds)
         write_file(Path(args.json), lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
     return 0 if all(not r.error for r in results) else 1
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--child"]:
+    from mxport.runtime.bench.engines import ENGINES
+
+    _, _, kind, where, n_threads, n_prompt, n_new = sys.argv
+    print(json.dumps(ENGINES[kind](where, int(n_threads), int(n_prompt), int(n_new))))

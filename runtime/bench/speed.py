@@ -12,7 +12,7 @@
           gets a stand-in byte-level tokenizer in a shadow folder, since the builder insists on one).
     OUT   (an export folder with mxport.json): measures that folder (and the peers of its checkpoint).
 
-Every measurement runs in its own child process (`python -m mxport.runtime.bench.speed --child ...`), so its memory
+Every measurement runs in its own child process (`python -m mxport.commands.bench --child ...`), so its memory
 (from /proc/self/status) is that engine's alone. Batch 1, greedy, random prompt ids (seeded). Per engine:
 
     prefill tok/s   prompt_len / time of the first call (prompt -> logits)          best of REPEATS runs
@@ -58,7 +58,7 @@ from mxport.contract.folder import (CONFIG_FILE, MANIFEST_FILE, Manifest, is_che
                                    read_manifest)
 from mxport.errors import MxportError
 from mxport.runtime.bench.engines import (  # noqa: F401  (re-exported: bench's measurements, used by tests)
-    ENGINES, REPEATS, Bandwidth, _tensor_bytes, drop_page_cache, file_bytes, memory_bandwidth, onnx_traffic,
+    REPEATS, Bandwidth, _tensor_bytes, drop_page_cache, file_bytes, memory_bandwidth, onnx_traffic,
     torch_traffic)
 
 DEFAULT_MODES = ("cpu/float32", "cpu/int8", "cpu/int4", "cpu/int4/int4", "portable/mxfp4")  # mode labels
@@ -115,7 +115,7 @@ MEMORY_FIELDS = ("baseline_rss", "load_rss", "load_anon_rss", "load_file_rss", "
 # ---- measurements (each engine runs in a child process: runtime/bench/engines.py) -------------------------------
 def _child(kind: str, path: str, threads: int, prompt_len: int, new_tokens: int, timeout: float) -> dict[str, Any]:
     drop_page_cache(path)
-    cmd = [sys.executable, "-m", "mxport.runtime.bench.speed", "--child", kind, path, str(threads), str(prompt_len),
+    cmd = [sys.executable, "-m", "mxport.commands.bench", "--child", kind, path, str(threads), str(prompt_len),
            str(new_tokens)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     try:
@@ -337,8 +337,3 @@ def to_json(results: list[Result], bandwidth: Bandwidth, **settings: Any) -> dic
         {**{k: finite(v) for k, v in asdict(r).items()}, "runtime_per_weights": finite(r.runtime_per_weights()),
          "peak_per_weights": finite(r.peak_per_weights()),
          "bandwidth_share": finite(r.bandwidth_share(bandwidth.read))} for r in results]}
-
-
-if __name__ == "__main__" and sys.argv[1:2] == ["--child"]:
-    _, _, kind, where, n_threads, n_prompt, n_new = sys.argv
-    print(json.dumps(ENGINES[kind](where, int(n_threads), int(n_prompt), int(n_new))))
