@@ -14,7 +14,7 @@ from mxport.contract import modes
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    from mxport.runtime.bench.speed import DEFAULT_MODES, DENSE_MODEL_MODES
+    from mxport.runtime.bench.speed import DEFAULT_MODES, NO_EXPERTS_MODES
 
     parser.add_argument("path", metavar="CKPT_OR_OUT", help="a checkpoint folder or an export folder")
     parser.add_argument("--peers", action="store_true", help="also measure transformers and onnxruntime-genai")
@@ -24,7 +24,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--modes", default=None,
                         help=f"{modes.LABEL_SYNTAX}[+last] modes to export from a checkpoint, comma-separated "
                         f"(default {','.join(DEFAULT_MODES)}; for models without experts "
-                        f"{','.join(DENSE_MODEL_MODES)}); the values are `mxport export`'s")
+                        f"{','.join(NO_EXPERTS_MODES)}); the values are `mxport export`'s")
     parser.add_argument("--rounds", type=int, default=1, help="passes over all engines; best speeds kept (default 1)")
     parser.add_argument("--last-logits", action="store_true",
                         help="export the modes with logits of the last position only (prefill for generation)")

@@ -20,7 +20,7 @@ from mxport.errors import MxportError
 
 AXES = ("target", "experts", "dense", "dtype")
 TARGETS = ("portable", "cpu", "cuda")
-GPU = ("cpu", "cuda")  # the targets lowered to ONNX Runtime's contrib ops
+ORT = ("cpu", "cuda")  # the targets lowered to ONNX Runtime's contrib ops
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,8 @@ MODES: dict[str, dict[str, Mode]] = {
              "its default for them), cpu/cuda run ORT's MoE on float32 experts (from MXFP4: decoded, the most "
              "memory)"),
         Mode("int8", False, "weights map exactly from MXFP4, but ORT's CPU QMoE quantizes activations to int8",
-             GPU, False, "ORT's QMoE, 8-bit experts"),
-        Mode("int4", False, "4-bit block-wise quantization of the experts", GPU, False, "ORT's QMoE, 4-bit experts"),
+             ORT, False, "ORT's QMoE, 8-bit experts"),
+        Mode("int4", False, "4-bit block-wise quantization of the experts", ORT, False, "ORT's QMoE, 4-bit experts"),
         Mode("none", True, "a model without experts: --experts has nothing to act on", TARGETS, False,
              "recorded in mxport.json for a model without experts", option=False),
     ),
@@ -65,16 +65,16 @@ MODES: dict[str, dict[str, Mode]] = {
              "MatMul on the stored matrices, cast to float32 (exact)"),
         Mode("bfloat16", True, "the stored bf16 matrices, float32 accumulation", ("cpu",), True,
              "ai.mxport.LinearBF16 on the stored bf16 (exact, half the memory; mxport's native kernel)"),
-        Mode("int8", False, "8-bit block-wise quantization of the dense matrices", GPU, False,
+        Mode("int8", False, "8-bit block-wise quantization of the dense matrices", ORT, False,
              "ORT's MatMulNBits, 8 bits (router kept float32)"),
-        Mode("int4", False, "4-bit block-wise quantization of the dense matrices", GPU, False,
+        Mode("int4", False, "4-bit block-wise quantization of the dense matrices", ORT, False,
              "ORT's MatMulNBits, 4 bits (router kept float32)"),
         Mode("q4", False, "4 bits in super-blocks of 256, activations quantized to int8", ("cpu",), True,
              "ai.mxport.LinearQ4, mxport's fastest 4-bit decode (its native kernel)"),
     ),
     "dtype": _table(
         Mode("float32", True, "float32 math", TARGETS, False, "float32 activations and math"),
-        Mode("float16", False, "float16 activations and weights", GPU, False, "float16 activations and weights"),
+        Mode("float16", False, "float16 activations and weights", ORT, False, "float16 activations and weights"),
         Mode("bfloat16", False, "bfloat16 activations and weights", ("cuda",), False,
              "bfloat16 activations and weights (ORT's CPU provider has no bfloat16 MatMul)"),
     ),

@@ -5,7 +5,7 @@
 
     CKPT  (config.json + *.safetensors): exports every mode label (mxport.contract.modes.LABEL_SYNTAX:
           TARGET[/EXPERTS[/DENSE]][@ACCURACY_LEVEL][:DTYPE], checked against the mode table; default DEFAULT_MODES
-          or DENSE_MODEL_MODES; a "+last" suffix exports with last-position logits) into `work` (a temp folder
+          or NO_EXPERTS_MODES; a "+last" suffix exports with last-position logits) into `work` (a temp folder
           unless given) and measures each;
           --peers adds transformers on CPU (float32) and onnxruntime-genai's fp32 and int4 exports when
           onnxruntime_genai is installed (built offline with its builder; a checkpoint without tokenizer.json
@@ -64,16 +64,16 @@ from mxport.runtime.bench.engines import (  # noqa: F401  (re-exported: bench's 
 DEFAULT_MODES = ("cpu/float32", "cpu/int8", "cpu/int4", "cpu/int4/int4", "portable/mxfp4")  # mode labels
 # a model without experts (GPT-2, Qwen3): --experts has nothing to act on, so the modes vary --dense instead
 # bfloat16: exact, on the stored bf16 (LinearBF16); q4: mxport's 4-bit LinearQ4, int4: ORT's MatMulNBits
-DENSE_MODEL_MODES = ("cpu", "cpu/float32/bfloat16", "cpu/float32/int8", "cpu/float32/int4", "cpu/float32/q4", "portable")
+NO_EXPERTS_MODES = ("cpu", "cpu/float32/bfloat16", "cpu/float32/int8", "cpu/float32/int4", "cpu/float32/q4", "portable")
 
 
 def default_modes(checkpoint: Path) -> tuple[str, ...]:
-    """DEFAULT_MODES for a checkpoint whose family table has experts, else DENSE_MODEL_MODES."""
+    """DEFAULT_MODES for a checkpoint whose family table has experts, else NO_EXPERTS_MODES."""
     from mxport.exporter import families
 
     cfg = families.read_config(checkpoint / "config.json")
     has_experts = any(".experts." in e.name for e in cfg.family.tensors(cfg, None))
-    return DEFAULT_MODES if has_experts else DENSE_MODEL_MODES
+    return DEFAULT_MODES if has_experts else NO_EXPERTS_MODES
 
 
 @dataclass

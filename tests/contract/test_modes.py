@@ -100,9 +100,9 @@ def _training_modes() -> tuple[str, ...]:
 
 
 def test_labels_parse_against_the_table_and_read_back():
-    from mxport.runtime.bench.speed import DEFAULT_MODES, DENSE_MODEL_MODES
+    from mxport.runtime.bench.speed import DEFAULT_MODES, NO_EXPERTS_MODES
 
-    for text in (*DEFAULT_MODES, *DENSE_MODEL_MODES, *_training_modes()):
+    for text in (*DEFAULT_MODES, *NO_EXPERTS_MODES, *_training_modes()):
         options = modes.parse_label(text)
         if "/" in text:  # the experts part given
             assert modes.label(**options) == text

@@ -179,9 +179,9 @@ def test_drop_page_cache_evicts_every_file_of_a_folder(tmp_path, monkeypatch):
 def test_default_modes_follow_whether_the_model_has_experts(tiny_config, make_checkpoint, tmp_path):
     from mxport.exporter.synth import PRESETS, write_checkpoint
     from mxport.contract.modes import label
-    from mxport.runtime.bench.speed import DEFAULT_MODES, DENSE_MODEL_MODES, default_modes
+    from mxport.runtime.bench.speed import DEFAULT_MODES, NO_EXPERTS_MODES, default_modes
 
     assert default_modes(make_checkpoint(tiny_config)) == DEFAULT_MODES
-    assert default_modes(write_checkpoint(tmp_path / "q3", PRESETS["qwen3-tiny"])) == DENSE_MODEL_MODES
+    assert default_modes(write_checkpoint(tmp_path / "q3", PRESETS["qwen3-tiny"])) == NO_EXPERTS_MODES
     assert label(target="cpu", experts="none", dense="int4") == "cpu dense-int4"
     assert label(target="cpu", experts="int4", dense="int4") == "cpu/int4/int4"
