@@ -36,7 +36,7 @@ def test_a_folder_without_manifest_reads_as_the_defaults(tmp_path):
 def test_older_manifests_without_newer_keys_read(tmp_path):
     (tmp_path / MANIFEST_FILE).write_text(json.dumps({"checkpoint": "/c", "experts": "fp32", "unknown_key": 1}))
     m = read_manifest(tmp_path)
-    assert m.checkpoint == "/c" and m.experts == "fp32" and m.window_cache is False
+    assert m.checkpoint == "/c" and m.experts == "float32" and m.window_cache is False  # fp32: the older spelling
 
 
 def test_bad_json_names_the_file(tmp_path):

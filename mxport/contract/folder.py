@@ -6,8 +6,9 @@
     folder_kind(path)            -> "export" | "checkpoint"; MxportError naming the path otherwise
     model_path(path)             -> path/model.onnx of an export folder, or the .onnx file itself
     manifest_file(path)          -> the mxport.json beside an export's model (path: the folder or its .onnx)
-    read_manifest(path)          -> Manifest (every field its default when the folder has no mxport.json);
-                                    MxportError naming the file and the field when it is malformed
+    read_manifest(path)          -> Manifest (every field its default when the folder has no mxport.json; modes
+                                    in their one spelling, contract/modes.py); MxportError naming the file and
+                                    the field when it is malformed
     write_manifest(folder, m)    -> writes folder/mxport.json (export's one writer)
 """
 
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mxport.contract import modes
 from mxport.errors import MxportError
 
 MODEL_FILE = "model.onnx"
@@ -144,6 +146,9 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
             want = kind.__name__ + (f" of {element.__name__}" if element is not None else "")
             raise MxportError(f"{file}: field {name!r} must be {want}, found {value!r:.80}")
         values[name] = tuple(value) if kind is list else value
+    for axis in modes.AXES:  # an older spelling of a mode reads as its one name (the mode table's ALIASES)
+        if axis in values:
+            values[axis] = modes.canonical(axis, values[axis])
     return Manifest(**values)
 
 
