@@ -1,5 +1,5 @@
 """Prompt logits of several exports against a reference export, on the same random prompts: relative error,
-top-1 agreement and KL (runtime.compare), e.g. a lossy mode and onnxruntime-genai's build against the exact one.
+top-1 agreement and KL (runtime.judge.compare), e.g. a lossy mode and onnxruntime-genai's build against the exact one.
 
     python examples/compare_logits.py REFERENCE_EXPORT OTHER [OTHER ...] [--prompts 4] [--len 64]
 
@@ -28,7 +28,7 @@ def vocab_size(folder: Path) -> int:
 def prompt_logits(folder: Path, ids: np.ndarray, threads: int) -> np.ndarray:
     import onnxruntime as ort
 
-    from mxport.runtime.execution.session import mxport_options
+    from mxport.runtime.execution.step_model import mxport_options
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads

@@ -6,7 +6,7 @@
 shared machine whose memory bandwidth drifts by 10-30 % within minutes, that ordering puts the drift into the
 ratios. Here every engine is loaded once, then each round runs a 128-token prompt and `--steps` greedy decode
 steps on every engine in a fresh random order; the median step time over all rounds (first two steps of a round
-dropped) is compared. An mxport export runs through `runtime.session.OrtStepModel` (the static cache where the
+dropped) is compared. An mxport export runs through `runtime.execution.step_model.OrtStepModel` (the static cache where the
 graph allows it, as the Generator does); `og:FOLDER` runs an onnxruntime-genai folder through its own Generator.
 """
 
@@ -27,7 +27,7 @@ class Mxport:
     def __init__(self, folder: str, threads: int) -> None:
         import onnxruntime as ort
 
-        from mxport.runtime.execution.session import OrtStepModel
+        from mxport.runtime.execution.step_model import OrtStepModel
 
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads = threads, 1

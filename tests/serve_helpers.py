@@ -1,6 +1,6 @@
 """Test helpers for the server: the real uvicorn server in a thread, and a scripted step model.
 
-The scripted model follows the step-model contract (runtime/execution/session.py) and the engine's batching (left padding,
+The scripted model follows the step-model contract (runtime/execution/step_model.py) and the engine's batching (left padding,
 merges, drops) but its next token comes from a script chosen by the prompt's text, so a test can make a
 "model" answer with harmony reasoning, a tool call or a final answer. It stores (prompt length, script) in every
 cache slot it writes; a row's last slot is never padding, so after any merge it still reads its own values:
@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from mxport.runtime.execution.session import CacheShape
+from mxport.runtime.execution.step_model import CacheShape
 
 
 class ScriptedStepModel:

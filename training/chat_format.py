@@ -11,7 +11,7 @@ The harmony special tokens are single tokens at the top ids (as in o200k_harmony
 tokens); unused ids below them are `<|reserved_N|>` specials. The words of the letter-count task are kept out
 of the BPE corpus so that they stay (mostly) spelled in single letters.
 
-A training example = the prompt exactly as mxport renders it (runtime.harmony.Harmony.render_ids: system
+A training example = the prompt exactly as mxport renders it (runtime.chat.harmony.Harmony.render_ids: system
 message with the reasoning effort and a date, optional earlier turn, user message, `<|start|>assistant`) +
 the reply `<|channel|>analysis<|message|>..<|end|><|start|>assistant<|channel|>final<|message|>..<|return|>`;
 the loss covers the reply only.

@@ -8,7 +8,7 @@ folds such a Cast once at load, except when its output is larger than its consta
 For gpt-oss-20b that is the lm_head, 201088 × 2880: 1.16 GB of bf16 converted to 2.3 GB of float32 before every
 decode step's MatMul. A lowered graph is for speed, so such Casts become initializers of the cast type (written
 lazily at save time, one tensor in memory); smaller ones are left to ORT, which folds them to the same bytes.
-The portable graph keeps its bf16 (mxport's own sessions raise the folding limit for it: runtime/execution/session.py).
+The portable graph keeps its bf16 (mxport's own sessions raise the folding limit for it: runtime/execution/step_model.py).
 """
 
 from __future__ import annotations

@@ -136,7 +136,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from mxport.exporter.export import export
     from mxport.runtime.generation.generate import Generator
-    from mxport.runtime.execution.session import resolve_provider
+    from mxport.runtime.execution.step_model import resolve_provider
 
     if args.max_new_tokens < 1:
         raise MxportError(f"--max-new-tokens must be >= 1, found {args.max_new_tokens}")

@@ -177,7 +177,7 @@ def measure_mxport(folder: str, threads: int, prompt_len: int, new_tokens: int) 
     import onnxruntime as ort
 
     from mxport.contract.folder import read_manifest
-    from mxport.runtime.execution.session import OrtStepModel
+    from mxport.runtime.execution.step_model import OrtStepModel
 
     vocab = int(read_manifest(folder).config["vocab_size"])
     baseline = _memory()

@@ -23,7 +23,7 @@ import numpy as np
 from mxport.contract import io
 from mxport.contract.folder import model_path
 from mxport.errors import MxportError
-from mxport.runtime.execution.session import mxport_options, resolve_provider
+from mxport.runtime.execution.step_model import mxport_options, resolve_provider
 
 
 # ---- ONNX Runtime ----------------------------------------------------------------------------------------------

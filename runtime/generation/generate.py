@@ -1,6 +1,6 @@
 """Generator: prompts -> tokens (greedy or sampled), streamed, batched, on ONNX Runtime or a NumPy backend.
 
-One loop serves every backend (runtime.session step models):
+One loop serves every backend (runtime.execution.step_model step models):
 
     prompts (lists of ids, different lengths)
       │ left-pad to S0; attention_mask 0 on pads; position_ids = cumsum(mask) - 1, clipped at 0
@@ -29,7 +29,7 @@ from mxport.contract.folder import CONFIG_FILE, MANIFEST_FILE, TOKENIZER_FILE, f
 from mxport.contract.io import position_ids
 from mxport.errors import MxportError
 from mxport.runtime.generation.sampling import SamplingConfig, sample
-from mxport.runtime.execution.session import CacheShape, InferStepModel, OrtStepModel, StepModel
+from mxport.runtime.execution.step_model import CacheShape, InferStepModel, OrtStepModel, StepModel
 from mxport.runtime.generation.tokenizer import Tokenizer
 
 

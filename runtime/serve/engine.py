@@ -39,7 +39,7 @@ import numpy as np
 
 from mxport.contract.io import position_ids
 from mxport.runtime.generation.sampling import SamplingConfig, sample
-from mxport.runtime.execution.session import StepModel, cache_arrays
+from mxport.runtime.execution.step_model import StepModel, cache_arrays
 
 
 class QueueFull(Exception):
@@ -89,7 +89,7 @@ class Batch:
 
 
 class Engine:
-    """The scheduler thread. `model` is a runtime.session step model (OrtStepModel or InferStepModel)."""
+    """The scheduler thread. `model` is a runtime.execution.step_model step model (OrtStepModel or InferStepModel)."""
 
     def __init__(self, model: StepModel, *, pad_token_id: int = 0, max_batch: int = 16, max_queue: int = 64) -> None:
         if max_batch < 1 or max_queue < 0:

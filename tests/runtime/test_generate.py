@@ -8,7 +8,7 @@ import gen_toy
 from mxport.errors import MxportError
 from mxport.runtime.generation.generate import Generator, GenerationConfig
 from mxport.runtime.generation.sampling import SamplingConfig
-from mxport.runtime.execution.session import OrtStepModel, resolve_provider
+from mxport.runtime.execution.step_model import OrtStepModel, resolve_provider
 
 PROMPTS = ["Hello world, the quick brown", "The", "日本語 🙂 text"]
 

@@ -11,7 +11,7 @@ from mxport.errors import MxportError
 from mxport.exporter.export import export
 from mxport.runtime.generation.generate import Generator
 from mxport.contract.io import position_ids
-from mxport.runtime.execution.session import OrtStepModel, cache_arrays
+from mxport.runtime.execution.step_model import OrtStepModel, cache_arrays
 
 
 @pytest.fixture(scope="module")

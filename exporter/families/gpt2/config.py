@@ -14,7 +14,7 @@ PREFIX = "transformer."
 MAX_LAYERS = 1024  # far past any GPT-2 (xl has 48); a config asking for more is refused before tables are built
 
 # transformers' ACT2FN names mxport computes exactly, on both sides (exporter/layers.activation,
-# runtime/reference_layers.activation). Refused: prelu and xielu (they carry learned parameters GPT2MLP would
+# runtime/oracle/layers.activation). Refused: prelu and xielu (they carry learned parameters GPT2MLP would
 # save as extra tensors).
 ACTIVATIONS = (
     "gelu", "gelu_python", "gelu_new", "gelu_pytorch_tanh", "gelu_python_tanh", "gelu_accurate", "gelu_fast",

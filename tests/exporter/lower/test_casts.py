@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from mxport.exporter.lower import casts, rules
-from mxport.runtime.execution.session import FOLDING_LIMIT_KEY, with_folding_limit
+from mxport.runtime.execution.step_model import FOLDING_LIMIT_KEY, with_folding_limit
 
 K, N = 64, 48
 
