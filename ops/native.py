@@ -19,8 +19,8 @@ the library use its plain C kernels instead of AVX2+FMA.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ LIBRARY_GLOB = "libmxport_kernels*.so"
 ENV_SWITCH = "MXPORT_KERNELS"  # "off" | "0": do not register in mxport's sessions
 REGISTERED_KEY = "mxport.native_kernels"  # session config entry marking options that already carry the library
 _warned = False
+_log = logging.getLogger(__name__)  # no handler configured: logging's last resort prints the message to stderr
 
 
 def library_path() -> Path | None:
@@ -44,8 +45,8 @@ def _say_missing_once() -> None:
     global _warned
     if not _warned:
         _warned = True
-        print("mxport: native kernels are missing (ops/csrc was not built at install time); ai.mxport ops run through "
-              "their ONNX function bodies (slow). Reinstall with a C compiler to build them.", file=sys.stderr)
+        _log.warning("mxport: native kernels are missing (ops/csrc was not built at install time); ai.mxport ops run "
+                     "through their ONNX function bodies (slow). Reinstall with a C compiler to build them.")
 
 
 def register_kernels(session_options: Any) -> bool:

@@ -30,11 +30,6 @@ GROUND, OPS, EXPORTER, RUNTIME, TOP = range(5)
 LAYER_NAMES = ("ground floor", "ops", "exporter", "runtime", "commands/cli")
 
 
-# Libraries that still hold a command's argparse / printing, which other steps move to mxport/commands/ (must
-# shrink to empty). ops.native's print is its once-per-process notice that the native library is missing.
-KNOWN_CLI_IN_LIBRARIES: set[str] = {
-    "mxport.ops.native",
-}
 
 
 def layer(module: str) -> int | None:
@@ -158,10 +153,8 @@ def _command_code(module: str) -> list[str]:
 def test_libraries_hold_no_argparse_and_no_printing():
     libraries = [m for m in MODULES if layer(m) < TOP]
     found = {m: _command_code(m) for m in libraries}
-    unknown = [line for m, lines in found.items() if m not in KNOWN_CLI_IN_LIBRARIES for line in lines]
+    unknown = [line for lines in found.values() for line in lines]
     assert unknown == [], "command-line code in libraries (it belongs in mxport/commands/):\n" + "\n".join(unknown)
-    gone = sorted(m for m in KNOWN_CLI_IN_LIBRARIES if not found.get(m))
-    assert gone == [], f"gone, delete from KNOWN_CLI_IN_LIBRARIES: {gone}"
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
