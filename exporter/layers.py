@@ -180,7 +180,7 @@ def tied_output(b: Builder, w: Weights, x: ir.Value, name: str) -> ir.Value:
 
 
 def activation(b: Builder, x: ir.Value, name: str, role: str = "act") -> ir.Value:
-    """transformers' ACT2FN[name] (the names in exporter/families/gpt2.ACTIVATIONS) with standard ops."""
+    """transformers' ACT2FN[name] (the names in exporter/families/gpt2/config.ACTIVATIONS) with standard ops."""
     def c(value: float, tag: str) -> ir.Value:
         return b.const(np.float32(value), role=tag)
 

@@ -36,7 +36,7 @@ def erf(x: np.ndarray) -> np.ndarray:
 
 
 def activation(x: np.ndarray, name: str) -> np.ndarray:
-    """transformers' ACT2FN[name] for the names in exporter/families/gpt2.ACTIVATIONS, written from their
+    """transformers' ACT2FN[name] for the names in exporter/families/gpt2/config.ACTIVATIONS, written from their
     formulas (transformers/activations.py), in x's dtype."""
     t = x.dtype.type
     if name in ("gelu", "gelu_python"):
