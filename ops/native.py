@@ -92,11 +92,12 @@ def install_into(folder: str | Path) -> Path:
     import json
     import shutil
 
+    from mxport.contract.folder import GENAI_FILE
     from mxport.errors import MxportError
     from mxport.files import write_file
 
     folder = Path(folder)
-    config_path = folder / "genai_config.json"
+    config_path = folder / GENAI_FILE
     if not config_path.is_file():
         raise MxportError(f"kernels --into: {folder} has no genai_config.json (expected an mxport export folder)")
     path = library_path()

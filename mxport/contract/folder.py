@@ -32,9 +32,10 @@ CONFIG_FILE = "config.json"  # a checkpoint's model config
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
+GENERATION_CONFIG_FILE = "generation_config.json"
 # Copied from the checkpoint into the export when present.
 TOKENIZER_FILES = (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, "special_tokens_map.json", CHAT_TEMPLATE_FILE,
-                   "generation_config.json")
+                   GENERATION_CONFIG_FILE)
 
 
 # ---- folder kinds ------------------------------------------------------------------------------------------------

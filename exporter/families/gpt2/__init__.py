@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 
+from mxport.contract.folder import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 from mxport.errors import MxportError
 from mxport.exporter.families.base import Expected, Family, Source
 from mxport.exporter.families.gpt2 import graph
@@ -139,10 +140,10 @@ def write_tokenizer(cfg: GPT2Config, folder) -> None:
     from pathlib import Path
 
     folder = Path(folder)
-    build_tokenizer(cfg).save(str(folder / "tokenizer.json"))
+    build_tokenizer(cfg).save(str(folder / TOKENIZER_FILE))
     config = {"tokenizer_class": "GPT2Tokenizer", "bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT,
               "unk_token": ENDOFTEXT, "add_prefix_space": False, "model_max_length": cfg.max_position_embeddings}
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (folder / TOKENIZER_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mxport.contract.folder import CHAT_TEMPLATE_FILE, GENERATION_CONFIG_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 from mxport.errors import MxportError
 from mxport.exporter.synth_tokenizer import build_byte_level_bpe
 
@@ -91,15 +92,15 @@ def write_synth_files(cfg, folder: str | Path) -> None:
     if cfg.eos_token_ids and cfg.eos_token_ids[0] != ids["<|im_end|>"]:
         raise MxportError(f"eos_token_id {cfg.eos_token_ids[0]} is not the synthetic tokenizer's <|im_end|> "
                           f"({ids['<|im_end|>']}) for vocab_size {cfg.vocab_size}")
-    build_byte_level_bpe(cfg.vocab_size, ids).save(str(folder / "tokenizer.json"))
+    build_byte_level_bpe(cfg.vocab_size, ids).save(str(folder / TOKENIZER_FILE))
     added = {str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
                       "special": True} for t, i in sorted(ids.items(), key=lambda kv: kv[1])}
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "added_tokens_decoder": added, "bos_token": None,
               "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "unk_token": None,
               "model_max_length": cfg.max_position_embeddings, "clean_up_tokenization_spaces": False,
               "chat_template": QWEN3_TEMPLATE}
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (folder / "chat_template.jinja").write_text(QWEN3_TEMPLATE)
+    (folder / TOKENIZER_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    (folder / CHAT_TEMPLATE_FILE).write_text(QWEN3_TEMPLATE)
     generation = {"bos_token_id": cfg.bos_token_id, "eos_token_id": list(cfg.eos_token_ids),
                   "pad_token_id": cfg.pad_token_id, "do_sample": False}
-    (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    (folder / GENERATION_CONFIG_FILE).write_text(json.dumps(generation, indent=2) + "\n")
