@@ -3,7 +3,7 @@
     tok = build_byte_level_bpe(512, {"<|im_end|>": 507, ...})   # a `tokenizers.Tokenizer`; tok.save(path)
 
 Family folders build their synthetic tokenizers with it (exporter/families/qwen3/tokenizer.py), and so does the
-runtime's harmony tokenizer (runtime/generation/tokenizer.py: build_harmony_tokenizer). Deterministic: the same
+harmony tokenizer of gpt-oss presets (exporter/families/gpt_oss/tokenizer.py). Deterministic: the same
 arguments give the same tokenizer.json.
 """
 

@@ -94,7 +94,7 @@ def ensure_checkpoint(cache: Path, fresh: bool = False, log=print) -> Path:
     from mxport.exporter.families.gpt_oss.config import GptOssConfig
     from mxport.exporter.synth import write_checkpoint
 
-    cfg, tok = demo_config()
+    cfg, _ = demo_config()  # synth writes its harmony tokenizer beside it
     ckpt = cache / CACHE_VERSION / "checkpoint"
     if ckpt.exists() and not fresh:
         try:
@@ -109,7 +109,6 @@ def ensure_checkpoint(cache: Path, fresh: bool = False, log=print) -> Path:
     tmp = temp_dir_beside(ckpt)
     try:
         write_checkpoint(tmp / "ckpt", cfg, seed=0)
-        tok.save(tmp / "ckpt" / "tokenizer.json")
         replace_dir(tmp / "ckpt", ckpt)  # a cached checkpoint goes only once the new one is complete
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,6 +1,7 @@
 """Tokenizers for generation: a folder's tokenizer.json via the `tokenizers` library (no transformers),
-incremental decoding for streaming, and a small self-built harmony tokenizer for tiny models and tests (trained by
-exporter/synth_tokenizer.py, which builds the families' synthetic tokenizers too).
+incremental decoding for streaming, and the self-built harmony tokenizer for tiny models and tests (the one
+`mxport synth` writes beside gpt-oss presets: exporter/families/gpt_oss/tokenizer.py, which also holds the harmony
+special tokens' o200k ids).
 
 Incremental decoding never splits a multi-byte UTF-8 character: byte-level BPE can put the bytes of one
 character into different tokens, and decoding a prefix then shows '\\ufffd' at its end. The decoder holds the
@@ -17,22 +18,9 @@ from pathlib import Path
 from tokenizers import Tokenizer as _HFTokenizer
 
 from mxport.errors import MxportError
-from mxport.exporter.synth_tokenizer import build_byte_level_bpe
+from mxport.exporter.families.gpt_oss.tokenizer import HARMONY_SPECIAL_TOKENS, O200K_HARMONY_VOCAB, build_harmony_bpe
 
-# Harmony special tokens and their ids in o200k_harmony (docs/NUMERICS.md "Harmony chat format (gpt-oss)").
-# Code that needs an id asks the tokenizer (token_to_id); these ids are used only to *build* a tokenizer.
-HARMONY_SPECIAL_TOKENS: dict[str, int] = {
-    "<|endoftext|>": 199999,
-    "<|return|>": 200002,
-    "<|constrain|>": 200003,
-    "<|channel|>": 200005,
-    "<|start|>": 200006,
-    "<|end|>": 200007,
-    "<|message|>": 200008,
-    "<|call|>": 200012,
-}
-O200K_HARMONY_VOCAB = 201088  # rows of gpt-oss' embedding (o200k_harmony padded)
-
+__all__ = ["HARMONY_SPECIAL_TOKENS", "O200K_HARMONY_VOCAB", "IncrementalDecoder", "Tokenizer", "build_harmony_tokenizer"]
 
 class Tokenizer:
     """A `tokenizers.Tokenizer` with the few calls generation needs. Special tokens are matched in text."""
@@ -130,22 +118,6 @@ class IncrementalDecoder:
 # ---- a small harmony tokenizer built in code ------------------------------------------------------------------
 
 def build_harmony_tokenizer(vocab_size: int, corpus: str | None = None) -> Tokenizer:
-    """A byte-level BPE tokenizer with exactly `vocab_size` ids and the harmony special tokens.
-
-    When the vocab is as large as o200k_harmony's, the special tokens sit at their o200k ids; otherwise they take
-    the top ids of the vocab (like o200k, whose specials follow the regular tokens). In a small vocab, ids between
-    the trained BPE tokens and the specials are `<|reserved_N|>` specials, so every id decodes. Deterministic.
-    """
-    specials = list(HARMONY_SPECIAL_TOKENS)
-    n_base_min = 256 + 1  # the byte alphabet plus at least one merge
-    if vocab_size < n_base_min + len(specials):
-        raise MxportError(
-            f"vocab_size={vocab_size} is too small for a byte-level harmony tokenizer "
-            f"(needs >= {n_base_min + len(specials)}: 256 bytes, merges, {len(specials)} special tokens)"
-        )
-    if vocab_size >= O200K_HARMONY_VOCAB:
-        special_ids = dict(HARMONY_SPECIAL_TOKENS)
-    else:
-        special_ids = {tok: vocab_size - len(specials) + i for i, tok in enumerate(specials)}
-    return Tokenizer(build_byte_level_bpe(vocab_size, special_ids, corpus, gaps=vocab_size >= O200K_HARMONY_VOCAB),
-                     f"<harmony byte-level BPE, vocab {vocab_size}>")
+    """A byte-level BPE tokenizer with exactly `vocab_size` ids and the harmony special tokens (at their o200k ids
+    in an o200k-sized vocab, else at its top ids): gpt-oss' synthetic tokenizer (build_harmony_bpe). Deterministic."""
+    return Tokenizer(build_harmony_bpe(vocab_size, corpus), f"<harmony byte-level BPE, vocab {vocab_size}>")

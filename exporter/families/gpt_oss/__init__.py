@@ -1,7 +1,8 @@
 """Family `gpt_oss` (GptOssForCausalLM): tensor table, the openai original/ layout, presets, registry entry.
 
 Config spellings: exporter/families/gpt_oss/config.py (GptOssConfig). Graph wiring: exporter/families/gpt_oss/graph.py. NumPy wiring:
-runtime/oracle/families/gpt_oss.py. Chat: harmony (runtime/chat/harmony.py).
+runtime/oracle/families/gpt_oss.py. Chat: harmony (runtime/chat/harmony.py). Synthetic tokenizer (harmony specials):
+exporter/families/gpt_oss/tokenizer.py.
 
 Two stored layouts map onto one set of canonical names (docs/ARCHITECTURE.md, "Checkpoints"):
 
@@ -28,6 +29,7 @@ from typing import Any
 
 from mxport.exporter.families.base import Expected, Family, Source
 from mxport.exporter.families.gpt_oss import graph, synth
+from mxport.exporter.families.gpt_oss.tokenizer import harmony_stop_ids, write_synth_files
 from mxport.exporter.families.gpt_oss.config import FULL, SLIDING, GptOssConfig
 from mxport.ops.mxfp4 import BLOCK_SIZE, BYTES_PER_BLOCK, HF_SUFFIXES, ORIGINAL_SUFFIXES
 
@@ -146,18 +148,21 @@ def sources(cfg: GptOssConfig, layout: str, lm_head: bool | None, stored: set[st
 
 
 # ---- presets ------------------------------------------------------------------------------------------------------
+# eos <|return|> <|endoftext|> <|call|>, pad <|endoftext|>: the ids of the harmony tokenizer synth writes beside
+# each preset (tokenizer.py: the top ids of a small vocabulary; o200k_harmony's in the published shapes' 201088)
+_TINY_STOPS, _MINI_STOPS = harmony_stop_ids(512), harmony_stop_ids(32000)
 PRESETS: dict[str, GptOssConfig] = {
     # seconds to write and run; small window so sliding attention matters on short prompts
     "tiny": GptOssConfig(
         vocab_size=512, hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, head_dim=16, num_experts=8, experts_per_token=2, sliding_window=8,
-        eos_token_ids=(2,), pad_token_id=0,
+        eos_token_ids=_TINY_STOPS[0], pad_token_id=_TINY_STOPS[1],
     ),
     # ~0.57 GB: big enough for timing and memory checks, small enough for CI
     "mini": GptOssConfig(
         vocab_size=32000, hidden_size=1024, intermediate_size=1024, num_hidden_layers=8, num_attention_heads=16,
         num_key_value_heads=4, head_dim=64, num_experts=32, experts_per_token=4, sliding_window=128,
-        eos_token_ids=(2,), pad_token_id=0,
+        eos_token_ids=_MINI_STOPS[0], pad_token_id=_MINI_STOPS[1],
     ),
     # the published shapes (GptOssConfig's defaults are gpt-oss-20b)
     "gpt-oss-20b": GptOssConfig(),
@@ -182,4 +187,5 @@ FAMILY = Family(
     chat_format="harmony",
     init=synth.init_std_mean,
     synth=synth.synth_tensor,
+    synth_files=write_synth_files,  # the harmony tokenizer (tokenizer.py)
 )
