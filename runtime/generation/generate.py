@@ -102,7 +102,7 @@ class Generator:
         if kind == "checkpoint" and backend != "numpy":
             raise MxportError(
                 f"{folder}: is a checkpoint (config.json + safetensors, no model.onnx); export it first "
-                f"(`mxport export {folder} OUT`) or run it with --backend numpy"
+                f"(`mxport export {folder} -o OUT`) or run it with --backend numpy"
             )
         config, eos, pad = _folder_config(folder, kind)
         if kind == "export" and backend == "ort":
