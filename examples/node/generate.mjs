@@ -1,7 +1,7 @@
 // Greedy decoding of an mxport export folder on Node.js: onnxruntime-node + the folder's tokenizer.json.
 // The proof that the folder runs where there is no Python at all.
 //
-//   npm ci --prefix examples/node
+//   npm ci --prefix examples/node            (once: installs onnxruntime-node and @huggingface/tokenizers)
 //   node examples/node/generate.mjs EXPORT_DIR --prompt "Hello" [--max-new-tokens 32] [--json]
 //   node examples/node/generate.mjs EXPORT_DIR --ids 5,17,99 [--max-new-tokens 32] [--json]
 //
@@ -70,6 +70,21 @@ function argmaxLast(logits) {
   return best;
 }
 
+// One line instead of ONNX Runtime's node dump when this onnxruntime-node cannot load the export: a --target cpu
+// graph's com.microsoft ops may take more inputs than its schemas know, and native ai.mxport kernels are not here.
+async function loadSession(folder, meta) {
+  try {
+    return await ort.InferenceSession.create(join(folder, "model.onnx"));
+  } catch (err) {
+    const message = String(err?.message ?? err).replace(/\s+/g, " ");
+    const at = message.lastIndexOf("with schema");
+    const reason = at >= 0 ? message.slice(at) : message.slice(0, 200);
+    const version = ort.env?.versions?.common ?? "?";
+    fail(`${folder}: onnxruntime-node ${version} cannot load this ${meta.target ?? "?"}-target export ` +
+         `(${reason.trim()}); Node runs portable exports: \`mxport export CKPT -o OUT\` (no --target)`);
+  }
+}
+
 async function main() {
   const args = parseArgs(process.argv.slice(2));
   const meta = readJson(join(args.folder, "mxport.json"));
@@ -83,7 +98,7 @@ async function main() {
     promptIds = tokenizer.encode(args.prompt, { add_special_tokens: false }).ids;
   }
 
-  const session = await ort.InferenceSession.create(join(args.folder, "model.onnx"));
+  const session = await loadSession(args.folder, meta);
   const pastNames = session.inputNames.filter((n) => n.startsWith("past_key_values."));
   const kv = config.num_key_value_heads;
   const headDim = config.head_dim ?? config.hidden_size / config.num_attention_heads;

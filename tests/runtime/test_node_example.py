@@ -64,3 +64,20 @@ def test_node_bad_arguments_exit_2(export_dir):
     done = subprocess.run([NODE, str(EXAMPLE / "generate.mjs"), str(export_dir)], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 2 and "usage" in done.stderr
+
+
+def test_node_names_an_export_it_cannot_load_in_one_line(export_dir, tmp_path):
+    from mxport.exporter.export import export
+
+    cpu = export(export_dir.parent / "ckpt", tmp_path / "cpu", target="cpu", progress=False)
+    done = subprocess.run([NODE, str(EXAMPLE / "generate.mjs"), str(cpu), "--prompt", "Hi"], capture_output=True,
+                          text=True, timeout=120)
+    if done.returncode == 0:  # a newer onnxruntime-node runs the cpu graph: then it must agree with mxport
+        want = Generator.from_folder(cpu).generate("Hi", max_new_tokens=32)[0].token_ids
+        assert node_generate(cpu, "--prompt", "Hi")["token_ids"] == want
+        return
+    assert done.returncode == 2 and done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert f"{cpu}: onnxruntime-node" in lines[0] and "cpu-target export" in lines[0]
+    assert "mxport export CKPT -o OUT" in lines[0]
