@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import shutil
 import sys
 import time
@@ -115,6 +116,21 @@ def ensure_checkpoint(cache: Path, fresh: bool = False, log=print) -> Path:
     return ckpt
 
 
+def mxport_command() -> str:
+    """How the user's shell calls this installation: `mxport` when that name on PATH is its script (an active
+    venv), else the script's path (`.venv/bin/mxport` from the clone, where a fresh shell has no venv active)."""
+    script = Path(sys.executable).parent / "mxport"
+    on_path = shutil.which("mxport")
+    if on_path and script.is_file() and Path(on_path).resolve() == script.resolve():
+        return "mxport"
+    if not script.is_file():
+        return f"{shlex.quote(sys.executable)} -m mxport"
+    try:
+        return shlex.quote(str(script.absolute().relative_to(Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(script.absolute()))
+
+
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.is_file() and p.name.startswith("model.onnx"))
 
@@ -197,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k.ljust(width)}  {v}")
-    print(f"\nnext: mxport chat {out} --show-analysis")
+    print(f"\nnext: {mxport_command()} chat {shlex.quote(str(out))} --show-analysis")
     wrong = right is not None and right < len(questions)
     if wrong:
         print(f"[demo] {len(questions) - right} answer(s) wrong", file=sys.stderr)
