@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mxport.contract.folder import GENERATION_CONFIG_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 from mxport.errors import MxportError
 from mxport.exporter.synth_tokenizer import build_byte_level_bpe
 
@@ -74,12 +75,12 @@ def write_synth_files(cfg, folder: str | Path) -> None:
         return
     folder = Path(folder)
     ids = harmony_special_ids(cfg.vocab_size)
-    build_harmony_bpe(cfg.vocab_size).save(str(folder / "tokenizer.json"))
+    build_harmony_bpe(cfg.vocab_size).save(str(folder / TOKENIZER_FILE))
     added = {str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
                       "special": True} for t, i in sorted(ids.items(), key=lambda kv: kv[1])}
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "added_tokens_decoder": added, "bos_token": None,
               "eos_token": "<|return|>", "pad_token": "<|endoftext|>", "unk_token": None,
               "model_max_length": cfg.max_position_embeddings, "clean_up_tokenization_spaces": False}
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (folder / TOKENIZER_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     generation = {"eos_token_id": list(cfg.eos_token_ids), "pad_token_id": cfg.pad_token_id, "do_sample": False}
-    (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    (folder / GENERATION_CONFIG_FILE).write_text(json.dumps(generation, indent=2) + "\n")
