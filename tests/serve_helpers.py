@@ -52,11 +52,13 @@ class ScriptedStepModel:
 
 
 @contextlib.contextmanager
-def run_server(app) -> Iterator[str]:
-    """uvicorn on 127.0.0.1 with an ephemeral port, in a thread; yields the base URL (http://127.0.0.1:PORT)."""
-    import uvicorn
+def run_server(app, limits=None) -> Iterator[str]:
+    """The server `mxport serve` runs (runtime/serve/net.py: uvicorn with the bounded h11 protocol) on 127.0.0.1
+    with an ephemeral port, in a thread; yields the base URL (http://127.0.0.1:PORT)."""
+    from mxport.runtime.serve.limits import ServeLimits
+    from mxport.runtime.serve.net import make_server
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    server = make_server(app, limits or ServeLimits(), port=0, log_level="warning")
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

@@ -6,7 +6,10 @@
     POST /v1/chat/completions   messages (+ tools, reasoning_effort) -> the chat format's prompt ids
     POST /v1/completions        prompt text or token ids, plain text out
 
-Each request becomes one engine Job. Its handler runs on the engine thread: it parses each token (reasoning,
+A POST's head has passed the Guard (guard.py: Host, API key, Content-Type, declared length); its body is read
+up to --max-body-mb (413 beyond), then parsed, validated, rendered and tokenized on one worker thread, never on
+the event loop, so /health and every stream keep answering while a big request is handled. Each request becomes
+one engine Job. Its handler runs on the engine thread: it parses each token (reasoning,
 content, tool calls), applies the stop strings to the content and hands events to the request's asyncio queue
 (loop.call_soon_threadsafe). The route either collects them into one response or streams them as SSE
 `data: {chunk}\\n\\n` ... `data: [DONE]\\n\\n`. A client that goes away cancels its job: the engine drops the row at
@@ -28,13 +31,20 @@ from typing import Any
 
 from fastapi import FastAPI, Request as HttpRequest
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
 
+from mxport.contract.folder import TOKENIZER_FILE
+from mxport.errors import MxportError
 from mxport.runtime.chat.format import ChatFormat, FormatError, ReplyParser, TextParser
 from mxport.runtime.chat.session import chat_format
 from mxport.runtime.generation.tokenizer import Tokenizer
 from mxport.runtime.serve.engine import Engine, Job, QueueFull
-from mxport.runtime.serve.protocol import (ApiError, Request, bad, chunk, completion_body, new_id, parse_request,
-                                           usage)
+from mxport.runtime.serve.guard import CatchAll, Guard
+from mxport.runtime.serve.limits import ServeLimits, bytes_per_token, min_tokens, parse_body, too_large
+from mxport.runtime.serve.protocol import (ApiError, Request, _short, bad, chunk, completion_body, new_id,
+                                           parse_request, usage)
+from mxport.runtime.serve.stops import StopMatcher
+from mxport.runtime.serve.worker import Worker
 
 log = logging.getLogger("mxport.serve")
 
@@ -50,6 +60,7 @@ class Served:
     eos_ids: tuple[int, ...] = ()
     max_context: int | None = None
     vocab_size: int | None = None
+    bytes_per_token: int | None = None  # limits.bytes_per_token of the tokenizer (None: no early refusal)
 
 
 def load_folder(folder: str | Path, *, provider: str = "cpu", max_batch: int = 16, max_queue: int = 64,
@@ -60,43 +71,21 @@ def load_folder(folder: str | Path, *, provider: str = "cpu", max_batch: int = 1
     gen = Generator.from_folder(folder, provider=provider, max_context=max_context)
     engine = Engine(gen.model, pad_token_id=gen.pad_token_id, max_batch=max_batch, max_queue=max_queue).start()
     kind = gen.config.family.chat_format if gen.config is not None else None
+    per_token = None
+    if gen.tokenizer is not None and (Path(folder) / TOKENIZER_FILE).is_file():
+        per_token = bytes_per_token(json.loads((Path(folder) / TOKENIZER_FILE).read_text(encoding="utf-8")))
     return Served(model_name or Path(folder).resolve().name, engine, gen.tokenizer,
                   chat_format(gen.tokenizer, folder, kind),
-                  gen.eos_token_ids, gen.max_context, gen.vocab_size)
-
-
-class StopMatcher:
-    """Stop strings over streamed text: text that could still become a stop string is held back."""
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = tuple(stops)
-        self.pending = ""
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        """-> (text to show now, whether a stop string was completed; text from it on is dropped)."""
-        self.pending += text
-        if not self.stops:
-            out, self.pending = self.pending, ""
-            return out, False
-        cut = min((i for s in self.stops if (i := self.pending.find(s)) >= 0), default=None)
-        if cut is not None:
-            out, self.pending = self.pending[:cut], ""
-            return out, True
-        hold = max((n for s in self.stops for n in range(1, len(s)) if self.pending.endswith(s[:n])), default=0)
-        out = self.pending[: len(self.pending) - hold]
-        self.pending = self.pending[len(out):]
-        return out, False
-
-    def flush(self) -> str:
-        out, self.pending = self.pending, ""
-        return out
+                  gen.eos_token_ids, gen.max_context, gen.vocab_size, per_token)
 
 
 class QueueHandler:
-    """Engine-thread side of one request: tokens -> parser events -> stop strings -> the request's asyncio queue."""
+    """Engine-thread side of one request: tokens -> parser events -> stop strings -> the request's asyncio queue.
+    With `ids` each generated token id is also handed over (a ("token", id) event)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, parser: ReplyParser, stops: tuple[str, ...]) -> None:
-        self.loop, self.parser = loop, parser
+    def __init__(self, loop: asyncio.AbstractEventLoop, parser: ReplyParser | None, stops: tuple[str, ...],
+                 ids: bool = False) -> None:
+        self.loop, self.parser, self.ids = loop, parser, ids
         self.queue: asyncio.Queue = asyncio.Queue()
         self.matcher = StopMatcher(stops)
         self.stopped = False  # a stop string was hit
@@ -123,19 +112,24 @@ class QueueHandler:
         return False
 
     def token(self, token_id: int) -> bool:
-        return self._events(self.parser.add(token_id))
+        if self.ids:
+            self._put(("token", token_id))
+        return self._events(self.parser.add(token_id)) if self.parser is not None else False
 
     def finish(self, reason: str, completion_tokens: int, stop_token: int | None = None) -> None:
-        if not self.stopped and not reason.startswith("error"):
+        if not self.stopped and not reason.startswith("error") and self.parser is not None:
             self._events(self.parser.finish(stop_token))
             if held := self.matcher.flush():
                 self._put(("content", held))
-        self._put(("done", reason, completion_tokens, self.parser.tool_called))
+        self._put(("done", reason, completion_tokens, self.parser is not None and self.parser.tool_called))
 
 
-def create_app(load: Callable[[], Served], *, default_max_tokens: int = 4096) -> FastAPI:
-    """The app; `load()` runs in a thread at startup (/health answers 503 until it returns)."""
+def create_app(load: Callable[[], Served], *, default_max_tokens: int = 4096, limits: ServeLimits = ServeLimits(),
+               api_key: str | None = None, allowed_hosts: Sequence[str] | None = None) -> FastAPI:
+    """The app; `load()` runs in a thread at startup (/health answers 503 until it returns). `api_key`: requests
+    need `Authorization: Bearer KEY`; `allowed_hosts`: the Host names answered (None: any; guard.py)."""
     state: dict[str, Any] = {"served": None, "error": None}
+    worker = Worker("mxport-render")
 
     def loader() -> None:
         try:
@@ -152,8 +146,10 @@ def create_app(load: Callable[[], Served], *, default_max_tokens: int = 4096) ->
         if state["served"] is not None:
             state["served"].engine.stop()
 
-    app = FastAPI(title="mxport", lifespan=lifespan)
+    app = FastAPI(title="mxport", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.mxport = state
+    app.add_middleware(Guard, limits=limits, api_key=api_key, hosts=allowed_hosts)
+    app.add_middleware(CatchAll)  # added last: the outermost of the app's middleware
 
     def served() -> Served:
         if state["served"] is None:
@@ -163,7 +159,17 @@ def create_app(load: Callable[[], Served], *, default_max_tokens: int = 4096) ->
 
     @app.exception_handler(ApiError)
     async def api_error(_: HttpRequest, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(http: HttpRequest, exc: HTTPException) -> JSONResponse:
+        """Unknown routes (404) and wrong methods (405) in OpenAI's shape."""
+        where = f"{http.method} {http.url.path[:200]}"
+        message = {404: f"Invalid URL ({where}): no such route", 405: f"Method not allowed ({where}); allowed: "
+                   f"{(exc.headers or {}).get('Allow', '?')}"}.get(exc.status_code, f"{exc.detail} ({where})")
+        code = {404: "unknown_url", 405: "method_not_allowed"}.get(exc.status_code)
+        return JSONResponse(ApiError(exc.status_code, message, None, code).body(), status_code=exc.status_code,
+                            headers=exc.headers)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -189,17 +195,10 @@ def create_app(load: Callable[[], Served], *, default_max_tokens: int = 4096) ->
 
     async def respond(http: HttpRequest, chat: bool):
         s = served()
-        try:
-            body = json.loads(await http.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise bad(f"the request body is not valid JSON ({exc})", None, "invalid_json") from None
-        req = parse_request(body, chat)
-        if req.model != s.name:
-            raise ApiError(404, f"The model '{req.model}' does not exist; this server serves '{s.name}'", "model",
-                           "model_not_found")
-        prompt, parser, stop_ids, param = prepare(s, req, chat)
-        max_tokens = check_context(s, req, len(prompt), param, default_max_tokens)
-        handler = QueueHandler(asyncio.get_running_loop(), parser, req.stop)
+        raw = await read_body(http, limits)
+        req, prompt, parser, stop_ids, max_tokens = await worker.run(handle, s, raw, chat)
+        ids = not chat and (req.return_token_ids or s.tokenizer is None)
+        handler = QueueHandler(asyncio.get_running_loop(), parser, req.stop, ids)
         job = Job(prompt, max_tokens, handler, req.sampling, frozenset(stop_ids))
         try:
             s.engine.submit(job)
@@ -208,24 +207,80 @@ def create_app(load: Callable[[], Served], *, default_max_tokens: int = 4096) ->
         meta = (new_id("chatcmpl" if chat else "cmpl"), s.name, len(prompt))
         if req.stream:
             return StreamingResponse(stream(http, job, handler, req, chat, meta), media_type="text/event-stream")
-        return await collect(http, job, handler, chat, meta)
+        return await collect(http, job, handler, chat, meta, ids)
+
+    def handle(s: Served, raw: bytes, chat: bool) -> tuple:
+        """On the worker thread: body -> request -> prompt ids, parser, stop ids and max_tokens (or an ApiError)."""
+        req = parse_request(parse_body(raw, limits.max_json_depth), chat, limits.max_stop_chars, limits.max_tools)
+        if req.model != s.name:
+            raise ApiError(404, f"The model {_short(req.model)} does not exist; this server serves '{s.name}'",
+                           "model", "model_not_found")
+        refuse_early(s, req, chat)
+        prompt, parser, stop_ids, param = prepare(s, req, chat)
+        return req, prompt, parser, stop_ids, check_context(s, req, len(prompt), param, default_max_tokens)
 
     return app
 
 
-def prepare(s: Served, req: Request, chat: bool) -> tuple[list[int], ReplyParser, set[int], str]:
-    """Prompt ids, a reply parser, the stop ids and the request field that holds the prompt."""
+async def read_body(http: HttpRequest, limits: ServeLimits) -> bytes:
+    """The body, up to the limit (a chunked body is counted as it comes); 413 beyond it."""
+    parts, size = [], 0
+    async for part in http.stream():
+        size += len(part)
+        if size > limits.max_body_bytes:
+            raise too_large(None, limits)
+        parts.append(part)
+    return b"".join(parts)
+
+
+def refuse_early(s: Served, req: Request, chat: bool) -> None:
+    """400 when the request's text alone cannot fit the context: before the costly render and tokenizing."""
+    if s.max_context is None or s.bytes_per_token is None:
+        return
+    if chat:
+        texts = [t for m in req.messages if isinstance(m, dict) and m.get("role") != "assistant"
+                 for t in _texts(m.get("content"))]
+    else:
+        texts = [req.prompt] if isinstance(req.prompt, str) else []
+    need = min_tokens(texts, s.bytes_per_token) + (req.max_tokens or 0)
+    if need > s.max_context:
+        raise bad(f"the request's text alone needs at least {need - (req.max_tokens or 0)} tokens"
+                  + (f" and max_tokens is {req.max_tokens}" if req.max_tokens else "")
+                  + f": more than the model's context of {s.max_context} tokens", "messages" if chat else "prompt",
+                  "context_length_exceeded")
+
+
+def _texts(content: Any) -> list[str]:
+    """The text of a message's content: a string or OpenAI's [{"type": "text", "text": ...}] parts."""
+    if isinstance(content, str):
+        return [content]
+    if isinstance(content, list):
+        return [p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+    return []
+
+
+def prepare(s: Served, req: Request, chat: bool) -> tuple[list[int], ReplyParser | None, set[int], str]:
+    """Prompt ids, a reply parser (None without a tokenizer: token ids only), the stop ids and the request field
+    that holds the prompt."""
     if chat:
         if s.chat is None:
-            raise bad(f"the model '{s.name}' has no chat format (tokenizer without a chat template); "
-                      "use /v1/completions", "messages", "chat_not_supported")
+            why = "no tokenizer.json" if s.tokenizer is None else "no chat format (a tokenizer without a chat template)"
+            raise bad(f"the model '{s.name}' has {why}; use /v1/completions"
+                      + (" with token-id prompts" if s.tokenizer is None else ""), "messages", "chat_not_supported")
         try:
             ids = s.chat.render(req.messages, req.tools, req.tool_choice, req.reasoning_effort)
         except FormatError as exc:
             raise bad(str(exc), exc.param) from None
+        except MxportError as exc:  # a template over its limits, ...
+            raise bad(str(exc), "messages") from None
+        except Exception as exc:  # noqa: BLE001 - the template met input it cannot take: the request's fault
+            raise bad(f"the chat format cannot render this request ({type(exc).__name__}: {str(exc)[:200]})",
+                      "messages", "invalid_messages") from None
         return ids, s.chat.parser(), set(s.chat.stop_token_ids) | set(s.eos_ids), "messages"
-    if s.tokenizer is None:
-        raise bad(f"the model '{s.name}' has no tokenizer.json: text needs one", "prompt")
+    if s.tokenizer is None and isinstance(req.prompt, str):
+        raise bad(f"the model '{s.name}' has no tokenizer.json: send the prompt as token ids", "prompt")
+    if s.tokenizer is None and req.stop:
+        raise bad(f"the model '{s.name}' has no tokenizer.json: stop strings need text", "stop")
     if isinstance(req.prompt, str):
         ids = s.tokenizer.encode(req.prompt)
     else:
@@ -234,7 +289,7 @@ def prepare(s: Served, req: Request, chat: bool) -> tuple[list[int], ReplyParser
             raise bad(f"prompt: token ids must be in [0, {s.vocab_size})", "prompt")
     if not ids:
         raise bad("prompt: encodes to no tokens", "prompt")
-    return ids, TextParser(s.tokenizer), set(s.eos_ids), "prompt"
+    return ids, TextParser(s.tokenizer) if s.tokenizer is not None else None, set(s.eos_ids), "prompt"
 
 
 def check_context(s: Served, req: Request, n: int, param: str, default_max_tokens: int) -> int:
@@ -268,17 +323,22 @@ def _finish_reason(reason: str, tool_called: bool) -> str:
     return "tool_calls" if tool_called and reason == "stop" else ("length" if reason == "length" else "stop")
 
 
-async def collect(http: HttpRequest, job: Job, handler: QueueHandler, chat: bool, meta: tuple) -> JSONResponse:
+async def collect(http: HttpRequest, job: Job, handler: QueueHandler, chat: bool, meta: tuple,
+                  ids: bool = False) -> JSONResponse:
     rid, model, n_prompt = meta
-    text, reasoning, calls = [], [], []
+    text, reasoning, calls, tokens = [], [], [], []
     while (item := await next_item(http, job, handler)) is not None:
         kind = item[0]
         if kind == "done":
             _, reason, n, tool_called = item
             body = completion_body(rid, model, chat, "".join(text), "".join(reasoning), calls,
                                    _finish_reason(reason, tool_called), usage(n_prompt, n))
+            if ids:
+                body["choices"][0]["token_ids"] = tokens
             return JSONResponse(body)
-        if kind == "content":
+        if kind == "token":
+            tokens.append(item[1])
+        elif kind == "content":
             text.append(item[1])
         elif kind == "reasoning":
             reasoning.append(item[1])
@@ -317,7 +377,9 @@ async def stream(http: HttpRequest, job: Job, handler: QueueHandler, req: Reques
                 if req.include_usage:
                     yield sse(None, usage(n_prompt, n))
                 break
-            if kind == "content":
+            if kind == "token":
+                yield sse({**delta({}), "token_ids": [item[1]]})
+            elif kind == "content":
                 yield sse(delta({"content": item[1]}))
             elif kind == "reasoning" and chat:
                 yield sse(delta({"reasoning": item[1], "reasoning_content": item[1]}))

@@ -19,11 +19,11 @@ class ApiError(Exception):
     """An error answered as OpenAI's error body with an HTTP status."""
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 type_: str | None = None) -> None:
+                 type_: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
-        self.type = type_ or {400: "invalid_request_error", 404: "invalid_request_error",
-                              503: "server_error"}.get(status, "server_error")
+        self.type = type_ or ("invalid_request_error" if status < 500 else "server_error")
+        self.headers = headers
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
@@ -55,7 +55,10 @@ NEUTRAL = {
 }
 COMMON = {"model", "stream", "stream_options", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop"}
 CHAT = COMMON | {"messages", "max_completion_tokens", "tools", "tool_choice", "reasoning_effort"}
-COMPLETION = COMMON | {"prompt"}
+COMPLETION = COMMON | {"prompt", "return_token_ids"}
+MAX_STOPS = 4  # OpenAI's
+GREEDY_BELOW = 1e-5  # a temperature this small is greedy (vLLM's _SAMPLING_EPS): dividing by it overflows
+INT64 = 2**63
 
 
 @dataclass
@@ -73,18 +76,21 @@ class Request:
     tool_choice: Any = None
     reasoning_effort: str | None = None
     prompt: str | list[int] | None = None  # completions
+    return_token_ids: bool = False  # completions: each choice also lists its token ids (vLLM's extension)
 
 
-def parse_request(body: Any, chat: bool) -> Request:
+def parse_request(body: Any, chat: bool, max_stop_chars: int = 1024, max_tools: int = 128) -> Request:
     if not isinstance(body, dict):
         raise bad("the request body must be a JSON object", None, "invalid_json")
     allowed = CHAT if chat else COMPLETION
     unknown = sorted(k for k in body if k not in allowed and k not in IGNORED and k not in NEUTRAL)
     if unknown:
-        raise bad(f"unrecognized request argument(s): {', '.join(unknown)}", unknown[0], "unknown_parameter")
+        names = ", ".join(unknown)
+        raise bad(f"unrecognized request argument(s): {names if len(names) <= 200 else names[:197] + '...'}",
+                  unknown[0][:80], "unknown_parameter")
     refused = sorted(k for k, ok in NEUTRAL.items() if k in body and not ok(body[k]))
     if refused:
-        shown = ", ".join(f"{k}={body[k]!r}" for k in refused)
+        shown = ", ".join(f"{k}={_short(body[k])}" for k in refused)
         raise bad(f"not supported by this server: {shown} (leave them out or use their default)", refused[0],
                   "unsupported_parameter")
     model = body.get("model")
@@ -98,13 +104,14 @@ def parse_request(body: Any, chat: bool) -> Request:
         req.include_usage = _bool(opts, "include_usage", "stream_options.include_usage")
     key = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
     req.max_tokens = _int(body, key, low=1)
-    temperature = _number(body, "temperature", 0.0, 0.0, None)
+    temperature = _number(body, "temperature", 0.0, 0.0, 2.0)
     top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
     if top_p == 0.0:
         raise bad("top_p must be in (0, 1]", "top_p")
-    top_k = _int(body, "top_k", low=0) or 0  # an extension (vLLM, llama.cpp); 0 = all
-    req.sampling = SamplingConfig(temperature, top_k, top_p, _int(body, "seed"))
-    req.stop = _stop(body.get("stop"))
+    top_k = _int(body, "top_k", low=0, high=2**31 - 1) or 0  # an extension (vLLM, llama.cpp); 0 = all
+    seed = _int(body, "seed", low=0, high=INT64 - 1)
+    req.sampling = SamplingConfig(temperature if temperature >= GREEDY_BELOW else 0.0, top_k, top_p, seed)
+    req.stop = _stop(body.get("stop"), max_stop_chars)
     if chat:
         req.messages = body.get("messages")
         if not isinstance(req.messages, list) or not req.messages:
@@ -112,14 +119,17 @@ def parse_request(body: Any, chat: bool) -> Request:
         tools = body.get("tools")
         if tools is not None and not isinstance(tools, list):
             raise bad("tools: expected a list of {\"type\": \"function\", \"function\": {...}}", "tools")
+        if tools is not None and len(tools) > max_tools:
+            raise bad(f"tools: {len(tools)} tools; this server takes at most {max_tools} (--max-tools)", "tools")
         req.tools = tools or []
         req.tool_choice = body.get("tool_choice")
         effort = body.get("reasoning_effort")
         if effort is not None and not isinstance(effort, str):
-            raise bad(f"reasoning_effort: expected a string, found {effort!r}", "reasoning_effort")
+            raise bad(f"reasoning_effort: expected a string, found {_short(effort)}", "reasoning_effort")
         req.reasoning_effort = effort
     else:
         req.prompt = _prompt(body.get("prompt"))
+        req.return_token_ids = _bool(body, "return_token_ids")
     return req
 
 
@@ -128,38 +138,50 @@ def _bool(d: dict, key: str, param: str | None = None) -> bool:
     if v is None:
         return False
     if not isinstance(v, bool):
-        raise bad(f"{param or key}: expected true or false, found {v!r}", param or key)
+        raise bad(f"{param or key}: expected true or false, found {_short(v)}", param or key)
     return v
 
 
-def _int(d: dict, key: str, low: int | None = None) -> int | None:
+def _int(d: dict, key: str, low: int | None = None, high: int | None = None) -> int | None:
     v = d.get(key)
     if v is None:
         return None
     if isinstance(v, bool) or not isinstance(v, int):
-        raise bad(f"{key}: expected an integer, found {v!r}", key)
+        raise bad(f"{key}: expected an integer, found {_short(v)}", key)
     if low is not None and v < low:
-        raise bad(f"{key}: must be >= {low}, found {v}", key)
+        raise bad(f"{key}: must be >= {low}, found {_short(v)}", key)
+    if high is not None and v > high:
+        raise bad(f"{key}: must be <= {high}, found {_short(v)}", key)
     return v
 
 
-def _number(d: dict, key: str, default: float, low: float, high: float | None) -> float:
+def _short(v: Any) -> str:
+    """A value for an error message, cut to 80 characters (a client's value can be megabytes)."""
+    text = repr(v) if not isinstance(v, int) or v.bit_length() < 256 else f"an integer of {v.bit_length()} bits"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _number(d: dict, key: str, default: float, low: float, high: float) -> float:
     v = d.get(key)
     if v is None:
         return default
     if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
-        raise bad(f"{key}: expected a number, found {v!r}", key)
-    if v < low or (high is not None and v > high):
-        raise bad(f"{key}: must be in [{low}, {high if high is not None else 'inf'}], found {v}", key)
+        raise bad(f"{key}: expected a number, found {_short(v)}", key)
+    if v < low or v > high:
+        raise bad(f"{key}: must be in [{low:g}, {high:g}], found {_short(v)}", key)
     return float(v)
 
 
-def _stop(v: Any) -> tuple[str, ...]:
+def _stop(v: Any, max_chars: int) -> tuple[str, ...]:
     if v is None:
         return ()
     stops = [v] if isinstance(v, str) else v
-    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > 4:
-        raise bad(f"stop: expected a non-empty string or a list of up to 4 of them, found {v!r}", "stop")
+    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > MAX_STOPS:
+        raise bad(f"stop: expected a non-empty string or a list of up to {MAX_STOPS} of them, found {_short(v)}",
+                  "stop")
+    if longest := max((len(s) for s in stops if len(s) > max_chars), default=0):
+        raise bad(f"stop: a stop string of {longest} characters; this server takes at most {max_chars} "
+                  "(--max-stop-chars)", "stop")
     return tuple(stops)
 
 
