@@ -3,6 +3,11 @@
     app.py       FastAPI routes, SSE streaming, the request -> job glue
     protocol.py  OpenAI's request fields (validated, unsupported ones refused by name) and response bodies
     engine.py    the continuous-batching scheduler (one step per token for every active request)
+    limits.py    ServeLimits (every limit, each a flag of `mxport serve`), strict body parsing, the early refusal
+    guard.py     Host allow-list, API key, JSON-only, declared length; the catch-all (one log line, a 500 body)
+    net.py       uvicorn on a bounded h11 protocol (request timeout, connection cap), the socket bound first
+    stops.py     stop strings in linear time (Aho-Corasick)
+    worker.py    the thread that parses, renders and tokenizes requests off the event loop
 
 Chat requests are rendered and parsed by the model's chat format (runtime/chat/format.py), the same objects
 `mxport chat` uses; app.py maps them to and from OpenAI's shapes. The subcommand: mxport/commands/serve.py.
