@@ -13,8 +13,10 @@ streaming /v1/completions requests one after another: random prompt ids (seeded)
     per-token   (last chunk - first chunk) / (tokens - 1) per request (p50, p95)
 
 `--serial` adds the same loads against a second server started with --max-batch 1: requests are served one at
-a time (what a server behind a lock does), the baseline for continuous batching. A script, not a test: the
-numbers depend on the machine and on what else runs on it.
+a time (what a server behind a lock does), the baseline for continuous batching. `--abuse` measures instead a
+short request's latency (10 tokens, greedy) alone and while two other clients keep sending 4 x 300 kB stop
+strings and 10 MB bodies (docs/SERVING.md "Limits and security"), with the abusers' status codes. A script, not
+a test: the numbers depend on the machine and on what else runs on it.
 """
 
 from __future__ import annotations
@@ -157,6 +159,51 @@ def fmt(r: dict) -> str:
             + (f"   errors: {r['errors']}" if r["errors"] else ""))
 
 
+def abuse(folder: Path, vocab: int) -> int:
+    """A short request alone, then while abusers send huge stop strings and bodies; exit 1 unless its latency
+    stays within 3x alone (or +3 s) and every abusive request got a 4xx."""
+    import threading
+
+    short = {"model": "bench", "prompt": [int(t) for t in np.random.default_rng(0).integers(3, vocab, 16)],
+             "max_tokens": 10, "temperature": 0}
+    stops = json.dumps({"model": "bench", "prompt": "Hi", "max_tokens": 50,
+                        "stop": ["x" * 300_000 + c for c in "abcd"]}).encode()
+    huge = json.dumps({"model": "bench", "prompt": "a" * 10_000_000}).encode()
+    with server(folder, 16, 64) as base:
+        def latency() -> float:
+            t0 = time.perf_counter()
+            r = httpx.post(f"{base}/v1/completions", json=short, timeout=120)
+            if r.status_code != 200:
+                raise SystemExit(f"the short request failed: HTTP {r.status_code} {r.text[:200]}")
+            return time.perf_counter() - t0
+
+        latency()  # warm-up
+        alone = [latency() for _ in range(5)]
+        statuses: list[int] = []
+        done = threading.Event()
+
+        def attack(body: bytes) -> None:
+            with httpx.Client(timeout=120) as c:
+                while not done.is_set():
+                    statuses.append(c.post(f"{base}/v1/completions", content=body,
+                                           headers={"content-type": "application/json"}).status_code)
+
+        threads = [threading.Thread(target=attack, args=(b,)) for b in (stops, huge)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        during = [latency() for _ in range(5)]
+        done.set()
+        for t in threads:
+            t.join()
+    a, d = float(np.median(alone)), max(during)
+    ok = d <= max(3 * a, a + 3) and statuses and all(400 <= s < 500 for s in statuses)
+    print(f"short request alone: median {1e3 * a:.0f} ms; under abuse: max {1e3 * d:.0f} ms "
+          f"(median {1e3 * float(np.median(during)):.0f} ms); abusive requests: {len(statuses)}, statuses "
+          f"{sorted(set(statuses))}: {'OK' if ok else 'FAILED'}")
+    return 0 if ok else 1
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folder", type=Path, help="exported folder with tokenizer.json")
@@ -167,9 +214,12 @@ def main() -> int:
     p.add_argument("--max-batch", type=int, default=16, help="--max-batch of the batching server")
     p.add_argument("--serial", action="store_true", help="also run the loads against a --max-batch 1 server")
     p.add_argument("--json", type=Path, default=None, help="write the rows as JSON")
+    p.add_argument("--abuse", action="store_true", help="measure a short request's latency under abuse instead")
     args = p.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]
     vocab = int(read_manifest(args.folder).config["vocab_size"])
+    if args.abuse:
+        return abuse(args.folder, vocab)
     rows = run_loads(args.folder, args, args.max_batch, f"batch {args.max_batch}", vocab)
     if args.serial:
         rows += run_loads(args.folder, args, 1, "one at a time", vocab)

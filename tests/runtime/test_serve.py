@@ -261,3 +261,8 @@ def test_qwen3_chat_switches_thinking(make_checkpoint, tmp_path):
             assert got.usage.prompt_tokens == len(session.last_prompt_ids)
             assert (got.choices[0].message.content or "") == want.content
             assert (got.choices[0].message.model_extra.get("reasoning") or "") == want.reasoning
+        # a tool-call name that is not a string made the template raise TypeError: a 500 before issue 20
+        bad_call = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": 7, "arguments": "{}"}}]}]
+        r = httpx.post(f"{base}/v1/chat/completions", json={"model": "qwen3", "messages": bad_call})
+        assert r.status_code == 400 and r.json()["error"]["param"].startswith("messages"), r.text
