@@ -11,6 +11,7 @@ cache slot it writes; a row's last slot is never padding, so after any merge it 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -83,3 +84,28 @@ def wait_ready(base: str, timeout: float = 30.0) -> None:
             return
         time.sleep(0.05)
     raise RuntimeError(f"{base}/health never answered 200")
+
+
+class LogLines(logging.Handler):
+    """Every record the server logs (mxport.serve, uvicorn), formatted with its traceback if it has one."""
+
+    NAMES = ("mxport.serve", "uvicorn.error", "uvicorn")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.text: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.text.append(logging.Formatter().format(record))
+
+
+@contextlib.contextmanager
+def server_logs() -> Iterator[LogLines]:
+    handler = LogLines()
+    for name in LogLines.NAMES:
+        logging.getLogger(name).addHandler(handler)
+    try:
+        yield handler
+    finally:
+        for name in LogLines.NAMES:
+            logging.getLogger(name).removeHandler(handler)

@@ -19,7 +19,7 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
-from serve_helpers import ScriptedStepModel, run_server, wait_ready  # noqa: E402
+from serve_helpers import ScriptedStepModel, run_server, server_logs, wait_ready  # noqa: E402
 
 from mxport.runtime.chat.session import chat_format  # noqa: E402
 from mxport.runtime.generation.tokenizer import build_harmony_tokenizer  # noqa: E402
@@ -82,15 +82,6 @@ def test_stop_matcher_is_linear():
 
 # ---- the real server --------------------------------------------------------------------------------------
 
-class Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.text: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.text.append(logging.Formatter().format(record))
-
-
 @pytest.fixture(scope="module")
 def tok():
     return build_harmony_tokenizer(VOCAB)
@@ -104,16 +95,10 @@ def served(tok, delay: float = 0.0) -> Served:
 
 @pytest.fixture(scope="module")
 def fuzz_server(tok):
-    handler = Lines()
-    loggers = [logging.getLogger(n) for n in ("mxport.serve", "uvicorn.error", "uvicorn")]
-    for lg in loggers:
-        lg.addHandler(handler)
-    with run_server(create_app(lambda: served(tok), default_max_tokens=4)) as base:
+    with server_logs() as lines, run_server(create_app(lambda: served(tok), default_max_tokens=4)) as base:
         wait_ready(base)
         with httpx.Client(base_url=base, timeout=30) as client:
-            yield client, handler
-    for lg in loggers:
-        lg.removeHandler(handler)
+            yield client, lines
 
 
 FIELDS = ["model", "prompt", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k",

@@ -6,7 +6,6 @@ the log as a traceback. A scripted model (serve_helpers.py) keeps the replies fa
 from __future__ import annotations
 
 import json
-import logging
 import socket
 import time
 
@@ -17,7 +16,7 @@ pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
-from serve_helpers import ScriptedStepModel, run_server, wait_ready  # noqa: E402
+from serve_helpers import ScriptedStepModel, run_server, server_logs, wait_ready  # noqa: E402
 
 from mxport.runtime.chat.session import chat_format  # noqa: E402
 from mxport.runtime.generation.tokenizer import build_harmony_tokenizer  # noqa: E402
@@ -47,26 +46,10 @@ def make_served(tok, *, tokenizer=True, delay=0.0, per_token=None) -> Served:
                   (tok.require("<|endoftext|>"),), CONTEXT, VOCAB, per_token)
 
 
-class Lines(logging.Handler):
-    """Every log record of the server, formatted with its traceback if it has one."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.text: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.text.append(logging.Formatter().format(record))
-
-
 @pytest.fixture(scope="module")
 def logs():
-    handler = Lines()
-    names = ("mxport.serve", "uvicorn.error", "uvicorn")
-    for name in names:
-        logging.getLogger(name).addHandler(handler)
-    yield handler
-    for name in names:
-        logging.getLogger(name).removeHandler(handler)
+    with server_logs() as lines:
+        yield lines
 
 
 @pytest.fixture(scope="module")
