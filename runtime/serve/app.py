@@ -211,7 +211,8 @@ def create_app(load: Callable[[], Served], *, default_max_tokens: int = 4096, li
 
     def handle(s: Served, raw: bytes, chat: bool) -> tuple:
         """On the worker thread: body -> request -> prompt ids, parser, stop ids and max_tokens (or an ApiError)."""
-        req = parse_request(parse_body(raw, limits.max_json_depth), chat, limits.max_stop_chars, limits.max_tools)
+        req = parse_request(parse_body(raw, limits.max_json_depth), chat, limits.max_stop_chars, limits.max_tools,
+                            limits.max_tools_kb * 1024)
         if req.model != s.name:
             raise ApiError(404, f"The model {_short(req.model)} does not exist; this server serves '{s.name}'",
                            "model", "model_not_found")

@@ -30,6 +30,7 @@ class ServeLimits:
     max_json_depth: int = _limit(32, "deepest JSON nesting of a request body; deeper is 400")
     max_stop_chars: int = _limit(1024, "longest stop string in characters (at most 4 of them); longer is 400")
     max_tools: int = _limit(128, "most tools in one chat request; more is 400")
+    max_tools_kb: int = _limit(256, "largest `tools` of one chat request, as JSON, in KiB; larger is 400")
     request_timeout: float = _limit(60.0, "seconds a client has to send a request's headers and body; then the "
                                           "connection is closed")
     keep_alive: int = _limit(5, "seconds an idle keep-alive connection stays open")

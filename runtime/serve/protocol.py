@@ -7,6 +7,7 @@ implement (n > 1, logprobs, response_format, penalties, ...) is refused by name 
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -79,7 +80,8 @@ class Request:
     return_token_ids: bool = False  # completions: each choice also lists its token ids (vLLM's extension)
 
 
-def parse_request(body: Any, chat: bool, max_stop_chars: int = 1024, max_tools: int = 128) -> Request:
+def parse_request(body: Any, chat: bool, max_stop_chars: int = 1024, max_tools: int = 128,
+                  max_tools_bytes: int = 256 * 1024) -> Request:
     if not isinstance(body, dict):
         raise bad("the request body must be a JSON object", None, "invalid_json")
     allowed = CHAT if chat else COMPLETION
@@ -121,6 +123,9 @@ def parse_request(body: Any, chat: bool, max_stop_chars: int = 1024, max_tools: 
             raise bad("tools: expected a list of {\"type\": \"function\", \"function\": {...}}", "tools")
         if tools is not None and len(tools) > max_tools:
             raise bad(f"tools: {len(tools)} tools; this server takes at most {max_tools} (--max-tools)", "tools")
+        if tools and (size := len(json.dumps(tools))) > max_tools_bytes:
+            raise bad(f"tools: {size} bytes of JSON; this server takes at most {max_tools_bytes} (--max-tools-kb)",
+                      "tools")
         req.tools = tools or []
         req.tool_choice = body.get("tool_choice")
         effort = body.get("reasoning_effort")

@@ -16,6 +16,7 @@ pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 from serve_helpers import ScriptedStepModel, run_server, server_logs, wait_ready  # noqa: E402
 
 from mxport.runtime.chat.session import chat_format  # noqa: E402
@@ -23,13 +24,14 @@ from mxport.runtime.generation.tokenizer import build_harmony_tokenizer  # noqa:
 from mxport.runtime.serve.app import Served, create_app  # noqa: E402
 from mxport.runtime.serve.engine import Engine  # noqa: E402
 from mxport.runtime.serve.guard import default_hosts  # noqa: E402
-from mxport.runtime.serve.limits import ServeLimits, bytes_per_token  # noqa: E402
+from mxport.runtime.serve.limits import ServeLimits, bytes_per_token, min_tokens  # noqa: E402
 
 VOCAB = 512
 CONTEXT = 300
 NAME = "m"
 USER = [{"role": "user", "content": "Hi"}]
-LIMITS = ServeLimits(max_body_mb=0.2, max_stop_chars=64, max_tools=4, max_json_depth=16, request_timeout=2.0)
+LIMITS = ServeLimits(max_body_mb=0.2, max_stop_chars=64, max_tools=4, max_tools_kb=2, max_json_depth=16,
+                     request_timeout=2.0)
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +115,9 @@ def test_stop_strings_and_tools_are_bounded(base):
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
     err = post(base, CHAT, {"model": NAME, "messages": USER, "tools": [tool] * 5}, status=400)
     assert err["param"] == "tools" and "at most 4" in err["message"]
+    wide = {"type": "function", "function": {"name": "f", "description": "d" * 3000, "parameters": {"type": "object"}}}
+    err = post(base, CHAT, {"model": NAME, "messages": USER, "tools": [wide]}, status=400)
+    assert err["param"] == "tools" and "--max-tools-kb" in err["message"]
     # a stop string of the largest length still works (and stops the reply where it starts)
     r = httpx.post(f"{base}{COMPLETIONS}", json={"model": NAME, "prompt": "Hi", "stop": ["answer" + "z" * 58,
                                                                                          "answer"]})
@@ -141,6 +146,28 @@ def test_text_that_cannot_fit_is_refused_before_tokenizing(base):
     assert err["code"] == "context_length_exceeded" and "at least" in err["message"]
     err = post(base, CHAT, {"model": NAME, "messages": [{"role": "user", "content": "word " * 30_000}]}, status=400)
     assert err["code"] == "context_length_exceeded" and err["param"] == "messages"
+
+
+@pytest.fixture(scope="module")
+def tokenizers(tok, tmp_path_factory):
+    """(tokenizer, bytes_per_token) of the harmony test tokenizer and the built-in chat model's."""
+    from pathlib import Path
+
+    import mxport
+    from mxport.runtime.generation.tokenizer import Tokenizer
+
+    built_in = Path(mxport.__file__).parent / "data" / "chat-tiny" / "tokenizer.json"
+    saved = tok.save(tmp_path_factory.mktemp("tok") / "h.json")
+    return [(Tokenizer.from_file(p), bytes_per_token(json.loads(p.read_text()))) for p in (saved, built_in)]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(text=st.text(max_size=300) | st.sampled_from(["<|start|>" * 20, "   a   ", "ﬁ" * 50, "\u1100\u1161\u11a8" * 30]))
+def test_the_early_bound_never_exceeds_the_real_token_count(tokenizers, text):
+    for tokenizer, per_token in tokenizers:
+        assert per_token is not None
+        for special in (True, False):
+            assert min_tokens([text], per_token) <= len(tokenizer.encode(text, allow_special=special))
 
 
 @pytest.mark.parametrize("method, path, status, code", [
