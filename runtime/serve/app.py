@@ -41,8 +41,8 @@ from mxport.runtime.generation.tokenizer import Tokenizer
 from mxport.runtime.serve.engine import Engine, Job, QueueFull
 from mxport.runtime.serve.guard import CatchAll, Guard
 from mxport.runtime.serve.limits import ServeLimits, bytes_per_token, min_tokens, parse_body, too_large
-from mxport.runtime.serve.protocol import (ApiError, Request, _short, bad, chunk, completion_body, new_id,
-                                           parse_request, usage)
+from mxport.runtime.serve.protocol import (ApiError, Request, bad, chunk, completion_body, new_id,
+                                           parse_request, shorten, usage)
 from mxport.runtime.serve.stops import StopMatcher
 from mxport.runtime.serve.worker import Worker
 
@@ -214,7 +214,7 @@ def create_app(load: Callable[[], Served], *, default_max_tokens: int = 4096, li
         req = parse_request(parse_body(raw, limits.max_json_depth), chat, limits.max_stop_chars, limits.max_tools,
                             limits.max_tools_kb * 1024)
         if req.model != s.name:
-            raise ApiError(404, f"The model {_short(req.model)} does not exist; this server serves '{s.name}'",
+            raise ApiError(404, f"The model {shorten(req.model)} does not exist; this server serves '{s.name}'",
                            "model", "model_not_found")
         refuse_early(s, req, chat)
         prompt, parser, stop_ids, param = prepare(s, req, chat)

@@ -92,7 +92,7 @@ def parse_request(body: Any, chat: bool, max_stop_chars: int = 1024, max_tools: 
                   unknown[0][:80], "unknown_parameter")
     refused = sorted(k for k, ok in NEUTRAL.items() if k in body and not ok(body[k]))
     if refused:
-        shown = ", ".join(f"{k}={_short(body[k])}" for k in refused)
+        shown = ", ".join(f"{k}={shorten(body[k])}" for k in refused)
         raise bad(f"not supported by this server: {shown} (leave them out or use their default)", refused[0],
                   "unsupported_parameter")
     model = body.get("model")
@@ -130,7 +130,7 @@ def parse_request(body: Any, chat: bool, max_stop_chars: int = 1024, max_tools: 
         req.tool_choice = body.get("tool_choice")
         effort = body.get("reasoning_effort")
         if effort is not None and not isinstance(effort, str):
-            raise bad(f"reasoning_effort: expected a string, found {_short(effort)}", "reasoning_effort")
+            raise bad(f"reasoning_effort: expected a string, found {shorten(effort)}", "reasoning_effort")
         req.reasoning_effort = effort
     else:
         req.prompt = _prompt(body.get("prompt"))
@@ -143,7 +143,7 @@ def _bool(d: dict, key: str, param: str | None = None) -> bool:
     if v is None:
         return False
     if not isinstance(v, bool):
-        raise bad(f"{param or key}: expected true or false, found {_short(v)}", param or key)
+        raise bad(f"{param or key}: expected true or false, found {shorten(v)}", param or key)
     return v
 
 
@@ -152,15 +152,15 @@ def _int(d: dict, key: str, low: int | None = None, high: int | None = None) -> 
     if v is None:
         return None
     if isinstance(v, bool) or not isinstance(v, int):
-        raise bad(f"{key}: expected an integer, found {_short(v)}", key)
+        raise bad(f"{key}: expected an integer, found {shorten(v)}", key)
     if low is not None and v < low:
-        raise bad(f"{key}: must be >= {low}, found {_short(v)}", key)
+        raise bad(f"{key}: must be >= {low}, found {shorten(v)}", key)
     if high is not None and v > high:
-        raise bad(f"{key}: must be <= {high}, found {_short(v)}", key)
+        raise bad(f"{key}: must be <= {high}, found {shorten(v)}", key)
     return v
 
 
-def _short(v: Any) -> str:
+def shorten(v: Any) -> str:
     """A value for an error message, cut to 80 characters (a client's value can be megabytes)."""
     text = repr(v) if not isinstance(v, int) or v.bit_length() < 256 else f"an integer of {v.bit_length()} bits"
     return text if len(text) <= 80 else text[:77] + "..."
@@ -171,9 +171,9 @@ def _number(d: dict, key: str, default: float, low: float, high: float) -> float
     if v is None:
         return default
     if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
-        raise bad(f"{key}: expected a number, found {_short(v)}", key)
+        raise bad(f"{key}: expected a number, found {shorten(v)}", key)
     if v < low or v > high:
-        raise bad(f"{key}: must be in [{low:g}, {high:g}], found {_short(v)}", key)
+        raise bad(f"{key}: must be in [{low:g}, {high:g}], found {shorten(v)}", key)
     return float(v)
 
 
@@ -182,7 +182,7 @@ def _stop(v: Any, max_chars: int) -> tuple[str, ...]:
         return ()
     stops = [v] if isinstance(v, str) else v
     if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > MAX_STOPS:
-        raise bad(f"stop: expected a non-empty string or a list of up to {MAX_STOPS} of them, found {_short(v)}",
+        raise bad(f"stop: expected a non-empty string or a list of up to {MAX_STOPS} of them, found {shorten(v)}",
                   "stop")
     if longest := max((len(s) for s in stops if len(s) > max_chars), default=0):
         raise bad(f"stop: a stop string of {longest} characters; this server takes at most {max_chars} "
