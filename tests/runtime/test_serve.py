@@ -266,3 +266,24 @@ def test_qwen3_chat_switches_thinking(make_checkpoint, tmp_path):
             {"id": "c", "type": "function", "function": {"name": 7, "arguments": "{}"}}]}]
         r = httpx.post(f"{base}/v1/chat/completions", json={"model": "qwen3", "messages": bad_call})
         assert r.status_code == 400 and r.json()["error"]["param"].startswith("messages"), r.text
+
+
+def test_an_export_without_tokenizer_serves_token_ids(tiny_export, generator, tmp_path):
+    """Issue 20/21: an export folder without tokenizer.json answers token-id prompts on /v1/completions (the
+    reply's ids in `token_ids`, equal to the Generator's greedy ids); text and chat are 400 naming why."""
+    import shutil
+
+    folder = shutil.copytree(tiny_export, tmp_path / "no-tok", ignore=shutil.ignore_patterns("tokenizer*"))
+    prompt = [5, 17, 99, 23, 44, 301, 7, 250]
+    want = generator.generate(prompt, max_new_tokens=12)[0]
+    with run_server(create_app(lambda: load_folder(folder, model_name="bare", max_context=CONTEXT))) as base:
+        wait_ready(base)
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+        got = client.completions.create(model="bare", prompt=prompt, max_tokens=12)
+        assert got.choices[0].model_extra["token_ids"] == want.token_ids and got.choices[0].text == ""
+        with pytest.raises(openai.BadRequestError) as exc:
+            client.completions.create(model="bare", prompt="Hello", max_tokens=2)
+        assert "token ids" in exc.value.body["message"]
+        with pytest.raises(openai.BadRequestError) as exc:
+            client.chat.completions.create(model="bare", messages=[{"role": "user", "content": "Hi"}])
+        assert exc.value.body["code"] == "chat_not_supported"

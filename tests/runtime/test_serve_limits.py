@@ -274,3 +274,24 @@ def test_return_token_ids_with_a_tokenizer(base, tok):
 def test_no_traceback_was_logged(base, logs):
     """Runs last in this module: all of the above left no traceback in the server's log."""
     assert not any("Traceback" in line for line in logs.text), [x for x in logs.text if "Traceback" in x][:1]
+
+
+def test_connections_beyond_the_cap_get_503(tok):
+    limits = ServeLimits(max_connections=2)
+    with run_server(create_app(lambda: make_served(tok), limits=limits), limits) as url:
+        wait_ready(url)
+        port = int(url.rsplit(":", 1)[1])
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+        try:
+            time.sleep(0.2)
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.settimeout(10)
+                reply = b""
+                while chunk := s.recv(65536):
+                    reply += chunk
+            assert reply.startswith(b"HTTP/1.1 503") and b'"too_many_connections"' in reply
+        finally:
+            for s in held:
+                s.close()
+        time.sleep(0.2)
+        assert httpx.get(f"{url}/health").status_code == 200  # freed connections make room again
