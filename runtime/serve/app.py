@@ -7,8 +7,9 @@
     POST /v1/completions        prompt text or token ids, plain text out
 
 A POST's head has passed the Guard (guard.py: Host, API key, Content-Type, declared length); its body is read
-up to --max-body-mb (413 beyond), then parsed, validated, rendered and tokenized on one worker thread, never on
-the event loop, so /health and every stream keep answering while a big request is handled. Each request becomes
+up to --max-body-mb (413 beyond), then parsed and validated on one worker thread and rendered and tokenized on
+another (worker.py), never on the event loop, so /health, every stream and token-id requests keep answering
+while a big request is handled. Each request becomes
 one engine Job. Its handler runs on the engine thread: it parses each token (reasoning,
 content, tool calls), applies the stop strings to the content and hands events to the request's asyncio queue
 (loop.call_soon_threadsafe). The route either collects them into one response or streams them as SSE
@@ -129,7 +130,7 @@ def create_app(load: Callable[[], Served], *, default_max_tokens: int = 4096, li
     """The app; `load()` runs in a thread at startup (/health answers 503 until it returns). `api_key`: requests
     need `Authorization: Bearer KEY`; `allowed_hosts`: the Host names answered (None: any; guard.py)."""
     state: dict[str, Any] = {"served": None, "error": None}
-    worker = Worker("mxport-render")
+    parsing, rendering = Worker("mxport-parse"), Worker("mxport-render")
 
     def loader() -> None:
         try:
@@ -196,7 +197,9 @@ def create_app(load: Callable[[], Served], *, default_max_tokens: int = 4096, li
     async def respond(http: HttpRequest, chat: bool):
         s = served()
         raw = await read_body(http, limits)
-        req, prompt, parser, stop_ids, max_tokens = await worker.run(handle, s, raw, chat)
+        req = await parsing.run(parse, s, raw, chat)
+        work = rendering if chat or isinstance(req.prompt, str) else parsing  # token ids need no tokenizer
+        prompt, parser, stop_ids, max_tokens = await work.run(render, s, req, chat)
         ids = not chat and (req.return_token_ids or s.tokenizer is None)
         handler = QueueHandler(asyncio.get_running_loop(), parser, req.stop, ids)
         job = Job(prompt, max_tokens, handler, req.sampling, frozenset(stop_ids))
@@ -209,16 +212,20 @@ def create_app(load: Callable[[], Served], *, default_max_tokens: int = 4096, li
             return StreamingResponse(stream(http, job, handler, req, chat, meta), media_type="text/event-stream")
         return await collect(http, job, handler, chat, meta, ids)
 
-    def handle(s: Served, raw: bytes, chat: bool) -> tuple:
-        """On the worker thread: body -> request -> prompt ids, parser, stop ids and max_tokens (or an ApiError)."""
+    def parse(s: Served, raw: bytes, chat: bool) -> Request:
+        """On the parsing thread: body -> a validated request that fits (or an ApiError)."""
         req = parse_request(parse_body(raw, limits.max_json_depth), chat, limits.max_stop_chars, limits.max_tools,
                             limits.max_tools_kb * 1024)
         if req.model != s.name:
             raise ApiError(404, f"The model {shorten(req.model)} does not exist; this server serves '{s.name}'",
                            "model", "model_not_found")
         refuse_early(s, req, chat)
+        return req
+
+    def render(s: Served, req: Request, chat: bool) -> tuple:
+        """On the rendering thread (one: renders share the tokenizer): prompt ids, parser, stop ids, max_tokens."""
         prompt, parser, stop_ids, param = prepare(s, req, chat)
-        return req, prompt, parser, stop_ids, check_context(s, req, len(prompt), param, default_max_tokens)
+        return prompt, parser, stop_ids, check_context(s, req, len(prompt), param, default_max_tokens)
 
     return app
 

@@ -1,8 +1,8 @@
-"""One daemon thread that runs the requests' CPU work (JSON parsing, validation, rendering, tokenizing) off the
-event loop, one request at a time.
+"""A daemon thread that runs the requests' CPU work off the event loop, one request at a time. The server has
+two: one parses and validates bodies, one renders and tokenizes (app.py).
 
-One thread, not a pool: the tokenizer's encode flips a flag on the shared `tokenizers.Tokenizer` for user content
-(runtime/generation/tokenizer.py), which two concurrent renders would race on. A daemon thread, not a
+One rendering thread, not a pool: the tokenizer's encode flips a flag on the shared `tokenizers.Tokenizer` for
+user content (runtime/generation/tokenizer.py), which two concurrent renders would race on. A daemon thread, not a
 ThreadPoolExecutor: the interpreter joins executor threads at exit, so a render stuck in a runaway template would
 keep a SIGTERMed server alive.
 """

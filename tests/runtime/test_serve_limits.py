@@ -295,3 +295,43 @@ def test_connections_beyond_the_cap_get_503(tok):
                 s.close()
         time.sleep(0.2)
         assert httpx.get(f"{url}/health").status_code == 200  # freed connections make room again
+
+
+def test_rendering_runs_off_the_event_loop(tok):
+    """A chat request whose render is held (as a huge one would be) does not stop /health or a completion."""
+    import threading
+
+    gate, entered = threading.Event(), threading.Event()
+
+    class Held:
+        def __init__(self, fmt) -> None:
+            self.fmt = fmt
+
+        def __getattr__(self, name):
+            return getattr(self.fmt, name)
+
+        def render(self, *args):
+            entered.set()
+            gate.wait(30)
+            return self.fmt.render(*args)
+
+    def load() -> Served:
+        s = make_served(tok)
+        s.chat = Held(s.chat)
+        return s
+
+    with run_server(create_app(load, limits=LIMITS), LIMITS) as url:
+        wait_ready(url)
+        result = {}
+        t = threading.Thread(target=lambda: result.update(r=httpx.post(
+            f"{url}{CHAT}", json={"model": NAME, "messages": USER, "max_tokens": 2}, timeout=60)))
+        t.start()
+        try:
+            assert entered.wait(10)
+            assert httpx.get(f"{url}/health", timeout=5).status_code == 200  # the loop answers meanwhile
+            r = httpx.post(f"{url}{COMPLETIONS}", json={"model": NAME, "prompt": [5, 6], "max_tokens": 2}, timeout=5)
+            assert r.status_code == 200  # token ids need no render
+        finally:
+            gate.set()
+            t.join(30)
+        assert result["r"].status_code == 200
