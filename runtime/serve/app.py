@@ -9,12 +9,11 @@
 A POST's head has passed the Guard (guard.py: Host, API key, Content-Type, declared length); its body is read
 up to --max-body-mb (413 beyond), then parsed and validated on one worker thread and rendered and tokenized on
 another (worker.py), never on the event loop, so /health, every stream and token-id requests keep answering
-while a big request is handled. Each request becomes
-one engine Job. Its handler runs on the engine thread: it parses each token (reasoning,
-content, tool calls), applies the stop strings to the content and hands events to the request's asyncio queue
-(loop.call_soon_threadsafe). The route either collects them into one response or streams them as SSE
-`data: {chunk}\\n\\n` ... `data: [DONE]\\n\\n`. A client that goes away cancels its job: the engine drops the row at
-its next step.
+while a big request is handled. Each request becomes one engine Job. Its handler runs on the engine thread: it
+parses each token (reasoning, content, tool calls), applies the stop strings to the content and hands events to
+the request's asyncio queue (loop.call_soon_threadsafe). The route either collects them into one response or
+streams them as SSE `data: {chunk}\\n\\n` ... `data: [DONE]\\n\\n`. A client that goes away cancels its job: the
+engine drops the row at its next step.
 """
 
 from __future__ import annotations
@@ -147,7 +146,7 @@ def create_app(load: Callable[[], Served], *, default_max_tokens: int = 4096, li
         if state["served"] is not None:
             state["served"].engine.stop()
 
-    app = FastAPI(title="mxport", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="mxport", lifespan=lifespan)
     app.state.mxport = state
     app.add_middleware(Guard, limits=limits, api_key=api_key, hosts=allowed_hosts)
     app.add_middleware(CatchAll)  # added last: the outermost of the app's middleware

@@ -162,7 +162,8 @@ def tokenizers(tok, tmp_path_factory):
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
-@given(text=st.text(max_size=300) | st.sampled_from(["<|start|>" * 20, "   a   ", "ﬁ" * 50, "\u1100\u1161\u11a8" * 30]))
+@given(text=st.text(max_size=300)
+       | st.sampled_from(["<|start|>" * 20, "   a   ", "ﬁ" * 50, "\u1100\u1161\u11a8" * 30]))
 def test_the_early_bound_never_exceeds_the_real_token_count(tokenizers, text):
     for tokenizer, per_token in tokenizers:
         assert per_token is not None
