@@ -336,3 +336,32 @@ def test_rendering_runs_off_the_event_loop(tok):
             gate.set()
             t.join(30)
         assert result["r"].status_code == 200
+
+
+def test_an_unexpected_error_is_one_log_line_and_an_openai_500(tok):
+    """The catch-all: a bug (here the engine's submit raising) answers 500 in OpenAI's shape and logs one line,
+    no traceback; the server keeps answering."""
+
+    class Buggy:
+        def __init__(self, engine) -> None:
+            self.engine = engine
+
+        def __getattr__(self, name):
+            return getattr(self.engine, name)
+
+        def submit(self, job):
+            raise RuntimeError("boom\nTraceback-looking second line")
+
+    def load() -> Served:
+        s = make_served(tok)
+        s.engine = Buggy(s.engine)
+        return s
+
+    with server_logs() as log, run_server(create_app(load, limits=LIMITS), LIMITS) as url:
+        wait_ready(url)
+        err = post(url, COMPLETIONS, {"model": NAME, "prompt": "Hi"}, status=500)
+        assert err["code"] == "internal_error" and "boom" not in err["message"]  # no internals to the client
+        assert httpx.get(f"{url}/health").status_code == 200
+    lines = [line for line in log.text if "boom" in line]
+    assert len(lines) == 1 and "\n" not in lines[0] and "RuntimeError" in lines[0]
+    assert not any("Traceback (most recent call last)" in line for line in log.text)
