@@ -23,13 +23,13 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Callable
 
 import onnx_ir as ir
 
 from mxport import __version__
 from mxport.contract.folder import DATA_FILE, MODEL_FILE, TOKENIZER_FILES, Manifest, write_manifest
 from mxport.contract.modes import DEFAULT_ACCURACY_LEVEL, DEFAULT_EXPERTS, check
+from mxport.contract.progress import Progress, given
 from mxport.errors import MxportError
 from mxport.files import replace_dir, temp_dir_beside
 from mxport.exporter import decoder_graph
@@ -72,7 +72,8 @@ def _functions(b) -> list[ir.Function]:
 
 
 def lower(model: ir.Model, *, target: str, experts: str, dtype: str, dense: str = "float32",
-          last_logits: bool = False, accuracy_level: int = DEFAULT_ACCURACY_LEVEL) -> ir.Model:
+          last_logits: bool = False, accuracy_level: int = DEFAULT_ACCURACY_LEVEL,
+          progress: Progress | None = None) -> ir.Model:
     """The seam for exporter/lower: rewrite the portable model for a target. Identity for the portable defaults.
 
     The values are the mode table's (mxport.contract.modes), checked there."""
@@ -82,7 +83,7 @@ def lower(model: ir.Model, *, target: str, experts: str, dtype: str, dense: str 
     from mxport.exporter import lower as lowering
 
     return lowering.lower(model, target=target, experts=experts, dtype=dtype, dense=dense, last_logits=last_logits,
-                          accuracy_level=accuracy_level)
+                          accuracy_level=accuracy_level, progress=progress)
 
 
 FLOAT_EXPERT_OPS = ("MoE", "MoE_2")  # ai.mxport MoE ops with float expert weights (MoEMXFP4*: MXFP4 ones)
@@ -127,9 +128,9 @@ def _manifest(ckpt, checkpoint_dir: Path, model: ir.Model, **options) -> Manifes
     )
 
 
-def _save_callback(model: ir.Model, progress: Callable[[int, int, int, int], None] | None):
-    """ir.save's per-tensor callback that reports (bytes done, bytes total, tensors done, tensors total)."""
-    if not progress:
+def _save_callback(model: ir.Model, progress: Progress | None):
+    """ir.save's per-tensor callback: progress("write", bytes done, bytes total, "B") (mxport.contract.progress)."""
+    if not given(progress):
         return None
     sizes = [v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None]
     total = sum(n for n in sizes if n > SIZE_THRESHOLD)  # the tensors ir.save writes to the data file
@@ -138,7 +139,7 @@ def _save_callback(model: ir.Model, progress: Callable[[int, int, int, int], Non
     def callback(tensor, info) -> None:
         nonlocal done
         done += tensor.nbytes
-        progress(done, total, info.index + 1, info.total)
+        progress("write", min(done, total), total, "B")
 
     return callback
 
@@ -161,7 +162,7 @@ def export(
     target: str = "portable",
     experts: str | None = None,
     dtype: str = "float32",
-    progress: Callable[[int, int, int, int], None] | None = None,
+    progress: Progress | None = None,
     hidden_states: bool = False,
     force: bool = False,
     dense: str = "float32",
@@ -175,7 +176,8 @@ def export(
     its `check`). `experts=None` takes the target's default (modes.DEFAULT_EXPERTS): the fastest exact form that
     target's kernels run; float experts stay as stored on portable ("float32"); "mxfp4" on float experts encodes
     them (lossy).
-    `progress(bytes done, bytes total, tensors done, tensors total)` is called after each tensor written.
+    `progress(stage, done, total, unit)` (mxport.contract.progress) hears the lowering rules' rewrites (the
+    quantizing ones take longest) and the bytes written.
     `window_cache`: sliding-window layers keep only their last W-1 cache slots (layers.window_masks); False
     keeps every slot in every layer's cache (one cache length for all layers).
     `accuracy_level` (cpu): of the quantized GEMMs, ORT's meaning: 4 = int8 activations (fast), 0 = float32."""
@@ -192,7 +194,7 @@ def export(
         experts = resolve_experts(experts, target, model)
         has_experts = any(n.domain == DOMAIN and n.op_type.startswith("MoE") for n in model.graph)
         model = lower(model, target=target, experts=experts, dtype=dtype, dense=dense, last_logits=last_logits,
-                      accuracy_level=accuracy_level)
+                      accuracy_level=accuracy_level, progress=progress)
         # a model without experts (a dense family) records "none": --experts has nothing to act on
         options = dict(target=target, experts=experts if has_experts else "none", dtype=dtype, hidden_states=hidden_states, dense=dense,
                        last_logits=last_logits, window_cache=window_cache, accuracy_level=accuracy_level)

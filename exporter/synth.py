@@ -28,6 +28,7 @@ from typing import Iterator
 
 import numpy as np
 
+from mxport.contract.progress import Progress, report
 from mxport.errors import MxportError
 from mxport.files import replace_dir, temp_dir_beside
 from mxport.exporter.checkpoint import INDEX_FILE, expected_tensors, layout_sources, stored_tensors
@@ -183,6 +184,7 @@ def write_checkpoint(
     seed: int = 0,
     max_shard_bytes: int | None = None,
     overwrite: bool = False,
+    progress: Progress | None = None,
 ) -> Path:
     """Write a synthetic checkpoint (config.json + safetensors [+ index]) atomically; returns out_dir.
 
@@ -203,8 +205,16 @@ def write_checkpoint(
             fname = "model.safetensors" if len(shards) == 1 else f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
             writers.append(SafetensorsWriter(tmp / fname, shard))
             where.update({name: writers[-1] for name, _, _ in shard})
+        total, done = plan_bytes(plan), 0
+
+        def put(name: str, arr: np.ndarray, off: int) -> None:
+            nonlocal done
+            where[name].put(name, arr, off)
+            done += arr.nbytes
+            report(progress, "write tensors", min(done, total), total, "B")
+
         try:
-            _fill(lambda name, arr, off: where[name].put(name, arr, off), cfg, layout, seed)
+            _fill(put, cfg, layout, seed)
         finally:
             for w in writers:
                 w._file.close()

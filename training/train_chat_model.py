@@ -32,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 import chat_format  # noqa: E402
 import checkpoint_io  # noqa: E402
@@ -168,6 +169,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="task mix, e.g. sum=0.33,diff=0.3,capital=0.15,letters=0.12,chat=0.1 "
                         f"(default {','.join(f'{k}={v}' for k, v in chat_format.TASK_WEIGHTS.items())})")
     p.add_argument("--smoke", action="store_true", help="tiny shape, few steps: end to end in seconds")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar (it shows on a terminal only)")
     args = p.parse_args(argv)
     if args.smoke:
         args.shape, args.steps, args.batch, args.warmup, args.qat_steps = "smoke", 6, 4, 2, 2
@@ -213,6 +215,10 @@ def main(argv=None) -> int:
     qat_from = args.steps - args.qat_steps
     loss_avg, tokens = None, 0
     last = min(args.steps, args.stop_at or args.steps)
+    # a bar over the steps on a terminal only (stderr); the step and eval lines go above it, to stdout
+    bar = tqdm(total=last, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True,
+               disable=args.quiet or not sys.stderr.isatty() or None)
+    say = lambda line: tqdm.write(line, file=sys.stdout) if not bar.disable else print(line, flush=True)  # noqa: E731
     for step in range(last):
         if step == qat_from and args.qat_steps > 0:
             checkpoint_io.add_fake_quant(model)
@@ -229,16 +235,17 @@ def main(argv=None) -> int:
         tokens += ids.numel()
         loss = out.loss.item()
         loss_avg = loss if loss_avg is None else 0.98 * loss_avg + 0.02 * loss
+        bar.update(1)
         if step % 50 == 0 or step == last - 1:
-            print(f"step {step} loss {loss:.4f} avg {loss_avg:.4f} lr {opt.param_groups[0]['lr']:.2e} "
-                  f"{tokens / (time.time() - t_start):.0f} tok/s {time.time() - t_start:.0f} s", flush=True)
+            say(f"step {step} loss {loss:.4f} avg {loss_avg:.4f} lr {opt.param_groups[0]['lr']:.2e} "
+                f"{tokens / (time.time() - t_start):.0f} tok/s {time.time() - t_start:.0f} s")
         if (step + 1) % args.eval_every == 0 or step == last - 1:
             model.eval()
             score = evaluate.evaluate(torch_generate_fn(model, pad), tokenizer, args.eval_n, seed=1234 + step)
             entry = {"step": step + 1, "seconds": round(time.time() - t_start), "loss": round(loss_avg, 4),
                      "heldout_torch_fp32": score.table()}
             log["evals"].append(entry)
-            print(f"eval step {step + 1}: {score.line()}", flush=True)
+            say(f"eval step {step + 1}: {score.line()}")
             state = None
             if parametrized := any(checkpoint_io.parametrize.is_parametrized(m) for m in model.modules()):
                 state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -247,6 +254,7 @@ def main(argv=None) -> int:
             if parametrized:
                 checkpoint_io.add_fake_quant(model)
                 model.load_state_dict(state)
+    bar.close()
     checkpoint_io.remove_fake_quant(model)  # the fp32 master weights; writing quantizes them as the QAT forward did
     # the checkpoint as written, read back as transformers reads it
     shipped = checkpoint_io.load_shipped(args.out)

@@ -30,6 +30,7 @@ import json
 import onnx_ir as ir
 
 from mxport.contract.modes import DEFAULT_ACCURACY_LEVEL, check
+from mxport.contract.progress import Progress
 
 from . import precision, rules
 from .attention import LowerAttention
@@ -54,16 +55,19 @@ METADATA_KEY = "mxport.lowering"
 
 
 def lower(model: ir.Model, *, target: str, experts: str = "mxfp4", dtype: str = "float32",
-          dense: str = "float32", last_logits: bool = False, accuracy_level: int = DEFAULT_ACCURACY_LEVEL) -> ir.Model:
+          dense: str = "float32", last_logits: bool = False, accuracy_level: int = DEFAULT_ACCURACY_LEVEL,
+          progress: Progress | None = None) -> ir.Model:
     """Rewrite `model` (the portable graph) for `target`; returns it. Raises MxportError for bad options
     (mxport.contract.modes.check: the mode table says which values each target takes).
 
     accuracy_level: of the CPU quantized GEMMs (QMoE 4-bit experts, MatMulNBits dense weights), ORT's meaning:
     4 = int8 activations (its fast kernels, which prepack weights with per-block sums: more memory), 0 or 1 =
-    float32 activations (weights used as stored: less memory, slower decode). 8-bit QMoE has no float32 kernel."""
+    float32 activations (weights used as stored: less memory, slower decode). 8-bit QMoE has no float32 kernel.
+    progress("lower RULE", nodes done, nodes matched) hears each rule (mxport.contract.progress)."""
     modes = check(target=target, experts=experts, dense=dense, dtype=dtype, accuracy_level=accuracy_level)
     target, experts, dense, dtype = modes.target, modes.experts, modes.dense, modes.dtype
-    ctx = rules.Context(model=model, target=target, experts=experts, dtype=dtype, accuracy_level=accuracy_level)
+    ctx = rules.Context(model=model, target=target, experts=experts, dtype=dtype, accuracy_level=accuracy_level,
+                        progress=progress)
     # --experts mxfp4: float experts are encoded first, on every target (the MoE rule then sees MXFP4 experts)
     chosen = ([EncodeExpertsMXFP4()] if experts == "mxfp4" else []) + list(RULES[target])
     if dense == "bfloat16":

@@ -20,6 +20,8 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from mxport.contract.progress import report
+
 MS_DOMAIN = "com.microsoft"
 MS_VERSION = 1
 
@@ -59,6 +61,7 @@ class Context:
     accuracy_level: int = 4  # CPU quantized GEMMs (QMoE 4-bit, MatMulNBits): 4 = int8 activations, 0 = float32
     report: Report = field(default_factory=Report)
     shared: dict[Any, Any] = field(default_factory=dict)  # values computed once per graph (seqlens_k, ...)
+    progress: Any = None  # progress("lower RULE", nodes done, nodes matched): mxport.contract.progress
 
     @property
     def graph(self) -> ir.Graph:
@@ -70,15 +73,18 @@ class Context:
 
 def apply(rules: Sequence[Rule], ctx: Context) -> Report:
     for rule in rules:
-        for node in list(ctx.graph):
+        matched = [node for node in ctx.graph if rule.pattern(node)]
+        for done, node in enumerate(matched):
+            report(ctx.progress, f"lower {rule.name}", done, len(matched))
             if node.graph is None or not rule.pattern(node):
-                continue  # removed by an earlier rewrite, or not this rule's op
+                continue  # removed by an earlier rewrite
             reason = rule.check(node, ctx)
             if reason is not None:
                 ctx.report.refused.append((rule.name, node.name or node.op_type, reason))
                 continue
             rule.rewrite(node, ctx)
             ctx.report.applied[rule.name] += 1
+        report(ctx.progress, f"lower {rule.name}", len(matched), len(matched))
     return ctx.report
 
 

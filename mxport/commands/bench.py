@@ -1,6 +1,7 @@
 """`mxport bench CKPT_OR_OUT [--peers] [--threads N] [--prompt-len N] [--new-tokens N] [--modes M,...] [--rounds N]
-[--last-logits] [--work DIR] [--json FILE]`: runtime/bench/speed.py's bench(), its table on stdout, progress on
-stderr; exit code 1 when an engine failed. `python -m mxport.commands.bench --child KIND PATH THREADS PROMPT NEW` is
+[--last-logits] [--work DIR] [--json FILE] [--quiet]`: runtime/bench/speed.py's bench(), its table on stdout, step
+lines on stderr and progress bars (exports, engine runs; on a terminal only, --quiet silences them); exit code 1
+when an engine failed. `python -m mxport.commands.bench --child KIND PATH THREADS PROMPT NEW` is
 one engine's measurement in its own process (runtime/bench/engines.py), its JSON on stdout for bench() to read."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from mxport.commands.progress import Bars, add_quiet_option
 from mxport.contract import modes
 
 
@@ -30,18 +32,19 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="export the modes with logits of the last position only (prefill for generation)")
     parser.add_argument("--work", metavar="DIR", help="keep exports here (default: a temporary folder)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    add_quiet_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from mxport.files import write_file
     from mxport.runtime.bench.speed import bench, format_results, to_json
 
-    results, bandwidth = bench(
-        args.path, peers=args.peers, threads=args.threads, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
-        modes=[m for m in (args.modes or "").split(",") if m], work=args.work, rounds=args.rounds,
-        last_logits=args.last_logits,
-        log=lambda msg: print(msg, file=sys.stderr),
-    )
+    with Bars(args.quiet) as bars:
+        results, bandwidth = bench(
+            args.path, peers=args.peers, threads=args.threads, prompt_len=args.prompt_len,
+            new_tokens=args.new_tokens, modes=[m for m in (args.modes or "").split(",") if m], work=args.work,
+            rounds=args.rounds, last_logits=args.last_logits, log=bars.write, progress=bars,
+        )
     print(format_results(results, bandwidth))
     if args.json:
         data = to_json(results, bandwidth, threads=args.threads, prompt_len=args.prompt_len,

@@ -1,6 +1,7 @@
 """`mxport export CKPT_DIR -o OUT_DIR [--target T] [--experts E] [--dense D] [--dtype D] [--accuracy-level N]
-[--last-logits] [--full-cache] [--force] [--hidden-states] [--no-progress]`: exporter/export.py's export(), with a
-progress bar and the lowering report's notes on stderr. The mode options' help is the mode table's
+[--last-logits] [--full-cache] [--force] [--hidden-states] [--quiet]`: exporter/export.py's export(), with progress
+bars (the lowering rules, the bytes written; on a terminal only, mxport/commands/progress.py) and the lowering
+report's notes on stderr. The mode options' help is the mode table's
 (mxport.contract.modes.help_text).
 """
 
@@ -11,6 +12,7 @@ import sys
 import time
 from collections import Counter
 
+from mxport.commands.progress import Bars, add_quiet_option
 from mxport.contract import modes
 
 
@@ -34,25 +36,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                         "as transformers does; the full-attention layers always keep all)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
     parser.add_argument("--hidden-states", action="store_true", help="add outputs hidden_states.{i} per layer")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-
-
-class _Bar:
-    """A one-line progress bar on stderr: export()'s progress callback."""
-
-    def __init__(self) -> None:
-        self.start, self.shown = time.monotonic(), False
-
-    def __call__(self, done: int, total: int, index: int, count: int) -> None:
-        bar = "#" * int(30 * done / max(total, 1))
-        sys.stderr.write(f"\rexport [{bar:<30}] {index}/{count} tensors {done / 1e9:.2f}/{total / 1e9:.2f} GB "
-                         f"{time.monotonic() - self.start:.0f}s")
-        sys.stderr.flush()
-        self.shown = True
-
-    def finish(self) -> None:
-        if self.shown:
-            sys.stderr.write("\n")
+    add_quiet_option(parser, "--no-progress")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,15 +44,11 @@ def run(args: argparse.Namespace) -> int:
     from mxport.exporter.export import export
 
     start = time.monotonic()
-    bar = None if args.no_progress else _Bar()
-    try:
+    with Bars(args.quiet) as bars:
         out = export(args.checkpoint, args.output, target=args.target, experts=args.experts, dtype=args.dtype,
-                     progress=bar, hidden_states=args.hidden_states, force=args.force, dense=args.dense,
+                     progress=bars, hidden_states=args.hidden_states, force=args.force, dense=args.dense,
                      last_logits=args.last_logits, window_cache=not args.full_cache,
                      accuracy_level=args.accuracy_level)
-    finally:
-        if bar is not None:
-            bar.finish()
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     print(f"exported {args.checkpoint} -> {out} ({size / 1e6:.1f} MB, {time.monotonic() - start:.1f}s)")
     lowering = read_manifest(out).lowering or {}

@@ -5,7 +5,9 @@
     mxport run CKPT --backend numpy --input-ids ids.npy       the NumPy reference model on the checkpoint
     mxport run OUT --backend numpy --input-ids ids.npy        onnx.reference + mxport kernels over the graph
 
---input-ids takes an int .npy of shape [S] or [B, S] (rows of one length; use --prompt for text).
+--input-ids takes an int .npy of shape [S] or [B, S] (rows of one length; use --prompt for text). On the NumPy
+reference model a progress bar counts its layers (on a terminal only; --quiet silences it; with --prompt only
+until the text starts, so the bar never mixes with it).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 from mxport.errors import MxportError
 from mxport.files import write_file
 from mxport.commands.options import add_generation_options, generation_config
+from mxport.commands.progress import Bars, add_quiet_option
 from mxport.runtime.generation.generate import Generator
 
 
@@ -32,6 +35,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     parser.add_argument("--no-eos", action="store_true", help="do not stop on the model's eos ids")
     add_generation_options(parser, max_new_tokens=32)
+    add_quiet_option(parser)
 
 
 def load_input_ids(path: Path) -> np.ndarray:
@@ -59,6 +63,28 @@ def run(args: argparse.Namespace) -> int:
     ids = load_input_ids(args.input_ids) if args.input_ids is not None else None
     generator = Generator.from_folder(args.folder, backend=args.backend, provider=args.provider,
                                       max_context=args.max_context)
+    with Bars(args.quiet) as bars:
+        _hear_layers(generator, bars, config.max_new_tokens)
+        return _run(args, generator, ids, config, bars)
+
+
+def _hear_layers(generator: Generator, bars: Bars, max_new_tokens: int) -> None:
+    """On the NumPy reference model (--backend numpy on a checkpoint): one bar over its layers, pass after pass
+    (the prompt, then one pass per new token), through ReferenceModel's progress callback."""
+    model = getattr(getattr(generator.model, "runner", None), "model", None)  # InferStepModel -> runner -> model
+    if not bars.enabled or not hasattr(model, "progress"):
+        return
+    count = 0  # layers run so far, over every pass
+
+    def heard(_stage: str, _done: int, layers: int, _unit: str = "it") -> None:
+        nonlocal count
+        count += 1
+        bars("numpy reference", count, layers * max(max_new_tokens, -(-count // layers)), "layer")
+
+    model.progress = heard
+
+
+def _run(args: argparse.Namespace, generator: Generator, ids: np.ndarray | None, config, bars: Bars) -> int:
     if ids is not None:
         vocab = generator.vocab_size
         if vocab is not None and (ids.min() < 0 or ids.max() >= vocab):
@@ -67,11 +93,16 @@ def run(args: argparse.Namespace) -> int:
         if args.logits_out is not None:
             logits = generator.prompt_logits(ids)
             _save_atomic(args.logits_out, logits.astype(np.float32))
-            print(f"saved logits {list(logits.shape)} to {args.logits_out}", file=sys.stderr)
-        for result in generator.generate(list(ids), config):
+            bars.write(f"saved logits {list(logits.shape)} to {args.logits_out}")
+        results = list(generator.generate(list(ids), config))
+        bars.close()
+        for result in results:
             print(" ".join(str(t) for t in result.token_ids))
         return 0
     for delta in generator.stream(args.prompt, config):
+        if bars.enabled:  # the text starts: no bar over it
+            bars.close()
+            bars.enabled = False
         sys.stdout.write(delta.text)
         sys.stdout.flush()
     sys.stdout.write("\n")

@@ -4,7 +4,7 @@
     mxport synth --preset qwen3-30b-a3b --list            # the tensor table and totals, nothing written
 
 The work is exporter/synth.py's (write_checkpoint, tensor_table, default_shard_bytes); this module parses the
-options and prints.
+options, draws the progress bar (on a terminal only; --quiet silences it) and prints.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mxport.commands.progress import Bars, add_quiet_option
 from mxport.errors import MxportError
 from mxport.exporter.families.base import DecoderConfig
 from mxport.exporter.synth import PRESETS, default_shard_bytes, tensor_table, write_checkpoint
@@ -29,6 +30,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                              "larger than that, as the published repos do; else one file)")
     parser.add_argument("--list", action="store_true", help="print the tensor table and totals, write nothing")
     parser.add_argument("--force", action="store_true", help="replace an existing non-empty output folder")
+    add_quiet_option(parser)
 
 
 def _config(args: argparse.Namespace) -> DecoderConfig:
@@ -54,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.output is None:
         raise MxportError("synth: -o/--output is required (or use --list)")
-    path = write_checkpoint(args.output, cfg, layout=args.layout, seed=args.seed, max_shard_bytes=shard_bytes,
-                            overwrite=args.force)
+    with Bars(args.quiet) as bars:
+        path = write_checkpoint(args.output, cfg, layout=args.layout, seed=args.seed, max_shard_bytes=shard_bytes,
+                                overwrite=args.force, progress=bars)
     print(f"wrote {args.preset} ({args.layout} layout, seed {args.seed}) to {path}")
     return 0

@@ -1,11 +1,13 @@
 """`mxport verify OUT_DIR [--checkpoint CKPT_DIR] [--prompts N] [--decode-steps N] [--tolerance OUTPUT=VALUE]...
-[--json REPORT]`: runtime/judge/verify.py's verify(); prints the report, exit code 1 when a tolerance fails."""
+[--json REPORT] [--quiet]`: runtime/judge/verify.py's verify(); prints the report, exit code 1 when a tolerance fails.
+A progress bar counts the reference model's layers over every call (on a terminal only; --quiet silences it)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from mxport.commands.progress import Bars, add_quiet_option
 from mxport.contract import modes
 
 
@@ -34,6 +36,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                         + "; --dense " + ", ".join(v for v in modes.values("dense") if modes.MODES["dense"][v].exact)
                         + "; --dtype float32")
     parser.add_argument("--max-prompt-len", type=int, default=None, metavar="N", help="cap the longest prompt")
+    add_quiet_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,19 +53,21 @@ def run(args: argparse.Namespace) -> int:
     model_path(export_dir)
     defaults, _ = default_tolerances(read_manifest(export_dir), args.reference_experts)
     overrides = parse_tolerance_options(args.tolerance, defaults)
-    report = verify(
-        export_dir,
-        checkpoint=args.checkpoint,
-        prompts=args.prompts,
-        decode_steps=args.decode_steps,
-        seed=args.seed,
-        tolerances=overrides,
-        provider=args.provider,
-        threads=args.threads,
-        reference_dtype=np.dtype(args.reference_dtype),
-        max_prompt_len=args.max_prompt_len,
-        reference_experts=args.reference_experts,
-    )
+    with Bars(args.quiet) as bars:  # the reference's layers over every call, on a terminal only
+        report = verify(
+            export_dir,
+            checkpoint=args.checkpoint,
+            prompts=args.prompts,
+            decode_steps=args.decode_steps,
+            seed=args.seed,
+            tolerances=overrides,
+            provider=args.provider,
+            threads=args.threads,
+            reference_dtype=np.dtype(args.reference_dtype),
+            max_prompt_len=args.max_prompt_len,
+            reference_experts=args.reference_experts,
+            progress=bars,
+        )
     print(report)
     if args.json:
         write_file(Path(args.json), lambda f: f.write((report.to_json() + "\n").encode()))

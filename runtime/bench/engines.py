@@ -24,16 +24,17 @@ class Bandwidth:
     read: float  # bytes/s: max-reduce over a float32 array, `threads` threads, bytes read / time
     copy: float  # bytes/s: np.copyto on one thread, (bytes read + bytes written) / time
     threads: int  # threads of the read measurement (bench's --threads)
+    size: int = 0  # bytes of the array read (0: not recorded)
 
 
-def memory_bandwidth(megabytes: int = 256, repeats: int = 10, threads: int = 1) -> Bandwidth:
-    """Sustained read and copy bandwidth (best of `repeats` each) over one `megabytes` float32 array.
+def memory_bandwidth(megabytes: float = 256, repeats: int = 10, threads: int = 1) -> Bandwidth:
+    """Sustained read and copy bandwidth (best of `repeats` each) over one `megabytes` (MiB) float32 array.
 
     Read: np.maximum.reduce of `threads` contiguous parts in parallel (a ufunc reduction releases the GIL;
     maximum, unlike add's pairwise sum, is not compute-bound). Copy: the first half copied onto the second."""
     from concurrent.futures import ThreadPoolExecutor
 
-    data = np.ones(megabytes * (1 << 20) // 4, dtype=np.float32)
+    data = np.ones(max(int(megabytes * (1 << 20)) // 4, 2 * threads), dtype=np.float32)
     parts = np.array_split(data, threads)
     half = data.size // 2
     src, dst = data[:half], data[half : 2 * half]
@@ -49,7 +50,7 @@ def memory_bandwidth(megabytes: int = 256, repeats: int = 10, threads: int = 1) 
     with ThreadPoolExecutor(threads) as pool:
         read = best(lambda: list(pool.map(np.maximum.reduce, parts)))
     copy = best(lambda: np.copyto(dst, src))
-    return Bandwidth(read=data.nbytes / read, copy=2 * src.nbytes / copy, threads=threads)
+    return Bandwidth(read=data.nbytes / read, copy=2 * src.nbytes / copy, threads=threads, size=data.nbytes)
 
 
 # ---- sizes and traffic ---------------------------------------------------------------------------------------

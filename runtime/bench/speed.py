@@ -31,11 +31,21 @@ Every measurement runs in its own child process (`python -m mxport.commands.benc
                     one embedding row (from the graph: an initializer read by Gather counts one row, MoE
                     expert inputs count k/E, rotary caches one row, a constant Cast counts its cast size since
                     ORT folds it at load)
-    bw share        decode tok/s x MB/token / measured read bandwidth (a decode step mostly reads weights)
+    read GB/s       this engine's read bandwidth: np.maximum.reduce over a float32 array of its MB/token, split
+                    into --threads contiguous parts read in parallel (a decode step's traffic: its weights, once
+                    each, over and over), measured in the parent right after each of its runs, best kept
+    bw share        decode tok/s x MB/token / that engine's read GB/s
 
-Memory bandwidth is measured twice in the parent: read (np.maximum.reduce over a float32 array split into
---threads contiguous parts, one thread each, bytes read / time: the traffic pattern of a decode step) and copy
-(np.copyto on one thread, bytes read + bytes written; the number older tables used for bw share).
+Why per engine, at its own size: a decode step cycles over MB/token bytes, and where those bytes come from
+depends on their size. Set against one fixed 256 MB probe, a step whose weights fit the last-level cache (the
+mini preset's cpu/mxfp4/bfloat16, 162 MB, or its 4-bit modes, on a machine with a 480 MB L3) reads from cache
+faster than the probe's mix of cache and DRAM, and bw share read above 100 % (170 % in issue 21); the probe
+was also taken once, minutes before the engines ran on a machine whose load drifts. The same size, the same
+threads, the same moment measure the limit that engine's step can reach. The header line keeps the 256 MB
+probe: read (as above, --threads threads) and copy (np.copyto on one thread, bytes read + written).
+
+The table keeps to 120 columns (engine, speeds, load and peak RSS, file MB, MB/token, bw share); `--json` has
+every field (base, anon/file and runtime RSS, the per-weights ratios, weights MB, each engine's read bandwidth).
 
 Benchmarks are not timed tests: tests/runtime/test_bench.py checks the plumbing on the tiny preset only.
 """
@@ -54,6 +64,7 @@ from typing import Any
 
 
 from mxport.contract import modes as modes_table
+from mxport.contract.progress import Progress, given, report
 from mxport.contract.folder import (CONFIG_FILE, MANIFEST_FILE, Manifest, is_checkpoint, manifest_file,
                                    read_manifest)
 from mxport.errors import MxportError
@@ -61,9 +72,14 @@ from mxport.runtime.bench.engines import (  # noqa: F401  (re-exported: bench's 
     REPEATS, Bandwidth, _tensor_bytes, drop_page_cache, file_bytes, memory_bandwidth, onnx_traffic,
     torch_traffic)
 
-DEFAULT_MODES = ("cpu/float32", "cpu/int8", "cpu/int4", "cpu/int4/int4", "portable/mxfp4")  # mode labels
+# Each family's recommended modes (docs/LOWERING.md "Which mode to choose") are among the defaults: the exact fast
+# one and the compact one. Models with experts (gpt-oss, Qwen3-MoE): MXFP4 experts and bf16 matrices on mxport's
+# native kernels (exact), int4 experts and int4 matrices (compact).
+RECOMMENDED_MODES = {"exact": "cpu/mxfp4/bfloat16", "compact": "cpu/int4/int4"}
+DEFAULT_MODES = ("cpu/float32", "cpu/mxfp4/bfloat16", "cpu/int8", "cpu/int4", "cpu/int4/int4", "portable/mxfp4")
 # a model without experts (GPT-2, Qwen3): --experts has nothing to act on, so the modes vary --dense instead
 # bfloat16: exact, on the stored bf16 (LinearBF16); q4: mxport's 4-bit LinearQ4, int4: ORT's MatMulNBits
+NO_EXPERTS_RECOMMENDED_MODES = {"exact": "cpu/float32/bfloat16", "compact": "cpu/float32/q4"}
 NO_EXPERTS_MODES = ("cpu", "cpu/float32/bfloat16", "cpu/float32/int8", "cpu/float32/int4", "cpu/float32/q4", "portable")
 
 
@@ -93,11 +109,14 @@ class Result:
     runtime_rss: int = 0  # VmRSS at the end of a timed decode
     peak_rss: int = 0  # VmHWM at the end of the run
     load_s: float = float("nan")
+    read_bandwidth: float = float("nan")  # bytes/s over an array of bytes_per_token (best of its measurements)
     error: str = ""
     notes: list[str] = field(default_factory=list)
 
-    def bandwidth_share(self, bandwidth: float) -> float:
-        return self.decode_tok_s * self.bytes_per_token / bandwidth if bandwidth > 0 else float("nan")
+    def bandwidth_share(self) -> float:
+        """decode tok/s x bytes per token / the read bandwidth measured at that size (NaN when not measured)."""
+        bw = self.read_bandwidth
+        return self.decode_tok_s * self.bytes_per_token / bw if bw == bw and bw > 0 else float("nan")
 
     def runtime_per_weights(self) -> float:
         """(runtime RSS - baseline) / weight bytes: what holding and running the model costs, interpreter excluded."""
@@ -147,12 +166,14 @@ def _keep_best(result: Result, measured: dict[str, Any], prompt_len: int, new_to
 
 
 # ---- what to measure -----------------------------------------------------------------------------------------
-def _export_modes(ckpt: Path, labels: list[str], work: Path, last_logits: bool = False) -> list[tuple[str, Path]]:
-    """Export each mode label (mxport.contract.modes.LABEL_SYNTAX, "+last": last-position logits) into `work`."""
+def _export_modes(ckpt: Path, labels: list[str], work: Path, last_logits: bool = False,
+                  progress: Progress | None = None) -> list[tuple[str, Path]]:
+    """Export each mode label (mxport.contract.modes.LABEL_SYNTAX, "+last": last-position logits) into `work`;
+    progress hears each export's stages as "export i/n LABEL: stage"."""
     from mxport.exporter.export import export
 
     out = []
-    for text in labels:
+    for i, text in enumerate(labels):
         last = last_logits or text.endswith("+last")
         options = modes_table.parse_label(text.removesuffix("+last"))
         target, experts, dense, dtype, level = (options[k] for k in
@@ -161,16 +182,19 @@ def _export_modes(ckpt: Path, labels: list[str], work: Path, last_logits: bool =
                          + (f"-{dtype}" if dtype != "float32" else "") + (f"-acc{level}" if level != 4 else "")
                          + ("-last" if last else ""))
         if not manifest_file(folder).is_file():
-            export(ckpt, folder, last_logits=last, force=True, **options)
+            heard = (lambda stage, done, total, unit="it", where=f"export {i + 1}/{len(labels)} {text}":
+                     progress(f"{where}: {stage}", done, total, unit)) if given(progress) else None
+            export(ckpt, folder, last_logits=last, force=True, progress=heard, **options)
         meta = read_manifest(folder)  # experts: 'none' for a model without experts, the default resolved
         out.append((_label(meta), folder))
     return out
 
 
 def _label(meta: Manifest) -> str:
-    """An mxport engine's name in the table: the mode label of its mxport.json, " last-logits" when so."""
+    """An mxport engine's name in the table: the mode label of its mxport.json, "+last" (as --modes spells it) when
+    it has last-position logits."""
     return modes_table.label(target=meta.target, experts=meta.experts, dense=meta.dense, dtype=meta.dtype,
-                             accuracy_level=meta.accuracy_level) + (" last-logits" if meta.last_logits else "")
+                             accuracy_level=meta.accuracy_level) + ("+last" if meta.last_logits else "")
 
 
 def _genai_checkpoint(ckpt: Path, work: Path) -> Path:
@@ -237,9 +261,10 @@ def _check_positions(config_file: Path, prompt_len: int, new_tokens: int) -> Non
 def bench(path: str | os.PathLike, *, peers: bool = False, threads: int = 2, prompt_len: int = 128,
           new_tokens: int = 32, modes: list[str] | None = None, work: str | os.PathLike | None = None,
           timeout: float = 1800.0, bandwidth_mb: int = 256, rounds: int = 1, last_logits: bool = False,
-          log=lambda message: None) -> tuple[list[Result], Bandwidth]:
+          log=lambda message: None, progress: Progress | None = None) -> tuple[list[Result], Bandwidth]:
     """Measure; returns (results, memory bandwidth). `modes`: mode labels (mxport.contract.modes.LABEL_SYNTAX,
-    "+last" for last-position logits) to export from a checkpoint; `log(message)` hears what runs.
+    "+last" for last-position logits) to export from a checkpoint; `log(message)` hears what runs;
+    `progress` (mxport.contract.progress) the exports' stages and "measure" (engine runs done, to do).
 
     rounds > 1 runs the whole engine list that many times, in order, and keeps each engine's best speeds (and
     the memory of its largest-peak run): on a shared machine, load drifts over minutes, and one pass would
@@ -265,19 +290,35 @@ def bench(path: str | os.PathLike, *, peers: bool = False, threads: int = 2, pro
         if not folders:
             labels = list(modes or default_modes(path))
             log(f"exporting {', '.join(labels)} into {work_dir}")
-            folders = _export_modes(path, labels, work_dir, last_logits)
+            folders = _export_modes(path, labels, work_dir, last_logits, progress)
         log("measuring memory bandwidth")
         bandwidth = memory_bandwidth(bandwidth_mb, threads=threads)
         results, jobs = _jobs(folders, ckpt if peers else None, work_dir, timeout, log)
-        for round_ in range(rounds):
-            for result, kind, where in jobs:
-                log(f"running {result.name}" + (f" (round {round_ + 1}/{rounds})" if rounds > 1 else ""))
-                measured = _child(kind, where, threads, prompt_len, new_tokens, timeout)
-                _keep_best(result, measured, prompt_len, new_tokens)
+        runs = [(round_, job) for round_ in range(rounds) for job in jobs]
+        for done, (round_, (result, kind, where)) in enumerate(runs):
+            log(f"running {result.name}" + (f" (round {round_ + 1}/{rounds})" if rounds > 1 else ""))
+            report(progress, "measure", done, len(runs))
+            measured = _child(kind, where, threads, prompt_len, new_tokens, timeout)
+            _keep_best(result, measured, prompt_len, new_tokens)
+            if result.bytes_per_token and "error" not in measured:  # the limit at its size, at this moment
+                _measure_read_bandwidth(result, threads)
+        report(progress, "measure", len(runs), len(runs))
         return results + [r for r, _, _ in jobs], bandwidth
     finally:
         if not work:
             shutil.rmtree(work_dir, ignore_errors=True)
+
+
+MAX_PROBE_BYTES = 4 << 30  # the per-engine bandwidth probe's largest array (beyond any cache: DRAM bandwidth)
+
+
+def _measure_read_bandwidth(result: Result, threads: int) -> None:
+    """Read bandwidth over an array of the engine's bytes per token (at least 1 MiB, at most MAX_PROBE_BYTES),
+    `threads` threads; the best of the engine's rounds is kept."""
+    size = min(max(result.bytes_per_token, 1 << 20), MAX_PROBE_BYTES)
+    read = memory_bandwidth(size / (1 << 20), threads=threads).read
+    result.read_bandwidth = read if result.read_bandwidth != result.read_bandwidth else max(result.read_bandwidth,
+                                                                                             read)
 
 
 def _jobs(folders: list[tuple[str, Path]], peers_of: Path | None, work_dir: Path, timeout: float,
@@ -304,36 +345,38 @@ def _jobs(folders: list[tuple[str, Path]], peers_of: Path | None, work_dir: Path
     return failed, jobs
 
 
-COLUMNS = ("engine", "prefill tok/s", "decode tok/s", "base MB", "load RSS MB", "load anon/file MB",
-           "runtime RSS MB", "peak RSS MB", "runtime/weights", "peak/weights", "file MB", "weights MB", "MB/token",
+COLUMNS = ("engine", "prefill tok/s", "decode tok/s", "load RSS MB", "peak RSS MB", "file MB", "MB/token",
            "bw share")
+TABLE_WIDTH = 120  # the printed table's most columns (the engine names of the default modes); --json has the rest
 
 
-def _row(r: Result, bandwidth: Bandwidth) -> tuple[str, ...]:
+def _row(r: Result) -> tuple[str, ...]:
     mb = lambda n: f"{n / 1e6:.0f}" if n else "-"  # noqa: E731
-    ratio = lambda x: f"{x:.2f}" if x == x else "-"  # noqa: E731
-    return (r.name, f"{r.prefill_tok_s:.1f}", f"{r.decode_tok_s:.2f}", mb(r.baseline_rss), mb(r.load_rss),
-            f"{mb(r.load_anon_rss)}/{mb(r.load_file_rss)}", mb(r.runtime_rss), mb(r.peak_rss),
-            ratio(r.runtime_per_weights()), ratio(r.peak_per_weights()), f"{r.file_bytes / 1e6:.0f}",
-            f"{r.weight_bytes / 1e6:.0f}", f"{r.bytes_per_token / 1e6:.1f}", f"{r.bandwidth_share(bandwidth.read):.0%}")
+    share = r.bandwidth_share()
+    return (r.name, f"{r.prefill_tok_s:.1f}", f"{r.decode_tok_s:.2f}", mb(r.load_rss), mb(r.peak_rss),
+            f"{r.file_bytes / 1e6:.0f}", f"{r.bytes_per_token / 1e6:.1f}", f"{share:.0%}" if share == share else "-")
 
 
 def format_results(results: list[Result], bandwidth: Bandwidth) -> str:
-    rows = [(r.name, *["-"] * (len(COLUMNS) - 2), f"error: {r.error}") if r.error else _row(r, bandwidth)
-            for r in results]
+    """The header (the 256 MB probe's bandwidths) and one row per engine; an engine that failed shows its error."""
+    rows = [_row(r) for r in results if not r.error]
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(COLUMNS)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    out = [f"memory bandwidth: read {bandwidth.read / 1e9:.1f} GB/s (max-reduce, {bandwidth.threads} "
-           f"thread{'s' if bandwidth.threads > 1 else ''}; bw share uses it), copy {bandwidth.copy / 1e9:.1f} GB/s "
-           "(numpy copy, read+write, 1 thread)", line(COLUMNS), line(tuple("-" * w for w in widths))]
-    return "\n".join(out + [line(r) for r in rows])
+    line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w)  # noqa: E731
+                                   for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    threads = f"{bandwidth.threads} thread{'s' if bandwidth.threads > 1 else ''}"
+    out = [f"memory bandwidth, {bandwidth.size / (1 << 20):.0f} MiB: read {bandwidth.read / 1e9:.1f} GB/s ({threads}), "
+           f"copy {bandwidth.copy / 1e9:.1f} GB/s (1 thread); bw share: per engine, at its MB/token",
+           line(COLUMNS), line(tuple("-" * w for w in widths))]
+    out += [line(row) for row in rows]
+    out += [f"{r.name}: error: {r.error}" for r in results if r.error]
+    return "\n".join(out)
 
 
 def to_json(results: list[Result], bandwidth: Bandwidth, **settings: Any) -> dict[str, Any]:
-    """Every number: the settings, both bandwidths (bytes/s), each result's fields (bytes, tok/s) and the derived
-    ratios of the table; null where a number is undefined (NaN is not JSON)."""
+    """Every number: the settings, both bandwidths of the 256 MB probe (bytes/s), each result's fields (bytes,
+    tok/s, its own read bandwidth) and the derived ratios; null where a number is undefined (NaN is not JSON)."""
     finite = lambda x: None if isinstance(x, float) and x != x else x  # noqa: E731
     return {"bandwidth": asdict(bandwidth), **settings, "results": [
         {**{k: finite(v) for k, v in asdict(r).items()}, "runtime_per_weights": finite(r.runtime_per_weights()),
          "peak_per_weights": finite(r.peak_per_weights()),
-         "bandwidth_share": finite(r.bandwidth_share(bandwidth.read))} for r in results]}
+         "bandwidth_share": finite(r.bandwidth_share())} for r in results]}

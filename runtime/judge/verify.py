@@ -32,6 +32,7 @@ import numpy as np
 
 from mxport.contract import io, modes
 from mxport.contract.folder import MANIFEST_FILE, Manifest, model_path, read_manifest
+from mxport.contract.progress import Progress, given
 from mxport.errors import MxportError
 from mxport.runtime.judge.compare import (
     FLOAT32_TOLERANCES,
@@ -162,11 +163,14 @@ def verify(
     max_prompt_len: int | None = None,
     per_layer: bool = True,
     reference_experts: str = "float",
+    progress: Progress | None = None,
 ) -> VerifyReport:
     """Compare the export in `export_dir` (ONNX Runtime, `provider`) with the NumPy reference model of its
     checkpoint (recorded in mxport.json unless given). Raises MxportError on bad input; returns a VerifyReport
     that is falsy when a tolerance fails. reference_experts="mxfp4": the reference runs float experts as an
-    `--experts mxfp4` export holds them (ReferenceModel(experts=)), which makes such an export exact again."""
+    `--experts mxfp4` export holds them (ReferenceModel(experts=)), which makes such an export exact again.
+    progress("verify", layers done, layers to do, "layer") hears the reference model, layer by layer over every
+    call (the slow part; mxport.contract.progress)."""
     export_dir = Path(export_dir)
     if not export_dir.is_dir():
         raise MxportError(f"{export_dir}: no such export folder")
@@ -215,6 +219,10 @@ def verify(
         cases = [("long", [prompt_set[0]])]
         if len(prompt_set) > 1:
             cases.append(("batch", prompt_set))
+        layers, calls = cfg.num_hidden_layers, len(cases) * (decode_steps + 1)
+        if given(progress):  # the reference's layers, counted over every call
+            reference.model.progress = lambda _stage, done, _total, _unit="it": progress(
+                "verify", len(report.calls) * layers + done, calls * layers, "layer")
         for case, group in cases:
             ids, mask = left_pad(group)
             for step, result in enumerate(_run_case(ort_runner, reference, cfg, ids, mask, decode_steps, per_call)):

@@ -23,6 +23,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from mxport.contract import io
+from mxport.contract.progress import Progress, report
 from mxport.errors import MxportError
 from mxport.files import write_file
 
@@ -61,11 +62,15 @@ class ReferenceModel:
         output_hidden_states: bool = False,
         window_cache: bool = False,
         experts: str = "float",
+        progress: Progress | None = None,
     ) -> None:
         """window_cache: sliding layers' presents keep only their last W-1 slots (what an export made with the
         default window cache returns, and what transformers' sliding-window cache keeps); False keeps all.
         experts: "float" = the checkpoint's experts as stored; "mxfp4" = float experts as an `--experts mxfp4`
-        export holds them (encoded and decoded, per chosen expert; families with float experts read it)."""
+        export holds them (encoded and decoded, per chosen expert; families with float experts read it).
+        progress (an attribute too, settable later): progress("layers", done, layers) after each layer of every
+        forward (mxport.contract.progress)."""
+        self.progress = progress
         self.dtype = np.dtype(dtype)
         self.window_cache = window_cache
         if experts not in ("float", "mxfp4"):
@@ -178,6 +183,7 @@ class ReferenceModel:
             present.append(kv)
             if return_hidden_states:
                 hidden.append(x)
+            report(self.progress, "layers", i + 1, cfg.num_hidden_layers)
         x = self.wiring.final_norm(self, x)
         logits = x @ self.w(self._head).T
         return ModelOutput(logits, present, hidden if return_hidden_states else None)

@@ -62,10 +62,14 @@ def test_bench_an_export_folder(tiny_export, tmp_path):
     assert r.load_anon_rss + r.load_file_rss <= r.load_rss  # VmRSS = RssAnon + RssFile + RssShmem
     assert r.runtime_per_weights() == pytest.approx((r.runtime_rss - r.baseline_rss) / r.weight_bytes)
     assert r.peak_per_weights() == pytest.approx(r.peak_rss / r.weight_bytes)
+    # bw share against this engine's own read bandwidth, measured over an array of its bytes per token: a tiny
+    # model's step is mostly overhead, far below what reading its weights allows
+    assert r.read_bandwidth > 0 and 0 < r.bandwidth_share() < 1
+    assert r.bandwidth_share() == pytest.approx(r.decode_tok_s * r.bytes_per_token / r.read_bandwidth)
     table = bench.format_results(results, bandwidth)
     header, columns, _, row = table.splitlines()
-    assert "read" in header and "copy" in header and "GB/s" in header
-    for name in ("load RSS MB", "runtime RSS MB", "peak RSS MB", "runtime/weights", "peak/weights", "bw share"):
+    assert "read" in header and "copy" in header and "GB/s" in header and "16 MiB" in header
+    for name in ("load RSS MB", "peak RSS MB", "MB/token", "bw share"):
         assert name in columns
     assert row.startswith("mxport cpu/float32") and f"{r.peak_rss / 1e6:.0f}" in row
 
@@ -91,16 +95,18 @@ def test_keep_best_takes_memory_from_one_measurement():
 
 
 def test_json_of_a_failed_engine_is_strict_json():
-    bw = bench.Bandwidth(read=1e10, copy=2e10, threads=2)
+    bw = bench.Bandwidth(read=1e10, copy=2e10, threads=2, size=1 << 28)
     data = bench.to_json([bench.Result("genai int4", "", error="builder failed")], bw, threads=2)
     (r,) = json.loads(json.dumps(data, allow_nan=False))["results"]
     assert r["error"] == "builder failed" and r["decode_tok_s"] is None and r["runtime_per_weights"] is None
-    assert data["bandwidth"] == {"read": 1e10, "copy": 2e10, "threads": 2} and data["threads"] == 2
+    assert r["read_bandwidth"] is None and r["bandwidth_share"] is None
+    assert data["bandwidth"] == {"read": 1e10, "copy": 2e10, "threads": 2, "size": 1 << 28} and data["threads"] == 2
 
 
 def test_memory_bandwidth_reports_read_and_copy():
     bw = bench.memory_bandwidth(8, repeats=2, threads=2)
     assert bw.threads == 2 and np.isfinite(bw.read) and bw.read > 0 and np.isfinite(bw.copy) and bw.copy > 0
+    assert bw.size == 8 << 20 and bench.memory_bandwidth(1.5, repeats=1).size == 3 << 19  # MiB, fractions too
 
 
 def test_cli_writes_json(tiny_export, tmp_path, capsys):
@@ -114,8 +120,10 @@ def test_cli_writes_json(tiny_export, tmp_path, capsys):
     assert all(r[name] > 0 for name in MEMORY)
     assert r["runtime_per_weights"] == pytest.approx((r["runtime_rss"] - r["baseline_rss"]) / r["weight_bytes"])
     assert r["peak_per_weights"] == pytest.approx(r["peak_rss"] / r["weight_bytes"])
-    assert r["bandwidth_share"] == pytest.approx(r["decode_tok_s"] * r["bytes_per_token"] / data["bandwidth"]["read"])
-    assert "runtime RSS MB" in capsys.readouterr().out
+    assert r["bandwidth_share"] == pytest.approx(r["decode_tok_s"] * r["bytes_per_token"] / r["read_bandwidth"])
+    assert r["runtime_rss"] > 0 and r["read_bandwidth"] > 0  # the details the table leaves out
+    out = capsys.readouterr().out
+    assert "peak RSS MB" in out and max(len(line) for line in out.splitlines()) <= bench.TABLE_WIDTH
     assert [f.name for f in tmp_path.iterdir()] == ["bench.json"]  # written atomically, no temporary left
 
 
@@ -185,3 +193,75 @@ def test_default_modes_follow_whether_the_model_has_experts(tiny_config, make_ch
     assert default_modes(write_checkpoint(tmp_path / "q3", PRESETS["qwen3-tiny"])) == NO_EXPERTS_MODES
     assert label(target="cpu", experts="none", dense="int4") == "cpu dense-int4"
     assert label(target="cpu", experts="int4", dense="int4") == "cpu/int4/int4"
+
+
+def test_default_modes_hold_each_familys_recommended_exact_and_compact_modes():
+    """docs/LOWERING.md "Which mode to choose": the exact fast mode and the compact mode are always measured."""
+    from mxport.contract.modes import parse_label
+    from mxport.runtime.bench.speed import (DEFAULT_MODES, NO_EXPERTS_MODES, NO_EXPERTS_RECOMMENDED_MODES,
+                                            RECOMMENDED_MODES)
+
+    assert set(RECOMMENDED_MODES.values()) <= set(DEFAULT_MODES)
+    assert set(NO_EXPERTS_RECOMMENDED_MODES.values()) <= set(NO_EXPERTS_MODES)
+    exact = parse_label(RECOMMENDED_MODES["exact"])  # gpt-oss' exact fast mode: --experts mxfp4 --dense bfloat16
+    assert (exact["target"], exact["experts"], exact["dense"]) == ("cpu", "mxfp4", "bfloat16")
+    compact = parse_label(RECOMMENDED_MODES["compact"])
+    assert (compact["experts"], compact["dense"]) == ("int4", "int4")
+    assert parse_label(NO_EXPERTS_RECOMMENDED_MODES["exact"])["dense"] == "bfloat16"
+    assert parse_label(NO_EXPERTS_RECOMMENDED_MODES["compact"])["dense"] == "q4"
+
+
+def test_table_fits_120_columns_with_every_default_engine():
+    """Every default mode (with +last), the peers and an error, with large numbers: no line past 120 columns."""
+    from mxport.runtime.bench.speed import DEFAULT_MODES, NO_EXPERTS_MODES
+
+    names = [f"mxport {m}+last" for m in (*DEFAULT_MODES, *NO_EXPERTS_MODES)]
+    names += ["transformers fp32", "genai fp32", "genai int4"]
+    results = [bench.Result(n, "p", file_bytes=123_456_789_012, weight_bytes=123_456_789_012,
+                            bytes_per_token=12_345_678_901, prefill_tok_s=12345.6, decode_tok_s=1234.56,
+                            load_rss=123_456_789_012, peak_rss=123_456_789_012, read_bandwidth=9.9e10)
+               for n in names]
+    results.append(bench.Result("genai int4", "", error="builder failed: " + "x" * 60))
+    table = bench.format_results(results, bench.Bandwidth(read=3.5e10, copy=2.1e10, threads=2, size=256 << 20))
+    lines = table.splitlines()
+    assert max(len(line) for line in lines) <= bench.TABLE_WIDTH, max(lines, key=len)
+    assert len(lines) == 3 + len(results) and lines[-1].startswith("genai int4: error: builder failed")
+
+
+def test_bw_share_is_measured_against_the_engines_own_working_set(tiny_export, monkeypatch):
+    """The fix of issue 21's 170 %: bw share divides by a read bandwidth measured over an array of the engine's
+    own bytes per token (the size a decode step cycles over, so the same cache level serves both), with the
+    bench's threads, after each of its runs (best kept), not by one fixed 256 MB probe taken before."""
+    _, out = tiny_export
+    calls = []
+
+    def fake(megabytes, repeats=10, threads=1):
+        calls.append((megabytes, threads))
+        read = 1e9 * len(calls)  # each probe reads faster: the best one must be kept
+        return bench.Bandwidth(read=read, copy=read, threads=threads, size=int(megabytes * (1 << 20)))
+
+    monkeypatch.setattr(bench, "memory_bandwidth", fake)
+    heard = []
+    (r,), header = bench.bench(out, threads=2, prompt_len=3, new_tokens=2, bandwidth_mb=16, rounds=2,
+                                log=lambda _: None, progress=lambda *call: heard.append(call))
+    assert heard == [("measure", 0, 2, "it"), ("measure", 1, 2, "it"), ("measure", 2, 2, "it")]  # engine runs
+    assert not r.error, r.error
+    own = max(r.bytes_per_token, 1 << 20) / (1 << 20)  # tiny: under the 1 MiB floor
+    assert calls == [(16, 2), (pytest.approx(own), 2), (pytest.approx(own), 2)]
+    assert header.read == 1e9 and r.read_bandwidth == 3e9
+    assert r.bandwidth_share() == pytest.approx(r.decode_tok_s * r.bytes_per_token / 3e9)
+    assert np.isnan(bench.Result("x", "p", bytes_per_token=10, decode_tok_s=5.0).bandwidth_share())  # unmeasured
+
+
+def test_probe_size_is_bounded(monkeypatch):
+    """An engine under 1 MiB per token is probed over 1 MiB, one over MAX_PROBE_BYTES over that (DRAM either way)."""
+    sizes = []
+
+    def fake(megabytes, repeats=10, threads=1):
+        sizes.append(megabytes * (1 << 20))
+        return bench.Bandwidth(read=1e9, copy=1e9, threads=threads)
+
+    monkeypatch.setattr(bench, "memory_bandwidth", fake)
+    bench._measure_read_bandwidth(bench.Result("small", "p", bytes_per_token=1000), 2)
+    bench._measure_read_bandwidth(bench.Result("big", "p", bytes_per_token=1 << 40), 2)
+    assert sizes == [1 << 20, bench.MAX_PROBE_BYTES]
