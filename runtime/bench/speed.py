@@ -37,12 +37,12 @@ Every measurement runs in its own child process (`python -m mxport.commands.benc
     bw share        decode tok/s x MB/token / that engine's read GB/s
 
 Why per engine, at its own size: a decode step cycles over MB/token bytes, and where those bytes come from
-depends on their size. Set against one fixed 256 MB probe, a step whose weights fit the last-level cache (the
-mini preset's cpu/mxfp4/bfloat16, 162 MB, or its 4-bit modes, on a machine with a 480 MB L3) reads from cache
-faster than the probe's mix of cache and DRAM, and bw share read above 100 % (170 % in issue 21); the probe
-was also taken once, minutes before the engines ran on a machine whose load drifts. The same size, the same
-threads, the same moment measure the limit that engine's step can reach. The header line keeps the 256 MB
-probe: read (as above, --threads threads) and copy (np.copyto on one thread, bytes read + written).
+depends on their size and the moment. One fixed 256 MB probe, taken before the engines ran, let bw share read
+170 % (issue 21): a step that fits the last-level cache (mini's exact bf16/MXFP4 mode, 162 MB, or its 4-bit
+modes, beside a 480 MB L3) is not read at the probe's speed, and the load had drifted since (docs/BENCHMARKS.md
+says what was and was not measured). The same size, the same threads and the moment right after the engine's
+run measure the limit its step can reach. The header line keeps the 256 MB probe: read (as above, --threads
+threads) and copy (np.copyto on one thread, bytes read + written).
 
 The table keeps to 120 columns (engine, speeds, load and peak RSS, file MB, MB/token, bw share); `--json` has
 every field (base, anon/file and runtime RSS, the per-weights ratios, weights MB, each engine's read bandwidth).
