@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 import chat_format  # noqa: E402
 import evaluate  # noqa: E402
@@ -84,7 +85,7 @@ def verify_row(out: Path, ckpt: Path) -> dict:
 
 
 def measure(ckpt: Path, labels: list[str], n: int, n_forced: int, save=lambda results: None,
-            reference_tasks: bool = False) -> dict:
+            reference_tasks: bool = False, quiet: bool = False) -> dict:
     reference = Generator.from_folder(ckpt, backend="numpy")
     seqs = teacher_forced(reference.tokenizer, n_forced)
     ref_logits = reply_logits(reference, seqs)
@@ -95,8 +96,12 @@ def measure(ckpt: Path, labels: list[str], n: int, n_forced: int, save=lambda re
         score = evaluate.evaluate(evaluate.generator_fn(reference), reference.tokenizer, n)
         results["reference"] = {"tasks": score.table(), "seconds": round(time.time() - t0, 1)}
         print(f"reference (NumPy): {score.line()}", flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        for label in labels:
+    # a bar over the modes on a terminal only (stderr); each mode's line goes above it, to stdout
+    bar = tqdm(labels, desc="modes", unit="mode", file=sys.stderr, dynamic_ncols=True,
+               disable=quiet or not sys.stderr.isatty() or None)
+    with tempfile.TemporaryDirectory() as tmp, bar:
+        for label in bar:
+            bar.set_postfix_str(label)
             out = Path(tmp) / label.replace("/", "_").replace(":", "_").replace("@", "_at")
             t0 = time.time()
             options = modes.parse_label(label)
@@ -109,9 +114,10 @@ def measure(ckpt: Path, labels: list[str], n: int, n_forced: int, save=lambda re
             row["seconds"] = round(time.time() - t0, 1)
             results["modes"][label] = row
             save(results)
-            print(f"{label}: verify top-1 {row['verify']['top1']:.4f} KL {row['verify']['kl_mean']:.2e}; "
-                  f"in-dist top-1 {row['in_dist']['top1']:.4f} KL {row['in_dist']['kl_mean']:.2e}; "
-                  f"{score.line()}  ({row['seconds']} s)", flush=True)
+            tqdm.write(f"{label}: verify top-1 {row['verify']['top1']:.4f} KL {row['verify']['kl_mean']:.2e}; "
+                       f"in-dist top-1 {row['in_dist']['top1']:.4f} KL {row['in_dist']['kl_mean']:.2e}; "
+                       f"{score.line()}  ({row['seconds']} s)", file=sys.stdout)
+            sys.stdout.flush()
     return results
 
 
@@ -143,6 +149,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--reference-tasks", action="store_true",
                    help="also score the NumPy reference model on the tasks (slow)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar (it shows on a terminal only)")
     args = p.parse_args(argv)
     labels = [m.strip() for m in args.modes.split(",") if m.strip()]
     for label in labels:
@@ -155,7 +162,8 @@ def main(argv=None) -> int:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(results, indent=2) + "\n")
 
-    results = measure(args.checkpoint or shipped(), labels, args.n, args.forced, save, args.reference_tasks)
+    results = measure(args.checkpoint or shipped(), labels, args.n, args.forced, save, args.reference_tasks,
+                      args.quiet)
     save(results)
     print(markdown(results))
     return 0
