@@ -1,5 +1,5 @@
 """`mxport export CKPT_DIR -o OUT_DIR [--target T] [--experts E] [--dense D] [--dtype D] [--accuracy-level N]
-[--last-logits] [--full-cache] [--force] [--hidden-states] [--no-progress]`: exporter/export.py's export(), with a
+[--last-logits] [--full-cache] [--force] [--hidden-states] [--allow-non-finite] [--no-progress]`: exporter/export.py's export(), with a
 progress bar and the lowering report's notes on stderr. The mode options' help is the mode table's
 (mxport.contract.modes.help_text).
 """
@@ -34,6 +34,9 @@ def register(parser: argparse.ArgumentParser) -> None:
                         "as transformers does; the full-attention layers always keep all)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
     parser.add_argument("--hidden-states", action="store_true", help="add outputs hidden_states.{i} per layer")
+    parser.add_argument("--allow-non-finite", action="store_true",
+                        help="export weights holding NaN or infinity (default: refused, naming the tensor); "
+                        "recorded in mxport.json")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
@@ -65,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         out = export(args.checkpoint, args.output, target=args.target, experts=args.experts, dtype=args.dtype,
                      progress=bar, hidden_states=args.hidden_states, force=args.force, dense=args.dense,
                      last_logits=args.last_logits, window_cache=not args.full_cache,
-                     accuracy_level=args.accuracy_level)
+                     accuracy_level=args.accuracy_level, allow_non_finite=args.allow_non_finite)
     finally:
         if bar is not None:
             bar.finish()
