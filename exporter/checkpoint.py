@@ -186,7 +186,8 @@ def read_header(path: Path) -> dict[str, TensorSpec]:
                               f"data, expected {at} (tensors must follow each other without gap or overlap)")
         at = end
     if at > data:
-        raise MxportError(f"{path}: truncated: the header describes {at} bytes of tensor data, the file holds {data}")
+        raise MxportError(f"{path}: truncated: the header describes {at} bytes of tensor data, the file holds "
+                          f"{data}")
     if at < data:
         raise MxportError(f"{path}: corrupt: {data - at} bytes after the last tensor's data (the header describes "
                           f"{at} of {data})")
@@ -428,7 +429,7 @@ def _files_of(path: Path) -> dict[str, Path]:
     return files
 
 
-_LAYER_INDEX = re.compile(r"(?:^|\.)(\d+)\.")  # the first number in a name is its layer: model.layers.N., h.N., block.N.
+_LAYER_INDEX = re.compile(r"(?:^|\.)(\d+)\.")  # a name's first number is its layer: model.layers.N., h.N., block.N.
 
 
 def held_layers(names) -> int:

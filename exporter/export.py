@@ -190,6 +190,14 @@ def check_tokenizer_files(checkpoint_dir: Path) -> None:
                 raise MxportError(f"{file}: the tokenizers library cannot load it ({detail:.200})") from None
 
 
+def _cause(exc: BaseException) -> BaseException:
+    """The MxportError or OSError under an exception: ir.save wraps what a lazy tensor raised in SerdeErrors."""
+    seen = exc
+    while not isinstance(seen, (MxportError, OSError)) and seen.__cause__ is not None:
+        seen = seen.__cause__
+    return seen if isinstance(seen, (MxportError, OSError)) else exc
+
+
 def _write_error(exc: OSError, out_dir: Path) -> MxportError:
     """One line for a failed write (the temporary folder is already gone)."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -256,7 +264,8 @@ def export(
         try:
             tmp = temp_dir_beside(out_dir)
         except OSError as exc:
-            raise MxportError(f"export: cannot create a temporary folder beside {out_dir} ({exc.strerror})") from None
+            raise MxportError(f"export: cannot create a temporary folder beside {out_dir} ({exc.strerror})") \
+                from None
         try:
             ir.save(model, tmp / MODEL_FILE, external_data=DATA_FILE, size_threshold_bytes=SIZE_THRESHOLD,
                     callback=_save_callback(model, progress))
@@ -268,7 +277,10 @@ def export(
             replace_dir(tmp, out_dir)
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(exc, OSError):
-                raise _write_error(exc, out_dir) from None
+            cause = _cause(exc)
+            if isinstance(cause, OSError):
+                raise _write_error(cause, out_dir) from None
+            if isinstance(cause, MxportError):
+                raise cause from None
             raise
     return out_dir

@@ -127,7 +127,7 @@ def _shared_fields(cfg: dict | None) -> dict:
 def format_summary(s: Summary) -> str:
     out = []
     if s.meta:
-        shared = _shared_fields(s.meta.get("config"))  # the family's own spellings (GPT-2's n_layer, n_embd) read by its parser
+        shared = _shared_fields(s.meta.get("config"))  # the family's own spellings (GPT-2's n_layer) read by its parser
         family = f"family={s.meta['family']} " if "family" in s.meta else ""
         out.append(
             f"export: {family}target={s.meta.get('target')} experts={s.meta.get('experts')} "

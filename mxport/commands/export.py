@@ -1,7 +1,7 @@
 """`mxport export CKPT_DIR -o OUT_DIR [--target T] [--experts E] [--dense D] [--dtype D] [--accuracy-level N]
-[--last-logits] [--full-cache] [--force] [--hidden-states] [--allow-non-finite] [--no-progress]`: exporter/export.py's export(), with a
-progress bar and the lowering report's notes on stderr. The mode options' help is the mode table's
-(mxport.contract.modes.help_text).
+[--last-logits] [--full-cache] [--force] [--hidden-states] [--allow-non-finite] [--no-progress]`:
+exporter/export.py's export(), with a progress bar and the lowering report's notes on stderr. The mode options'
+help is the mode table's (mxport.contract.modes.help_text).
 """
 
 from __future__ import annotations

@@ -109,7 +109,8 @@ _KINDS = {  # field -> (JSON type it must have, element type of a list or dict's
     "mxport_version": (str, None), "checkpoint": (str, None), "family": (str, None), "layout": (str, None),
     "config": (dict, None), "target": (str, None), "experts": (str, None), "dtype": (str, None),
     "hidden_states": (bool, None), "dense": (str, None), "last_logits": (bool, None), "window_cache": (bool, None),
-    "accuracy_level": (int, None), "allow_non_finite": (bool, None), "matrix_storage": (str, None), "checkpoint_experts": (str, None),
+    "accuracy_level": (int, None), "allow_non_finite": (bool, None), "matrix_storage": (str, None),
+    "checkpoint_experts": (str, None),
     "opset_imports": (dict, int), "inputs": (list, str), "outputs": (list, str), "eos_token_ids": (list, int),
     "pad_token_id": (int, None), "lowering": (dict, None),
 }

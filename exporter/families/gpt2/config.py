@@ -21,6 +21,8 @@ ACTIVATIONS = (
     "gelu_10", "quick_gelu", "relu", "relu2", "relu6", "leaky_relu", "silu", "swish", "sigmoid", "tanh", "linear",
     "mish", "hardswish", "laplace", "sqrtsoftplus",
 )
+_SPELLED = {"hidden_size": "n_embd", "num_hidden_layers": "n_layer", "num_attention_heads": "n_head",
+            "max_position_embeddings": "n_positions"}  # DecoderConfig field -> GPT-2's config.json key
 REFUSED_ACTIVATIONS = {"prelu": "a learned slope per channel", "xielu": "learned alpha/beta parameters"}
 
 
@@ -59,6 +61,11 @@ class GPT2Config(DecoderConfig):
         """The factor on q·k of `layer`, as GPT2Attention computes it."""
         scale = self.head_dim**-0.5 if self.scale_attn_weights else 1.0
         return scale / float(layer + 1) if self.scale_attn_by_inverse_layer_idx else scale
+
+    def size_problems(self) -> list[str]:
+        """The shared caps, named as GPT-2's config.json spells the keys."""
+        return [_SPELLED.get(p.split("=")[0], p.split("=")[0]) + "=" + p.split("=", 1)[1] if "=" in p else p
+                for p in super().size_problems()]
 
     def problems(self) -> list[str]:
         out = super().problems()

@@ -8,7 +8,6 @@ Spellings normalised here and nowhere else:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,20 +173,20 @@ class GptOssConfig(DecoderConfig):
         """Parse either layout's config.json. Raises MxportError naming `source` and the missing/bad key."""
         if not isinstance(d, dict):
             raise MxportError(f"{source}: expected a JSON object, found {type(d).__name__}")
-        if "num_experts" in d and "num_local_experts" not in d or "rope_ntk_beta" in d:
-            return _from_original(d, source)
-        return _from_hf(d, source)
+        try:
+            if "num_experts" in d and "num_local_experts" not in d or "rope_ntk_beta" in d:
+                return _from_original(d, source)
+            return _from_hf(d, source)
+        except MxportError as exc:  # the config's own checks (__post_init__) name no file: name it
+            if str(exc).startswith(source):
+                raise
+            raise MxportError(f"{source}: {exc}") from None
 
     @classmethod
     def from_file(cls, path: str | Path) -> GptOssConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise MxportError(f"{path}: config file not found")
-        try:
-            d = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise MxportError(f"{path}: not valid JSON ({exc})") from None
-        return cls.from_dict(d, source=str(path))
+        from mxport.exporter.families import read_json
+
+        return cls.from_dict(read_json(path), source=str(path))
 
 
 def _need(d: dict[str, Any], key: str, source: str, kind: type = int) -> Any:

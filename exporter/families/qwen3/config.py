@@ -56,7 +56,8 @@ class Qwen3Config(DecoderConfig):
         return out
 
     def size_problems(self) -> list[str]:
-        return super().size_problems() + [p for p in (cap_problem("intermediate_size", self.intermediate_size),) if p]
+        problem = cap_problem("intermediate_size", self.intermediate_size)
+        return super().size_problems() + ([problem] if problem else [])
 
     def to_hf_dict(self) -> dict[str, Any]:
         return config_to_dict(self)
