@@ -116,6 +116,17 @@ def test_every_family_refuses_non_finite_values(pristine, tmp_path, preset, stor
     assert leftovers(tmp_path) == ["ckpt"]
 
 
+def test_allowed_non_finite_experts_that_mxfp4_cannot_encode_are_one_error(pristine, tmp_path):
+    """--allow-non-finite keeps NaN as stored; encoding float experts to MXFP4 (E2M1 has no NaN) cannot."""
+    ckpt = copy(pristine["qwen3-moe-tiny"], tmp_path)
+    change_tensor(ckpt, "model.layers.0.mlp.experts.3.up_proj.weight", set_value((2, 2), np.nan))
+    with pytest.raises(MxportError, match=r"experts.gate_up_proj: cannot encode to MXFP4 \(encode: values must be "
+                                          r"finite .*use --experts float32"):
+        export(ckpt, tmp_path / "out", progress=False, experts="mxfp4", allow_non_finite=True)
+    assert leftovers(tmp_path) == ["ckpt"]
+    export(ckpt, tmp_path / "out", progress=False, allow_non_finite=True)  # float experts as stored: exported
+
+
 def test_a_nan_mxfp4_scale_byte_is_refused(pristine, tmp_path):
     ckpt = copy(pristine["tiny"], tmp_path)
     change_tensor(ckpt, "model.layers.1.mlp.experts.down_proj_scales", set_value((3, 2, 0), 0xFF))
