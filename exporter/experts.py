@@ -20,6 +20,7 @@ from collections.abc import Callable
 import numpy as np
 import onnx_ir as ir
 
+from mxport.errors import MxportError
 from mxport.ops import mxfp4
 
 ENCODE_VALUES = 1 << 22  # float values encoded per step (16 MB of float32 input, ~5x that in temporaries)
@@ -99,7 +100,12 @@ def mxfp4_encoded(tensor: ir.TensorProtocol, name: str) -> tuple[ir.Value, ir.Va
     def half(i: int) -> Callable[[], ir.TensorProtocol]:
         def make() -> ir.TensorProtocol:
             if "pair" not in shared:
-                shared["pair"], shared["taken"] = encode_experts(read, (E, R, C)), set()
+                try:
+                    shared["pair"], shared["taken"] = encode_experts(read, (E, R, C)), set()
+                except MxportError:
+                    raise
+                except ValueError as exc:  # mxfp4.encode: non-finite values (exported with allow_non_finite)
+                    raise MxportError(f"{name}: cannot encode to MXFP4 ({exc}); use --experts float32") from None
             out = shared["pair"][i]
             shared["taken"].add(i)
             if len(shared["taken"]) == 2:

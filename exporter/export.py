@@ -14,11 +14,18 @@ Memory: every weight is an ir.LazyTensor that reads its one tensor from the chec
 writes it, so peak RSS stays near the largest tensor whatever the model size. Identical input gives identical
 bytes (names, node order and the external data layout depend on the checkpoint only).
 
+Refusals, each one MxportError naming the file, tensor or option: a weight holding NaN or infinity (checked as
+ir.save reads it, so there is no second pass; `allow_non_finite=True` exports it and records that in mxport.json),
+a tokenizer.json that is not JSON or that `tokenizers` cannot load (checked before anything is built), an output
+that is a dangling symbolic link, and a write that fails (a full disk: the temporary folder is removed). Scratch
+folders a killed export of the same output left beside it are removed first (mxport.files.remove_stale).
+
 Options: the mode table (mxport.contract.modes). CLI: mxport/commands/export.py.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -27,15 +34,16 @@ from pathlib import Path
 import onnx_ir as ir
 
 from mxport import __version__
-from mxport.contract.folder import DATA_FILE, MODEL_FILE, TOKENIZER_FILES, Manifest, write_manifest
+from mxport.contract.folder import DATA_FILE, MODEL_FILE, TOKENIZER_FILE, TOKENIZER_FILES, Manifest, write_manifest
 from mxport.contract.modes import DEFAULT_ACCURACY_LEVEL, DEFAULT_EXPERTS, check
 from mxport.contract.progress import Progress, given
 from mxport.errors import MxportError
-from mxport.files import replace_dir, temp_dir_beside
+from mxport.files import read_json, remove_stale, replace_dir, temp_dir_beside
 from mxport.exporter import decoder_graph
 from mxport.exporter.genai_config import write_genai_files
 from mxport.exporter.layers import DOMAIN
 
+TOKENIZER_MAX_BYTES = 256 << 20  # tokenizer.json files reach tens of MB (Gemma 3: 33 MB)
 SIZE_THRESHOLD = 256  # initializers larger than this many bytes go to the data file (ir.save's default)
 # How weight matrices are stored in the portable graph: bf16 bytes + Cast to float32 (exact; see docs/EXPORT.md).
 # Names used across mxport: "matrix storage" (this), "--dense" (the form of the linear layers outside the experts,
@@ -145,13 +153,59 @@ def _save_callback(model: ir.Model, progress: Progress | None):
 
 
 def _check_out_dir(out_dir: Path, force: bool, checkpoint_dir: Path) -> None:
-    ckpt, out = checkpoint_dir.resolve(), out_dir.resolve()
+    if out_dir.is_symlink() and not out_dir.exists():
+        raise MxportError(f"export: output {out_dir} is a symbolic link to {os.readlink(out_dir)}, which does not "
+                          "exist (or loops): remove the link or point it at a folder")
+    try:
+        ckpt, out = checkpoint_dir.resolve(), out_dir.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symbolic link loop further up
+        raise MxportError(f"export: cannot resolve the output {out_dir} ({exc})") from None
     if out == ckpt or out in ckpt.parents:
         raise MxportError(f"export: output {out_dir} would replace the checkpoint folder {checkpoint_dir}")
     if out_dir.exists() and not out_dir.is_dir():
         raise MxportError(f"export: output {out_dir} exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
         raise MxportError(f"export: output directory {out_dir} is not empty (use --force / force=True to replace it)")
+
+
+def check_tokenizer_files(checkpoint_dir: Path) -> None:
+    """The tokenizer files export copies, checked first: each JSON one a JSON object within the size limit, and
+    tokenizer.json loadable by `tokenizers` (what every runner of the export folder loads). MxportError naming
+    the file."""
+    for name in TOKENIZER_FILES:
+        file = checkpoint_dir / name
+        if not name.endswith(".json") or not file.is_file():
+            continue
+        data = read_json(file, max_bytes=TOKENIZER_MAX_BYTES, what="tokenizer file",
+                         source=f"{file}: broken tokenizer file")
+        if not isinstance(data, dict):
+            raise MxportError(f"{file}: broken tokenizer file: expected a JSON object, found "
+                              f"{type(data).__name__}")
+        if name == TOKENIZER_FILE:
+            from tokenizers import Tokenizer
+
+            try:
+                Tokenizer.from_file(str(file))
+            except Exception as exc:  # tokenizers raises its own Exception type for files it cannot load
+                detail = " ".join(str(exc).split())
+                raise MxportError(f"{file}: the tokenizers library cannot load it ({detail:.200})") from None
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The MxportError or OSError under an exception: ir.save wraps what a lazy tensor raised in SerdeErrors."""
+    seen = exc
+    while not isinstance(seen, (MxportError, OSError)) and seen.__cause__ is not None:
+        seen = seen.__cause__
+    return seen if isinstance(seen, (MxportError, OSError)) else exc
+
+
+def _write_error(exc: OSError, out_dir: Path) -> MxportError:
+    """One line for a failed write (the temporary folder is already gone)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return MxportError(f"export: no space left on the device of {out_dir.parent} while writing {out_dir} "
+                           f"({exc.strerror or exc}); the partial export was removed")
+    return MxportError(f"export: cannot write {out_dir}: {exc.strerror or exc}"
+                       + (f" ({exc.filename})" if exc.filename else "") + "; the partial export was removed")
 
 
 # ---- the API --------------------------------------------------------------------------------------------------
@@ -169,6 +223,7 @@ def export(
     last_logits: bool = False,
     window_cache: bool = True,
     accuracy_level: int = DEFAULT_ACCURACY_LEVEL,
+    allow_non_finite: bool = False,
 ) -> Path:
     """Export the checkpoint at `checkpoint_dir` into `out_dir`; returns out_dir. Raises MxportError on bad input.
 
@@ -180,7 +235,8 @@ def export(
     quantizing ones take longest) and the bytes written.
     `window_cache`: sliding-window layers keep only their last W-1 cache slots (layers.window_masks); False
     keeps every slot in every layer's cache (one cache length for all layers).
-    `accuracy_level` (cpu): of the quantized GEMMs, ORT's meaning: 4 = int8 activations (fast), 0 = float32."""
+    `accuracy_level` (cpu): of the quantized GEMMs, ORT's meaning: 4 = int8 activations (fast), 0 = float32.
+    `allow_non_finite`: export weights holding NaN or infinity instead of refusing them (recorded in mxport.json)."""
     from mxport.exporter.checkpoint import open_checkpoint
 
     modes = check(target=target, experts=experts, dense=dense, dtype=dtype, accuracy_level=accuracy_level)
@@ -188,8 +244,13 @@ def export(
     experts = None if experts is None else modes.experts
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
     _check_out_dir(out_dir, force, checkpoint_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open_checkpoint(checkpoint_dir) as ckpt:
+    check_tokenizer_files(checkpoint_dir)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(out_dir)  # what a killed export of this output left
+    except OSError as exc:
+        raise MxportError(f"export: cannot create the output's folder {out_dir.parent} ({exc.strerror})") from None
+    with open_checkpoint(checkpoint_dir, check_finite=not allow_non_finite) as ckpt:
         model = build_portable(ckpt, hidden_states=hidden_states, window_cache=window_cache)
         experts = resolve_experts(experts, target, model)
         has_experts = any(n.domain == DOMAIN and n.op_type.startswith("MoE") for n in model.graph)
@@ -197,11 +258,16 @@ def export(
                       accuracy_level=accuracy_level, progress=progress)
         # a model without experts (a dense family) records "none": --experts has nothing to act on
         options = dict(target=target, experts=experts if has_experts else "none", dtype=dtype, hidden_states=hidden_states, dense=dense,
-                       last_logits=last_logits, window_cache=window_cache, accuracy_level=accuracy_level)
+                       last_logits=last_logits, window_cache=window_cache, accuracy_level=accuracy_level,
+                       allow_non_finite=allow_non_finite)
         lowering_report = model.metadata_props.get("mxport.lowering")  # exporter/lower: rewrites, refusals
         meta = _manifest(ckpt, checkpoint_dir, model, **options,
                          lowering=json.loads(lowering_report) if lowering_report else None)
-        tmp = temp_dir_beside(out_dir)
+        try:
+            tmp = temp_dir_beside(out_dir)
+        except OSError as exc:
+            raise MxportError(f"export: cannot create a temporary folder beside {out_dir} ({exc.strerror})") \
+                from None
         try:
             ir.save(model, tmp / MODEL_FILE, external_data=DATA_FILE, size_threshold_bytes=SIZE_THRESHOLD,
                     callback=_save_callback(model, progress))
@@ -211,7 +277,12 @@ def export(
                     shutil.copyfile(checkpoint_dir / name, tmp / name)
             write_genai_files(tmp, ckpt.config, meta, model)  # genai_config.json: onnxruntime-genai runs the folder
             replace_dir(tmp, out_dir)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
+            cause = _cause(exc)
+            if isinstance(cause, OSError):
+                raise _write_error(cause, out_dir) from None
+            if isinstance(cause, MxportError):
+                raise cause from None
             raise
     return out_dir

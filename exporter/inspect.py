@@ -90,8 +90,9 @@ def _io_lines(rows: list[tuple[str, str, list]], limit: int = 8) -> list[str]:
     return lines
 
 
-def _options_text(meta: dict, cfg: dict) -> str:
-    """The export options that change how the model is fed or what it costs (only those that were recorded)."""
+def _options_text(meta: dict, shared: dict) -> str:
+    """The export options that change how the model is fed or what it costs (only those that were recorded).
+    `shared`: _shared_fields of the recorded config."""
     parts = []
     if meta.get("dense", "float32") != "float32":
         parts.append(f"dense={meta['dense']}")
@@ -100,14 +101,18 @@ def _options_text(meta: dict, cfg: dict) -> str:
     if meta.get("last_logits"):
         parts.append("logits=last position")
     if "window_cache" in meta:
-        window = cfg.get("sliding_window")
+        window = shared.get("sliding_window")
         parts.append(f"sliding caches=last {window - 1} slots" if meta["window_cache"] and window else
                      "caches=every slot")
     return "".join(f" {p}" for p in parts)
 
 
-def _shared_fields(cfg: dict) -> dict:
-    """num_hidden_layers / hidden_size / vocab_size of a recorded config, whatever the family calls them."""
+SHARED = ("num_hidden_layers", "hidden_size", "vocab_size", "sliding_window")
+
+
+def _shared_fields(cfg: dict | None) -> dict:
+    """num_hidden_layers / hidden_size / vocab_size / sliding_window of a recorded config, whatever the family
+    calls them; a config its family's parser refuses (a broken mxport.json) shows its raw values, no window."""
     from mxport.exporter import families
 
     try:
@@ -115,20 +120,19 @@ def _shared_fields(cfg: dict) -> dict:
     except MxportError:
         parsed = None
     if parsed is None:
-        return cfg if isinstance(cfg, dict) else {}
-    return {k: getattr(parsed, k) for k in ("num_hidden_layers", "hidden_size", "vocab_size")}
+        return {k: cfg.get(k) for k in SHARED[:3]} if isinstance(cfg, dict) else {}
+    return {k: getattr(parsed, k) for k in SHARED}
 
 
 def format_summary(s: Summary) -> str:
     out = []
     if s.meta:
-        cfg = s.meta.get("config", {})
-        shared = _shared_fields(cfg)  # the family's own spellings (GPT-2's n_layer, n_embd) read by its parser
+        shared = _shared_fields(s.meta.get("config"))  # the family's own spellings (GPT-2's n_layer) read by its parser
         family = f"family={s.meta['family']} " if "family" in s.meta else ""
         out.append(
             f"export: {family}target={s.meta.get('target')} experts={s.meta.get('experts')} "
             f"dtype={s.meta.get('dtype')} layers={shared.get('num_hidden_layers')} hidden={shared.get('hidden_size')} "
-            f"vocab={shared.get('vocab_size')}" + _options_text(s.meta, cfg)
+            f"vocab={shared.get('vocab_size')}" + _options_text(s.meta, shared)
         )
     out.append("opsets: " + ", ".join(f"{d} {v}" for d, v in sorted(s.opset_imports.items())))
     out.append(f"ops ({sum(s.ops.values())} nodes):")

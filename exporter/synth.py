@@ -30,7 +30,7 @@ import numpy as np
 
 from mxport.contract.progress import Progress, report
 from mxport.errors import MxportError
-from mxport.files import replace_dir, temp_dir_beside
+from mxport.files import remove_stale, replace_dir, temp_dir_beside
 from mxport.exporter.checkpoint import INDEX_FILE, expected_tensors, layout_sources, stored_tensors
 from mxport.exporter import families
 from mxport.exporter.families.base import CHUNK_VALUES, DecoderConfig, rng_for
@@ -196,6 +196,7 @@ def write_checkpoint(
     _check_target(out_dir, overwrite)
     plan = stored_plan(cfg, layout)
     shards = shard_plan(plan, max_shard_bytes)
+    remove_stale(out_dir)  # scratch folders a killed run of this output left (a 120b preset writes 65 GB)
     tmp = temp_dir_beside(out_dir)
     try:
         config = cfg.family.config_to_dict(cfg) if layout == "hf" else cfg.to_original_dict()

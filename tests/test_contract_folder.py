@@ -14,6 +14,7 @@ from mxport.errors import MxportError
 def test_manifest_round_trips_and_keeps_the_key_order(tmp_path):
     m = Manifest(mxport_version="0.1.0", checkpoint="/ckpt", family="qwen3", layout="hf", config={"vocab_size": 8},
                  target="cpu", experts="none", dense="int4", window_cache=True, accuracy_level=0,
+                 allow_non_finite=True,
                  matrix_storage="bfloat16", opset_imports={"": 23}, inputs=("input_ids",), outputs=("logits",),
                  eos_token_ids=(1, 2), pad_token_id=None)
     write_manifest(tmp_path, m)
@@ -46,6 +47,13 @@ def test_bad_json_names_the_file(tmp_path):
     (tmp_path / MANIFEST_FILE).write_text("[1, 2]")
     with pytest.raises(MxportError, match=r"mxport\.json: expected a JSON object, found list"):
         read_manifest(tmp_path)
+    (tmp_path / MANIFEST_FILE).write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(MxportError, match=r"mxport\.json: cannot read the export manifest: not valid JSON \(nested "
+                                          r"too deeply\)"):
+        read_manifest(tmp_path)
+    (tmp_path / MANIFEST_FILE).write_text(" " * (17 << 20) + "{}")
+    with pytest.raises(MxportError, match=r"mxport\.json: export manifest of 17,825,794 bytes is larger than"):
+        read_manifest(tmp_path)
 
 
 @pytest.mark.parametrize("field, value, want", [
@@ -57,6 +65,7 @@ def test_bad_json_names_the_file(tmp_path):
     ("eos_token_ids", 2, "list of int"),
     ("opset_imports", {"": "23"}, "dict of int"),
     ("experts", None, "str"),  # null only where the field may be absent (checkpoint, config, ...)
+    ("allow_non_finite", "yes", "bool"),
 ])
 def test_a_field_of_the_wrong_type_names_the_file_and_field(tmp_path, field, value, want):
     (tmp_path / MANIFEST_FILE).write_text(json.dumps({field: value}))

@@ -14,13 +14,13 @@ Nothing outside this package branches on a family's name.
 from __future__ import annotations
 
 import importlib
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mxport import files
 from mxport.errors import MxportError
-from mxport.exporter.families.base import DecoderConfig, Family
+from mxport.exporter.families.base import CONFIG_MAX_BYTES, DecoderConfig, Family
 
 # The registry: one line per family. A family NAME is the folder exporter/families/NAME/ (its FAMILY record) and
 # the oracle's runtime/oracle/families/NAME.py; both are found by that name.
@@ -72,13 +72,8 @@ def config_from_dict(d: Mapping[str, Any], source: str = "config.json") -> Decod
 
 
 def read_json(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise MxportError(f"{path}: config file not found")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MxportError(f"{path}: not valid JSON ({exc})") from None
+    """A config.json's value, read with bounds (size, nesting): mxport.files.read_json."""
+    return files.read_json(path, max_bytes=CONFIG_MAX_BYTES, what="config file")
 
 
 def read_config(path: str | Path) -> DecoderConfig:

@@ -7,6 +7,7 @@
     Source          where a canonical tensor lives in the stored files (a stored name, maybe a row range)
     Family          the registry entry: names, config parsing, tensor table and layouts, graph and reference
                     wiring, presets, chat format (exporter/families/__init__.py keeps the list)
+    CAPS            the realistic size caps every config is checked against before anything per-layer is built
 
 A family module is pure functions over its frozen config; nothing outside `exporter/families/` asks which family
 a model is: it asks the Family record.
@@ -103,6 +104,52 @@ def parse_rope(d: Mapping[str, Any], source: str, *, default_theta: float | None
         raise MxportError(f"{source}: bad rope parameters {dict(rope)!r} (rope_theta={theta!r})") from None
 
 
+# ---- realistic caps --------------------------------------------------------------------------------------------
+# A config.json past these is refused before anything per-layer is built from it (a hostile num_hidden_layers of
+# 10^6 would otherwise build tables of millions of tensors before the checkpoint's headers refuse it). Each cap is
+# several times the largest published value (in brackets), so no real checkpoint comes near it.
+CAPS: dict[str, int] = {
+    "vocab_size": 1 << 22,  # 4,194,304 (Gemma 3: 262,144)
+    "hidden_size": 1 << 16,  # 65,536 (Llama 3.1 405B: 16,384)
+    "num_hidden_layers": 1024,  # (Llama 3.1 405B: 126; Qwen3-235B-A22B: 94; gpt-oss-120b: 36)
+    "num_attention_heads": 1024,  # (Llama 3.1 405B: 128)
+    "num_key_value_heads": 1024,
+    "head_dim": 1024,  # (64 to 256)
+    "intermediate_size": 1 << 18,  # 262,144, dense or per expert (Llama 3.1 405B: 53,248)
+    "num_experts": 4096,  # per MoE layer (Kimi K2: 384; DeepSeek-V3: 256)
+    "total_experts": 1 << 16,  # layers x experts, the per-expert tables (Kimi K2: 61 x 384 = 23,424)
+    "max_position_embeddings": 1 << 24,  # 16,777,216 (Llama 4 Scout: 10,485,760); sliding windows as well
+    "token_ids": 1024,  # entries of an eos_token_id list (a few)
+}
+CONFIG_MAX_BYTES = 4 << 20  # a config.json is kilobytes (a per-layer list of 1024 layers: ~25 kB)
+
+
+def cap_problem(name: str, value: Any, cap: str | None = None, minimum: int = 1) -> str | None:
+    """Why `value` (field `name`) is not an integer in minimum..CAPS[cap or name], or None when it is."""
+    limit = CAPS[cap or name]
+    if isinstance(value, int) and not isinstance(value, bool) and minimum <= value <= limit:
+        return None
+    what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    return f"{name}={value!r} must be {what} (at most {limit:,})"
+
+
+def experts_problem(layers: int, experts: int) -> str | None:
+    """Why layers x experts is past CAPS["total_experts"] (the per-expert tables), or None."""
+    if layers * experts <= CAPS["total_experts"]:
+        return None
+    return (f"num_hidden_layers x num_experts = {layers} x {experts} = {layers * experts:,} experts "
+            f"(at most {CAPS['total_experts']:,})")
+
+
+def capped(value: Any, key: str, source: str, cap: str, minimum: int = 1) -> int:
+    """Config key `key`'s `value` as an int within minimum..CAPS[cap]; MxportError naming `source` and the key. For
+    the sizes a parser builds per-layer lists from, checked before it does."""
+    n = convert(value, key, source)
+    if problem := cap_problem(key, n, cap, minimum):
+        raise MxportError(f"{source}: {problem}")
+    return n
+
+
 # ---- the shared decoder description ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DecoderConfig:
@@ -123,20 +170,32 @@ class DecoderConfig:
     pad_token_id: int | None = None
 
     def __post_init__(self) -> None:
+        self.check_sizes()
         if not self.layer_types:
             object.__setattr__(self, "layer_types", (FULL,) * self.num_hidden_layers)
         problems = self.problems()
         if problems:
             raise MxportError("invalid model config: " + "; ".join(problems))
 
+    def size_problems(self) -> list[str]:
+        """The shared sizes against CAPS (families extend this for their own sizes)."""
+        names = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                 "head_dim")
+        out = [p for p in (cap_problem(n, getattr(self, n)) for n in names) if p]
+        positions = cap_problem("max_position_embeddings", self.max_position_embeddings, minimum=0)
+        window = cap_problem("sliding_window", self.sliding_window, "max_position_embeddings", minimum=0)
+        tokens = (f"eos_token_ids has {len(self.eos_token_ids)} entries (at most {CAPS['token_ids']})"
+                  if len(self.eos_token_ids) > CAPS["token_ids"] else None)
+        return out + [p for p in (positions, window, tokens) if p]
+
+    def check_sizes(self) -> None:
+        """MxportError unless every size is within CAPS: called first, before any per-layer value is built."""
+        if problems := self.size_problems():
+            raise MxportError("invalid model config: " + "; ".join(problems))
+
     def problems(self) -> list[str]:
         """What is wrong with the shared fields (families extend this for their own)."""
-        out = []
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "num_key_value_heads", "head_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= 1 << 24:
-                out.append(f"{name}={value!r} must be a positive integer (at most 2^24)")
+        out = self.size_problems()
         if out:
             return out
         if len(self.layer_types) != self.num_hidden_layers:
@@ -224,10 +283,12 @@ def convert(value: Any, key: str, source: str, kind: type = int) -> Any:
 
 
 def token_ids(value: Any, key: str, source: str) -> tuple[int, ...]:
-    """eos_token_id as an int, a list of ints, or null -> tuple of ints."""
+    """eos_token_id as an int, a list of ints (at most CAPS["token_ids"]), or null -> tuple of ints."""
     if value is None:
         return ()
     items = value if isinstance(value, list) else [value]
+    if len(items) > CAPS["token_ids"]:
+        raise MxportError(f"{source}: key {key!r} lists {len(items)} token ids (at most {CAPS['token_ids']})")
     return tuple(convert(v, key, source) for v in items)
 
 

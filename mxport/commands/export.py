@@ -1,7 +1,7 @@
 """`mxport export CKPT_DIR -o OUT_DIR [--target T] [--experts E] [--dense D] [--dtype D] [--accuracy-level N]
-[--last-logits] [--full-cache] [--force] [--hidden-states] [--quiet]`: exporter/export.py's export(), with progress
-bars (the lowering rules, the bytes written; on a terminal only, mxport/commands/progress.py) and the lowering
-report's notes on stderr. The mode options' help is the mode table's
+[--last-logits] [--full-cache] [--force] [--hidden-states] [--allow-non-finite] [--quiet]`: exporter/export.py's
+export(), with progress bars (the lowering rules, the bytes written; on a terminal only,
+mxport/commands/progress.py) and the lowering report's notes on stderr. The mode options' help is the mode table's
 (mxport.contract.modes.help_text).
 """
 
@@ -36,6 +36,9 @@ def register(parser: argparse.ArgumentParser) -> None:
                         "as transformers does; the full-attention layers always keep all)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
     parser.add_argument("--hidden-states", action="store_true", help="add outputs hidden_states.{i} per layer")
+    parser.add_argument("--allow-non-finite", action="store_true",
+                        help="export weights holding NaN or infinity (default: refused, naming the tensor); "
+                        "recorded in mxport.json")
     add_quiet_option(parser, "--no-progress")
 
 
@@ -48,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         out = export(args.checkpoint, args.output, target=args.target, experts=args.experts, dtype=args.dtype,
                      progress=bars, hidden_states=args.hidden_states, force=args.force, dense=args.dense,
                      last_logits=args.last_logits, window_cache=not args.full_cache,
-                     accuracy_level=args.accuracy_level)
+                     accuracy_level=args.accuracy_level, allow_non_finite=args.allow_non_finite)
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     print(f"exported {args.checkpoint} -> {out} ({size / 1e6:.1f} MB, {time.monotonic() - start:.1f}s)")
     lowering = read_manifest(out).lowering or {}

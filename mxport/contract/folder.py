@@ -23,10 +23,12 @@ from typing import Any
 
 from mxport.contract import modes
 from mxport.errors import MxportError
+from mxport.files import read_json
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"  # the weights, as external data of MODEL_FILE
 MANIFEST_FILE = "mxport.json"
+MANIFEST_MAX_BYTES = 16 << 20  # mxport.json is kilobytes
 GENAI_FILE = "genai_config.json"  # onnxruntime-genai's config (exporter/genai_config.py)
 CONFIG_FILE = "config.json"  # a checkpoint's model config
 TOKENIZER_FILE = "tokenizer.json"
@@ -89,6 +91,7 @@ class Manifest:
     last_logits: bool = False  # logits of the last position only
     window_cache: bool = False  # sliding layers keep only their last W-1 cache slots (False: every slot)
     accuracy_level: int = 4  # ORT's accuracy_level of the quantized GEMMs
+    allow_non_finite: bool = False  # exported without refusing NaN / infinite weights (--allow-non-finite)
     matrix_storage: str | None = None  # how the portable graph stores weight matrices
     checkpoint_experts: str | None = None  # gpt-oss-like families only: the checkpoint's expert format
     opset_imports: dict[str, int] = dataclasses.field(default_factory=dict)
@@ -106,7 +109,8 @@ _KINDS = {  # field -> (JSON type it must have, element type of a list or dict's
     "mxport_version": (str, None), "checkpoint": (str, None), "family": (str, None), "layout": (str, None),
     "config": (dict, None), "target": (str, None), "experts": (str, None), "dtype": (str, None),
     "hidden_states": (bool, None), "dense": (str, None), "last_logits": (bool, None), "window_cache": (bool, None),
-    "accuracy_level": (int, None), "matrix_storage": (str, None), "checkpoint_experts": (str, None),
+    "accuracy_level": (int, None), "allow_non_finite": (bool, None), "matrix_storage": (str, None),
+    "checkpoint_experts": (str, None),
     "opset_imports": (dict, int), "inputs": (list, str), "outputs": (list, str), "eos_token_ids": (list, int),
     "pad_token_id": (int, None), "lowering": (dict, None),
 }
@@ -128,10 +132,8 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     file = manifest_file(path)
     if not file.is_file():
         return Manifest()
-    try:
-        data = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MxportError(f"{file}: cannot read the export manifest: {exc}") from None
+    data = read_json(file, max_bytes=MANIFEST_MAX_BYTES, what="export manifest",
+                     source=f"{file}: cannot read the export manifest")
     if not isinstance(data, dict):
         raise MxportError(f"{file}: expected a JSON object, found {type(data).__name__}")
     values = {}

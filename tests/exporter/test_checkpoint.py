@@ -201,7 +201,7 @@ def test_bad_json_header(hf_copy):
     data = bytearray(file.read_bytes())
     data[8:12] = b"#!x\x00"
     file.write_bytes(bytes(data))
-    with pytest.raises(MxportError, match=r"model\.safetensors: corrupt safetensors header \(bad JSON"):
+    with pytest.raises(MxportError, match=r"model\.safetensors: corrupt safetensors header: not valid JSON"):
         open_checkpoint(hf_copy)
 
 

@@ -64,6 +64,26 @@ def test_missing_or_bad_model_is_an_error(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("manifest, code, message", [
+    ("{broken", 2, "mxport.json: cannot read the export manifest: not valid JSON"),
+    ("[" * 100_000 + "]" * 100_000, 2, "cannot read the export manifest: not valid JSON (nested too deeply)"),
+    ('{"config": {"model_type": "qwen3", "num_hidden_layers": 1000000}}', 0, "layers=1000000"),
+    ('{"config": null, "window_cache": true}', 0, "caches=every slot"),
+    ('{"config": {"model_type": "gpt_oss", "sliding_window": {}}, "window_cache": true}', 0, "caches=every slot"),
+    ('{"window_cache": "yes"}', 2, "mxport.json: field 'window_cache' must be bool"),
+])
+def test_a_broken_manifest_is_one_error_or_shown_as_found(export_dir, tmp_path, capsys, manifest, code, message):
+    """A manifest that is not JSON, or not the manifest's types, is one error (exit 2); a recorded config its family
+    refuses is shown as found (raw values, no window): inspect is the tool for looking at broken folders."""
+    folder = tmp_path / "e"
+    shutil.copytree(export_dir, folder)
+    (folder / "mxport.json").write_text(manifest)
+    assert cli_main(["inspect", str(folder)]) == code
+    captured = capsys.readouterr()
+    assert message in (captured.err if code else captured.out.splitlines()[0])
+    assert "Traceback" not in captured.err and len(captured.err.splitlines()) == (1 if code else 0)
+
+
 def test_model_without_external_data_and_meta(tmp_path):
     node = onnx.helper.make_node("Relu", ["x"], ["y"])
     graph = onnx.helper.make_graph(

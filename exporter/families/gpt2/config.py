@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from mxport.errors import MxportError
-from mxport.exporter.families.base import DecoderConfig, convert, need, token_ids
+from mxport.exporter.families.base import CAPS, DecoderConfig, cap_problem, convert, need, token_ids
 
 PREFIX = "transformer."
-MAX_LAYERS = 1024  # far past any GPT-2 (xl has 48); a config asking for more is refused before tables are built
+MAX_LAYERS = CAPS["num_hidden_layers"]  # far past any GPT-2 (xl has 48); refused before tables are built
 
 # transformers' ACT2FN names mxport computes exactly, on both sides (exporter/layers.activation,
 # runtime/oracle/layers.activation). Refused: prelu and xielu (they carry learned parameters GPT2MLP would
@@ -21,6 +21,8 @@ ACTIVATIONS = (
     "gelu_10", "quick_gelu", "relu", "relu2", "relu6", "leaky_relu", "silu", "swish", "sigmoid", "tanh", "linear",
     "mish", "hardswish", "laplace", "sqrtsoftplus",
 )
+_SPELLED = {"hidden_size": "n_embd", "num_hidden_layers": "n_layer", "num_attention_heads": "n_head",
+            "max_position_embeddings": "n_positions"}  # DecoderConfig field -> GPT-2's config.json key
 REFUSED_ACTIVATIONS = {"prelu": "a learned slope per channel", "xielu": "learned alpha/beta parameters"}
 
 
@@ -60,6 +62,11 @@ class GPT2Config(DecoderConfig):
         scale = self.head_dim**-0.5 if self.scale_attn_weights else 1.0
         return scale / float(layer + 1) if self.scale_attn_by_inverse_layer_idx else scale
 
+    def size_problems(self) -> list[str]:
+        """The shared caps, named as GPT-2's config.json spells the keys."""
+        return [_SPELLED.get(p.split("=")[0], p.split("=")[0]) + "=" + p.split("=", 1)[1] if "=" in p else p
+                for p in super().size_problems()]
+
     def problems(self) -> list[str]:
         out = super().problems()
         if out:
@@ -69,10 +76,10 @@ class GPT2Config(DecoderConfig):
                        f"{self.head_dim}")
         if self.num_key_value_heads != self.num_attention_heads:
             out.append("GPT-2 attention is multi-head: num_key_value_heads must equal n_head")
-        if not isinstance(self.max_position_embeddings, int) or not 0 < self.max_position_embeddings <= 1 << 24:
-            out.append(f"n_positions={self.max_position_embeddings!r} must be a positive integer (at most 2^24)")
-        if self.n_inner is not None and (not isinstance(self.n_inner, int) or not 0 < self.n_inner <= 1 << 24):
-            out.append(f"n_inner={self.n_inner!r} must be null or a positive integer (at most 2^24)")
+        if problem := cap_problem("n_positions", self.max_position_embeddings, "max_position_embeddings"):
+            out.append(problem)
+        if self.n_inner is not None and (problem := cap_problem("n_inner", self.n_inner, "intermediate_size")):
+            out.append(problem.replace(" must be ", " must be null or "))
         if not (self.layer_norm_epsilon > 0 and math.isfinite(self.layer_norm_epsilon)):
             out.append(f"layer_norm_epsilon={self.layer_norm_epsilon!r} must be a positive number")
         if self.activation_function in REFUSED_ACTIVATIONS:

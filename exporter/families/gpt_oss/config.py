@@ -8,13 +8,13 @@ Spellings normalised here and nowhere else:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mxport.errors import MxportError
-from mxport.exporter.families.base import FULL, SLIDING, DecoderConfig, Rope, convert, need, parse_rope, token_ids
+from mxport.exporter.families.base import (FULL, SLIDING, DecoderConfig, Rope, cap_problem, convert, experts_problem,
+                                          need, parse_rope, token_ids)
 
 __all__ = ["FULL", "SLIDING", "GptOssConfig", "yarn_inv_freq"]
 
@@ -52,21 +52,23 @@ class GptOssConfig(DecoderConfig):
     experts_mxfp4: bool = True  # expert weights stored as MXFP4 blocks/scales (else dense float)
 
     def __post_init__(self) -> None:
+        self.check_sizes()  # before the per-layer types are built from num_hidden_layers
         if not self.layer_types:  # gpt-oss alternates, layer 0 sliding
             types = tuple(SLIDING if i % 2 == 0 else FULL for i in range(self.num_hidden_layers))
             object.__setattr__(self, "layer_types", types)
         super().__post_init__()
 
+    def size_problems(self) -> list[str]:
+        out = super().size_problems() + [p for p in (cap_problem(n, getattr(self, n)) for n in
+                                                       ("intermediate_size", "num_experts")) if p]
+        return out or [p for p in (experts_problem(self.num_hidden_layers, self.num_experts),) if p]
+
     def problems(self) -> list[str]:
         problems = super().problems()
-        if problems and not all(isinstance(v, int) and v > 0 for v in (self.hidden_size, self.num_hidden_layers)):
+        if problems:
             return problems
-        for name in ("intermediate_size", "num_experts"):
-            if not 0 < getattr(self, name) <= 1 << 24:
-                problems.append(f"{name}={getattr(self, name)} must be a positive integer (at most 2^24)")
-        if self.sliding_window < 0 or self.max_position_embeddings <= 0:
-            problems.append(f"sliding_window={self.sliding_window} and max_position_embeddings="
-                            f"{self.max_position_embeddings} must be >= 0 and > 0")
+        if self.max_position_embeddings <= 0:
+            problems.append(f"max_position_embeddings={self.max_position_embeddings} must be > 0")
         if not (self.rope_theta > 1.0 and self.rope_scaling_factor > 0 and self.rms_norm_eps >= 0):
             problems.append(f"rope_theta={self.rope_theta}, rope scaling factor={self.rope_scaling_factor} and "
                             f"rms_norm_eps={self.rms_norm_eps} must be > 1, > 0 and >= 0")
@@ -171,20 +173,20 @@ class GptOssConfig(DecoderConfig):
         """Parse either layout's config.json. Raises MxportError naming `source` and the missing/bad key."""
         if not isinstance(d, dict):
             raise MxportError(f"{source}: expected a JSON object, found {type(d).__name__}")
-        if "num_experts" in d and "num_local_experts" not in d or "rope_ntk_beta" in d:
-            return _from_original(d, source)
-        return _from_hf(d, source)
+        try:
+            if "num_experts" in d and "num_local_experts" not in d or "rope_ntk_beta" in d:
+                return _from_original(d, source)
+            return _from_hf(d, source)
+        except MxportError as exc:  # the config's own checks (__post_init__) name no file: name it
+            if str(exc).startswith(source):
+                raise
+            raise MxportError(f"{source}: {exc}") from None
 
     @classmethod
     def from_file(cls, path: str | Path) -> GptOssConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise MxportError(f"{path}: config file not found")
-        try:
-            d = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise MxportError(f"{path}: not valid JSON ({exc})") from None
-        return cls.from_dict(d, source=str(path))
+        from mxport.exporter.families import read_json
+
+        return cls.from_dict(read_json(path), source=str(path))
 
 
 def _need(d: dict[str, Any], key: str, source: str, kind: type = int) -> Any:

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mxport.errors import MxportError
-from mxport.exporter.families.base import FULL, SLIDING, DecoderConfig, Rope, convert, need, parse_rope, token_ids
+from mxport.exporter.families.base import (FULL, SLIDING, DecoderConfig, Rope, cap_problem, capped, convert, need,
+                                          parse_rope, token_ids)
 
 ACTIVATIONS = ("silu", "swish")  # transformers' ACT2FN names of x * sigmoid(x)
 
@@ -37,7 +38,8 @@ class Qwen3Config(DecoderConfig):
     bos_token_id: int | None = 151643
 
     def __post_init__(self) -> None:
-        if not self.layer_types and isinstance(self.num_hidden_layers, int):
+        self.check_sizes()  # before the per-layer types are built from num_hidden_layers
+        if not self.layer_types:
             types = tuple(SLIDING if self.sliding_window and i >= self.max_window_layers else FULL
                           for i in range(self.num_hidden_layers))
             object.__setattr__(self, "layer_types", types)
@@ -49,11 +51,13 @@ class Qwen3Config(DecoderConfig):
             return out
         if self.head_dim % 2:
             out.append(f"head_dim={self.head_dim} must be even for RoPE")
-        if not isinstance(self.intermediate_size, int) or not 0 < self.intermediate_size <= 1 << 24:
-            out.append(f"intermediate_size={self.intermediate_size!r} must be a positive integer (at most 2^24)")
         if not self.rms_norm_eps > 0:
             out.append(f"rms_norm_eps={self.rms_norm_eps} must be positive")
         return out
+
+    def size_problems(self) -> list[str]:
+        problem = cap_problem("intermediate_size", self.intermediate_size)
+        return super().size_problems() + ([problem] if problem else [])
 
     def to_hf_dict(self) -> dict[str, Any]:
         return config_to_dict(self)
@@ -67,7 +71,7 @@ def common_fields(d: Mapping[str, Any], source: str) -> dict[str, Any]:
     act = d.get("hidden_act", "silu")
     if act not in ACTIVATIONS:
         raise MxportError(f"{source}: hidden_act {act!r} is not supported (expected one of {', '.join(ACTIVATIONS)})")
-    layers = need(d, "num_hidden_layers", source)
+    layers = capped(need(d, "num_hidden_layers", source), "num_hidden_layers", source, "num_hidden_layers")
     heads = need(d, "num_attention_heads", source)
     kv = d.get("num_key_value_heads")
     use_sliding = bool(d.get("use_sliding_window", False))
@@ -76,9 +80,7 @@ def common_fields(d: Mapping[str, Any], source: str) -> dict[str, Any]:
     max_window_layers = convert(d.get("max_window_layers", 28), "max_window_layers", source)
     types = d.get("layer_types")
     if types is None:
-        if isinstance(layers, int) and layers > 1 << 24:
-            raise MxportError(f"{source}: num_hidden_layers={layers} is absurd")
-        types = [SLIDING if window and i >= max_window_layers else FULL for i in range(max(layers, 0))]
+        types = [SLIDING if window and i >= max_window_layers else FULL for i in range(layers)]
     elif not isinstance(types, list) or not all(isinstance(t, str) for t in types):
         raise MxportError(f"{source}: 'layer_types' should be a list of strings, found {types!r}")
     elif SLIDING in types and not window:  # transformers sets sliding_window None, then fails building the cache

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mxport.errors import MxportError
-from mxport.exporter.families.base import FULL, SLIDING, convert, need
+from mxport.exporter.families.base import CAPS, FULL, SLIDING, cap_problem, convert, experts_problem, need
 from mxport.exporter.families.qwen3.config import Qwen3Config, common_dict, common_fields
 
 
@@ -31,14 +31,18 @@ class Qwen3MoeConfig(Qwen3Config):
     decoder_sparse_step: int = 1  # layer i is sparse iff (i+1) % step == 0 (and not in mlp_only_layers)
     mlp_only_layers: tuple[int, ...] = field(default=())  # layers with a dense MLP whatever the step
 
+    def size_problems(self) -> list[str]:
+        caps = {"num_experts": "num_experts", "num_experts_per_tok": "num_experts",
+                "moe_intermediate_size": "intermediate_size", "decoder_sparse_step": "num_hidden_layers"}
+        out = super().size_problems() + [p for p in (cap_problem(n, getattr(self, n), cap, minimum=0)
+                                                     for n, cap in caps.items()) if p]
+        if len(self.mlp_only_layers) > CAPS["num_hidden_layers"]:
+            out.append(f"mlp_only_layers has {len(self.mlp_only_layers)} entries (at most "
+                       f"{CAPS['num_hidden_layers']})")
+        return out or [p for p in (experts_problem(self.num_hidden_layers, self.num_experts),) if p]
+
     def problems(self) -> list[str]:
         out = super().problems()
-        if out:
-            return out
-        for name in ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "decoder_sparse_step"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 1 << 24:
-                out.append(f"{name}={value!r} must be a non-negative integer (at most 2^24)")
         if out:
             return out
         if self.decoder_sparse_step < 1:
@@ -71,8 +75,9 @@ def config_from_dict(d: Mapping[str, Any], source: str = "config.json") -> Qwen3
     fields["layer_types"] = ((SLIDING if fields["sliding_window"] else FULL),) * max(fields["num_hidden_layers"], 0)
     experts_key = "num_experts" if "num_experts" in d else "num_local_experts"
     only = d.get("mlp_only_layers") or []
-    if not isinstance(only, list):
-        raise MxportError(f"{source}: 'mlp_only_layers' should be a list of layer indices, found {only!r}")
+    if not isinstance(only, list) or len(only) > CAPS["num_hidden_layers"]:
+        raise MxportError(f"{source}: 'mlp_only_layers' should be a list of at most {CAPS['num_hidden_layers']} "
+                          f"layer indices, found {only!r:.200}")
     try:
         return Qwen3MoeConfig(
             intermediate_size=need(d, "intermediate_size", source),
