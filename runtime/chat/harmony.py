@@ -23,6 +23,7 @@ puts them inside its small vocab.
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -37,6 +38,24 @@ KNOWLEDGE_CUTOFF = "2024-06"
 REASONING_EFFORTS = ("low", "medium", "high")
 CHANNELS = ("analysis", "commentary", "final")
 SPECIALS = ("<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>", "<|return|>", "<|call|>")
+HEADER_SPECIALS = ("<|channel|>", "<|constrain|>")
+HEADER_WORD = re.compile(r"[A-Za-z0-9_.:/+-]{1,128}")  # a role, author, recipient, channel or content type
+FUNCTION_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # a function's name in a call or a tool message
+
+
+def check_header(value: str | None, field: str) -> None:
+    """A word that goes into a message header: letters, digits and _.:/+- only (never special-token text)."""
+    if value is not None and not (isinstance(value, str) and HEADER_WORD.fullmatch(value)):
+        raise FormatError(f"{field}: a harmony header takes 1 to 128 letters, digits or _.:/+-, found "
+                          f"{repr(value)[:80]}", field)
+
+
+def check_function_name(value: object, field: str) -> str:
+    """A function name from a request (tool call, tool message): as OpenAI's, 1 to 64 of A-Za-z0-9_.-."""
+    if not (isinstance(value, str) and FUNCTION_NAME.fullmatch(value)):
+        raise FormatError(f"{field}: a function name is 1 to 64 letters, digits, '_', '.' or '-', found "
+                          f"{repr(value)[:80]}", field)
+    return value
 
 
 @dataclass(frozen=True)
@@ -100,7 +119,11 @@ class HarmonyReply:
 # ---- rendering ----------------------------------------------------------------------------------------------------
 
 def _message_parts(m: Message, end: str) -> list[tuple[str, bool]]:
-    """(text, is_content) pieces; content is encoded with special tokens taken literally (no prompt injection)."""
+    """(text, is_content) pieces; content is encoded with special tokens taken literally (no prompt injection), and
+    the header's words are checked (check_header), so no field can put special-token text into it."""
+    for value, what in ((m.role, "role"), (m.author, "author"), (m.recipient, "recipient"),
+                        (m.channel, "channel"), (m.content_type, "content type")):
+        check_header(value, f"harmony message {what}")
     head = m.author or m.role
     if m.role == "tool":  # a tool's answer: '<|start|>functions.f to=assistant<|channel|>commentary<|message|>'
         head += f" to={m.recipient or 'assistant'}"
@@ -275,6 +298,10 @@ class StreamParser:
             if cur.in_content:
                 content = self.h.tokenizer.decode(cur.content)
                 head = self._header
+            elif self._started_with_start or any(self.h.names.get(t) in HEADER_SPECIALS for t in cur.header):
+                self._cur, self._header, self._decoder = _Open(), {}, None  # a header cut off before its
+                self._started_with_start = False                               # <|message|>: no content
+                return
             else:  # text without a <|message|>: keep it as channel-less content
                 content, head = self.h.tokenizer.decode(cur.header), {"role": self._role}
             role = head.get("role") or self._role
@@ -337,10 +364,12 @@ class HarmonyFormat:
             elif role == "assistant":
                 out += self._assistant(m, text, where, call_names)
             elif role == "tool":
-                name = m.get("name") or call_names.get(m.get("tool_call_id") or "")
+                call_id = m.get("tool_call_id")
+                name = m.get("name") or (call_names.get(call_id) if isinstance(call_id, str) else None)
                 if not name:
                     raise FormatError(f"{where}: a tool message needs the 'tool_call_id' of an earlier assistant "
                                       "tool call (or a 'name')", f"{where}.tool_call_id")
+                check_function_name(name, f"{where}.name")
                 out.append(Message("tool", text, "commentary", author=f"functions.{name}"))
             else:
                 raise FormatError(f"{where}.role {role!r}: expected system, developer, user, assistant or tool",
@@ -361,6 +390,7 @@ class HarmonyFormat:
             if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
                 raise FormatError(f"{where}.tool_calls[{j}]: expected {{'id', 'type': 'function', 'function': "
                                   "{'name', 'arguments'}}", f"{where}.tool_calls")
+            check_function_name(fn["name"], f"{where}.tool_calls[{j}].function.name")
             call_names[str(call.get("id", ""))] = fn["name"]
             args = fn.get("arguments") or "{}"
             out.append(Message("assistant", args if isinstance(args, str) else str(args), "commentary",

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from mxport.errors import MxportError
 
-_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]+")
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # as OpenAI's function names
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,8 @@ class Tool:
             d = d["function"]
         name, description, parameters = d.get("name"), d.get("description", ""), d.get("parameters")
         if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
-            raise MxportError(f"{where}: 'name' must be letters, digits, '_' or '-', found {name!r}")
+            raise MxportError(f"{where}: 'name' must be 1 to 64 letters, digits, '_' or '-', found "
+                              f"{repr(name)[:80]}")
         if not isinstance(description, str):
             raise MxportError(f"{where} ({name}): 'description' must be a string, found {description!r}")
         if parameters is not None and not isinstance(parameters, dict):

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from mxport.errors import MxportError
 from mxport.runtime.chat.format import Event, FormatError, ReplyParser, check_tool_choice, message_text
+from mxport.runtime.chat.literal import encode_literal, protect
+from mxport.runtime.chat.sandbox import Limits, compile_template, render_template
 from mxport.runtime.generation.tokenizer import Tokenizer
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -33,24 +34,6 @@ REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
 
 
 # ---- rendering ------------------------------------------------------------------------------------------------------
-def _environment():
-    import jinja2
-    import jinja2.ext
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message: str):
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env
-
-
 def _token_text(value: Any) -> str | None:
     """A special token as tokenizer_config.json spells it: a string or {"content": ...}."""
     if isinstance(value, Mapping):
@@ -61,18 +44,14 @@ def _token_text(value: Any) -> str | None:
 class ChatTemplate:
     """A jinja chat template plus the special-token variables transformers passes to it."""
 
-    def __init__(self, source: str, specials: Mapping[str, str] | None = None, where: str = "<memory>") -> None:
-        import jinja2
-
-        self.source, self.where = source, where
+    def __init__(self, source: str, specials: Mapping[str, str] | None = None, where: str = "<memory>",
+                 limits: Limits = Limits()) -> None:
+        self.source, self.where, self.limits = source, where, limits
         self.specials = dict(specials or {})
-        try:
-            self._template = _environment().from_string(source)
-        except jinja2.TemplateError as exc:
-            raise MxportError(f"{where}: chat_template does not compile ({exc})") from None
+        self._template = compile_template(source, limits, where)  # (runtime/chat/sandbox.py: resource limits)
 
     @classmethod
-    def from_folder(cls, folder: str | Path) -> ChatTemplate:
+    def from_folder(cls, folder: str | Path, limits: Limits = Limits()) -> ChatTemplate:
         """chat_template.jinja when present (transformers prefers it), else tokenizer_config.json's chat_template
         (a string, or a list of {name, template}: the one named 'default')."""
         folder = Path(folder)
@@ -80,13 +59,15 @@ class ChatTemplate:
         config: dict = {}
         if config_file.is_file():
             try:
-                config = json.loads(config_file.read_text())
-            except (ValueError, UnicodeDecodeError) as exc:
+                config = json.loads(_read(config_file, 64 * limits.max_source))
+            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
                 raise MxportError(f"{config_file}: not valid JSON ({exc})") from None
+            if not isinstance(config, dict):
+                raise MxportError(f"{config_file}: expected a JSON object, found {type(config).__name__}")
         specials = {k: t for k in SPECIAL_KEYS if (t := _token_text(config.get(k))) is not None}
         jinja_file = folder / "chat_template.jinja"
         if jinja_file.is_file():
-            return cls(jinja_file.read_text(), specials, str(jinja_file))
+            return cls(_read(jinja_file, limits.max_source), specials, str(jinja_file), limits)
         source = config.get("chat_template")
         if isinstance(source, list):
             named = {t.get("name"): t.get("template") for t in source if isinstance(t, Mapping)}
@@ -94,13 +75,12 @@ class ChatTemplate:
         if not isinstance(source, str) or not source:
             raise MxportError(f"{folder}: no chat template (neither chat_template.jinja nor a 'chat_template' in "
                               "tokenizer_config.json); use `mxport run --prompt` for plain text")
-        return cls(source, specials, str(config_file))
+        return cls(source, specials, str(config_file), limits)
 
     def render(self, messages: Sequence[Mapping[str, Any]], *, tools: Sequence[Mapping] | None = None,
                add_generation_prompt: bool = False, **kwargs: Any) -> str:
-        """The prompt text for `messages` (OpenAI-style dicts), as apply_chat_template(tokenize=False) gives it."""
-        import jinja2
-
+        """The prompt text for `messages` (OpenAI-style dicts), as apply_chat_template(tokenize=False) gives it,
+        within the template's limits (MxportError naming the template on any failure)."""
         chat = []
         for m in messages:
             m = {k: v for k, v in m.items() if v is not None}
@@ -108,11 +88,20 @@ class ChatTemplate:
             if reasoning is not None:
                 m = {"thinking": reasoning, **m, "reasoning_content": reasoning}
             chat.append(m)
-        try:
-            return self._template.render(**{**self.specials, **kwargs}, messages=chat, tools=list(tools) if tools
-                                         else None, add_generation_prompt=add_generation_prompt)
-        except jinja2.TemplateError as exc:
-            raise MxportError(f"{self.where}: chat template failed: {exc}") from None
+        return render_template(self._template, self.limits, self.where, **{**self.specials, **kwargs}, messages=chat,
+                               tools=list(tools) if tools else None, add_generation_prompt=add_generation_prompt)
+
+
+def _read(path: Path, limit: int) -> str:
+    """A text file of at most `limit` characters (4 bytes each at most), else MxportError naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read(limit + 1)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MxportError(f"{path}: cannot read ({exc})") from None
+    if len(text) > limit:
+        raise MxportError(f"{path}: more than {limit} characters (the limit on a chat template)")
+    return text
 
 
 REASONING_SWITCH = {"off": False, "none": False, "minimal": False, "on": True, "low": True, "medium": True,
@@ -140,13 +129,17 @@ def stop_ids(tokenizer: Tokenizer, template: ChatTemplate) -> tuple[int, ...]:
 
 class TemplateFormat:
     """The folder's chat_template: OpenAI messages passed to it as they are (text parts joined, developer ->
-    system), reasoning_effort -> enable_thinking, tools -> the template's `tools`."""
+    system), reasoning_effort -> enable_thinking, tools -> the template's `tools`.
+
+    Special-token text in the conversation stays text (runtime/chat/literal.py); content_specials=True turns it
+    into control tokens instead, as transformers' apply_chat_template does (for trusted conversations only)."""
 
     name = "template"
 
-    def __init__(self, tokenizer: Tokenizer, folder: str | Path) -> None:
-        self.tokenizer = tokenizer
-        self.template = ChatTemplate.from_folder(folder)
+    def __init__(self, tokenizer: Tokenizer, folder: str | Path, *, content_specials: bool = False,
+                 limits: Limits = Limits()) -> None:
+        self.tokenizer, self.content_specials = tokenizer, content_specials
+        self.template = ChatTemplate.from_folder(folder, limits)
         self.stop_token_ids = stop_ids(tokenizer, self.template)
 
     def render(self, messages: Sequence[dict], tools: Sequence[Mapping] = (), tool_choice: Any = None,
@@ -158,24 +151,43 @@ class TemplateFormat:
             raise FormatError(str(exc), "reasoning_effort") from None
         if not isinstance(messages, list) or not messages:
             raise FormatError("messages: expected a non-empty list of messages", "messages")
-        chat = []
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict) or m.get("role") not in ("system", "developer", "user", "assistant", "tool"):
-                raise FormatError(f"messages[{i}]: expected a message with a role of system, developer, user, "
-                                  f"assistant or tool", f"messages[{i}]")
-            m = {**m, "role": "system" if m["role"] == "developer" else m["role"],
-                 "content": message_text(m.get("content"), f"messages[{i}].content")}
-            chat.append(m)
+        chat = [_message(m, f"messages[{i}]") for i, m in enumerate(messages)]
+        values = {"messages": chat, "tools": list(tools or ()) if tool_choice != "none" else None}
+        placeholders: dict[str, str] = {}
+        if not self.content_specials:
+            values, placeholders = protect(values, self.tokenizer.special_tokens(), self.template.source)
         extra = {} if thinking is None else {"enable_thinking": thinking}
         try:
-            text = self.template.render(chat, tools=list(tools or ()) if tool_choice != "none" else None,
-                                        add_generation_prompt=True, **extra)
+            text = self.template.render(values["messages"], tools=values["tools"], add_generation_prompt=True,
+                                        **extra)
         except MxportError as exc:
             raise FormatError(str(exc), "messages") from None
-        return self.tokenizer.encode(text)
+        return encode_literal(self.tokenizer, text, placeholders)
 
     def parser(self) -> TemplateParser:
         return TemplateParser(self.tokenizer)
+
+
+MAX_NAME = 256  # characters of a tool-call name
+
+
+def _message(m: Any, where: str) -> dict:
+    """One OpenAI message as the template gets it: a known role (developer -> system), content as text, tool calls
+    with string names (a template adds the name to text: any other type would fail inside it)."""
+    if not isinstance(m, dict) or m.get("role") not in ("system", "developer", "user", "assistant", "tool"):
+        raise FormatError(f"{where}: expected a message with a role of system, developer, user, assistant or tool",
+                          where)
+    calls = m.get("tool_calls")
+    if calls is not None and not isinstance(calls, list):
+        raise FormatError(f"{where}.tool_calls: expected a list of tool calls", f"{where}.tool_calls")
+    for j, call in enumerate(calls or ()):
+        fn = call.get("function", call) if isinstance(call, dict) else None
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
+            raise FormatError(f"{where}.tool_calls[{j}].function.name: expected a string of 1 to {MAX_NAME} "
+                              f"characters, found {repr(name)[:80]}", f"{where}.tool_calls[{j}].function.name")
+    return {**m, "role": "system" if m["role"] == "developer" else m["role"],
+            "content": message_text(m.get("content"), f"{where}.content")}
 
 
 TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"

@@ -68,6 +68,10 @@ class Tokenizer:
     def special_ids(self) -> set[int]:
         return {int(i) for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
 
+    def special_tokens(self) -> list[str]:
+        """The text of every special token (the ones allow_special=False encodes as plain text)."""
+        return [t.content for t in self._tok.get_added_tokens_decoder().values() if t.special]
+
     def require(self, token: str) -> int:
         """The id of a token that must exist (e.g. '<|start|>'), else MxportError naming it and the file."""
         token_id = self.token_to_id(token)
