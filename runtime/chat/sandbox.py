@@ -21,6 +21,7 @@ the template file.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import threading
@@ -67,6 +68,23 @@ def _size(value: Any) -> int:
     return len(value) if isinstance(value, (str, bytes, list, tuple, dict)) else 0
 
 
+def _text_size(value: Any, cap: int) -> int:
+    """About len(str(value)) (or its JSON), counted only until it passes `cap`: a list may hold one long string
+    many times over, which costs nothing until it is turned into text."""
+    if isinstance(value, (str, bytes)):
+        return len(value)
+    if isinstance(value, (list, tuple, dict, set, frozenset)):
+        total = 2
+        for item in (value.items() if isinstance(value, dict) else value):
+            total += 2 + _text_size(item, cap - total)
+            if total > cap:
+                break
+        return total
+    if isinstance(value, int):
+        return value.bit_length() // 3 + 2
+    return 32
+
+
 def _env(limits: Limits):
     import jinja2
     import jinja2.ext
@@ -95,8 +113,9 @@ def _env(limits: Limits):
 
     def estimate(name: str, value: Any, args: tuple, kwargs: dict) -> None:
         """Reject calls whose result would be too large before they run (strings' growing operations)."""
-        for a in (*args, *kwargs.values()):
+        for a in (value, *args, *kwargs.values()):
             check_int(a, name)
+            need(_text_size(a, cap) <= cap, f"{name}: an argument of more than {cap} characters as text")
         if not isinstance(value, str):
             if name == "join" and isinstance(value, (list, tuple)) and args and isinstance(args[0], str):
                 need(len(value) * len(args[0]) <= cap, "join: the result is too large")
@@ -174,6 +193,10 @@ def _env(limits: Limits):
             value, rest = (args[0], args[1:]) if args else (None, ())
             if isinstance(value, (jinja2.runtime.Context, jinja2.nodes.EvalContext, jinja2.Environment)):
                 value, rest = (rest[0], rest[1:]) if rest else (None, ())
+            if name == "join" and value is not None and not isinstance(value, (str, list, tuple)):
+                value = list(itertools.islice(value, cap + 1))  # join makes a list anyway: count its items
+                need(len(value) <= cap, f"join: more than {cap} items")
+                args = (*args[: len(args) - len(rest) - 1], value, *rest)
             estimate(name, value, rest, kwargs)
             return check_result(fn(*args, **kwargs), f"filter {name!r}")
 
@@ -207,30 +230,56 @@ def _env(limits: Limits):
     @pass_context
     def finalize(context, value: Any) -> Any:
         env.tick()  # a pass_context finalize also keeps jinja from evaluating outputs at compile time
+        need(_text_size(value, cap) <= cap, f"an output value of more than {cap} characters")
         return value
+
+    def concat(items: list) -> str:
+        """`a ~ b ~ ...` (the tree rewrite in compile_template puts it there), its size checked first."""
+        env.tick()
+        need(sum(_text_size(x, cap) for x in items) <= cap, f"'~' would make more than {cap} characters")
+        return "".join(map(str, items))
 
     env.filters["tojson"] = tojson
     env.filters = {name: wrap_filter(name, fn) for name, fn in env.filters.items()}
     env.filters["_mxport_loop"] = loop_steps
+    env.filters["_mxport_concat"] = concat
     env.finalize = finalize
     env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt),
                        range=bounded_range, namespace=BoundedNamespace)
     return env
 
 
+def _guard():
+    from jinja2 import nodes
+    from jinja2.visitor import NodeTransformer
+
+    class Guard(NodeTransformer):
+        """Every for-loop's iterable goes through _mxport_loop (a step per iteration), every `~` through
+        _mxport_concat (its size checked): jinja compiles both to plain Python that no sandbox hook sees."""
+
+        def visit_For(self, node):
+            node = self.generic_visit(node)
+            node.iter = nodes.Filter(node.iter, "_mxport_loop", [], [], None, None, lineno=node.lineno)
+            return node
+
+        def visit_Concat(self, node):
+            node = self.generic_visit(node)
+            items = nodes.List(node.nodes, lineno=node.lineno)
+            return nodes.Filter(items, "_mxport_concat", [], [], None, None, lineno=node.lineno)
+
+    return Guard()
+
+
 def compile_template(source: str, limits: Limits, where: str):
     """The jinja Template of `source`, every for-loop counted, or MxportError naming `where`."""
     import jinja2
-    from jinja2 import nodes
 
     if len(source) > limits.max_source:
         raise MxportError(f"{where}: chat_template is {len(source)} characters, more than the limit of "
                           f"{limits.max_source}")
     env = _env(limits)
     try:
-        tree = env.parse(source)
-        for loop in tree.find_all(nodes.For):
-            loop.iter = nodes.Filter(loop.iter, "_mxport_loop", [], [], None, None, lineno=loop.iter.lineno)
+        tree = _guard().visit(env.parse(source))
         return env.template_class.from_code(env, env.compile(tree, filename=where), env.make_globals(None))
     except jinja2.TemplateError as exc:
         raise MxportError(f"{where}: chat_template does not compile ({exc})") from None
