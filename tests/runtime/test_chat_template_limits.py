@@ -208,6 +208,11 @@ def test_server_answers_a_runaway_template_with_an_error_body_and_keeps_serving(
         assert 400 <= response.status_code < 600
         error = response.json()["error"]
         assert "chat template stopped" in error["message"] and error["param"] == "messages"
+        bad_name = httpx.post(f"{base}/v1/chat/completions", timeout=30, json={"model": "q3", "messages": [
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": 7}}]}]})
+        assert bad_name.status_code == 400
+        assert bad_name.json()["error"]["param"] == "messages[1].tool_calls[0].function.name"
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0)
         reply = client.chat.completions.create(model="q3", messages=[{"role": "user", "content": "Hi"}],
                                                max_tokens=2)
