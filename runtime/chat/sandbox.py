@@ -1,6 +1,6 @@
 """A jinja sandbox with resource limits, for a checkpoint's chat template (untrusted input like any other file).
 
-    limits = Limits(max_source=256 KiB, max_value=16 Mi, max_steps=5_000_000, timeout_s=10.0)
+    limits = Limits(max_source=256 KiB, max_value=16 Mi, max_steps=2_000_000, timeout_s=10.0)
     template = compile_template(source, limits, where)      # MxportError: too large, does not compile
     text = render_template(template, limits, where, **variables)   # MxportError: a limit, or the template failed
 
@@ -35,13 +35,19 @@ from mxport.errors import MxportError
 MAX_RANGE = 100_000  # items of range() (as jinja's sandbox)
 MAX_INT_BITS = 4096  # an integer result of * or ** (10**1000 fits, 10**10**10 does not)
 MAX_INDENT = 32  # tojson's indent
+# filters that make no text of their value (its size as text is not measured: `messages|length` in a loop over
+# messages stays linear)
+STRUCTURE_FILTERS = frozenset({"length", "count", "first", "last", "list", "sort", "unique", "reverse", "map",
+                               "select", "reject", "selectattr", "rejectattr", "attr", "default", "d", "batch",
+                               "slice", "sum", "min", "max", "abs", "int", "float", "round", "groupby", "dictsort",
+                               "items", "random", "bool"})
 
 
 @dataclass(frozen=True)
 class Limits:
     max_source: int = 256 * 1024  # characters of template source (real chat templates: 1-20 kB)
     max_value: int = 16 * 2**20  # characters of output, and items of any string/list a template makes
-    max_steps: int = 5_000_000  # loop iterations + calls + lookups + outputs
+    max_steps: int = 2_000_000  # loop iterations + calls + lookups + outputs (a 10000-message Qwen3 chat: 130k)
     timeout_s: float = 10.0  # wall time of one render
 
 
@@ -111,11 +117,13 @@ def _env(limits: Limits):
         """The widths and precisions a %- or {}-format string asks for (refused when they exceed the cap)."""
         return sum(int(n) for n in re.findall(r"(?<![A-Za-z])(\d+)", fmt) if len(n) < 12) if fmt else 0
 
-    def estimate(name: str, value: Any, args: tuple, kwargs: dict) -> None:
-        """Reject calls whose result would be too large before they run (strings' growing operations)."""
+    def estimate(name: str, value: Any, args: tuple, kwargs: dict, as_text: bool = True) -> None:
+        """Reject calls whose result would be too large before they run (strings' growing operations). With
+        `as_text`, the arguments may be turned into text: their size as text is checked too."""
         for a in (value, *args, *kwargs.values()):
             check_int(a, name)
-            need(_text_size(a, cap) <= cap, f"{name}: an argument of more than {cap} characters as text")
+            if as_text:
+                need(_text_size(a, cap) <= cap, f"{name}: an argument of more than {cap} characters as text")
         if not isinstance(value, str):
             if name == "join" and isinstance(value, (list, tuple)) and args and isinstance(args[0], str):
                 need(len(value) * len(args[0]) <= cap, "join: the result is too large")
@@ -166,6 +174,7 @@ def _env(limits: Limits):
                 args = right if isinstance(right, tuple) else (right,)
                 for a in args:
                     check_int(a, "'%'")
+                    need(_text_size(a, cap) <= cap, f"'%': an argument of more than {cap} characters as text")
                 need(format_widths(left) <= cap, f"'%': the widths asked for exceed {cap}")
             return check_result(super().call_binop(context, operator, left, right), f"'{operator}'")
 
@@ -182,7 +191,7 @@ def _env(limits: Limits):
             name = getattr(__obj, "__name__", "")
             bound = getattr(__obj, "__self__", None)  # 'text'.replace; the sandbox wraps 'text'.format
             bound = bound if bound is not None else getattr(getattr(__obj, "__wrapped__", None), "__self__", None)
-            estimate(name, bound, args, kwargs)
+            estimate(name, bound, args, kwargs, isinstance(bound, str))  # macros etc. make no text of their own
             return check_result(super().call(__context, __obj, *args, **kwargs), f"{name or 'a call'}()")
 
     env = Env(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols], optimized=False)
@@ -197,7 +206,7 @@ def _env(limits: Limits):
                 value = list(itertools.islice(value, cap + 1))  # join makes a list anyway: count its items
                 need(len(value) <= cap, f"join: more than {cap} items")
                 args = (*args[: len(args) - len(rest) - 1], value, *rest)
-            estimate(name, value, rest, kwargs)
+            estimate(name, value, rest, kwargs, name not in STRUCTURE_FILTERS)
             return check_result(fn(*args, **kwargs), f"filter {name!r}")
 
         for attr in ("jinja_pass_arg",):  # keep pass_context / pass_environment markers

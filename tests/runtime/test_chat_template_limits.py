@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import sys
 import threading
@@ -25,6 +26,7 @@ from mxport.runtime.generation.tokenizer import Tokenizer
 
 NESTED_RANGE = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
 USER = [{"role": "user", "content": "hi"}]
+STOPPED = "stopped: (more than 2000000 steps|rendering took longer than 10 s)"  # which comes first depends on load
 
 
 def render(source: str, limits: Limits = Limits(), messages=USER) -> str:
@@ -32,10 +34,10 @@ def render(source: str, limits: Limits = Limits(), messages=USER) -> str:
 
 
 @pytest.mark.parametrize("source, why", [
-    (NESTED_RANGE, "more than 5000000 steps"),
-    ("{% set s = 'ab' * 50000 %}{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}", "steps"),
+    (NESTED_RANGE, STOPPED),
+    ("{% set s = 'ab' * 50000 %}{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}", STOPPED),
     ("{% for m in messages %}{% for i in range(100000) %}{% for j in range(100000) %}{{ '' }}{% endfor %}"
-     "{% endfor %}{% endfor %}", "steps"),
+     "{% endfor %}{% endfor %}", STOPPED),
     ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "RecursionError"),
     ("{% for i in range(5000) %}{{ 'x' * 1000 }}{% endfor %}", "output exceeds 100000 characters"),
 ])
@@ -132,7 +134,7 @@ def test_a_runaway_render_does_not_hold_up_another_thread():
     runaway.start()
     assert [t.render(USER) for _ in range(50)] == ["hi"] * 50
     runaway.join(60)
-    assert not runaway.is_alive() and "steps" in str(errors[0].value)
+    assert not runaway.is_alive() and re.search(STOPPED, str(errors[0].value))
 
 
 # ---- `mxport chat` and the server with a runaway template ------------------------------------------------------------
@@ -175,7 +177,7 @@ def test_cli_chat_with_a_runaway_template_exits_2_within_30_s(exported, tmp_path
     assert main(["chat", str(folder), "--max-new-tokens", "2", "--reasoning", "off"]) == 2
     assert time.monotonic() - t0 < 30
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "chat_template.jinja: chat template stopped: more than 5000000 steps" in err[0]
+    assert len(err) == 1 and re.search(f"chat_template.jinja: chat template {STOPPED}", err[0])
     monkeypatch.setattr(sys, "stdin", io.StringIO("Hello"))
     assert main(["chat", str(folder), "--max-new-tokens", "2", "--reasoning", "off"]) == 0
 
