@@ -18,6 +18,7 @@ A new format implements `name`, `stop_token_ids`, `render` and `parser` (a Reply
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -119,11 +120,18 @@ class ChatFormat(Protocol):
     def parser(self) -> ReplyParser: ...
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def message_text(content: Any, where: str) -> str:
-    """OpenAI message content: a string, None, or a list of {"type": "text", "text": ...} parts."""
+    """OpenAI message content: a string, None, or a list of {"type": "text", "text": ...} parts (valid Unicode:
+    a lone surrogate, which no UTF-8 text holds, is a FormatError naming the field)."""
     if content is None:
         return ""
     if isinstance(content, str):
+        if _SURROGATE.search(content):
+            raise FormatError(f"{where}: not valid Unicode (a lone surrogate at {_SURROGATE.search(content).start()})",
+                              where)
         return content
     if isinstance(content, list):
         parts = []
@@ -132,7 +140,7 @@ def message_text(content: Any, where: str) -> str:
                 raise FormatError(f"{where}[{i}]: only text content parts are supported ({{'type': 'text', "
                                   f"'text': ...}}), found {str(part)[:80]}", where)
             parts.append(part["text"])
-        return "".join(parts)
+        return message_text("".join(parts), where)
     raise FormatError(f"{where}: expected a string or a list of text parts, found {type(content).__name__}", where)
 
 

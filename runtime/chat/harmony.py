@@ -379,6 +379,8 @@ class HarmonyFormat:
     @staticmethod
     def _assistant(m: dict, text: str, where: str, call_names: dict[str, str]) -> list[Message]:
         calls = m.get("tool_calls") or []
+        if not isinstance(calls, list):
+            raise FormatError(f"{where}.tool_calls: expected a list of tool calls", f"{where}.tool_calls")
         out = []
         reasoning = m.get("reasoning") or m.get("reasoning_content")
         if calls and isinstance(reasoning, str) and reasoning:  # kept while the call is open (harmony drops it later)

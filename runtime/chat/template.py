@@ -162,7 +162,10 @@ class TemplateFormat:
                                         **extra)
         except MxportError as exc:
             raise FormatError(str(exc), "messages") from None
-        return encode_literal(self.tokenizer, text, placeholders)
+        try:
+            return encode_literal(self.tokenizer, text, placeholders)
+        except MxportError as exc:  # (text the template made from the conversation: a lone surrogate)
+            raise FormatError(str(exc), "messages") from None
 
     def parser(self) -> TemplateParser:
         return TemplateParser(self.tokenizer)

@@ -47,14 +47,20 @@ class Tokenizer:
         return max(self._tok.get_vocab(with_added_tokens=True).values()) + 1
 
     def encode(self, text: str, allow_special: bool = True) -> list[int]:
-        """Text -> ids. allow_special=False encodes '<|end|>' etc. in the text as plain text (for user content)."""
-        if allow_special:
-            return list(self._tok.encode(text, add_special_tokens=False).ids)
-        self._tok.encode_special_tokens = True
+        """Text -> ids. allow_special=False encodes '<|end|>' etc. in the text as plain text (for user content).
+        Text that is not valid Unicode (a lone surrogate) is an MxportError."""
         try:
-            return list(self._tok.encode(text, add_special_tokens=False).ids)
-        finally:
-            self._tok.encode_special_tokens = False
+            if allow_special:
+                return list(self._tok.encode(text, add_special_tokens=False).ids)
+            self._tok.encode_special_tokens = True
+            try:
+                return list(self._tok.encode(text, add_special_tokens=False).ids)
+            finally:
+                self._tok.encode_special_tokens = False
+        except TypeError:
+            if isinstance(text, str):
+                raise MxportError(f"{self.source}: text to encode is not valid Unicode (a lone surrogate?)") from None
+            raise
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)

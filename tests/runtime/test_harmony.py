@@ -290,3 +290,18 @@ def test_a_reply_cut_inside_a_header_leaks_no_header_text(harmony, reply, conten
     assert (got.content, got.reasoning, got.tool_calls) == (content, reasoning, [])
     assert "".join(e.text for e in events if e.kind == "content") == content
     assert harmony.parse(ids).final == (content if "final" in reply else "")
+
+
+@pytest.mark.parametrize("messages, param", [
+    ([{"role": "user", "content": "a\ud800"}], "messages[0].content"),
+    ([{"role": "user", "content": [{"type": "text", "text": "\udfff"}]}], "messages[0].content"),
+    ([{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": 7}], "messages[1].tool_calls"),
+    ([{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [
+        {**CALL, "function": {"name": "f", "arguments": "\ud800"}}]}], "messages"),
+])
+def test_malformed_text_and_tool_calls_are_format_errors(harmony, messages, param):
+    from mxport.runtime.chat.format import FormatError
+
+    with pytest.raises(FormatError) as exc:
+        HarmonyFormat(harmony.tokenizer).render(messages)
+    assert exc.value.param == param

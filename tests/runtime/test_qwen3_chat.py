@@ -239,3 +239,16 @@ def test_a_non_string_tool_call_name_is_a_format_error(exported, name):
     with pytest.raises(FormatError, match=r"messages\[1\].tool_calls\[0\].function.name: expected a string") as exc:
         fmt.render(messages)
     assert exc.value.param == "messages[1].tool_calls[0].function.name"
+
+
+@pytest.mark.parametrize("messages, param", [
+    ([{"role": "user", "content": "a\ud800"}], "messages[0].content"),
+    ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "", "tool_calls": 7}],
+     "messages[1].tool_calls"),
+    ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "f", "arguments": "\ud800"}}]}], "messages"),
+])
+def test_malformed_text_and_tool_calls_are_format_errors(ckpt, messages, param):
+    with pytest.raises(FormatError) as exc:
+        TemplateFormat(Tokenizer.from_file(ckpt), ckpt).render(messages)
+    assert exc.value.param == param
