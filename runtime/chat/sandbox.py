@@ -120,8 +120,9 @@ def _env(limits: Limits):
     def estimate(name: str, value: Any, args: tuple, kwargs: dict, as_text: bool = True) -> None:
         """Reject calls whose result would be too large before they run (strings' growing operations). With
         `as_text`, the arguments may be turned into text: their size as text is checked too."""
-        for a in (value, *args, *kwargs.values()):
-            check_int(a, name)
+        for k, a in enumerate((value, *args, *kwargs.values())):
+            if k:  # an integer argument may be a width or a count; the value itself is only formatted
+                check_int(a, name)
             if as_text:
                 need(_text_size(a, cap) <= cap, f"{name}: an argument of more than {cap} characters as text")
         if not isinstance(value, str):
