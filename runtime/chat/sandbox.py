@@ -1,6 +1,6 @@
 """A jinja sandbox with resource limits, for a checkpoint's chat template (untrusted input like any other file).
 
-    limits = Limits(max_source=256 KiB, max_value=16 Mi, max_steps=2_000_000, timeout_s=10.0)
+    limits = Limits(max_source=256 KiB, max_value=4 Mi, max_steps=2_000_000, timeout_s=10.0)
     template = compile_template(source, limits, where)      # MxportError: too large, does not compile
     text = render_template(template, limits, where, **variables)   # MxportError: a limit, or the template failed
 
@@ -9,7 +9,7 @@ jinja2's ImmutableSandboxedEnvironment blocks escapes (attributes, mutation) but
   time (jinja2 folds constants, e.g. `'a' * 10**7` or `'a'|center(10**9)`, while compiling);
 - the operators that can grow a value (`*`, `**`, `+`, `%`) are intercepted (the sandbox's call_binop) and their
   result size is checked *before* it is made: strings, lists and tuples up to `max_value` items, integers up to
-  MAX_INT_BITS bits; `range` is bounded (MAX_RANGE items);
+  MAX_INT_BITS bits; `range`, `slice` and `batch` are bounded (MAX_RANGE items), `lipsum` is not offered;
 - every filter and call is checked the same way (integer arguments, `replace`/`join`/`indent`/`format` results
   estimated first), `tojson` takes an indent up to MAX_INDENT, a namespace attribute holds at most `max_value`;
 - every loop iteration, call, attribute lookup and output value is a step: more than `max_steps`, or a render
@@ -41,12 +41,13 @@ STRUCTURE_FILTERS = frozenset({"length", "count", "first", "last", "list", "sort
                                "select", "reject", "selectattr", "rejectattr", "attr", "default", "d", "batch",
                                "slice", "sum", "min", "max", "abs", "int", "float", "round", "groupby", "dictsort",
                                "items", "random", "bool"})
+COUNT_FILTERS = frozenset({"slice", "batch"})  # their count argument makes that many lists or items: up to MAX_RANGE
 
 
 @dataclass(frozen=True)
 class Limits:
     max_source: int = 256 * 1024  # characters of template source (real chat templates: 1-20 kB)
-    max_value: int = 16 * 2**20  # characters of output, and items of any string/list a template makes
+    max_value: int = 4 * 2**20  # characters of output (1M tokens and more), items of any string/list made
     max_steps: int = 2_000_000  # loop iterations + calls + lookups + outputs (a 10000-message Qwen3 chat: 130k)
     timeout_s: float = 10.0  # wall time of one render
 
@@ -207,6 +208,8 @@ def _env(limits: Limits):
                 value = list(itertools.islice(value, cap + 1))  # join makes a list anyway: count its items
                 need(len(value) <= cap, f"join: more than {cap} items")
                 args = (*args[: len(args) - len(rest) - 1], value, *rest)
+            if name in COUNT_FILTERS and rest:  # slice(n) / batch(n, fill): n lists or fill items
+                need(isinstance(rest[0], int) and abs(rest[0]) <= MAX_RANGE, f"{name}: more than {MAX_RANGE}")
             estimate(name, value, rest, kwargs, name not in STRUCTURE_FILTERS)
             return check_result(fn(*args, **kwargs), f"filter {name!r}")
 
@@ -254,6 +257,7 @@ def _env(limits: Limits):
     env.filters["_mxport_loop"] = loop_steps
     env.filters["_mxport_concat"] = concat
     env.finalize = finalize
+    env.globals.pop("lipsum", None)  # lipsum(n=10**6) would run for minutes inside one call; no template uses it
     env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt),
                        range=bounded_range, namespace=BoundedNamespace)
     return env
