@@ -12,6 +12,8 @@ jinja2's ImmutableSandboxedEnvironment blocks escapes (attributes, mutation) but
   MAX_INT_BITS bits; `range`, `slice` and `batch` are bounded (MAX_RANGE items), `lipsum` is not offered;
 - every filter and call is checked the same way (integer arguments, `replace`/`join`/`indent`/`format` results
   estimated first), `tojson` takes an indent up to MAX_INDENT, a namespace attribute holds at most `max_value`;
+- `~` (rewritten to _mxport_concat), outputs, and the arguments of string filters and str methods are measured
+  as text first (_text_size): a list holding one long string many times is refused before it becomes text;
 - every loop iteration, call, attribute lookup and output value is a step: more than `max_steps`, or a render
   longer than `timeout_s`, ends it (a cooperative check in the render's own thread: nothing runs on after the
   error); the output is gathered chunk by chunk and refused past `max_value` characters.
