@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mxport.contract.folder import CHAT_TEMPLATE_FILE, TOKENIZER_CONFIG_FILE
 from mxport.errors import MxportError
 from mxport.runtime.chat.format import Event, FormatError, ReplyParser, check_tool_choice, message_text
 from mxport.runtime.chat.literal import encode_literal, protect
@@ -55,7 +56,7 @@ class ChatTemplate:
         """chat_template.jinja when present (transformers prefers it), else tokenizer_config.json's chat_template
         (a string, or a list of {name, template}: the one named 'default')."""
         folder = Path(folder)
-        config_file = folder / "tokenizer_config.json"
+        config_file = folder / TOKENIZER_CONFIG_FILE
         config: dict = {}
         if config_file.is_file():
             try:
@@ -65,7 +66,7 @@ class ChatTemplate:
             if not isinstance(config, dict):
                 raise MxportError(f"{config_file}: expected a JSON object, found {type(config).__name__}")
         specials = {k: t for k in SPECIAL_KEYS if (t := _token_text(config.get(k))) is not None}
-        jinja_file = folder / "chat_template.jinja"
+        jinja_file = folder / CHAT_TEMPLATE_FILE
         if jinja_file.is_file():
             return cls(_read(jinja_file, limits.max_source), specials, str(jinja_file), limits)
         source = config.get("chat_template")

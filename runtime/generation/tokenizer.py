@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer as _HFTokenizer
 
+from mxport.contract.folder import TOKENIZER_FILE
 from mxport.errors import MxportError
 from mxport.exporter.families.gpt_oss.tokenizer import HARMONY_SPECIAL_TOKENS, O200K_HARMONY_VOCAB, build_harmony_bpe
 
@@ -33,7 +34,7 @@ class Tokenizer:
     def from_file(cls, path: str | Path) -> Tokenizer:
         path = Path(path)
         if path.is_dir():
-            path = path / "tokenizer.json"
+            path = path / TOKENIZER_FILE
         if not path.is_file():
             raise MxportError(f"{path}: tokenizer file not found (generation with text needs tokenizer.json)")
         try:
