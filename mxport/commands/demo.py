@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mxport.contract.folder import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE
 from mxport.errors import MxportError
 from mxport.files import replace_dir, temp_dir_beside
 
@@ -99,7 +100,7 @@ def ensure_checkpoint(cache: Path, fresh: bool = False, log=print) -> Path:
     ckpt = cache / CACHE_VERSION / "checkpoint"
     if ckpt.exists() and not fresh:
         try:
-            ok = (GptOssConfig.from_file(ckpt / "config.json") == cfg and (ckpt / "tokenizer.json").is_file()
+            ok = (GptOssConfig.from_file(ckpt / CONFIG_FILE) == cfg and (ckpt / TOKENIZER_FILE).is_file()
                   and any(ckpt.glob("*.safetensors")))
         except MxportError:
             ok = False
@@ -132,7 +133,7 @@ def mxport_command() -> str:
 
 
 def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file() and p.name.startswith("model.onnx"))
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file() and p.name.startswith(MODEL_FILE))
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -250,7 +251,7 @@ def ask(gen, questions: list[Question], max_new_tokens: int, checked: bool):
 def gen_cfg_line(ckpt: Path, trained: bool) -> str:
     from mxport.exporter.families.gpt_oss.config import GptOssConfig
 
-    c = GptOssConfig.from_file(ckpt / "config.json")
+    c = GptOssConfig.from_file(ckpt / CONFIG_FILE)
     kind = "trained" if trained else "random"
     return (f"{kind} tiny gpt-oss: {c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_experts} experts "
             f"top-{c.experts_per_token} (MXFP4), {c.num_attention_heads}/{c.num_key_value_heads} heads, "

@@ -11,6 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
+from mxport.contract.folder import GENAI_FILE
 from mxport.ops.native import info, install_into
 
 
@@ -23,7 +24,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.into:
         target = install_into(args.into)
-        print(f"{target} (named in {Path(args.into) / 'genai_config.json'}: custom_ops_library)")
+        print(f"{target} (named in {Path(args.into) / GENAI_FILE}: custom_ops_library)")
         return 0
     data = info()
     if args.json:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mxport.contract.folder import GENAI_FILE
+
 import numpy as np
 
 ROTARY_TABLES = {("com.microsoft", "GroupQueryAttention"): (7, 8), ("com.microsoft", "RotaryEmbedding"): (2, 3)}
@@ -211,7 +213,7 @@ def measure_mxport(folder: str, threads: int, prompt_len: int, new_tokens: int) 
 def measure_genai(folder: str, threads: int, prompt_len: int, new_tokens: int) -> dict[str, Any]:
     import onnxruntime_genai as og
 
-    cfg = json.loads((Path(folder) / "genai_config.json").read_text())
+    cfg = json.loads((Path(folder) / GENAI_FILE).read_text())
     vocab = int(cfg["model"]["vocab_size"])
     # genai sizes its KV buffers from max_length; a sliding-window cache must hold at least the window
     window = int((cfg["model"]["decoder"].get("sliding_window") or {}).get("window_size", 0))

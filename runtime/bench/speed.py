@@ -65,8 +65,8 @@ from typing import Any
 
 from mxport.contract import modes as modes_table
 from mxport.contract.progress import Progress, given, report
-from mxport.contract.folder import (CONFIG_FILE, MANIFEST_FILE, Manifest, is_checkpoint, manifest_file,
-                                   read_manifest)
+from mxport.contract.folder import (CONFIG_FILE, GENAI_FILE, MANIFEST_FILE, MODEL_FILE, TOKENIZER_CONFIG_FILE,
+                                   TOKENIZER_FILE, Manifest, is_checkpoint, manifest_file, read_manifest)
 from mxport.errors import MxportError
 from mxport.runtime.bench.engines import (  # noqa: F401  (re-exported: bench's measurements, used by tests)
     REPEATS, Bandwidth, _tensor_bytes, drop_page_cache, file_bytes, memory_bandwidth, onnx_traffic,
@@ -199,20 +199,20 @@ def _label(meta: Manifest) -> str:
 
 def _genai_checkpoint(ckpt: Path, work: Path) -> Path:
     """The checkpoint as the genai builder wants it: with tokenizer files (a stand-in if the checkpoint has none)."""
-    if (ckpt / "tokenizer.json").is_file():
+    if (ckpt / TOKENIZER_FILE).is_file():
         return ckpt
     shadow = work / "genai-input"
     shadow.mkdir(parents=True, exist_ok=True)
     for f in ckpt.iterdir():
         if f.is_file() and not (shadow / f.name).exists():
             (shadow / f.name).symlink_to(f.resolve())
-    if not (shadow / "tokenizer.json").is_file():
+    if not (shadow / TOKENIZER_FILE).is_file():
         from mxport.exporter import families
         from mxport.runtime.generation.tokenizer import build_harmony_tokenizer
 
         vocab = families.read_config(ckpt / "config.json").vocab_size
-        build_harmony_tokenizer(vocab).save(shadow / "tokenizer.json")
-        (shadow / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
+        build_harmony_tokenizer(vocab).save(shadow / TOKENIZER_FILE)
+        (shadow / TOKENIZER_CONFIG_FILE).write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}))
     return shadow
 
 
@@ -225,7 +225,7 @@ def _genai_exports(ckpt: Path, work: Path, timeout: float) -> list[tuple[str, Pa
     out = []
     for precision in ("fp32", "int4"):
         folder = work / f"genai-{precision}"
-        if not (folder / "genai_config.json").is_file():
+        if not (folder / GENAI_FILE).is_file():
             cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(folder),
                    "-p", precision, "-e", "cpu", "-c", str(work / "genai-cache")]
             try:
@@ -233,7 +233,7 @@ def _genai_exports(ckpt: Path, work: Path, timeout: float) -> list[tuple[str, Pa
             except subprocess.TimeoutExpired:
                 out.append((f"genai {precision}", None, f"builder timed out after {timeout:.0f}s"))
                 continue
-            if done.returncode != 0 or not (folder / "genai_config.json").is_file():
+            if done.returncode != 0 or not (folder / GENAI_FILE).is_file():
                 tail = done.stderr.strip().splitlines()[-1:] if done.stderr else []
                 out.append((f"genai {precision}", None, f"builder failed: {' '.join(tail)[:300]}"))
                 continue
@@ -327,7 +327,7 @@ def _jobs(folders: list[tuple[str, Path]], peers_of: Path | None, work_dir: Path
     with `peers_of` (a checkpoint) transformers and the genai builds of it."""
     failed, jobs = [], []
     for mode, folder in folders:
-        total, per_token = onnx_traffic(folder / "model.onnx")
+        total, per_token = onnx_traffic(folder / MODEL_FILE)
         result = Result(f"mxport {mode}", str(folder), file_bytes(folder), total, per_token)
         jobs.append((result, "mxport", str(folder)))
     if peers_of is None:
@@ -340,7 +340,7 @@ def _jobs(folders: list[tuple[str, Path]], peers_of: Path | None, work_dir: Path
         if folder is None:
             failed.append(Result(name, "", error=why))
             continue
-        total, per_token = onnx_traffic(folder / "model.onnx")
+        total, per_token = onnx_traffic(folder / MODEL_FILE)
         jobs.append((Result(name, str(folder), file_bytes(folder), total, per_token), "genai", str(folder)))
     return failed, jobs
 
