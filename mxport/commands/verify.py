@@ -31,7 +31,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference-dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--reference", choices=modes.VERIFY_REFERENCES, default="export",
                         help="export (default): a lossy export is checked against the reference on its own quantized "
-                        "numbers (experts " + ", ".join(v for v in modes.values("experts") if not modes.MODES["experts"][v].exact)
+                        "numbers (experts "
+                        + ", ".join(v for v in modes.values("experts") if not modes.MODES["experts"][v].exact)
                         + " and float experts encoded to mxfp4; dense "
                         + ", ".join(v for v in modes.values("dense") if not modes.MODES["dense"][v].exact)
                         + ") with float32 tolerances, its quantization error against the checkpoint reported beside "

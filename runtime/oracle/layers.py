@@ -217,7 +217,8 @@ def moe_plain_swiglu(x: np.ndarray, router_logits: np.ndarray, k: int, normalize
     """Sparse MoE over tokens x [T,H] with bias-free SwiGLU experts (Qwen3-MoE).
 
     `expert_weights(e) -> (w1 [2I,H] (gate rows, then up rows), w2 [H,I])` is called once per chosen expert, so
-    only the experts some token chose are read: y[t] = Σ_e w[t,e] · w2_e (silu(gate_e x) * up_e x). `act` as in moe."""
+    only the experts some token chose are read: y[t] = Σ_e w[t,e] · w2_e (silu(gate_e x) * up_e x).
+    `act` as in moe."""
     act = act or (lambda a: a)
     ids, weights = route_softmax_topk(router_logits, k, normalize)  # [T,k], [T,k]
     out = np.zeros_like(x)

@@ -154,10 +154,18 @@ class ReferenceModel:
             y = q.dense_product(x, prepared, self.dtype)
         return y if bias is None else y + bias
 
-    def expert(self, w: np.ndarray) -> np.ndarray:
-        """One expert's matrix [out, in] in the compute dtype, as the export holds it (self.quantization)."""
+    def expert(self, w: np.ndarray, key: str | None = None) -> np.ndarray:
+        """One expert's matrix [out, in] in the compute dtype, as the export holds it (self.quantization); cached
+        under `key` (e.g. "model.layers.0.mlp.experts.down_proj[5]") with the weights, as quantizing is slow."""
         q = self.quantization
-        return w if q is None else q.expert_weight(w).astype(self.dtype)
+        if q is None:
+            return w
+        cached = self._cache.get("quantized:" + key) if key else None
+        if cached is None:
+            cached = q.expert_weight(w).astype(self.dtype)
+            if key and self.cache_weights:
+                self._cache["quantized:" + key] = cached
+        return cached
 
     def expert_input(self, x: np.ndarray) -> np.ndarray:
         """The input of an expert GEMM as the export's MoE kernel sees it."""

@@ -30,7 +30,7 @@ OWN_NUMBERS = "against the NumPy reference on the export's own quantized numbers
 @pytest.fixture(scope="module")
 def checkpoints(make_checkpoint):
     return {name: make_checkpoint(PRESETS[preset]) for name, preset in
-            (("gpt_oss", "tiny"), ("qwen3", "qwen3-tiny"), ("qwen3_moe", "qwen3-moe-tiny"))}
+            (("gpt_oss", "tiny"), ("qwen3", "qwen3-tiny"), ("qwen3_moe", "qwen3-moe-tiny"), ("gpt2", "gpt2-tiny"))}
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +57,13 @@ LOSSY = [
     ("qwen3", {"target": "cpu", "dense": "int4", "accuracy_level": 0}, "float32 activations (accuracy_level 0)"),
     ("qwen3", {"target": "cpu", "dense": "q4"}, "LinearQ4's 4-bit super-blocks"),
     ("gpt_oss", {"target": "cpu", "experts": "mxfp4", "dense": "q4"}, "LinearQ4's 4-bit super-blocks"),
+    ("gpt2", {"target": "cpu", "dense": "int4"}, "dense matrices quantized to int4"),  # Conv1D [in, out], tied head
+    ("gpt2", {"target": "cpu", "dense": "q4"}, "LinearQ4's 4-bit super-blocks"),
 ]
 
 
-@pytest.mark.parametrize("family,options,what", LOSSY, ids=[f"{f}-{'-'.join(map(str, o.values()))}" for f, o, _ in LOSSY])
+@pytest.mark.parametrize("family,options,what", LOSSY,
+                         ids=[f"{f}-{'-'.join(map(str, o.values()))}" for f, o, _ in LOSSY])
 def test_verify_passes_lossy_exports_on_their_own_numbers(exports, family, options, what, tmp_path, capsys):
     out = exports(family, **options)
     assert main(["verify", str(out), *QUICK, "--json", str(tmp_path / "r.json")]) == 0

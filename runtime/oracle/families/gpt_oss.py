@@ -66,13 +66,14 @@ def expert_loader(m, layer: int):
         def load(e: int):
             w1 = mxfp4.decode(halves["gate_up_proj"][0][e], halves["gate_up_proj"][1][e]).astype(m.dtype)
             w2 = mxfp4.decode(halves["down_proj"][0][e], halves["down_proj"][1][e]).astype(m.dtype)
-            return m.expert(w1), b1[e], m.expert(w2), b2[e]  # as a lossy export holds them (int4 QMoE)
+            return m.expert(w1, f"{p}gate_up_proj[{e}]"), b1[e], m.expert(w2, f"{p}down_proj[{e}]"), b2[e]
 
     else:  # float experts are stored input-major, as transformers saves them: [E,H,2I] and [E,I,H]
         gate_up, down = m.w(p + "gate_up_proj"), m.w(p + "down_proj")
 
         def load(e: int):
-            return m.expert(gate_up[e].T), b1[e], m.expert(down[e].T), b2[e]
+            w1, w2 = m.expert(gate_up[e].T, f"{p}gate_up_proj[{e}]"), m.expert(down[e].T, f"{p}down_proj[{e}]")
+            return w1, b1[e], w2, b2[e]
 
     return load
 

@@ -34,7 +34,8 @@ def expert_loader(m, layer: int):
             m.ckpt.close()  # drop the mappings: RSS stays at the experts read, not the file
 
     def load(e: int):
-        return m.expert(read("gate_up_proj", e)), m.expert(read("down_proj", e))
+        return (m.expert(read("gate_up_proj", e), f"{p}gate_up_proj[{e}]"),
+                m.expert(read("down_proj", e), f"{p}down_proj[{e}]"))
 
     return load
 
