@@ -1,6 +1,7 @@
 """`mxport verify OUT_DIR [--checkpoint CKPT_DIR] [--prompts N] [--decode-steps N] [--tolerance OUTPUT=VALUE]...
-[--json REPORT] [--quiet]`: runtime/judge/verify.py's verify(); prints the report, exit code 1 when a tolerance fails.
-A progress bar counts the reference model's layers over every call (on a terminal only; --quiet silences it)."""
+[--reference export|checkpoint] [--max-kl X] [--min-top1 X] [--json REPORT] [--quiet]`: runtime/judge/verify.py's
+verify(); prints the report, exit code 1 when a tolerance (or the quantization budget given) fails. A progress bar
+counts the reference model's layers over every call (on a terminal only; --quiet silences it)."""
 
 from __future__ import annotations
 
@@ -28,13 +29,21 @@ def register(parser: argparse.ArgumentParser) -> None:
         "OUTPUT may be a glob such as 'hidden_states.*' (repeatable)",
     )
     parser.add_argument("--reference-dtype", choices=("float32", "float64"), default="float32")
-    parser.add_argument("--reference-experts", choices=("float", "mxfp4"), default="float",
-                        help="mxfp4: the reference runs a checkpoint's float experts MXFP4-encoded, as an "
-                        "--experts mxfp4 export holds them (then exact tolerances apply); default: as stored. "
-                        "Exact modes (float32 tolerances): --experts "
-                        + ", ".join(v for v in modes.values("experts") if modes.MODES["experts"][v].exact)
-                        + "; --dense " + ", ".join(v for v in modes.values("dense") if modes.MODES["dense"][v].exact)
-                        + "; --dtype float32")
+    parser.add_argument("--reference", choices=modes.VERIFY_REFERENCES, default="export",
+                        help="export (default): a lossy export is checked against the reference on its own quantized "
+                        "numbers (experts "
+                        + ", ".join(v for v in modes.values("experts") if not modes.MODES["experts"][v].exact)
+                        + " and float experts encoded to mxfp4; dense "
+                        + ", ".join(v for v in modes.values("dense") if not modes.MODES["dense"][v].exact)
+                        + ") with float32 tolerances, its quantization error against the checkpoint reported beside "
+                        "it; checkpoint: against the checkpoint as stored, with lossy tolerances. --dtype float16/"
+                        "bfloat16 math is always judged against the checkpoint")
+    parser.add_argument("--max-kl", type=float, default=None, metavar="X",
+                        help="budget of a lossy export's quantization error: fail when its mean KL against the "
+                        "checkpoint (nats per position) exceeds X (default: reported, no budget)")
+    parser.add_argument("--min-top1", type=float, default=None, metavar="X",
+                        help="budget of a lossy export's quantization error: fail when its top-1 agreement with the "
+                        "checkpoint is below X (0..1)")
     parser.add_argument("--max-prompt-len", type=int, default=None, metavar="N", help="cap the longest prompt")
     add_quiet_option(parser)
 
@@ -45,14 +54,15 @@ def run(args: argparse.Namespace) -> int:
     from mxport.errors import MxportError
     from mxport.files import write_file
     from mxport.contract.folder import model_path, read_manifest
-    from mxport.runtime.judge.verify import default_tolerances, parse_tolerance_options, verify
+    from mxport.runtime.judge.verify import default_tolerances, parse_budget, parse_tolerance_options, verify
 
     export_dir = Path(args.export_dir)
     if not export_dir.is_dir():
         raise MxportError(f"{export_dir}: no such export folder")
     model_path(export_dir)
-    defaults, _ = default_tolerances(read_manifest(export_dir), args.reference_experts)
+    defaults, _ = default_tolerances(read_manifest(export_dir), args.reference)
     overrides = parse_tolerance_options(args.tolerance, defaults)
+    budget = parse_budget(args.max_kl, args.min_top1)
     with Bars(args.quiet) as bars:  # the reference's layers over every call, on a terminal only
         report = verify(
             export_dir,
@@ -65,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
             threads=args.threads,
             reference_dtype=np.dtype(args.reference_dtype),
             max_prompt_len=args.max_prompt_len,
-            reference_experts=args.reference_experts,
+            reference=args.reference,
+            budget=budget,
             progress=bars,
         )
     print(report)

@@ -91,6 +91,10 @@ ALIASES: dict[str, dict[str, str]] = {
 # them as stored on portable ("float32", exporter/export.py resolve_experts).
 DEFAULT_EXPERTS = {"portable": "mxfp4", "cpu": "float32", "cuda": "mxfp4"}
 DEFAULTS = {"target": "portable", "dense": "float32", "dtype": "float32"}
+# What `mxport verify --reference` compares an export with: "export" = the NumPy reference on the export's own
+# numbers (a lossy mode's quantized weights and activations, runtime/oracle/quantized.py), "checkpoint" = the
+# checkpoint as stored.
+VERIFY_REFERENCES = ("export", "checkpoint")
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # ORT's accuracy_level of MatMulNBits / QMoE (minimum accuracy of the CPU GEMMs)
 DEFAULT_ACCURACY_LEVEL = 4
 

@@ -4,6 +4,7 @@
     runner = OnnxReferenceRunner("out_dir")             # onnx.reference, custom ops by mxport.ops.reference_kernels()
     runner = OnnxReferenceRunner("out_dir", kernels=False)   # ... custom ops by their ONNX function bodies only
     runner = ReferenceModelRunner("ckpt_dir")           # the NumPy reference model on the checkpoint itself
+    runner = ReferenceModelRunner("ckpt_dir", quantization=q)   # ... on a lossy export's numbers (oracle/quantized.py)
 
     out = runner.infer(make_feeds(ids, mask, cfg=cfg))  # {"logits": ..., "present.0.key": ..., ...}
     hidden = expose_hidden_states(model, tmp, layers)   # a copy of an export with hidden_states.{i} outputs
@@ -123,11 +124,11 @@ class ReferenceModelRunner:
     when `hidden_states`; `window_cache` as the export it stands for: read it from mxport.json)."""
 
     def __init__(self, checkpoint_dir: Any, dtype: Any = np.float32, *, hidden_states: bool = True,
-                 window_cache: bool = False, experts: str = "float") -> None:
+                 window_cache: bool = False, experts: str = "float", quantization: Any = None) -> None:
         from mxport.runtime.oracle.model import ReferenceModel
 
         self.model = ReferenceModel(checkpoint_dir, dtype=dtype, output_hidden_states=hidden_states,
-                                    window_cache=window_cache, experts=experts)
+                                    window_cache=window_cache, experts=experts, quantization=quantization)
         self.cfg = self.model.cfg
         self.name = f"reference[{np.dtype(dtype).name}]"
         n = self.cfg.num_hidden_layers

@@ -14,8 +14,9 @@
     kl_mean, kl_max   KL(softmax(b) || softmax(a)) over positions, in nats, computed in float64
 
 A mask (per output name, boolean over the leading axes) restricts the comparison to some positions, e.g. the real
-tokens of a left-padded batch: `a[mask]` keeps the trailing axes. Non-finite values fail unless both sides have
-the same non-finite value in the same place.
+tokens of a left-padded batch: `a[mask]` keeps the trailing axes. A NaN or inf on either side is never agreement
+(NaN against NaN included): the output fails, its failure counts the non-finite values of each side and names the
+first one's position, and `non_finite` says which side has them. A KL that is not finite fails too.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ class OutputStats:
     kl_max: float | None = None
     tolerance: Tolerance = field(default_factory=Tolerance)
     failures: list[str] = field(default_factory=list)  # why it fails; empty = pass
+    non_finite: dict[str, int] = field(default_factory=dict)  # {"test": n, "reference": n}: NaN/inf counts, if any
 
     @property
     def passed(self) -> bool:
@@ -205,12 +207,15 @@ def _compare_one(name: str, a: np.ndarray, b: np.ndarray, tol: Tolerance, mask: 
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     failures: list[str] = []
 
-    # Non-finite values agree only when identical on both sides (inf == inf, nan where nan).
+    # A NaN or inf is never agreement, not even against the same value on the other side: broken numbers that
+    # happen to be broken alike (a NaN weight in the export and in the reference) must not pass.
     fin_a, fin_b = np.isfinite(a64), np.isfinite(b64)
-    same_nonfinite = ~fin_a & ~fin_b & ((a64 == b64) | (np.isnan(a64) & np.isnan(b64)))
-    bad = (~fin_a | ~fin_b) & ~same_nonfinite
-    if bad.any():
-        failures.append(f"{int(bad.sum())} non-finite values differ")
+    non_finite = {side: int((~fin).sum()) for side, fin in (("test", fin_a), ("reference", fin_b)) if not fin.all()}
+    if non_finite:
+        first = np.argwhere(~(fin_a & fin_b))[0]
+        where = ", ".join(f"{side} {n}" for side, n in non_finite.items())
+        failures.append(f"non-finite values (NaN/inf): {where}; first at index {tuple(int(i) for i in first)}"
+                        + (" of the compared positions" if mask is not None else ""))
     ok = fin_a & fin_b
     err = np.abs(a64[ok] - b64[ok])
     if err.size:
@@ -229,8 +234,11 @@ def _compare_one(name: str, a: np.ndarray, b: np.ndarray, tol: Tolerance, mask: 
         flat_b = b64.reshape(-1, b64.shape[-1])
         if flat_a.shape[0]:
             top1 = float(np.mean(flat_a.argmax(-1) == flat_b.argmax(-1)))
-            kl = kl_divergence(flat_b, flat_a)
+            with np.errstate(invalid="ignore", over="ignore"):
+                kl = kl_divergence(flat_b, flat_a)
             kl_mean, kl_max = float(kl.mean()), float(kl.max())
+            if not (math.isfinite(kl_mean) and math.isfinite(kl_max)) and not non_finite:
+                failures.append(f"KL is not finite (kl_mean {kl_mean}, kl_max {kl_max})")
 
     def over(value: float | None, limit: float | None, label: str, at_least: bool = False) -> None:
         if limit is None or value is None:
@@ -243,9 +251,8 @@ def _compare_one(name: str, a: np.ndarray, b: np.ndarray, tol: Tolerance, mask: 
     over(top1, tol.top1, "top1", at_least=True)
     over(kl_mean, tol.kl_mean, "kl_mean")
     over(kl_max, tol.kl_max, "kl_max")
-    return OutputStats(
-        name, shape, int(a64.size), max_abs, mean_abs, rel, max_ref, quantiles, top1, kl_mean, kl_max, tol, failures
-    )
+    return OutputStats(name, shape, int(a64.size), max_abs, mean_abs, rel, max_ref, quantiles, top1, kl_mean,
+                       kl_max, tol, failures, non_finite)
 
 
 def kl_divergence(p_logits: np.ndarray, q_logits: np.ndarray) -> np.ndarray:

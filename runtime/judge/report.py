@@ -31,6 +31,62 @@ class CallResult:
 
 
 @dataclass
+class QuantizationError:
+    """A lossy export's quantization error: the reference on the export's numbers against the reference on the
+    checkpoint as stored, logits only, pooled over every compared position of every call. It fails verify only
+    against the user's budget (Tolerance(kl_mean=--max-kl, top1=--min-top1)); without one it is reported."""
+
+    budget: Tolerance | None = None
+    positions: int = 0
+    top1: float = 0.0
+    kl_mean: float = 0.0
+    kl_max: float = 0.0
+    rel: float = 0.0
+
+    def add(self, call: str, report: Report) -> None:
+        s = report[io.LOGITS]
+        n = s.compared // max(s.shape[-1], 1)
+        if not n:
+            return
+        total = self.positions + n
+        self.top1 = (self.top1 * self.positions + s.top1 * n) / total
+        self.kl_mean = (self.kl_mean * self.positions + s.kl_mean * n) / total
+        self.kl_max, self.rel = max(self.kl_max, s.kl_max), max(self.rel, s.rel)
+        if not all(map(math.isfinite, (s.kl_mean, s.kl_max, s.rel))):  # NaN never passes, not even a budget
+            self.kl_mean = self.kl_max = math.nan
+        self.positions = total
+
+    @property
+    def failures(self) -> list[str]:
+        b, out = self.budget, []
+        if not math.isfinite(self.kl_mean):
+            out.append(f"quantization error: KL is not finite ({self.kl_mean})")
+        if b is not None and b.kl_mean is not None and not self.kl_mean <= b.kl_mean:
+            out.append(f"quantization error: kl_mean {self.kl_mean:.3g} > --max-kl {b.kl_mean:g}")
+        if b is not None and b.top1 is not None and not self.top1 >= b.top1:
+            out.append(f"quantization error: top1 {self.top1:.4g} < --min-top1 {b.top1:g}")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        budget = {} if self.budget is None else {k: v for k, v in (("max_kl", self.budget.kl_mean),
+                                                                    ("min_top1", self.budget.top1)) if v is not None}
+        return _finite({"positions": self.positions, "top1": self.top1, "kl_mean": self.kl_mean,
+                        "kl_max": self.kl_max, "rel": self.rel, "budget": budget or None,
+                        "passed": not self.failures, "failures": self.failures})
+
+    def __str__(self) -> str:
+        budget = self.to_dict()["budget"]
+        if budget:
+            verdict = ("; over budget " if self.failures else "; within budget ") + ", ".join(
+                f"--{k.replace('_', '-')} {v:g}" for k, v in budget.items())
+        else:
+            verdict = "; fails only against a budget you give (--max-kl, --min-top1)"
+        return (f"quantization error (lossy, against the checkpoint as stored; logits over {self.positions} "
+                f"positions): kl_mean {self.kl_mean:.3g}, kl_max {self.kl_max:.3g}, top1 {self.top1:.4f}, "
+                f"rel {self.rel:.3g}{verdict}")
+
+
+@dataclass
 class VerifyReport:
     """All comparisons of one verify run; truthy iff every one passed."""
 
@@ -47,8 +103,12 @@ class VerifyReport:
     # positions: they are checked once, pooled over every position of every call (a decode call of batch 1 has
     # a single position, where top-1 agreement can only be 0 or 1).
     tolerances: dict[str, Tolerance] = field(default_factory=dict)
+    checked: str = ""  # one sentence: the claim checked (verify.py: _what_was_checked)
+    quantization: QuantizationError | None = None  # a lossy export's error against the checkpoint as stored
 
     def __bool__(self) -> bool:
+        if self.quantization is not None and self.quantization.failures:
+            return False
         return all(c.report for c in self.calls) and not any(r["failed_in"] for r in self.worst())
 
     @property
@@ -70,8 +130,10 @@ class VerifyReport:
                     s.name,
                     {"name": s.name, "max_abs": 0.0, "mean_abs": 0.0, "rel": 0.0, "p99": 0.0, "top1": None,
                      "kl_mean": None, "kl_max": None, "positions": 0, "tolerance": tol.describe(),
-                     "failed_in": [], "failures": [], "_tol": tol},
+                     "failed_in": [], "failures": [], "non_finite": {}, "_tol": tol},
                 )
+                for side, n in s.non_finite.items():
+                    r["non_finite"][side] = r["non_finite"].get(side, 0) + n
                 r["max_abs"] = max(r["max_abs"], s.max_abs)
                 r["mean_abs"] = max(r["mean_abs"], s.mean_abs)
                 r["rel"] = max(r["rel"], s.rel)
@@ -96,6 +158,18 @@ class VerifyReport:
                 r["failures"].append(f"pooled over {r['positions']} positions: kl_mean {r['kl_mean']:.3g} > {tol.kl_mean:g}")
         return list(rows.values())
 
+    def non_finite(self) -> list[dict[str, Any]]:
+        """The outputs with a NaN or inf on either side: [{"name", "test", "reference"}] (counts over all calls),
+        in output order."""
+        return [{"name": r["name"], "test": r["non_finite"].get("test", 0),
+                 "reference": r["non_finite"].get("reference", 0)} for r in self.worst() if r["non_finite"]]
+
+    @property
+    def first_non_finite_layer(self) -> int | None:
+        """The smallest i whose hidden_states.{i} holds a NaN or inf on either side (where the numbers broke)."""
+        layers = [io.hidden_layer(r["name"]) for r in self.non_finite()]
+        return min((i for i in layers if i is not None), default=None)
+
     def layers(self) -> list[dict[str, Any]]:
         """Per layer i: worst rel of hidden_states.{i} and of present.{i}.key/value, and whether it failed."""
         table: dict[int, dict[str, Any]] = {}
@@ -119,11 +193,15 @@ class VerifyReport:
             "export_dir": self.export_dir,
             "checkpoint": self.checkpoint,
             "mode": self.mode,
+            "checked": self.checked,
+            "quantization_error": None if self.quantization is None else self.quantization.to_dict(),
             "provider": self.provider,
             "prompt_lengths": self.prompt_lengths,
             "decode_steps": self.decode_steps,
             "hidden_states_source": self.hidden_states_source,
             "first_failing_layer": self.first_failing_layer,
+            "non_finite": self.non_finite(),
+            "first_non_finite_layer": self.first_non_finite_layer,
             "summary": [_finite(r) for r in self.worst()],
             "layers": [_finite(r) for r in self.layers()],
             "calls": [{"call": c.label, **c.report.to_dict()} for c in self.calls],
@@ -141,6 +219,7 @@ class VerifyReport:
             f"inputs     prompts of {self.prompt_lengths} tokens (alone: the longest; batch: left-padded), "
             f"prefill + {self.decode_steps} cached decode steps; {len(self.calls)} calls compared",
             f"per-layer  hidden_states: {self.hidden_states_source}",
+            *([f"checked    {self.checked}"] if self.checked else []),
             "",
             "worst over all calls, per output:",
             _worst_table([r for r in self.worst() if io.hidden_layer(r["name"]) is None and not r["name"].startswith(io.PRESENT)]),
@@ -156,6 +235,15 @@ class VerifyReport:
                 lines.append(f"  {r['name']}: {r['failures'][0]}" + (f" (+{more} more)" if more else ""))
             if len(failed) > MAX_FAILURE_LINES:
                 lines.append(f"  ... {len(failed) - MAX_FAILURE_LINES} more outputs")
+        if bad := self.non_finite():  # NaN/inf never count as agreement: name them before anything else
+            shown = ", ".join(f"{r['name']} (" + ", ".join(f"{side} {r[side]}" for side in ("test", "reference")
+                                                         if r[side]) + ")" for r in bad[:MAX_FAILURE_LINES])
+            more = f" and {len(bad) - MAX_FAILURE_LINES} more" if len(bad) > MAX_FAILURE_LINES else ""
+            lines += ["", f"non-finite outputs (NaN/inf, never agreement): {shown}{more}"]
+            if (first := self.first_non_finite_layer) is not None:
+                lines.append(f"first layer with non-finite values: {first}")
+        if self.quantization is not None:
+            lines += ["", str(self.quantization)] + [f"  {f}" for f in self.quantization.failures]
         for note in self.notes:
             lines.append(f"note: {note}")
         layer = self.first_failing_layer

@@ -22,6 +22,7 @@ The loader -> runners -> comparator split follows Polygraphy: this module only b
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tempfile
@@ -40,7 +41,8 @@ from mxport.runtime.judge.compare import (
     compare,
     resolve_tolerance,
 )
-from mxport.runtime.judge.report import MAX_FAILURE_LINES, CallResult, VerifyReport  # noqa: F401
+from mxport.runtime.judge.report import MAX_FAILURE_LINES, CallResult, QuantizationError, VerifyReport  # noqa: F401
+from mxport.runtime.oracle.quantized import Quantization
 from mxport.runtime.execution.runners import (
     OrtRunner,
     ReferenceModelRunner,
@@ -49,8 +51,9 @@ from mxport.runtime.execution.runners import (
 
 # Exact modes (the mode table, mxport.contract.modes.exact): every weight the export uses equals the checkpoint's
 # after dequantization and the math is float32, so only summation order differs from the float32 reference.
-# Anything else is lossy and gets the looser LOSSY_TOLERANCES -- int8 experts too: their weights map exactly
-# (ops.mxfp4.exact_int8) but ORT's CPU QMoE quantizes the activations to int8 (~1e-2 relative on tiny).
+# Lossy modes with float32 math are checked the same way against the reference on the export's own quantized
+# numbers (runtime/oracle/quantized.py). LOSSY_TOLERANCES are for what the reference does not reproduce
+# (float16 / bfloat16 math) and for `--reference checkpoint`.
 LOSSY_TOLERANCES: dict[str, Tolerance] = {
     io.LOGITS: Tolerance(rel=5e-2, top1=0.9, kl_mean=1e-2),
     io.HIDDEN + "*": Tolerance(rel=5e-2),
@@ -60,28 +63,58 @@ LOSSY_TOLERANCES: dict[str, Tolerance] = {
 MIN_PROMPT = 3
 
 
-def default_tolerances(manifest: Manifest, reference_experts: str = "float") -> tuple[dict[str, Tolerance], str]:
+REFERENCES = modes.VERIFY_REFERENCES
+
+
+def encoded_experts(manifest: Manifest) -> bool:
+    """Float experts encoded to MXFP4 at export (exporter/lower/experts_mxfp4.py records it in the lowering report)."""
+    lowering = manifest.lowering
+    return bool(lowering.get("applied", {}).get("experts_mxfp4", 0)) if isinstance(lowering, Mapping) else False
+
+
+def quantization_of(manifest: Manifest, reference: str = "export") -> Quantization | None:
+    """How the reference reproduces a lossy export's numbers, or None (exact export, float16/bfloat16 math, or
+    reference="checkpoint"). MXFP4 experts that were not encoded at export are the checkpoint's own (exact)."""
+    if reference not in REFERENCES:
+        raise MxportError(f"--reference {reference!r}: expected one of {', '.join(REFERENCES)}")
+    if reference == "checkpoint":
+        return None
+    stored_mxfp4 = manifest.checkpoint_experts == "mxfp4"  # recorded by gpt-oss-like families; others: float
+    if manifest.checkpoint_experts is None and manifest.family == "gpt_oss":  # an older gpt-oss export
+        stored_mxfp4 = not encoded_experts(manifest)
+    return Quantization.of(manifest, checkpoint_mxfp4=stored_mxfp4)
+
+
+def default_tolerances(manifest: Manifest, reference: str = "export") -> tuple[dict[str, Tolerance], str]:
     """(tolerances, mode label) for an export's dtype / experts / dense mode as recorded in mxport.json.
 
-    Exact only when every part is: float32 math, experts kept or decoded exactly, dense matrices not quantized
-    (`--dense int8|int4` is MatMulNBits: lossy whatever the accuracy level, which only changes the activations)."""
+    An exact export (every part exact in the mode table) and a lossy one whose numbers the reference reproduces
+    (quantization_of: quantized weights and activations, float32 math) get the float32 tolerances: the claim
+    checked is the same, "the export computes what it holds". Float16/bfloat16 math is not reproduced: it is
+    judged against the checkpoint with LOSSY_TOLERANCES, as is any lossy export with reference="checkpoint"."""
     dtype, experts, dense = manifest.dtype, manifest.experts, manifest.dense
     mode = f"dtype={dtype} experts={experts} dense={dense}"
     level = manifest.accuracy_level
     if level != 4 and (dense != "float32" or experts == "int4"):
         mode += f" accuracy_level={level}"
-    # float experts encoded to MXFP4 at export (exporter/lower/experts_mxfp4.py): lossy against the float reference
-    lowering = manifest.lowering
-    encoded = lowering.get("applied", {}).get("experts_mxfp4", 0) if isinstance(lowering, Mapping) else 0
-    if encoded and reference_experts == "mxfp4":  # the reference runs the same MXFP4 experts: exact again
-        mode += " (float experts encoded to MXFP4 at export; reference on the same MXFP4 experts)"
-        exact = modes.exact(experts="mxfp4", dense=dense, dtype=dtype)
-        return dict(FLOAT32_TOLERANCES if exact else LOSSY_TOLERANCES), mode + (" (exact)" if exact else " (lossy)")
-    if encoded:
-        return dict(LOSSY_TOLERANCES), mode + " (lossy: float experts encoded to MXFP4 at export)"
-    if modes.exact(experts=experts, dense=dense, dtype=dtype):
+    encoded = encoded_experts(manifest)
+    if not encoded and modes.exact(experts=experts, dense=dense, dtype=dtype):
         return dict(FLOAT32_TOLERANCES), mode + " (exact)"
-    return dict(LOSSY_TOLERANCES), mode + " (lossy)"
+    lossy = "lossy: float experts encoded to MXFP4 at export" if encoded else "lossy"
+    if quantization_of(manifest, reference) is not None:
+        return dict(FLOAT32_TOLERANCES), mode + f" ({lossy}; reference on the export's quantized numbers)"
+    return dict(LOSSY_TOLERANCES), mode + f" ({lossy})"
+
+
+def parse_budget(max_kl: float | None, min_top1: float | None) -> Tolerance | None:
+    """The user's budget for the quantization error of a lossy export (`--max-kl`, `--min-top1`), or None."""
+    if max_kl is not None and not (math.isfinite(max_kl) and max_kl >= 0):
+        raise MxportError(f"--max-kl must be a finite number >= 0, found {max_kl}")
+    if min_top1 is not None and not (0.0 <= min_top1 <= 1.0):
+        raise MxportError(f"--min-top1 must lie in [0, 1], found {min_top1}")
+    if max_kl is None and min_top1 is None:
+        return None
+    return Tolerance(kl_mean=max_kl, top1=min_top1)
 
 
 def merge_tolerances(
@@ -162,15 +195,24 @@ def verify(
     reference_dtype: Any = np.float32,
     max_prompt_len: int | None = None,
     per_layer: bool = True,
-    reference_experts: str = "float",
+    reference: str = "export",
+    budget: Tolerance | None = None,
+    reference_experts: str | None = None,
     progress: Progress | None = None,
 ) -> VerifyReport:
     """Compare the export in `export_dir` (ONNX Runtime, `provider`) with the NumPy reference model of its
     checkpoint (recorded in mxport.json unless given). Raises MxportError on bad input; returns a VerifyReport
-    that is falsy when a tolerance fails. reference_experts="mxfp4": the reference runs float experts as an
-    `--experts mxfp4` export holds them (ReferenceModel(experts=)), which makes such an export exact again.
-    progress("verify", layers done, layers to do, "layer") hears the reference model, layer by layer over every
-    call (the slow part; mxport.contract.progress)."""
+    that is falsy when a tolerance fails.
+
+    A lossy export is checked against the reference on its own quantized numbers (reference="export", the
+    default: runtime/oracle/quantized.py) with the float32 tolerances, and its quantization error against the
+    checkpoint as stored (KL, top-1, relative error of the logits) is reported beside it; that error fails only
+    against `budget` (Tolerance(kl_mean=, top1=): `--max-kl`, `--min-top1`). reference="checkpoint": the
+    checkpoint as stored, with the lossy tolerances. reference_experts: the older spelling ("mxfp4" = "export",
+    "float"/"float32" = "checkpoint"). progress("verify", layers done, layers to do, "layer") hears the reference
+    model on the export's numbers, layer by layer over every call (the slow part; mxport.contract.progress)."""
+    if reference_experts is not None:
+        reference = "export" if reference_experts == "mxfp4" else "checkpoint"
     export_dir = Path(export_dir)
     if not export_dir.is_dir():
         raise MxportError(f"{export_dir}: no such export folder")
@@ -187,16 +229,24 @@ def verify(
         raise MxportError(f"checkpoint {checkpoint}: no such folder (recorded in mxport.json or given with --checkpoint)")
     if decode_steps < 0:
         raise MxportError(f"--decode-steps must be >= 0, found {decode_steps}")
-    defaults, mode = default_tolerances(manifest, reference_experts)
+    defaults, mode = default_tolerances(manifest, reference)
     tols = merge_tolerances(defaults, tolerances)
     per_call = {p: dataclasses.replace(t, top1=None, kl_mean=None) for p, t in tols.items()}  # pooled later
+    quantization = quantization_of(manifest, reference)
 
-    reference = ReferenceModelRunner(checkpoint, dtype=reference_dtype, hidden_states=True,
-                                     window_cache=manifest.window_cache, experts=reference_experts)
-    cfg = reference.cfg
+    ref_runner = ReferenceModelRunner(checkpoint, dtype=reference_dtype, hidden_states=True,
+                                      window_cache=manifest.window_cache, quantization=quantization)
+    cfg = ref_runner.cfg
+    stored = None  # the checkpoint as stored, for the quantization error of a lossy export
+    if quantization is not None:
+        stored = ReferenceModelRunner(checkpoint, dtype=reference_dtype, hidden_states=False,
+                                      window_cache=manifest.window_cache)
     _check_same_model(manifest, cfg, export_dir, checkpoint)
     ort_runner = OrtRunner(export_dir, provider=provider, threads=threads)
     report = VerifyReport(str(export_dir), str(checkpoint), mode, provider, [], decode_steps, tolerances=tols)
+    report.checked = _what_was_checked(manifest, quantization, reference)
+    if quantization is not None:
+        report.quantization = QuantizationError(budget=budget)
     tmp = None
     try:
         if any(n.startswith(io.HIDDEN) for n in ort_runner.output_names):
@@ -221,18 +271,44 @@ def verify(
             cases.append(("batch", prompt_set))
         layers, calls = cfg.num_hidden_layers, len(cases) * (decode_steps + 1)
         if given(progress):  # the reference's layers, counted over every call
-            reference.model.progress = lambda _stage, done, _total, _unit="it": progress(
+            ref_runner.model.progress = lambda _stage, done, _total, _unit="it": progress(
                 "verify", len(report.calls) * layers + done, calls * layers, "layer")
         for case, group in cases:
             ids, mask = left_pad(group)
-            for step, result in enumerate(_run_case(ort_runner, reference, cfg, ids, mask, decode_steps, per_call)):
+            runs = _run_case(ort_runner, ref_runner, cfg, ids, mask, decode_steps, per_call, stored, quantization,
+                             report.notes, case)
+            for step, (result, error) in enumerate(runs):
                 report.calls.append(CallResult(case, step, result))
+                if error is not None:
+                    report.quantization.add(f"{case}/{'prefill' if step == 0 else f'decode{step}'}", error)
     finally:
         del ort_runner
-        reference.close()
+        ref_runner.close()
+        if stored is not None:
+            stored.close()
         if tmp is not None:
             tmp.cleanup()
     return report
+
+
+def _what_was_checked(manifest: Manifest, quantization: Quantization | None, reference: str) -> str:
+    """One sentence: the claim verify checked."""
+    if quantization is not None:
+        return ("ONNX Runtime on this export against the NumPy reference on the export's own quantized numbers ("
+                + quantization.describe() + "), float32 tolerances; the quantization error against the checkpoint "
+                "as stored is reported beside it (lossy, as asked)")
+    if modes.exact(experts=manifest.experts, dense=manifest.dense, dtype=manifest.dtype) \
+            and not encoded_experts(manifest):
+        return ("ONNX Runtime on this export against the NumPy reference on the checkpoint, float32 tolerances "
+                "(exact export)")
+    if reference == "checkpoint":
+        why = "--reference checkpoint"
+    elif manifest.dtype != "float32":
+        why = f"dtype {manifest.dtype} math is not reproduced by the reference"
+    else:
+        why = f"--experts {manifest.experts} on the checkpoint's MXFP4 experts is not reproduced by the reference"
+    return (f"ONNX Runtime on this export against the NumPy reference on the checkpoint as stored, lossy tolerances "
+            f"({why})")
 
 
 def _exposed_copy(export_dir: Path, num_layers: int, notes: list[str]):
@@ -257,19 +333,81 @@ def _exposed_copy(export_dir: Path, num_layers: int, notes: list[str]):
     return None, None
 
 
-def _run_case(ort_runner, reference, cfg, ids, mask, decode_steps, tols):
-    """Prefill + cached decode steps; yields one compare() Report per call."""
+MAX_TIE_RETRIES = 8  # near-tie roundings tried the other way per round on a failing call (closest first)
+MAX_TIE_FLIPS = 4  # rounds: ties rounded the other way at most, kept one at a time where they help most
+
+
+def _retry_ties(reference, rounding, feeds, got, tols, masks):
+    """(outputs, Report, {flipped tie: its distance in steps}) of the best run found by rounding near-ties the other
+    way, or None if no flip lowers the error. Per round, each of the MAX_TIE_RETRIES closest ties of the best run so
+    far not yet flipped is tried and the one with the smallest worst error kept; stops at a run that passes or after
+    MAX_TIE_FLIPS rounds. Ties are numbered in the order a run meets them: a flip leaves earlier numbers alone."""
+    def worst(report) -> float:
+        return max((s.rel for s in report.outputs), default=0.0)
+
+    ties = {t: d for d, t in rounding.ties}  # of the run that failed: tie number -> distance in steps
+    best, flipped = None, {}  # best: (worst error, outputs, Report, flipped)
+    for _ in range(MAX_TIE_FLIPS):
+        tried = None
+        for tie in sorted((t for t in ties if t not in flipped), key=ties.get)[:MAX_TIE_RETRIES]:
+            rounding.start(flip=set(flipped) | {tie})
+            out = reference.infer(feeds)
+            report = compare(got, out, tols, masks=masks)
+            if tried is None or worst(report) < tried[0]:
+                tried = (worst(report), out, report, {**flipped, tie: ties[tie]}, {t: d for d, t in rounding.ties})
+            if report:
+                break
+        if tried is None or (best is not None and tried[0] >= best[0]):
+            break
+        best, flipped, ties = tried[:4], tried[3], tried[4]
+        if best[2]:
+            break
+    rounding.start()
+    return None if best is None else best[1:]
+
+
+def _run_case(ort_runner, reference, cfg, ids, mask, decode_steps, tols, stored=None, quantization=None,
+              notes=None, case=""):
+    """Prefill + cached decode steps; yields (compare() Report, quantization error Report or None) per call.
+    `stored`: the reference on the checkpoint as stored, fed the same tokens; its logits against the reference's
+    are the quantization error of a lossy export (no tolerance: judged later against the user's budget).
+
+    With int8 activations (`quantization.quantizes_activations`) an activation within a thousandth of an int8
+    step of a rounding tie may round the other way in the export (its float32 sums differ in the last bit): a
+    call that fails is run again with such near-ties rounded the other way (_retry_ties: the closest first, one
+    more per round where it helps most, at most MAX_TIE_FLIPS); a run that passes is kept and named in the notes.
+    A wrong export fails every call whatever its ties round to."""
     feeds = io.make_feeds(ids, mask, cfg=cfg)
-    ort_feeds = ref_feeds = feeds
+    ort_feeds = ref_feeds = stored_feeds = feeds
+    rounding = quantization.rounding if quantization is not None and quantization.quantizes_activations else None
     for step in range(decode_steps + 1):
         got = ort_runner.infer({k: v for k, v in ort_feeds.items() if k in ort_runner.input_names})
+        if rounding is not None:
+            rounding.start()
         want = reference.infer(ref_feeds)
-        yield compare(got, want, tols, masks=_masks(got, ref_feeds[io.ATTENTION_MASK], ids.shape[1] if step == 0 else 1))
+        masks = _masks(got, ref_feeds[io.ATTENTION_MASK], ids.shape[1] if step == 0 else 1)
+        result = compare(got, want, tols, masks=masks)
+        if not result and rounding is not None and rounding.ties:
+            retried = _retry_ties(reference, rounding, ref_feeds, got, tols, masks)
+            if retried is not None and retried[1]:
+                want, result, flipped = retried
+                if notes is not None:
+                    far = max(flipped.values())
+                    notes.append(f"{case}/{'prefill' if step == 0 else f'decode{step}'}: {len(flipped)} int8 "
+                                 f"activation(s) at most {far:.1e} steps from a rounding tie round the other way "
+                                 "in the export; the reference rounded them so too and agrees")
+        error = None
+        if stored is not None:
+            base = stored.infer(stored_feeds)
+            error = compare(want, base, {"*": Tolerance()}, names=[io.LOGITS], masks=masks)
+        yield result, error
         if step == decode_steps:
             break
-        nxt = want[io.LOGITS][:, -1].argmax(-1)  # the reference's greedy choice, fed to both
+        nxt = want[io.LOGITS][:, -1].argmax(-1)  # the reference's greedy choice, fed to all
         ort_feeds = io.step_feeds(got, nxt, ort_feeds[io.ATTENTION_MASK])
         ref_feeds = io.step_feeds(want, nxt, ref_feeds[io.ATTENTION_MASK])
+        if stored is not None:
+            stored_feeds = io.step_feeds(base, nxt, stored_feeds[io.ATTENTION_MASK])
 
 
 def _masks(outputs: Mapping[str, np.ndarray], mask: np.ndarray, new: int) -> dict[str, np.ndarray]:

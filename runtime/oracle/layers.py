@@ -179,18 +179,21 @@ def moe(
     expert_weights,
     limit: float,
     alpha: float,
+    act=None,
 ) -> np.ndarray:
     """Mixture of experts over tokens x [T,H].
 
     `expert_weights(e) -> (w1 [2I,H], b1 [2I], w2 [H,I], b2 [H])` (out-major) is called once per chosen
-    expert, so only the experts some token chose are read and dequantized, each once per call.
+    expert, so only the experts some token chose are read and dequantized, each once per call. `act(a)` is the
+    input of an expert GEMM as the kernel sees it (int8-quantized activations of a lossy export; default as is).
     """
+    act = act or (lambda a: a)
     ids, weights = route(router_logits, k)  # [T,k], [T,k]
     out = np.zeros_like(x)
     for e in np.unique(ids):
         rows, slot = np.nonzero(ids == e)
         w1, b1, w2, b2 = expert_weights(int(e))
-        y = linear(swiglu(linear(x[rows], w1, b1), limit, alpha), w2, b2)  # [n,H]
+        y = linear(act(swiglu(linear(act(x[rows]), w1, b1), limit, alpha)), w2, b2)  # [n,H]
         out[rows] += weights[rows, slot, None] * y  # a token picks an expert at most once: rows are unique
     return out
 
@@ -209,18 +212,21 @@ def route_softmax_topk(router_logits: np.ndarray, k: int, normalize: bool) -> tu
     return order, top / top.sum(axis=-1, keepdims=True) if normalize else top
 
 
-def moe_plain_swiglu(x: np.ndarray, router_logits: np.ndarray, k: int, normalize: bool, expert_weights) -> np.ndarray:
+def moe_plain_swiglu(x: np.ndarray, router_logits: np.ndarray, k: int, normalize: bool, expert_weights,
+                     act=None) -> np.ndarray:
     """Sparse MoE over tokens x [T,H] with bias-free SwiGLU experts (Qwen3-MoE).
 
     `expert_weights(e) -> (w1 [2I,H] (gate rows, then up rows), w2 [H,I])` is called once per chosen expert, so
-    only the experts some token chose are read: y[t] = Σ_e w[t,e] · w2_e (silu(gate_e x) * up_e x)."""
+    only the experts some token chose are read: y[t] = Σ_e w[t,e] · w2_e (silu(gate_e x) * up_e x).
+    `act` as in moe."""
+    act = act or (lambda a: a)
     ids, weights = route_softmax_topk(router_logits, k, normalize)  # [T,k], [T,k]
     out = np.zeros_like(x)
     for e in np.unique(ids):
         rows, slot = np.nonzero(ids == e)
         w1, w2 = expert_weights(int(e))
-        h = x[rows] @ w1.T  # [n,2I]
+        h = act(x[rows]) @ w1.T  # [n,2I]
         half = h.shape[-1] // 2
-        y = (silu(h[:, :half]) * h[:, half:]) @ w2.T  # [n,H]
+        y = act(silu(h[:, :half]) * h[:, half:]) @ w2.T  # [n,H]
         out[rows] += weights[rows, slot, None] * y  # a token picks an expert at most once: rows are unique
     return out

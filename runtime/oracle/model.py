@@ -29,6 +29,7 @@ from mxport.files import write_file
 
 from mxport.exporter.families.base import DecoderConfig
 from mxport.runtime.oracle import families, layers as L
+from mxport.runtime.oracle.quantized import Quantization
 
 CACHE_LIMIT_BYTES = 4 << 30  # cache_weights=None caches every weight only below this (gpt-oss-20b streams)
 KVCache = list[tuple[np.ndarray, np.ndarray]]  # per layer (key [B,Hkv,T,D] after RoPE, value [B,Hkv,T,D])
@@ -63,11 +64,14 @@ class ReferenceModel:
         window_cache: bool = False,
         experts: str = "float",
         progress: Progress | None = None,
+        quantization: Quantization | None = None,
     ) -> None:
         """window_cache: sliding layers' presents keep only their last W-1 slots (what an export made with the
         default window cache returns, and what transformers' sliding-window cache keeps); False keeps all.
         experts: "float" = the checkpoint's experts as stored; "mxfp4" = float experts as an `--experts mxfp4`
-        export holds them (encoded and decoded, per chosen expert; families with float experts read it).
+        export holds them (encoded and decoded, per chosen expert), i.e. quantization=Quantization("mxfp4").
+        quantization: the numbers of a lossy export (runtime/oracle/quantized.py): weight matrices and experts
+        rounded as the export holds them, activations quantized where its kernels do; None = as stored.
         progress (an attribute too, settable later): progress("layers", done, layers) after each layer of every
         forward (mxport.contract.progress)."""
         self.progress = progress
@@ -80,6 +84,10 @@ class ReferenceModel:
             raise MxportError(f"ReferenceModel: dtype must be float32 or float64, found {self.dtype}")
         self.ckpt, self._owns_ckpt = _open(checkpoint_or_path)
         self.cfg: DecoderConfig = self.ckpt.config
+        stored_mxfp4 = bool(getattr(self.cfg, "experts_mxfp4", False))
+        if experts == "mxfp4" and quantization is None:
+            quantization = Quantization("mxfp4", checkpoint_mxfp4=stored_mxfp4)
+        self.quantization = quantization if quantization is not None and quantization.lossy else None
         self.family = self.cfg.family
         self.wiring = families.wiring(self.family)  # positions, embed, layer, final_norm
         self.output_hidden_states = output_hidden_states
@@ -127,6 +135,42 @@ class ReferenceModel:
             if self.cache_weights:
                 self._cache[name] = w
         return w
+
+    def linear(self, x: np.ndarray, name: str, bias: np.ndarray | None = None, *, in_out: bool = False) -> np.ndarray:
+        """x @ Wᵀ (+ bias) for the weight matrix `name` (stored [out, in]; `in_out`: [in, out], GPT-2's Conv1D), as
+        the export computes it: with the export's quantized matrix and activations when self.quantization says so."""
+        q = self.quantization
+        if q is None or q.dense in ("float32", "bfloat16"):
+            w = self.w(name)
+            y = x @ w if in_out else x @ w.T
+        else:
+            key = "quantized:" + name
+            prepared = self._cache.get(key)
+            if prepared is None:
+                w = np.asarray(self.ckpt.get_f32(name), np.float32)
+                prepared = q.prepare_dense(w.T if in_out else w)
+                if self.cache_weights:
+                    self._cache[key] = prepared
+            y = q.dense_product(x, prepared, self.dtype)
+        return y if bias is None else y + bias
+
+    def expert(self, w: np.ndarray, key: str | None = None) -> np.ndarray:
+        """One expert's matrix [out, in] in the compute dtype, as the export holds it (self.quantization); cached
+        under `key` (e.g. "model.layers.0.mlp.experts.down_proj[5]") with the weights, as quantizing is slow."""
+        q = self.quantization
+        if q is None:
+            return w
+        cached = self._cache.get("quantized:" + key) if key else None
+        if cached is None:
+            cached = q.expert_weight(w).astype(self.dtype)
+            if key and self.cache_weights:
+                self._cache["quantized:" + key] = cached
+        return cached
+
+    def expert_input(self, x: np.ndarray) -> np.ndarray:
+        """The input of an expert GEMM as the export's MoE kernel sees it."""
+        q = self.quantization
+        return x if q is None else q.expert_activations(x).astype(self.dtype, copy=False)
 
     def rows(self, name: str, ids: np.ndarray) -> np.ndarray:
         """Rows `ids` of a [N, H] table (embeddings) in the compute dtype; without the weight cache only the rows
@@ -185,7 +229,7 @@ class ReferenceModel:
                 hidden.append(x)
             report(self.progress, "layers", i + 1, cfg.num_hidden_layers)
         x = self.wiring.final_norm(self, x)
-        logits = x @ self.w(self._head).T
+        logits = self.linear(x, self._head)
         return ModelOutput(logits, present, hidden if return_hidden_states else None)
 
     def _check_inputs(self, input_ids, attention_mask, position_ids, past):

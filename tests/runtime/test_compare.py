@@ -105,12 +105,27 @@ def test_mask_restricts_positions():
         compare({"logits": a}, {"logits": b}, masks={"logits": np.ones(3, bool)})
 
 
-def test_non_finite_values():
+def test_non_finite_values_are_never_agreement():
     b = {"x": np.array([1.0, np.inf, np.nan, 2.0])}
-    assert compare({"x": b["x"].copy()}, b)  # same inf and nan in the same places
-    s = compare({"x": np.array([1.0, np.inf, 3.0, np.nan])}, b)["x"]
-    assert s.failures[0] == "2 non-finite values differ"
+    same = compare({"x": b["x"].copy()}, b)  # the same inf and NaN in the same places: still broken numbers
+    assert not same and same["x"].non_finite == {"test": 2, "reference": 2}
+    assert same["x"].failures == ["non-finite values (NaN/inf): test 2, reference 2; first at index (1,)"]
+    s = compare({"x": np.array([1.0, 2.0, 3.0, np.nan])}, {"x": np.array([1.0, 2.0, 3.0, 4.0])})["x"]
+    assert s.failures == ["non-finite values (NaN/inf): test 1; first at index (3,)"] and s.non_finite == {"test": 1}
     assert s.max_abs == 0.0  # only finite pairs enter the statistics
+    nan_logits = np.zeros((1, 2, 4))
+    nan_logits[0, 1, 2] = np.nan
+    lg = compare({"logits": nan_logits}, {"logits": np.zeros((1, 2, 4))}, {"logits": Tolerance()})["logits"]
+    assert not lg.passed and np.isnan(lg.kl_max)  # no tolerance at all, and still a failure
+    assert json.loads(compare({"logits": nan_logits}, {"logits": nan_logits}).to_json())["passed"] is False
+
+
+def test_a_kl_that_is_not_finite_fails():
+    a = np.array([[[0.0, 1e308, -1e308]]])  # finite logits whose softmax underflows: KL is inf
+    b = np.array([[[0.0, -1e308, 1e308]]])
+    with np.errstate(over="ignore", invalid="ignore"):
+        s = compare({"logits": a}, {"logits": b}, {"logits": Tolerance()})["logits"]
+    assert not s.non_finite and not s.passed and any("KL is not finite" in f for f in s.failures), s.failures
 
 
 def test_zero_reference():

@@ -127,18 +127,28 @@ def test_prompts_are_seeded_and_cross_the_window(cfg):
 def test_tolerance_defaults_and_options():
     assert default_tolerances(Manifest(dtype="float32", experts="mxfp4"))[0] == FLOAT32_TOLERANCES
     assert default_tolerances(Manifest(dtype="float32", experts="fp32"))[1].endswith("(exact)")
-    assert default_tolerances(Manifest(dtype="float32", experts="int8"))[1].endswith("(lossy)")
+    # a lossy mode with float32 math: the reference on the export's own numbers, float32 tolerances
+    own = "(lossy; reference on the export's quantized numbers)"
+    assert default_tolerances(Manifest(dtype="float32", experts="int8")) == (
+        FLOAT32_TOLERANCES, f"dtype=float32 experts=int8 dense=float32 {own}")
+    # ... except 8-bit QMoE on a checkpoint's MXFP4 experts (its prefill is not reproduced): the checkpoint, lossy
+    assert default_tolerances(Manifest(experts="int8", checkpoint_experts="mxfp4"))[1].endswith("(lossy)")
     # --dense bf16 (ai.mxport.LinearBF16) reads the checkpoint's bf16 in float32 math: exact
     assert default_tolerances(Manifest(dtype="float32", experts="mxfp4", dense="bf16"))[0] == FLOAT32_TOLERANCES
     tols, mode = default_tolerances(Manifest(dtype="float16", experts="mxfp4"))
     assert tols == LOSSY_TOLERANCES and mode == "dtype=float16 experts=mxfp4 dense=float32 (lossy)"
-    assert default_tolerances(Manifest(experts="int4"))[1].endswith("(lossy)")
+    assert default_tolerances(Manifest(experts="int4"))[1].endswith(own)
     # MatMulNBits dense weights are lossy whatever the experts or the accuracy level (was labelled exact)
     tols, mode = default_tolerances(Manifest(dtype="float32", experts="fp32", dense="int4", accuracy_level=0))
-    assert tols == LOSSY_TOLERANCES and mode == "dtype=float32 experts=fp32 dense=int4 accuracy_level=0 (lossy)"
-    assert default_tolerances(Manifest(dtype="float32", experts="fp32", dense="int8"))[1].endswith("(lossy)")
+    assert tols == FLOAT32_TOLERANCES and mode == f"dtype=float32 experts=fp32 dense=int4 accuracy_level=0 {own}"
+    assert default_tolerances(Manifest(dtype="float32", experts="fp32", dense="int8"))[1].endswith(own)
     assert default_tolerances(Manifest(dtype="float32", experts="none", dense="q4")) == (
-        LOSSY_TOLERANCES, "dtype=float32 experts=none dense=q4 (lossy)")  # ai.mxport.LinearQ4: 4-bit weights
+        FLOAT32_TOLERANCES, f"dtype=float32 experts=none dense=q4 {own}")  # ai.mxport.LinearQ4: 4-bit weights
+    # --reference checkpoint: the checkpoint as stored, the lossy tolerances
+    assert default_tolerances(Manifest(experts="none", dense="q4"), "checkpoint") == (
+        LOSSY_TOLERANCES, "dtype=float32 experts=none dense=q4 (lossy)")
+    with pytest.raises(MxportError, match="--reference 'float': expected one of export, checkpoint"):
+        default_tolerances(Manifest(experts="int4"), "float")
     merged = merge_tolerances(FLOAT32_TOLERANCES, {"logits": 1e-3})
     assert merged["logits"] == Tolerance(rel=1e-3, top1=1.0)  # a float changes rel only
     opts = parse_tolerance_options(["logits=1e-3", "logits:top1=0.99", "hidden_states.*:abs=0.5"], FLOAT32_TOLERANCES)

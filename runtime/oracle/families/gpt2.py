@@ -34,8 +34,8 @@ def embed(m, ids: np.ndarray, position_ids: np.ndarray) -> np.ndarray:
 
 
 def conv1d(m, x: np.ndarray, prefix: str) -> np.ndarray:
-    """x @ W + b with W [in, out] as stored."""
-    return x @ m.w(prefix + ".weight") + m.w(prefix + ".bias")
+    """x @ W + b with W [in, out] as stored (through the export's matrix where it is quantized)."""
+    return m.linear(x, prefix + ".weight", m.w(prefix + ".bias"), in_out=True)
 
 
 def layer(m, i: int, x: np.ndarray, tables, keep: np.ndarray, past_kv) -> tuple[np.ndarray, tuple]:

@@ -43,7 +43,7 @@ def attention(m, i: int, h: np.ndarray, rope, keep: np.ndarray, past_kv) -> tupl
 
     def proj(name: str, heads: int) -> np.ndarray:  # [B,S,H] -> [B,heads,S,D]
         bias = m.w(p + f"{name}.bias") if cfg.attention_bias else None
-        return L.linear(h, m.w(p + f"{name}.weight"), bias).reshape(B, S, heads, D).transpose(0, 2, 1, 3)
+        return m.linear(h, p + f"{name}.weight", bias).reshape(B, S, heads, D).transpose(0, 2, 1, 3)
 
     q = L.apply_rope(proj("q_proj", cfg.num_attention_heads), cos, sin)
     k = L.apply_rope(proj("k_proj", cfg.num_key_value_heads), cos, sin)
@@ -53,7 +53,7 @@ def attention(m, i: int, h: np.ndarray, rope, keep: np.ndarray, past_kv) -> tupl
         v = np.concatenate([past_kv[1].astype(m.dtype, copy=False), v], axis=2)
     out = L.attention(q, k, v, keep, m.w(p + "sinks"), D**-0.5)  # [B,S,Hq*D]
     o_bias = m.w(p + "o_proj.bias") if cfg.attention_bias else None
-    return L.linear(out, m.w(p + "o_proj.weight"), o_bias), (k, v)
+    return m.linear(out, p + "o_proj.weight", o_bias), (k, v)
 
 
 def expert_loader(m, layer: int):
@@ -66,13 +66,14 @@ def expert_loader(m, layer: int):
         def load(e: int):
             w1 = mxfp4.decode(halves["gate_up_proj"][0][e], halves["gate_up_proj"][1][e]).astype(m.dtype)
             w2 = mxfp4.decode(halves["down_proj"][0][e], halves["down_proj"][1][e]).astype(m.dtype)
-            return w1, b1[e], w2, b2[e]
+            return m.expert(w1, f"{p}gate_up_proj[{e}]"), b1[e], m.expert(w2, f"{p}down_proj[{e}]"), b2[e]
 
     else:  # float experts are stored input-major, as transformers saves them: [E,H,2I] and [E,I,H]
         gate_up, down = m.w(p + "gate_up_proj"), m.w(p + "down_proj")
 
         def load(e: int):
-            return gate_up[e].T, b1[e], down[e].T, b2[e]
+            w1, w2 = m.expert(gate_up[e].T, f"{p}gate_up_proj[{e}]"), m.expert(down[e].T, f"{p}down_proj[{e}]")
+            return w1, b1[e], w2, b2[e]
 
     return load
 
@@ -81,4 +82,5 @@ def moe(m, i: int, h: np.ndarray) -> np.ndarray:
     cfg, p = m.cfg, f"model.layers.{i}.mlp.router."
     router_logits = L.linear(h, m.w(p + "weight"), m.w(p + "bias"))  # [T,E]
     with np.errstate(over="ignore"):  # exp(-alpha*gate) may overflow to inf: sigmoid -> 0, as intended
-        return L.moe(h, router_logits, cfg.experts_per_token, expert_loader(m, i), cfg.swiglu_limit, cfg.swiglu_alpha)
+        return L.moe(h, router_logits, cfg.experts_per_token, expert_loader(m, i), cfg.swiglu_limit, cfg.swiglu_alpha,
+                     act=m.expert_input)

@@ -29,7 +29,7 @@ def attention(m, i: int, h: np.ndarray, rope, keep: np.ndarray, past_kv) -> tupl
 
     def proj(name: str, heads: int) -> np.ndarray:  # [B,S,H] -> [B,heads,S,D]
         bias = m.w(p + f"{name}.bias") if cfg.attention_bias else None
-        return L.linear(h, m.w(p + f"{name}.weight"), bias).reshape(B, S, heads, D).transpose(0, 2, 1, 3)
+        return m.linear(h, p + f"{name}.weight", bias).reshape(B, S, heads, D).transpose(0, 2, 1, 3)
 
     q = L.rms_norm(proj("q_proj", cfg.num_attention_heads), m.w(p + "q_norm.weight"), cfg.rms_norm_eps)
     k = L.rms_norm(proj("k_proj", cfg.num_key_value_heads), m.w(p + "k_norm.weight"), cfg.rms_norm_eps)
@@ -41,7 +41,7 @@ def attention(m, i: int, h: np.ndarray, rope, keep: np.ndarray, past_kv) -> tupl
     no_sinks = np.full(cfg.num_attention_heads, -np.inf, m.dtype)
     out = L.attention(q, k, v, keep, no_sinks, D**-0.5)  # [B,S,Hq*D]
     o_bias = m.w(p + "o_proj.bias") if cfg.attention_bias else None
-    return L.linear(out, m.w(p + "o_proj.weight"), o_bias), (k, v)
+    return m.linear(out, p + "o_proj.weight", o_bias), (k, v)
 
 
 def layer(m, i: int, x: np.ndarray, rope, keep: np.ndarray, past_kv, mlp=None) -> tuple[np.ndarray, tuple]:
@@ -52,8 +52,8 @@ def layer(m, i: int, x: np.ndarray, rope, keep: np.ndarray, past_kv, mlp=None) -
     x = x + attn
     h = L.rms_norm(x, m.w(p + "post_attention_layernorm.weight"), cfg.rms_norm_eps)
     if mlp is None:
-        y = L.swiglu_mlp(h, m.w(p + "mlp.gate_proj.weight"), m.w(p + "mlp.up_proj.weight"),
-                         m.w(p + "mlp.down_proj.weight"))
+        gate, up = m.linear(h, p + "mlp.gate_proj.weight"), m.linear(h, p + "mlp.up_proj.weight")
+        y = m.linear(L.silu(gate) * up, p + "mlp.down_proj.weight")  # L.swiglu_mlp, through the export's matrices
     else:
         y = mlp(h)
     return x + y, kv

@@ -6,15 +6,14 @@ MoE block or a dense SwiGLU MLP (cfg.sparse(i)).
       or down(silu(gate n) * up n)                                mlp_only_layers / off-step layers
 
 Only the experts some token chose are read (one expert's rows through the checkpoint when weights are not cached).
-`m.experts == "mxfp4"` (ReferenceModel(experts="mxfp4")) runs the experts as an `--experts mxfp4` export holds them:
-each chosen expert MXFP4-encoded and decoded (ops.mxfp4, the format module), to compare that export exactly.
+A lossy export's experts (ReferenceModel(quantization=...), experts="mxfp4" included) go through m.expert: each
+chosen expert MXFP4-encoded and decoded, or int8/int4-quantized, as the export holds it (runtime/oracle/quantized.py).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from mxport.ops import mxfp4
 from mxport.runtime.oracle import layers as L
 from mxport.runtime.oracle.families import qwen3
 from mxport.runtime.oracle.families.qwen3 import embed, final_norm, positions
@@ -35,10 +34,8 @@ def expert_loader(m, layer: int):
             m.ckpt.close()  # drop the mappings: RSS stays at the experts read, not the file
 
     def load(e: int):
-        w1, w2 = read("gate_up_proj", e), read("down_proj", e)
-        if getattr(m, "experts", "float") == "mxfp4":
-            w1, w2 = (mxfp4.decode(*mxfp4.encode(np.asarray(w, np.float32))).astype(m.dtype) for w in (w1, w2))
-        return w1, w2
+        return (m.expert(read("gate_up_proj", e), f"{p}gate_up_proj[{e}]"),
+                m.expert(read("down_proj", e), f"{p}down_proj[{e}]"))
 
     return load
 
@@ -47,7 +44,8 @@ def moe(m, i: int, h: np.ndarray) -> np.ndarray:
     """h [T,H] through layer i's sparse block."""
     cfg = m.cfg
     router_logits = L.linear(h, m.w(f"model.layers.{i}.mlp.gate.weight"), None)  # [T,E]
-    return L.moe_plain_swiglu(h, router_logits, cfg.num_experts_per_tok, cfg.norm_topk_prob, expert_loader(m, i))
+    return L.moe_plain_swiglu(h, router_logits, cfg.num_experts_per_tok, cfg.norm_topk_prob, expert_loader(m, i),
+                              act=m.expert_input)
 
 
 def layer(m, i: int, x: np.ndarray, rope, keep: np.ndarray, past_kv) -> tuple[np.ndarray, tuple]:
