@@ -98,6 +98,12 @@ def test_a_nan_weight_is_refused_naming_the_tensor(pristine, tmp_path, capsys):
     weight = next(t for t in model.graph.initializer if t.name == "model.layers.1.mlp.down_proj.weight")
     values = onnx.numpy_helper.to_array(weight, base_dir=str(out))
     assert np.isnan(values.astype(np.float32)).sum() == 1  # stored [in, out]: transposed
+
+    # ... and verify, which a NaN never satisfies, fails naming the non-finite output (end to end)
+    assert cli_main(["verify", str(out), "--checkpoint", str(ckpt)]) == 1
+    report = capsys.readouterr().out
+    assert any(line.startswith("non-finite outputs") and "logits" in line for line in report.splitlines()), report
+    assert report.rstrip().endswith("FAIL")
     assert np.isnan(float(values.astype(np.float32)[7, 3]))
 
 
