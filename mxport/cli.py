@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import signal
 import sys
+import threading
 
 from mxport import __version__
 from mxport.errors import MxportError
@@ -71,14 +73,28 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     module = importlib.import_module(args._module)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)  # SIGTERM cleans up as Ctrl-C does (serve: uvicorn's own)
     try:
         return int(module.run(args) or 0)
     except MxportError as exc:
         print(f"mxport {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so every `except BaseException` clean-up (temporary folders and files)
+    runs exactly as for Ctrl-C."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
 
 
 if __name__ == "__main__":
