@@ -208,3 +208,16 @@ def test_verify_counts_the_reference_layers_over_every_call(tiny):
     assert calls == 4 and heard.stages() == ["verify"]
     assert [d for _, d, _, _ in heard] == list(range(1, calls * layers + 1))
     assert all(t == calls * layers and u == "layer" for _, _, t, u in heard)
+
+
+def test_run_on_onnx_reference_counts_its_passes(tiny, tmp_path):
+    """`run EXPORT --backend numpy` (onnx.reference over a portable export): one bar over the passes."""
+    ckpt, _, ids = tiny
+    portable = export(ckpt, tmp_path / "portable", progress=False)
+    argv = [sys.executable, "-m", "mxport", "run", str(portable), "--backend", "numpy", "--input-ids", str(ids),
+            "--max-new-tokens", "2"]
+    code, text = run_in_pty(argv, tmp_path)
+    assert code == 0, text[-2000:]
+    assert re.search(r"onnx\.reference\+kernels: +\d+%\|", text), text[-2000:]
+    code, text = run_piped(argv, tmp_path)
+    assert code == 0 and "%|" not in text, text[-2000:]

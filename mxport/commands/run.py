@@ -69,10 +69,24 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _hear_layers(generator: Generator, bars: Bars, max_new_tokens: int) -> None:
-    """On the NumPy reference model (--backend numpy on a checkpoint): one bar over its layers, pass after pass
-    (the prompt, then one pass per new token), through ReferenceModel's progress callback."""
-    model = getattr(getattr(generator.model, "runner", None), "model", None)  # InferStepModel -> runner -> model
-    if not bars.enabled or not hasattr(model, "progress"):
+    """--backend numpy: on the NumPy reference model (a checkpoint) one bar over its layers, pass after pass (the
+    prompt, then one pass per new token), through ReferenceModel's progress callback; on onnx.reference (an export)
+    one bar over the passes."""
+    runner = getattr(generator.model, "runner", None)  # InferStepModel -> runner (-> the NumPy model)
+    model = getattr(runner, "model", None)
+    if not bars.enabled or runner is None:
+        return
+    if not hasattr(model, "progress"):  # onnx.reference over an export: one tick per pass (prompt, each new token)
+        infer, passes = runner.infer, 0
+
+        def counted(*args, **kwargs):
+            nonlocal passes
+            out = infer(*args, **kwargs)
+            passes += 1
+            bars(runner.name, passes, max(max_new_tokens + 1, passes), "pass")
+            return out
+
+        runner.infer = counted
         return
     count = 0  # layers run so far, over every pass
 
