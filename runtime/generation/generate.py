@@ -28,6 +28,7 @@ import numpy as np
 from mxport.contract.folder import CONFIG_FILE, MANIFEST_FILE, TOKENIZER_FILE, folder_kind, read_manifest
 from mxport.contract.io import position_ids
 from mxport.errors import MxportError
+from mxport.runtime.generation.stops import StopMatcher
 from mxport.runtime.generation.sampling import SamplingConfig, sample
 from mxport.runtime.execution.step_model import CacheShape, InferStepModel, OrtStepModel, StepModel
 from mxport.runtime.generation.tokenizer import Tokenizer
@@ -254,34 +255,28 @@ class Generator:
 
 
 class _TextState:
-    """Per-row streaming text: incremental decoding plus stop-string hold-back."""
+    """Per-row streaming text: incremental decoding plus stop-string hold-back (runtime/generation/stops.py: linear
+    in the text, whatever the stop strings' lengths; the server uses the same matcher)."""
 
     def __init__(self, tokenizer: Tokenizer | None, config: GenerationConfig) -> None:
         self.decoder = tokenizer.incremental(config.skip_special_tokens) if tokenizer is not None else None
-        self.stops = config.stop_strings
-        self.pending = ""  # decoded but not yet shown (could be the start of a stop string)
+        self.matcher = StopMatcher(config.stop_strings)
         self.stopped = False
 
     def add(self, token_id: int) -> tuple[str, bool]:
         """-> (text to show now, whether a stop string was completed)."""
         if self.decoder is None:
             return "", False
-        self.pending += self.decoder.add(token_id)
-        return self._release()
+        text, hit = self.matcher.feed(self.decoder.add(token_id))
+        self.stopped = self.stopped or hit
+        return text, hit
 
     def finish(self) -> str:
         if self.decoder is None or self.stopped:
             return ""
-        self.pending += self.decoder.flush()
-        text, _ = self._release()
-        text += self.pending if not self.stopped else ""
-        self.pending = ""
-        return text
-
-    def _release(self) -> tuple[str, bool]:
-        if not self.stops:
-            out, self.pending = self.pending, ""
-            return out, False
+        text, hit = self.matcher.feed(self.decoder.flush())
+        self.stopped = hit
+        return text if hit else text + self.matcher.flush()
         cut = min((i for s in self.stops if (i := self.pending.find(s)) >= 0), default=None)
         if cut is not None:
             out, self.pending, self.stopped = self.pending[:cut], "", True

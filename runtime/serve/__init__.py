@@ -6,11 +6,11 @@
     limits.py    ServeLimits (every limit, each a flag of `mxport serve`), strict body parsing, the early refusal
     guard.py     Host allow-list, API key, JSON-only, declared length; the catch-all (one log line, a 500 body)
     net.py       uvicorn on a bounded h11 protocol (request timeout, connection cap), the socket bound first
-    stops.py     stop strings in linear time (Aho-Corasick)
     worker.py    the thread that parses, renders and tokenizes requests off the event loop
 
 Chat requests are rendered and parsed by the model's chat format (runtime/chat/format.py), the same objects
-`mxport chat` uses; app.py maps them to and from OpenAI's shapes. The subcommand: mxport/commands/serve.py.
+`mxport chat` uses; app.py maps them to and from OpenAI's shapes. Stop strings are matched by the Generator's
+linear-time matcher (runtime/generation/stops.py). The subcommand: mxport/commands/serve.py.
 
 Needs the `serve` extra (`pip install "mxport[serve]"`: fastapi, uvicorn); nothing here is imported by the rest
 of mxport.

@@ -43,7 +43,7 @@ from mxport.runtime.serve.guard import CatchAll, Guard
 from mxport.runtime.serve.limits import ServeLimits, bytes_per_token, min_tokens, parse_body, too_large
 from mxport.runtime.serve.protocol import (ApiError, Request, bad, chunk, completion_body, new_id,
                                            parse_request, shorten, usage)
-from mxport.runtime.serve.stops import StopMatcher
+from mxport.runtime.generation.stops import StopMatcher
 from mxport.runtime.serve.worker import Worker
 
 log = logging.getLogger("mxport.serve")

@@ -25,7 +25,7 @@ from mxport.runtime.chat.session import chat_format  # noqa: E402
 from mxport.runtime.generation.tokenizer import build_harmony_tokenizer  # noqa: E402
 from mxport.runtime.serve.app import Served, create_app  # noqa: E402
 from mxport.runtime.serve.engine import Engine  # noqa: E402
-from mxport.runtime.serve.stops import StopMatcher  # noqa: E402
+from mxport.runtime.generation.stops import StopMatcher  # noqa: E402
 
 VOCAB = 512
 NAME = "m"

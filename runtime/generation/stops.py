@@ -6,8 +6,8 @@ string), so each character costs O(1) amortized, whatever the stop strings' leng
 O(total stop length). (A search for the held tail by trying every prefix of every stop string costs O(L²) per
 token: four 300 kB stop strings stalled every other request on the engine thread.)
 
-Semantics (those of the Generator's stop strings, runtime/generation/generate.py): when a feed completes one or
-more stop strings, the text is cut where the earliest of them starts, and the rest is dropped.
+Used by the Generator (runtime/generation/generate.py) and the server alike. When a feed completes one or more
+stop strings, the text is cut where the earliest of them starts, and the rest is dropped.
 """
 
 from __future__ import annotations
