@@ -5,6 +5,8 @@
     GET  /v1/models             the one model this server serves (its id: the folder name or --model-name)
     POST /v1/chat/completions   messages (+ tools, reasoning_effort) -> the chat format's prompt ids
     POST /v1/completions        prompt text or token ids, plain text out
+    POST /v1/responses          OpenAI's Responses API: input items -> the same chat path (responses.py,
+                                responses_output.py); previous_response_id reads the bounded store (store.py)
 
 A POST's head has passed the Guard (guard.py: Host, API key, Content-Type, declared length); its body is read
 up to --max-body-mb (413 beyond), then parsed and validated on one worker thread and rendered and tokenized on
@@ -43,6 +45,9 @@ from mxport.runtime.serve.guard import CatchAll, Guard
 from mxport.runtime.serve.limits import ServeLimits, bytes_per_token, min_tokens, parse_body, too_large
 from mxport.runtime.serve.protocol import (ApiError, Request, bad, chunk, completion_body, new_id,
                                            parse_request, shorten, usage)
+from mxport.runtime.serve import responses_output
+from mxport.runtime.serve.responses import ResponsesCall, parse_responses
+from mxport.runtime.serve.store import ResponseStore
 from mxport.runtime.generation.stops import StopMatcher
 from mxport.runtime.serve.worker import Worker
 
@@ -128,7 +133,8 @@ def create_app(load: Callable[[], Served], *, default_max_tokens: int = 4096, li
                api_key: str | None = None, allowed_hosts: Sequence[str] | None = None) -> FastAPI:
     """The app; `load()` runs in a thread at startup (/health answers 503 until it returns). `api_key`: requests
     need `Authorization: Bearer KEY`; `allowed_hosts`: the Host names answered (None: any; guard.py)."""
-    state: dict[str, Any] = {"served": None, "error": None}
+    state: dict[str, Any] = {"served": None, "error": None,
+                             "store": ResponseStore(limits.max_stored_responses, int(limits.max_store_mb * 1e6))}
     parsing, rendering = Worker("mxport-parse"), Worker("mxport-render")
 
     def loader() -> None:
@@ -200,26 +206,44 @@ def create_app(load: Callable[[], Served], *, default_max_tokens: int = 4096, li
         work = rendering if chat or isinstance(req.prompt, str) else parsing  # token ids need no tokenizer
         prompt, parser, stop_ids, max_tokens = await work.run(render, s, req, chat)
         ids = not chat and (req.return_token_ids or s.tokenizer is None)
-        handler = QueueHandler(asyncio.get_running_loop(), parser, req.stop, ids)
-        job = Job(prompt, max_tokens, handler, req.sampling, frozenset(stop_ids))
-        try:
-            s.engine.submit(job)
-        except QueueFull as exc:
-            raise ApiError(503, f"the server is busy: {exc}; retry later", code="queue_full") from None
+        job, handler = submit(s, req, prompt, parser, stop_ids, max_tokens, ids)
         meta = (new_id("chatcmpl" if chat else "cmpl"), s.name, len(prompt))
         if req.stream:
             return StreamingResponse(stream(http, job, handler, req, chat, meta), media_type="text/event-stream")
         return await collect(http, job, handler, chat, meta, ids)
 
+    @app.post("/v1/responses")
+    async def responses(http: HttpRequest):
+        s, store = served(), state["store"]
+        call = await parsing.run(parse_call, s, await read_body(http, limits))
+        prompt, parser, stop_ids, max_tokens = await rendering.run(call.renamed, render, s, call.req, True)
+        job, handler = submit(s, call.req, prompt, parser, stop_ids, max_tokens, True)
+        builder = responses_output.ResponseBuilder(call, s.name, len(prompt))
+        if call.req.stream:
+            return StreamingResponse(responses_output.stream(job_items(http, job, handler), builder, store),
+                                     media_type="text/event-stream")
+        body = await responses_output.collect(job_items(http, job, handler), builder, store)
+        return JSONResponse(body if body is not None else {}, status_code=200 if body is not None else 499)
+
+    def parse_call(s: Served, raw: bytes) -> ResponsesCall:
+        """On the parsing thread: a Responses body -> its chat request, checked as a chat request is."""
+        call = parse_responses(parse_body(raw, limits.max_json_depth), state["store"], limits.max_stop_chars,
+                               limits.max_tools, limits.max_tools_kb * 1024)
+        call.renamed(check, s, call.req, True)
+        return call
+
     def parse(s: Served, raw: bytes, chat: bool) -> Request:
         """On the parsing thread: body -> a validated request that fits (or an ApiError)."""
         req = parse_request(parse_body(raw, limits.max_json_depth), chat, limits.max_stop_chars, limits.max_tools,
                             limits.max_tools_kb * 1024)
+        check(s, req, chat)
+        return req
+
+    def check(s: Served, req: Request, chat: bool) -> None:
         if req.model != s.name:
             raise ApiError(404, f"The model {shorten(req.model)} does not exist; this server serves '{s.name}'",
                            "model", "model_not_found")
         refuse_early(s, req, chat)
-        return req
 
     def render(s: Served, req: Request, chat: bool) -> tuple:
         """On the rendering thread (one: renders share the tokenizer): prompt ids, parser, stop ids, max_tokens."""
@@ -227,6 +251,18 @@ def create_app(load: Callable[[], Served], *, default_max_tokens: int = 4096, li
         return prompt, parser, stop_ids, check_context(s, req, len(prompt), param, default_max_tokens)
 
     return app
+
+
+def submit(s: Served, req: Request, prompt: list[int], parser: ReplyParser | None, stop_ids: set[int],
+           max_tokens: int, ids: bool) -> tuple[Job, QueueHandler]:
+    """The request's engine job, queued (503 when the queue is full), and the handler its events arrive on."""
+    handler = QueueHandler(asyncio.get_running_loop(), parser, req.stop, ids)
+    job = Job(prompt, max_tokens, handler, req.sampling, frozenset(stop_ids))
+    try:
+        s.engine.submit(job)
+    except QueueFull as exc:
+        raise ApiError(503, f"the server is busy: {exc}; retry later", code="queue_full") from None
+    return job, handler
 
 
 async def read_body(http: HttpRequest, limits: ServeLimits) -> bytes:
@@ -322,6 +358,17 @@ async def next_item(http: HttpRequest, job: Job, handler: QueueHandler) -> tuple
             if await http.is_disconnected():
                 job.cancel()
                 return None
+
+
+async def job_items(http: HttpRequest, job: Job, handler: QueueHandler) -> AsyncIterator[tuple]:
+    """The handler's events up to the job's "done" (or the client's going away); the job ends with them."""
+    try:
+        while (item := await next_item(http, job, handler)) is not None:
+            yield item
+            if item[0] == "done":
+                return
+    finally:
+        job.cancel()
 
 
 def _finish_reason(reason: str, tool_called: bool) -> str:

@@ -36,6 +36,9 @@ class ServeLimits:
     keep_alive: int = _limit(5, "seconds an idle keep-alive connection stays open")
     max_header_kb: int = _limit(16, "largest request head (request line + headers) in KiB; larger is 400")
     max_connections: int = _limit(512, "open connections at most; more are answered 503 and closed")
+    max_stored_responses: int = _limit(1024, "responses kept for previous_response_id (least recently used "
+                                              "leave first)")
+    max_store_mb: float = _limit(64.0, "MB (1e6 bytes) of conversation kept for previous_response_id, as JSON")
 
     @property
     def max_body_bytes(self) -> int:
