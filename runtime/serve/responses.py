@@ -143,7 +143,7 @@ def parse_responses(body: Any, store: ResponseStore, max_stop_chars: int = 1024,
                             max_tools, max_tools_bytes)
     _stream_options(body.get("stream_options"))
     call.echo = {"instructions": instructions, "max_output_tokens": body.get("max_output_tokens"),
-                 "temperature": body.get("temperature", 1.0), "top_p": body.get("top_p", 1.0),
+                 "temperature": call.req.sampling.temperature, "top_p": call.req.sampling.top_p,
                  "tools": body.get("tools") or [], "tool_choice": body.get("tool_choice") or "auto",
                  "reasoning": {"effort": effort, "summary": None}, "metadata": body.get("metadata") or {},
                  "parallel_tool_calls": body.get("parallel_tool_calls", True), "user": body.get("user")}

@@ -280,3 +280,31 @@ def test_responses_render_the_ids_chat_renders(fmt_kind, qwen3_folder):
     again = parse_responses({"model": "m", "previous_response_id": "resp_1", "input": "Thanks"}, store)
     assert [m["role"] for m in again.req.messages] == ["user", "assistant", "user"]
     assert list(itertools.chain(again.origins)) == ["previous_response_id"] * 2 + ["input"]
+
+
+def test_tool_choice(client):
+    r = client.responses.create(model="scripted", input="Weather?", tools=[WEATHER], tool_choice="none")
+    assert [i.type for i in r.output] == ["reasoning", "message"]  # the tool is not offered: no call
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.responses.create(model="scripted", input="Weather?", tools=[WEATHER], tool_choice="required")
+    assert exc.value.body["param"] == "tool_choice"
+
+
+class Broken(ScriptedStepModel):
+    def step(self, *args):
+        raise RuntimeError("kernel exploded")
+
+
+def test_a_failing_step_is_a_500_or_response_failed(qwen3_folder):
+    tok, fmt, vocab = chat_of("harmony", qwen3_folder)
+    engine = Engine(Broken(vocab, lambda p: 0, [[1]], filler=1)).start()
+    with run_server(create_app(lambda: Served("broken", engine, tok, fmt, (), 4096, vocab))) as base:
+        wait_ready(base)
+        r = httpx.post(f"{base}/v1/responses", json={"model": "broken", "input": "Hi"}, timeout=30)
+        assert r.status_code == 500 and r.json()["error"]["code"] == "generation_failed"
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+        events = list(client.responses.create(model="broken", input="Hi", stream=True))
+        assert [e.type for e in events] == ["response.created", "response.in_progress", "response.failed"]
+        assert "kernel exploded" in events[-1].response.error.message
+        with pytest.raises(openai.NotFoundError):  # a failed response is not stored
+            client.responses.create(model="broken", input="Hi", previous_response_id=events[-1].response.id)
