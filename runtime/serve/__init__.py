@@ -7,6 +7,8 @@
     guard.py     Host allow-list, API key, JSON-only, declared length; the catch-all (one log line, a 500 body)
     net.py       uvicorn on a bounded h11 protocol (request timeout, connection cap), the socket bound first
     worker.py    the thread that parses, renders and tokenizes requests off the event loop
+    responses.py         the Responses API's request: input items -> the chat request (responses_output.py: output
+                         items, the event stream; store.py: the bounded store for previous_response_id)
 
 Chat requests are rendered and parsed by the model's chat format (runtime/chat/format.py), the same objects
 `mxport chat` uses; app.py maps them to and from OpenAI's shapes. Stop strings are matched by the Generator's
