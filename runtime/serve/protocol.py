@@ -82,19 +82,7 @@ class Request:
 
 def parse_request(body: Any, chat: bool, max_stop_chars: int = 1024, max_tools: int = 128,
                   max_tools_bytes: int = 256 * 1024) -> Request:
-    if not isinstance(body, dict):
-        raise bad("the request body must be a JSON object", None, "invalid_json")
-    allowed = CHAT if chat else COMPLETION
-    unknown = sorted(k for k in body if k not in allowed and k not in IGNORED and k not in NEUTRAL)
-    if unknown:
-        names = ", ".join(unknown)
-        raise bad(f"unrecognized request argument(s): {names if len(names) <= 200 else names[:197] + '...'}",
-                  unknown[0][:80], "unknown_parameter")
-    refused = sorted(k for k, ok in NEUTRAL.items() if k in body and not ok(body[k]))
-    if refused:
-        shown = ", ".join(f"{k}={shorten(body[k])}" for k in refused)
-        raise bad(f"not supported by this server: {shown} (leave them out or use their default)", refused[0],
-                  "unsupported_parameter")
+    check_fields(body, CHAT if chat else COMPLETION, IGNORED, NEUTRAL)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise bad("'model' is required (a string: see GET /v1/models)", "model", "missing_required_parameter")
@@ -136,6 +124,23 @@ def parse_request(body: Any, chat: bool, max_stop_chars: int = 1024, max_tools: 
         req.prompt = _prompt(body.get("prompt"))
         req.return_token_ids = _bool(body, "return_token_ids")
     return req
+
+
+def check_fields(body: Any, allowed: set[str], ignored: set[str], neutral: dict) -> None:
+    """A JSON object whose every field is allowed, ignored or (with a value other than its neutral one) refused by
+    name; the first unknown field is the error's param."""
+    if not isinstance(body, dict):
+        raise bad("the request body must be a JSON object", None, "invalid_json")
+    unknown = sorted(k for k in body if k not in allowed and k not in ignored and k not in neutral)
+    if unknown:
+        names = ", ".join(unknown)
+        raise bad(f"unrecognized request argument(s): {names if len(names) <= 200 else names[:197] + '...'}",
+                  unknown[0][:80], "unknown_parameter")
+    refused = sorted(k for k, ok in neutral.items() if k in body and not ok(body[k]))
+    if refused:
+        shown = ", ".join(f"{k}={shorten(body[k])}" for k in refused)
+        raise bad(f"not supported by this server: {shown} (leave them out or use their default)", refused[0],
+                  "unsupported_parameter")
 
 
 def _bool(d: dict, key: str, param: str | None = None) -> bool:

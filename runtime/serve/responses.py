@@ -32,7 +32,7 @@ from typing import Any
 
 from mxport.errors import MxportError
 from mxport.runtime.chat.harmony_tools import as_tools
-from mxport.runtime.serve.protocol import ApiError, Request, bad, parse_request, shorten
+from mxport.runtime.serve.protocol import ApiError, Request, bad, check_fields, parse_request, shorten
 from mxport.runtime.serve.store import ResponseStore
 
 # Fields that shape the chat request (validated by parse_request under their chat names: RENAMED).
@@ -94,18 +94,7 @@ def rename(exc: ApiError, origins: list[str]) -> ApiError:
 
 def parse_responses(body: Any, store: ResponseStore, max_stop_chars: int = 1024, max_tools: int = 128,
                     max_tools_bytes: int = 256 * 1024) -> ResponsesCall:
-    if not isinstance(body, dict):
-        raise bad("the request body must be a JSON object", None, "invalid_json")
-    unknown = sorted(k for k in body if k not in TAKEN and k not in IGNORED and k not in NEUTRAL)
-    if unknown:
-        names = ", ".join(unknown)
-        raise bad(f"unrecognized request argument(s): {names if len(names) <= 200 else names[:197] + '...'}",
-                  unknown[0][:80], "unknown_parameter")
-    refused = sorted(k for k, ok in NEUTRAL.items() if k in body and not ok(body[k]))
-    if refused:
-        shown = ", ".join(f"{k}={shorten(body[k])}" for k in refused)
-        raise bad(f"not supported by this server: {shown} (leave them out or use their default)", refused[0],
-                  "unsupported_parameter")
+    check_fields(body, TAKEN, IGNORED, NEUTRAL)
     _text_config(body.get("text"))
     effort = _reasoning(body.get("reasoning"))
     stored = _bool(body, "store", True)
