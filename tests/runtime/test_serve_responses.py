@@ -6,7 +6,6 @@ bounds, and hostile raw HTTP (every refusal a 4xx naming the field). The real mo
 
 from __future__ import annotations
 
-import itertools
 import json
 
 import pytest
@@ -16,7 +15,8 @@ pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
-from serve_helpers import ScriptedStepModel, run_server, wait_ready  # noqa: E402
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from serve_helpers import ScriptedStepModel, run_server, server_logs, wait_ready  # noqa: E402
 
 from mxport.exporter.families.qwen3.tokenizer import write_synth_files  # noqa: E402
 from mxport.exporter.synth import PRESETS  # noqa: E402
@@ -31,6 +31,7 @@ from mxport.runtime.serve.responses import parse_responses  # noqa: E402
 from mxport.runtime.serve.store import ResponseStore  # noqa: E402
 
 QUESTION = "What is the capital of France?"
+ROLES_FUZZ = ("user", "assistant", "system", "developer", "tool")
 REASONING, ANSWER, AFTER = "The user asks about France.", "The capital of France is Paris.", "It is sunny in Paris."
 SCRIPTS = {  # the replies: reasoned answer, a tool call, the answer after the tool's result
     "harmony": (f"<|channel|>analysis<|message|>{REASONING}<|end|><|start|>assistant<|channel|>final<|message|>"
@@ -279,7 +280,7 @@ def test_responses_render_the_ids_chat_renders(fmt_kind, qwen3_folder):
     # instructions are not carried over by previous_response_id (as OpenAI's)
     again = parse_responses({"model": "m", "previous_response_id": "resp_1", "input": "Thanks"}, store)
     assert [m["role"] for m in again.req.messages] == ["user", "assistant", "user"]
-    assert list(itertools.chain(again.origins)) == ["previous_response_id"] * 2 + ["input"]
+    assert again.origins == ["previous_response_id"] * 2 + ["input"]
 
 
 def test_tool_choice(client):
@@ -308,3 +309,49 @@ def test_a_failing_step_is_a_500_or_response_failed(qwen3_folder):
         assert "kernel exploded" in events[-1].response.error.message
         with pytest.raises(openai.NotFoundError):  # a failed response is not stored
             client.responses.create(model="broken", input="Hi", previous_response_id=events[-1].response.id)
+
+
+# ---- a fuzz over Responses bodies: plausible items nine times in ten, anything at all else ----------------------
+anything = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                                    max_size=3), max_leaves=12)
+
+
+def often(plausible):
+    return st.integers(0, 9).flatmap(lambda i: anything if i == 0 else plausible)
+
+
+words = st.sampled_from(["Hi", "", "<|start|>user", "<think>", "get_weather", "c1", "{}", "\ud800"])
+part = st.fixed_dictionaries({"type": often(st.sampled_from(["input_text", "output_text", "input_image"])),
+                              "text": often(words)})
+item = st.one_of(
+    st.fixed_dictionaries({"role": often(st.sampled_from(list(ROLES_FUZZ))),
+                           "content": often(words | st.lists(part, max_size=2))}),
+    st.fixed_dictionaries({"type": st.just("reasoning"), "summary": st.just([]),
+                           "content": often(st.lists(st.fixed_dictionaries({"type": st.just("reasoning_text"),
+                                                                           "text": words}), max_size=2))}),
+    st.fixed_dictionaries({"type": st.just("function_call"), "call_id": often(st.just("c1")),
+                           "name": often(st.sampled_from(["get_weather", "a b"])), "arguments": often(words)}),
+    st.fixed_dictionaries({"type": st.just("function_call_output"), "call_id": often(st.just("c1")),
+                           "output": often(words)}),
+    anything)
+body = st.fixed_dictionaries(
+    {"model": often(st.just("scripted")), "input": often(words | st.lists(item, max_size=4)),
+     "max_output_tokens": often(st.integers(-1, 4))},
+    optional={"instructions": often(words), "tools": often(st.lists(st.just(WEATHER), max_size=2)),
+              "tool_choice": often(st.sampled_from(["auto", "none", "required"])), "stream": often(st.booleans()),
+              "reasoning": often(st.fixed_dictionaries({"effort": st.sampled_from(["low", "high", "none", "x"])})),
+              "previous_response_id": often(st.just("resp_x")), "store": often(st.booleans()),
+              "temperature": often(st.floats(-1, 3)), "text": often(st.just({"format": {"type": "text"}}))})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=body | anything)
+def test_fuzz_never_500(server, body):
+    with server_logs() as log:
+        r = httpx.post(f"{server[0]}/v1/responses", content=json.dumps(body), timeout=30,
+                       headers={"content-type": "application/json"})
+    assert r.status_code in (200, 400, 404), (r.status_code, r.text[:300], body)
+    if r.status_code != 200:
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    assert not any("Traceback" in line or line.startswith("ERROR") for line in log.text), log.text

@@ -25,9 +25,9 @@ CHAT_WEATHER = {"type": "function", "function": {k: WEATHER[k] for k in ("name",
 CALL_ITEMS = [{"role": "user", "content": "Weather in Paris?"},
               {"type": "function_call", "call_id": "call_7", "name": "get_weather", "arguments": '{"city": "Paris"}'},
               {"type": "function_call_output", "call_id": "call_7", "output": '{"sky": "clear"}'}]
+CALL = {"id": "call_7", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
 CALL_MESSAGES = [{"role": "user", "content": "Weather in Paris?"},
-                 {"role": "assistant", "content": None, "tool_calls": [{"id": "call_7", "type": "function", "function": {
-                     "name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+                 {"role": "assistant", "content": None, "tool_calls": [CALL]},
                  {"role": "tool", "tool_call_id": "call_7", "content": '{"sky": "clear"}'}]
 
 
