@@ -27,7 +27,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from mxport.runtime.serve.protocol import ApiError
@@ -170,27 +171,30 @@ class ResponseBuilder:
             store.put(self.id, {"model": self.model, "items": items}, entry_size(items))
 
 
-async def collect(items: AsyncIterator[tuple], b: ResponseBuilder, store: ResponseStore) -> dict | None:
+async def collect(items: AsyncGenerator[tuple, None], b: ResponseBuilder, store: ResponseStore) -> dict | None:
     """The response object once the job ends (None: the client went away); a failed generation is a 500."""
-    async for item in items:
-        b.feed(item)
-        if item[0] == "done":
-            if b.status == "failed":
-                raise ApiError(500, b.error["message"], code="generation_failed")
-            b.save(store)
-            return b.body()
+    async with aclosing(items):
+        async for item in items:
+            b.feed(item)
+            if item[0] == "done":
+                if b.status == "failed":
+                    raise ApiError(500, b.error["message"], code="generation_failed")
+                b.save(store)
+                return b.body()
     return None
 
 
-async def stream(items: AsyncIterator[tuple], b: ResponseBuilder, store: ResponseStore) -> AsyncIterator[str]:
+async def stream(items: AsyncGenerator[tuple, None], b: ResponseBuilder,
+                 store: ResponseStore) -> AsyncIterator[str]:
     """Server-sent events `event: TYPE\\ndata: {...}\\n\\n`; the terminal event ends the stream (no [DONE])."""
-    for event in b.start():
-        yield sse(event)
-    async for item in items:
-        for event in b.feed(item):
+    async with aclosing(items):  # a client gone mid-stream: the job is cancelled at once
+        for event in b.start():
             yield sse(event)
-        if item[0] == "done":
-            b.save(store)
+        async for item in items:
+            for event in b.feed(item):
+                yield sse(event)
+            if item[0] == "done":
+                b.save(store)
 
 
 def sse(event: dict) -> str:

@@ -24,7 +24,7 @@ from mxport.runtime.chat.harmony import HarmonyFormat  # noqa: E402
 from mxport.runtime.chat.template import TemplateFormat  # noqa: E402
 from mxport.runtime.generation.tokenizer import Tokenizer, build_harmony_tokenizer  # noqa: E402
 from mxport.runtime.serve.app import Served, create_app, prepare  # noqa: E402
-from mxport.runtime.serve.engine import Engine  # noqa: E402
+from mxport.runtime.serve.engine import Engine, wait_idle  # noqa: E402
 from mxport.runtime.serve.limits import ServeLimits  # noqa: E402
 from mxport.runtime.serve.protocol import parse_request  # noqa: E402
 from mxport.runtime.serve.responses import parse_responses  # noqa: E402
@@ -67,7 +67,7 @@ def chat_of(kind, folder):
     return tok, TemplateFormat(tok, folder), PRESETS["qwen3-tiny"].vocab_size
 
 
-def served(kind, folder, name="scripted") -> Served:
+def served(kind, folder, name="scripted", delay=0.0) -> Served:
     tok, fmt, vocab = chat_of(kind, folder)
     scripts = [tok.encode(s) for s in SCRIPTS[kind]]
 
@@ -75,7 +75,7 @@ def served(kind, folder, name="scripted") -> Served:
         text = tok.decode(prompt, skip_special_tokens=False) if kind == "template" else tok.decode(prompt)
         return 2 if RESULT_MARK[kind] in text else (1 if OFFER_MARK[kind] in text else 0)
 
-    model = ScriptedStepModel(vocab, choose, scripts, filler=tok.encode("a")[0])
+    model = ScriptedStepModel(vocab, choose, scripts, filler=tok.encode("a")[0], delay=delay)
     return Served(name, Engine(model, max_batch=8, max_queue=8).start(), tok, fmt, (), 4096, vocab)
 
 
@@ -289,6 +289,19 @@ def test_tool_choice(client):
     with pytest.raises(openai.BadRequestError) as exc:
         client.responses.create(model="scripted", input="Weather?", tools=[WEATHER], tool_choice="required")
     assert exc.value.body["param"] == "tool_choice"
+
+
+def test_a_client_gone_mid_stream_frees_its_slot(qwen3_folder):
+    app = create_app(lambda: served("harmony", qwen3_folder, delay=0.01))
+    with run_server(app) as base:
+        wait_ready(base)
+        engine = app.state.mxport["served"].engine
+        body = {"model": "scripted", "input": "Hi", "max_output_tokens": 3000, "stream": True}
+        with httpx.stream("POST", f"{base}/v1/responses", json=body, timeout=30) as r:
+            lines = r.iter_lines()
+            assert next(lines) == "event: response.created"
+            assert any("reasoning_text.delta" in line for line in lines) and engine.active == 1
+        assert wait_idle(engine, 10) and engine.finished["cancelled"] == 1
 
 
 class Broken(ScriptedStepModel):
