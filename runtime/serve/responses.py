@@ -107,8 +107,8 @@ def parse_responses(body: Any, store: ResponseStore, max_stop_chars: int = 1024,
         entry = store.get(previous)
         if entry is None:
             raise ApiError(404, f"Previous response with id '{previous}' not found (never stored here, stored with "
-                                "store=false, or evicted: see --max-stored-responses)", "previous_response_id",
-                           "previous_response_not_found")
+                                "store=false, or forgotten: --max-stored-responses, --max-store-mb)",
+                           "previous_response_id", "previous_response_not_found")
         if isinstance(body.get("model"), str) and entry["model"] != body["model"]:
             raise bad(f"previous_response_id: '{previous}' was made by model '{entry['model']}', not "
                       f"{shorten(body.get('model'))}", "previous_response_id")
