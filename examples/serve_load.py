@@ -1,7 +1,7 @@
 """Load benchmark of `mxport serve`: N concurrent streaming clients x M requests, at several N, against one server.
 
     python examples/serve_load.py EXPORT_DIR [--clients 1,4,16] [--requests 4] [--max-tokens 64]
-                                  [--prompt-tokens 32] [--serial] [--json results.json]
+                                  [--prompt-tokens 32] [--serial] [--json-schema] [--json results.json]
 
 Starts `mxport serve EXPORT_DIR` in a subprocess on a free port (so the clients do not share the server's Python
 interpreter), sends one warm-up request, then for each N runs N asyncio clients (httpx) that each send M
@@ -13,7 +13,11 @@ streaming /v1/completions requests one after another: random prompt ids (seeded)
     per-token   (last chunk - first chunk) / (tokens - 1) per request (p50, p95)
 
 `--serial` adds the same loads against a second server started with --max-batch 1: requests are served one at
-a time (what a server behind a lock does), the baseline for continuous batching. `--abuse` measures instead a
+a time (what a server behind a lock does), the baseline for continuous batching. `--json-schema` runs the loads
+as /v1/chat/completions instead, twice on the same server: plain, then with `response_format` json_schema
+(SCHEMA below: constrained decoding, runtime/generation/constrain.py), the same prompts (`prompt-tokens` random
+words), so the two rows differ by the grammar only; a chat reply's first token is its first reasoning or
+content chunk (the role chunk is not counted). `--abuse` measures instead a
 short request's latency (10 tokens, greedy) alone and while two other clients keep sending 4 x 300 kB stop
 strings and 10 MB bodies (docs/SERVING.md "Limits and security"), with the abusers' status codes. A script, not
 a test: the numbers depend on the machine and on what else runs on it.
@@ -65,13 +69,33 @@ def server(folder: Path, max_batch: int, max_queue: int):
         proc.wait(30)
 
 
-async def one_request(client: httpx.AsyncClient, base: str, prompt: list[int], max_tokens: int) -> dict:
-    body = {"model": "bench", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+SCHEMA = {"type": "object", "additionalProperties": False, "required": ["city", "population", "tags", "kind"],
+          "properties": {"city": {"type": "string", "maxLength": 24},
+                         "population": {"type": "integer", "minimum": 0, "maximum": 10**8},
+                         "tags": {"type": "array", "items": {"type": "string", "maxLength": 12}, "maxItems": 4},
+                         "kind": {"enum": ["capital", "town", "village"]}}}
+WORDS = "the city river north old market bridge tower people night summer stone garden harbour".split()
+
+
+def request_body(mode: str, prompt: list[int], max_tokens: int) -> tuple[str, dict]:
+    """(path, body) of one request: completions with token ids, or chat (mode 'chat' / 'chat+schema')."""
+    body = {"model": "bench", "max_tokens": max_tokens, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}}
+    if mode == "completions":
+        return "/v1/completions", {**body, "prompt": prompt}
+    body["messages"] = [{"role": "user", "content": " ".join(WORDS[t % len(WORDS)] for t in prompt)}]
+    if mode == "chat+schema":
+        body["response_format"] = {"type": "json_schema", "json_schema": {"name": "city", "schema": SCHEMA}}
+    return "/v1/chat/completions", body
+
+
+async def one_request(client: httpx.AsyncClient, base: str, prompt: list[int], max_tokens: int,
+                      mode: str = "completions") -> dict:
+    path, body = request_body(mode, prompt, max_tokens)
     t0 = time.perf_counter()
     first = last = None
     tokens, done = 0, False
-    async with client.stream("POST", f"{base}/v1/completions", json=body) as r:
+    async with client.stream("POST", f"{base}{path}", json=body) as r:
         if r.status_code != 200:
             return {"ok": False, "error": f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"}
         async for line in r.aiter_lines():
@@ -83,7 +107,7 @@ async def one_request(client: httpx.AsyncClient, base: str, prompt: list[int], m
                 break
             chunk = json.loads(data)
             now = time.perf_counter()
-            if chunk["choices"]:
+            if chunk["choices"] and chunk["choices"][0].get("delta") != {"role": "assistant", "content": ""}:
                 first = first or now
                 last = now
             elif chunk.get("usage"):
@@ -95,14 +119,14 @@ async def one_request(client: httpx.AsyncClient, base: str, prompt: list[int], m
 
 
 async def phase(base: str, clients: int, requests: int, max_tokens: int, prompt_tokens: int, vocab: int,
-                seed: int) -> dict:
+                seed: int, mode: str = "completions") -> dict:
     rng = np.random.default_rng(seed)
     prompts = [[[int(t) for t in rng.integers(3, vocab, prompt_tokens)] for _ in range(requests)]
                for _ in range(clients)]
     limits = httpx.Limits(max_connections=clients + 4)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         async def run_client(c: int) -> list[dict]:
-            return [await one_request(client, base, p, max_tokens) for p in prompts[c]]
+            return [await one_request(client, base, p, max_tokens, mode) for p in prompts[c]]
 
         t0 = time.perf_counter()
         results = [r for rs in await asyncio.gather(*(run_client(c) for c in range(clients))) for r in rs]
@@ -124,17 +148,20 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def run_loads(folder: Path, args, max_batch: int, label: str, vocab: int) -> list[dict]:
+def run_loads(folder: Path, args, max_batch: int, label: str, vocab: int,
+              modes: tuple[str, ...] = ("completions",)) -> list[dict]:
     rows = []
     with server(folder, max_batch, max_queue=max(args.clients) * 2) as base:
-        asyncio.run(phase(base, 1, 1, 8, args.prompt_tokens, vocab, seed=99))  # warm-up
-        for n in args.clients:
-            before = httpx.get(f"{base}/health").json()
-            row = asyncio.run(phase(base, n, args.requests, args.max_tokens, args.prompt_tokens, vocab, seed=n))
-            row["engine"] = engine_delta(before, httpx.get(f"{base}/health").json())
-            row["server"] = label
-            rows.append(row)
-            print(fmt(row), flush=True)
+        for mode in modes:
+            asyncio.run(phase(base, 1, 1, 8, args.prompt_tokens, vocab, seed=99, mode=mode))  # warm-up
+            for n in args.clients:
+                before = httpx.get(f"{base}/health").json()
+                row = asyncio.run(phase(base, n, args.requests, args.max_tokens, args.prompt_tokens, vocab, seed=n,
+                                        mode=mode))
+                row["engine"] = engine_delta(before, httpx.get(f"{base}/health").json())
+                row["server"] = label if mode == "completions" else f"{label} {mode}"
+                rows.append(row)
+                print(fmt(row), flush=True)
     return rows
 
 
@@ -149,11 +176,11 @@ def engine_delta(before: dict, after: dict) -> dict:
 
 def fmt(r: dict) -> str:
     e = r["engine"]
-    return (f"{r['server']:<16} {r['clients']:>3} clients  {r['ok']:>3}/{r['requests']:<3} ok  "
+    return (f"{r['server']:<26} {r['clients']:>3} clients  {r['ok']:>3}/{r['requests']:<3} ok  "
             f"{r['tokens']:>5} tok in {r['wall_s']:6.1f} s = {r['agg_tok_s']:7.1f} tok/s   "
             f"TTFT p50 {r['ttft_p50_ms']:7.1f} p95 {r['ttft_p95_ms']:7.1f} ms   "
             f"per-token p50 {r['tok_p50_ms']:6.1f} p95 {r['tok_p95_ms']:6.1f} ms\n"
-            f"{'':<16} engine: {e['prefills']} prefill calls {e['prefill_s']:.1f} s, {e['decode_steps']} decode steps "
+            f"{'':<26} engine: {e['prefills']} prefill calls {e['prefill_s']:.1f} s, {e['decode_steps']} decode steps "
             f"{e['decode_s']:.1f} s (mean {e['mean_rows']:.1f} rows, {e['decode_steps'] and 1e3 * e['decode_s'] / e['decode_steps']:.0f} ms/step), "
             f"batch surgery {e['batch_s']:.2f} s"
             + (f"   errors: {r['errors']}" if r["errors"] else ""))
@@ -215,17 +242,20 @@ def main() -> int:
     p.add_argument("--serial", action="store_true", help="also run the loads against a --max-batch 1 server")
     p.add_argument("--json", type=Path, default=None, help="write the rows as JSON")
     p.add_argument("--abuse", action="store_true", help="measure a short request's latency under abuse instead")
+    p.add_argument("--json-schema", action="store_true",
+                   help="chat requests, plain and with response_format json_schema, instead of completions")
     args = p.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]
     vocab = int(read_manifest(args.folder).config["vocab_size"])
     if args.abuse:
         return abuse(args.folder, vocab)
-    rows = run_loads(args.folder, args, args.max_batch, f"batch {args.max_batch}", vocab)
+    modes = ("chat", "chat+schema") if args.json_schema else ("completions",)
+    rows = run_loads(args.folder, args, args.max_batch, f"batch {args.max_batch}", vocab, modes)
     if args.serial:
-        rows += run_loads(args.folder, args, 1, "one at a time", vocab)
+        rows += run_loads(args.folder, args, 1, "one at a time", vocab, modes)
     failed = sum(r["requests"] - r["ok"] for r in rows)
     base = next((r["agg_tok_s"] for r in rows if r["clients"] == 1), None)
-    top = [r for r in rows if r["server"] == f"batch {args.max_batch}" and r["clients"] == max(args.clients)]
+    top = [r for r in rows if r["server"] == rows[0]["server"] and r["clients"] == max(args.clients)]
     if base and top:
         print(f"aggregate tok/s at {max(args.clients)} clients / 1 client: {top[0]['agg_tok_s'] / base:.2f}x")
     if args.json:

@@ -52,6 +52,19 @@ class ScriptedStepModel:
         return logits, [present, present]
 
 
+def harmony_tiny_export(root, seed: int = 0):
+    """A random-weight gpt-oss tiny checkpoint with the harmony tokenizer (demo_config's eos / pad ids), exported
+    for the cpu under root/export; returns the export folder."""
+    from mxport.commands.demo import demo_config
+    from mxport.exporter.export import export
+    from mxport.exporter.synth import write_checkpoint
+
+    cfg, tok = demo_config()
+    ckpt = write_checkpoint(root / "ckpt", cfg, seed=seed)
+    tok.save(ckpt / "tokenizer.json")
+    return export(ckpt, root / "export", target="cpu", progress=False)
+
+
 @contextlib.contextmanager
 def run_server(app, limits=None) -> Iterator[str]:
     """The server `mxport serve` runs (runtime/serve/net.py: uvicorn with the bounded h11 protocol) on 127.0.0.1

@@ -145,8 +145,13 @@ def message_text(content: Any, where: str) -> str:
 
 
 def check_tool_choice(tool_choice: Any) -> None:
-    if tool_choice not in (None, "auto", "none"):
-        raise FormatError(f"tool_choice {tool_choice!r} is not supported (only 'auto' and 'none')", "tool_choice")
+    """'auto', 'none', 'required' or {"type": "function", "function": {"name": ...}} (the last two are enforced by
+    the server's constrained decoding: runtime/generation/constrain.py)."""
+    fn = tool_choice.get("function") if isinstance(tool_choice, dict) else None
+    named = isinstance(fn, dict) and tool_choice.get("type") == "function" and isinstance(fn.get("name"), str)
+    if tool_choice not in (None, "auto", "none", "required") and not named:
+        raise FormatError(f"tool_choice {str(tool_choice)[:80]!r} is not supported (expected 'auto', 'none', "
+                          "'required' or {'type': 'function', 'function': {'name': ...}})", "tool_choice")
 
 
 class TextParser(ReplyParser):

@@ -81,6 +81,21 @@ def sample(logits: np.ndarray, config: SamplingConfig, rng: np.random.Generator)
     return np.minimum(ids, probs.shape[-1] - 1).astype(np.int64)
 
 
+MAX_TOP_LOGPROBS = 20  # OpenAI's bound on top_logprobs
+
+
+def token_logprobs(logits: np.ndarray, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:
+    """The model's log-probability of `token` and its `top` most likely tokens (id, logprob; ties by id) from one
+    row of logits [V] or [1, V]: a log-softmax of the logits as they are (no temperature, top-k/p or mask)."""
+    row = np.asarray(logits, np.float64).reshape(-1)
+    m = np.max(row)
+    logp = row - (m + np.log(np.sum(np.exp(row - m))))
+    k = min(top, row.shape[0])
+    best = np.argpartition(-logp, k - 1)[:k] if k > 0 else np.zeros(0, np.int64)
+    best = best[np.lexsort((best, -logp[best]))]  # most likely first
+    return float(logp[token]), [(int(i), float(logp[i])) for i in best]
+
+
 def _softmax(x: np.ndarray) -> np.ndarray:
     m = np.max(x, axis=-1, keepdims=True)
     e = np.exp(x - m)

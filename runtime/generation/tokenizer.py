@@ -23,12 +23,28 @@ from mxport.exporter.families.gpt_oss.tokenizer import HARMONY_SPECIAL_TOKENS, O
 
 __all__ = ["HARMONY_SPECIAL_TOKENS", "O200K_HARMONY_VOCAB", "IncrementalDecoder", "Tokenizer", "build_harmony_tokenizer"]
 
+def _bytes_to_unicode() -> dict[str, int]:
+    """GPT-2's byte-level alphabet read backwards: the character that stands for each byte -> the byte."""
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)]
+    chars, extra = list(bs), 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(bs, chars)}
+
+
+_BYTE_OF = _bytes_to_unicode()
+
+
 class Tokenizer:
     """A `tokenizers.Tokenizer` with the few calls generation needs. Special tokens are matched in text."""
 
     def __init__(self, tok: _HFTokenizer, source: str = "<memory>") -> None:
         self._tok = tok
         self.source = source
+        self._specials: set[int] | None = None  # special_ids(), once (token_bytes)
 
     @classmethod
     def from_file(cls, path: str | Path) -> Tokenizer:
@@ -85,6 +101,24 @@ class Tokenizer:
         if token_id is None:
             raise MxportError(f"{self.source}: tokenizer has no token {token!r} (needed for the harmony format)")
         return token_id
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes one token stands for: a byte-level BPE token's characters mapped back to bytes (so a token
+        holding part of a UTF-8 character gives those bytes), a special token's text, else its decoded text."""
+        piece = self._tok.id_to_token(int(token_id))
+        if piece is None:
+            return b""
+        if self._specials is None:
+            self._specials = self.special_ids()
+        if int(token_id) in self._specials:
+            return piece.encode("utf-8")
+        if all(c in _BYTE_OF for c in piece):
+            return bytes(_BYTE_OF[c] for c in piece)
+        return self.decode([token_id]).encode("utf-8")
+
+    def to_json(self) -> str:
+        """The tokenizer as tokenizer.json text (what llguidance builds its token table from)."""
+        return self._tok.to_str()
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

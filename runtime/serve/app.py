@@ -40,15 +40,17 @@ from mxport.errors import MxportError
 from mxport.runtime.chat.format import ChatFormat, FormatError, ReplyParser, TextParser
 from mxport.runtime.chat.session import chat_format
 from mxport.runtime.generation.tokenizer import Tokenizer
+from mxport.runtime.generation.constrain import ConstraintError, Grammars
+from mxport.runtime.serve.choices import (Choice, QueueHandler, TokenText, job_items, logprobs_body, next_item,
+                                          row_sampling, submit_all)
 from mxport.runtime.serve.engine import Engine, Job, QueueFull
 from mxport.runtime.serve.guard import CatchAll, Guard
 from mxport.runtime.serve.limits import ServeLimits, bytes_per_token, min_tokens, parse_body, too_large
-from mxport.runtime.serve.protocol import (ApiError, Request, bad, chunk, completion_body, new_id,
+from mxport.runtime.serve.protocol import (MAX_N_TOKENS, ApiError, Request, bad, chunk, completion_body, new_id,
                                            parse_request, shorten, usage)
 from mxport.runtime.serve import responses_output
 from mxport.runtime.serve.responses import ResponsesCall, parse_responses
 from mxport.runtime.serve.store import ResponseStore
-from mxport.runtime.generation.stops import StopMatcher
 from mxport.runtime.serve.worker import Worker
 
 log = logging.getLogger("mxport.serve")
@@ -66,6 +68,7 @@ class Served:
     max_context: int | None = None
     vocab_size: int | None = None
     bytes_per_token: int | None = None  # limits.bytes_per_token of the tokenizer (None: no early refusal)
+    grammars: Any = None  # runtime.generation.constrain.Grammars: built at load (load_folder) or on first use
 
 
 def load_folder(folder: str | Path, *, provider: str = "cpu", max_batch: int = 16, max_queue: int = 64,
@@ -79,54 +82,15 @@ def load_folder(folder: str | Path, *, provider: str = "cpu", max_batch: int = 1
     per_token = None
     if gen.tokenizer is not None and (Path(folder) / TOKENIZER_FILE).is_file():
         per_token = bytes_per_token(json.loads((Path(folder) / TOKENIZER_FILE).read_text(encoding="utf-8")))
-    return Served(model_name or Path(folder).resolve().name, engine, gen.tokenizer,
-                  chat_format(gen.tokenizer, folder, kind),
-                  gen.eos_token_ids, gen.max_context, gen.vocab_size, per_token)
-
-
-class QueueHandler:
-    """Engine-thread side of one request: tokens -> parser events -> stop strings -> the request's asyncio queue.
-    With `ids` each generated token id is also handed over (a ("token", id) event)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, parser: ReplyParser | None, stops: tuple[str, ...],
-                 ids: bool = False) -> None:
-        self.loop, self.parser, self.ids = loop, parser, ids
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self.matcher = StopMatcher(stops)
-        self.stopped = False  # a stop string was hit
-
-    def _put(self, item: tuple) -> None:
+    served = Served(model_name or Path(folder).resolve().name, engine, gen.tokenizer,
+                    chat_format(gen.tokenizer, folder, kind),
+                    gen.eos_token_ids, gen.max_context, gen.vocab_size, per_token)
+    if served.chat is not None:
         try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-        except RuntimeError:  # the event loop is gone (server shutting down)
-            pass
-
-    def _events(self, events) -> bool:
-        for ev in events:
-            if ev.kind == "content":
-                text, hit = self.matcher.feed(ev.text)
-                if text:
-                    self._put(("content", text))
-                if hit:
-                    self.stopped = True
-                    return True
-                continue
-            if held := self.matcher.flush():
-                self._put(("content", held))
-            self._put((ev.kind, ev.text, ev.index, ev.name))
-        return False
-
-    def token(self, token_id: int) -> bool:
-        if self.ids:
-            self._put(("token", token_id))
-        return self._events(self.parser.add(token_id)) if self.parser is not None else False
-
-    def finish(self, reason: str, completion_tokens: int, stop_token: int | None = None) -> None:
-        if not self.stopped and not reason.startswith("error") and self.parser is not None:
-            self._events(self.parser.finish(stop_token))
-            if held := self.matcher.flush():
-                self._put(("content", held))
-        self._put(("done", reason, completion_tokens, self.parser is not None and self.parser.tool_called))
+            grammars(served)  # llguidance's token table, once per model (a 200k vocabulary takes about a second)
+        except MxportError as exc:
+            log.warning("structured outputs are off for this model: %s", exc)
+    return served
 
 
 def create_app(load: Callable[[], Served], *, default_max_tokens: int = 4096, limits: ServeLimits = ServeLimits(),
@@ -204,25 +168,26 @@ def create_app(load: Callable[[], Served], *, default_max_tokens: int = 4096, li
         raw = await read_body(http, limits)
         req = await parsing.run(parse, s, raw, chat)
         work = rendering if chat or isinstance(req.prompt, str) else parsing  # token ids need no tokenizer
-        prompt, parser, stop_ids, max_tokens = await work.run(render, s, req, chat)
+        prompt, parsers, stop_ids, max_tokens, constraints = await work.run(render, s, req, chat)
         ids = not chat and (req.return_token_ids or s.tokenizer is None)
-        job, handler = submit(s, req, prompt, parser, stop_ids, max_tokens, ids)
+        jobs, queue = submit(s, req, prompt, parsers, stop_ids, max_tokens, ids, constraints)
         meta = (new_id("chatcmpl" if chat else "cmpl"), s.name, len(prompt))
         if req.stream:
-            return StreamingResponse(stream(http, job, handler, req, chat, meta), media_type="text/event-stream")
-        return await collect(http, job, handler, chat, meta, ids)
+            return StreamingResponse(stream(http, jobs, queue, req, chat, meta), media_type="text/event-stream")
+        return await collect(http, jobs, queue, req, chat, meta, ids)
 
     @app.post("/v1/responses")
     async def responses(http: HttpRequest):
         s, store = served(), state["store"]
         call = await parsing.run(parse_call, s, await read_body(http, limits))
-        prompt, parser, stop_ids, max_tokens = await rendering.run(call.renamed, render, s, call.req, True)
-        job, handler = submit(s, call.req, prompt, parser, stop_ids, max_tokens, True)
+        prompt, parsers, stop_ids, max_tokens, constraints = await rendering.run(call.renamed, render, s, call.req,
+                                                                                  True)
+        jobs, queue = submit(s, call.req, prompt, parsers, stop_ids, max_tokens, True, constraints)
         builder = responses_output.ResponseBuilder(call, s.name, len(prompt))
         if call.req.stream:
-            return StreamingResponse(responses_output.stream(job_items(http, job, handler), builder, store),
+            return StreamingResponse(responses_output.stream(job_items(http, jobs, queue), builder, store),
                                      media_type="text/event-stream")
-        body = await responses_output.collect(job_items(http, job, handler), builder, store)
+        body = await responses_output.collect(job_items(http, jobs, queue), builder, store)
         return JSONResponse(body if body is not None else {}, status_code=200 if body is not None else 499)
 
     def parse_call(s: Served, raw: bytes) -> ResponsesCall:
@@ -246,23 +211,34 @@ def create_app(load: Callable[[], Served], *, default_max_tokens: int = 4096, li
         refuse_early(s, req, chat)
 
     def render(s: Served, req: Request, chat: bool) -> tuple:
-        """On the rendering thread (one: renders share the tokenizer): prompt ids, parser, stop ids, max_tokens."""
+        """On the rendering thread (one: renders share the tokenizer): prompt ids, a parser per choice, stop ids,
+        max_tokens, a grammar state per choice (None: unconstrained)."""
         prompt, parser, stop_ids, param = prepare(s, req, chat)
-        return prompt, parser, stop_ids, check_context(s, req, len(prompt), param, default_max_tokens)
+        max_tokens = check_context(s, req, len(prompt), param, default_max_tokens)
+        if req.n * max_tokens > MAX_N_TOKENS:
+            raise bad(f"n: {req.n} choices of up to {max_tokens} tokens each exceed this server's {MAX_N_TOKENS} "
+                      "tokens per request (lower n or max_tokens)", "n")
+        parsers = [parser] + [another_parser(s, chat, parser) for _ in range(req.n - 1)]
+        return prompt, parsers, stop_ids, max_tokens, constraints(s, req, prompt, max_tokens)
 
     return app
 
 
-def submit(s: Served, req: Request, prompt: list[int], parser: ReplyParser | None, stop_ids: set[int],
-           max_tokens: int, ids: bool) -> tuple[Job, QueueHandler]:
-    """The request's engine job, queued (503 when the queue is full), and the handler its events arrive on."""
-    handler = QueueHandler(asyncio.get_running_loop(), parser, req.stop, ids)
-    job = Job(prompt, max_tokens, handler, req.sampling, frozenset(stop_ids))
+def submit(s: Served, req: Request, prompt: list[int], parsers: list[ReplyParser | None], stop_ids: set[int],
+           max_tokens: int, ids: bool, constraints: list) -> tuple[list[Job], asyncio.Queue]:
+    """The request's engine jobs, one per choice (row i seeded seed + i), all queued or none (503 when the queue is
+    full), and the one queue their events arrive on as (choice, event)."""
+    queue: asyncio.Queue = asyncio.Queue()
+    text = TokenText(s.tokenizer) if req.logprobs is not None else None
+    loop = asyncio.get_running_loop()
+    jobs = [Job(prompt, max_tokens, QueueHandler(loop, parser, req.stop, ids, queue, i, text),
+                row_sampling(req.sampling, i), frozenset(stop_ids), constraint=constraint, top_logprobs=req.logprobs)
+            for i, (parser, constraint) in enumerate(zip(parsers, constraints))]
     try:
-        s.engine.submit(job)
+        submit_all(s.engine, jobs)
     except QueueFull as exc:
         raise ApiError(503, f"the server is busy: {exc}; retry later", code="queue_full") from None
-    return job, handler
+    return jobs, queue
 
 
 async def read_body(http: HttpRequest, limits: ServeLimits) -> bytes:
@@ -274,6 +250,39 @@ async def read_body(http: HttpRequest, limits: ServeLimits) -> bytes:
             raise too_large(None, limits)
         parts.append(part)
     return b"".join(parts)
+
+
+def another_parser(s: Served, chat: bool, parser: ReplyParser | None) -> ReplyParser | None:
+    """A fresh parser for one more choice of the request (prepare made the first)."""
+    if chat:
+        return s.chat.parser()
+    return TextParser(s.tokenizer) if parser is not None else None
+
+
+def constraints(s: Served, req: Request, prompt: list[int], max_tokens: int) -> list:
+    """One grammar state per choice for response_format or a tool_choice that forces a call (else None each); the
+    model's Grammars are built on first use (400 naming the field when the model or the schema cannot have one)."""
+    forced = req.tool_choice == "required" or isinstance(req.tool_choice, dict)
+    if req.response_format is None and not forced:
+        return [None] * req.n
+    param = "tool_choice" if forced else "response_format"
+    if forced and req.response_format is not None:
+        raise bad("response_format and a tool_choice that forces a call cannot be combined", "response_format")
+    try:
+        one = (grammars(s).for_tool_choice(req.tools, req.tool_choice, prompt, max_tokens) if forced else
+               grammars(s).for_response_format(req.response_format, prompt, max_tokens))
+    except ConstraintError as exc:
+        raise bad(str(exc), exc.param) from None
+    except MxportError as exc:
+        raise bad(f"{param}: {exc}", param, "unsupported_parameter") from None
+    return [one] + [one.copy() if one is not None else None for _ in range(req.n - 1)]
+
+
+def grammars(s: Served) -> Grammars:
+    """The model's Grammars, built on first use (MxportError when it cannot have them)."""
+    if s.grammars is None:
+        s.grammars = Grammars(s.tokenizer, s.vocab_size or s.tokenizer.vocab_size, s.chat.name)
+    return s.grammars
 
 
 def refuse_early(s: Served, req: Request, chat: bool) -> None:
@@ -349,76 +358,59 @@ def check_context(s: Served, req: Request, n: int, param: str, default_max_token
     return req.max_tokens or min(ctx - n, default_max_tokens)
 
 
-async def next_item(http: HttpRequest, job: Job, handler: QueueHandler) -> tuple | None:
-    """The handler's next event; None when the client has gone (the job is then cancelled)."""
-    while True:
-        try:
-            return await asyncio.wait_for(handler.queue.get(), timeout=0.5)
-        except asyncio.TimeoutError:
-            if await http.is_disconnected():
-                job.cancel()
-                return None
-
-
-async def job_items(http: HttpRequest, job: Job, handler: QueueHandler) -> AsyncIterator[tuple]:
-    """The handler's events up to the job's "done" (or the client's going away); the job ends with them."""
-    try:
-        while (item := await next_item(http, job, handler)) is not None:
-            yield item
-            if item[0] == "done":
-                return
-    finally:
-        job.cancel()
-
-
 def _finish_reason(reason: str, tool_called: bool) -> str:
     if reason.startswith("error"):
         raise ApiError(500, f"generation failed: {reason[6:].strip()}", code="generation_failed")
     return "tool_calls" if tool_called and reason == "stop" else ("length" if reason == "length" else "stop")
 
 
-async def collect(http: HttpRequest, job: Job, handler: QueueHandler, chat: bool, meta: tuple,
+async def collect(http: HttpRequest, jobs: list[Job], queue: asyncio.Queue, req: Request, chat: bool, meta: tuple,
                   ids: bool = False) -> JSONResponse:
     rid, model, n_prompt = meta
-    text, reasoning, calls, tokens = [], [], [], []
-    while (item := await next_item(http, job, handler)) is not None:
-        kind = item[0]
-        if kind == "done":
+    choices = [Choice() for _ in jobs]
+    left = len(jobs)
+    while left and (tagged := await next_item(http, jobs, queue)) is not None:
+        i, item = tagged
+        if item[0] == "done":
             _, reason, n, tool_called = item
-            body = completion_body(rid, model, chat, "".join(text), "".join(reasoning), calls,
-                                   _finish_reason(reason, tool_called), usage(n_prompt, n))
-            if ids:
-                body["choices"][0]["token_ids"] = tokens
-            return JSONResponse(body)
-        if kind == "token":
-            tokens.append(item[1])
-        elif kind == "content":
-            text.append(item[1])
-        elif kind == "reasoning":
-            reasoning.append(item[1])
-        elif kind == "tool_call":
-            calls.append({"id": new_id("call"), "type": "function", "function": {"name": item[3], "arguments": ""}})
-        elif kind == "tool_args":
-            calls[item[2]]["function"]["arguments"] += item[1]
-    return JSONResponse({}, status_code=499)  # the client is gone; nobody reads this
+            choices[i].finish, choices[i].completion_tokens = _finish_reason(reason, tool_called), n
+            left -= 1
+        else:
+            choices[i].add(item)
+    if left:
+        return JSONResponse({}, status_code=499)  # the client is gone; nobody reads this
+    body = completion_body(rid, model, chat, [c.body(i, chat, ids, req.logprobs is not None)
+                                              for i, c in enumerate(choices)],
+                           usage(n_prompt, sum(c.completion_tokens for c in choices)))
+    return JSONResponse(body)
 
 
-async def stream(http: HttpRequest, job: Job, handler: QueueHandler, req: Request, chat: bool,
+async def stream(http: HttpRequest, jobs: list[Job], queue: asyncio.Queue, req: Request, chat: bool,
                  meta: tuple) -> AsyncIterator[str]:
     rid, model, n_prompt = meta
     created = int(time.time())
+    pending: list[list[tuple]] = [[] for _ in jobs]  # logprob entries not yet sent, per choice
+    offsets = [0] * len(jobs)  # completions: text sent so far, per choice (the legacy text_offset)
 
     def sse(choice: dict | None, usage_: dict | None = None) -> str:
         return f"data: {json.dumps(chunk(rid, model, created, chat, choice, usage_, req.include_usage))}\n\n"
 
-    def delta(d: dict, finish: str | None = None) -> dict:
-        return ({"index": 0, "delta": d, "finish_reason": finish, "logprobs": None} if chat else
-                {"index": 0, "text": d.get("content", ""), "finish_reason": finish, "logprobs": None})
+    def delta(i: int, d: dict, finish: str | None = None) -> dict:
+        logprobs = None
+        if pending[i]:
+            logprobs, pending[i] = logprobs_body(chat, pending[i], offsets[i]), []
+        if not chat:
+            offsets[i] += len(d.get("content", ""))
+        return ({"index": i, "delta": d, "finish_reason": finish, "logprobs": logprobs} if chat else
+                {"index": i, "text": d.get("content", ""), "finish_reason": finish, "logprobs": logprobs})
 
     try:
         if chat:
-            yield sse(delta({"role": "assistant", "content": ""}))
-        while (item := await next_item(http, job, handler)) is not None:
+            for i in range(len(jobs)):
+                yield sse(delta(i, {"role": "assistant", "content": ""}))
+        left, used = len(jobs), 0
+        while left and (tagged := await next_item(http, jobs, queue)) is not None:
+            i, item = tagged
             kind = item[0]
             if kind == "done":
                 _, reason, n, tool_called = item
@@ -427,22 +419,25 @@ async def stream(http: HttpRequest, job: Job, handler: QueueHandler, req: Reques
                 except ApiError as exc:
                     yield f"data: {json.dumps(exc.body())}\n\n"
                     break
-                yield sse(delta({}, finish))
-                if req.include_usage:
-                    yield sse(None, usage(n_prompt, n))
-                break
-            if kind == "token":
-                yield sse({**delta({}), "token_ids": [item[1]]})
+                yield sse(delta(i, {}, finish))
+                left, used = left - 1, used + n
+                if not left and req.include_usage:
+                    yield sse(None, usage(n_prompt, used))
+            elif kind == "logprob":
+                pending[i].append(item[1])
+            elif kind == "token":
+                yield sse({**delta(i, {}), "token_ids": [item[1]]})
             elif kind == "content":
-                yield sse(delta({"content": item[1]}))
+                yield sse(delta(i, {"content": item[1]}))
             elif kind == "reasoning" and chat:
-                yield sse(delta({"reasoning": item[1], "reasoning_content": item[1]}))
+                yield sse(delta(i, {"reasoning": item[1], "reasoning_content": item[1]}))
             elif kind == "tool_call" and chat:
                 call = {"index": item[2], "id": new_id("call"), "type": "function",
                         "function": {"name": item[3], "arguments": ""}}
-                yield sse(delta({"tool_calls": [call]}))
+                yield sse(delta(i, {"tool_calls": [call]}))
             elif kind == "tool_args" and chat:
-                yield sse(delta({"tool_calls": [{"index": item[2], "function": {"arguments": item[1]}}]}))
+                yield sse(delta(i, {"tool_calls": [{"index": item[2], "function": {"arguments": item[1]}}]}))
         yield "data: [DONE]\n\n"
     finally:
-        job.cancel()  # a no-op for a finished job; frees the slot of one whose client went away
+        for job in jobs:
+            job.cancel()  # a no-op for a finished job; frees the slot of one whose client went away

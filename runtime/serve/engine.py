@@ -38,7 +38,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from mxport.contract.io import position_ids
-from mxport.runtime.generation.sampling import SamplingConfig, sample
+from mxport.errors import MxportError
+from mxport.runtime.generation.sampling import SamplingConfig, sample, token_logprobs
 from mxport.runtime.execution.step_model import StepModel, cache_arrays
 
 
@@ -49,6 +50,10 @@ class QueueFull(Exception):
 class Handler(Protocol):
     def token(self, token_id: int) -> bool:
         """One generated token (stop tokens are not passed). Returns True to stop here (e.g. a stop string)."""
+
+    def logprob(self, token_id: int, logprob: float, top: list[tuple[int, float]]) -> None:
+        """Only for a job with top_logprobs set, before token(): the chosen token's log-probability and the
+        top_logprobs most likely tokens (id, logprob), from the logits before any grammar mask."""
 
     def finish(self, reason: str, completion_tokens: int, stop_token: int | None) -> None:
         """The job ended: reason 'stop' | 'length' | 'cancelled' | 'error: ...'; stop_token: the stop id that
@@ -66,6 +71,8 @@ class Job:
     generated: int = 0  # tokens sampled so far (a stop token included)
     last: int = -1  # the token the next step feeds
     rng: np.random.Generator | None = None
+    constraint: Any = None  # runtime.generation.constrain.Constraint: masks the logits, follows the tokens
+    top_logprobs: int | None = None  # None: no logprobs; k: the chosen token's and the k most likely (Handler.logprob)
 
     done: bool = False
 
@@ -218,7 +225,11 @@ class Engine:
         if job.cancelled.is_set():
             self._end(job, "cancelled")
             return True
-        token = int(sample(logits, job.sampling, job.rng)[0])
+        try:
+            token = self._choose(job, logits)
+        except MxportError as exc:  # this row's grammar failed: the other rows go on
+            self._end(job, f"error: {exc}")
+            return True
         job.generated += 1
         job.last = token
         if token in job.stop_ids:
@@ -231,6 +242,18 @@ class Engine:
             self._end(job, "length")
             return True
         return False
+
+    @staticmethod
+    def _choose(job: Job, logits: np.ndarray) -> int:
+        """Sample the row's token: logprobs from the logits as the model gave them, then the grammar's mask (if any),
+        the row's own sampling and random stream, and the grammar follows the token."""
+        masked = logits if job.constraint is None else job.constraint.mask(logits)
+        token = int(sample(masked, job.sampling, job.rng)[0])
+        if job.top_logprobs is not None:
+            job.handler.logprob(token, *token_logprobs(logits, token, job.top_logprobs))
+        if job.constraint is not None:
+            job.constraint.advance(token)
+        return token
 
     # ---- batch surgery (numpy; the cache goes back to ORT values for the next step) -------------------------
     def _concat(self, a: Batch, b: Batch) -> Batch:

@@ -2,7 +2,7 @@
 
 Requests are checked by hand rather than by a schema library so that each error is OpenAI's
 `{"error": {"message", "type", "param", "code"}}` naming the field, and so that a field this server does not
-implement (n > 1, logprobs, response_format, penalties, ...) is refused by name instead of ignored.
+implement (penalties, logit_bias, best_of, ...) is refused by name instead of ignored.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from mxport.runtime.generation.sampling import SamplingConfig
+from mxport.runtime.generation.sampling import MAX_TOP_LOGPROBS, SamplingConfig
 
 
 class ApiError(Exception):
@@ -36,10 +36,9 @@ def bad(message: str, param: str | None = None, code: str | None = "invalid_valu
 
 # Fields that are accepted and have no effect on a local model (OpenAI bookkeeping).
 IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key", "safety_identifier"}
-# Fields that are refused unless they carry their neutral value: name -> neutral check.
+# Fields that are refused unless they carry their neutral value (where the endpoint does not take them): name ->
+# neutral check.
 NEUTRAL = {
-    "n": lambda v: v in (None, 1),
-    "logprobs": lambda v: v in (None, False),
     "top_logprobs": lambda v: v in (None, 0),
     "response_format": lambda v: v is None or (isinstance(v, dict) and v.get("type") == "text"),
     "presence_penalty": lambda v: v in (None, 0, 0.0),
@@ -54,9 +53,15 @@ NEUTRAL = {
     "web_search_options": lambda v: v is None,
     "verbosity": lambda v: v is None,
 }
-COMMON = {"model", "stream", "stream_options", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop"}
-CHAT = COMMON | {"messages", "max_completion_tokens", "tools", "tool_choice", "reasoning_effort"}
+COMMON = {"model", "stream", "stream_options", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n",
+          "logprobs"}
+CHAT = COMMON | {"messages", "max_completion_tokens", "tools", "tool_choice", "reasoning_effort", "top_logprobs",
+                 "response_format"}
 COMPLETION = COMMON | {"prompt", "return_token_ids"}
+MAX_N = 8  # choices per request (n)
+MAX_N_TOKENS = 32768  # n x max_tokens of one request
+RESPONSE_FORMATS = ("text", "json_object", "json_schema")
+SCHEMA_NAME_CHARS = 64
 MAX_STOPS = 4  # OpenAI's
 GREEDY_BELOW = 1e-5  # a temperature this small is greedy (vLLM's _SAMPLING_EPS): dividing by it overflows
 INT64 = 2**63
@@ -78,6 +83,9 @@ class Request:
     reasoning_effort: str | None = None
     prompt: str | list[int] | None = None  # completions
     return_token_ids: bool = False  # completions: each choice also lists its token ids (vLLM's extension)
+    n: int = 1  # choices: independent rows of the batch
+    logprobs: int | None = None  # None: none; k: each token's logprob and its k most likely alternatives
+    response_format: dict | None = None  # chat: {"type": "json_object" | "json_schema", ...} (None: text)
 
 
 def parse_request(body: Any, chat: bool, max_stop_chars: int = 1024, max_tools: int = 128,
@@ -102,6 +110,16 @@ def parse_request(body: Any, chat: bool, max_stop_chars: int = 1024, max_tools: 
     seed = _int(body, "seed", low=0, high=INT64 - 1)
     req.sampling = SamplingConfig(temperature if temperature >= GREEDY_BELOW else 0.0, top_k, top_p, seed)
     req.stop = _stop(body.get("stop"), max_stop_chars)
+    req.n = _int(body, "n", low=1, high=MAX_N) or 1
+    if chat:
+        wanted = _bool(body, "logprobs")
+        top = _int(body, "top_logprobs", low=0, high=MAX_TOP_LOGPROBS)
+        if top and not wanted:
+            raise bad("top_logprobs: needs \"logprobs\": true", "top_logprobs")
+        req.logprobs = (top or 0) if wanted else None
+        req.response_format = _response_format(body.get("response_format"))
+    else:
+        req.logprobs = _int(body, "logprobs", low=0, high=MAX_TOP_LOGPROBS)
     if chat:
         req.messages = body.get("messages")
         if not isinstance(req.messages, list) or not req.messages:
@@ -136,7 +154,7 @@ def check_fields(body: Any, allowed: set[str], ignored: set[str], neutral: dict)
         names = ", ".join(unknown)
         raise bad(f"unrecognized request argument(s): {names if len(names) <= 200 else names[:197] + '...'}",
                   unknown[0][:80], "unknown_parameter")
-    refused = sorted(k for k, ok in neutral.items() if k in body and not ok(body[k]))
+    refused = sorted(k for k, ok in neutral.items() if k in body and k not in allowed and not ok(body[k]))
     if refused:
         shown = ", ".join(f"{k}={shorten(body[k])}" for k in refused)
         raise bad(f"not supported by this server: {shown} (leave them out or use their default)", refused[0],
@@ -195,6 +213,35 @@ def _stop(v: Any, max_chars: int) -> tuple[str, ...]:
     return tuple(stops)
 
 
+def _response_format(v: Any) -> dict | None:
+    """response_format: {"type": "text"} (None), {"type": "json_object"} or {"type": "json_schema", "json_schema":
+    {"name", "schema", "strict", "description"}}; the schema itself is checked when it becomes a grammar."""
+    if v is None:
+        return None
+    if not isinstance(v, dict) or v.get("type") not in RESPONSE_FORMATS:
+        raise bad(f"response_format: expected {{\"type\": one of {', '.join(RESPONSE_FORMATS)}}}, found {shorten(v)}",
+                  "response_format")
+    if v["type"] == "text":
+        return None
+    if v["type"] == "json_object":
+        return {"type": "json_object"}
+    spec = v.get("json_schema")
+    if not isinstance(spec, dict) or set(spec) - {"name", "schema", "strict", "description"}:
+        raise bad("response_format.json_schema: expected {\"name\", \"schema\", \"strict\", \"description\"}, "
+                  f"found {shorten(spec)}", "response_format")
+    name = spec.get("name")
+    if not isinstance(name, str) or not 0 < len(name) <= SCHEMA_NAME_CHARS:
+        raise bad(f"response_format.json_schema.name: expected a string of 1 to {SCHEMA_NAME_CHARS} characters, "
+                  f"found {shorten(name)}", "response_format")
+    if not isinstance(spec.get("schema", {}), dict):
+        raise bad(f"response_format.json_schema.schema: expected a JSON schema object, found "
+                  f"{shorten(spec.get('schema'))}", "response_format")
+    if spec.get("strict") is not None and not isinstance(spec["strict"], bool):
+        raise bad(f"response_format.json_schema.strict: expected true or false, found {shorten(spec['strict'])}",
+                  "response_format")
+    return {"type": "json_schema", "json_schema": spec}
+
+
 def _prompt(v: Any) -> str | list[int]:
     if isinstance(v, list) and len(v) == 1 and isinstance(v[0], (str, list)):
         v = v[0]  # a batch of one
@@ -239,12 +286,50 @@ def chat_message(content: str, reasoning: str, calls: list[dict]) -> dict[str, A
     return msg
 
 
-def completion_body(rid: str, model: str, chat: bool, text: str, reasoning: str, calls: list[dict],
-                    finish_reason: str, usage_: dict) -> dict[str, Any]:
-    choice: dict[str, Any] = {"index": 0, "finish_reason": finish_reason, "logprobs": None}
+def choice_body(index: int, chat: bool, text: str, reasoning: str, calls: list[dict], finish_reason: str,
+                logprobs: dict | None = None) -> dict[str, Any]:
+    choice: dict[str, Any] = {"index": index, "finish_reason": finish_reason, "logprobs": logprobs}
     if chat:
         choice["message"] = chat_message(text, reasoning, calls)
     else:
         choice["text"] = text
+    return choice
+
+
+def completion_body(rid: str, model: str, chat: bool, choices: list[dict], usage_: dict) -> dict[str, Any]:
     return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-            "model": model, "choices": [choice], "usage": usage_}
+            "model": model, "choices": choices, "usage": usage_}
+
+
+LOGPROB_FLOOR = -9999.0  # OpenAI's value for a token the model gives (practically) no probability
+
+
+def _lp(value: float) -> float:
+    return max(value, LOGPROB_FLOOR)
+
+
+def chat_logprobs(entries: list[tuple]) -> dict[str, Any]:
+    """Chat's logprobs: entries (token text, bytes, logprob, [(text, bytes, logprob), ...]) ->
+    {"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}], "refusal": None}."""
+    return {"content": [{"token": t, "logprob": _lp(lp), "bytes": list(b),
+                         "top_logprobs": [{"token": tt, "logprob": _lp(tl), "bytes": list(tb)} for tt, tb, tl in top]}
+                        for t, b, lp, top in entries], "refusal": None}
+
+
+def completion_logprobs(entries: list[tuple], offset: int = 0) -> dict[str, Any]:
+    """The completions endpoint's (legacy) logprobs: tokens, token_logprobs, top_logprobs ({text: logprob}) and
+    text_offset (each token's start in the choice's text, from `offset`)."""
+    offsets = []
+    for t, *_ in entries:
+        offsets.append(offset)
+        offset += len(t)
+    return {"tokens": [t for t, *_ in entries], "token_logprobs": [_lp(lp) for _, _, lp, _ in entries],
+            "top_logprobs": [_top_dict(top) for *_, top in entries], "text_offset": offsets}
+
+
+def _top_dict(top: list[tuple]) -> dict[str, float]:
+    """{text: logprob}; tokens of the same text (byte pieces of one character all read '\ufffd') keep the likeliest."""
+    out: dict[str, float] = {}
+    for text, _, lp in top:
+        out.setdefault(text, _lp(lp))
+    return out

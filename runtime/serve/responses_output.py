@@ -3,7 +3,7 @@ the Responses event stream (the request side: responses.py).
 
     b = ResponseBuilder(call, model, n_prompt)
     b.start()        -> [response.created, response.in_progress]
-    b.feed(item)     -> the events one handler item (app.QueueHandler: ("token", id), ("reasoning" | "content",
+    b.feed(item)     -> the events one handler item (choices.QueueHandler: ("token", id), ("reasoning" | "content",
                         text), ("tool_call", _, index, name), ("tool_args", text, index), ("done", reason, n, _))
                         makes; b.body() is the response object so far
     await collect(items, b, store) / stream(items, b, store)     the JSON body / the SSE text of the whole job

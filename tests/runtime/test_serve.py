@@ -17,7 +17,7 @@ pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
-from serve_helpers import run_server, wait_ready  # noqa: E402
+from serve_helpers import harmony_tiny_export, run_server, wait_ready  # noqa: E402
 
 from mxport.runtime.generation.generate import Generator  # noqa: E402
 from mxport.runtime.serve.app import create_app, load_folder  # noqa: E402
@@ -29,15 +29,7 @@ MODEL = "tiny"
 
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory):
-    from mxport.exporter.export import export
-    from mxport.exporter.synth import write_checkpoint
-    from mxport.commands.demo import demo_config
-
-    cfg, tok = demo_config()  # the tiny preset with the harmony tokenizer's eos / pad ids
-    root = tmp_path_factory.mktemp("serve")
-    ckpt = write_checkpoint(root / "ckpt", cfg, seed=0)
-    tok.save(ckpt / "tokenizer.json")
-    return export(ckpt, root / "export", target="cpu", progress=False)
+    return harmony_tiny_export(tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")
@@ -176,9 +168,11 @@ def test_request_errors(server, client):
     assert error_of(server, "/v1/chat/completions", b"{not json", 400)["code"] == "invalid_json"
     assert error_of(server, "/v1/chat/completions", {"model": MODEL}, 400)["param"] == "messages"
     err = error_of(server, "/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "x"}],
-                                                    "n": 2, "logprobs": True, "response_format": {"type": "json_object"}},
-                   400)
-    assert all(k in err["message"] for k in ("n=2", "logprobs", "response_format"))
+                                                    "n": 9, "best_of": 2, "presence_penalty": 1}, 400)
+    assert all(k in err["message"] for k in ("best_of=2", "presence_penalty"))
+    err = error_of(server, "/v1/completions", {"model": MODEL, "prompt": "x",
+                                               "response_format": {"type": "json_object"}}, 400)
+    assert "response_format" in err["message"]
     err = error_of(server, "/v1/completions", {"model": MODEL, "prompt": "x", "temperature": -1}, 400)
     assert err["param"] == "temperature"
     err = error_of(server, "/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "x"}],

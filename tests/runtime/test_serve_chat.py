@@ -132,8 +132,9 @@ def test_bad_tools_and_tool_choice(client):
                                                                                 "function": {"name": "a b"}}])
     assert exc.value.body["param"] == "tools"
     with pytest.raises(openai.BadRequestError) as exc:
-        client.chat.completions.create(model="scripted", messages=USER, tools=[WEATHER], tool_choice="required")
-    assert exc.value.body["param"] == "tool_choice"
+        client.chat.completions.create(model="scripted", messages=USER, tools=[WEATHER],
+                                       tool_choice={"type": "function", "function": {"name": "get_time"}})
+    assert exc.value.body["param"] == "tool_choice" and "get_time" in exc.value.body["message"]
 
 
 def test_no_chat_format_and_full_queue(tok):
