@@ -191,9 +191,7 @@ def _resolve(inputs: list[str], outputs: list[str], given: dict[str, str], layer
         return None
 
     def per_layer(kind: str, names: list[str], forms: tuple[str, ...]) -> list[tuple[str, str]]:
-        keys = [k for k in (f"{kind}%d.key", f"{kind}%d.value") if k in given]
-        patterns = [(given.get(f"{kind}%d.key"), given.get(f"{kind}%d.value"))] if keys else \
-            [(f + "key", f + "value") for f in forms]
+        patterns = [(given.get(f"{kind}%d.key", f + "key"), given.get(f"{kind}%d.value", f + "value")) for f in forms]
         for kp, vp in patterns:
             if kp and vp and all(kp % i in names and vp % i in names for i in range(layers)):
                 return [(kp % i, vp % i) for i in range(layers)]

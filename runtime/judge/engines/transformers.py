@@ -7,6 +7,7 @@ has the final norm applied, so it is not compared). Tokenizer: AutoTokenizer fro
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,8 @@ class TransformersEngine(Engine):
 
     def _call(self, ids: np.ndarray) -> Step:
         torch = self._torch
-        with torch.inference_mode():
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # newer transformers rename past_key_values
             out = self.model(input_ids=torch.from_numpy(np.asarray(ids, np.int64)[None]), past_key_values=self._past,
                              use_cache=True, output_hidden_states=True)
         self._past = out.past_key_values
