@@ -1,6 +1,7 @@
 """`--engine gguf`: a GGUF file run by llama.cpp through llama-cpp-python (the `gguf` extra: llama-cpp-python,
 built from source at install, and the `gguf` reader). `logits_all=True` keeps the logits of every position; the
-prompt goes in with `eval`, each decode step appends one token to llama.cpp's own KV cache. Per-layer hidden states
+prompt goes in with `eval`, each decode step appends one token to llama.cpp's own KV cache, kept in float32 (its
+default, F16, rounds every key and value: docs/ENGINES.md measures it). Per-layer hidden states
 would need llama.cpp's eval callback, which llama-cpp-python's Llama class does not expose: logits only.
 Tokenizer: llama.cpp's own, from the GGUF's vocabulary (`tokenize(text, add_bos=False)`).
 
@@ -40,8 +41,10 @@ class GgufEngine(Engine):
             self.lossy = (f"GGUF tensors {', '.join(f'{t} x{types[t]}' for t in lossy)}: llama.cpp quantizes "
                           "activations to 8 bits in dot products with quantized weights (F16/BF16: rounds them)")
         n_ctx = min(max(max_tokens + 8, 32), MAX_CONTEXT)
+        # the KV cache in float32: llama.cpp's default F16 cache rounds every key and value (docs/ENGINES.md)
         kwargs: dict[str, Any] = {"n_ctx": n_ctx, "n_batch": n_ctx, "n_ubatch": n_ctx, "logits_all": True,
-                                  "verbose": False, "seed": 0}
+                                  "verbose": False, "seed": 0, "type_k": llama_cpp.GGML_TYPE_F32,
+                                  "type_v": llama_cpp.GGML_TYPE_F32}
         if threads is not None:
             kwargs.update(n_threads=int(threads), n_threads_batch=int(threads))
         try:
@@ -50,7 +53,7 @@ class GgufEngine(Engine):
             raise MxportError(f"{path}: llama.cpp cannot load the model: {exc}") from exc
         if self.llm.n_vocab() != cfg.vocab_size:
             raise MxportError(f"{path}: vocabulary of {self.llm.n_vocab()} tokens, the checkpoint's has {cfg.vocab_size}")
-        self.describe = f"llama.cpp via llama-cpp-python {llama_cpp.__version__} on {path} (n_ctx {n_ctx})"
+        self.describe = f"llama.cpp via llama-cpp-python {llama_cpp.__version__} on {path} (n_ctx {n_ctx}, F32 KV cache)"
         self.notes.append("per-layer hidden states: llama-cpp-python does not expose llama.cpp's eval callback "
                           "(logits only)")
         rope = getattr(cfg, "rope", None)
