@@ -110,10 +110,9 @@ def _run_engine(args: argparse.Namespace) -> int:
 
     from mxport.errors import MxportError
     from mxport.files import write_file
-    from mxport.runtime.judge.compare import FLOAT32_TOLERANCES
     from mxport.runtime.judge.engines import parse_io_names
     from mxport.runtime.judge.engines.run import verify_engine
-    from mxport.runtime.judge.verify import parse_budget, parse_tolerance_options
+    from mxport.runtime.judge.verify import parse_budget
 
     if args.checkpoint is None:
         raise MxportError("--engine: give the CHECKPOINT the reference runs (mxport verify --engine NAME TARGET CKPT)")
@@ -121,10 +120,9 @@ def _run_engine(args: argparse.Namespace) -> int:
         raise MxportError("--reference: with --engine the reference is always the checkpoint as stored")
     if args.engine_io and args.engine != "onnx":
         raise MxportError("--engine-io names the inputs and outputs of --engine onnx only")
-    overrides = parse_tolerance_options(args.tolerance, FLOAT32_TOLERANCES)
     with Bars(args.quiet) as bars:
         report = verify_engine(args.engine, args.export_dir, args.checkpoint, prompts=args.prompts,
-                               decode_steps=args.decode_steps, seed=args.seed, tolerances=overrides,
+                               decode_steps=args.decode_steps, seed=args.seed, tolerance_specs=args.tolerance,
                                threads=args.threads, io_names=parse_io_names(args.engine_io),
                                budget=parse_budget(args.max_kl, args.min_top1), max_prompt_len=args.max_prompt_len,
                                reference_dtype=np.dtype(args.reference_dtype), provider=args.provider, progress=bars)

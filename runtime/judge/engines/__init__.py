@@ -39,7 +39,8 @@ class Step:
 
 @dataclass
 class Engine:
-    """The base of every engine adapter: subclasses set the fields in __init__ and implement the three calls."""
+    """The base of every engine adapter: subclasses set the fields in __init__ and implement `_call` and `reset`
+    (or `prefill` / `decode` themselves)."""
 
     name: str = ""
     target: str = ""
@@ -50,10 +51,17 @@ class Engine:
     notes: list[str] = field(default_factory=list)
     encode: Callable[[str], list[int]] | None = None  # the engine's own tokenizer, if it brings one
 
-    def prefill(self, ids: np.ndarray) -> Step:  # pragma: no cover - interface
-        raise NotImplementedError
+    def prefill(self, ids: np.ndarray) -> Step:
+        """A new sequence: forget the last one, run the prompt `ids` [S] (int64)."""
+        self.reset()
+        return self._call(np.asarray(ids, np.int64))
 
-    def decode(self, token: int) -> Step:  # pragma: no cover - interface
+    def decode(self, token: int) -> Step:
+        """One cached step of one token after the sequence so far."""
+        return self._call(np.array([token], np.int64))
+
+    def _call(self, ids: np.ndarray) -> Step:  # pragma: no cover - interface
+        """Run `ids` after the sequence so far (the engine's own cache)."""
         raise NotImplementedError
 
     def reset(self) -> None:  # pragma: no cover - interface

@@ -62,20 +62,13 @@ class GgufEngine(Engine):
                               "range (truncate: true): every position's RoPE differs slightly")
         self.encode = lambda text: list(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
-    def _eval(self, tokens: list[int]) -> np.ndarray:
+    def _call(self, ids: np.ndarray) -> Step:
         start = self.llm.n_tokens
         try:
-            self.llm.eval(tokens)
+            self.llm.eval([int(t) for t in ids])
         except Exception as exc:  # llama.cpp decode errors
             raise MxportError(f"{self.target}: llama.cpp fails to run the model: {exc}") from exc
-        return np.array(self.llm.scores[start : self.llm.n_tokens], np.float32)
-
-    def prefill(self, ids: np.ndarray) -> Step:
-        self.reset()
-        return Step(self._eval([int(t) for t in ids]))
-
-    def decode(self, token: int) -> Step:
-        return Step(self._eval([int(token)]))
+        return Step(np.array(self.llm.scores[start : self.llm.n_tokens], np.float32))
 
     def reset(self) -> None:
         self.llm.reset()

@@ -139,13 +139,6 @@ class OnnxEngine(Engine):
                   if io.hidden_name(i) in out} or None
         return Step(logits, hidden)
 
-    def prefill(self, ids: np.ndarray) -> Step:
-        self.reset()
-        return self._call(ids)
-
-    def decode(self, token: int) -> Step:
-        return self._call(np.array([token], np.int64))
-
     def reset(self) -> None:
         self._past, self._length = None, 0
 

@@ -35,7 +35,7 @@ from mxport.runtime.judge.compare import FLOAT32_TOLERANCES, Tolerance, compare,
 from mxport.runtime.judge.engines import Engine, open_engine
 from mxport.runtime.judge.engines.report import EngineReport, check_tokenizer
 from mxport.runtime.judge.report import CallResult, QuantizationError
-from mxport.runtime.judge.verify import make_prompts, merge_tolerances
+from mxport.runtime.judge.verify import make_prompts, merge_tolerances, parse_tolerance_options
 
 LOSSY_REPORTED = {io.LOGITS: Tolerance(), io.HIDDEN + "*": Tolerance(), "*": Tolerance()}  # reported, not judged
 
@@ -49,6 +49,7 @@ def verify_engine(
     decode_steps: int = 4,
     seed: int = 0,
     tolerances: Mapping[str, Tolerance | float] | None = None,
+    tolerance_specs: list[str] | None = None,
     threads: int | None = None,
     io_names: dict[str, str] | None = None,
     budget: Tolerance | None = None,
@@ -57,7 +58,9 @@ def verify_engine(
     provider: str = "CPUExecutionProvider",
     progress: Progress | None = None,
 ) -> EngineReport:
-    """Run engine `name` on `target` and the NumPy reference on `checkpoint`; see the module docstring."""
+    """Run engine `name` on `target` and the NumPy reference on `checkpoint`; see the module docstring.
+    tolerances: as verify's (overrides first); tolerance_specs: `--tolerance` strings, read against the defaults
+    of the engine's kind (known once it is open)."""
     from mxport.runtime.execution.runners import ReferenceModelRunner
 
     checkpoint, target = Path(checkpoint), Path(target)
@@ -82,7 +85,8 @@ def verify_engine(
         lossy = engine.lossy
         defaults = LOSSY_REPORTED if lossy else {k: v for k, v in FLOAT32_TOLERANCES.items()
                                                  if not k.startswith(io.PRESENT)}
-        tols = merge_tolerances(defaults, tolerances)
+        # `--tolerance` specs refine the defaults of the engine's kind (float32, or lossy: reported)
+        tols = merge_tolerances(defaults, {**parse_tolerance_options(tolerance_specs, defaults), **(tolerances or {})})
         per_call = {p: dataclasses.replace(t, top1=None, kl_mean=None) for p, t in tols.items()}
         mode = f"{name} ({'lossy: ' + lossy if lossy else 'claims float32 math on the checkpoint: exact'})"
         report = EngineReport(str(target), str(checkpoint), mode, engine.describe, [len(p) for p in prompt_set],

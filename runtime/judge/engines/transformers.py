@@ -64,13 +64,6 @@ class TransformersEngine(Engine):
         hidden = {i: out.hidden_states[i + 1][0].float().numpy() for i in range(self.cfg.num_hidden_layers - 1)}
         return Step(out.logits[0].float().numpy(), hidden)
 
-    def prefill(self, ids: np.ndarray) -> Step:
-        self.reset()
-        return self._call(ids)
-
-    def decode(self, token: int) -> Step:
-        return self._call(np.array([token], np.int64))
-
     def reset(self) -> None:
         self._past = None
 
