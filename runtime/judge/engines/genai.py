@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from mxport.contract.folder import GENAI_FILE
+from mxport.contract import io
+from mxport.contract.folder import GENAI_FILE, MODEL_FILE
 from mxport.errors import MxportError
 from mxport.runtime.judge.engines import Engine, Step
 from mxport.runtime.judge.engines.onnx_hf import folder_lossy
@@ -48,7 +49,7 @@ class GenaiEngine(Engine):
             self.model = og.Model(config)
         except Exception as exc:  # genai raises RuntimeError / its own errors
             raise MxportError(f"{folder}: onnxruntime-genai cannot load the model: {exc}") from exc
-        model_file = folder / str(decoder.get("filename", "model.onnx"))
+        model_file = folder / str(decoder.get("filename", MODEL_FILE))
         self.lossy = folder_lossy(model_file)
         self.describe = f"onnxruntime-genai {og.__version__} on {model_file}"
         self.notes.append("per-layer hidden states: genai returns only the outputs its config names (logits only)")
@@ -61,9 +62,9 @@ class GenaiEngine(Engine):
 
     def _logits(self) -> np.ndarray:
         try:
-            out = np.asarray(self._gen.get_output("logits"), np.float32)
+            out = np.asarray(self._gen.get_output(io.LOGITS), np.float32)
         except Exception as exc:
-            raise MxportError(f"{self.target}: genai gives no 'logits' output: {exc}") from exc
+            raise MxportError(f"{self.target}: genai gives no {io.LOGITS!r} output: {exc}") from exc
         return out.reshape(-1, out.shape[-1])
 
     def _append(self, ids: np.ndarray) -> None:

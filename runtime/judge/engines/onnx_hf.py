@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from mxport.contract import io
-from mxport.contract.folder import MANIFEST_FILE
+from mxport.contract.folder import MANIFEST_FILE, MODEL_FILE
 from mxport.errors import MxportError
 from mxport.runtime.judge.engines import Engine, Step
 
@@ -161,11 +161,11 @@ def _model_file(target: Path) -> Path:
         return target
     if not target.is_dir():
         raise MxportError(f"{target}: no such ONNX model or folder")
-    if (target / "model.onnx").is_file():
-        return target / "model.onnx"
+    if (target / MODEL_FILE).is_file():
+        return target / MODEL_FILE
     found = sorted(target.glob("*.onnx"))
     if len(found) != 1:
-        raise MxportError(f"{target}: expected model.onnx or exactly one .onnx file, found "
+        raise MxportError(f"{target}: expected {MODEL_FILE} or exactly one .onnx file, found "
                           f"{[f.name for f in found] or 'none'}")
     return found[0]
 

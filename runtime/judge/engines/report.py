@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from mxport.contract.folder import TOKENIZER_FILE
 from mxport.runtime.judge.compare import grid
 from mxport.runtime.judge.report import VerifyReport
 
@@ -103,7 +104,7 @@ def check_tokenizer(checkpoint: Path, encode: Callable[[str], list[int]] | None)
     "mismatches": [{"text", "reference", "engine", "at"}]}, or {"skipped": why}."""
     if encode is None:
         return {"skipped": "the engine brings no tokenizer"}
-    path = Path(checkpoint) / "tokenizer.json"
+    path = Path(checkpoint) / TOKENIZER_FILE
     if not path.is_file():
         return {"skipped": f"{path} does not exist"}
     from tokenizers import Tokenizer
