@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import signal
 import threading
 from functools import partial
 from pathlib import Path
@@ -121,7 +122,10 @@ def run_ray(args: argparse.Namespace, folder: Path, limits, api_key: str | None,
                           f"{args.min_replicas}..{args.max_replicas}" if autoscale else f"--replicas {args.replicas}")
     if args.target_ongoing_requests <= 0:
         raise MxportError(f"--target-ongoing-requests must be > 0, found {args.target_ongoing_requests}")
+    on_term = signal.getsignal(signal.SIGTERM)
     started = ray_app.start_cluster(args.ray_address, os.cpu_count(), args.object_store_mb)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_term)  # ray.init's handler exits 15; keep the command's (143, as serve)
     spec = ray_app.RaySpec(str(folder.resolve()), args.provider, args.max_batch, args.max_queue, args.model_name,
                            args.max_context, args.default_max_tokens, limits, api_key, replicas=args.replicas,
                            min_replicas=args.min_replicas, max_replicas=args.max_replicas,

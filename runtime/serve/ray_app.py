@@ -42,6 +42,7 @@ from mxport.runtime.serve.worker import Worker
 log = logging.getLogger("mxport.serve")
 
 ACCEPTED = "mxport.accepted"  # the first message of every replica answer: the request reached a replica
+REPLICA_HEADER = b"x-mxport-replica"  # on every answer: the id of the replica that gave it
 ROUTE_TIMEOUT_S = 60.0
 ROUTE_RETRIES = 2  # sends of a request that no replica accepted (its replica died before it got there)
 PREFIX_CHARS = 2048  # routing text kept: the start of a conversation or prompt
@@ -117,8 +118,11 @@ class Replica:
     """The deployment's class: one export, one engine, the FastAPI app of app.py."""
 
     async def __init__(self, spec: RaySpec) -> None:
+        from ray import serve
         from uvicorn.config import Config
         from uvicorn.lifespan.on import LifespanOn
+
+        self.replica = serve.get_replica_context().replica_id.unique_id
 
         load = partial(load_folder, spec.folder, provider=spec.provider, max_batch=spec.max_batch,
                        max_queue=spec.max_queue, model_name=spec.model_name, max_context=spec.max_context,
@@ -150,7 +154,7 @@ class Replica:
             raise RuntimeError(f"/health: {health}")
 
     async def __call__(self, request: Forwarded) -> AsyncIterator[dict]:
-        yield {"type": ACCEPTED}
+        yield {"type": ACCEPTED, "replica": self.replica}
         async for message in asgi_messages(self.app, dict(request.scope), request.body, asyncio.Event()):
             yield message
 
@@ -219,11 +223,15 @@ def routing_text(body: bytes, limits: ServeLimits) -> str | None:
     return None
 
 
+class AnswerCut(Exception):
+    """A replica's stream of ASGI messages stopped before the answer's last body part (its process died)."""
+
+
 def _failed_replica(exc: BaseException) -> bool:
     from ray.exceptions import RayActorError
     from ray.serve.exceptions import ReplicaUnavailableError
 
-    return isinstance(exc, (RayActorError, ReplicaUnavailableError))
+    return isinstance(exc, (RayActorError, ReplicaUnavailableError, AnswerCut))
 
 
 class FrontDoor:
@@ -290,21 +298,26 @@ class FrontDoor:
         answer = self.handle.options(stream=True).remote(fwd)
         stop = asyncio.create_task(gone.wait())
         stop.add_done_callback(lambda _: answer.cancel())
-        accepted = started = streaming = False
+        accepted, started, streaming, finished = None, False, False, False
         try:
             it = answer.__aiter__()
             while True:
                 nxt = it.__anext__()
                 try:
-                    message = await (nxt if accepted else asyncio.wait_for(nxt, self.route_timeout))
+                    message = await (nxt if accepted is not None else asyncio.wait_for(nxt, self.route_timeout))
                 except StopAsyncIteration:
-                    return False
+                    if finished:
+                        return False
+                    raise AnswerCut("the replica's answer ended before its last part") from None
                 if message["type"] == ACCEPTED:
-                    accepted = True
+                    accepted = message["replica"]
                     continue
                 if message["type"] == "http.response.start":
                     started = True
                     streaming = b"text/event-stream" in dict(message.get("headers", [])).get(b"content-type", b"")
+                    message = {**message, "headers": [*message.get("headers", []),
+                                                      (REPLICA_HEADER, accepted.encode())]}
+                finished = message["type"] == "http.response.body" and not message.get("more_body")
                 await send(message)
         except asyncio.TimeoutError:
             answer.cancel()
@@ -317,7 +330,7 @@ class FrontDoor:
             if isinstance(exc, BackPressureError):
                 await send_error(send, ApiError(503, f"the server is busy: {exc}; retry later", code="queue_full"))
                 return False
-            if retry and not accepted and _failed_replica(exc):
+            if retry and accepted is None and _failed_replica(exc):
                 log.warning("a replica failed before accepting a request (%s); sending it to another",
                             type(exc).__name__)
                 return True
@@ -325,7 +338,7 @@ class FrontDoor:
             log.error("the replica serving %s %s failed: %s: %s", fwd.scope.get("method"),
                       fwd.scope.get("path", "")[:200], type(exc).__name__, str(exc)[:300].replace("\n", " "))
             err = ApiError(503, f"the replica serving this request failed ({type(exc).__name__}); retry",
-                           code="replica_failed")
+                           code="replica_failed", headers={REPLICA_HEADER.decode(): accepted} if accepted else None)
             if not started:
                 await send_error(send, err)
             elif streaming:
@@ -378,6 +391,8 @@ def shutdown(app_name: str, started: bool) -> None:
         return
     try:
         serve.delete(app_name) if not started else serve.shutdown()
+    except Exception as exc:  # noqa: BLE001 - a cluster already gone: nothing left to delete
+        log.warning("shutting down %s: %s: %s", app_name, type(exc).__name__, exc)
     finally:
         if started:
             ray.shutdown()
