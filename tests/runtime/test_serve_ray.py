@@ -293,3 +293,30 @@ def test_distinct_prompts_spread_over_both_replicas(deployed):
 
     with futures.ThreadPoolExecutor(8) as pool:
         assert len(set(pool.map(ask, range(32)))) == 2
+
+
+def test_every_turn_of_a_conversation_has_its_first_turns_routing_text():
+    first = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "Hi"}]}]
+    later = [*first, {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "And?"}]
+    text = ray_app.routing_text(json.dumps({"model": MODEL, "messages": first}).encode(), LIMITS)
+    assert text == ray_app.routing_text(json.dumps({"model": MODEL, "messages": later}).encode(), LIMITS)
+    assert "Be brief." in text and "Hi" in text
+    other = ray_app.routing_text(json.dumps({"model": MODEL, "messages": [first[0], {"role": "user",
+                                                                                     "content": "Yo"}]}).encode(), LIMITS)
+    assert other != text
+    ids = ray_app.routing_text(json.dumps({"model": MODEL, "prompt": list(range(3000))}).encode(), LIMITS)
+    assert len(ids) == ray_app.PREFIX_CHARS
+    assert ray_app.routing_text(b"{not json", LIMITS) is None
+    assert ray_app.routing_text(json.dumps({"model": MODEL, "prompt": [1, "x"]}).encode(), LIMITS) is None
+
+
+def test_rendezvous_ranking_moves_only_the_keys_of_a_replica_that_leaves():
+    from mxport.runtime.serve.ray_router import rank
+
+    replicas = ["a1", "b2", "c3"]
+    keys = [f"conversation {i}" for i in range(300)]
+    home = {k: rank(k, replicas)[0] for k in keys}
+    assert {home[k] for k in keys} == set(replicas)  # spread over all three
+    after = {k: rank(k, ["a1", "c3"])[0] for k in keys}
+    assert all(after[k] == home[k] for k in keys if home[k] != "b2")
+    assert all(rank(k, replicas) == rank(k, list(reversed(replicas))) for k in keys[:20])  # order-free
