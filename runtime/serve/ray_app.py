@@ -19,8 +19,9 @@ and key checks before it reads a body (the same Guard again) and the answers onl
     503 queue_full         every replica is busy and the handle's queue (--max-queue) is full
     503 no_replica         no replica accepted the request within ROUTE_TIMEOUT_S (none alive)
 
-A client that goes away cancels the Ray call; the replica then tells the app (http.disconnect), which cancels the
-engine job. Replicas are restarted by Ray when they die or fail their health check (the app's /health).
+Every answer a replica gave carries `x-mxport-replica: ID`. A client that goes away cancels the Ray call; the
+replica then tells the app (http.disconnect), which cancels the engine job. Replicas are restarted by Ray when
+they die or fail their health check (the app's /health).
 """
 
 from __future__ import annotations
@@ -169,6 +170,7 @@ def deployment_options(spec: RaySpec) -> dict:
         "max_ongoing_requests": spec.max_batch + spec.max_queue,  # what one engine takes before its 503
         "max_queued_requests": max(1, spec.max_queue),  # waiting in the front door's handle; more: 503
         "health_check_period_s": 2.0, "health_check_timeout_s": 30.0, "graceful_shutdown_timeout_s": 5.0,
+        "max_constructor_retry_count": 3,  # a replica that cannot load the export: the deployment fails
     }
     if spec.max_replicas is not None:
         opts["num_replicas"] = "auto"
@@ -297,7 +299,7 @@ class FrontDoor:
 
         answer = self.handle.options(stream=True).remote(fwd)
         stop = asyncio.create_task(gone.wait())
-        stop.add_done_callback(lambda _: answer.cancel())
+        stop.add_done_callback(lambda _: gone.is_set() and answer.cancel())
         accepted, started, streaming, finished = None, False, False, False
         try:
             it = answer.__aiter__()

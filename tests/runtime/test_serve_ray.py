@@ -301,8 +301,8 @@ def test_every_turn_of_a_conversation_has_its_first_turns_routing_text():
     text = ray_app.routing_text(json.dumps({"model": MODEL, "messages": first}).encode(), LIMITS)
     assert text == ray_app.routing_text(json.dumps({"model": MODEL, "messages": later}).encode(), LIMITS)
     assert "Be brief." in text and "Hi" in text
-    other = ray_app.routing_text(json.dumps({"model": MODEL, "messages": [first[0], {"role": "user",
-                                                                                     "content": "Yo"}]}).encode(), LIMITS)
+    yo = [first[0], {"role": "user", "content": "Yo"}]
+    other = ray_app.routing_text(json.dumps({"model": MODEL, "messages": yo}).encode(), LIMITS)
     assert other != text
     ids = ray_app.routing_text(json.dumps({"model": MODEL, "prompt": list(range(3000))}).encode(), LIMITS)
     assert len(ids) == ray_app.PREFIX_CHARS
@@ -320,3 +320,17 @@ def test_rendezvous_ranking_moves_only_the_keys_of_a_replica_that_leaves():
     after = {k: rank(k, ["a1", "c3"])[0] for k in keys}
     assert all(after[k] == home[k] for k in keys if home[k] != "b2")
     assert all(rank(k, replicas) == rank(k, list(reversed(replicas))) for k in keys[:20])  # order-free
+
+
+def test_deployment_options_carry_replicas_threads_autoscaling_and_the_router():
+    from mxport.runtime.serve.ray_router import PrefixAffinityRouter
+
+    fixed = ray_app.deployment_options(ray_app.RaySpec("x", max_batch=4, max_queue=6, threads=2, replicas=3))
+    assert fixed["num_replicas"] == 3 and fixed["ray_actor_options"] == {"num_cpus": 2}
+    assert fixed["max_ongoing_requests"] == 10 and fixed["max_queued_requests"] == 6
+    assert fixed["request_router_config"]["request_router_class"] is PrefixAffinityRouter
+    auto = ray_app.deployment_options(ray_app.RaySpec("x", min_replicas=1, max_replicas=4,
+                                                      target_ongoing_requests=2, routing="random"))
+    assert auto["num_replicas"] == "auto" and "request_router_config" not in auto
+    assert auto["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 1,
+                                          "target_ongoing_requests": 2}
