@@ -280,6 +280,7 @@ class FrontDoor:
                 if not await self.attempt(fwd, send, gone, retry=attempt < ROUTE_RETRIES):
                     break
                 self.retried += 1
+                await asyncio.sleep(0.2 * (attempt + 1))  # time for the router to learn the replica is gone
         finally:
             watcher.cancel()
 
