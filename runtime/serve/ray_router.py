@@ -23,7 +23,7 @@ import random
 
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
-IMBALANCE = 8  # queued requests by which the preferred replica may exceed the least loaded one
+IMBALANCE = 2  # requests by which the preferred replica may exceed the least loaded one (a CPU step slows per row)
 
 
 def request_key(pending: PendingRequest | None) -> str | None:
