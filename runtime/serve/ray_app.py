@@ -29,6 +29,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -47,6 +49,9 @@ REPLICA_HEADER = b"x-mxport-replica"  # on every answer: the id of the replica t
 ROUTE_TIMEOUT_S = 60.0
 ROUTE_RETRIES = 2  # sends of a request that no replica accepted (its replica died before it got there)
 PREFIX_CHARS = 2048  # routing text kept: the start of a conversation or prompt
+MAX_SESSIONS = 65536  # response ids whose routing text the front door remembers (previous_response_id)
+PREVIOUS = "\x00previous\x1d"  # routing_text's mark of a previous_response_id
+RESPONSE_ID = re.compile(rb'"(resp_[0-9a-f]{1,64})"')  # the first one in a /v1/responses answer is its id
 SCOPE_KEYS = ("type", "asgi", "http_version", "method", "scheme", "path", "raw_path", "root_path", "query_string",
               "headers", "client", "server")
 
@@ -80,6 +85,7 @@ class Forwarded:
     scope: dict
     body: bytes
     prompt: str | None = None
+    pinned: bool = False  # only the prompt's first replica may take it (it holds the previous response)
 
 
 # ---- the replica ---------------------------------------------------------------------------------------------
@@ -197,16 +203,19 @@ def deploy(spec: RaySpec):
 
 # ---- the front door ------------------------------------------------------------------------------------------
 def routing_text(body: bytes, limits: ServeLimits) -> str | None:
-    """What a request's replica is chosen by: a conversation's leading system/developer messages and its first
-    user message (the same for every turn), or the start of a prompt (text or token ids); None for a body that
-    does not parse (its replica answers the 400)."""
+    """What a request's replica is chosen by: a conversation's instructions, leading system/developer messages and
+    its first user message (the same for every turn), or the start of a prompt (text or token ids); PREVIOUS +
+    the id for a Responses follow-up (previous_response_id); None for a body that does not parse (its replica
+    answers the 400)."""
     try:
         obj = parse_body(body, limits.max_json_depth)
     except Exception:  # noqa: BLE001 - the replica refuses it with the app's own error
         return None
     if not isinstance(obj, dict):
         return None
-    head = f"{obj.get('model')}\x1d"
+    if isinstance(obj.get("previous_response_id"), str):  # a Responses follow-up: where that response is stored
+        return f"{PREVIOUS}{obj['previous_response_id'][:256]}"
+    head = f"{obj.get('model')}\x1d{obj.get('instructions') if isinstance(obj.get('instructions'), str) else ''}\x1d"
     turns = obj.get("messages", obj.get("input"))
     if isinstance(turns, list):
         parts = []
@@ -245,6 +254,7 @@ class FrontDoor:
         self.error: str | None = None
         self.parsing = Worker("mxport-route")
         self.retried = 0  # requests sent again because their replica died before accepting them
+        self.sessions: OrderedDict[str, str] = OrderedDict()  # response id -> the routing text that made it
         self.failed = 0  # requests that ended with replica_failed
 
     async def __call__(self, scope, receive, send) -> None:
@@ -272,7 +282,10 @@ class FrontDoor:
                 break
         body = b"".join(parts)
         prompt = await self.parsing.run(routing_text, body, self.limits) if body else None
-        fwd = Forwarded({k: scope[k] for k in SCOPE_KEYS if k in scope}, body, prompt)
+        pinned = prompt is not None and prompt.startswith(PREVIOUS)
+        if pinned:  # the conversation's text, so that the response is asked of the replica that stored it
+            prompt = self.sessions.get(prompt[len(PREVIOUS):], prompt)
+        fwd = Forwarded({k: scope[k] for k in SCOPE_KEYS if k in scope}, body, prompt, pinned)
         gone = asyncio.Event()
         watcher = asyncio.create_task(_disconnected(receive, gone))
         try:
@@ -283,6 +296,12 @@ class FrontDoor:
                 await asyncio.sleep(0.2 * (attempt + 1))  # time for the router to learn the replica is gone
         finally:
             watcher.cancel()
+
+    def remember(self, response_id: str, prompt: str) -> None:
+        self.sessions[response_id] = prompt
+        self.sessions.move_to_end(response_id)
+        while len(self.sessions) > MAX_SESSIONS:
+            self.sessions.popitem(last=False)
 
     async def not_ready(self, scope, send) -> None:
         if scope["path"] == "/health":
@@ -321,6 +340,10 @@ class FrontDoor:
                     message = {**message, "headers": [*message.get("headers", []),
                                                       (REPLICA_HEADER, accepted.encode())]}
                 finished = message["type"] == "http.response.body" and not message.get("more_body")
+                if message["type"] == "http.response.body" and fwd.prompt and fwd.scope.get("path") == \
+                        "/v1/responses" and (found := RESPONSE_ID.search(message.get("body", b""))) is not None:
+                    self.remember(found.group(1).decode(), fwd.prompt)
+                    fwd = Forwarded(fwd.scope, fwd.body, None, fwd.pinned)  # once per answer
                 await send(message)
         except asyncio.TimeoutError:
             answer.cancel()

@@ -9,6 +9,10 @@ message of a conversation, or the start of a completion prompt), so every turn o
         rank 1: the first replica, unless its known queue is `imbalance` requests longer than the shortest
         rank 2: every other replica (Ray then takes the one with the shortest queue that accepts)
 
+A Responses request with `previous_response_id` is pinned: the front door routes it by the text of the
+request that made that response (ray_app.FrontDoor.sessions), and only that home may take it (the response is
+stored in that replica's process).
+
 Rendezvous hashing moves only the keys of a replica that leaves (a killed one, a scale-down): the other
 conversations stay where their prefix is cached. A request without a key (a bad body: its replica answers the
 400) and a full preferred replica fall back to the shortest queue. Ray's own prefix-aware router
@@ -26,13 +30,14 @@ from ray.serve.request_router import PendingRequest, RequestRouter, RunningRepli
 IMBALANCE = 2  # requests by which the preferred replica may exceed the least loaded one (a CPU step slows per row)
 
 
-def request_key(pending: PendingRequest | None) -> str | None:
-    """The routing text of a forwarded request (ray_app.Forwarded.prompt), if it has one."""
+def request_key(pending: PendingRequest | None) -> tuple[str | None, bool]:
+    """The routing text of a forwarded request (ray_app.Forwarded.prompt), if it has one, and whether only its
+    first replica may take it (Forwarded.pinned)."""
     for arg in (pending.args if pending is not None else None) or ():
         text = getattr(arg, "prompt", None)
         if isinstance(text, str) and text:
-            return text
-    return None
+            return text, bool(getattr(arg, "pinned", False))
+    return None, False
 
 
 def rank(key: str, replica_ids: list[str]) -> list[str]:
@@ -51,12 +56,14 @@ class PrefixAffinityRouter(RequestRouter):
                               pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
         if not candidate_replicas:
             return []
-        key = request_key(pending_request)
+        key, pinned = request_key(pending_request)
         if key is None or len(candidate_replicas) == 1:
             return [random.sample(candidate_replicas, min(2, len(candidate_replicas)))]
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
         order = [by_id[rid] for rid in rank(key, list(by_id))]
         home, rest = order[0], order[1:]
+        if pinned:  # it names a response stored on its home: wait for that replica (Ray retries with backoff)
+            return [[home]]
         queues = [self.replica_queue_len_cache.get(r.replica_id) for r in order]
         known = [q for q in queues if q is not None]
         if queues[0] is not None and known and queues[0] - min(known) > self.imbalance:

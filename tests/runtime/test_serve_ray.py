@@ -334,3 +334,15 @@ def test_deployment_options_carry_replicas_threads_autoscaling_and_the_router():
     assert auto["num_replicas"] == "auto" and "request_router_config" not in auto
     assert auto["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 1,
                                           "target_ongoing_requests": 2}
+
+
+def test_a_responses_follow_up_goes_to_the_replica_that_stored_its_previous_response(deployed):
+    """previous_response_id names a response stored in one replica's process: the front door remembers which
+    conversation made it, and the router pins the follow-up to that replica (elsewhere it would be a 404)."""
+    c = client(deployed[0])
+    for conv in range(4):
+        first = c.responses.with_raw_response.create(model=MODEL, input=f"Conversation {conv}", max_output_tokens=4)
+        second = c.responses.with_raw_response.create(model=MODEL, input="And then?", max_output_tokens=4,
+                                                      previous_response_id=first.parse().id)
+        assert second.headers["x-mxport-replica"] == first.headers["x-mxport-replica"]
+        assert second.parse().usage.input_tokens > first.parse().usage.input_tokens  # the history came along
