@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
             "(--api-key or %s)", args.host, API_KEY_ENV)
     if args.ray:
         return run_ray(args, folder, limits, api_key, hosts, sock)
+    unused_ray_options(args)
     load = partial(load_folder, folder, provider=args.provider, max_batch=args.max_batch, max_queue=args.max_queue,
                    model_name=args.model_name, max_context=args.max_context)
     app = create_app(load, default_max_tokens=args.default_max_tokens, limits=limits, api_key=api_key,
@@ -106,6 +107,16 @@ def register_ray(parser: argparse.ArgumentParser) -> None:
     ray.add_argument("--object-store-mb", type=int, default=200, help="object store of a local cluster (default 200)")
 
 
+def unused_ray_options(args: argparse.Namespace) -> None:
+    """Ray options without --ray are a mistake, not a no-op."""
+    given = [name for name in ("replicas", "threads_per_replica", "min_replicas", "max_replicas", "ray_address")
+             if getattr(args, name) not in (None, 1)]
+    given += [name for name, default in (("routing", "prefix"), ("target_ongoing_requests", 8.0),
+                                         ("object_store_mb", 200)) if getattr(args, name) != default]
+    if given:
+        raise MxportError(f"{', '.join('--' + n.replace('_', '-') for n in given)}: only with --ray")
+
+
 def run_ray(args: argparse.Namespace, folder: Path, limits, api_key: str | None, hosts, sock) -> int:
     try:
         from mxport.runtime.serve import ray_app
@@ -122,8 +133,15 @@ def run_ray(args: argparse.Namespace, folder: Path, limits, api_key: str | None,
                           f"{args.min_replicas}..{args.max_replicas}" if autoscale else f"--replicas {args.replicas}")
     if args.target_ongoing_requests <= 0:
         raise MxportError(f"--target-ongoing-requests must be > 0, found {args.target_ongoing_requests}")
+    if args.threads_per_replica is not None and args.threads_per_replica < 1:
+        raise MxportError(f"--threads-per-replica must be >= 1, found {args.threads_per_replica}")
     on_term = signal.getsignal(signal.SIGTERM)
-    started = ray_app.start_cluster(args.ray_address, os.cpu_count(), args.object_store_mb)
+    try:
+        started = ray_app.start_cluster(args.ray_address, os.cpu_count(), args.object_store_mb)
+    except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, ValueError, RuntimeError, ...
+        where = f"join the Ray cluster at --ray-address {args.ray_address}" if args.ray_address else \
+            "start a local Ray cluster"
+        raise MxportError(f"cannot {where}: {type(exc).__name__}: {str(exc)[:300]}") from None
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, on_term)  # ray.init's handler exits 15; keep the command's (143, as serve)
     spec = ray_app.RaySpec(str(folder.resolve()), args.provider, args.max_batch, args.max_queue, args.model_name,

@@ -346,3 +346,10 @@ def test_a_responses_follow_up_goes_to_the_replica_that_stored_its_previous_resp
                                                       previous_response_id=first.parse().id)
         assert second.headers["x-mxport-replica"] == first.headers["x-mxport-replica"]
         assert second.parse().usage.input_tokens > first.parse().usage.input_tokens  # the history came along
+
+
+def test_ray_options_without_ray_are_refused(tiny_export, capsys):
+    from mxport.cli import main
+
+    assert main(["serve", str(tiny_export), "--replicas", "2", "--routing", "random", "--port", "0"]) == 2
+    assert "--replicas, --routing: only with --ray" in capsys.readouterr().err
