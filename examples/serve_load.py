@@ -2,6 +2,7 @@
 
     python examples/serve_load.py EXPORT_DIR [--clients 1,4,16] [--requests 4] [--max-tokens 64]
                                   [--prompt-tokens 32] [--serial] [--json-schema] [--json results.json]
+                                  [--ray 1x2,2x1] [--routing prefix,random] [--turns]
 
 Starts `mxport serve EXPORT_DIR` in a subprocess on a free port (so the clients do not share the server's Python
 interpreter), sends one warm-up request, then for each N runs N asyncio clients (httpx) that each send M
@@ -21,6 +22,13 @@ content chunk (the role chunk is not counted). `--abuse` measures instead a
 short request's latency (10 tokens, greedy) alone and while two other clients keep sending 4 x 300 kB stop
 strings and 10 MB bodies (docs/SERVING.md "Limits and security"), with the abusers' status codes. A script, not
 a test: the numbers depend on the machine and on what else runs on it.
+
+`--ray RxT,...` runs the loads against `mxport serve --ray --replicas R --threads-per-replica T` instead (a local
+Ray cluster per server; docs/SCALING.md), once per `--routing` (prefix: a conversation stays on one replica;
+random: Ray's power of two choices). `--turns` makes each request of a client a turn of one conversation
+(completions): turn k's prompt is turn k-1's prompt, its reply's ids and `--prompt-tokens` new ids (the
+multi-turn workload that prefix routing is for); the engine line is left out for Ray servers (each replica has
+its own /health). Every row records /proc/loadavg at its start.
 """
 
 from __future__ import annotations
@@ -42,12 +50,15 @@ from mxport.contract.folder import read_manifest
 
 
 @contextmanager
-def server(folder: Path, max_batch: int, max_queue: int):
+def server(folder: Path, max_batch: int, max_queue: int, ray: tuple[int, int, str] | None = None):
+    """`mxport serve` on a free port; `ray` = (replicas, threads per replica, routing) adds --ray."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "mxport", "serve", str(folder), "--port", str(port), "--model-name", "bench",
            "--max-batch", str(max_batch), "--max-queue", str(max_queue)]
+    if ray:
+        cmd += ["--ray", "--replicas", str(ray[0]), "--threads-per-replica", str(ray[1]), "--routing", ray[2]]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -66,7 +77,7 @@ def server(folder: Path, max_batch: int, max_queue: int):
         yield base
     finally:
         proc.terminate()
-        proc.wait(30)
+        proc.wait(90)
 
 
 SCHEMA = {"type": "object", "additionalProperties": False, "required": ["city", "population", "tags", "kind"],
@@ -81,8 +92,8 @@ def request_body(mode: str, prompt: list[int], max_tokens: int) -> tuple[str, di
     """(path, body) of one request: completions with token ids, or chat (mode 'chat' / 'chat+schema')."""
     body = {"model": "bench", "max_tokens": max_tokens, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}}
-    if mode == "completions":
-        return "/v1/completions", {**body, "prompt": prompt}
+    if mode in ("completions", "turns"):  # turns: the reply's token ids too (the next turn's history)
+        return "/v1/completions", {**body, "prompt": prompt, **({"return_token_ids": True} if mode == "turns" else {})}
     body["messages"] = [{"role": "user", "content": " ".join(WORDS[t % len(WORDS)] for t in prompt)}]
     if mode == "chat+schema":
         body["response_format"] = {"type": "json_schema", "json_schema": {"name": "city", "schema": SCHEMA}}
@@ -94,7 +105,7 @@ async def one_request(client: httpx.AsyncClient, base: str, prompt: list[int], m
     path, body = request_body(mode, prompt, max_tokens)
     t0 = time.perf_counter()
     first = last = None
-    tokens, done = 0, False
+    tokens, done, ids = 0, False, []
     async with client.stream("POST", f"{base}{path}", json=body) as r:
         if r.status_code != 200:
             return {"ok": False, "error": f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"}
@@ -110,10 +121,11 @@ async def one_request(client: httpx.AsyncClient, base: str, prompt: list[int], m
             if chunk["choices"] and chunk["choices"][0].get("delta") != {"role": "assistant", "content": ""}:
                 first = first or now
                 last = now
+                ids += chunk["choices"][0].get("token_ids") or []
             elif chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
     ok = done and tokens > 0 and first is not None
-    return {"ok": ok, "ttft": (first or t0) - t0, "tokens": tokens,
+    return {"ok": ok, "ttft": (first or t0) - t0, "tokens": tokens, "ids": ids,
             "per_token": (last - first) / (tokens - 1) if ok and tokens > 1 else None,
             "error": None if ok else "no [DONE] / usage / token chunk"}
 
@@ -124,9 +136,15 @@ async def phase(base: str, clients: int, requests: int, max_tokens: int, prompt_
     prompts = [[[int(t) for t in rng.integers(3, vocab, prompt_tokens)] for _ in range(requests)]
                for _ in range(clients)]
     limits = httpx.Limits(max_connections=clients + 4)
+    loadavg = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").is_file() else None
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         async def run_client(c: int) -> list[dict]:
-            return [await one_request(client, base, p, max_tokens, mode) for p in prompts[c]]
+            out, history = [], []
+            for p in prompts[c]:  # turns: one conversation, each prompt the whole history so far
+                history = [*history, *p] if mode == "turns" else p
+                out.append(await one_request(client, base, history, max_tokens, mode))
+                history = [*history, *out[-1].get("ids", [])]
+            return out
 
         t0 = time.perf_counter()
         results = [r for rs in await asyncio.gather(*(run_client(c) for c in range(clients))) for r in rs]
@@ -135,7 +153,7 @@ async def phase(base: str, clients: int, requests: int, max_tokens: int, prompt_
     ttft = [r["ttft"] for r in ok]
     per_token = [r["per_token"] for r in ok if r["per_token"] is not None]
     return {
-        "clients": clients, "requests": len(results), "ok": len(ok),
+        "clients": clients, "requests": len(results), "ok": len(ok), "loadavg": loadavg,
         "errors": sorted({r["error"] for r in results if not r["ok"]}),
         "tokens": sum(r["tokens"] for r in ok), "wall_s": wall,
         "agg_tok_s": sum(r["tokens"] for r in ok) / wall,
@@ -149,16 +167,17 @@ def pct(values: list[float], q: float) -> float:
 
 
 def run_loads(folder: Path, args, max_batch: int, label: str, vocab: int,
-              modes: tuple[str, ...] = ("completions",)) -> list[dict]:
+              modes: tuple[str, ...] = ("completions",), ray=None) -> list[dict]:
     rows = []
-    with server(folder, max_batch, max_queue=max(args.clients) * 2) as base:
+    with server(folder, max_batch, max_queue=max(args.clients) * 2, ray=ray) as base:
         for mode in modes:
-            asyncio.run(phase(base, 1, 1, 8, args.prompt_tokens, vocab, seed=99, mode=mode))  # warm-up
+            for w in range(2 * ray[0] if ray else 1):  # warm-up (each replica, most likely, with Ray)
+                asyncio.run(phase(base, 1, 1, 8, args.prompt_tokens, vocab, seed=99 + w, mode=mode))
             for n in args.clients:
-                before = httpx.get(f"{base}/health").json()
+                before = None if ray else httpx.get(f"{base}/health").json()
                 row = asyncio.run(phase(base, n, args.requests, args.max_tokens, args.prompt_tokens, vocab, seed=n,
                                         mode=mode))
-                row["engine"] = engine_delta(before, httpx.get(f"{base}/health").json())
+                row["engine"] = None if ray else engine_delta(before, httpx.get(f"{base}/health").json())
                 row["server"] = label if mode == "completions" else f"{label} {mode}"
                 rows.append(row)
                 print(fmt(row), flush=True)
@@ -176,10 +195,13 @@ def engine_delta(before: dict, after: dict) -> dict:
 
 def fmt(r: dict) -> str:
     e = r["engine"]
-    return (f"{r['server']:<26} {r['clients']:>3} clients  {r['ok']:>3}/{r['requests']:<3} ok  "
+    head = (f"{r['server']:<26} {r['clients']:>3} clients  {r['ok']:>3}/{r['requests']:<3} ok  "
             f"{r['tokens']:>5} tok in {r['wall_s']:6.1f} s = {r['agg_tok_s']:7.1f} tok/s   "
             f"TTFT p50 {r['ttft_p50_ms']:7.1f} p95 {r['ttft_p95_ms']:7.1f} ms   "
-            f"per-token p50 {r['tok_p50_ms']:6.1f} p95 {r['tok_p95_ms']:6.1f} ms\n"
+            f"per-token p50 {r['tok_p50_ms']:6.1f} p95 {r['tok_p95_ms']:6.1f} ms   loadavg {r['loadavg']}")
+    if e is None:
+        return head + (f"   errors: {r['errors']}" if r["errors"] else "")
+    return (head + "\n"
             f"{'':<26} engine: {e['prefills']} prefill calls {e['prefill_s']:.1f} s, {e['decode_steps']} decode steps "
             f"{e['decode_s']:.1f} s (mean {e['mean_rows']:.1f} rows, {e['decode_steps'] and 1e3 * e['decode_s'] / e['decode_steps']:.0f} ms/step), "
             f"batch surgery {e['batch_s']:.2f} s"
@@ -244,12 +266,25 @@ def main() -> int:
     p.add_argument("--abuse", action="store_true", help="measure a short request's latency under abuse instead")
     p.add_argument("--json-schema", action="store_true",
                    help="chat requests, plain and with response_format json_schema, instead of completions")
+    p.add_argument("--ray", default=None, help="comma-separated REPLICASxTHREADS: serve with --ray instead")
+    p.add_argument("--routing", default="prefix", help="with --ray: comma-separated prefix / random")
+    p.add_argument("--turns", action="store_true", help="each client's requests are the turns of one conversation")
     args = p.parse_args()
     args.clients = [int(c) for c in args.clients.split(",")]
     vocab = int(read_manifest(args.folder).config["vocab_size"])
     if args.abuse:
         return abuse(args.folder, vocab)
-    modes = ("chat", "chat+schema") if args.json_schema else ("completions",)
+    modes = ("chat", "chat+schema") if args.json_schema else ("turns",) if args.turns else ("completions",)
+    if args.ray:
+        rows = []
+        for shape in args.ray.split(","):
+            replicas, threads = (int(x) for x in shape.lower().split("x"))
+            for routing in args.routing.split(","):
+                rows += run_loads(args.folder, args, args.max_batch, f"ray {replicas}x{threads} {routing}", vocab,
+                                  modes, ray=(replicas, threads, routing))
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        return 1 if sum(r["requests"] - r["ok"] for r in rows) else 0
     rows = run_loads(args.folder, args, args.max_batch, f"batch {args.max_batch}", vocab, modes)
     if args.serial:
         rows += run_loads(args.folder, args, 1, "one at a time", vocab, modes)

@@ -91,9 +91,11 @@ class Generator:
     # ---- construction ---------------------------------------------------------------------------------------
     @classmethod
     def from_folder(cls, folder: str | Path, *, backend: str = "ort", provider: str | None = "cpu",
-                    max_context: int | None = None, tokenizer: Tokenizer | None = None) -> Generator:
+                    max_context: int | None = None, tokenizer: Tokenizer | None = None,
+                    threads: int | None = None) -> Generator:
         """An exported folder (model.onnx + mxport.json + tokenizer.json) or, with backend='numpy', a checkpoint
-        folder (config.json + *.safetensors) run by the NumPy reference model."""
+        folder (config.json + *.safetensors) run by the NumPy reference model. `threads`: ORT's intra-op threads
+        (None: ORT's default, one per core)."""
         folder = Path(folder)
         if not folder.is_dir():
             raise MxportError(f"{folder}: not a folder (expected an exported folder or a checkpoint folder)")
@@ -107,7 +109,7 @@ class Generator:
             )
         config, eos, pad = _folder_config(folder, kind)
         if kind == "export" and backend == "ort":
-            model: StepModel = OrtStepModel(folder, provider)
+            model: StepModel = OrtStepModel(folder, provider, session_options=_threads(threads))
             name = f"onnxruntime {model.provider}"
         elif kind == "export":
             model = InferStepModel(_onnx_reference_runner(folder), _cache_shape(config, folder))
@@ -342,3 +344,14 @@ def _reference_model_runner(folder: Path):
     from mxport.runtime.execution.runners import ReferenceModelRunner
 
     return ReferenceModelRunner(folder, hidden_states=False, window_cache=True)  # like transformers' cache
+
+
+def _threads(threads: int | None) -> Any:
+    """Session options with `threads` intra-op threads (None: ORT's defaults)."""
+    if threads is None:
+        return None
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads)
+    return so

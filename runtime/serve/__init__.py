@@ -9,6 +9,8 @@
     worker.py    the thread that parses, renders and tokenizes requests off the event loop
     responses.py         the Responses API's request: input items -> the chat request (responses_output.py: output
                          items, the event stream; store.py: the bounded store for previous_response_id)
+    ray_app.py           `--ray`: the same app on Ray Serve replicas behind a front door (docs/SCALING.md)
+    ray_router.py        the Ray request router that keeps a conversation on one replica
 
 Chat requests are rendered and parsed by the model's chat format (runtime/chat/format.py), the same objects
 `mxport chat` uses; app.py maps them to and from OpenAI's shapes. Stop strings are matched by the Generator's

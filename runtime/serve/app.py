@@ -72,11 +72,12 @@ class Served:
 
 
 def load_folder(folder: str | Path, *, provider: str = "cpu", max_batch: int = 16, max_queue: int = 64,
-                model_name: str | None = None, max_context: int | None = None) -> Served:
-    """An export folder on ONNX Runtime (the Generator's loader: the same step model, tokenizer and eos ids)."""
+                model_name: str | None = None, max_context: int | None = None, threads: int | None = None) -> Served:
+    """An export folder on ONNX Runtime (the Generator's loader: the same step model, tokenizer and eos ids);
+    `threads`: ORT's intra-op threads (None: one per core)."""
     from mxport.runtime.generation.generate import Generator
 
-    gen = Generator.from_folder(folder, provider=provider, max_context=max_context)
+    gen = Generator.from_folder(folder, provider=provider, max_context=max_context, threads=threads)
     engine = Engine(gen.model, pad_token_id=gen.pad_token_id, max_batch=max_batch, max_queue=max_queue).start()
     kind = gen.config.family.chat_format if gen.config is not None else None
     per_token = None
