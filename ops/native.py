@@ -2,7 +2,7 @@
 
     library_path()          Path of libmxport_kernels*.so next to this module, or None when it was not built
     register_kernels(so)    SessionOptions.register_custom_ops_library(path); says once when the library is missing
-    info()                  {"path", "domain", "ops", "isa", "ort_api"} read from the library itself
+    info()                  {"path", "domain", "ops", "isa", "best", "ort_api"} read from the library itself
     install_into(folder)    copy it into an export folder, named in genai_config.json (onnxruntime-genai)
 
 The library is a standard ORT custom-op library (RegisterCustomOps): ai.mxport MoEMXFP4, MatMulMXFP4, LinearBF16
@@ -12,8 +12,9 @@ with ORT's profiler: tests/ops/test_native.py). Other hosts register it by path 
 mxport/commands/kernels.py):
 Python `so.register_custom_ops_library(path)`, C `RegisterCustomOpsLibrary`, C# / Java the same-named methods.
 
-MXPORT_KERNELS=off keeps mxport's own sessions on the function bodies (comparisons); MXPORT_KERNELS_ISA=c makes
-the library use its plain C kernels instead of AVX2+FMA.
+MXPORT_KERNELS=off keeps mxport's own sessions on the function bodies (comparisons). The library has three paths
+of each kernel, chosen when it is registered: AVX-512 (F, BW, VL, VNNI, VBMI), AVX2+FMA and plain C, the best the
+CPU runs; MXPORT_KERNELS_ISA=avx512|avx2|c caps it (tests run every path; another value fails the registration).
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def register_kernels(session_options: Any) -> bool:
 
 
 def info() -> dict[str, Any]:
-    """What the library says about itself; {"path": None} when it is not built."""
+    """What the library says about itself; {"path": None} when it is not built. "isa" is the path a registration
+    now uses (MXPORT_KERNELS_ISA's cap applied; "invalid" for a value that names none), "best" the CPU's best."""
     path = library_path()
     if path is None:
         return {"path": None}
@@ -76,7 +78,7 @@ def info() -> dict[str, Any]:
     lib.mxport_kernels_info.restype = ctypes.c_char_p
     fields = dict(part.split("=", 1) for part in lib.mxport_kernels_info().decode().split(";"))
     return {"path": str(path), "domain": fields["domain"], "ops": fields["ops"].split(","), "isa": fields["isa"],
-            "ort_api": int(fields["ort_api"])}
+            "best": fields["best"], "ort_api": int(fields["ort_api"])}
 
 
 GENAI_LIBRARY = "libmxport_kernels.so"  # the library's name inside an export folder (`mxport kernels --into`)

@@ -1,10 +1,12 @@
-/* mxport's native math (contract in mx_math.h). Two builds of each kernel: AVX2+FMA (target attributes, chosen at
- * run time) and plain C. Both decode weights exactly and accumulate in float32. */
+/* mxport's native math (contract in mx_math.h). Builds of each kernel: AVX2+FMA here and AVX-512 in mx_avx512.c
+ * (target attributes, chosen at run time) and plain C. All decode weights exactly and accumulate in float32. */
 #include "mx_math.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "mx_internal.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -13,31 +15,47 @@
 #define MX_X86 0
 #endif
 
-/* 2 x E2M1 value of each code (bit 3 = sign), and 2^(s-128) for each E8M0 byte (NaN for 0xFF): code x scale byte
- * -> (2 x value) x 2^(s-128) = value x 2^(s-127), exact in float32 (the OCP MX v1.0 meaning; ops/mxfp4.py). */
-static const int8_t LUT2[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
-static float SCALE2[256];
+const int8_t MX_LUT2[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+float MX_SCALE2[256];
 static int g_isa = -1;
 
 static void init_tables(void) {
-    for (int s = 0; s < 255; s++) SCALE2[s] = ldexpf(1.0f, s - 128);
-    SCALE2[255] = NAN;
+    for (int s = 0; s < 255; s++) MX_SCALE2[s] = ldexpf(1.0f, s - 128);
+    MX_SCALE2[255] = NAN;
 }
 
-int mx_set_isa(int want_avx2) {
-    init_tables();
-    int have = 0;
+int mx_best_isa(int most) {
+    int have = MX_ISA_C;
 #if MX_X86
     __builtin_cpu_init();
-    have = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) have = MX_ISA_AVX2;
+    if (have == MX_ISA_AVX2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+        __builtin_cpu_supports("avx512vbmi"))
+        have = MX_ISA_AVX512;
 #endif
-    g_isa = (want_avx2 && have) ? 1 : 0;
+    return most < have ? (most < MX_ISA_C ? MX_ISA_C : most) : have;
+}
+
+int mx_set_isa(int most) {
+    init_tables();
+    g_isa = mx_best_isa(most);
     return g_isa;
 }
 
 int mx_isa(void) {
-    if (g_isa < 0) mx_set_isa(1);
+    if (g_isa < 0) mx_set_isa(MX_ISA_AVX512);
     return g_isa;
+}
+
+static const char *const ISA_NAMES[] = {"c", "avx2", "avx512"};
+
+const char *mx_isa_name(int isa) { return isa >= MX_ISA_C && isa <= MX_ISA_AVX512 ? ISA_NAMES[isa] : "?"; }
+
+int mx_isa_parse(const char *name) {
+    for (int i = MX_ISA_C; i <= MX_ISA_AVX512; i++)
+        if (strcmp(name, ISA_NAMES[i]) == 0) return i;
+    return -1;
 }
 
 void mx_permute_rows(const float *a, int64_t m, int64_t k, float *ap) {
@@ -53,19 +71,19 @@ void mx_permute_rows(const float *a, int64_t m, int64_t k, float *ap) {
 }
 
 /* 64-byte aligned memory; the size rounded up to a multiple of 64, as aligned_alloc requires. */
-static void *alloc64(size_t bytes) { return aligned_alloc(64, (bytes + 63) & ~(size_t)63); }
+void *mx_alloc64(size_t bytes) { return aligned_alloc(64, (bytes + 63) & ~(size_t)63); }
 
 /* ---- plain C --------------------------------------------------------------------------------------------------- */
 /* One block of 32 decoded into the permuted order (low nibbles, then high nibbles), value x 2^(s-127). */
 static void decode_block_c(const uint8_t *b, uint8_t s, float *out) {
-    const float sc = SCALE2[s];
+    const float sc = MX_SCALE2[s];
     for (int i = 0; i < MX_BLOCK_BYTES; i++) {
-        out[i] = (float)LUT2[b[i] & 15] * sc;
-        out[MX_BLOCK_BYTES + i] = (float)LUT2[b[i] >> 4] * sc;
+        out[i] = (float)MX_LUT2[b[i] & 15] * sc;
+        out[MX_BLOCK_BYTES + i] = (float)MX_LUT2[b[i] >> 4] * sc;
     }
 }
 
-static void mxfp4_rows_c(const float *ap, int64_t m, int64_t k, const uint8_t *blocks, const uint8_t *scales,
+void mx_mxfp4_rows_c(const float *ap, int64_t m, int64_t k, const uint8_t *blocks, const uint8_t *scales,
                          int64_t n0, int64_t n1, float *y, int64_t ldy) {
     const int64_t nb = k / MX_BLOCK;
     float w[MX_BLOCK];
@@ -90,7 +108,7 @@ static inline float bf16_to_f32(uint16_t v) {
     return f;
 }
 
-static void linear_bf16_c(const float *a, int64_t m, int64_t k, const uint16_t *w, int64_t n0, int64_t n1, float *y,
+void mx_linear_bf16_c(const float *a, int64_t m, int64_t k, const uint16_t *w, int64_t n0, int64_t n1, float *y,
                           int64_t ldy) {
     for (int64_t r = 0; r < m; r++)
         for (int64_t c = n0; c < n1; c++) {
@@ -101,7 +119,7 @@ static void linear_bf16_c(const float *a, int64_t m, int64_t k, const uint16_t *
         }
 }
 
-float *mx_pack_alloc(int64_t m, int64_t k) { return alloc64(sizeof(float) * (size_t)((m + 15) / 16 * 16 * k)); }
+float *mx_pack_alloc(int64_t m, int64_t k) { return mx_alloc64(sizeof(float) * (size_t)((m + 15) / 16 * 16 * k)); }
 
 void mx_pack_t(const float *a, int64_t m, int64_t k, int64_t g0, int64_t g1, float *at) {
     for (int64_t g = g0; g < g1; g++) /* A^T, 16 rows per group, zero-padded */
@@ -128,7 +146,7 @@ AVX2_INLINE __m256 bf16x8(const uint16_t *p) {
 
 /* 16 packed bytes -> 2 x E2M1 as float32: w[0..1] = low nibbles (elements 0,2,..,30), w[2..3] = high (1,3,..,31). */
 AVX2_INLINE void decode_codes(const uint8_t *p, __m256 w[4]) {
-    const __m128i lut = _mm_loadu_si128((const __m128i *)LUT2);
+    const __m128i lut = _mm_loadu_si128((const __m128i *)MX_LUT2);
     const __m128i mask = _mm_set1_epi8(0x0F);
     const __m128i v = _mm_loadu_si128((const __m128i *)p);
     const __m128i ql = _mm_shuffle_epi8(lut, _mm_and_si128(v, mask));
@@ -153,8 +171,8 @@ AVX2_INLINE void mxfp4_direct(const float *ap, const int m, int64_t k, const uin
             __m256 w[4], v[4];
             decode_codes(b + j * MX_BLOCK_BYTES, w);
             decode_codes(b + (j + 1) * MX_BLOCK_BYTES, v);
-            const __m256 s0 = _mm256_broadcast_ss(&SCALE2[s[j]]);
-            const __m256 s1 = _mm256_broadcast_ss(&SCALE2[s[j + 1]]);
+            const __m256 s0 = _mm256_broadcast_ss(&MX_SCALE2[s[j]]);
+            const __m256 s1 = _mm256_broadcast_ss(&MX_SCALE2[s[j + 1]]);
             for (int r = 0; r < m; r++) {
                 const float *a = ap + r * k + j * MX_BLOCK;
                 __m256 t = _mm256_mul_ps(w[0], _mm256_loadu_ps(a));
@@ -172,7 +190,7 @@ AVX2_INLINE void mxfp4_direct(const float *ap, const int m, int64_t k, const uin
         if (j < nb) {
             __m256 w[4];
             decode_codes(b + j * MX_BLOCK_BYTES, w);
-            const __m256 s0 = _mm256_broadcast_ss(&SCALE2[s[j]]);
+            const __m256 s0 = _mm256_broadcast_ss(&MX_SCALE2[s[j]]);
             for (int r = 0; r < m; r++) {
                 const float *a = ap + r * k + j * MX_BLOCK;
                 __m256 t = _mm256_mul_ps(w[0], _mm256_loadu_ps(a));
@@ -227,7 +245,7 @@ AVX2 static void mxfp4_decode_row(const void *src, int64_t row, int64_t k, float
         const int64_t blk = row * nb + j;
         __m256 v[4];
         decode_codes(w->blocks + blk * MX_BLOCK_BYTES, v);
-        const __m256 sc = _mm256_broadcast_ss(&SCALE2[w->scales[blk]]);
+        const __m256 sc = _mm256_broadcast_ss(&MX_SCALE2[w->scales[blk]]);
         for (int q = 0; q < 4; q++) _mm256_storeu_ps(out + j * MX_BLOCK + 8 * q, _mm256_mul_ps(v[q], sc));
     }
 }
@@ -244,8 +262,8 @@ AVX2 static void bf16_decode_row(const void *src, int64_t row, int64_t k, float 
 AVX2 static int packed_outer(const float *at, int64_t m, int64_t k, RowDecoder decode, const void *src, int64_t n0,
                              int64_t n1, float *y, int64_t ldy) {
     const int64_t groups = (m + 15) / 16;
-    float *wd = alloc64(sizeof(float) * (size_t)(6 * k + 8));
-    float *outs = alloc64(sizeof(float) * (size_t)(groups * 6 * 16));
+    float *wd = mx_alloc64(sizeof(float) * (size_t)(6 * k + 8));
+    float *outs = mx_alloc64(sizeof(float) * (size_t)(groups * 6 * 16));
     if (!wd || !outs) {
         free(wd);
         free(outs);
@@ -325,7 +343,7 @@ AVX2_INLINE void linear_row(const float *a, int64_t k, const uint16_t *w, int64_
 AVX2 static void linear_bf16_avx2(const float *a, const float *at, int64_t m, int64_t k, const uint16_t *w,
                                   int64_t n0, int64_t n1, float *y, int64_t ldy) {
     if (m > 4) {
-        if (!packed_outer(at, m, k, bf16_decode_row, w, n0, n1, y, ldy)) linear_bf16_c(a, m, k, w, n0, n1, y, ldy);
+        if (!packed_outer(at, m, k, bf16_decode_row, w, n0, n1, y, ldy)) mx_linear_bf16_c(a, m, k, w, n0, n1, y, ldy);
         return;
     }
     /* Few rows (decode): a block of weight rows streamed from memory for row 0 of A, then read from L2 for the
@@ -348,7 +366,7 @@ AVX2 static void mxfp4_rows_avx2(const float *ap, int64_t m, int64_t k, const ui
         default: {
             const MxWeights w = {blocks, scales};
             if (!rows_outer(ap, m, k, mxfp4_decode_row, &w, n0, n1, y, ldy))
-                mxfp4_rows_c(ap, m, k, blocks, scales, n0, n1, y, ldy);
+                mx_mxfp4_rows_c(ap, m, k, blocks, scales, n0, n1, y, ldy);
             return;
         }
     }
@@ -359,23 +377,22 @@ AVX2 static void mxfp4_rows_avx2(const float *ap, int64_t m, int64_t k, const ui
 /* ---- dispatch -------------------------------------------------------------------------------------------------- */
 void mx_mxfp4_rows(const float *ap, int64_t m, int64_t k, const uint8_t *blocks, const uint8_t *scales, int64_t n0,
                    int64_t n1, float *y, int64_t ldy) {
+    switch (mx_isa()) {
 #if MX_X86
-    if (mx_isa() == 1) {
-        mxfp4_rows_avx2(ap, m, k, blocks, scales, n0, n1, y, ldy);
-        return;
-    }
+        case MX_ISA_AVX512: mx_mxfp4_rows_avx512(ap, m, k, blocks, scales, n0, n1, y, ldy); return;
+        case MX_ISA_AVX2: mxfp4_rows_avx2(ap, m, k, blocks, scales, n0, n1, y, ldy); return;
 #endif
-    if (g_isa < 0) mx_set_isa(1);
-    mxfp4_rows_c(ap, m, k, blocks, scales, n0, n1, y, ldy);
+        default: mx_mxfp4_rows_c(ap, m, k, blocks, scales, n0, n1, y, ldy);
+    }
 }
 
 void mx_linear_bf16(const float *a, const float *at, int64_t m, int64_t k, const uint16_t *w, int64_t n0, int64_t n1,
                     float *y, int64_t ldy) {
+    switch (mx_isa()) {
 #if MX_X86
-    if (mx_isa() == 1) {
-        linear_bf16_avx2(a, at, m, k, w, n0, n1, y, ldy);
-        return;
-    }
+        case MX_ISA_AVX512: mx_linear_bf16_avx512(a, at, m, k, w, n0, n1, y, ldy); return;
+        case MX_ISA_AVX2: linear_bf16_avx2(a, at, m, k, w, n0, n1, y, ldy); return;
 #endif
-    linear_bf16_c(a, m, k, w, n0, n1, y, ldy);
+        default: mx_linear_bf16_c(a, m, k, w, n0, n1, y, ldy);
+    }
 }

@@ -15,8 +15,9 @@
  *                     with D [N, S] (mx_q4.c; int8 activations, exact integer sums per super-block)
  *
  * Every product is float32 arithmetic on exactly decoded weights (E2M1 x 2^(s-127) and bf16 are exact in
- * float32): results differ from a float32 reference only by summation order. AVX2+FMA is chosen at run time
- * (mx_set_isa), plain C otherwise.
+ * float32): results differ from a float32 reference only by summation order. Three builds of each kernel, chosen
+ * at run time by the CPU's features (mx_set_isa): AVX-512 (F, BW, VL, VNNI, VBMI: mx_avx512.c), AVX2+FMA and
+ * plain C. The vector builds are compiled with per-function target attributes, so the library loads on any x86-64.
  */
 #ifndef MXPORT_MX_MATH_H
 #define MXPORT_MX_MATH_H
@@ -29,8 +30,15 @@
 #define MX_Q4_SUBS 8    /* LinearQ4: sub-blocks (of 32 values, one uint8 scale each) per super-block */
 #define MX_Q4_BYTES 136 /* LinearQ4: bytes per super-block (8 sub-scales, 128 nibble bytes) */
 
-int mx_set_isa(int want_avx2);  /* 1: AVX2+FMA if the CPU has them; 0: plain C. Returns the ISA in use (1/0). */
-int mx_isa(void);
+#define MX_ISA_C 0
+#define MX_ISA_AVX2 1   /* AVX2 + FMA */
+#define MX_ISA_AVX512 2 /* AVX-512 F, BW, VL, VNNI, VBMI */
+
+int mx_best_isa(int most);     /* the best ISA <= most that this CPU runs */
+int mx_set_isa(int most);      /* use mx_best_isa(most); returns it */
+int mx_isa(void);              /* the ISA in use (the best one until mx_set_isa is called) */
+const char *mx_isa_name(int isa); /* "avx512", "avx2", "c" */
+int mx_isa_parse(const char *name); /* the inverse of mx_isa_name; -1 for another name */
 
 void mx_permute_rows(const float *a, int64_t m, int64_t k, float *ap);
 void mx_mxfp4_rows(const float *ap, int64_t m, int64_t k, const uint8_t *blocks, const uint8_t *scales,

@@ -14,6 +14,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "mx_internal.h"
 #include "mx_math.h"
 
 #define Q4_SUPER MX_Q4_SUPER
@@ -154,7 +155,12 @@ __attribute__((target("avx2,fma"))) static void dot4_avx2(const uint8_t *w, cons
 
 void mx_linear_q4(const int8_t *qa, const float *da, const int16_t *bs, int64_t m, int64_t s, const uint8_t *w,
                   const float *d, int64_t n0, int64_t n1, float *y, int64_t ldy) {
-    const int avx2 = mx_isa() == 1;
+    const int isa = mx_isa();
+    if (isa == MX_ISA_AVX512) {
+        mx_linear_q4_avx512(qa, da, bs, m, s, w, d, n0, n1, y, ldy);
+        return;
+    }
+    const int avx2 = isa == MX_ISA_AVX2;
     const int64_t row_bytes = s * MX_Q4_BYTES;
     /* more than one row of A: a block of weight rows (~256 KB) is read from memory once and from L2 for the rest */
     const int64_t block = m == 1 ? n1 - n0 : (256 << 10) / row_bytes + 1;

@@ -6,7 +6,8 @@
  * ops/linear_q4.py; the math is in mx_math.c and mx_q4.c, LinearQ4's op in linear_q4_op.c, the C API helpers in
  * ort_kernel.c. Work is split over ORT's intra-op thread pool (KernelContext_ParallelFor).
  *
- * Environment: MXPORT_KERNELS_ISA=c at registration time selects the plain C kernels (tests, old CPUs).
+ * Environment: MXPORT_KERNELS_ISA=avx512|avx2|c at registration time caps the kernels' instruction set (tests,
+ * comparisons); unset, the best one this CPU runs. Another value fails the registration, naming the variable.
  */
 #include <math.h>
 #include <stdio.h>
@@ -360,6 +361,14 @@ static OpDef OPS[] = {
     OP("LinearQ4", LINEAR_Q4_IN, plain_create, linear_q4_compute),
 };
 
+static const char *const ISA_ENV = "MXPORT_KERNELS_ISA";
+
+/* The ISA cap MXPORT_KERNELS_ISA asks for (unset or empty: the best), -1 for a name that is none. */
+static int requested_isa(void) {
+    const char *name = getenv(ISA_ENV);
+    return name && *name ? mx_isa_parse(name) : MX_ISA_AVX512;
+}
+
 EXPORT OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase *base) {
     const OrtApi *api = base->GetApi(MXPORT_ORT_API_VERSION);
     if (!api) {
@@ -367,8 +376,9 @@ EXPORT OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase
                 MXPORT_ORT_API_VERSION);
         return NULL; /* no OrtApi to build a status with: ORT then runs the model's function bodies */
     }
-    const char *isa = getenv("MXPORT_KERNELS_ISA");
-    mx_set_isa(!(isa && strcmp(isa, "c") == 0));
+    const int isa = requested_isa();
+    if (isa < 0) return fail(api, "MXPORT_KERNELS_ISA=%s: expected avx512, avx2 or c", getenv(ISA_ENV));
+    mx_set_isa(isa);
     OrtCustomOpDomain *domain = NULL;
     OrtStatus *st = ORT_CALL(api, CreateCustomOpDomain)(DOMAIN, &domain);
     for (size_t i = 0; !st && i < sizeof OPS / sizeof OPS[0]; i++) st = ORT_CALL(api, CustomOpDomain_Add)(domain, &OPS[i].base);
@@ -376,10 +386,13 @@ EXPORT OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase
     return st; /* the domain lives as long as the process: sessions keep pointers into it */
 }
 
-/* For `mxport kernels` and tests (ctypes): the ops this library provides and the ISA it would use. */
+/* For `mxport kernels` and tests (ctypes): the ops this library provides and the ISA a registration now would use
+ * (the best this CPU runs under MXPORT_KERNELS_ISA's cap; "invalid" for a bad value). Changes nothing. */
 EXPORT const char *mxport_kernels_info(void) {
-    static char info[160];
-    snprintf(info, sizeof info, "domain=%s;ops=MoEMXFP4,MoEMXFP4_2,MatMulMXFP4,LinearBF16,LinearQ4;isa=%s;ort_api=%d", DOMAIN,
-             mx_set_isa(1) ? "avx2+fma" : "c", MXPORT_ORT_API_VERSION);
+    static char info[200];
+    const int isa = requested_isa();
+    snprintf(info, sizeof info, "domain=%s;ops=MoEMXFP4,MoEMXFP4_2,MatMulMXFP4,LinearBF16,LinearQ4;isa=%s;best=%s;ort_api=%d",
+             DOMAIN, isa < 0 ? "invalid" : mx_isa_name(mx_best_isa(isa)), mx_isa_name(mx_best_isa(MX_ISA_AVX512)),
+             MXPORT_ORT_API_VERSION);
     return info;
 }

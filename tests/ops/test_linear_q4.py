@@ -1,7 +1,7 @@
 """ai.mxport.LinearQ4: the format (ops/linear_q4.py), its NumPy kernel, its function body and the native kernel.
 
 The format is checked against independent arithmetic (a dequantized float matrix and NumPy's matmul); the NumPy
-kernel's int8 activations against an input that int8 holds exactly; the native kernel (AVX2 and plain C) against
+kernel's int8 activations against an input that int8 holds exactly; the native kernel (AVX-512, AVX2, plain C) against
 the NumPy kernel ≤ 1e-5 relative; the function body against the float product on the decoded weights.
 """
 
@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from mxport.exporter.lower.moe import int4_dequantize, int4_quantize
 from mxport.ops import linear_q4
 
-from .test_native import LIB, PROPERTY, _profiled_ops, _rel, _session, build_model, needs_lib
+from .test_native import ISAS, LIB, PROPERTY, _profiled_ops, _rel, _session, build_model, needs_lib
 
 
 def _weights(rng, n: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -116,7 +116,7 @@ def test_function_body_is_the_float_product_on_the_decoded_weights():
 @needs_lib
 @PROPERTY
 @given(lead=st.lists(st.integers(1, 3), min_size=0, max_size=1), m=st.integers(1, 9), k=st.integers(1, 700),
-       n=st.integers(1, 80), isa=st.sampled_from(["avx2", "c"]), seed=st.integers(0, 2**16))
+       n=st.integers(1, 80), isa=st.sampled_from(ISAS), seed=st.integers(0, 2**16))
 def test_native_equals_numpy(lead, m, k, n, isa, seed, monkeypatch_session):
     rng = np.random.default_rng(seed)
     _, packed, scales = _weights(rng, n, k)
@@ -171,7 +171,7 @@ def test_registered_kernel_runs_instead_of_the_function_body(tmp_path):
 
 
 @needs_lib
-@pytest.mark.parametrize("isa", ["avx2", "c"])
+@pytest.mark.parametrize("isa", ISAS)
 def test_non_finite_activations_stay_non_finite(isa, monkeypatch_session):
     """A NaN in a row of A makes that row's outputs NaN, an inf makes them inf or NaN, as float32 math would (int8
     cannot hold them): never a finite number; the other rows are untouched. NumPy kernel and native agree."""

@@ -1,9 +1,10 @@
 """mxport's native ORT kernels (ops/csrc) against the NumPy kernels, and proof that ORT really runs them.
 
 Every kernel is compared with its NumPy kernel (ops/moe.py, ops/matmul_mxfp4.py, ops/linear_bf16.py) across
-shapes, token counts, k and attributes, ≤ 1e-5 relative (max abs error / max |reference|), on the AVX2 path and
-on the plain C path (MXPORT_KERNELS_ISA=c). ORT's profiler shows which kernel ran: with the library registered the
-ai.mxport node itself; without it the same file runs its function body (Loop, Gemm, ...) with the same numbers.
+shapes, token counts, k and attributes, ≤ 1e-5 relative (max abs error / max |reference|), on each path
+MXPORT_KERNELS_ISA selects: AVX-512, AVX2 and plain C (a path this CPU lacks runs the best one it has). ORT's
+profiler shows which kernel ran: with the library registered the ai.mxport node itself; without it the same file
+runs its function body (Loop, Gemm, ...) with the same numbers.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from mxport.ops import linear_bf16, matmul_mxfp4, moe, moe_2, mxfp4, native
 
 LIB = native.library_path()
 needs_lib = pytest.mark.skipif(LIB is None, reason="native kernels not built (no C compiler at install time)")
+ISAS = ["avx512", "avx2", "c"]  # MXPORT_KERNELS_ISA values, best first
 PROPERTY = settings(max_examples=15, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
@@ -53,18 +55,19 @@ def test_library_is_built_where_a_compiler_exists():
         assert info["ops"] == ["MoEMXFP4", "MoEMXFP4_2", "MatMulMXFP4", "LinearBF16", "LinearQ4"] and info["domain"] == "ai.mxport"
 
 
-def _session(model, *, register: bool, isa: str = "avx2", threads: int = 2, profile: str | None = None,
+def _session(model, *, register: bool, isa: str | None = None, threads: int = 2, profile: str | None = None,
              monkeypatch=None) -> ort.InferenceSession:
+    """A session on `model`; with register, the library's kernels on path `isa` (None: the best this CPU runs)."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     if profile:
         so.enable_profiling = True
         so.profile_file_prefix = profile
     if register:
-        if isa == "c":
-            monkeypatch.setenv("MXPORT_KERNELS_ISA", "c")
+        if isa:
+            monkeypatch.setenv("MXPORT_KERNELS_ISA", isa)
         so.register_custom_ops_library(str(LIB))  # the registration reads MXPORT_KERNELS_ISA
-        if isa == "c":
+        if isa:
             monkeypatch.delenv("MXPORT_KERNELS_ISA")
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
@@ -85,7 +88,7 @@ def _mxfp4(rng, shape, spread: int = 6) -> tuple[np.ndarray, np.ndarray]:
 @needs_lib
 @PROPERTY
 @given(lead=st.lists(st.integers(1, 5), min_size=0, max_size=2), m=st.integers(1, 20), kb=st.integers(1, 12),
-       n=st.integers(1, 70), isa=st.sampled_from(["avx2", "c"]), seed=st.integers(0, 2**16))
+       n=st.integers(1, 70), isa=st.sampled_from(ISAS), seed=st.integers(0, 2**16))
 def test_matmul_mxfp4_equals_numpy(lead, m, kb, n, isa, seed, monkeypatch_session):
     rng = np.random.default_rng(seed)
     a = rng.standard_normal((*lead, m, 32 * kb)).astype(np.float32)
@@ -102,7 +105,7 @@ def test_matmul_mxfp4_equals_numpy(lead, m, kb, n, isa, seed, monkeypatch_sessio
 @needs_lib
 @PROPERTY
 @given(lead=st.lists(st.integers(1, 4), min_size=0, max_size=1), m=st.integers(1, 20), k=st.integers(1, 300),
-       n=st.integers(1, 90), isa=st.sampled_from(["avx2", "c"]), seed=st.integers(0, 2**16))
+       n=st.integers(1, 90), isa=st.sampled_from(ISAS), seed=st.integers(0, 2**16))
 def test_linear_bf16_equals_numpy(lead, m, k, n, isa, seed, monkeypatch_session):
     """Decode (1-4 rows: streamed weight rows) and prefill (more: the blocked product), any K (tails of 8 and 32)."""
     rng = np.random.default_rng(seed)
@@ -193,7 +196,7 @@ ATTRS = st.fixed_dictionaries({
 @needs_lib
 @PROPERTY
 @given(t=st.integers(1, 40), e=st.integers(1, 9), k=st.integers(1, 4), h=st.sampled_from([32, 64, 96]),
-       i=st.sampled_from([32, 64, 160]), attrs=ATTRS, isa=st.sampled_from(["avx2", "c"]), threads=st.sampled_from([1, 2]),
+       i=st.sampled_from([32, 64, 160]), attrs=ATTRS, isa=st.sampled_from(ISAS), threads=st.sampled_from([1, 2]),
        seed=st.integers(0, 2**16))
 def test_moe_mxfp4_equals_numpy(t, e, k, h, i, attrs, isa, threads, seed, monkeypatch_session):
     k = min(k, e)

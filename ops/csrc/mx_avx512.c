@@ -1,0 +1,325 @@
+/* AVX-512 builds of mxport's kernels (F, BW, VL, VNNI, VBMI; the contract is mx_math.h, mx_isa() chooses them).
+ * Compiled with per-function target attributes: the library still loads on AVX2-only and plain x86-64 CPUs.
+ *
+ * MXFP4: a block's 16 bytes widened to 16 int32 lanes (vpmovzxbd); vpermps looks each lane's low nibble (and,
+ *   shifted by 4, its high nibble) up in a 16-entry table of the block's decoded values (2 x E2M1 x 2^(s-128): one
+ *   multiply per block, exact), so 32 weights cost three shuffles, and two 16-lane FMAs per row of A.
+ * bf16: 32 weights are one 64-byte load whose 32-bit lanes each hold a pair: the even weight is the lane shifted
+ *   left by 16, the odd one the lane with its low half cleared (no shuffle); A is read in the same even-then-odd
+ *   order per 32 values (mx_permute_rows' order), permuted once per call.
+ * LinearQ4: a chunk's 32 bytes broadcast to both halves of a register, the upper half shifted by 4 (vpsrlvw),
+ *   masked: the 64 codes of sub-blocks 2c and 2c + 1 in the activations' order; vpdpbusd sums four u8 x s8
+ *   products per int32 lane and vpmaddwd multiplies each lane by its sub-scale (a lane sum fits int16). Per
+ *   super-block every lane stays below 2^24, so the int32 -> float32 conversion is exact (the same integers as
+ *   mx_q4.c and the NumPy kernel).
+ * Prompt rows: MXFP4 and bf16 with M > 4 pack A^T in 16-row groups (mx_pack_t), decode 8 weight rows to float32
+ *   once and run 8 x 32 outer-product tiles (16 accumulators, weights broadcast from L1) over K panels that stay in
+ *   L1; LinearQ4 unpacks each weight super-block once for 8 (then 4) rows of A.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "mx_internal.h"
+#include "mx_math.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#define TARGET "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma"
+#define AVX512 __attribute__((target(TARGET)))
+#define AVX512_INLINE __attribute__((target(TARGET), always_inline)) static inline
+
+static inline float bf16_value(uint16_t v) {
+    const uint32_t bits = (uint32_t)v << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* ---- MXFP4 ------------------------------------------------------------------------------------------------------ */
+AVX512_INLINE __m512 code_table(void) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)MX_LUT2)));
+}
+
+/* One block: w[0] = the 16 low-nibble weights (elements 0, 2, .., 30), w[1] = the high ones (1, 3, .., 31). */
+AVX512_INLINE void decode_block(__m512 table, const uint8_t *b, uint8_t s, __m512 w[2]) {
+    const __m512 t = _mm512_mul_ps(table, _mm512_set1_ps(MX_SCALE2[s]));
+    const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)b));
+    w[0] = _mm512_permutexvar_ps(c, t); /* vpermps reads bits 3:0 of each index lane: the low nibble */
+    w[1] = _mm512_permutexvar_ps(_mm512_srli_epi32(c, 4), t);
+}
+
+/* Few rows (M <= 4): each weight row decoded block by block in registers and used by every row of A; two blocks
+ * per step, four accumulator chains per row. */
+AVX512_INLINE void mxfp4_direct(const float *ap, const int m, int64_t k, const uint8_t *blocks, const uint8_t *scales,
+                                int64_t n0, int64_t n1, float *y, int64_t ldy) {
+    const int64_t nb = k / MX_BLOCK;
+    const __m512 table = code_table();
+    for (int64_t n = n0; n < n1; n++) {
+        const uint8_t *b = blocks + n * nb * MX_BLOCK_BYTES, *s = scales + n * nb;
+        __m512 acc[4][4];
+        for (int r = 0; r < m; r++) acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = _mm512_setzero_ps();
+        int64_t j = 0;
+        for (; j + 1 < nb; j += 2) {
+            __m512 w[2], v[2];
+            decode_block(table, b + j * MX_BLOCK_BYTES, s[j], w);
+            decode_block(table, b + (j + 1) * MX_BLOCK_BYTES, s[j + 1], v);
+            for (int r = 0; r < m; r++) {
+                const float *a = ap + r * k + j * MX_BLOCK;
+                acc[r][0] = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(a), acc[r][0]);
+                acc[r][1] = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(a + 16), acc[r][1]);
+                acc[r][2] = _mm512_fmadd_ps(v[0], _mm512_loadu_ps(a + 32), acc[r][2]);
+                acc[r][3] = _mm512_fmadd_ps(v[1], _mm512_loadu_ps(a + 48), acc[r][3]);
+            }
+        }
+        if (j < nb) {
+            __m512 w[2];
+            decode_block(table, b + j * MX_BLOCK_BYTES, s[j], w);
+            for (int r = 0; r < m; r++) {
+                const float *a = ap + r * k + j * MX_BLOCK;
+                acc[r][0] = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(a), acc[r][0]);
+                acc[r][1] = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(a + 16), acc[r][1]);
+            }
+        }
+        for (int r = 0; r < m; r++)
+            y[r * ldy + n] = _mm512_reduce_add_ps(
+                _mm512_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]), _mm512_add_ps(acc[r][2], acc[r][3])));
+    }
+}
+
+/* ---- the blocked product of prompt rows ------------------------------------------------------------------------- */
+typedef void (*RowDecoder)(const void *src, int64_t row, int64_t k, float *out);
+
+typedef struct {
+    const uint8_t *blocks, *scales;
+} Mxfp4Weights;
+
+AVX512 static void mxfp4_decode_row(const void *src, int64_t row, int64_t k, float *out) {
+    const Mxfp4Weights *w = src;
+    const int64_t nb = k / MX_BLOCK;
+    const __m512 table = code_table();
+    for (int64_t j = 0; j < nb; j++) {
+        __m512 v[2];
+        decode_block(table, w->blocks + (row * nb + j) * MX_BLOCK_BYTES, w->scales[row * nb + j], v);
+        _mm512_storeu_ps(out + j * MX_BLOCK, v[0]);
+        _mm512_storeu_ps(out + j * MX_BLOCK + 16, v[1]);
+    }
+}
+
+AVX512 static void bf16_decode_row(const void *src, int64_t row, int64_t k, float *out) {
+    const uint16_t *w = (const uint16_t *)src + row * k;
+    int64_t i = 0;
+    for (; i + 16 <= k; i += 16)
+        _mm512_storeu_ps(out + i, _mm512_castsi512_ps(_mm512_slli_epi32(
+                                      _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + i))), 16)));
+    for (; i < k; i++) out[i] = bf16_value(w[i]);
+}
+
+#define TILE_N 8    /* weight rows per tile */
+#define PANEL_K 256 /* k values per pass: 2 x 16 rows of A^T (32 KB) and 8 weight rows (8 KB) stay in L1 */
+
+/* out[h][r][0:16] += sum_i wd[r, i] * at_h[i, 0:16] for the nr weight rows and the 1 or 2 (two) groups of A^T. */
+AVX512_INLINE void outer_tile(const float *at0, const float *at1, const float *wd, int64_t ldw, int64_t kc,
+                              const int nr, const int two, float *out) {
+    __m512 c0[TILE_N], c1[TILE_N];
+    for (int r = 0; r < nr; r++) {
+        c0[r] = _mm512_load_ps(out + r * 16);
+        c1[r] = two ? _mm512_load_ps(out + (TILE_N + r) * 16) : _mm512_setzero_ps();
+    }
+    for (int64_t i = 0; i < kc; i++) {
+        const __m512 a0 = _mm512_load_ps(at0 + 16 * i);
+        const __m512 a1 = two ? _mm512_load_ps(at1 + 16 * i) : a0;
+        for (int r = 0; r < nr; r++) {
+            const __m512 wv = _mm512_set1_ps(wd[r * ldw + i]);
+            c0[r] = _mm512_fmadd_ps(wv, a0, c0[r]);
+            if (two) c1[r] = _mm512_fmadd_ps(wv, a1, c1[r]);
+        }
+    }
+    for (int r = 0; r < nr; r++) {
+        _mm512_store_ps(out + r * 16, c0[r]);
+        if (two) _mm512_store_ps(out + (TILE_N + r) * 16, c1[r]);
+    }
+}
+
+/* Y[m, n] = sum_k A[m, k] Wd[n, k] for n in [n0, n1), Wd the decoded weight rows, A as mx_pack_t's A^T (16-row
+ * groups, taken two at a time). Returns 0 when out of memory. */
+AVX512 static int packed_outer(const float *at, int64_t m, int64_t k, RowDecoder decode, const void *src, int64_t n0,
+                               int64_t n1, float *y, int64_t ldy) {
+    const int64_t groups = (m + 15) / 16, pairs = (groups + 1) / 2, tile = 2 * TILE_N * 16;
+    float *wd = mx_alloc64(sizeof(float) * (size_t)(TILE_N * k + 16));
+    float *outs = mx_alloc64(sizeof(float) * (size_t)(pairs * tile));
+    if (!wd || !outs) {
+        free(wd);
+        free(outs);
+        return 0;
+    }
+    for (int64_t nt = n0; nt < n1; nt += TILE_N) {
+        const int nr = (int)(n1 - nt < TILE_N ? n1 - nt : TILE_N);
+        for (int r = 0; r < nr; r++) decode(src, nt + r, k, wd + r * k);
+        memset(outs, 0, sizeof(float) * (size_t)(pairs * tile));
+        for (int64_t k0 = 0; k0 < k; k0 += PANEL_K) {
+            const int64_t kc = k - k0 < PANEL_K ? k - k0 : PANEL_K;
+            for (int64_t p = 0; p < pairs; p++) {
+                const int two = 2 * p + 1 < groups;
+                const float *at0 = at + (2 * p * k + k0) * 16, *at1 = two ? at0 + k * 16 : NULL, *wk = wd + k0;
+                float *out = outs + p * tile;
+#define TILE_CASE(NR)                                                                                              \
+    case 2 * NR + 1: outer_tile(at0, at1, wk, k, kc, NR, 1, out); break;                                           \
+    case 2 * NR: outer_tile(at0, at1, wk, k, kc, NR, 0, out); break;
+                switch (nr * 2 + two) {
+                    TILE_CASE(8) TILE_CASE(7) TILE_CASE(6) TILE_CASE(5) TILE_CASE(4) TILE_CASE(3) TILE_CASE(2)
+                    default: outer_tile(at0, at1, wk, k, kc, 1, two, out); break;
+                }
+#undef TILE_CASE
+            }
+        }
+        for (int64_t g = 0; g < groups; g++) {
+            const int64_t rows = m - g * 16 < 16 ? m - g * 16 : 16;
+            const float *out = outs + (g / 2) * tile + (g % 2) * TILE_N * 16;
+            for (int64_t j = 0; j < rows; j++)
+                for (int r = 0; r < nr; r++) y[(g * 16 + j) * ldy + nt + r] = out[r * 16 + j];
+        }
+    }
+    free(wd);
+    free(outs);
+    return 1;
+}
+
+AVX512 void mx_mxfp4_rows_avx512(const float *ap, int64_t m, int64_t k, const uint8_t *blocks, const uint8_t *scales,
+                                 int64_t n0, int64_t n1, float *y, int64_t ldy) {
+    switch (m) {
+        case 1: mxfp4_direct(ap, 1, k, blocks, scales, n0, n1, y, ldy); return;
+        case 2: mxfp4_direct(ap, 2, k, blocks, scales, n0, n1, y, ldy); return;
+        case 3: mxfp4_direct(ap, 3, k, blocks, scales, n0, n1, y, ldy); return;
+        case 4: mxfp4_direct(ap, 4, k, blocks, scales, n0, n1, y, ldy); return;
+        default: break;
+    }
+    const Mxfp4Weights w = {blocks, scales};
+    float *at = mx_pack_alloc(m, k);
+    const int done = at && (mx_pack_t(ap, m, k, 0, (m + 15) / 16, at),
+                            packed_outer(at, m, k, mxfp4_decode_row, &w, n0, n1, y, ldy));
+    free(at);
+    if (!done) mx_mxfp4_rows_c(ap, m, k, blocks, scales, n0, n1, y, ldy);
+}
+
+/* ---- LinearBF16 -------------------------------------------------------------------------------------------------- */
+/* One row of A (ap: its first k - k % 32 values permuted per 32, evens then odds; a: as given, for the tail) against
+ * weight rows [c0, c1), each read front to back; four accumulators over 64 weights a step. */
+AVX512_INLINE void bf16_rows(const float *ap, const float *a, int64_t k, const uint16_t *w, int64_t c0, int64_t c1,
+                             float *y) {
+    const int64_t k32 = k - k % 32;
+    const __m512i high = _mm512_set1_epi32((int)0xFFFF0000u);
+    for (int64_t c = c0; c < c1; c++) {
+        const uint16_t *wc = w + c * k;
+        __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+        int64_t i = 0;
+        for (; i + 64 <= k32; i += 64) {
+            const __m512i x0 = _mm512_loadu_si512(wc + i), x1 = _mm512_loadu_si512(wc + i + 32);
+            s0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(x0, 16)), _mm512_loadu_ps(ap + i), s0);
+            s1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(x0, high)), _mm512_loadu_ps(ap + i + 16), s1);
+            s2 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(x1, 16)), _mm512_loadu_ps(ap + i + 32), s2);
+            s3 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(x1, high)), _mm512_loadu_ps(ap + i + 48), s3);
+        }
+        if (i < k32) {
+            const __m512i x0 = _mm512_loadu_si512(wc + i);
+            s0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(x0, 16)), _mm512_loadu_ps(ap + i), s0);
+            s1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(x0, high)), _mm512_loadu_ps(ap + i + 16), s1);
+        }
+        float t = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+        for (i = k32; i < k; i++) t += a[i] * bf16_value(wc[i]);
+        y[c] = t;
+    }
+}
+
+#define LINEAR_L2_BYTES (256 << 10) /* weight rows re-read from L2 by rows 2-4 of A */
+
+AVX512 void mx_linear_bf16_avx512(const float *a, const float *at, int64_t m, int64_t k, const uint16_t *w, int64_t n0,
+                                  int64_t n1, float *y, int64_t ldy) {
+    if (m > 4) {
+        if (!packed_outer(at, m, k, bf16_decode_row, w, n0, n1, y, ldy)) mx_linear_bf16_c(a, m, k, w, n0, n1, y, ldy);
+        return;
+    }
+    const int64_t k32 = k - k % 32;
+    float *ap = mx_alloc64(sizeof(float) * (size_t)(m * k32 + 16));
+    if (!ap) {
+        mx_linear_bf16_c(a, m, k, w, n0, n1, y, ldy);
+        return;
+    }
+    for (int64_t r = 0; r < m; r++)
+        for (int64_t j = 0; j < k32; j += 32)
+            for (int i = 0; i < 16; i++) {
+                ap[r * k32 + j + i] = a[r * k + j + 2 * i];
+                ap[r * k32 + j + 16 + i] = a[r * k + j + 2 * i + 1];
+            }
+    /* as the AVX2 build: a block of weight rows streamed for row 0 of A, re-read from L2 for the others */
+    int64_t block = LINEAR_L2_BYTES / (2 * k);
+    block = block < 8 ? 8 : block;
+    for (int64_t c = n0; c < n1; c += block) {
+        const int64_t c1 = c + block < n1 ? c + block : n1;
+        for (int64_t r = 0; r < m; r++) bf16_rows(ap + r * k32, a + r * k, k, w, c, c1, y + r * ldy);
+    }
+    free(ap);
+}
+
+/* ---- LinearQ4 ---------------------------------------------------------------------------------------------------- */
+/* R rows of A (quantized: row stride s super-blocks) against one weight row: out[r] = its product. */
+AVX512_INLINE void q4_rows(const uint8_t *w, const float *d, const int8_t *qa, const float *da, const int16_t *bs,
+                           int64_t s, const int R, float *out) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F), zero = _mm512_setzero_si512();
+    const __m512i shift = _mm512_inserti64x4(zero, _mm256_set1_epi16(4), 1); /* words 16-31 (bytes 32-63): 4 */
+    const __m512i pick0 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0), two = _mm512_set1_epi32(2);
+    __m512 acc[8];
+    for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < s; b++) {
+        const uint8_t *p = w + b * MX_Q4_BYTES;
+        const __m256i sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); /* int32: (sc, 0) words */
+        const __m512i sc16 = _mm512_castsi256_si512(sc);
+        __m512i sum[8];
+        for (int r = 0; r < R; r++) sum[r] = zero;
+        __m512i pick = pick0;
+        for (int c = 0; c < 4; c++) {
+            const __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(p + MX_Q4_SUBS + 32 * c)));
+            const __m512i q = _mm512_and_si512(_mm512_srlv_epi16(v, shift), m4);
+            const __m512i scale = _mm512_permutexvar_epi32(pick, sc16); /* lanes 0-7: sc[2c], 8-15: sc[2c + 1] */
+            pick = _mm512_add_epi32(pick, two);
+            for (int r = 0; r < R; r++) {
+                const __m512i x = _mm512_loadu_si512(qa + (r * s + b) * MX_Q4_SUPER + 64 * c);
+                sum[r] = _mm512_add_epi32(sum[r], _mm512_madd_epi16(_mm512_dpbusd_epi32(zero, q, x), scale));
+            }
+        }
+        for (int r = 0; r < R; r++) { /* zero point 8 x sc[j] x (sum of sub-block j's activations), j in 8 lanes */
+            const __m256i sums = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(bs + (r * s + b) * MX_Q4_SUBS)));
+            const __m256i zp = _mm256_slli_epi32(_mm256_madd_epi16(sc, sums), 3);
+            const __m512i total = _mm512_sub_epi32(sum[r], _mm512_zextsi256_si512(zp));
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), _mm512_set1_ps(d[b] * da[r * s + b]), acc[r]);
+        }
+    }
+    for (int r = 0; r < R; r++) out[r] = _mm512_reduce_add_ps(acc[r]);
+}
+
+AVX512 void mx_linear_q4_avx512(const int8_t *qa, const float *da, const int16_t *bs, int64_t m, int64_t s,
+                                const uint8_t *w, const float *d, int64_t n0, int64_t n1, float *y, int64_t ldy) {
+    const int64_t row_bytes = s * MX_Q4_BYTES;
+    /* more than one row of A: a block of weight rows (~256 KB) is read from memory once and from L2 for the rest */
+    const int64_t block = m == 1 ? n1 - n0 : (256 << 10) / row_bytes + 1;
+    for (int64_t c0 = n0; c0 < n1; c0 += block) {
+        const int64_t c1 = c0 + block < n1 ? c0 + block : n1;
+        for (int64_t r = 0; r < m;) {
+            const int R = m - r >= 8 ? 8 : m - r >= 4 ? 4 : 1;
+            const int8_t *x = qa + r * s * MX_Q4_SUPER;
+            const float *dx = da + r * s;
+            const int16_t *sx = bs + r * s * MX_Q4_SUBS;
+            for (int64_t n = c0; n < c1; n++) {
+                float out[8];
+                const uint8_t *wn = w + n * row_bytes;
+                if (R == 8) q4_rows(wn, d + n * s, x, dx, sx, s, 8, out);
+                else if (R == 4) q4_rows(wn, d + n * s, x, dx, sx, s, 4, out);
+                else q4_rows(wn, d + n * s, x, dx, sx, s, 1, out);
+                for (int i = 0; i < R; i++) y[(r + i) * ldy + n] = out[i];
+            }
+            r += R;
+        }
+    }
+}
+
+#endif /* x86-64: elsewhere mx_isa() is MX_ISA_C and nothing calls these */

@@ -1,0 +1,30 @@
+/* What mxport's kernel files share inside the library (not part of the mx_math.h contract): the MXFP4 tables,
+ * the plain C kernels the vector builds fall back on when out of memory, and the AVX-512 builds (mx_avx512.c). */
+#ifndef MXPORT_MX_INTERNAL_H
+#define MXPORT_MX_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* 2 x E2M1 value of each code (bit 3 = sign), and 2^(s-128) for each E8M0 byte (NaN for 0xFF): code x scale byte
+ * -> (2 x value) x 2^(s-128) = value x 2^(s-127), exact in float32 (the OCP MX v1.0 meaning; ops/mxfp4.py). */
+extern const int8_t MX_LUT2[16];
+extern float MX_SCALE2[256];
+
+void *mx_alloc64(size_t bytes); /* 64-byte aligned (free() it), NULL when out of memory */
+
+void mx_mxfp4_rows_c(const float *ap, int64_t m, int64_t k, const uint8_t *blocks, const uint8_t *scales,
+                     int64_t n0, int64_t n1, float *y, int64_t ldy);
+void mx_linear_bf16_c(const float *a, int64_t m, int64_t k, const uint16_t *w, int64_t n0, int64_t n1, float *y,
+                      int64_t ldy);
+
+/* AVX-512 builds (mx_avx512.c): the mx_math.h contract of the same-named kernel; only called when mx_isa() is
+ * MX_ISA_AVX512 */
+void mx_mxfp4_rows_avx512(const float *ap, int64_t m, int64_t k, const uint8_t *blocks, const uint8_t *scales,
+                          int64_t n0, int64_t n1, float *y, int64_t ldy);
+void mx_linear_bf16_avx512(const float *a, const float *at, int64_t m, int64_t k, const uint16_t *w, int64_t n0,
+                           int64_t n1, float *y, int64_t ldy);
+void mx_linear_q4_avx512(const int8_t *qa, const float *da, const int16_t *bs, int64_t m, int64_t s,
+                         const uint8_t *w, const float *d, int64_t n0, int64_t n1, float *y, int64_t ldy);
+
+#endif

@@ -1,0 +1,288 @@
+/* A C driver for mxport's kernel math (ops/csrc/mx_math.c, mx_q4.c, mx_avx512.c) without ONNX Runtime.
+ *
+ *   kernel_driver check   every ISA this CPU runs (c, avx2, avx512) on every shape class (rows 1-4 and prompt
+ *                         rows, K tails, N tails, output sub-ranges) against a float64 product on the decoded
+ *                         weights; exact-size buffers, so a sanitized build (tests/ops/test_kernel_sanitizers.py)
+ *                         sees any read or write outside them. Exit 1 on a mismatch.
+ *   kernel_driver bench   one thread, per kernel and ISA: TSC cycles per 32 weights and weight GB/s, best of 7
+ *                         (docs/BENCHMARKS.md, "Kernels").
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <x86intrin.h>
+
+#include "mx_math.h"
+
+static uint64_t rng_state = 88172645463325252ull;
+static uint32_t next_u32(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state >> 11);
+}
+static float next_normal(void) { /* sum of 4 uniforms, centred: enough spread for products */
+    float s = 0.0f;
+    for (int i = 0; i < 4; i++) s += (float)(next_u32() & 0xFFFF) / 65536.0f;
+    return (s - 2.0f) * 1.7f;
+}
+
+static void *take(size_t bytes) { /* exact size (ASan sees one byte past), never NULL */
+    void *p = malloc(bytes ? bytes : 1);
+    if (!p) {
+        fprintf(stderr, "out of memory\n");
+        exit(2);
+    }
+    return p;
+}
+
+static const double E2M1[16] = {0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6};
+
+static int failures = 0;
+
+/* max |got - want| / max mag over rows [0, m) and columns [n0, n1) (stride ldy), mag = sum of |products| (the
+ * scale of float32 summation error, which a sum that cancels to near zero does not shrink) */
+static void judge(const char *what, int isa, int64_t m, int64_t k, int64_t n0, int64_t n1, const float *y,
+                  const double *want, const double *mag, int64_t ldy, double tol) {
+    double err = 0.0, big = 1e-30;
+    int bad = 0;
+    for (int64_t r = 0; r < m; r++)
+        for (int64_t c = n0; c < n1; c++) {
+            const double g = y[r * ldy + c], w = want[r * ldy + c];
+            bad |= !isfinite(g);
+            err = fmax(err, fabs(g - w));
+            big = fmax(big, mag[r * ldy + c]);
+        }
+    if (bad || err / big > tol) {
+        failures++;
+        printf("FAIL %s isa=%s m=%lld k=%lld n=[%lld,%lld): rel %.3g\n", what, mx_isa_name(isa), (long long)m,
+               (long long)k, (long long)n0, (long long)n1, err / big);
+    }
+}
+
+static void check_mxfp4(int isa, int64_t m, int64_t k, int64_t n, int64_t n0, int64_t n1) {
+    const int64_t nb = k / MX_BLOCK, ldy = n + 3;
+    float *a = take(sizeof(float) * (size_t)(m * k)), *ap = take(sizeof(float) * (size_t)(m * k));
+    uint8_t *blocks = take((size_t)(n * nb * MX_BLOCK_BYTES)), *scales = take((size_t)(n * nb));
+    float *y = take(sizeof(float) * (size_t)(m * ldy));
+    double *want = take(sizeof(double) * (size_t)(m * ldy)), *mag = take(sizeof(double) * (size_t)(m * ldy));
+    for (int64_t i = 0; i < m * k; i++) a[i] = next_normal();
+    for (int64_t i = 0; i < n * nb * MX_BLOCK_BYTES; i++) blocks[i] = (uint8_t)next_u32();
+    for (int64_t i = 0; i < n * nb; i++) scales[i] = (uint8_t)(121 + next_u32() % 12);
+    for (int64_t r = 0; r < m; r++)
+        for (int64_t c = n0; c < n1; c++) {
+            double s = 0.0, g = 0.0;
+            for (int64_t i = 0; i < k; i++) {
+                const uint8_t byte = blocks[(c * nb + i / 32) * MX_BLOCK_BYTES + (i % 32) / 2];
+                const double v = E2M1[i % 2 ? byte >> 4 : byte & 15] * ldexp(1.0, scales[c * nb + i / 32] - 127);
+                s += v * a[r * k + i];
+                g += fabs(v * a[r * k + i]);
+            }
+            want[r * ldy + c] = s;
+            mag[r * ldy + c] = g;
+        }
+    mx_permute_rows(a, m, k, ap);
+    mx_mxfp4_rows(ap, m, k, blocks, scales, n0, n1, y, ldy);
+    judge("mxfp4", isa, m, k, n0, n1, y, want, mag, ldy, 1e-6);
+    free(a); free(ap); free(blocks); free(scales); free(y); free(want); free(mag);
+}
+
+static double bf16_double(uint16_t v) {
+    const uint32_t bits = (uint32_t)v << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static void check_bf16(int isa, int64_t m, int64_t k, int64_t n, int64_t n0, int64_t n1) {
+    const int64_t ldy = n + 1;
+    float *a = take(sizeof(float) * (size_t)(m * k));
+    uint16_t *w = take(sizeof(uint16_t) * (size_t)(n * k));
+    float *y = take(sizeof(float) * (size_t)(m * ldy));
+    double *want = take(sizeof(double) * (size_t)(m * ldy)), *mag = take(sizeof(double) * (size_t)(m * ldy));
+    for (int64_t i = 0; i < m * k; i++) a[i] = next_normal();
+    for (int64_t i = 0; i < n * k; i++) {
+        const float f = next_normal();
+        uint32_t bits;
+        memcpy(&bits, &f, 4);
+        w[i] = (uint16_t)(bits >> 16);
+    }
+    for (int64_t r = 0; r < m; r++)
+        for (int64_t c = n0; c < n1; c++) {
+            double s = 0.0, g = 0.0;
+            for (int64_t i = 0; i < k; i++) {
+                s += bf16_double(w[c * k + i]) * a[r * k + i];
+                g += fabs(bf16_double(w[c * k + i]) * a[r * k + i]);
+            }
+            want[r * ldy + c] = s;
+            mag[r * ldy + c] = g;
+        }
+    float *at = NULL;
+    if (m > 4) {
+        at = mx_pack_alloc(m, k);
+        mx_pack_t(a, m, k, 0, (m + 15) / 16, at);
+    }
+    mx_linear_bf16(a, at, m, k, w, n0, n1, y, ldy);
+    judge("bf16", isa, m, k, n0, n1, y, want, mag, ldy, 1e-6);
+    free(at); free(a); free(w); free(y); free(want); free(mag);
+}
+
+static void check_q4(int isa, int64_t m, int64_t k, int64_t n, int64_t n0, int64_t n1) {
+    const int64_t s = (k + MX_Q4_SUPER - 1) / MX_Q4_SUPER, ldy = n + 2;
+    float *a = take(sizeof(float) * (size_t)(m * k)), *da = take(sizeof(float) * (size_t)(m * s));
+    int8_t *qa = take((size_t)(m * s * MX_Q4_SUPER));
+    int16_t *bs = take(sizeof(int16_t) * (size_t)(m * s * MX_Q4_SUBS));
+    uint8_t *w = take((size_t)(n * s * MX_Q4_BYTES));
+    float *d = take(sizeof(float) * (size_t)(n * s)), *y = take(sizeof(float) * (size_t)(m * ldy));
+    double *want = take(sizeof(double) * (size_t)(m * ldy)), *mag = take(sizeof(double) * (size_t)(m * ldy));
+    for (int64_t i = 0; i < m * k; i++) a[i] = next_normal() * (i % 97 == 0 ? 40.0f : 1.0f);
+    for (int64_t i = 0; i < n * s * MX_Q4_BYTES; i++) w[i] = (uint8_t)next_u32(); /* sub-scales up to 255 */
+    for (int64_t i = 0; i < n * s; i++) d[i] = 1e-3f * (1.0f + (float)(next_u32() % 100));
+    mx_q4_activations(a, m, k, s, qa, da, bs);
+    for (int64_t i = 0; i < m * s * MX_Q4_SUBS; i++) { /* the block sums are the sums of the int8 values */
+        int sum = 0;
+        for (int j = 0; j < 32; j++) sum += qa[i * 32 + j];
+        if (sum != bs[i]) {
+            failures++;
+            printf("FAIL q4 activations: block sum %d != %d\n", bs[i], sum);
+            break;
+        }
+    }
+    for (int64_t r = 0; r < m; r++)
+        for (int64_t c = n0; c < n1; c++) {
+            double total = 0.0, g = 0.0;
+            for (int64_t b = 0; b < s; b++) {
+                const uint8_t *p = w + (c * s + b) * MX_Q4_BYTES;
+                int64_t sum = 0;
+                for (int i = 0; i < MX_Q4_SUPER; i++) {
+                    const int chunk = i / 64, hi = (i % 64) >= 32, byte = p[MX_Q4_SUBS + 32 * chunk + i % 32];
+                    sum += (int64_t)p[i / 32] * (((hi ? byte >> 4 : byte & 15)) - 8) * qa[(r * s + b) * MX_Q4_SUPER + i];
+                }
+                total += (double)d[c * s + b] * da[r * s + b] * (double)sum;
+                g += fabs((double)d[c * s + b] * da[r * s + b] * (double)sum);
+            }
+            want[r * ldy + c] = total;
+            mag[r * ldy + c] = g;
+        }
+    mx_linear_q4(qa, da, bs, m, s, w, d, n0, n1, y, ldy);
+    judge("q4", isa, m, k, n0, n1, y, want, mag, ldy, 1e-6);
+    free(a); free(da); free(qa); free(bs); free(w); free(d); free(y); free(want); free(mag);
+}
+
+static int check(void) {
+    static const int64_t rows[] = {1, 2, 3, 4, 5, 8, 15, 16, 17, 33, 40};
+    static const int64_t mx_k[] = {32, 64, 96, 288, 1056};
+    static const int64_t bf_k[] = {1, 7, 16, 31, 32, 33, 64, 65, 100, 300, 1030};
+    static const int64_t q4_k[] = {5, 256, 300, 700};
+    static const int64_t cols[][3] = {{1, 0, 1}, {5, 0, 5}, {9, 0, 9}, {17, 0, 17}, {70, 3, 61}};
+    int ran = 0;
+    for (int want = MX_ISA_C; want <= MX_ISA_AVX512; want++) {
+        const int isa = mx_set_isa(want);
+        if (isa != want) {
+            printf("skip isa=%s (this CPU runs %s at most)\n", mx_isa_name(want), mx_isa_name(isa));
+            continue;
+        }
+        for (size_t ri = 0; ri < sizeof rows / sizeof rows[0]; ri++)
+            for (size_t ci = 0; ci < sizeof cols / sizeof cols[0]; ci++) {
+                const int64_t m = rows[ri], n = cols[ci][0], n0 = cols[ci][1], n1 = cols[ci][2];
+                for (size_t ki = 0; ki < sizeof mx_k / sizeof mx_k[0]; ki++) check_mxfp4(isa, m, mx_k[ki], n, n0, n1);
+                for (size_t ki = 0; ki < sizeof bf_k / sizeof bf_k[0]; ki++) check_bf16(isa, m, bf_k[ki], n, n0, n1);
+                for (size_t ki = 0; ki < sizeof q4_k / sizeof q4_k[0]; ki++) check_q4(isa, m, q4_k[ki], n, n0, n1);
+            }
+        printf("isa=%s checked\n", mx_isa_name(isa));
+        ran++;
+    }
+    printf("%d isa(s), %d failure(s)\n", ran, failures);
+    return failures ? 1 : 0;
+}
+
+/* ---- bench ---------------------------------------------------------------------------------------------------- */
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+typedef struct {
+    const char *name;
+    int64_t m, k, n;
+} Shape;
+
+/* best of 7 runs of one kernel call over all n rows: seconds and TSC cycles */
+static void bench_one(const char *kernel, const Shape *sh, int isa, double bytes, void (*run)(void *), void *ctx) {
+    double best = 1e30, best_tsc = 1e30;
+    run(ctx); /* warm */
+    for (int rep = 0; rep < 7; rep++) {
+        const double t0 = now();
+        const uint64_t c0 = __rdtsc();
+        run(ctx);
+        const uint64_t c1 = __rdtsc();
+        const double t = now() - t0;
+        if (t < best) best = t, best_tsc = (double)(c1 - c0);
+    }
+    const double blocks = (double)sh->m * (double)sh->n * (double)sh->k / 32.0;
+    printf("%-6s %-8s m=%-4lld k=%-5lld n=%-5lld isa=%-6s %8.3f ms  %7.2f TSC cycles / 32 weights x row  %6.2f GB/s\n",
+           kernel, sh->name, (long long)sh->m, (long long)sh->k, (long long)sh->n, mx_isa_name(isa), best * 1e3,
+           best_tsc / blocks, bytes / best / 1e9);
+}
+
+typedef struct {
+    const Shape *sh;
+    float *a, *at, *y, *da;
+    uint8_t *b8, *s8;
+    uint16_t *w16;
+    int8_t *qa;
+    int16_t *bs;
+} Ctx;
+
+static void run_mxfp4(void *p) {
+    Ctx *c = p;
+    mx_mxfp4_rows(c->a, c->sh->m, c->sh->k, c->b8, c->s8, 0, c->sh->n, c->y, c->sh->n);
+}
+static void run_bf16(void *p) {
+    Ctx *c = p;
+    if (c->sh->m > 4) mx_pack_t(c->a, c->sh->m, c->sh->k, 0, (c->sh->m + 15) / 16, c->at);
+    mx_linear_bf16(c->a, c->at, c->sh->m, c->sh->k, c->w16, 0, c->sh->n, c->y, c->sh->n);
+}
+static void run_q4(void *p) {
+    Ctx *c = p;
+    const int64_t s = (c->sh->k + 255) / 256;
+    mx_linear_q4(c->qa, c->da, c->bs, c->sh->m, s, c->b8, c->a + c->sh->m * c->sh->k, 0, c->sh->n, c->y, c->sh->n);
+}
+
+static int bench(void) {
+    /* gpt-oss-20b's expert fc1 (2880 -> 2 x 2880), qwen3-0.6b's MLP up (1024 -> 3072); decode and a prompt */
+    static const Shape shapes[] = {{"decode", 1, 2880, 5760}, {"decode", 1, 1024, 3072}, {"prompt", 128, 1024, 3072},
+                                   {"prompt", 32, 2880, 5760}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const Shape *sh = &shapes[si];
+        const int64_t m = sh->m, k = sh->k, n = sh->n, s = (k + 255) / 256;
+        Ctx c = {sh, take(sizeof(float) * (size_t)(m * k + n * s)), mx_pack_alloc(m, k), take(sizeof(float) * (size_t)(m * n)),
+                 take(sizeof(float) * (size_t)(m * s)), take((size_t)(n * (s * MX_Q4_BYTES > k / 2 + k / 32 ? s * MX_Q4_BYTES : k))),
+                 take((size_t)(n * k / 32)), take(sizeof(uint16_t) * (size_t)(n * k)), take((size_t)(m * s * 256)),
+                 take(sizeof(int16_t) * (size_t)(m * s * 8))};
+        for (int64_t i = 0; i < m * k + n * s; i++) c.a[i] = 0.01f * next_normal() + (i >= m * k ? 0.02f : 0.0f);
+        for (int64_t i = 0; i < n * s * MX_Q4_BYTES || i < n * k / 2; i++) c.b8[i] = (uint8_t)next_u32();
+        for (int64_t i = 0; i < n * k / 32; i++) c.s8[i] = (uint8_t)(120 + next_u32() % 8);
+        for (int64_t i = 0; i < n * k; i++) c.w16[i] = (uint16_t)(0x3C00 + next_u32() % 0x800);
+        mx_q4_activations(c.a, m, k, s, c.qa, c.da, c.bs);
+        for (int isa = MX_ISA_C; isa <= MX_ISA_AVX512; isa++) {
+            if (mx_set_isa(isa) != isa) continue;
+            if (k % 32 == 0) bench_one("mxfp4", sh, isa, (double)n * k * 17 / 32, run_mxfp4, &c);
+            bench_one("bf16", sh, isa, (double)n * k * 2, run_bf16, &c);
+            bench_one("q4", sh, isa, (double)n * s * (MX_Q4_BYTES + 4), run_q4, &c);
+        }
+        free(c.a); free(c.at); free(c.y); free(c.da); free(c.b8); free(c.s8); free(c.w16); free(c.qa); free(c.bs);
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc == 2 && strcmp(argv[1], "check") == 0) return check();
+    if (argc == 2 && strcmp(argv[1], "bench") == 0) return bench();
+    fprintf(stderr, "usage: %s check|bench\n", argv[0]);
+    return 2;
+}
