@@ -50,17 +50,17 @@ AVX512_INLINE void decode_block(__m512 table, const uint8_t *b, uint8_t s, __m51
 }
 
 /* Few rows (M <= 4): each weight row decoded block by block in registers and used by every row of A; two blocks
- * per step, four accumulator chains per row. */
+ * per step, four accumulator chains per row. Blocks [j0, j1) of each row; add: y += the product, else y = it. */
 AVX512_INLINE void mxfp4_direct(const float *ap, const int m, int64_t k, const uint8_t *blocks, const uint8_t *scales,
-                                int64_t n0, int64_t n1, float *y, int64_t ldy) {
+                                int64_t j0, int64_t j1, const int add, int64_t n0, int64_t n1, float *y, int64_t ldy) {
     const int64_t nb = k / MX_BLOCK;
     const __m512 table = code_table();
     for (int64_t n = n0; n < n1; n++) {
         const uint8_t *b = blocks + n * nb * MX_BLOCK_BYTES, *s = scales + n * nb;
         __m512 acc[4][4];
         for (int r = 0; r < m; r++) acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = _mm512_setzero_ps();
-        int64_t j = 0;
-        for (; j + 1 < nb; j += 2) {
+        int64_t j = j0;
+        for (; j + 1 < j1; j += 2) {
             __m512 w[2], v[2];
             decode_block(table, b + j * MX_BLOCK_BYTES, s[j], w);
             decode_block(table, b + (j + 1) * MX_BLOCK_BYTES, s[j + 1], v);
@@ -72,7 +72,7 @@ AVX512_INLINE void mxfp4_direct(const float *ap, const int m, int64_t k, const u
                 acc[r][3] = _mm512_fmadd_ps(v[1], _mm512_loadu_ps(a + 48), acc[r][3]);
             }
         }
-        if (j < nb) {
+        if (j < j1) {
             __m512 w[2];
             decode_block(table, b + j * MX_BLOCK_BYTES, s[j], w);
             for (int r = 0; r < m; r++) {
@@ -81,9 +81,70 @@ AVX512_INLINE void mxfp4_direct(const float *ap, const int m, int64_t k, const u
                 acc[r][1] = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(a + 16), acc[r][1]);
             }
         }
-        for (int r = 0; r < m; r++)
-            y[r * ldy + n] = _mm512_reduce_add_ps(
+        for (int r = 0; r < m; r++) {
+            const float t = _mm512_reduce_add_ps(
                 _mm512_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]), _mm512_add_ps(acc[r][2], acc[r][3])));
+            y[r * ldy + n] = add ? y[r * ldy + n] + t : t;
+        }
+    }
+}
+
+/* 5-8 rows: one block per step, two accumulator chains per row (10-16 chains: enough to hide the FMA latency). */
+AVX512_INLINE void mxfp4_direct8(const float *ap, const int m, int64_t k, const uint8_t *blocks, const uint8_t *scales,
+                                 int64_t j0, int64_t j1, const int add, int64_t n0, int64_t n1, float *y, int64_t ldy) {
+    const int64_t nb = k / MX_BLOCK;
+    const __m512 table = code_table();
+    for (int64_t n = n0; n < n1; n++) {
+        const uint8_t *b = blocks + n * nb * MX_BLOCK_BYTES, *s = scales + n * nb;
+        __m512 acc[8][2];
+        for (int r = 0; r < m; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+        for (int64_t j = j0; j < j1; j++) {
+            __m512 w[2];
+            decode_block(table, b + j * MX_BLOCK_BYTES, s[j], w);
+            for (int r = 0; r < m; r++) {
+                const float *a = ap + r * k + j * MX_BLOCK;
+                acc[r][0] = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(a), acc[r][0]);
+                acc[r][1] = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(a + 16), acc[r][1]);
+            }
+        }
+        for (int r = 0; r < m; r++) {
+            const float t = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
+            y[r * ldy + n] = add ? y[r * ldy + n] + t : t;
+        }
+    }
+}
+
+#define DIRECT_ROWS 24  /* MXFP4 rows of A up to which the direct chunks run (mxfp4_chunks) */
+#define DIRECT_PANEL 32 /* blocks of K per pass of the direct chunks */
+
+/* Rows of A in near-equal chunks of at most 8 (4-8 rows each once m > 4), each chunk a direct product: a weight
+ * block is decoded once per chunk, in registers. Up to DIRECT_ROWS rows this beats the packed product, whose
+ * 16-row groups run partly empty (an MoE expert's share of a prompt: ~16 rows at gpt-oss's 4 of 32). K goes in
+ * panels of DIRECT_PANEL blocks, so a chunk's rows of A stay in L1 (8 x 1024 floats = 32 KB). */
+AVX512_INLINE void mxfp4_chunks(const float *ap, int64_t m, int64_t k, const uint8_t *blocks, const uint8_t *scales,
+                                int64_t n0, int64_t n1, float *y, int64_t ldy) {
+    const int64_t chunks = (m + 7) / 8, nb = k / MX_BLOCK;
+    for (int64_t j0 = 0; j0 < nb; j0 += DIRECT_PANEL) {
+        const int64_t j1 = j0 + DIRECT_PANEL < nb ? j0 + DIRECT_PANEL : nb;
+        const int add = j0 > 0;
+        for (int64_t c = 0, r0 = 0; c < chunks; c++) {
+            const int rows = (int)(m / chunks + (c < m % chunks));
+            const float *a = ap + r0 * k;
+            float *yc = y + r0 * ldy;
+#define DIRECT(FN, R) FN(a, R, k, blocks, scales, j0, j1, add, n0, n1, yc, ldy); break;
+            switch (rows) {
+                case 1: DIRECT(mxfp4_direct, 1)
+                case 2: DIRECT(mxfp4_direct, 2)
+                case 3: DIRECT(mxfp4_direct, 3)
+                case 4: DIRECT(mxfp4_direct, 4)
+                case 5: DIRECT(mxfp4_direct8, 5)
+                case 6: DIRECT(mxfp4_direct8, 6)
+                case 7: DIRECT(mxfp4_direct8, 7)
+                default: DIRECT(mxfp4_direct8, 8)
+            }
+#undef DIRECT
+            r0 += rows;
+        }
     }
 }
 
@@ -187,12 +248,17 @@ AVX512 static int packed_outer(const float *at, int64_t m, int64_t k, RowDecoder
 
 AVX512 void mx_mxfp4_rows_avx512(const float *ap, int64_t m, int64_t k, const uint8_t *blocks, const uint8_t *scales,
                                  int64_t n0, int64_t n1, float *y, int64_t ldy) {
-    switch (m) {
-        case 1: mxfp4_direct(ap, 1, k, blocks, scales, n0, n1, y, ldy); return;
-        case 2: mxfp4_direct(ap, 2, k, blocks, scales, n0, n1, y, ldy); return;
-        case 3: mxfp4_direct(ap, 3, k, blocks, scales, n0, n1, y, ldy); return;
-        case 4: mxfp4_direct(ap, 4, k, blocks, scales, n0, n1, y, ldy); return;
+    const int64_t nb = k / MX_BLOCK;
+    switch (m) { /* decode: each weight row one sequential read, the whole of K at once */
+        case 1: mxfp4_direct(ap, 1, k, blocks, scales, 0, nb, 0, n0, n1, y, ldy); return;
+        case 2: mxfp4_direct(ap, 2, k, blocks, scales, 0, nb, 0, n0, n1, y, ldy); return;
+        case 3: mxfp4_direct(ap, 3, k, blocks, scales, 0, nb, 0, n0, n1, y, ldy); return;
+        case 4: mxfp4_direct(ap, 4, k, blocks, scales, 0, nb, 0, n0, n1, y, ldy); return;
         default: break;
+    }
+    if (m <= DIRECT_ROWS) {
+        mxfp4_chunks(ap, m, k, blocks, scales, n0, n1, y, ldy);
+        return;
     }
     const Mxfp4Weights w = {blocks, scales};
     float *at = mx_pack_alloc(m, k);

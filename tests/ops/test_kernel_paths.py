@@ -1,10 +1,10 @@
 """Each instruction-set path of mxport's native kernels (MXPORT_KERNELS_ISA=avx512|avx2|c) on every shape class.
 
 test_native.py samples shapes at random; here a fixed grid gives every path each class at least once: one row
-and 2-4 rows (the decode kernels), 5 to 40 rows (the prompt tiles: one and two 16-row groups, partial groups),
-K = one block, K not a multiple of 32 (bf16) or of 256 (LinearQ4), N below, at and above a tile, and MoE with one
-and several tokens per expert. Each against the NumPy kernel, ≤ 1e-5 relative as in test_native.py. Then the
-kernel math alone, without ONNX Runtime, built with AddressSanitizer and UndefinedBehaviorSanitizer
+and 2-4 rows (the decode kernels), 5 to 40 rows (MXFP4's direct row chunks up to 24 rows; the prompt tiles: one
+and two 16-row groups, partial groups), K = one block, K not a multiple of 32 (bf16) or of 256 (LinearQ4), N below,
+at and above a tile, and MoE with 1 to ~32 tokens per expert. Each against the NumPy kernel, ≤ 1e-5 relative as in
+test_native.py. Then the kernel math alone, without ONNX Runtime, built with AddressSanitizer and UndefinedBehaviorSanitizer
 (tests/ops/kernel_driver.c: every path against a float64 product, exact-size buffers).
 """
 
@@ -28,7 +28,8 @@ MXFP4_SHAPES = [((), 1, 1, 1), ((), 1, 3, 17), ((2,), 2, 5, 9), ((), 4, 2, 33), 
 BF16_SHAPES = [(1, 1, 1), (1, 31, 17), (3, 33, 9), (4, 100, 65), (5, 7, 8), (17, 300, 40), (40, 65, 70),
                (1, 1030, 20)]  # (m, k, n)
 Q4_SHAPES = [(1, 5, 3), (1, 256, 17), (3, 300, 9), (4, 700, 33), (5, 257, 8), (9, 512, 40), (17, 300, 20)]
-MOE_SHAPES = [(1, 4, 2, 64, 32), (3, 5, 3, 96, 160), (9, 3, 1, 32, 64), (40, 4, 2, 64, 96)]  # (T, E, k, H, I)
+MOE_SHAPES = [(1, 4, 2, 64, 32), (3, 5, 3, 96, 160), (9, 3, 1, 32, 64), (40, 4, 2, 64, 96),
+              (64, 2, 1, 32, 64)]  # (T, E, k, H, I): 1 to ~32 rows per expert
 MOE_ATTRS = dict(normalize_routing_weights=1, swiglu_interleaved=1, swiglu_limit=7.0, activation_alpha=1.702,
                  activation_beta=1.0)
 
