@@ -10,8 +10,10 @@ test_native.py. Then the kernel math alone, without ONNX Runtime, built with Add
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import ml_dtypes
@@ -85,25 +87,53 @@ def test_an_unknown_isa_fails_the_registration_by_name(monkeypatch):
 
 DRIVER = Path(__file__).with_name("kernel_driver.c")
 CSRC = Path(__file__).parents[2] / "ops" / "csrc"
+SANITIZE = ["-O1", "-g", "-std=gnu11", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+            "-fno-omit-frame-pointer"]
+
+
+def _sanitized_build(tmp_path: Path, name: str, sources: list[str], *extra: str) -> Path:
+    """cc SANITIZE sources -> tmp_path/name; skips when there is no compiler or no sanitizer runtime."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    out = tmp_path / name
+    build = subprocess.run([cc, *SANITIZE, f"-I{CSRC}", *extra, *sources, "-lm", "-o", str(out)], capture_output=True,
+                           text=True, timeout=180)
+    if build.returncode != 0:
+        if "asan" in build.stderr or "ubsan" in build.stderr:
+            pytest.skip(f"no sanitizer runtime: {build.stderr.strip().splitlines()[-1]}")
+        pytest.fail(build.stderr)
+    return out
 
 
 def test_kernel_math_is_sanitizer_clean_on_every_path(tmp_path):
     """kernel_driver.c's `check` under -fsanitize=address,undefined: no read or write outside a buffer, no undefined
     behaviour, every path (avx512, avx2, c, as far as this CPU runs them) within 1e-6 of the float64 product."""
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler")
-    exe = tmp_path / "kernel_driver"
-    sources = [str(DRIVER), *(str(CSRC / f) for f in ("mx_math.c", "mx_q4.c", "mx_avx512.c"))]
-    build = subprocess.run([cc, "-O1", "-g", "-std=gnu11", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
-                            "-fno-omit-frame-pointer", f"-I{CSRC}", *sources, "-lm", "-o", str(exe)],
-                           capture_output=True, text=True, timeout=120)
-    if build.returncode != 0:
-        if "asan" in build.stderr or "ubsan" in build.stderr or "sanitize" in build.stderr:
-            pytest.skip(f"the sanitizer runtime is missing: {build.stderr.strip().splitlines()[-1]}")
-        pytest.fail(build.stderr)
+    exe = _sanitized_build(tmp_path, "kernel_driver", [str(DRIVER), *(str(CSRC / f) for f in
+                                                                      ("mx_math.c", "mx_q4.c", "mx_avx512.c"))])
     done = subprocess.run([str(exe), "check"], capture_output=True, text=True, timeout=300,
-                          env={"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0", "UBSAN_OPTIONS": "print_stacktrace=1"})
+                          env={"ASAN_OPTIONS": "detect_leaks=1", "UBSAN_OPTIONS": "print_stacktrace=1"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "0 failure(s)" in done.stdout and "isa=c checked" in done.stdout
-    assert "ERROR: AddressSanitizer" not in done.stderr and "runtime error" not in done.stderr
+
+
+@needs_lib
+def test_the_library_is_sanitizer_clean_under_onnxruntime(tmp_path):
+    """The whole library (the ops' glue too: MoE routing and gathering, LinearQ4's quantization) built with
+    -fsanitize=address,undefined and loaded into ONNX Runtime (the sanitizer runtimes preloaded), running the shape
+    grid above on every path: a read or write outside a buffer the library allocates, or undefined behaviour,
+    aborts the run."""
+    so = _sanitized_build(tmp_path, "libmxport_kernels_sanitized.so", sorted(str(p) for p in CSRC.glob("*.c")),
+                          "-shared", "-fPIC", "-fvisibility=hidden")
+    cc = shutil.which("cc") or shutil.which("gcc")
+    runtimes = [subprocess.run([cc, f"-print-file-name={lib}"], capture_output=True, text=True).stdout.strip()
+                for lib in ("libasan.so", "libubsan.so")]
+    if not all(Path(r).is_file() for r in runtimes):
+        pytest.skip(f"sanitizer runtimes not found as files: {runtimes}")
+    env = {**os.environ, "LD_PRELOAD": ":".join(runtimes), "ASAN_OPTIONS": "detect_leaks=0",
+           "UBSAN_OPTIONS": "print_stacktrace=1", "MXPORT_TEST_KERNELS": str(so)}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
+                           f"{__file__}::test_every_path_on_every_shape_class"], capture_output=True, text=True,
+                          timeout=600, env=env, cwd=Path(__file__).parents[2])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "3 passed" in done.stdout and "AddressSanitizer" not in done.stderr

@@ -10,9 +10,11 @@ runs its function body (Loop, Gemm, ...) with the same numbers.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import ml_dtypes
 import numpy as np
@@ -24,7 +26,8 @@ from hypothesis import strategies as st
 from mxport import ops
 from mxport.ops import linear_bf16, matmul_mxfp4, moe, moe_2, mxfp4, native
 
-LIB = native.library_path()
+# MXPORT_TEST_KERNELS=PATH: run these tests on another build of the library (test_kernel_paths.py's sanitized one)
+LIB = Path(os.environ["MXPORT_TEST_KERNELS"]) if os.environ.get("MXPORT_TEST_KERNELS") else native.library_path()
 needs_lib = pytest.mark.skipif(LIB is None, reason="native kernels not built (no C compiler at install time)")
 ISAS = ["avx512", "avx2", "c"]  # MXPORT_KERNELS_ISA values, best first
 PROPERTY = settings(max_examples=15, deadline=None,
