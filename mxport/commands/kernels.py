@@ -1,6 +1,6 @@
 """`mxport kernels`: where mxport's native ONNX Runtime kernel library is and what it provides, or install it.
 
-    mxport kernels                  path, domain and ops, ISA, ORT API version (exit 1 when it was not built)
+    mxport kernels                  path, domain and ops, ISA in use, ORT API version (exit 1 when it was not built)
     mxport kernels --json           the same as JSON (ops/native.py's info())
     mxport kernels --into EXPORT    copy it into an export folder, named in its genai_config.json (install_into)
 """
@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(data["path"])
         print(f"domain {data['domain']} version 1, CPUExecutionProvider: {', '.join(data['ops'])}")
-        print(f"isa {data['isa']}, ONNX Runtime C API version {data['ort_api']} or newer")
+        print(f"isa {data['isa']} (this CPU's best: {data['best']}; MXPORT_KERNELS_ISA=avx512|avx2|c caps it), "
+              f"ONNX Runtime C API version {data['ort_api']} or newer")
         print(f"register in other hosts: SessionOptions.register_custom_ops_library({str(data['path'])!r})")
     return 0 if data["path"] else 1

@@ -137,3 +137,24 @@ def test_the_library_is_sanitizer_clean_under_onnxruntime(tmp_path):
                           timeout=600, env=env, cwd=Path(__file__).parents[2])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "3 passed" in done.stdout and "AddressSanitizer" not in done.stderr
+
+
+@needs_lib
+def test_kernels_cpu_time_example_runs_the_library_it_is_given(tmp_path):
+    """examples/kernels_cpu_time.py (the A/B numbers of docs/BENCHMARKS.md, "Kernels") on a tiny bf16 export: rates
+    from the library given by path, and a path that is no library fails instead of falling back silently."""
+    import runpy
+
+    from mxport.exporter.export import export
+    from mxport.exporter.synth import PRESETS, write_checkpoint
+
+    ckpt = write_checkpoint(tmp_path / "ckpt", PRESETS["qwen3-tiny"])
+    out = export(ckpt, tmp_path / "bf16", target="cpu", experts="float32", dense="bfloat16", progress=False)
+    example = runpy.run_path(str(Path(__file__).parents[2] / "examples" / "kernels_cpu_time.py"))
+    rates = example["measure"](str(out), str(LIB), 4, 2, 1)
+    assert set(rates) == {"prefill_cpu", "decode_cpu", "prefill_wall", "decode_wall"}
+    assert all(np.isfinite(v) and v > 0 for v in rates.values())
+    (tmp_path / "not_a_library.so").write_bytes(b"nope")
+    with pytest.raises(Exception, match="not_a_library"):
+        example["measure"](str(out), str(tmp_path / "not_a_library.so"), 4, 2, 1)
+    assert native.library_path() == LIB  # the installed library again, for every later session
