@@ -354,7 +354,8 @@ AVX512_INLINE void q4_rows(const uint8_t *w, const float *d, const int8_t *qa, c
             }
         }
         for (int r = 0; r < R; r++) { /* zero point 8 x sc[j] x (sum of sub-block j's activations), j in 8 lanes */
-            const __m256i sums = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(bs + (r * s + b) * MX_Q4_SUBS)));
+            const int16_t *block_sums = bs + (r * s + b) * MX_Q4_SUBS;
+            const __m256i sums = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)block_sums));
             const __m256i zp = _mm256_slli_epi32(_mm256_madd_epi16(sc, sums), 3);
             const __m512i total = _mm512_sub_epi32(sum[r], _mm512_zextsi256_si512(zp));
             acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), _mm512_set1_ps(d[b] * da[r * s + b]), acc[r]);

@@ -8,7 +8,8 @@
  * Per super-block the kernel sums in int32: maddubs(q, a) gives int16 pairs (|x| <= 2·15·127), madd by the
  * broadcast sub-scale gives int32, and the zero point is 8 · Σ_j sc[j] · sum_a[j] (one madd over the 8 sub-blocks);
  * one float conversion and FMA per 256 weights. Decode reads each weight row once, front to back; prompt rows go
- * four at a time through a block of weight rows that stays in L2.
+ * four at a time through a block of weight rows that stays in L2. This file holds the AVX2 and plain C builds; the
+ * AVX-512 one (VNNI, the same integer sums) is in mx_avx512.c.
  */
 #include <immintrin.h>
 #include <math.h>

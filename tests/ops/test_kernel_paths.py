@@ -4,8 +4,9 @@ test_native.py samples shapes at random; here a fixed grid gives every path each
 and 2-4 rows (the decode kernels), 5 to 40 rows (MXFP4's direct row chunks up to 24 rows; the prompt tiles: one
 and two 16-row groups, partial groups), K = one block, K not a multiple of 32 (bf16) or of 256 (LinearQ4), N below,
 at and above a tile, and MoE with 1 to ~32 tokens per expert. Each against the NumPy kernel, ≤ 1e-5 relative as in
-test_native.py. Then the kernel math alone, without ONNX Runtime, built with AddressSanitizer and UndefinedBehaviorSanitizer
-(tests/ops/kernel_driver.c: every path against a float64 product, exact-size buffers).
+test_native.py. Then builds with AddressSanitizer and UndefinedBehaviorSanitizer: the kernel math alone
+(tests/ops/kernel_driver.c: every path against a float64 product, exact-size buffers) and the whole library in
+ONNX Runtime running the grid.
 """
 
 from __future__ import annotations
