@@ -49,18 +49,19 @@ AVX512_INLINE void decode_block(__m512 table, const uint8_t *b, uint8_t s, __m51
     w[1] = _mm512_permutexvar_ps(_mm512_srli_epi32(c, 4), t);
 }
 
-/* Few rows (M <= 4): each weight row decoded block by block in registers and used by every row of A; two blocks
- * per step, four accumulator chains per row. Blocks [j0, j1) of each row; add: y += the product, else y = it. */
+/* Rows of A (m <= 8) against weight rows [n0, n1), blocks [j0, j1) of each (add: y += the product, else y = it):
+ * each weight block decoded once in registers and used by every row. Up to 4 rows two blocks per step (four
+ * accumulator chains per row), 5-8 rows one (10-16 chains): enough to hide the FMA latency either way. */
 AVX512_INLINE void mxfp4_direct(const float *ap, const int m, int64_t k, const uint8_t *blocks, const uint8_t *scales,
                                 int64_t j0, int64_t j1, const int add, int64_t n0, int64_t n1, float *y, int64_t ldy) {
     const int64_t nb = k / MX_BLOCK;
     const __m512 table = code_table();
     for (int64_t n = n0; n < n1; n++) {
         const uint8_t *b = blocks + n * nb * MX_BLOCK_BYTES, *s = scales + n * nb;
-        __m512 acc[4][4];
+        __m512 acc[8][4];
         for (int r = 0; r < m; r++) acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = _mm512_setzero_ps();
         int64_t j = j0;
-        for (; j + 1 < j1; j += 2) {
+        for (; m <= 4 && j + 1 < j1; j += 2) {
             __m512 w[2], v[2];
             decode_block(table, b + j * MX_BLOCK_BYTES, s[j], w);
             decode_block(table, b + (j + 1) * MX_BLOCK_BYTES, s[j + 1], v);
@@ -72,7 +73,7 @@ AVX512_INLINE void mxfp4_direct(const float *ap, const int m, int64_t k, const u
                 acc[r][3] = _mm512_fmadd_ps(v[1], _mm512_loadu_ps(a + 48), acc[r][3]);
             }
         }
-        if (j < j1) {
+        for (; j < j1; j++) {
             __m512 w[2];
             decode_block(table, b + j * MX_BLOCK_BYTES, s[j], w);
             for (int r = 0; r < m; r++) {
@@ -84,31 +85,6 @@ AVX512_INLINE void mxfp4_direct(const float *ap, const int m, int64_t k, const u
         for (int r = 0; r < m; r++) {
             const float t = _mm512_reduce_add_ps(
                 _mm512_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]), _mm512_add_ps(acc[r][2], acc[r][3])));
-            y[r * ldy + n] = add ? y[r * ldy + n] + t : t;
-        }
-    }
-}
-
-/* 5-8 rows: one block per step, two accumulator chains per row (10-16 chains: enough to hide the FMA latency). */
-AVX512_INLINE void mxfp4_direct8(const float *ap, const int m, int64_t k, const uint8_t *blocks, const uint8_t *scales,
-                                 int64_t j0, int64_t j1, const int add, int64_t n0, int64_t n1, float *y, int64_t ldy) {
-    const int64_t nb = k / MX_BLOCK;
-    const __m512 table = code_table();
-    for (int64_t n = n0; n < n1; n++) {
-        const uint8_t *b = blocks + n * nb * MX_BLOCK_BYTES, *s = scales + n * nb;
-        __m512 acc[8][2];
-        for (int r = 0; r < m; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-        for (int64_t j = j0; j < j1; j++) {
-            __m512 w[2];
-            decode_block(table, b + j * MX_BLOCK_BYTES, s[j], w);
-            for (int r = 0; r < m; r++) {
-                const float *a = ap + r * k + j * MX_BLOCK;
-                acc[r][0] = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(a), acc[r][0]);
-                acc[r][1] = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(a + 16), acc[r][1]);
-            }
-        }
-        for (int r = 0; r < m; r++) {
-            const float t = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
             y[r * ldy + n] = add ? y[r * ldy + n] + t : t;
         }
     }
@@ -131,16 +107,16 @@ AVX512_INLINE void mxfp4_chunks(const float *ap, int64_t m, int64_t k, const uin
             const int rows = (int)(m / chunks + (c < m % chunks));
             const float *a = ap + r0 * k;
             float *yc = y + r0 * ldy;
-#define DIRECT(FN, R) FN(a, R, k, blocks, scales, j0, j1, add, n0, n1, yc, ldy); break;
+#define DIRECT(R) mxfp4_direct(a, R, k, blocks, scales, j0, j1, add, n0, n1, yc, ldy); break;
             switch (rows) {
-                case 1: DIRECT(mxfp4_direct, 1)
-                case 2: DIRECT(mxfp4_direct, 2)
-                case 3: DIRECT(mxfp4_direct, 3)
-                case 4: DIRECT(mxfp4_direct, 4)
-                case 5: DIRECT(mxfp4_direct8, 5)
-                case 6: DIRECT(mxfp4_direct8, 6)
-                case 7: DIRECT(mxfp4_direct8, 7)
-                default: DIRECT(mxfp4_direct8, 8)
+                case 1: DIRECT(1)
+                case 2: DIRECT(2)
+                case 3: DIRECT(3)
+                case 4: DIRECT(4)
+                case 5: DIRECT(5)
+                case 6: DIRECT(6)
+                case 7: DIRECT(7)
+                default: DIRECT(8)
             }
 #undef DIRECT
             r0 += rows;
