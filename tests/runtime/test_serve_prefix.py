@@ -114,3 +114,39 @@ def test_greedy_output_is_the_same_with_and_without_the_prefix_cache(export_dir)
         assert (stats["hits"], stats["misses"], stats["tokens_reused"]) == (2, 2, reused)
     else:
         assert (stats["hits"], stats["misses"], stats["tokens_reused"]) == (3, 1, reused + 5)
+
+
+# ---- the server -------------------------------------------------------------------------------------------------
+def test_server_conversation_equals_the_generator(tiny_config, make_checkpoint, tmp_path):
+    """A conversation of three turns over /v1/completions with token ids, each prompt the previous prompt, its
+    reply and more tokens, on gpt-oss tiny with window-sized caches: the replies equal the Generator's (no prefix
+    cache) and the second and third turns hit (/health and /metrics say so)."""
+    httpx = pytest.importorskip("httpx")
+    parser = pytest.importorskip("prometheus_client.parser")
+    from serve_helpers import run_server, wait_ready
+
+    from mxport.runtime.serve.app import create_app, load_folder
+
+    folder = export(make_checkpoint(tiny_config), tmp_path / "tiny", target="cpu", progress=False)
+    gen = Generator.from_folder(folder)
+    with run_server(create_app(lambda: load_folder(folder, model_name="tiny", prefix_cache_mb=1))) as base:
+        wait_ready(base, timeout=60)
+        prompt, replies, reusable = list(P1), [], 0
+        for more in ([7, 8, 9], [10, 11], [12]):
+            if replies:  # the previous row's prompt and the tokens it fed (all of its reply but the last)
+                reusable += len(prompt) - len(more_before) - 1
+            body = {"model": "tiny", "prompt": prompt, "max_tokens": 10, "return_token_ids": True}
+            reply = httpx.post(f"{base}/v1/completions", json=body, timeout=60).json()["choices"][0]["token_ids"]
+            assert reply == gen.generate(prompt, max_new_tokens=10)[0].token_ids
+            replies.append(reply)
+            prompt, more_before = prompt + reply + more, more
+        stats = httpx.get(f"{base}/health").json()["prefix_cache"]
+        text = httpx.get(f"{base}/metrics").text
+    assert len({t for reply in replies for t in reply}) > 3, "a degenerate model proves nothing"
+    assert stats["hits"] == 2 and stats["misses"] == 1 and 0 < stats["bytes"] <= stats["max_bytes"] == 1_000_000
+    assert stats["tokens_reused"] == reusable
+    samples = {s.name: s.value for f in parser.text_string_to_metric_families(text) for s in f.samples
+               if s.name.startswith("mxport_prefix_cache")}
+    assert samples == {"mxport_prefix_cache_hits_total": 2, "mxport_prefix_cache_misses_total": 1,
+                       "mxport_prefix_cache_tokens_reused_total": stats["tokens_reused"],
+                       "mxport_prefix_cache_bytes": stats["bytes"]}
