@@ -8,6 +8,7 @@
                         │  (prefix.py) a job whose prompt starts with stored KV of m tokens is prefilled alone
                         │  from it: step(prompt[m:] [1,S], mask [1,m+S], that cache); every row's prompt KV is
                         │  stored after its prefill, and its prompt + fed tokens when it leaves the batch
+                        │  (and a branch point off a stored sequence: prefilled in two calls, stored between)
                         ▼
     decode step for all rows: step(last ids [B,1], mask + [1], pos = cumsum(mask) - 1, cache) -> next ids [B]
                         │  per row: sample (its own temperature / top_k / top_p / seed), hand the token to the
@@ -44,7 +45,7 @@ from mxport.contract.io import position_ids
 from mxport.errors import MxportError
 from mxport.runtime.generation.sampling import SamplingConfig, sample, token_logprobs
 from mxport.runtime.execution.step_model import StepModel, cache_arrays
-from mxport.runtime.serve.prefix import PrefixCache
+from mxport.runtime.serve.prefix import BRANCH_TOKENS, Hit, PrefixCache
 
 
 class QueueFull(Exception):
@@ -195,7 +196,7 @@ class Engine:
         for job in [j for j in jobs if j.cancelled.is_set()]:
             self._end(job, "cancelled")
         jobs = [j for j in jobs if not j.done]
-        hits = [self.prefix.lookup(j.prompt) if self.prefix is not None else None for j in jobs]
+        hits = [self._hit(j) for j in jobs]
         for job, hit in zip(jobs, hits):
             if hit is not None:
                 ids = np.asarray([job.prompt[hit.length:]], np.int64)
@@ -211,6 +212,25 @@ class Engine:
             ids[r, S0 - len(job.prompt):] = job.prompt
             mask[r, S0 - len(job.prompt):] = 1
         self._prefill_rows(jobs, ids, mask, self.model.new_cache(len(jobs)))
+
+    def _hit(self, job: Job) -> Hit | None:
+        """The prefix cache's hit for the job's prompt; past a branch point BRANCH_TOKENS beyond it (prefix.py),
+        the prompt up to there is prefilled first (from the hit) and stored, and that is the hit."""
+        if self.prefix is None:
+            return None
+        hit = self.prefix.lookup(job.prompt)
+        m, d = hit.length if hit is not None else 0, self.prefix.shared(job.prompt)
+        if d - m < BRANCH_TOKENS:
+            return hit
+        mask = np.ones((1, d), np.int64)
+        cache = [self._wrap(arr) for arr in hit.kv] if hit is not None else self.model.new_cache(1)
+        t0 = time.perf_counter()
+        _, cache = self.model.step(np.asarray([job.prompt[m:d]], np.int64), mask, position_ids(mask, d - m), cache)
+        self.seconds["prefill"] += time.perf_counter() - t0
+        self.prefills += 1
+        arrays = [np.array(arr) for arr in cache_arrays(self.model, cache, d)]
+        self.prefix.store(job.prompt[:d], arrays)
+        return Hit(d, arrays)
 
     def _prefill_rows(self, jobs: list[Job], ids: np.ndarray, mask: np.ndarray, cache: list[Any]) -> None:
         """One prefill call (ids [n,S] after `cache` of mask.shape[1] - S slots), then the rows join the batch."""

@@ -3,6 +3,7 @@
     cache = PrefixCache(max_bytes)
     cache.store(tokens, kv)       # the tokens a row fed and its per-layer cache, [1, kv_heads, n_i, head_dim] each
     hit = cache.lookup(prompt)    # Hit(length m, kv of those m tokens) or None; m <= len(prompt) - 1
+    d = cache.shared(prompt)      # how far the prompt follows a stored sequence (valid to reuse or not)
 
 The engine (engine.py) stores every row twice: after its prefill (the prompt) and when it leaves the batch (the
 prompt and the tokens it fed: every generated token but the last). A request whose prompt starts with a stored
@@ -17,6 +18,12 @@ only when m = k, or when it kept every slot (k <= W-1). So an entry whose every 
 (`whole`: no sliding layers, a --full-cache export, or k <= W-1) is reusable at any length, and any other entry
 only at its full length; the lookup takes the longest prefix that is valid by this rule (else no reuse). The
 rule reads the arrays' lengths, so it needs no knowledge of the model's layers.
+
+Branch points. With window caches, a second user's prompt that shares a long system prompt with the first one
+(and then differs) finds no valid prefix: the first user's entries end past the shared part. When a prompt
+follows a stored sequence for BRANCH_TOKENS or more beyond its hit (`shared` - hit length), the engine prefills
+it in two calls, up to the branch point and then the rest, and stores the KV at the branch point: from the third
+user on, prompts with that system prompt hit there. (With whole entries the hit is the branch point already.)
 
 Lookup walks a token trie (one node per token of the stored sequences) along the prompt: O(len(prompt)). Memory
 is bounded by bytes, least recently used first out: the arrays' bytes plus NODE_BYTES per token for the trie.
@@ -33,6 +40,7 @@ from typing import Sequence
 import numpy as np
 
 NODE_BYTES = 300  # the trie's bookkeeping per stored token (a node object and its dict), counted in the budget
+BRANCH_TOKENS = 64  # a branch point this far beyond a prompt's hit is prefilled and stored on its own (above)
 
 
 @dataclass
@@ -94,6 +102,16 @@ class PrefixCache:
         self.tokens_reused += m
         kv = [np.array(a[:, :, :m]) if a.shape[2] > m else np.array(a) for a in entry.kv]
         return Hit(m, kv)
+
+    def shared(self, prompt: Sequence[int]) -> int:
+        """How many leading tokens of `prompt` (at most len - 1) a stored sequence shares, reusable or not."""
+        node, depth = self._root, 0
+        for token in prompt[: len(prompt) - 1]:
+            node = node.children.get(int(token))
+            if node is None:
+                break
+            depth += 1
+        return depth
 
     @staticmethod
     def _whole_below(node: _Node) -> Entry:

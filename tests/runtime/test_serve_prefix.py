@@ -150,3 +150,24 @@ def test_server_conversation_equals_the_generator(tiny_config, make_checkpoint, 
     assert samples == {"mxport_prefix_cache_hits_total": 2, "mxport_prefix_cache_misses_total": 1,
                        "mxport_prefix_cache_tokens_reused_total": stats["tokens_reused"],
                        "mxport_prefix_cache_bytes": stats["bytes"]}
+
+
+def test_a_shared_system_prompt_is_stored_at_the_branch_point(tiny_config, make_checkpoint, tmp_path):
+    """Window caches (8): users A, B, C share 70 tokens and then differ. A's entries end past the shared part, so
+    B finds no valid prefix: B is prefilled up to the branch point, which is stored; C hits there. Greedy output
+    equals the engine's without a prefix cache."""
+    from mxport.runtime.serve.prefix import BRANCH_TOKENS
+
+    folder = export(make_checkpoint(tiny_config), tmp_path / "tiny", target="cpu", progress=False)
+    gen = Generator.from_folder(folder)
+    shared = [int(t) for t in np.random.default_rng(3).integers(3, 500, BRANCH_TOKENS + 6)]
+    got = {}
+    for mb in (0, 1):
+        engine = Engine(gen.model, pad_token_id=gen.pad_token_id, prefix_cache=PrefixCache(mb << 20)).start()
+        try:
+            got[mb] = [run(engine, shared + user) for user in ([1, 2, 3], [4, 5, 6], [7, 8])]
+            stats = engine.stats()["prefix_cache"]
+        finally:
+            engine.stop()
+    assert got[0] == got[1]
+    assert (stats["hits"], stats["misses"], stats["tokens_reused"]) == (1, 2, len(shared))  # C hit; B only stored
