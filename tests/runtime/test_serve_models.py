@@ -58,6 +58,11 @@ def test_one_server_serves_several_models(folders, monkeypatch, caplog):
         error = r.json()["error"]
         assert r.status_code == 404 and error["code"] == "model_not_found" and error["param"] == "model"
         assert "'gpt2', 'qwen3'" in error["message"]
+        r = httpx.post(f"{base}/v1/responses", json={"model": "qwen3", "input": "Hi", "max_output_tokens": 4},
+                       timeout=60)
+        assert r.status_code == 200 and r.json()["model"] == "qwen3"
+        r = httpx.post(f"{base}/v1/responses", json={"model": "gpt3", "input": "Hi"})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
         health = httpx.get(f"{base}/health").json()
     assert set(health["models"]) == {"gpt2", "qwen3"}
     for folder in folders:
