@@ -64,7 +64,7 @@ def test_metrics_count_the_requests_sent():
         usages.append(client.completions.create(model="m", prompt="Hi", max_tokens=3).usage)
         with pytest.raises(openai.NotFoundError):
             client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "Hi"}])
-        assert httpx.post(f"{base}/v1/completions", json={"model": "m", "prompt": "Hi", "n": 2}).status_code == 400
+        assert httpx.post(f"{base}/v1/completions", json={"model": "m", "prompt": "Hi", "temperature": 5}).status_code == 400
         assert httpx.get(f"{base}/v1/no/such/route").status_code == 404
         client.models.list()
         got = metrics(base)
