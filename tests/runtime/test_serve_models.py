@@ -85,4 +85,6 @@ def test_two_folders_of_one_name_are_refused(tmp_path, capsys):
     (tmp_path / "model.onnx").write_bytes(b"not loaded")
     assert main(["serve", str(tmp_path / "a" / "m"), str(tmp_path), "--model-name", "x", "--port", "0"]) == 2
     assert "--model-name names one model" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path / "a" / "m"), str(tmp_path), "--ray", "--port", "0"]) == 2
+    assert "--ray serves one folder" in capsys.readouterr().err
     assert main(["serve", str(tmp_path), "--prefix-cache-mb", "-1", "--port", "0"]) == 2
