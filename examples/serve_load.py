@@ -50,13 +50,15 @@ from mxport.contract.folder import read_manifest
 
 
 @contextmanager
-def server(folder: Path, max_batch: int, max_queue: int, ray: tuple[int, int, str] | None = None):
-    """`mxport serve` on a free port; `ray` = (replicas, threads per replica, routing) adds --ray."""
+def server(folder: Path, max_batch: int, max_queue: int, ray: tuple[int, int, str] | None = None,
+           extra: tuple[str, ...] = ()):
+    """`mxport serve` on a free port; `ray` = (replicas, threads per replica, routing) adds --ray; `extra`: more
+    flags."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "mxport", "serve", str(folder), "--port", str(port), "--model-name", "bench",
-           "--max-batch", str(max_batch), "--max-queue", str(max_queue)]
+           "--max-batch", str(max_batch), "--max-queue", str(max_queue), *extra]
     if ray:
         cmd += ["--ray", "--replicas", str(ray[0]), "--threads-per-replica", str(ray[1]), "--routing", ray[2]]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -1,6 +1,6 @@
-"""`mxport serve EXPORT_DIR [--host 127.0.0.1] [--port 8000] [--provider cpu] [--max-batch 16] [--max-queue 64]
-[--api-key KEY] [--allowed-hosts a,b] [limits: --max-body-mb 4 ...]` (docs/SERVING.md "Limits and security");
-with `--ray [--replicas N] [--threads-per-replica T] [--ray-address ADDR] ...` the same app on Ray Serve replicas
+"""`mxport serve EXPORT_DIR [EXPORT_DIR ...] [--host 127.0.0.1] [--port 8000] [--provider cpu] [--max-batch 16]
+[--max-queue 64] [--prefix-cache-mb 1024] [--api-key KEY] [--allowed-hosts a,b] [limits: --max-body-mb 4 ...]`
+(docs/SERVING.md). Several folders: one engine each, a request's `model` (the folder's name) picks one. With `--ray [--replicas N] [--threads-per-replica T] [--ray-address ADDR] ...` the same app on Ray Serve replicas
 (docs/SCALING.md)."""
 
 from __future__ import annotations
@@ -23,14 +23,22 @@ API_KEY_ENV = "MXPORT_API_KEY"
 def register(parser: argparse.ArgumentParser) -> None:
     from mxport.runtime.serve.limits import ServeLimits
 
-    parser.add_argument("folder", metavar="EXPORT_DIR", help="exported folder (model.onnx, mxport.json, tokenizer.json)")
+    from mxport.runtime.serve.models import PREFIX_CACHE_MB
+
+    parser.add_argument("folders", metavar="EXPORT_DIR", nargs="+",
+                        help="exported folder (model.onnx, mxport.json, tokenizer.json); several: one model each, "
+                             "its id the folder's name")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
     parser.add_argument("--provider", default="cpu", help="onnxruntime provider: cpu, cuda, auto or a full name")
     parser.add_argument("--max-batch", type=int, default=16, help="requests decoded together at most (default 16)")
     parser.add_argument("--max-queue", type=int, default=64,
                         help="requests waiting for a batch slot at most; more get 503 (default 64)")
-    parser.add_argument("--model-name", default=None, help="the model id clients send (default: the folder name)")
+    parser.add_argument("--model-name", default=None,
+                        help="the model id clients send (default: the folder name; one folder only)")
+    parser.add_argument("--prefix-cache-mb", type=float, default=PREFIX_CACHE_MB,
+                        help=f"memory per model for the KV of computed prefixes, reused by requests that start "
+                             f"with them (default {PREFIX_CACHE_MB:g}; 0 = off)")
     parser.add_argument("--max-context", type=int, default=None,
                         help="context limit in tokens (default the model's max_position_embeddings)")
     parser.add_argument("--default-max-tokens", type=int, default=4096,
@@ -50,15 +58,24 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        from mxport.runtime.serve.app import create_app, load_folder
+        from mxport.runtime.serve.app import create_app
+        from mxport.runtime.serve.models import load_folders, model_ids
         from mxport.runtime.serve.guard import default_hosts, is_loopback
         from mxport.runtime.serve.limits import ServeLimits
         from mxport.runtime.serve.net import listen, make_server
     except ImportError as exc:
         raise MxportError(f"serve needs the serve extra: pip install \"mxport[serve]\" ({exc})") from None
-    folder = Path(args.folder)
-    if not is_export(folder):
-        raise MxportError(f"{folder}: not an exported folder (no {MODEL_FILE})")
+    folders = [Path(f) for f in args.folders]
+    for folder in folders:
+        if not is_export(folder):
+            raise MxportError(f"{folder}: not an exported folder (no {MODEL_FILE})")
+    model_ids(folders)  # two folders of one name: refused before anything loads
+    if args.model_name is not None and len(folders) > 1:
+        raise MxportError(f"--model-name names one model; {len(folders)} folders are served by their folder names")
+    if args.ray and len(folders) > 1:
+        raise MxportError(f"--ray serves one folder; {len(folders)} were given")
+    if not args.prefix_cache_mb >= 0:
+        raise MxportError(f"--prefix-cache-mb must be >= 0, found {args.prefix_cache_mb}")
     for name in ("max_batch", "default_max_tokens"):
         if getattr(args, name) < 1:
             raise MxportError(f"--{name.replace('_', '-')} must be >= 1, found {getattr(args, name)}")
@@ -79,10 +96,10 @@ def run(args: argparse.Namespace) -> int:
             "listening on %s without an API key: anyone who can reach this address can use the model "
             "(--api-key or %s)", args.host, API_KEY_ENV)
     if args.ray:
-        return run_ray(args, folder, limits, api_key, hosts, sock)
+        return run_ray(args, folders[0], limits, api_key, hosts, sock)
     unused_ray_options(args)
-    load = partial(load_folder, folder, provider=args.provider, max_batch=args.max_batch, max_queue=args.max_queue,
-                   model_name=args.model_name, max_context=args.max_context)
+    load = partial(load_folders, folders, provider=args.provider, max_batch=args.max_batch, max_queue=args.max_queue,
+                   model_name=args.model_name, max_context=args.max_context, prefix_cache_mb=args.prefix_cache_mb)
     app = create_app(load, default_max_tokens=args.default_max_tokens, limits=limits, api_key=api_key,
                      allowed_hosts=hosts)
     make_server(app, limits, host=args.host, port=args.port).run(sockets=[sock])

@@ -1,8 +1,12 @@
-"""`mxport serve EXPORT_DIR`: an OpenAI-compatible HTTP server with continuous batching (docs/SERVING.md).
+"""`mxport serve EXPORT_DIR [EXPORT_DIR ...]`: an OpenAI-compatible HTTP server with continuous batching
+(docs/SERVING.md).
 
     app.py       FastAPI routes, SSE streaming, the request -> job glue
     protocol.py  OpenAI's request fields (validated, unsupported ones refused by name) and response bodies
     engine.py    the continuous-batching scheduler (one step per token for every active request)
+    prefix.py    the prefix cache: stored KV of computed sequences, found again by longest valid prefix
+    models.py    Served (one model and its engine), loading one or several export folders, memory per model
+    metrics.py   GET /metrics: Prometheus counters, histograms and the engines' gauges, a registry per app
     limits.py    ServeLimits (every limit, each a flag of `mxport serve`), strict body parsing, the early refusal
     guard.py     Host allow-list, API key, JSON-only, declared length; the catch-all (one log line, a 500 body)
     net.py       uvicorn on a bounded h11 protocol (request timeout, connection cap), the socket bound first
@@ -16,6 +20,6 @@ Chat requests are rendered and parsed by the model's chat format (runtime/chat/f
 `mxport chat` uses; app.py maps them to and from OpenAI's shapes. Stop strings are matched by the Generator's
 linear-time matcher (runtime/generation/stops.py). The subcommand: mxport/commands/serve.py.
 
-Needs the `serve` extra (`pip install "mxport[serve]"`: fastapi, uvicorn); nothing here is imported by the rest
-of mxport.
+Needs the `serve` extra (`pip install "mxport[serve]"`: fastapi, uvicorn, prometheus_client); nothing here is
+imported by the rest of mxport.
 """

@@ -1,8 +1,9 @@
 """The HTTP side: FastAPI routes in OpenAI's shapes over the engine (engine.py) and the model's chat format (the one
 `mxport chat` uses: runtime/chat/format.py; `prepare` renders a request with it).
 
-    GET  /health                503 while the model loads (or failed to), then 200
-    GET  /v1/models             the one model this server serves (its id: the folder name or --model-name)
+    GET  /health                503 while the models load (or one failed to), then 200
+    GET  /metrics               Prometheus text (metrics.py)
+    GET  /v1/models             the models this server serves (models.py; ids: folder names or --model-name)
     POST /v1/chat/completions   messages (+ tools, reasoning_effort) -> the chat format's prompt ids
     POST /v1/completions        prompt text or token ids, plain text out
     POST /v1/responses          OpenAI's Responses API: input items -> the same chat path (responses.py,
@@ -27,25 +28,22 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request as HttpRequest
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from mxport.contract.folder import TOKENIZER_FILE
 from mxport.errors import MxportError
-from mxport.runtime.chat.format import ChatFormat, FormatError, ReplyParser, TextParser
-from mxport.runtime.chat.session import chat_format
-from mxport.runtime.generation.tokenizer import Tokenizer
-from mxport.runtime.generation.constrain import ConstraintError, Grammars
+from mxport.runtime.chat.format import FormatError, ReplyParser, TextParser
+from mxport.runtime.generation.constrain import ConstraintError
 from mxport.runtime.serve.choices import (Choice, QueueHandler, TokenText, job_items, logprobs_body, next_item,
                                           row_sampling, submit_all)
-from mxport.runtime.serve.engine import Engine, Job, QueueFull
+from mxport.runtime.serve.engine import Job, QueueFull
 from mxport.runtime.serve.guard import CatchAll, Guard
-from mxport.runtime.serve.limits import ServeLimits, bytes_per_token, min_tokens, parse_body, too_large
+from mxport.runtime.serve.metrics import Metrics, RequestCounter
+from mxport.runtime.serve.limits import ServeLimits, min_tokens, parse_body, too_large
+from mxport.runtime.serve.models import Served, grammars, load_folder, load_folders  # noqa: F401 - the loaders
 from mxport.runtime.serve.protocol import (MAX_N_TOKENS, ApiError, Request, bad, chunk, completion_body, new_id,
                                            parse_request, shorten, usage)
 from mxport.runtime.serve import responses_output
@@ -56,56 +54,25 @@ from mxport.runtime.serve.worker import Worker
 log = logging.getLogger("mxport.serve")
 
 
-@dataclass
-class Served:
-    """What the routes need: the model's name, its engine, tokenizer, chat format, stop ids and context."""
-
-    name: str
-    engine: Engine
-    tokenizer: Tokenizer | None
-    chat: ChatFormat | None
-    eos_ids: tuple[int, ...] = ()
-    max_context: int | None = None
-    vocab_size: int | None = None
-    bytes_per_token: int | None = None  # limits.bytes_per_token of the tokenizer (None: no early refusal)
-    grammars: Any = None  # runtime.generation.constrain.Grammars: built at load (load_folder) or on first use
-
-
-def load_folder(folder: str | Path, *, provider: str = "cpu", max_batch: int = 16, max_queue: int = 64,
-                model_name: str | None = None, max_context: int | None = None, threads: int | None = None) -> Served:
-    """An export folder on ONNX Runtime (the Generator's loader: the same step model, tokenizer and eos ids);
-    `threads`: ORT's intra-op threads (None: one per core)."""
-    from mxport.runtime.generation.generate import Generator
-
-    gen = Generator.from_folder(folder, provider=provider, max_context=max_context, threads=threads)
-    engine = Engine(gen.model, pad_token_id=gen.pad_token_id, max_batch=max_batch, max_queue=max_queue).start()
-    kind = gen.config.family.chat_format if gen.config is not None else None
-    per_token = None
-    if gen.tokenizer is not None and (Path(folder) / TOKENIZER_FILE).is_file():
-        per_token = bytes_per_token(json.loads((Path(folder) / TOKENIZER_FILE).read_text(encoding="utf-8")))
-    served = Served(model_name or Path(folder).resolve().name, engine, gen.tokenizer,
-                    chat_format(gen.tokenizer, folder, kind),
-                    gen.eos_token_ids, gen.max_context, gen.vocab_size, per_token)
-    if served.chat is not None:
-        try:
-            grammars(served)  # llguidance's token table, once per model (a 200k vocabulary takes about a second)
-        except MxportError as exc:
-            log.warning("structured outputs are off for this model: %s", exc)
-    return served
-
-
-def create_app(load: Callable[[], Served], *, default_max_tokens: int = 4096, limits: ServeLimits = ServeLimits(),
-               api_key: str | None = None, allowed_hosts: Sequence[str] | None = None) -> FastAPI:
-    """The app; `load()` runs in a thread at startup (/health answers 503 until it returns). `api_key`: requests
-    need `Authorization: Bearer KEY`; `allowed_hosts`: the Host names answered (None: any; guard.py)."""
-    state: dict[str, Any] = {"served": None, "error": None,
+def create_app(load: Callable[[], Served | list[Served]], *, default_max_tokens: int = 4096,
+               limits: ServeLimits = ServeLimits(), api_key: str | None = None,
+               allowed_hosts: Sequence[str] | None = None) -> FastAPI:
+    """The app; `load()` runs in a thread at startup (/health answers 503 until it returns) and gives the model, or
+    the models a request's `model` picks from (the first is the one /health reports at its top level). `api_key`:
+    requests need `Authorization: Bearer KEY`; `allowed_hosts`: the Host names answered (None: any; guard.py)."""
+    state: dict[str, Any] = {"served": None, "error": None, "models": {},  # served: the first (or only) model
                              "store": ResponseStore(limits.max_stored_responses, int(limits.max_store_mb * 1e6))}
     parsing, rendering = Worker("mxport-parse"), Worker("mxport-render")
+    metrics = Metrics(lambda: list(state["models"].values()))
 
     def loader() -> None:
         try:
-            state["served"] = load()
-            log.info("model %s loaded", state["served"].name)
+            got = load()  # one Served or a list of them (models.load_folders)
+            for s in got if isinstance(got, list) else [got]:
+                s.engine.observe = metrics.observer(s.name)
+                state["models"][s.name] = s
+                log.info("model %s loaded (memory MB: %s)", s.name, s.memory_mb)
+            state["served"] = next(iter(state["models"].values()))
         except Exception as exc:  # reported by /health and every route
             state["error"] = f"{type(exc).__name__}: {exc}"
             log.error("loading the model failed: %s", state["error"])
@@ -114,19 +81,24 @@ def create_app(load: Callable[[], Served], *, default_max_tokens: int = 4096, li
     async def lifespan(app: FastAPI):
         threading.Thread(target=loader, name="mxport-load", daemon=True).start()
         yield
-        if state["served"] is not None:
-            state["served"].engine.stop()
+        for s in state["models"].values():
+            s.engine.stop()
 
     app = FastAPI(title="mxport", lifespan=lifespan)
     app.state.mxport = state
     app.add_middleware(Guard, limits=limits, api_key=api_key, hosts=allowed_hosts)
-    app.add_middleware(CatchAll)  # added last: the outermost of the app's middleware
+    app.add_middleware(CatchAll)
+    app.add_middleware(RequestCounter, metrics=metrics, routes=lambda: [r.path for r in app.routes])  # outermost
 
-    def served() -> Served:
+    def served(model: str | None = None) -> Served:
+        """The first model, or the one named `model` (404 model_not_found for an id not served)."""
         if state["served"] is None:
             why = f"the model failed to load: {state['error']}" if state["error"] else "the model is still loading"
             raise ApiError(503, why, code="model_not_ready")
-        return state["served"]
+        if model is None or model in state["models"]:
+            return state["models"].get(model, state["served"])
+        raise ApiError(404, f"The model {shorten(model)} does not exist; this server serves "
+                       f"{', '.join(repr(n) for n in state['models'])}", "model", "model_not_found")
 
     @app.exception_handler(ApiError)
     async def api_error(_: HttpRequest, exc: ApiError) -> JSONResponse:
@@ -148,13 +120,20 @@ def create_app(load: Callable[[], Served], *, default_max_tokens: int = 4096, li
         if s is None:
             status = "error" if state["error"] else "loading"
             return JSONResponse({"status": status, "error": state["error"]}, status_code=503)
-        return JSONResponse({"status": "ok", "model": s.name, **s.engine.stats()})
+        every = {m.name: {**m.engine.stats(), "memory_mb": m.memory_mb} for m in state["models"].values()}
+        return JSONResponse({"status": "ok", "model": s.name, **every[s.name],
+                             **({"models": every} if len(every) > 1 else {})})
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
 
     @app.get("/v1/models")
     async def models() -> JSONResponse:
-        s = served()
-        return JSONResponse({"object": "list", "data": [{"id": s.name, "object": "model", "created": 0,
-                                                          "owned_by": "mxport"}]})
+        served()
+        return JSONResponse({"object": "list", "data": [{"id": name, "object": "model", "created": 0,
+                                                          "owned_by": "mxport"} for name in state["models"]]})
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: HttpRequest):
@@ -165,9 +144,9 @@ def create_app(load: Callable[[], Served], *, default_max_tokens: int = 4096, li
         return await respond(request, chat=False)
 
     async def respond(http: HttpRequest, chat: bool):
-        s = served()
+        served()  # 503 before the body is read while loading
         raw = await read_body(http, limits)
-        req = await parsing.run(parse, s, raw, chat)
+        s, req = await parsing.run(parse, raw, chat)
         work = rendering if chat or isinstance(req.prompt, str) else parsing  # token ids need no tokenizer
         prompt, parsers, stop_ids, max_tokens, constraints = await work.run(render, s, req, chat)
         ids = not chat and (req.return_token_ids or s.tokenizer is None)
@@ -179,8 +158,9 @@ def create_app(load: Callable[[], Served], *, default_max_tokens: int = 4096, li
 
     @app.post("/v1/responses")
     async def responses(http: HttpRequest):
-        s, store = served(), state["store"]
-        call = await parsing.run(parse_call, s, await read_body(http, limits))
+        served()  # 503 before the body is read while loading
+        store = state["store"]
+        s, call = await parsing.run(parse_call, await read_body(http, limits))
         prompt, parsers, stop_ids, max_tokens, constraints = await rendering.run(call.renamed, render, s, call.req,
                                                                                   True)
         jobs, queue = submit(s, call.req, prompt, parsers, stop_ids, max_tokens, True, constraints)
@@ -191,25 +171,24 @@ def create_app(load: Callable[[], Served], *, default_max_tokens: int = 4096, li
         body = await responses_output.collect(job_items(http, jobs, queue), builder, store)
         return JSONResponse(body if body is not None else {}, status_code=200 if body is not None else 499)
 
-    def parse_call(s: Served, raw: bytes) -> ResponsesCall:
-        """On the parsing thread: a Responses body -> its chat request, checked as a chat request is."""
+    def parse_call(raw: bytes) -> tuple[Served, ResponsesCall]:
+        """On the parsing thread: a Responses body -> the model it names and its chat request, checked as a chat
+        request is."""
         call = parse_responses(parse_body(raw, limits.max_json_depth), state["store"], limits.max_stop_chars,
                                limits.max_tools, limits.max_tools_kb * 1024)
-        call.renamed(check, s, call.req, True)
-        return call
+        return call.renamed(check, call.req, True), call
 
-    def parse(s: Served, raw: bytes, chat: bool) -> Request:
-        """On the parsing thread: body -> a validated request that fits (or an ApiError)."""
+    def parse(raw: bytes, chat: bool) -> tuple[Served, Request]:
+        """On the parsing thread: body -> the model it names and a validated request that fits (or an ApiError)."""
         req = parse_request(parse_body(raw, limits.max_json_depth), chat, limits.max_stop_chars, limits.max_tools,
                             limits.max_tools_kb * 1024)
-        check(s, req, chat)
-        return req
+        return check(req, chat), req
 
-    def check(s: Served, req: Request, chat: bool) -> None:
-        if req.model != s.name:
-            raise ApiError(404, f"The model {shorten(req.model)} does not exist; this server serves '{s.name}'",
-                           "model", "model_not_found")
+    def check(req: Request, chat: bool) -> Served:
+        """The model the request names (404 for another id), and the request's text fits its context."""
+        s = served(req.model)
         refuse_early(s, req, chat)
+        return s
 
     def render(s: Served, req: Request, chat: bool) -> tuple:
         """On the rendering thread (one: renders share the tokenizer): prompt ids, a parser per choice, stop ids,
@@ -277,13 +256,6 @@ def constraints(s: Served, req: Request, prompt: list[int], max_tokens: int) -> 
     except MxportError as exc:
         raise bad(f"{param}: {exc}", param, "unsupported_parameter") from None
     return [one] + [one.copy() if one is not None else None for _ in range(req.n - 1)]
-
-
-def grammars(s: Served) -> Grammars:
-    """The model's Grammars, built on first use (MxportError when it cannot have them)."""
-    if s.grammars is None:
-        s.grammars = Grammars(s.tokenizer, s.vocab_size or s.tokenizer.vocab_size, s.chat.name)
-    return s.grammars
 
 
 def refuse_early(s: Served, req: Request, chat: bool) -> None:

@@ -4,7 +4,11 @@
                         │  each loop: admit while active < max_batch
                         ▼
     prefill the admitted jobs together: step(prompts left-padded [n,S0], mask [n,S0], empty cache) -> first
-                        │  tokens, cache(S0); merge them into the running batch (below)
+                        │  tokens, cache(S0); merge them into the running batch (below). With a prefix cache
+                        │  (prefix.py) a job whose prompt starts with stored KV of m tokens is prefilled alone
+                        │  from it: step(prompt[m:] [1,S], mask [1,m+S], that cache); every row's prompt KV is
+                        │  stored after its prefill, and its prompt + fed tokens when it leaves the batch
+                        │  (and a branch point off a stored sequence: prefilled in two calls, stored between)
                         ▼
     decode step for all rows: step(last ids [B,1], mask + [1], pos = cumsum(mask) - 1, cache) -> next ids [B]
                         │  per row: sample (its own temperature / top_k / top_p / seed), hand the token to the
@@ -33,7 +37,7 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -41,6 +45,7 @@ from mxport.contract.io import position_ids
 from mxport.errors import MxportError
 from mxport.runtime.generation.sampling import SamplingConfig, sample, token_logprobs
 from mxport.runtime.execution.step_model import StepModel, cache_arrays
+from mxport.runtime.serve.prefix import BRANCH_TOKENS, Hit, PrefixCache
 
 
 class QueueFull(Exception):
@@ -70,6 +75,7 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     generated: int = 0  # tokens sampled so far (a stop token included)
     last: int = -1  # the token the next step feeds
+    fed: list[int] = field(default_factory=list)  # the tokens decode steps fed (after the prompt)
     rng: np.random.Generator | None = None
     constraint: Any = None  # runtime.generation.constrain.Constraint: masks the logits, follows the tokens
     top_logprobs: int | None = None  # None: no logprobs; k: the chosen token's and the k most likely (Handler.logprob)
@@ -98,7 +104,8 @@ class Batch:
 class Engine:
     """The scheduler thread. `model` is a runtime.execution.step_model step model (OrtStepModel or InferStepModel)."""
 
-    def __init__(self, model: StepModel, *, pad_token_id: int = 0, max_batch: int = 16, max_queue: int = 64) -> None:
+    def __init__(self, model: StepModel, *, pad_token_id: int = 0, max_batch: int = 16, max_queue: int = 64,
+                 prefix_cache: PrefixCache | None = None) -> None:
         if max_batch < 1 or max_queue < 0:
             raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, found {max_batch}, {max_queue}")
         self.model = model
@@ -118,6 +125,8 @@ class Engine:
         self._stop = False
         self._thread: threading.Thread | None = None
         self._wrap = _wrapper(model)
+        self.prefix = prefix_cache if prefix_cache is not None and prefix_cache.max_bytes else None
+        self.observe: Callable[[Job], Handler] | None = None  # each accepted job's handler goes through it (metrics)
 
     # ---- the API --------------------------------------------------------------------------------------------
     def start(self) -> Engine:
@@ -137,6 +146,8 @@ class Engine:
             if len(self._pending) >= self.max_queue + max(0, self.max_batch - len(self.batch.jobs)):
                 raise QueueFull(f"{len(self._pending)} requests are waiting (--max-queue {self.max_queue})")
             job.rng = job.sampling.rng()
+            if self.observe is not None:
+                job.handler = self.observe(job)
             self._pending.append(job)
             self._wake.notify_all()
 
@@ -152,7 +163,8 @@ class Engine:
         """Counters since start: calls, rows, seconds in model calls and in batch surgery, finish reasons."""
         return {"active": self.active, "waiting": self.waiting, "decode_steps": self.steps,
                 "rows_decoded": self.rows_decoded, "prefills": self.prefills,
-                "seconds": {k: round(v, 3) for k, v in self.seconds.items()}, "finished": dict(self.finished)}
+                "seconds": {k: round(v, 3) for k, v in self.seconds.items()}, "finished": dict(self.finished),
+                "prefix_cache": self.prefix.stats() if self.prefix is not None else None}
 
     # ---- the loop -------------------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -178,10 +190,19 @@ class Engine:
             self._end(job, "cancelled")
 
     def _prefill(self, jobs: list[Job]) -> None:
-        """Prefill the new jobs together (left-padded to their longest prompt), then merge them into the batch."""
+        """Prefill the new jobs together (left-padded to their longest prompt), then merge them into the batch; a
+        job with a prefix-cache hit is prefilled alone from the stored KV (rows with different cached lengths
+        would need padding between a row's cache and its new tokens, which the window rule does not allow)."""
         for job in [j for j in jobs if j.cancelled.is_set()]:
             self._end(job, "cancelled")
         jobs = [j for j in jobs if not j.done]
+        hits = [self._hit(j) for j in jobs]
+        for job, hit in zip(jobs, hits):
+            if hit is not None:
+                ids = np.asarray([job.prompt[hit.length:]], np.int64)
+                kv = [self._wrap(arr) for arr in hit.kv]
+                self._prefill_rows([job], ids, np.ones((1, len(job.prompt)), np.int64), kv)
+        jobs = [j for j, hit in zip(jobs, hits) if hit is None]
         if not jobs:
             return
         S0 = max(len(j.prompt) for j in jobs)
@@ -190,12 +211,36 @@ class Engine:
         for r, job in enumerate(jobs):
             ids[r, S0 - len(job.prompt):] = job.prompt
             mask[r, S0 - len(job.prompt):] = 1
+        self._prefill_rows(jobs, ids, mask, self.model.new_cache(len(jobs)))
+
+    def _hit(self, job: Job) -> Hit | None:
+        """The prefix cache's hit for the job's prompt; past a branch point BRANCH_TOKENS beyond it (prefix.py),
+        the prompt up to there is prefilled first (from the hit) and stored, and that is the hit."""
+        if self.prefix is None:
+            return None
+        hit = self.prefix.lookup(job.prompt)
+        m, d = hit.length if hit is not None else 0, self.prefix.shared(job.prompt)
+        if d - m < BRANCH_TOKENS:
+            return hit
+        mask = np.ones((1, d), np.int64)
+        cache = [self._wrap(arr) for arr in hit.kv] if hit is not None else self.model.new_cache(1)
         t0 = time.perf_counter()
-        logits, cache = self.model.step(ids, mask, position_ids(mask, S0), self.model.new_cache(len(jobs)))
+        _, cache = self.model.step(np.asarray([job.prompt[m:d]], np.int64), mask, position_ids(mask, d - m), cache)
+        self.seconds["prefill"] += time.perf_counter() - t0
+        self.prefills += 1
+        arrays = [np.array(arr) for arr in cache_arrays(self.model, cache, d)]
+        self.prefix.store(job.prompt[:d], arrays)
+        return Hit(d, arrays)
+
+    def _prefill_rows(self, jobs: list[Job], ids: np.ndarray, mask: np.ndarray, cache: list[Any]) -> None:
+        """One prefill call (ids [n,S] after `cache` of mask.shape[1] - S slots), then the rows join the batch."""
+        t0 = time.perf_counter()
+        logits, cache = self.model.step(ids, mask, position_ids(mask, ids.shape[1]), cache)
         self.seconds["prefill"] += time.perf_counter() - t0
         self.prefills += 1
         self.max_prefill_rows = max(self.max_prefill_rows, len(jobs))
         new = Batch(jobs, mask, list(cache))
+        self._remember(new, range(len(jobs)))
         done = [r for r, job in enumerate(jobs) if self._take(job, logits[r : r + 1, -1, :])]
         if done:
             new = self._select(new, [r for r in range(len(jobs)) if r not in done])
@@ -205,6 +250,8 @@ class Engine:
     def _decode(self) -> None:
         b = self.batch
         ids = np.asarray([[job.last] for job in b.jobs], np.int64)
+        for job in b.jobs:
+            job.fed.append(job.last)
         b.mask = np.concatenate([b.mask, np.ones((len(b.jobs), 1), np.int64)], axis=1)
         t0 = time.perf_counter()
         logits, b.cache = self.model.step(ids, b.mask, position_ids(b.mask, 1), b.cache)
@@ -271,8 +318,9 @@ class Engine:
         self.seconds["batch"] += time.perf_counter() - t0
         return Batch([*a.jobs, *b.jobs], mask, cache)
 
-    def _select(self, b: Batch, keep: list[int]) -> Batch:
-        """The rows `keep` of b, with the mask columns that are padding in all of them trimmed."""
+    def _select(self, b: Batch, keep: list[int], arrays: list[np.ndarray] | None = None) -> Batch:
+        """The rows `keep` of b, with the mask columns that are padding in all of them trimmed (`arrays`: b's
+        cache_arrays when the caller has them)."""
         if not keep:
             return Batch()
         t0 = time.perf_counter()
@@ -280,7 +328,7 @@ class Engine:
         k = int(np.argmax(mask.any(axis=0)))  # leading columns that are padding in every remaining row
         P = mask.shape[1] - k
         cache = []
-        for arr in cache_arrays(self.model, b.cache, b.mask.shape[1]):
+        for arr in arrays if arrays is not None else cache_arrays(self.model, b.cache, b.mask.shape[1]):
             arr = arr[keep]
             L = min(arr.shape[2], P)
             cache.append(self._wrap(np.ascontiguousarray(arr[:, :, arr.shape[2] - L :])))
@@ -289,7 +337,23 @@ class Engine:
 
     def _drop(self, rows: list[int]) -> None:
         if rows:
-            self.batch = self._select(self.batch, [i for i in range(len(self.batch.jobs)) if i not in set(rows)])
+            arrays = self._remember(self.batch, rows)
+            self.batch = self._select(self.batch, [i for i in range(len(self.batch.jobs)) if i not in set(rows)],
+                                      arrays)
+
+    def _remember(self, b: Batch, rows) -> list[np.ndarray] | None:
+        """Store the rows' tokens (prompt + fed) and KV in the prefix cache; b's cache as numpy (None: no cache)."""
+        if self.prefix is None:
+            return None
+        t0 = time.perf_counter()
+        arrays = cache_arrays(self.model, b.cache, b.mask.shape[1])
+        for r in rows:
+            job = b.jobs[r]
+            tokens = [*job.prompt, *job.fed]
+            if int(b.mask[r].sum()) == len(tokens):  # the row's slots are its tokens (else store nothing)
+                self.prefix.store(tokens, [arr[r : r + 1] for arr in arrays])
+        self.seconds["batch"] += time.perf_counter() - t0
+        return arrays
 
 
 def _left_pad(x: np.ndarray, length: int, axis: int) -> np.ndarray:
