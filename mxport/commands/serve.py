@@ -165,7 +165,7 @@ def run_ray(args: argparse.Namespace, folder: Path, limits, api_key: str | None,
                            args.max_context, args.default_max_tokens, limits, api_key, replicas=args.replicas,
                            min_replicas=args.min_replicas, max_replicas=args.max_replicas,
                            target_ongoing_requests=args.target_ongoing_requests, routing=args.routing,
-                           app_name=f"mxport-{args.model_name or folder.resolve().name}")
+                           prefix_cache_mb=args.prefix_cache_mb, app_name=f"mxport-{args.model_name or folder.resolve().name}")
     try:
         cpus = ray_app.cluster_cpus()
         spec.threads = args.threads_per_replica or max(1, int(cpus) // most)

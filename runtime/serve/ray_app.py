@@ -37,6 +37,7 @@ from functools import partial
 from typing import Any
 
 from mxport.runtime.serve.app import _texts, create_app, load_folder
+from mxport.runtime.serve.models import PREFIX_CACHE_MB
 from mxport.runtime.serve.guard import CatchAll, Guard, send_error
 from mxport.runtime.serve.limits import ServeLimits, parse_body, too_large
 from mxport.runtime.serve.protocol import ApiError
@@ -75,6 +76,7 @@ class RaySpec:
     max_replicas: int | None = None
     target_ongoing_requests: float = 8.0
     routing: str = "prefix"  # "prefix" (ray_router.PrefixAffinityRouter) or "random" (Ray's power of two)
+    prefix_cache_mb: float = PREFIX_CACHE_MB  # each replica's prefix cache (`--prefix-cache-mb`)
     app_name: str = "mxport"
 
 
@@ -133,7 +135,7 @@ class Replica:
 
         load = partial(load_folder, spec.folder, provider=spec.provider, max_batch=spec.max_batch,
                        max_queue=spec.max_queue, model_name=spec.model_name, max_context=spec.max_context,
-                       threads=spec.threads)
+                       threads=spec.threads, prefix_cache_mb=spec.prefix_cache_mb)
         # no Host list here: the front door checks Host; a replica is reached through Ray only
         self.app = create_app(load, default_max_tokens=spec.default_max_tokens, limits=spec.limits,
                               api_key=spec.api_key, allowed_hosts=None)
