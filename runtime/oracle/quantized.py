@@ -168,6 +168,13 @@ class Quantization:
     def expert_weight(self, w: np.ndarray) -> np.ndarray:
         """One expert's float32 matrix [N, K] (out, in; decoded if stored MXFP4) as the export holds it."""
         w = np.asarray(w, np.float32)
+        if self.experts == "int4" and self.checkpoint_mxfp4:
+            # the export quantizes MXFP4 experts with int4_from_mxfp4, whose squared errors (code histogram times a
+            # table) round differently from int4_quantize's sums: a block whose two best scales are nearly tied
+            # may pick the other one (20 of 393216 blocks of a mini-shaped layer). w is decoded MXFP4, and
+            # re-encoding it changes at most the blocks' power-of-two exponent, which int4_from_mxfp4 is blind to.
+            packed, scales = quant.int4_from_mxfp4(*mxfp4.encode(w))
+            return quant.int4_dequantize(packed, self.stored(scales))
         if self.experts == "int4" or (self.experts == "int8" and not self.checkpoint_mxfp4):
             return self._dequantize(w, 4 if self.experts == "int4" else 8)
         if self.experts == "mxfp4" and self.experts_lossy:
@@ -226,15 +233,19 @@ class Quantization:
         value, the row is computed again (row(t, rounding) -> [1,H]) with its near-ties (activations within
         TIE_MARGIN of x.5 steps) rounded the other way, greedily: per round the FIT_CANDIDATES closest are tried and
         the one that lowers the row's error most is kept, at most FIT_FLIPS rounds. Only such near-ties move, each
-        by one int8 step: an export whose weights differ stays off. Fitted rows are counted in rounding.fitted."""
+        by one int8 step: an export whose weights differ stays off, and when more rows are off than a few near-ties
+        explain (FIT_MAX_ROWS, FIT_MAX_SHARE) none is fitted. Fitted rows are counted in rounding.fitted."""
         target = self.rounding.targets.get(layer) if self.int8_activations_experts else None
         if target is None or target.size != out.size:
             return out
         want = target.reshape(out.shape).astype(np.float64) - base
         tol = FIT_REL * float(np.nanmax(np.abs(target), initial=0.0))
         err = np.abs(out - want).max(axis=1)
+        off = np.flatnonzero(err > tol)
+        if len(off) > max(FIT_MAX_ROWS, FIT_MAX_SHARE * len(err)):  # not a few near-ties: something else differs
+            return out
         out = out.copy()
-        for t in np.flatnonzero(err > tol):
+        for t in off:
             fitted = _fit_row(lambda r, t=t: row(t, r), want[t], float(err[t]), tol)
             if fitted is not None:
                 out[t], flips = fitted
@@ -249,6 +260,7 @@ class Quantization:
 FIT_REL = 1e-5  # a row further than this (relative to the residual's largest value) from the export is fitted
 FIT_CANDIDATES = 8  # near-ties tried per round, closest first
 FIT_FLIPS = 6  # rounds: near-ties rounded the other way at most per row
+FIT_MAX_ROWS, FIT_MAX_SHARE = 4, 0.25  # more rows off than this (and this share of the call's): none is fitted
 
 
 def _fit_row(row, want: np.ndarray, err: float, tol: float):
