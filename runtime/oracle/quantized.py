@@ -15,13 +15,16 @@ difference verify sees):
     --dense q4            ai.mxport.LinearQ4: ops/linear_q4.quantize; the product is the op's NumPy kernel (int8
                           activations per super-block of 256, as mxport's native kernel computes it)
     --experts mxfp4       float experts encoded at export: ops.mxfp4.encode, then decoded (MXFP4 ones: as stored)
-    --experts int8        QMoE 8 bit from float experts: absmax/127 per 32 (from MXFP4 the weights are exact, but
-                          that kernel's prefill is not reproduced: Quantization.of returns None for it)
-    --experts int4        QMoE 4 bit: ops/quant.int4_quantize (int4_from_mxfp4 equals it on MXFP4)
+    --experts int8        QMoE 8 bit from float experts: absmax/127 per 32 (from MXFP4: the stored values, exact)
+    --experts int4        QMoE 4 bit: ops/quant.int4_quantize; MXFP4 experts through int4_from_mxfp4, as the
+                          export does (the two differ in blocks whose two best scales nearly tie)
+    --dtype float16       every stored float rounded to float16 (stored()); the float16 math is not reproduced
 
 Activations: ORT's block-quantized GEMMs at accuracy_level 4 (MatMulNBits, 4-bit QMoE; 8-bit QMoE at every level)
 quantize A to int8 per block of 32 along K, scale max|a|/127, round half to even (MLAS's CompInt8 path); the
-reference does the same before the float product. Other accuracy levels keep float32 activations.
+reference does the same before the float product. Other accuracy levels keep float32 activations. An activation
+within TIE_MARGIN of a rounding tie may round the other way in the export: fit_rows rounds a MoE row's near-ties
+as the export did, given the export's hidden states (verify sets rounding.targets).
 """
 
 from __future__ import annotations
