@@ -4,7 +4,7 @@
                                                                                   accuracy_level} ─► Y
     B uint8 [N, K/32, 32·bits/8]: column n of W in blocks of 32 along K, q + 2^(bits-1) (default zero point),
     low nibble first for 4 bits; scales float32 [N, K/32]. int4 scales minimise each block's squared error
-    (moe.int4_quantize), int8 scales are absmax/127.
+    (ops/quant.py, shared with QMoE and the NumPy reference), int8 scales are absmax/127.
 
 accuracy_level (Context.accuracy_level, default 4) 4 lets ORT quantize A to int8 per block (its fast kernels;
 level 0 keeps A in float32 but runs 4-8x slower for 4 bits and ~50x slower for 8 bits here), so at level 4 even
@@ -17,20 +17,11 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from mxport.ops.quant import BLOCK, quantize
+
 from .linear import weight_source
-from .moe import INT4_BLOCK, MOE_OPS, int4_quantize
+from .moe import MOE_OPS
 from .rules import MS_DOMAIN, Context, add_initializer, lazy_pair, replace
-
-BLOCK = INT4_BLOCK
-
-
-def int8_quantize(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """float [..., K] -> (uint8 [..., K] = q + 128, float32 scales [..., K/32]); absmax per block of 32."""
-    blocks = np.asarray(w, dtype=np.float32).reshape(w.shape[:-1] + (-1, BLOCK))
-    scale = np.abs(blocks).max(axis=-1) / 127.0
-    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-    q = np.clip(np.rint(blocks / scale[..., None]), -127, 127).astype(np.int16) + 128
-    return q.astype(np.uint8).reshape(w.shape), scale
 
 
 CHUNK_BYTES = 64 << 20  # float32 bytes of W's columns quantized per step
@@ -52,7 +43,7 @@ def quantize_rows(rows, n: int, k: int, bits: int) -> tuple[np.ndarray, np.ndarr
     packed = np.empty((n, k * bits // 8), dtype=np.uint8)
     scales = np.empty((n, k // BLOCK), dtype=np.float32)
     for n0, n1, chunk in each_chunk(rows, n, max(1, CHUNK_BYTES // (4 * k))):
-        q, sc = (int4_quantize if bits == 4 else int8_quantize)(np.asarray(chunk, dtype=np.float32))  # [n, K]
+        q, sc = quantize(np.asarray(chunk, dtype=np.float32), bits)  # [n, K]
         packed[n0:n1] = q.reshape(n1 - n0, -1)
         scales[n0:n1] = sc
     return packed, scales

@@ -8,7 +8,7 @@ com.microsoft MoE and QMoE.
         │  experts=int8 ─► com.microsoft.QMoE  8 bit, block 32: q = 2·E2M1 code value ∈ [-12,12] stored q+128,
         │                                      scale 2^(s-128)  (ops.mxfp4.exact_int8): weights exact; ORT's
         │                                      block-wise 8-bit kernel quantizes activations to int8 (lossy)
-        │                                      (float experts: int8_quantize, symmetric absmax/127, lossy)
+        │                                      (float experts: ops/quant.int8_quantize, absmax/127, lossy)
         │  experts=int4 ─► com.microsoft.QMoE  4 bit, block 32, scale per block minimising squared error,
         │                                      q+8 packed low nibble first; accuracy_level from the options
         │                                      (4: int8 activations, default; 0: float32 activations)
@@ -35,11 +35,12 @@ import numpy as np
 import onnx_ir as ir
 
 from mxport.contract import modes
-from mxport.ops import int4, mxfp4
+from mxport.ops import mxfp4
+from mxport.ops.quant import BLOCK as INT4_BLOCK
+from mxport.ops.quant import int4_from_mxfp4, int4_quantize, int8_exact, int8_quantize
 
 from .rules import MS_DOMAIN, Context, add_initializer, attr, const, lazy, lazy_pair, replace
 
-INT4_BLOCK = 32
 # Every MoE op a graph may hold, portable (ai.mxport, experts MXFP4 or float) or lowered (com.microsoft): the router
 # and the expert weights of these nodes are recognised by dense.py and counted k-of-E by bench's traffic estimate.
 MOE_OPS = {("com.microsoft", "MoE"), ("com.microsoft", "QMoE"), ("ai.mxport", "MoE"), ("ai.mxport", "MoEMXFP4"),
@@ -47,101 +48,13 @@ MOE_OPS = {("com.microsoft", "MoE"), ("com.microsoft", "QMoE"), ("ai.mxport", "M
 # QMoE accuracy_level for 4-bit experts comes from the lowering options (Context.accuracy_level, default 4):
 # 4 = int8 activations (ORT's fast kernels, ~2.5x faster decode here than level 0, but its prepacked weights with
 # per-block sums take ~30% more memory); 0 = float32 activations on the weights as stored.
-INT4_MIN, INT4_MAX = int4.Q_MIN, int4.Q_MAX  # symmetric int4 with zero point 8 (ops/int4.py)
-# Divisors t of a block's absmax tried as its int4 scale (absmax / t); the best squared error wins.
-INT4_SCALE_DIVISORS = int4.SCALE_DIVISORS
 
 
-# ---- weight transforms (pure NumPy, one expert tensor at a time) --------------------------------------------
+# ---- weight transforms (pure NumPy, one expert tensor at a time; the quantizers are ops/quant.py's) ------------
 def interleave_rows(two_i: int) -> np.ndarray:
     """Row order that turns [gate rows (I), up rows (I)] into ORT's interleaved fc1: gate_0, up_0, gate_1, ..."""
     half = two_i // 2
     return np.stack([np.arange(half), half + np.arange(half)], axis=1).reshape(-1)
-
-
-def int8_quantize(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """float [..., K] -> QMoE 8-bit (uint8 [..., K] = q+128, float32 scales [..., K/32]): symmetric per block of
-    32, scale absmax/127, round to nearest (lossy; MXFP4 experts take int8_exact instead)."""
-    blocks = np.asarray(w, dtype=np.float32).reshape(w.shape[:-1] + (-1, INT4_BLOCK))
-    amax = np.abs(blocks).max(axis=-1)
-    scale = (np.where(amax > 0, amax, 1.0) / 127.0).astype(np.float32)
-    q = np.clip(np.rint(blocks / scale[..., None]), -127, 127).astype(np.int16) + 128
-    return q.astype(np.uint8).reshape(w.shape), scale
-
-
-def int8_exact(blocks: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """MXFP4 [E,N,K/32,16] + [E,N,K/32] -> QMoE 8-bit (uint8 [E,N,K] = q+128, float32 scales [E,N,K/32]), exact."""
-    q, scale = mxfp4.exact_int8(blocks, scales)
-    return (q.astype(np.int16) + 128).astype(np.uint8), scale
-
-
-def int4_quantize(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """float [..., K] -> (uint8 [..., K/2] packed q+8 low nibble first, float32 scales [..., K/32]).
-
-    Symmetric int4 per block of 32 with the scale absmax/t, t from INT4_SCALE_DIVISORS, chosen per block to
-    minimise the block's squared error (round-to-nearest for each candidate: ops/int4.best_scales).
-    """
-    shape = w.shape
-    blocks = np.asarray(w, dtype=np.float32).reshape(-1, INT4_BLOCK)  # (M, 32)
-    packed = np.empty((len(blocks), INT4_BLOCK // 2), dtype=np.uint8)
-    scales = np.empty(len(blocks), dtype=np.float32)
-    chunk = 1 << 14  # blocks per step: the candidate search stays in cache
-    for lo in range(0, len(blocks), chunk):
-        b = blocks[lo : lo + chunk]
-        best_scale = int4.best_scales(b)
-        q = np.clip(np.rint(b / best_scale[:, None]), INT4_MIN, INT4_MAX).astype(np.int16) + 8
-        u = q.astype(np.uint8)
-        packed[lo : lo + len(b)] = (u[:, 0::2] & 0x0F) | (u[:, 1::2] << 4)
-        scales[lo : lo + len(b)] = best_scale
-    return packed.reshape(shape[:-1] + (shape[-1] // 2,)), scales.reshape(shape[:-1] + (shape[-1] // INT4_BLOCK,))
-
-
-def int4_from_mxfp4(blocks: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """MXFP4 [..., NB, 16] + [..., NB] -> the same result as int4_quantize(decode(...)), fast.
-
-    A block's values are E2M1 code values times 2^X, so its best int4 scale (relative to 2^X) depends only on its
-    code histogram and its largest magnitude: every candidate's squared error is hist @ table, and the int4 code of
-    an element is a table lookup. One expert tensor of gpt-oss-20b takes seconds instead of minutes.
-    """
-    mxfp4.check_shapes(blocks, scales)
-    lead = scales.shape  # [..., NB]
-    flat_blocks = blocks.reshape(-1, mxfp4.BYTES_PER_BLOCK)  # (M, 16)
-    flat_scales = scales.reshape(-1)
-    values = mxfp4.FP4_VALUES  # code -> value in units of 2^X; |value| ranks as code & 7 (0, .5, 1, ... 6)
-    mags = np.abs(values[:8])
-    # tables over (largest magnitude a, code c, candidate t): int4 code and squared error, in units of 2^X
-    s = (np.where(mags > 0, mags, 1.0)[:, None, None] / INT4_SCALE_DIVISORS[None, None, :]).astype(np.float32)
-    q_table = np.clip(np.rint(values[None, :, None] / s), INT4_MIN, INT4_MAX)  # (8, 16, T)
-    e_table = np.square(q_table * s - values[None, :, None]).astype(np.float32)  # (8, 16, T)
-    packed = np.empty((len(flat_blocks), mxfp4.BYTES_PER_BLOCK), dtype=np.uint8)
-    scale = np.empty(len(flat_blocks), dtype=np.float32)
-    chunk = 1 << 15  # blocks per step: bounded temporaries, cache-friendly
-    for lo in range(0, len(flat_blocks), chunk):
-        codes = mxfp4.unpack_codes(flat_blocks[lo : lo + chunk])  # (n, 32)
-        n = len(codes)
-        a_index = (codes & 7).max(axis=1)  # index of the block's largest magnitude
-        hist = np.bincount((np.arange(n)[:, None] * 16 + codes).ravel(), minlength=n * 16).reshape(n, 16)
-        best_t = np.empty(n, dtype=np.int64)
-        for a in np.unique(a_index):
-            rows = a_index == a
-            best_t[rows] = np.argmin(hist[rows].astype(np.float32) @ e_table[a], axis=1)  # first minimum
-        q_rows = q_table[a_index, :, best_t]  # (n, 16): int4 code of each E2M1 code in this block
-        q = np.take_along_axis(q_rows, codes.astype(np.intp), axis=1).astype(np.int16) + 8  # (n, 32)
-        u = q.astype(np.uint8)
-        packed[lo : lo + n] = (u[:, 0::2] & 0x0F) | (u[:, 1::2] << 4)
-        exponent = flat_scales[lo : lo + n].astype(np.int32) - mxfp4.E8M0_BIAS
-        scale[lo : lo + n] = np.ldexp(s[a_index, 0, best_t], exponent)
-    return packed.reshape(lead[:-1] + (-1,)), scale.reshape(lead)
-
-
-def int4_dequantize(packed: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """Inverse of int4_quantize, for error reports and tests."""
-    q = np.empty(packed.shape[:-1] + (packed.shape[-1] * 2,), dtype=np.int16)
-    q[..., 0::2] = packed & 0x0F
-    q[..., 1::2] = packed >> 4
-    q -= 8
-    blocks = q.reshape(q.shape[:-1] + (-1, INT4_BLOCK)).astype(np.float32) * scales[..., None]
-    return blocks.reshape(q.shape)
 
 
 # ---- the rule ------------------------------------------------------------------------------------------------

@@ -50,8 +50,8 @@ def register(parser: argparse.ArgumentParser) -> None:
                         + " and float experts encoded to mxfp4; dense "
                         + ", ".join(v for v in modes.values("dense") if not modes.MODES["dense"][v].exact)
                         + ") with float32 tolerances, its quantization error against the checkpoint reported beside "
-                        "it; checkpoint: against the checkpoint as stored, with lossy tolerances. --dtype float16/"
-                        "bfloat16 math is always judged against the checkpoint")
+                        "it (--dtype float16: on its float16 numbers, float16 tolerances); checkpoint: against the "
+                        "checkpoint as stored, with lossy tolerances (always for --dtype bfloat16)")
     parser.add_argument("--max-kl", type=float, default=None, metavar="X",
                         help="budget of a lossy export's quantization error: fail when its mean KL against the "
                         "checkpoint (nats per position) exceeds X (default: reported, no budget)")

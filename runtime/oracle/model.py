@@ -132,6 +132,8 @@ class ReferenceModel:
         w = self._cache.get(name)
         if w is None:
             w = np.asarray(self.ckpt.get_f32(name)).astype(self.dtype)
+            if self.quantization is not None:  # as a lossy export stores it (float16)
+                w = self.quantization.stored(w)
             if self.cache_weights:
                 self._cache[name] = w
         return w
@@ -177,7 +179,8 @@ class ReferenceModel:
         asked for are converted."""
         if self.cache_weights or name in self._cache:
             return self.w(name)[ids]
-        return np.asarray(self.ckpt.get(name))[ids].astype(np.float32).astype(self.dtype)
+        rows = np.asarray(self.ckpt.get(name))[ids].astype(np.float32).astype(self.dtype)
+        return rows if self.quantization is None else self.quantization.stored(rows)
 
     def raw(self, name: str) -> np.ndarray:
         """A tensor as stored (MXFP4 halves as uint8), cached unless cache_weights=False."""

@@ -5,22 +5,26 @@ quantized where the export's kernel does.
     ReferenceModel(ckpt, quantization=q)       # every weight matrix and expert through q, as the export holds them
     q.describe()                               # one sentence: what the reference ran
 
-Weights are quantized with the exporter's own functions, which are deterministic, so the reference holds the
-numbers the export holds, byte for byte (a flipped byte in model.onnx.data is then a difference verify sees):
+Weights are quantized with the exporter's own functions (ops/quant.py), which are deterministic, so the
+reference holds the numbers the export holds, byte for byte (a flipped byte in model.onnx.data is then a
+difference verify sees):
 
-    --dense int4 / int8   ORT MatMulNBits: exporter/lower/dense.quantize_rows (int4: ops/int4 best scales, int8:
-                          absmax/127, blocks of 32 along K); matrices whose K is not a multiple of 32 and the MoE
-                          router stay float32, as the rule leaves them
+    --dense int4 / int8   ORT MatMulNBits: ops/quant.quantize (int4: ops/int4 best scales, int8: absmax/127,
+                          blocks of 32 along K); matrices whose K is not a multiple of 32 and the MoE router stay
+                          float32, as the rule leaves them
     --dense q4            ai.mxport.LinearQ4: ops/linear_q4.quantize; the product is the op's NumPy kernel (int8
                           activations per super-block of 256, as mxport's native kernel computes it)
     --experts mxfp4       float experts encoded at export: ops.mxfp4.encode, then decoded (MXFP4 ones: as stored)
-    --experts int8        QMoE 8 bit from float experts: absmax/127 per 32 (from MXFP4 the weights are exact, but
-                          that kernel's prefill is not reproduced: Quantization.of returns None for it)
-    --experts int4        QMoE 4 bit: exporter/lower/moe.int4_quantize (int4_from_mxfp4 equals it on MXFP4)
+    --experts int8        QMoE 8 bit from float experts: absmax/127 per 32 (from MXFP4: the stored values, exact)
+    --experts int4        QMoE 4 bit: ops/quant.int4_quantize; MXFP4 experts through int4_from_mxfp4, as the
+                          export does (the two differ in blocks whose two best scales nearly tie)
+    --dtype float16       every stored float rounded to float16 (stored()); the float16 math is not reproduced
 
 Activations: ORT's block-quantized GEMMs at accuracy_level 4 (MatMulNBits, 4-bit QMoE; 8-bit QMoE at every level)
 quantize A to int8 per block of 32 along K, scale max|a|/127, round half to even (MLAS's CompInt8 path); the
-reference does the same before the float product. Other accuracy levels keep float32 activations.
+reference does the same before the float product. Other accuracy levels keep float32 activations. An activation
+within TIE_MARGIN of a rounding tie may round the other way in the export: fit_rows rounds a MoE row's near-ties
+as the export did, given the export's hidden states (verify sets rounding.targets).
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ from typing import Any
 import numpy as np
 
 from mxport.contract import modes
+from mxport.ops import mxfp4, quant
 
-BLOCK = 32  # MatMulNBits / QMoE block along K
+BLOCK = quant.BLOCK  # MatMulNBits / QMoE block along K
 TIE_MARGIN = 1e-3  # an activation within this many int8 steps of a rounding tie may round either way in the export
 
 
@@ -45,6 +50,8 @@ class Rounding:
     def __init__(self) -> None:
         self.flip: set[int] = set()
         self.ties: list[tuple[float, int]] = []  # (distance to the tie in steps, number) met since start()
+        self.targets: dict[int, np.ndarray] = {}  # layer -> the export's residual after it, [B,S,H] (fit_rows)
+        self.fitted: list[tuple[int, int, float]] = []  # (layer, ties rounded the other way, farthest) per fitted row
 
     def start(self, flip: set[int] | None = None) -> None:
         self.flip, self.ties = set(flip or ()), []
@@ -75,6 +82,7 @@ class Quantization:
     dense: str = "float32"  # the export's dense mode (canonical)
     accuracy_level: int = modes.DEFAULT_ACCURACY_LEVEL
     checkpoint_mxfp4: bool = False  # the checkpoint's experts are MXFP4 (exact to decode, exact to int8)
+    half: bool = False  # --dtype float16: every float the export stores is rounded to float16 (its math is not)
     rounding: Rounding = field(default_factory=Rounding, compare=False, repr=False)
 
     @classmethod
@@ -83,19 +91,15 @@ class Quantization:
         reproduce it (float16 / bfloat16 math: those are judged against the checkpoint with lossy tolerances)."""
         experts = modes.canonical("experts", manifest.experts)
         dense = modes.canonical("dense", manifest.dense)
-        if manifest.dtype != "float32" or experts not in EMULATED_EXPERTS or dense not in EMULATED_DENSE:
+        if manifest.dtype not in ("float32", "float16") or experts not in EMULATED_EXPERTS \
+                or dense not in EMULATED_DENSE:
             return None
-        if experts == "int8" and checkpoint_mxfp4:
-            # ORT's 8-bit QMoE on gpt-oss experts (biases, clamped SwiGLU) is not reproduced: int8 activations per
-            # block of 32 agree to ~6e-6 on decode but ~2e-3 on prefill (tiny preset), so it stays judged against
-            # the checkpoint with the lossy tolerances
-            return None
-        q = cls(experts, dense, int(manifest.accuracy_level), bool(checkpoint_mxfp4))
+        q = cls(experts, dense, int(manifest.accuracy_level), bool(checkpoint_mxfp4), manifest.dtype == "float16")
         return q if q.lossy else None
 
     @property
     def lossy(self) -> bool:
-        return self.experts_lossy or self.dense in ("int8", "int4", "q4") or self.int8_activations_experts
+        return self.experts_lossy or self.dense in ("int8", "int4", "q4") or self.int8_activations_experts or self.half
 
     @property
     def quantizes_activations(self) -> bool:
@@ -125,12 +129,30 @@ class Quantization:
         elif self.dense == "q4":
             parts.append("dense matrices in LinearQ4's 4-bit super-blocks, activations int8 per super-block of 256 "
                          "(its native kernel)")
-        if self.experts_lossy:
+        if self.experts_lossy or self.int8_activations_experts:
             how = {"mxfp4": "MXFP4-encoded as at export", "int8": "quantized to int8 (absmax/127 per 32)",
                    "int4": "quantized to int4 per block of 32 as QMoE holds them"}[self.experts]
+            if self.experts == "int8" and not self.experts_lossy:
+                how = "in QMoE's 8 bits, exactly the stored MXFP4 values"
             parts.append(f"experts {how}" + (", activations int8 per block of 32" if self.int8_activations_experts
                                              else ""))
+        if self.half:
+            parts.append("every stored float (weights, biases, norms, embeddings, scales) rounded to float16 as the "
+                         "export holds it; its float16 math is not reproduced")
         return "; ".join(parts)
+
+    def stored(self, w: np.ndarray) -> np.ndarray:
+        """A float tensor of the checkpoint as the export stores it: rounded to float16 (clipped to its finite range,
+        as exporter/lower/precision.py does) for --dtype float16, else as is."""
+        if not self.half:
+            return w
+        finite = np.finfo(np.float16)
+        return np.clip(w, finite.min, finite.max).astype(np.float16).astype(w.dtype)
+
+    def _dequantize(self, w: np.ndarray, bits: int) -> np.ndarray:
+        """w quantized to `bits` as MatMulNBits / QMoE hold it, scales stored as the export stores floats."""
+        packed, scales = quant.quantize(w, bits)
+        return quant.dequantize(packed, self.stored(scales), bits)
 
     # ---- weights ------------------------------------------------------------------------------------------------
     def dense_weight(self, w: np.ndarray) -> np.ndarray | None:
@@ -143,29 +165,24 @@ class Quantization:
 
             return linear_q4.dequantize(*linear_q4.quantize(w), k)
         if self.dense in ("int8", "int4") and k % BLOCK == 0:
-            from mxport.exporter.lower import dense, moe
-
-            bits = 4 if self.dense == "int4" else 8
-            packed, scales = dense.quantize_rows(lambda a, b: w[a:b], n, k, bits)
-            if bits == 4:
-                return moe.int4_dequantize(packed, scales)
-            return _int8_dequantize(packed, scales)
+            return self._dequantize(w, 4 if self.dense == "int4" else 8)  # blocks run along K: rows independent
         return None
 
     def expert_weight(self, w: np.ndarray) -> np.ndarray:
         """One expert's float32 matrix [N, K] (out, in; decoded if stored MXFP4) as the export holds it."""
         w = np.asarray(w, np.float32)
-        if not self.experts_lossy:
-            return w
-        if self.experts == "mxfp4":
-            from mxport.ops import mxfp4
-
-            return mxfp4.decode(*mxfp4.encode(w))
-        from mxport.exporter.lower import moe
-
-        if self.experts == "int8":
-            return _int8_dequantize(*moe.int8_quantize(w))
-        return moe.int4_dequantize(*moe.int4_quantize(w))
+        if self.experts == "int4" and self.checkpoint_mxfp4:
+            # the export quantizes MXFP4 experts with int4_from_mxfp4, whose squared errors (code histogram times a
+            # table) round differently from int4_quantize's sums: a block whose two best scales are nearly tied
+            # may pick the other one (20 of 393216 blocks of a mini-shaped layer). w is decoded MXFP4, and
+            # re-encoding it changes at most the blocks' power-of-two exponent, which int4_from_mxfp4 is blind to.
+            packed, scales = quant.int4_from_mxfp4(*mxfp4.encode(w))
+            return quant.int4_dequantize(packed, self.stored(scales))
+        if self.experts == "int4" or (self.experts == "int8" and not self.checkpoint_mxfp4):
+            return self._dequantize(w, 4 if self.experts == "int4" else 8)
+        if self.experts == "mxfp4" and self.experts_lossy:
+            return self.stored(mxfp4.decode(*mxfp4.encode(w)))
+        return self.stored(w)  # as stored (int8 on MXFP4: E2M1 codes times power-of-two scales, exact)
 
     def prepare_dense(self, w: np.ndarray) -> Any:
         """What dense_product needs of W [N, K]: ("q4", packed, D) for LinearQ4, ("float", W as quantized) for
@@ -175,7 +192,7 @@ class Quantization:
 
             return ("q4", *linear_q4.quantize(w))
         deq = self.dense_weight(w)
-        return ("float", np.asarray(w, np.float32) if deq is None else deq, deq is not None)
+        return ("float", self.stored(np.asarray(w, np.float32)) if deq is None else deq, deq is not None)
 
     def dense_product(self, x: np.ndarray, prepared: Any, dtype: Any) -> np.ndarray:
         """x [..., K] @ Wᵀ as the export's GEMM computes it (prepared by prepare_dense)."""
@@ -207,13 +224,70 @@ class Quantization:
         return y.astype(np.float32).reshape(lead + (n,))
 
     # ---- activations ----------------------------------------------------------------------------------------------
-    def expert_activations(self, x: np.ndarray) -> np.ndarray:
-        """The input of an expert GEMM as QMoE's kernel sees it."""
-        return int8_blocks(x, self.rounding) if self.int8_activations_experts else x
+    def expert_activations(self, x: np.ndarray, rounding: Rounding | None = None) -> np.ndarray:
+        """The input of an expert GEMM as QMoE's kernel sees it (near-ties through `rounding`, default self's)."""
+        return int8_blocks(x, rounding or self.rounding) if self.int8_activations_experts else x
+
+    # ---- near-ties, fitted row by row ---------------------------------------------------------------------------
+    def fit_rows(self, layer: int, out: np.ndarray, base: np.ndarray, row) -> np.ndarray:
+        """out [T,H]: the MoE output of layer `layer` with every int8 activation rounded to nearest; base [T,H]: the
+        residual it is added to. Where the export's residual after this layer is known (rounding.targets, set by
+        verify from the export's hidden_states) and a token's row is off it by more than FIT_REL of its largest
+        value, the row is computed again (row(t, rounding) -> [1,H]) with its near-ties (activations within
+        TIE_MARGIN of x.5 steps) rounded the other way, greedily: per round the FIT_CANDIDATES closest are tried and
+        the one that lowers the row's error most is kept, at most FIT_FLIPS rounds. Only such near-ties move, each
+        by one int8 step: an export whose weights differ stays off, and when more rows are off than a few near-ties
+        explain (FIT_MAX_ROWS, FIT_MAX_SHARE) none is fitted. Fitted rows are counted in rounding.fitted."""
+        target = self.rounding.targets.get(layer) if self.int8_activations_experts else None
+        if target is None or target.size != out.size:
+            return out
+        want = target.reshape(out.shape).astype(np.float64) - base
+        tol = FIT_REL * float(np.nanmax(np.abs(target), initial=0.0))
+        err = np.abs(out - want).max(axis=1)
+        off = np.flatnonzero(err > tol)
+        if len(off) > max(FIT_MAX_ROWS, FIT_MAX_SHARE * len(err)):  # not a few near-ties: something else differs
+            return out
+        out = out.copy()
+        for t in off:
+            fitted = _fit_row(lambda r, t=t: row(t, r), want[t], float(err[t]), tol)
+            if fitted is not None:
+                out[t], flips = fitted
+                self.rounding.fitted.append((layer, len(flips), max(flips.values())))
+        return out
 
     def dense_activations(self, x: np.ndarray) -> np.ndarray:
         """The input of a MatMulNBits GEMM as its kernel sees it (LinearQ4 goes through its own kernel)."""
         return int8_blocks(x, self.rounding) if self.dense in ("int8", "int4") and self.accuracy_level == 4 else x
+
+
+FIT_REL = 1e-5  # a row further than this (relative to the residual's largest value) from the export is fitted
+FIT_CANDIDATES = 8  # near-ties tried per round, closest first
+FIT_FLIPS = 6  # rounds: near-ties rounded the other way at most per row
+FIT_MAX_ROWS, FIT_MAX_SHARE = 4, 0.25  # more rows off than this (and this share of the call's): none is fitted
+
+
+def _fit_row(row, want: np.ndarray, err: float, tol: float):
+    """(output [H], {tie: distance}) of the run of `row(rounding)` whose near-ties, rounded the other way, bring it
+    closest to `want` (better than `err`), or None."""
+    rounding = Rounding()
+    rounding.start()
+    row(rounding)
+    ties = {t: d for d, t in rounding.ties}
+    best, flipped = None, {}
+    for _ in range(FIT_FLIPS):
+        tried = None
+        for tie in sorted((t for t in ties if t not in flipped), key=ties.get)[:FIT_CANDIDATES]:
+            rounding.start(flip=set(flipped) | {tie})
+            y = row(rounding)[0]
+            e = float(np.abs(y - want).max())
+            if tried is None or e < tried[0]:
+                tried = (e, y, {**flipped, tie: ties[tie]}, {t: d for d, t in rounding.ties})
+        if tried is None or tried[0] >= (best[0] if best else err):
+            break
+        best, flipped, ties = tried[:3], tried[2], tried[3]
+        if best[0] <= tol:
+            break
+    return None if best is None else (best[1], best[2])
 
 
 def int8_blocks(x: np.ndarray, rounding=np.rint) -> np.ndarray:
@@ -230,11 +304,4 @@ def int8_blocks(x: np.ndarray, rounding=np.rint) -> np.ndarray:
         q = rounding(blocks * inv)  # non-finite inputs stay non-finite: never hidden by quantization
     out = (q * scale).reshape(padded.shape)[..., :k]
     return out.astype(x.dtype if np.issubdtype(np.asarray(x).dtype, np.floating) else np.float32, copy=False)
-
-
-def _int8_dequantize(packed: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """uint8 q + 128 [..., K] and float32 scales [..., K/32] -> float32 [..., K]."""
-    q = packed.astype(np.int16) - 128
-    blocks = q.reshape(q.shape[:-1] + (-1, BLOCK)).astype(np.float32) * scales[..., None]
-    return blocks.reshape(q.shape)
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mxport.exporter.lower.moe import int4_dequantize, int4_quantize
+from mxport.ops.quant import int4_dequantize, int4_quantize
 from mxport.ops import linear_q4
 
 from .test_native import ISAS, LIB, PROPERTY, _profiled_ops, _rel, _session, build_model, needs_lib

@@ -24,6 +24,7 @@ from mxport.runtime.execution.runners import (
     expose_hidden_states,
 )
 from mxport.runtime.judge.verify import (
+    HALF_TOLERANCES,
     LOSSY_TOLERANCES,
     default_tolerances,
     left_pad,
@@ -131,12 +132,15 @@ def test_tolerance_defaults_and_options():
     own = "(lossy; reference on the export's quantized numbers)"
     assert default_tolerances(Manifest(dtype="float32", experts="int8")) == (
         FLOAT32_TOLERANCES, f"dtype=float32 experts=int8 dense=float32 {own}")
-    # ... except 8-bit QMoE on a checkpoint's MXFP4 experts (its prefill is not reproduced): the checkpoint, lossy
-    assert default_tolerances(Manifest(experts="int8", checkpoint_experts="mxfp4"))[1].endswith("(lossy)")
+    # 8-bit QMoE on a checkpoint's MXFP4 experts too (exact weights, int8 activations)
+    assert default_tolerances(Manifest(experts="int8", checkpoint_experts="mxfp4"))[1].endswith(own)
     # --dense bf16 (ai.mxport.LinearBF16) reads the checkpoint's bf16 in float32 math: exact
     assert default_tolerances(Manifest(dtype="float32", experts="mxfp4", dense="bf16"))[0] == FLOAT32_TOLERANCES
+    # float16: the export's float16 numbers, float16 tolerances; bfloat16 (not reproduced): the checkpoint, lossy
     tols, mode = default_tolerances(Manifest(dtype="float16", experts="mxfp4"))
-    assert tols == LOSSY_TOLERANCES and mode == "dtype=float16 experts=mxfp4 dense=float32 (lossy)"
+    assert tols == HALF_TOLERANCES and mode.endswith("(lossy; reference on the export's float16 numbers, float32 math)")
+    tols, mode = default_tolerances(Manifest(dtype="bfloat16", experts="mxfp4"))
+    assert tols == LOSSY_TOLERANCES and mode == "dtype=bfloat16 experts=mxfp4 dense=float32 (lossy)"
     assert default_tolerances(Manifest(experts="int4"))[1].endswith(own)
     # MatMulNBits dense weights are lossy whatever the experts or the accuracy level (was labelled exact)
     tols, mode = default_tolerances(Manifest(dtype="float32", experts="fp32", dense="int4", accuracy_level=0))

@@ -52,6 +52,8 @@ LOSSY = [
     ("qwen3_moe", {"target": "cpu", "experts": "int4"}, "experts quantized to int4"),
     ("qwen3_moe", {"target": "cpu", "experts": "int8"}, "experts quantized to int8"),
     ("gpt_oss", {"target": "cpu", "experts": "int4"}, "experts quantized to int4"),
+    ("gpt_oss", {"target": "cpu", "experts": "int8"}, "experts in QMoE's 8 bits, exactly the stored MXFP4 values"),
+    ("qwen3", {"target": "cpu", "dense": "int8"}, "dense matrices quantized to int8"),
     ("gpt_oss", {"target": "cpu", "experts": "mxfp4", "dense": "int4"}, "dense matrices quantized to int4"),
     ("qwen3", {"target": "cpu", "dense": "int4"}, "dense matrices quantized to int4"),
     ("qwen3", {"target": "cpu", "dense": "int4", "accuracy_level": 0}, "float32 activations (accuracy_level 0)"),
@@ -95,16 +97,39 @@ def _flip_byte(folder: Path, initializer_suffix: str, at: int = 8) -> str:
     raise AssertionError(f"no initializer *{initializer_suffix} in {folder}")
 
 
-@pytest.mark.parametrize("options", [{"dense": "q4"}, {"dense": "int4"}])
-def test_verify_fails_a_flipped_byte_in_a_lossy_export(exports, options, tmp_path, capsys):
-    good = exports("qwen3", target="cpu", **options)
+# one flipped byte per lossy mode: (family, export options, initializer name suffix, byte offset in it)
+FLIPS = [
+    ("qwen3", {"target": "cpu", "dense": "q4"}, ".q4", 8),  # a LinearQ4 row's first nibble byte (values 0 and 32)
+    ("qwen3", {"target": "cpu", "dense": "int4"}, ".q4", 8),  # a MatMulNBits row's values 16 and 17
+    ("qwen3", {"target": "cpu", "dense": "int8"}, ".q8", 8),
+    ("gpt_oss", {"target": "cpu", "experts": "int4"}, ".fc1_q4", 8),  # expert 0's first fc1 row
+    ("gpt_oss", {"target": "cpu", "experts": "int8"}, ".fc1_q8", 8),
+    ("qwen3_moe", {"experts": "mxfp4"}, "gate_up_proj_blocks", 8),  # float experts encoded to MXFP4 at export
+    ("gpt_oss", {"target": "cpu", "experts": "float32", "dtype": "float16"}, "qkv.weight", 9),  # a float16's top byte
+]
+
+
+@pytest.mark.parametrize("family,options,suffix,at", FLIPS,
+                         ids=[f"{f}-{'-'.join(map(str, o.values()))}" for f, o, _, _ in FLIPS])
+def test_verify_fails_a_flipped_byte_in_a_lossy_export(exports, family, options, suffix, at, tmp_path, capsys):
+    good = exports(family, **options)
     bad = tmp_path / "bad"
     shutil.copytree(good, bad)
-    # byte 8 of a LinearQ4 row is its first nibble byte (values 0 and 32); of a MatMulNBits row, values 16 and 17
-    name = _flip_byte(bad, ".q4")
+    name = _flip_byte(bad, suffix, at)
     assert main(["verify", str(bad), *QUICK]) == 1, name
     text = capsys.readouterr().out
-    assert OWN_NUMBERS in text and "first failing layer: 0" in text and text.rstrip().endswith("FAIL")
+    assert OWN_NUMBERS in text and "first failing layer: " in text and text.rstrip().endswith("FAIL"), text
+
+
+def test_float16_export_is_judged_on_its_float16_numbers(exports, tmp_path, capsys):
+    out = exports("gpt_oss", target="cpu", experts="float32", dtype="float16")
+    assert main(["verify", str(out), *QUICK, "--json", str(tmp_path / "r.json")]) == 0
+    text = capsys.readouterr().out
+    assert "rounded to float16 as the export holds it; its float16 math is not reproduced" in text
+    assert "float16 tolerances" in text and "rel<=0.01" in text
+    report = json.loads((tmp_path / "r.json").read_text())
+    logits = next(r for r in report["summary"] if r["name"] == "logits")
+    assert 1e-5 < logits["rel"] < 1e-2, logits  # float16 math shows; the weights are the export's
 
 
 def test_quantization_error_fails_only_against_a_budget(exports, tmp_path, capsys):
@@ -127,13 +152,6 @@ def test_reference_checkpoint_judges_a_lossy_export_with_the_lossy_tolerances(ex
     text = capsys.readouterr().out
     assert "against the NumPy reference on the checkpoint as stored, lossy tolerances (--reference checkpoint)" in text
     assert "rel<=0.05" in text and "quantization error" not in text
-
-
-def test_int8_experts_from_mxfp4_are_judged_against_the_checkpoint_and_say_why(exports, capsys):
-    main(["verify", str(exports("gpt_oss", target="cpu", experts="int8")), *QUICK])
-    text = capsys.readouterr().out
-    assert "lossy tolerances (--experts int8 on the checkpoint's MXFP4 experts is not reproduced by the reference)" \
-        in text and "rel<=0.05" in text
 
 
 def test_an_exact_export_says_so(exports, capsys):
@@ -209,7 +227,10 @@ def test_reference_quantization_reads_the_mode_table(checkpoints):
 
     assert Quantization.of(Manifest(experts="mxfp4"), checkpoint_mxfp4=True) is None  # stored MXFP4: exact
     assert Quantization.of(Manifest(experts="mxfp4"), checkpoint_mxfp4=False).experts_lossy  # encoded at export
-    assert Quantization.of(Manifest(experts="int4", dtype="float16"), checkpoint_mxfp4=True) is None  # not reproduced
+    assert Quantization.of(Manifest(experts="int4", dtype="float16"), checkpoint_mxfp4=True).half  # weights float16
+    assert Quantization.of(Manifest(experts="int4", dtype="bfloat16"), checkpoint_mxfp4=True) is None  # not reproduced
+    assert not Quantization.of(Manifest(experts="int8"), checkpoint_mxfp4=True).experts_lossy  # exact weights ...
+    assert Quantization.of(Manifest(experts="int8"), checkpoint_mxfp4=True).int8_activations_experts  # ... int8 input
     q = Quantization.of(Manifest(experts="none", dense="int4", accuracy_level=0), checkpoint_mxfp4=False)
     assert not q.quantizes_activations and "float32 activations" in q.describe()
     with ReferenceModel(checkpoints["qwen3"], quantization=Quantization("none", "int4")) as quantized, \

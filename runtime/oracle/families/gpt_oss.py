@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from mxport.ops import mxfp4
@@ -28,7 +30,7 @@ def layer(m, i: int, x: np.ndarray, rope, keep: np.ndarray, past_kv) -> tuple[np
     attn, kv = attention(m, i, h, rope, keep, past_kv)
     x = x + attn
     h = L.rms_norm(x, m.w(p + "post_attention_layernorm.weight"), cfg.rms_norm_eps)
-    return x + moe(m, i, h.reshape(B * S, -1)).reshape(B, S, -1), kv
+    return x + moe(m, i, h.reshape(B * S, -1), x.reshape(B * S, -1)).reshape(B, S, -1), kv
 
 
 def final_norm(m, x: np.ndarray) -> np.ndarray:
@@ -78,9 +80,18 @@ def expert_loader(m, layer: int):
     return load
 
 
-def moe(m, i: int, h: np.ndarray) -> np.ndarray:
+def moe(m, i: int, h: np.ndarray, base: np.ndarray | None = None) -> np.ndarray:
+    """h [T,H] through layer i's experts; `base` [T,H], the residual the output is added to, lets a lossy export's
+    reference round its int8 near-ties as the export did (Quantization.fit_rows)."""
     cfg, p = m.cfg, f"model.layers.{i}.mlp.router."
     router_logits = L.linear(h, m.w(p + "weight"), m.w(p + "bias"))  # [T,E]
+    loader, q = expert_loader(m, i), m.quantization
     with np.errstate(over="ignore"):  # exp(-alpha*gate) may overflow to inf: sigmoid -> 0, as intended
-        return L.moe(h, router_logits, cfg.experts_per_token, expert_loader(m, i), cfg.swiglu_limit, cfg.swiglu_alpha,
-                     act=m.expert_input)
+        out = L.moe(h, router_logits, cfg.experts_per_token, loader, cfg.swiglu_limit, cfg.swiglu_alpha,
+                    act=m.expert_input)
+        if q is None or base is None:
+            return out
+        chosen = functools.lru_cache(maxsize=2 * cfg.experts_per_token)(loader)  # a fitted row is run many times
+        return q.fit_rows(i, out, base, lambda t, rounding: L.moe(
+            h[t : t + 1], router_logits[t : t + 1], cfg.experts_per_token, chosen, cfg.swiglu_limit, cfg.swiglu_alpha,
+            act=lambda a: q.expert_activations(a, rounding).astype(m.dtype, copy=False)))

@@ -10,6 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from mxport.exporter.lower import dense, rules
+from mxport.ops import quant
 
 K, N = 128, 96
 
@@ -85,7 +86,7 @@ def test_router_stays_float():
 def test_column_chunks_quantize_like_the_whole_matrix(bits, monkeypatch):
     """Streaming the columns through float32 a chunk at a time changes nothing (blocks run along K)."""
     w = np.random.default_rng(bits).standard_normal((K, N)).astype(ml_dtypes.bfloat16)
-    whole = (dense.int4_quantize if bits == 4 else dense.int8_quantize)(np.asarray(w, np.float32).T.copy())
+    whole = (quant.int4_quantize if bits == 4 else quant.int8_quantize)(np.asarray(w, np.float32).T.copy())
     monkeypatch.setattr(dense, "CHUNK_BYTES", 4 * K * 7)  # 7 columns per chunk: N = 48 leaves a partial one
     packed, scales = dense.quantize_columns(w, bits)
     np.testing.assert_array_equal(packed, whole[0].reshape(N, -1))
@@ -143,7 +144,7 @@ def test_quantized_rows_come_from_the_checkpoint_reader_a_chunk_at_a_time(rule, 
     got = {t.name: numpy_helper.to_array(t) for t in ir.serde.serialize_model(model).graph.initializer}
     assert calls == [(0, 40), (40, 80), (80, 96)]
     if rule == "nbits":
-        packed, scales = dense.int4_quantize(w.T.copy())
+        packed, scales = quant.int4_quantize(w.T.copy())
         assert np.array_equal(got["lm_head_matmul.q4"].reshape(N, -1), packed.reshape(N, -1))
     else:
         packed, scales = linear_q4.quantize(w.T)
@@ -164,5 +165,5 @@ def test_source_rows_of_a_tensor_used_as_stored_are_not_w_transposed():
     ctx = rules.Context(model=model, target="cpu", experts="float32", dtype="float32", accuracy_level=4)
     rules.apply([dense.DenseNBits(4)], ctx)
     got = {t.name: numpy_helper.to_array(t) for t in ir.serde.serialize_model(model).graph.initializer}
-    packed, _ = dense.int4_quantize(w.T.copy())
+    packed, _ = quant.int4_quantize(w.T.copy())
     assert np.array_equal(got["lm_head_matmul.q4"].reshape(N, -1), packed.reshape(N, -1))

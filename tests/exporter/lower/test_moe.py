@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from mxport import ops
 from mxport.exporter.lower import moe as moe_rule
 from mxport.exporter.lower import rules
-from mxport.ops import mxfp4
+from mxport.ops import mxfp4, quant
 
 T, H, I, E, K = 6, 64, 32, 4, 2
 
@@ -91,7 +91,7 @@ def test_fp32_from_dense_moe():
 
 def test_int8_weights_are_exact_and_error_is_activation_rounding():
     weights, x, logits = _weights(2)
-    q, s = moe_rule.int8_exact(weights["w1_blocks"], weights["w1_scales"])
+    q, s = quant.int8_exact(weights["w1_blocks"], weights["w1_scales"])
     deq = (q.astype(np.float32) - 128).reshape(E, 2 * I, H // 32, 32) * s[..., None]
     np.testing.assert_array_equal(deq.reshape(E, 2 * I, H), mxfp4.decode(weights["w1_blocks"], weights["w1_scales"]))
     before = _portable(weights, **GPT_OSS)
@@ -106,8 +106,8 @@ def test_int8_weights_are_exact_and_error_is_activation_rounding():
 def test_int4_error_minimising_scale_beats_absmax():
     rng = np.random.default_rng(3)
     w = rng.standard_normal((8, 256)).astype(np.float32)
-    packed, scales = moe_rule.int4_quantize(w)
-    err = np.square(moe_rule.int4_dequantize(packed, scales) - w).sum()
+    packed, scales = quant.int4_quantize(w)
+    err = np.square(quant.int4_dequantize(packed, scales) - w).sum()
     blocks = w.reshape(-1, 32)
     s = np.abs(blocks).max(1, keepdims=True) / 7
     absmax_err = np.square(np.clip(np.rint(blocks / s), -8, 7) * s - blocks).sum()
@@ -122,8 +122,8 @@ def test_int4_matches_its_dequantized_weights():
     # fp32 MoE over the int4 weights dequantized = what QMoE int4 computes, up to its int8 activations
     init = {t.name: numpy_helper.to_array(t) for t in after.graph.initializer}
     node = after.graph.node[0]
-    w1 = moe_rule.int4_dequantize(init[node.input[2]], init[node.input[3]])
-    w2 = moe_rule.int4_dequantize(init[node.input[5]], init[node.input[6]])
+    w1 = quant.int4_dequantize(init[node.input[2]], init[node.input[3]])
+    w2 = quant.int4_dequantize(init[node.input[5]], init[node.input[6]])
     dense = dict(w1=w1, b1=weights["b1"], w2=w2, b2=weights["b2"])
     y_dense = _run(_portable(dense, "MoE", **GPT_OSS), x, logits)
     y_q4 = _run(after, x, logits)
@@ -174,11 +174,11 @@ def test_int4_from_mxfp4_equals_the_generic_search():
     rng = np.random.default_rng(7)
     w = rng.standard_normal((3, 16, 128)).astype(np.float32) * np.exp(rng.standard_normal((3, 16, 1)))
     blocks, scales = mxfp4.encode(w)
-    fast_q, fast_s = moe_rule.int4_from_mxfp4(blocks, scales)
-    slow_q, slow_s = moe_rule.int4_quantize(mxfp4.decode(blocks, scales))
+    fast_q, fast_s = quant.int4_from_mxfp4(blocks, scales)
+    slow_q, slow_s = quant.int4_quantize(mxfp4.decode(blocks, scales))
     assert fast_q.shape == slow_q.shape == (3, 16, 64) and fast_s.shape == (3, 16, 4)
     decoded = mxfp4.decode(blocks, scales)
-    err = lambda q, s: np.square(moe_rule.int4_dequantize(q, s) - decoded).sum()  # noqa: E731
+    err = lambda q, s: np.square(quant.int4_dequantize(q, s) - decoded).sum()  # noqa: E731
     assert err(fast_q, fast_s) <= err(slow_q, slow_s) * (1 + 1e-5)
-    np.testing.assert_allclose(moe_rule.int4_dequantize(fast_q, fast_s), moe_rule.int4_dequantize(slow_q, slow_s),
+    np.testing.assert_allclose(quant.int4_dequantize(fast_q, fast_s), quant.int4_dequantize(slow_q, slow_s),
                                rtol=1e-5, atol=1e-6 * np.abs(decoded).max())

@@ -15,7 +15,7 @@ from mxport import ops
 from mxport.exporter.experts import encode_experts, mxfp4_encoded
 from mxport.exporter.lower import experts_mxfp4, rules
 from mxport.exporter.lower import moe as moe_rule
-from mxport.ops import mxfp4
+from mxport.ops import mxfp4, quant
 
 T, H, I, E, K = 6, 64, 32, 7, 3
 # Qwen3-MoE: split halves, no clamp, alpha 1, beta 0. Large weights so |gate|, |up| pass 7 often: a kernel that
@@ -124,7 +124,7 @@ def test_qmoe_from_float_experts(mode, bound):
 
 def test_int8_quantize_round_trip():
     w = np.random.default_rng(1).standard_normal((2, 5, 64)).astype(np.float32)
-    q, s = moe_rule.int8_quantize(w)
+    q, s = quant.int8_quantize(w)
     assert q.dtype == np.uint8 and q.shape == w.shape and s.shape == (2, 5, 2)
     deq = ((q.astype(np.float32) - 128).reshape(2, 5, 2, 32) * s[..., None]).reshape(w.shape)
     assert np.abs(deq - w).max() <= s.max() / 2 + 1e-7
