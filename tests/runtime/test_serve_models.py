@@ -68,7 +68,9 @@ def test_one_server_serves_several_models(folders, monkeypatch, caplog):
     for folder in folders:
         model = health["models"][folder.name]
         size = sum(p.stat().st_size for p in folder.glob("model.onnx*")) / 1e6
-        assert model["memory_mb"]["weights"] == pytest.approx(size, abs=0.1) and model["memory_mb"]["rss_delta"] > 0
+        # RSS growth is reported, not bounded: a 0.3 MB model may load into pages the process already holds
+        assert model["memory_mb"]["weights"] == pytest.approx(size, abs=0.1)
+        assert isinstance(model["memory_mb"]["rss_delta"], float)  # may be 0 or below when memory is freed meanwhile
         assert model["prefix_cache"]["max_bytes"] == 500_000
         assert any(f"model {folder.name} loaded (memory MB: " in r.message for r in caplog.records)
 
