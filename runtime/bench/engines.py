@@ -1,6 +1,6 @@
 """What `mxport bench` measures, each engine in its own child process (runtime/bench/speed.py runs and tabulates them):
 the machine's memory bandwidth, model sizes and the bytes a decode step reads, and one engine's prefill / decode
-speed and memory (mxport's ORT sessions, onnxruntime-genai, transformers). Column meanings: runtime/bench/speed.py.
+speed and memory (mxport's ORT sessions, onnxruntime-genai, transformers; llama.cpp's llama-bench: llama.py). Column meanings: runtime/bench/speed.py.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mxport.contract.folder import GENAI_FILE
+from mxport.runtime.bench.llama import measure_llama
 
 import numpy as np
 
@@ -289,7 +290,8 @@ def measure_transformers(checkpoint: str, threads: int, prompt_len: int, new_tok
             "weight_bytes": total, "bytes_per_token": per_token}
 
 
-ENGINES = {"mxport": measure_mxport, "genai": measure_genai, "transformers": measure_transformers}
+ENGINES = {"mxport": measure_mxport, "genai": measure_genai, "transformers": measure_transformers,
+           "llama.cpp": measure_llama}  # runtime/bench/llama.py
 
 
 def drop_page_cache(path: str | os.PathLike) -> None:

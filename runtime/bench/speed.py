@@ -68,6 +68,7 @@ from mxport.contract.progress import Progress, given, report
 from mxport.contract.folder import (CONFIG_FILE, GENAI_FILE, MANIFEST_FILE, MODEL_FILE, TOKENIZER_CONFIG_FILE,
                                    TOKENIZER_FILE, Manifest, is_checkpoint, manifest_file, read_manifest)
 from mxport.errors import MxportError
+from mxport.runtime.bench.llama import ENV_BENCH
 from mxport.runtime.bench.engines import (  # noqa: F401  (re-exported: bench's measurements, used by tests)
     REPEATS, Bandwidth, _tensor_bytes, drop_page_cache, file_bytes, memory_bandwidth, onnx_traffic,
     torch_traffic)
@@ -112,6 +113,8 @@ class Result:
     read_bandwidth: float = float("nan")  # bytes/s over an array of bytes_per_token (best of its measurements)
     error: str = ""
     notes: list[str] = field(default_factory=list)
+    exact: str = ""  # what the engine computes: "exact", "lossy", or what llama.cpp rounds (llama.exactness)
+    peer: str = ""  # an mxport engine: the name of the llama.cpp engine running the matching GGUF type
 
     def bandwidth_share(self) -> float:
         """decode tok/s x bytes per token / the read bandwidth measured at that size (NaN when not measured)."""
@@ -132,11 +135,12 @@ MEMORY_FIELDS = ("baseline_rss", "load_rss", "load_anon_rss", "load_file_rss", "
 
 
 # ---- measurements (each engine runs in a child process: runtime/bench/engines.py) -------------------------------
-def _child(kind: str, path: str, threads: int, prompt_len: int, new_tokens: int, timeout: float) -> dict[str, Any]:
+def _child(kind: str, path: str, threads: int, prompt_len: int, new_tokens: int, timeout: float,
+           env: dict[str, str] | None = None) -> dict[str, Any]:
     drop_page_cache(path)
     cmd = [sys.executable, "-m", "mxport.commands.bench", "--child", kind, path, str(threads), str(prompt_len),
            str(new_tokens)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), **(env or {})}
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
@@ -261,14 +265,17 @@ def _check_positions(config_file: Path, prompt_len: int, new_tokens: int) -> Non
 def bench(path: str | os.PathLike, *, peers: bool = False, threads: int = 2, prompt_len: int = 128,
           new_tokens: int = 32, modes: list[str] | None = None, work: str | os.PathLike | None = None,
           timeout: float = 1800.0, bandwidth_mb: int = 256, rounds: int = 1, last_logits: bool = False,
-          log=lambda message: None, progress: Progress | None = None) -> tuple[list[Result], Bandwidth]:
+          llama_bench: str | os.PathLike | None = None, log=lambda message: None,
+          progress: Progress | None = None) -> tuple[list[Result], Bandwidth]:
     """Measure; returns (results, memory bandwidth). `modes`: mode labels (mxport.contract.modes.LABEL_SYNTAX,
     "+last" for last-position logits) to export from a checkpoint; `log(message)` hears what runs;
     `progress` (mxport.contract.progress) the exports' stages and "measure" (engine runs done, to do).
 
-    rounds > 1 runs the whole engine list that many times, in order, and keeps each engine's best speeds (and
-    the memory of its largest-peak run): on a shared machine, load drifts over minutes, and one pass would
-    favour whichever engine ran in a quiet moment. Without `work` the exports go to a temporary folder that is
+    rounds > 1 runs the whole engine list that many times, every second round in reverse order, and keeps each
+    engine's best speeds (and the memory of its largest-peak run): on a shared machine, load drifts over minutes,
+    and one pass would favour whichever engine ran in a quiet moment. With `peers`, llama.cpp joins when
+    `llama_bench` (or $LLAMA_CPP_DIR) names a build (runtime/bench/llama.py); a named build that is not usable is
+    an MxportError, no build at all is logged and skipped. Without `work` the exports go to a temporary folder that is
     removed however bench ends (error or not)."""
     path = Path(path)
     if not path.is_dir():
@@ -284,6 +291,7 @@ def bench(path: str | os.PathLike, *, peers: bool = False, threads: int = 2, pro
         raise MxportError(f"bench: {path} is neither a checkpoint (config.json + *.safetensors) nor an export "
                           "folder (mxport.json)")
     _check_positions(manifest_file(path) if folders else path / CONFIG_FILE, prompt_len, new_tokens)
+    llama = _find_llama(llama_bench, log) if peers else None
     work_dir = Path(work) if work else Path(tempfile.mkdtemp(prefix="mxport-bench-"))
     try:
         work_dir.mkdir(parents=True, exist_ok=True)
@@ -294,11 +302,14 @@ def bench(path: str | os.PathLike, *, peers: bool = False, threads: int = 2, pro
         log("measuring memory bandwidth")
         bandwidth = memory_bandwidth(bandwidth_mb, threads=threads)
         results, jobs = _jobs(folders, ckpt if peers else None, work_dir, timeout, log)
-        runs = [(round_, job) for round_ in range(rounds) for job in jobs]
+        results += _llama_jobs(llama, jobs, ckpt, work_dir, timeout, log) if llama and is_checkpoint(ckpt) else []
+        # interleaved: every engine once per round, every second round in reverse (no engine always first)
+        runs = [(round_, job) for round_ in range(rounds) for job in (jobs[::-1] if round_ % 2 else jobs)]
+        env = {ENV_BENCH: str(llama.bench)} if llama else {}
         for done, (round_, (result, kind, where)) in enumerate(runs):
             log(f"running {result.name}" + (f" (round {round_ + 1}/{rounds})" if rounds > 1 else ""))
             report(progress, "measure", done, len(runs))
-            measured = _child(kind, where, threads, prompt_len, new_tokens, timeout)
+            measured = _child(kind, where, threads, prompt_len, new_tokens, timeout, env)
             _keep_best(result, measured, prompt_len, new_tokens)
             if result.bytes_per_token and "error" not in measured:  # the limit at its size, at this moment
                 _measure_read_bandwidth(result, threads)
@@ -328,21 +339,64 @@ def _jobs(folders: list[tuple[str, Path]], peers_of: Path | None, work_dir: Path
     failed, jobs = [], []
     for mode, folder in folders:
         total, per_token = onnx_traffic(folder / MODEL_FILE)
-        result = Result(f"mxport {mode}", str(folder), file_bytes(folder), total, per_token)
+        meta = read_manifest(folder)
+        exact = modes_table.exact(experts=meta.experts, dense=meta.dense, dtype=meta.dtype)
+        result = Result(f"mxport {mode}", str(folder), file_bytes(folder), total, per_token,
+                        exact="exact" if exact else "lossy")
         jobs.append((result, "mxport", str(folder)))
     if peers_of is None:
         return failed, jobs
     if not is_checkpoint(peers_of):
         log(f"peers skipped: checkpoint {peers_of} not found")
         return failed, jobs
-    jobs.append((Result("transformers fp32", str(peers_of), file_bytes(peers_of)), "transformers", str(peers_of)))
+    jobs.append((Result("transformers fp32", str(peers_of), file_bytes(peers_of), exact="exact"), "transformers",
+                 str(peers_of)))
     for name, folder, why in _genai_exports(peers_of, work_dir, timeout):
         if folder is None:
             failed.append(Result(name, "", error=why))
             continue
         total, per_token = onnx_traffic(folder / MODEL_FILE)
-        jobs.append((Result(name, str(folder), file_bytes(folder), total, per_token), "genai", str(folder)))
+        jobs.append((Result(name, str(folder), file_bytes(folder), total, per_token,
+                            exact="exact" if name.endswith("fp32") else "lossy"), "genai", str(folder)))
     return failed, jobs
+
+
+def _find_llama(path, log):
+    """The llama.cpp build to measure (llama.find_llama): None, logged, when none is named at all."""
+    from mxport.runtime.bench.llama import ENV_DIR, find_llama
+
+    if path is None and not os.environ.get(ENV_DIR):
+        log(f"llama.cpp skipped: give --llama-bench PATH or set {ENV_DIR} to a llama.cpp build")
+        return None
+    return find_llama(path)
+
+
+def _llama_jobs(llama, jobs: list[tuple[Result, str, str]], ckpt: Path, work_dir: Path, timeout: float,
+                log) -> list[Result]:
+    """Append to `jobs` one llama.cpp engine per GGUF type the mxport engines need (llama.gguf_type), converted
+    from `ckpt` into work/llama.cpp (kept between runs with --work); each mxport result names its peer. Returns
+    the engines whose conversion failed."""
+    from mxport.runtime.bench.llama import convert, exactness, gguf_traffic, gguf_type
+
+    failed, made = [], {}
+    for result, kind, where in list(jobs):
+        if kind != "mxport":
+            continue
+        meta = read_manifest(where)
+        wanted = gguf_type(meta)
+        name = f"llama.cpp {wanted}"
+        if wanted not in made:
+            log(f"converting {ckpt} to a {wanted} GGUF with llama.cpp's tools")
+            try:
+                made[wanted] = gguf = convert(llama, ckpt, wanted, work_dir / "llama.cpp", timeout)
+                total, per_token = gguf_traffic(gguf)
+                jobs.append((Result(name, str(gguf), gguf.stat().st_size, total, per_token,
+                                    exact=exactness(wanted, meta.experts != "none")), "llama.cpp", str(gguf)))
+            except MxportError as exc:
+                made[wanted] = None
+                failed.append(Result(name, "", error=str(exc)))
+        result.peer = name if made[wanted] else ""
+    return failed
 
 
 COLUMNS = ("engine", "prefill tok/s", "decode tok/s", "load RSS MB", "peak RSS MB", "file MB", "MB/token",
@@ -369,7 +423,27 @@ def format_results(results: list[Result], bandwidth: Bandwidth) -> str:
            line(COLUMNS), line(tuple("-" * w for w in widths))]
     out += [line(row) for row in rows]
     out += [f"{r.name}: error: {r.error}" for r in results if r.error]
-    return "\n".join(out)
+    return "\n".join(out + _peer_table(results))
+
+
+PEER_COLUMNS = ("mxport engine", "llama.cpp", "prefill ×", "decode ×", "exact? (mxport; llama.cpp)")
+
+
+def _peer_table(results: list[Result]) -> list[str]:
+    """mxport / llama.cpp speed ratios of each mxport engine and the llama.cpp engine of its GGUF type (same run),
+    and what each side computes; nothing when llama.cpp was not measured."""
+    by_name = {r.name: r for r in results if not r.error}
+    pairs = [(r, by_name[r.peer]) for r in results if r.peer in by_name and not r.error]
+    if not pairs:
+        return []
+    ratio = lambda a, b: f"{a / b:.2f}×" if a == a and b == b and b > 0 else "-"  # noqa: E731
+    rows = [(m.name.removeprefix("mxport "), p.name.removeprefix("llama.cpp "), ratio(m.prefill_tok_s, p.prefill_tok_s),
+             ratio(m.decode_tok_s, p.decode_tok_s), f"{m.exact}; {p.exact}") for m, p in pairs]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(PEER_COLUMNS)]
+    line = lambda cells: "  ".join(c.rjust(w) if i in (2, 3) else c.ljust(w)  # noqa: E731
+                                   for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    return ["", "against llama.cpp (mxport / llama.cpp, this run)", line(PEER_COLUMNS),
+            line(tuple("-" * w for w in widths))] + [line(row) for row in rows]
 
 
 def to_json(results: list[Result], bandwidth: Bandwidth, **settings: Any) -> dict[str, Any]:
