@@ -56,6 +56,34 @@ def memory_bandwidth(megabytes: float = 256, repeats: int = 10, threads: int = 1
     return Bandwidth(read=data.nbytes / read, copy=2 * src.nbytes / copy, threads=threads, size=data.nbytes)
 
 
+def last_level_cache(root: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
+    """Bytes of the largest CPU cache the kernel reports (0 if none): the most a decode step can keep on chip.
+    A virtual machine may report more than it gets (this one says 480 MB; reads fall to memory speed past
+    ~48 MB): bench uses it as the bound above which a step's bytes must come from memory."""
+    sizes = []
+    for index in Path(root).glob("index*"):
+        try:
+            text = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            sizes.append(int(digits) * unit)
+    return max(sizes, default=0)
+
+
+def available_memory() -> int:
+    """MemAvailable of /proc/meminfo in bytes (a large number where it cannot be read)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 1 << 62
+
+
 # ---- sizes and traffic ---------------------------------------------------------------------------------------
 def file_bytes(folder: Path) -> int:
     folder = Path(folder)

@@ -31,18 +31,17 @@ Every measurement runs in its own child process (`python -m mxport.commands.benc
                     one embedding row (from the graph: an initializer read by Gather counts one row, MoE
                     expert inputs count k/E, rotary caches one row, a constant Cast counts its cast size since
                     ORT folds it at load)
-    read GB/s       this engine's read bandwidth: np.maximum.reduce over a float32 array of its MB/token, split
-                    into --threads contiguous parts read in parallel (a decode step's traffic: its weights, once
-                    each, over and over), measured in the parent right after each of its runs, best kept
-    bw share        decode tok/s x MB/token / that engine's read GB/s
+    read GB/s       memory (DRAM) read bandwidth at this engine's moment: np.maximum.reduce over a float32 array
+                    of max(its MB/token, 4 x the last-level cache) bytes (so no cache holds it), split into
+                    --threads contiguous parts read in parallel, measured in the parent right after each of the
+                    engine's runs, best kept (as its speeds are)
+    bw share        decode tok/s x MB/token / that read GB/s: the share of memory bandwidth a step uses, for a
+                    step whose MB/token exceeds the last-level cache (engines.last_level_cache) and so must
+                    come from memory every step; "cache" where it fits (from cache it may read faster than
+                    memory: a share over 100 % is then no contradiction, and none is printed)
 
-Why per engine, at its own size: a decode step cycles over MB/token bytes, and where those bytes come from
-depends on their size and the moment. One fixed 256 MB probe, taken before the engines ran, let bw share read
-170 % (issue 21): a step that fits the last-level cache (mini's exact bf16/MXFP4 mode, 162 MB, or its 4-bit
-modes, beside a 480 MB L3) is not read at the probe's speed, and the load had drifted since (docs/BENCHMARKS.md
-says what was and was not measured). The same size, the same threads and the moment right after the engine's
-run measure the limit its step can reach. The header line keeps the 256 MB probe: read (as above, --threads
-threads) and copy (np.copyto on one thread, bytes read + written).
+docs/BENCHMARKS.md ("Columns") says why the share once read 170 % and what was measured. The header line keeps
+a --bandwidth-mb probe (256 MB): read (as above) and copy (np.copyto on one thread, bytes read + written).
 
 The table keeps to 120 columns (engine, speeds, load and peak RSS, file MB, MB/token, bw share); `--json` has
 every field (base, anon/file and runtime RSS, the per-weights ratios, weights MB, each engine's read bandwidth).
@@ -70,8 +69,8 @@ from mxport.contract.folder import (CONFIG_FILE, GENAI_FILE, MANIFEST_FILE, MODE
 from mxport.errors import MxportError
 from mxport.runtime.bench.llama import ENV_BENCH
 from mxport.runtime.bench.engines import (  # noqa: F401  (re-exported: bench's measurements, used by tests)
-    REPEATS, Bandwidth, _tensor_bytes, drop_page_cache, file_bytes, memory_bandwidth, onnx_traffic,
-    torch_traffic)
+    REPEATS, Bandwidth, _tensor_bytes, available_memory, drop_page_cache, file_bytes, last_level_cache,
+    memory_bandwidth, onnx_traffic, torch_traffic)
 
 # Each family's recommended modes (docs/LOWERING.md "Which mode to choose") are among the defaults: the exact fast
 # one and the compact one. Models with experts (gpt-oss, Qwen3-MoE): MXFP4 experts and bf16 matrices on mxport's
@@ -115,11 +114,15 @@ class Result:
     notes: list[str] = field(default_factory=list)
     exact: str = ""  # what the engine computes: "exact", "lossy", or what llama.cpp rounds (llama.exactness)
     peer: str = ""  # an mxport engine: the name of the llama.cpp engine running the matching GGUF type
+    fits_cache: bool = False  # bytes_per_token <= the last-level cache: a step may be served from cache
 
     def bandwidth_share(self) -> float:
-        """decode tok/s x bytes per token / the read bandwidth measured at that size (NaN when not measured)."""
+        """decode tok/s x bytes per token / the memory read bandwidth (NaN when not measured, or when a step fits
+        the last-level cache: then memory bandwidth does not bound it)."""
         bw = self.read_bandwidth
-        return self.decode_tok_s * self.bytes_per_token / bw if bw == bw and bw > 0 else float("nan")
+        if self.fits_cache or not (bw == bw and bw > 0):
+            return float("nan")
+        return self.decode_tok_s * self.bytes_per_token / bw
 
     def runtime_per_weights(self) -> float:
         """(runtime RSS - baseline) / weight bytes: what holding and running the model costs, interpreter excluded."""
@@ -306,13 +309,14 @@ def bench(path: str | os.PathLike, *, peers: bool = False, threads: int = 2, pro
         # interleaved: every engine once per round, every second round in reverse (no engine always first)
         runs = [(round_, job) for round_ in range(rounds) for job in (jobs[::-1] if round_ % 2 else jobs)]
         env = {ENV_BENCH: str(llama.bench)} if llama else {}
+        cache = last_level_cache()
         for done, (round_, (result, kind, where)) in enumerate(runs):
             log(f"running {result.name}" + (f" (round {round_ + 1}/{rounds})" if rounds > 1 else ""))
             report(progress, "measure", done, len(runs))
             measured = _child(kind, where, threads, prompt_len, new_tokens, timeout, env)
             _keep_best(result, measured, prompt_len, new_tokens)
-            if result.bytes_per_token and "error" not in measured:  # the limit at its size, at this moment
-                _measure_read_bandwidth(result, threads)
+            if result.bytes_per_token and "error" not in measured:  # memory bandwidth at this moment
+                _measure_read_bandwidth(result, threads, cache)
         report(progress, "measure", len(runs), len(runs))
         return results + [r for r, _, _ in jobs], bandwidth
     finally:
@@ -320,13 +324,17 @@ def bench(path: str | os.PathLike, *, peers: bool = False, threads: int = 2, pro
             shutil.rmtree(work_dir, ignore_errors=True)
 
 
-MAX_PROBE_BYTES = 4 << 30  # the per-engine bandwidth probe's largest array (beyond any cache: DRAM bandwidth)
+MAX_PROBE_BYTES = 4 << 30  # the per-engine bandwidth probe's largest array
+MIN_PROBE_BYTES = 256 << 20  # its smallest (a machine that reports no cache)
 
 
-def _measure_read_bandwidth(result: Result, threads: int) -> None:
-    """Read bandwidth over an array of the engine's bytes per token (at least 1 MiB, at most MAX_PROBE_BYTES),
-    `threads` threads; the best of the engine's rounds is kept."""
-    size = min(max(result.bytes_per_token, 1 << 20), MAX_PROBE_BYTES)
+def _measure_read_bandwidth(result: Result, threads: int, cache: int | None = None) -> None:
+    """Memory read bandwidth over max(the engine's bytes per token, 4 x the last-level cache `cache`, 256 MiB)
+    bytes (at most MAX_PROBE_BYTES and a quarter of the available memory), `threads` threads; the best of the
+    engine's rounds is kept. Marks the result fits_cache when its bytes per token fit that cache."""
+    cache = last_level_cache() if cache is None else cache
+    result.fits_cache = 0 < result.bytes_per_token <= cache
+    size = min(max(result.bytes_per_token, 4 * cache, MIN_PROBE_BYTES), MAX_PROBE_BYTES, available_memory() // 4)
     read = memory_bandwidth(size / (1 << 20), threads=threads).read
     result.read_bandwidth = read if result.read_bandwidth != result.read_bandwidth else max(result.read_bandwidth,
                                                                                              read)
@@ -408,7 +416,8 @@ def _row(r: Result) -> tuple[str, ...]:
     mb = lambda n: f"{n / 1e6:.0f}" if n else "-"  # noqa: E731
     share = r.bandwidth_share()
     return (r.name, f"{r.prefill_tok_s:.1f}", f"{r.decode_tok_s:.2f}", mb(r.load_rss), mb(r.peak_rss),
-            f"{r.file_bytes / 1e6:.0f}", f"{r.bytes_per_token / 1e6:.1f}", f"{share:.0%}" if share == share else "-")
+            f"{r.file_bytes / 1e6:.0f}", f"{r.bytes_per_token / 1e6:.1f}",
+            "cache" if r.fits_cache else f"{share:.0%}" if share == share else "-")
 
 
 def format_results(results: list[Result], bandwidth: Bandwidth) -> str:
@@ -419,7 +428,7 @@ def format_results(results: list[Result], bandwidth: Bandwidth) -> str:
                                    for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
     threads = f"{bandwidth.threads} thread{'s' if bandwidth.threads > 1 else ''}"
     out = [f"memory bandwidth, {bandwidth.size / (1 << 20):.0f} MiB: read {bandwidth.read / 1e9:.1f} GB/s ({threads}), "
-           f"copy {bandwidth.copy / 1e9:.1f} GB/s (1 thread); bw share: per engine, at its MB/token",
+           f"copy {bandwidth.copy / 1e9:.1f} GB/s (1 thread); bw share: of memory, per engine",
            line(COLUMNS), line(tuple("-" * w for w in widths))]
     out += [line(row) for row in rows]
     out += [f"{r.name}: error: {r.error}" for r in results if r.error]

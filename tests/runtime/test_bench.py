@@ -228,10 +228,11 @@ def test_table_fits_120_columns_with_every_default_engine():
     assert len(lines) == 3 + len(results) and lines[-1].startswith("genai int4: error: builder failed")
 
 
-def test_bw_share_is_measured_against_the_engines_own_working_set(tiny_export, monkeypatch):
-    """The fix of issue 21's 170 %: bw share divides by a read bandwidth measured over an array of the engine's
-    own bytes per token (the size a decode step cycles over, so the same cache level serves both), with the
-    bench's threads, after each of its runs (best kept), not by one fixed 256 MB probe taken before."""
+def test_bw_share_is_of_memory_bandwidth_measured_beyond_the_cache(tiny_export, monkeypatch):
+    """bw share divides a step's bytes per second by a read bandwidth measured over an array no cache holds
+    (4 x the last-level cache, or the step's own bytes if larger), with the bench's threads, after each of the
+    engine's runs (best kept); a step that fits the cache gets no share ("cache"): from cache it may read faster
+    than memory, which let the share read 170 % when it was measured against one fixed 256 MB probe."""
     _, out = tiny_export
     calls = []
 
@@ -241,20 +242,25 @@ def test_bw_share_is_measured_against_the_engines_own_working_set(tiny_export, m
         return bench.Bandwidth(read=read, copy=read, threads=threads, size=int(megabytes * (1 << 20)))
 
     monkeypatch.setattr(bench, "memory_bandwidth", fake)
+    monkeypatch.setattr(bench, "last_level_cache", lambda: 100 << 20)
     heard = []
     (r,), header = bench.bench(out, threads=2, prompt_len=3, new_tokens=2, bandwidth_mb=16, rounds=2,
                                 log=lambda _: None, progress=lambda *call: heard.append(call))
     assert heard == [("measure", 0, 2, "it"), ("measure", 1, 2, "it"), ("measure", 2, 2, "it")]  # engine runs
     assert not r.error, r.error
-    own = max(r.bytes_per_token, 1 << 20) / (1 << 20)  # tiny: under the 1 MiB floor
-    assert calls == [(16, 2), (pytest.approx(own), 2), (pytest.approx(own), 2)]
+    assert calls == [(16, 2), (400, 2), (400, 2)]  # 4 x the cache: the tiny step (< 1 MB) is far smaller
     assert header.read == 1e9 and r.read_bandwidth == 3e9
+    assert r.fits_cache and np.isnan(r.bandwidth_share())  # tiny fits the cache: no share of memory bandwidth
+    table = bench.format_results([r], header)
+    assert table.splitlines()[-1].endswith("cache")
+    r.fits_cache = False  # a step beyond the cache: bytes per second over the memory bandwidth
     assert r.bandwidth_share() == pytest.approx(r.decode_tok_s * r.bytes_per_token / 3e9)
     assert np.isnan(bench.Result("x", "p", bytes_per_token=10, decode_tok_s=5.0).bandwidth_share())  # unmeasured
 
 
-def test_probe_size_is_bounded(monkeypatch):
-    """An engine under 1 MiB per token is probed over 1 MiB, one over MAX_PROBE_BYTES over that (DRAM either way)."""
+def test_probe_size_is_beyond_the_cache_and_bounded(monkeypatch):
+    """A small step is probed over 4 x the cache (at least 256 MiB), a large one over its own bytes, at most
+    MAX_PROBE_BYTES and a quarter of the available memory."""
     sizes = []
 
     def fake(megabytes, repeats=10, threads=1):
@@ -262,6 +268,23 @@ def test_probe_size_is_bounded(monkeypatch):
         return bench.Bandwidth(read=1e9, copy=1e9, threads=threads)
 
     monkeypatch.setattr(bench, "memory_bandwidth", fake)
-    bench._measure_read_bandwidth(bench.Result("small", "p", bytes_per_token=1000), 2)
-    bench._measure_read_bandwidth(bench.Result("big", "p", bytes_per_token=1 << 40), 2)
-    assert sizes == [1 << 20, bench.MAX_PROBE_BYTES]
+    small, mid, big = (bench.Result(n, "p", bytes_per_token=b) for n, b in
+                       (("small", 1000), ("mid", 3 << 30), ("big", 1 << 40)))
+    for r in (small, mid, big):
+        bench._measure_read_bandwidth(r, 2, cache=48 << 20)
+    bench._measure_read_bandwidth(bench.Result("no cache", "p", bytes_per_token=1000), 2, cache=0)
+    assert sizes == [256 << 20, 3 << 30, bench.MAX_PROBE_BYTES, 256 << 20]  # 4 x 48 MiB < 256 MiB
+    assert [r.fits_cache for r in (small, mid, big)] == [True, False, False]
+    monkeypatch.setattr(bench, "available_memory", lambda: 1 << 30)
+    bench._measure_read_bandwidth(big, 2, cache=48 << 20)
+    assert sizes[-1] == 256 << 20
+
+
+def test_last_level_cache_reads_the_largest_reported_cache(tmp_path):
+    from mxport.runtime.bench.engines import last_level_cache
+
+    for name, size in (("index0", "48K"), ("index2", "2048K"), ("index3", "491520K")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "size").write_text(size + "\n")
+    assert last_level_cache(str(tmp_path)) == 480 << 20
+    assert last_level_cache(str(tmp_path / "none")) == 0
