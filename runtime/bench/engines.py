@@ -15,6 +15,7 @@ from typing import Any
 
 from mxport.contract.folder import GENAI_FILE
 from mxport.runtime.bench.llama import measure_llama
+from mxport.runtime.bench.profile import profile_mxport
 
 import numpy as np
 
@@ -319,7 +320,7 @@ def measure_transformers(checkpoint: str, threads: int, prompt_len: int, new_tok
 
 
 ENGINES = {"mxport": measure_mxport, "genai": measure_genai, "transformers": measure_transformers,
-           "llama.cpp": measure_llama}  # runtime/bench/llama.py
+           "llama.cpp": measure_llama, "profile": profile_mxport}  # runtime/bench/llama.py, profile.py
 
 
 def drop_page_cache(path: str | os.PathLike) -> None:

@@ -115,6 +115,7 @@ class Result:
     exact: str = ""  # what the engine computes: "exact", "lossy", or what llama.cpp rounds (llama.exactness)
     peer: str = ""  # an mxport engine: the name of the llama.cpp engine running the matching GGUF type
     fits_cache: bool = False  # bytes_per_token <= the last-level cache: a step may be served from cache
+    profile: dict = field(default_factory=dict)  # --profile: runtime/bench/profile.py's node times
 
     def bandwidth_share(self) -> float:
         """decode tok/s x bytes per token / the memory read bandwidth (NaN when not measured, or when a step fits
@@ -268,7 +269,7 @@ def _check_positions(config_file: Path, prompt_len: int, new_tokens: int) -> Non
 def bench(path: str | os.PathLike, *, peers: bool = False, threads: int = 2, prompt_len: int = 128,
           new_tokens: int = 32, modes: list[str] | None = None, work: str | os.PathLike | None = None,
           timeout: float = 1800.0, bandwidth_mb: int = 256, rounds: int = 1, last_logits: bool = False,
-          llama_bench: str | os.PathLike | None = None, log=lambda message: None,
+          llama_bench: str | os.PathLike | None = None, profile: bool = False, log=lambda message: None,
           progress: Progress | None = None) -> tuple[list[Result], Bandwidth]:
     """Measure; returns (results, memory bandwidth). `modes`: mode labels (mxport.contract.modes.LABEL_SYNTAX,
     "+last" for last-position logits) to export from a checkpoint; `log(message)` hears what runs;
@@ -278,7 +279,8 @@ def bench(path: str | os.PathLike, *, peers: bool = False, threads: int = 2, pro
     engine's best speeds (and the memory of its largest-peak run): on a shared machine, load drifts over minutes,
     and one pass would favour whichever engine ran in a quiet moment. With `peers`, llama.cpp joins when
     `llama_bench` (or $LLAMA_CPP_DIR) names a build (runtime/bench/llama.py); a named build that is not usable is
-    an MxportError, no build at all is logged and skipped. Without `work` the exports go to a temporary folder that is
+    an MxportError, no build at all is logged and skipped. `profile`: each mxport engine once more under ORT's
+    profiler after the timed runs (runtime/bench/profile.py), into Result.profile. Without `work` the exports go to a temporary folder that is
     removed however bench ends (error or not)."""
     path = Path(path)
     if not path.is_dir():
@@ -318,6 +320,12 @@ def bench(path: str | os.PathLike, *, peers: bool = False, threads: int = 2, pro
             if result.bytes_per_token and "error" not in measured:  # memory bandwidth at this moment
                 _measure_read_bandwidth(result, threads, cache)
         report(progress, "measure", len(runs), len(runs))
+        for result, kind, where in jobs if profile else []:
+            if kind == "mxport" and not result.error:
+                log(f"profiling {result.name}")
+                measured = _child("profile", where, threads, prompt_len, new_tokens, timeout)
+                result.profile = measured if "error" not in measured else {}
+                result.notes += [f"profile: {measured['error']}"] if "error" in measured else []
         return results + [r for r, _, _ in jobs], bandwidth
     finally:
         if not work:
@@ -331,9 +339,11 @@ MIN_PROBE_BYTES = 256 << 20  # its smallest (a machine that reports no cache)
 def _measure_read_bandwidth(result: Result, threads: int, cache: int | None = None) -> None:
     """Memory read bandwidth over max(the engine's bytes per token, 4 x the last-level cache `cache`, 256 MiB)
     bytes (at most MAX_PROBE_BYTES and a quarter of the available memory), `threads` threads; the best of the
-    engine's rounds is kept. Marks the result fits_cache when its bytes per token fit that cache."""
+    engine's rounds is kept. A result whose bytes per token fit that cache is marked fits_cache, not measured."""
     cache = last_level_cache() if cache is None else cache
     result.fits_cache = 0 < result.bytes_per_token <= cache
+    if result.fits_cache:
+        return  # no share of memory bandwidth to compute: nothing to measure
     size = min(max(result.bytes_per_token, 4 * cache, MIN_PROBE_BYTES), MAX_PROBE_BYTES, available_memory() // 4)
     read = memory_bandwidth(size / (1 << 20), threads=threads).read
     result.read_bandwidth = read if result.read_bandwidth != result.read_bandwidth else max(result.read_bandwidth,
@@ -432,7 +442,10 @@ def format_results(results: list[Result], bandwidth: Bandwidth) -> str:
            line(COLUMNS), line(tuple("-" * w for w in widths))]
     out += [line(row) for row in rows]
     out += [f"{r.name}: error: {r.error}" for r in results if r.error]
-    return "\n".join(out + _peer_table(results))
+    from mxport.runtime.bench.profile import format_profile
+
+    profiled = [(r.name, r.bytes_per_token, r.profile) for r in results if r.profile]
+    return "\n".join(out + _peer_table(results) + format_profile(profiled))
 
 
 PEER_COLUMNS = ("mxport engine", "llama.cpp", "prefill ×", "decode ×", "exact? (mxport; llama.cpp)")

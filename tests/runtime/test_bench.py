@@ -242,25 +242,26 @@ def test_bw_share_is_of_memory_bandwidth_measured_beyond_the_cache(tiny_export, 
         return bench.Bandwidth(read=read, copy=read, threads=threads, size=int(megabytes * (1 << 20)))
 
     monkeypatch.setattr(bench, "memory_bandwidth", fake)
-    monkeypatch.setattr(bench, "last_level_cache", lambda: 100 << 20)
+    monkeypatch.setattr(bench, "last_level_cache", lambda: 100)  # 100 bytes: the tiny step goes beyond it
     heard = []
     (r,), header = bench.bench(out, threads=2, prompt_len=3, new_tokens=2, bandwidth_mb=16, rounds=2,
                                 log=lambda _: None, progress=lambda *call: heard.append(call))
     assert heard == [("measure", 0, 2, "it"), ("measure", 1, 2, "it"), ("measure", 2, 2, "it")]  # engine runs
     assert not r.error, r.error
-    assert calls == [(16, 2), (400, 2), (400, 2)]  # 4 x the cache: the tiny step (< 1 MB) is far smaller
-    assert header.read == 1e9 and r.read_bandwidth == 3e9
-    assert r.fits_cache and np.isnan(r.bandwidth_share())  # tiny fits the cache: no share of memory bandwidth
-    table = bench.format_results([r], header)
-    assert table.splitlines()[-1].endswith("cache")
-    r.fits_cache = False  # a step beyond the cache: bytes per second over the memory bandwidth
+    assert calls == [(16, 2), (256, 2), (256, 2)]  # at least 256 MiB, whatever the step's size
+    assert header.read == 1e9 and r.read_bandwidth == 3e9 and not r.fits_cache
     assert r.bandwidth_share() == pytest.approx(r.decode_tok_s * r.bytes_per_token / 3e9)
+    monkeypatch.setattr(bench, "last_level_cache", lambda: 100 << 20)  # now the step fits the cache
+    (r,), header = bench.bench(out, threads=2, prompt_len=3, new_tokens=2, bandwidth_mb=16, log=lambda _: None)
+    assert len(calls) == 4  # the header's probe only: a step in cache is not compared with memory
+    assert r.fits_cache and np.isnan(r.bandwidth_share())
+    assert bench.format_results([r], header).splitlines()[-1].endswith("cache")
     assert np.isnan(bench.Result("x", "p", bytes_per_token=10, decode_tok_s=5.0).bandwidth_share())  # unmeasured
 
 
 def test_probe_size_is_beyond_the_cache_and_bounded(monkeypatch):
-    """A small step is probed over 4 x the cache (at least 256 MiB), a large one over its own bytes, at most
-    MAX_PROBE_BYTES and a quarter of the available memory."""
+    """A step beyond the cache is probed over 4 x the cache (at least 256 MiB) or its own bytes if more, at most
+    MAX_PROBE_BYTES and a quarter of the available memory; one that fits the cache is not probed."""
     sizes = []
 
     def fake(megabytes, repeats=10, threads=1):
@@ -273,7 +274,8 @@ def test_probe_size_is_beyond_the_cache_and_bounded(monkeypatch):
     for r in (small, mid, big):
         bench._measure_read_bandwidth(r, 2, cache=48 << 20)
     bench._measure_read_bandwidth(bench.Result("no cache", "p", bytes_per_token=1000), 2, cache=0)
-    assert sizes == [256 << 20, 3 << 30, bench.MAX_PROBE_BYTES, 256 << 20]  # 4 x 48 MiB < 256 MiB
+    bench._measure_read_bandwidth(bench.Result("beside", "p", bytes_per_token=100 << 20), 2, cache=96 << 20)
+    assert sizes == [3 << 30, bench.MAX_PROBE_BYTES, 256 << 20, 384 << 20]  # small fits: not probed
     assert [r.fits_cache for r in (small, mid, big)] == [True, False, False]
     monkeypatch.setattr(bench, "available_memory", lambda: 1 << 30)
     bench._measure_read_bandwidth(big, 2, cache=48 << 20)
