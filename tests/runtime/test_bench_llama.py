@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from mxport.errors import MxportError
-from mxport.exporter.export import export
 from mxport.runtime.bench import llama, speed
 
 # llama-bench's JSON for -p P -n N -d 0,P: pp and tg at depth 0 and at depth P; speeds tell the tests apart
