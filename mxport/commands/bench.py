@@ -1,5 +1,5 @@
 """`mxport bench CKPT_OR_OUT [--peers] [--llama-bench PATH] [--threads N] [--prompt-len N] [--new-tokens N] [--modes M,...] [--rounds N]
-[--last-logits] [--profile] [--work DIR] [--json FILE] [--quiet]`: runtime/bench/speed.py's bench(), its table on stdout, step
+[--last-logits] [--profile] [--cache-mb MB] [--work DIR] [--json FILE] [--quiet]`: runtime/bench/speed.py's bench(), its table on stdout, step
 lines on stderr and progress bars (exports, engine runs; on a terminal only, --quiet silences them); exit code 1
 when an engine failed. `python -m mxport.commands.bench --child KIND PATH THREADS PROMPT NEW` is
 one engine's measurement in its own process (runtime/bench/engines.py), its JSON on stdout for bench() to read."""
@@ -37,6 +37,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", action="store_true",
                         help="also run each mxport engine under ORT's profiler: share of node time in MoE / matmuls "
                         "/ attention / other nodes, prefill and decode (runtime/bench/profile.py)")
+    parser.add_argument("--cache-mb", type=float, default=None, metavar="MB",
+                        help="the last-level cache in MB a decode step must exceed to get a bw share (default: the "
+                        "largest CPU cache the kernel reports; a VM may report more than it gets)")
     parser.add_argument("--work", metavar="DIR", help="keep exports here (default: a temporary folder)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     add_quiet_option(parser)
@@ -51,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
             args.path, peers=args.peers, threads=args.threads, prompt_len=args.prompt_len,
             new_tokens=args.new_tokens, modes=[m for m in (args.modes or "").split(",") if m], work=args.work,
             rounds=args.rounds, last_logits=args.last_logits, llama_bench=args.llama_bench, profile=args.profile,
+            cache_bytes=None if args.cache_mb is None else int(args.cache_mb * 1e6),
             log=bars.write,
             progress=bars,
         )

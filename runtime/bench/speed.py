@@ -269,7 +269,8 @@ def _check_positions(config_file: Path, prompt_len: int, new_tokens: int) -> Non
 def bench(path: str | os.PathLike, *, peers: bool = False, threads: int = 2, prompt_len: int = 128,
           new_tokens: int = 32, modes: list[str] | None = None, work: str | os.PathLike | None = None,
           timeout: float = 1800.0, bandwidth_mb: int = 256, rounds: int = 1, last_logits: bool = False,
-          llama_bench: str | os.PathLike | None = None, profile: bool = False, log=lambda message: None,
+          llama_bench: str | os.PathLike | None = None, profile: bool = False, cache_bytes: int | None = None,
+          log=lambda message: None,
           progress: Progress | None = None) -> tuple[list[Result], Bandwidth]:
     """Measure; returns (results, memory bandwidth). `modes`: mode labels (mxport.contract.modes.LABEL_SYNTAX,
     "+last" for last-position logits) to export from a checkpoint; `log(message)` hears what runs;
@@ -280,13 +281,16 @@ def bench(path: str | os.PathLike, *, peers: bool = False, threads: int = 2, pro
     and one pass would favour whichever engine ran in a quiet moment. With `peers`, llama.cpp joins when
     `llama_bench` (or $LLAMA_CPP_DIR) names a build (runtime/bench/llama.py); a named build that is not usable is
     an MxportError, no build at all is logged and skipped. `profile`: each mxport engine once more under ORT's
-    profiler after the timed runs (runtime/bench/profile.py), into Result.profile. Without `work` the exports go to a temporary folder that is
+    profiler after the timed runs (runtime/bench/profile.py), into Result.profile. `cache_bytes`: the last-level
+    cache a step must exceed to get a bw share (default: the largest cache /sys reports, which a VM may overstate). Without `work` the exports go to a temporary folder that is
     removed however bench ends (error or not)."""
     path = Path(path)
     if not path.is_dir():
         raise MxportError(f"bench: {path} is not a folder (expected a checkpoint or an export folder)")
     if min(prompt_len, new_tokens, threads, rounds) < 1:
         raise MxportError("bench: --prompt-len, --new-tokens, --threads and --rounds must be >= 1")
+    if cache_bytes is not None and cache_bytes < 0:
+        raise MxportError(f"bench: --cache-mb must be >= 0, got {cache_bytes / 1e6:g}")
     if manifest_file(path).is_file():
         meta = read_manifest(path)
         folders, ckpt = [(_label(meta), path)], Path(meta.checkpoint or "")
@@ -311,7 +315,7 @@ def bench(path: str | os.PathLike, *, peers: bool = False, threads: int = 2, pro
         # interleaved: every engine once per round, every second round in reverse (no engine always first)
         runs = [(round_, job) for round_ in range(rounds) for job in (jobs[::-1] if round_ % 2 else jobs)]
         env = {ENV_BENCH: str(llama.bench)} if llama else {}
-        cache = last_level_cache()
+        cache = last_level_cache() if cache_bytes is None else cache_bytes
         for done, (round_, (result, kind, where)) in enumerate(runs):
             log(f"running {result.name}" + (f" (round {round_ + 1}/{rounds})" if rounds > 1 else ""))
             report(progress, "measure", done, len(runs))

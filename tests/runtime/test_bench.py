@@ -258,6 +258,11 @@ def test_bw_share_is_of_memory_bandwidth_measured_beyond_the_cache(tiny_export, 
     assert len(calls) == 4  # the header's probe only: a step in cache is not compared with memory
     assert r.fits_cache and np.isnan(r.bandwidth_share())
     assert bench.format_results([r], header).splitlines()[-1].endswith("cache")
+    # --cache-mb: the cache the machine really gives (a VM may report more): here none, so the step gets a share
+    (r,), _ = bench.bench(out, threads=2, prompt_len=3, new_tokens=2, bandwidth_mb=16, cache_bytes=0)
+    assert not r.fits_cache and calls[-1] == (256, 2) and r.bandwidth_share() > 0
+    with pytest.raises(MxportError, match="--cache-mb must be >= 0"):
+        bench.bench(out, cache_bytes=-1)
     assert np.isnan(bench.Result("x", "p", bytes_per_token=10, decode_tok_s=5.0).bandwidth_share())  # unmeasured
 
 
