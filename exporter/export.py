@@ -256,11 +256,13 @@ def export(
         has_experts = any(n.domain == DOMAIN and n.op_type.startswith("MoE") for n in model.graph)
         model = lower(model, target=target, experts=experts, dtype=dtype, dense=dense, last_logits=last_logits,
                       accuracy_level=accuracy_level, progress=progress)
-        # a model without experts (a dense family) records "none": --experts has nothing to act on
+        lowering_report = model.metadata_props.get("mxport.lowering")  # exporter/lower: rewrites, refusals
+        # a model without experts (a dense family) records "none": --experts has nothing to act on; last_logits
+        # what the lowering did (a refused head keeps all positions: the report names it)
+        last_logits = last_logits and bool(lowering_report and json.loads(lowering_report).get("last_logits"))
         options = dict(target=target, experts=experts if has_experts else "none", dtype=dtype, hidden_states=hidden_states, dense=dense,
                        last_logits=last_logits, window_cache=window_cache, accuracy_level=accuracy_level,
                        allow_non_finite=allow_non_finite)
-        lowering_report = model.metadata_props.get("mxport.lowering")  # exporter/lower: rewrites, refusals
         meta = _manifest(ckpt, checkpoint_dir, model, **options,
                          lowering=json.loads(lowering_report) if lowering_report else None)
         try:

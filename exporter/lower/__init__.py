@@ -14,7 +14,8 @@
 
     Which values each target takes, which are exact and which need mxport's native kernels: the mode table,
     mxport.contract.modes (its one validator, `check`, runs first).
-    last_logits (any target): logits of the last position only, [B,1,V] (logits.py; changes the model I/O)
+    last_logits (any target, first): logits of the last position only, [B,1,V] (logits.py; changes the model I/O;
+              report()["last_logits"] says whether the graph has them)
     cpu, cuda: a Cast of a weight whose output exceeds ORT's 1 GiB folding limit is stored cast (casts.py)
 
 Every rule lives in its own module (moe, attention, norm, linear, dense, tied_head) as pattern / check / rewrite; `rules.apply`
@@ -41,6 +42,7 @@ from .q4 import DenseQ4
 from .layernorm import SkipLayerNorm
 from .experts_mxfp4 import EncodeExpertsMXFP4
 from .linear import FuseSiblingLinear
+from . import logits as logits_rule
 from .logits import LastLogits
 from .moe import LowerMoE
 from .norm import SimplifiedNorm, SkipSimplifiedNorm
@@ -69,15 +71,15 @@ def lower(model: ir.Model, *, target: str, experts: str = "mxfp4", dtype: str = 
     ctx = rules.Context(model=model, target=target, experts=experts, dtype=dtype, accuracy_level=accuracy_level,
                         progress=progress)
     # --experts mxfp4: float experts are encoded first, on every target (the MoE rule then sees MXFP4 experts)
-    chosen = ([EncodeExpertsMXFP4()] if experts == "mxfp4" else []) + list(RULES[target])
+    # --last-logits first: it slices the portable head's input, whichever rule replaces the head later (logits.py)
+    chosen = ([LastLogits()] if last_logits else []) + ([EncodeExpertsMXFP4()] if experts == "mxfp4" else [])
+    chosen += list(RULES[target])
     if dense == "bfloat16":
         chosen.append(DenseBF16())  # after fused QKV, which keeps the bf16 weight and its Cast
     elif dense == "q4":
         chosen.append(DenseQ4())  # after MoE, like MatMulNBits: the router is recognised by it
     elif dense != "float32":
         chosen.append(DenseNBits(bits=8 if dense == "int8" else 4))  # after MoE: the router is recognised by it
-    if last_logits:
-        chosen.append(LastLogits())  # changes the model I/O: logits [B,1,V]
     if target != "portable":
         chosen.append(TiedHead())  # last: --dense quantizes a tied head from the table's rows before it
     rules.apply(chosen, ctx)
@@ -86,10 +88,12 @@ def lower(model: ir.Model, *, target: str, experts: str = "mxfp4", dtype: str = 
         precision.to_half(ctx, dtype)  # whole-graph pass after the rules (precision.py)
     if target != "portable" and materialize_large_casts(ctx):  # Casts ORT would run every call (casts.py)
         rules.remove_dead(ctx)  # the bf16 sources
+    done = ctx.report.as_dict()
+    # last_logits: what the graph has (a refused head keeps [B,S,V] logits; the refusal names it)
     model.metadata_props[METADATA_KEY] = json.dumps(
-        {"target": target, "experts": experts, "dtype": dtype, "dense": dense, "last_logits": last_logits,
-         "accuracy_level": accuracy_level, **ctx.report.as_dict()}, sort_keys=True
-    )
+        {"target": target, "experts": experts, "dtype": dtype, "dense": dense,
+         "last_logits": last_logits and logits_rule.applied(done), "accuracy_level": accuracy_level, **done},
+        sort_keys=True)
     return model
 
 

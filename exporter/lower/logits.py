@@ -1,12 +1,19 @@
 """Logits of the last position only (opt-in: generation needs nothing else from a prefill).
 
-    x [B,S,H] ─ norm ─ lm_head MatMul ─► logits [B,S,V]
+    x [B,S,H] ─ norm ─ lm_head (any position-wise head) ─► logits [B,S,V]
         ==>  x ─ norm ─ Slice(axis 1, last) ─ lm_head ─► logits [B,1,V]
 
 The lm_head is the largest matmul of a prefill (S·H·V multiply-adds); every other output (present.*,
 hidden_states.*) keeps all positions. The model I/O changes (logits [B,1,V]), so this rule runs only when
 asked (`lower(..., last_logits=True)`, `mxport export --last-logits`); with left padding the last position
 is a real token in every row.
+
+The rule runs first, on the portable graph, so it slices the head's input before any other rule replaces the
+head (--dense bfloat16's LinearBF16, q4's LinearQ4, int4/int8's MatMulNBits, the tied head's FusedMatMul take the
+sliced input as they find it). It matches whatever node produces `logits` and slices the input of a head it
+knows to be position-wise (HEADS: the row of each position is computed from that position's hidden state alone);
+any other producer is refused by name in the lowering report, and lower() then records last_logits: false, so
+mxport.json never claims logits it does not have.
 """
 
 from __future__ import annotations
@@ -15,23 +22,33 @@ import numpy as np
 import onnx_ir as ir
 
 from mxport.contract import io
+from mxport.ops import DOMAIN
 
-from .rules import Context, add_initializer
+from .rules import MS_DOMAIN, Context, add_initializer
 
-HEADS = {("", "MatMul"), ("com.microsoft", "MatMulNBits")}
+# position-wise heads: input 0 is the hidden state [B,S,H], output [B,S,V] row by row
+HEADS = {("", "MatMul"), (MS_DOMAIN, "MatMulNBits"), (MS_DOMAIN, "FusedMatMul"), (DOMAIN, "LinearBF16"),
+         (DOMAIN, "LinearQ4")}
+
+
+def applied(report: dict) -> bool:
+    """Whether a lowering report (rules.Report.as_dict) says the last-position slice was inserted."""
+    return bool(report.get("applied", {}).get(LastLogits.name))
 
 
 class LastLogits:
     name = "last_logits"
 
     def pattern(self, node: ir.Node) -> bool:
-        return (node.domain, node.op_type) in HEADS and any(
-            out.is_graph_output() and out.name == io.LOGITS for out in node.outputs)
+        return any(out.is_graph_output() and out.name == io.LOGITS for out in node.outputs)
 
     def check(self, node: ir.Node, ctx: Context) -> str | None:
+        if (node.domain, node.op_type) not in HEADS:
+            return (f"logits come from {node.domain + '.' if node.domain else ''}{node.op_type}, not a position-wise "
+                    f"head ({', '.join(sorted(op for _, op in HEADS))}): its input is not sliced")
         x = node.inputs[0]
-        if x.shape is not None and x.shape.rank() not in (None, 3):
-            return f"lm_head input has rank {x.shape.rank()}, expected [B,S,H]"
+        if x is None or (x.shape is not None and x.shape.rank() not in (None, 3)):
+            return f"lm_head input has rank {x.shape.rank() if x is not None else 0}, expected [B,S,H]"
         return None
 
     def rewrite(self, node: ir.Node, ctx: Context) -> None:

@@ -1,6 +1,6 @@
 """What `mxport bench` measures, each engine in its own child process (runtime/bench/speed.py runs and tabulates them):
 the machine's memory bandwidth, model sizes and the bytes a decode step reads, and one engine's prefill / decode
-speed and memory (mxport's ORT sessions, onnxruntime-genai, transformers). Column meanings: runtime/bench/speed.py.
+speed and memory (mxport's ORT sessions, onnxruntime-genai, transformers; llama.cpp's llama-bench: llama.py). Column meanings: runtime/bench/speed.py.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from mxport.contract.folder import GENAI_FILE
+from mxport.runtime.bench.llama import measure_llama
+from mxport.runtime.bench.profile import profile_mxport
 
 import numpy as np
 
@@ -53,6 +55,34 @@ def memory_bandwidth(megabytes: float = 256, repeats: int = 10, threads: int = 1
         read = best(lambda: list(pool.map(np.maximum.reduce, parts)))
     copy = best(lambda: np.copyto(dst, src))
     return Bandwidth(read=data.nbytes / read, copy=2 * src.nbytes / copy, threads=threads, size=data.nbytes)
+
+
+def last_level_cache(root: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
+    """Bytes of the largest CPU cache the kernel reports (0 if none): the most a decode step can keep on chip.
+    A virtual machine may report more than it gets (this one says 480 MB; reads fall to memory speed past
+    ~48 MB): bench uses it as the bound above which a step's bytes must come from memory."""
+    sizes = []
+    for index in Path(root).glob("index*"):
+        try:
+            text = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            sizes.append(int(digits) * unit)
+    return max(sizes, default=0)
+
+
+def available_memory() -> int:
+    """MemAvailable of /proc/meminfo in bytes (a large number where it cannot be read)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 1 << 62
 
 
 # ---- sizes and traffic ---------------------------------------------------------------------------------------
@@ -289,7 +319,8 @@ def measure_transformers(checkpoint: str, threads: int, prompt_len: int, new_tok
             "weight_bytes": total, "bytes_per_token": per_token}
 
 
-ENGINES = {"mxport": measure_mxport, "genai": measure_genai, "transformers": measure_transformers}
+ENGINES = {"mxport": measure_mxport, "genai": measure_genai, "transformers": measure_transformers,
+           "llama.cpp": measure_llama, "profile": profile_mxport}  # runtime/bench/llama.py, profile.py
 
 
 def drop_page_cache(path: str | os.PathLike) -> None:

@@ -31,18 +31,17 @@ Every measurement runs in its own child process (`python -m mxport.commands.benc
                     one embedding row (from the graph: an initializer read by Gather counts one row, MoE
                     expert inputs count k/E, rotary caches one row, a constant Cast counts its cast size since
                     ORT folds it at load)
-    read GB/s       this engine's read bandwidth: np.maximum.reduce over a float32 array of its MB/token, split
-                    into --threads contiguous parts read in parallel (a decode step's traffic: its weights, once
-                    each, over and over), measured in the parent right after each of its runs, best kept
-    bw share        decode tok/s x MB/token / that engine's read GB/s
+    read GB/s       memory (DRAM) read bandwidth at this engine's moment: np.maximum.reduce over a float32 array
+                    of max(its MB/token, 4 x the last-level cache) bytes (so no cache holds it), split into
+                    --threads contiguous parts read in parallel, measured in the parent right after each of the
+                    engine's runs, best kept (as its speeds are)
+    bw share        decode tok/s x MB/token / that read GB/s: the share of memory bandwidth a step uses, for a
+                    step whose MB/token exceeds the last-level cache (engines.last_level_cache) and so must
+                    come from memory every step; "cache" where it fits (from cache it may read faster than
+                    memory: a share over 100 % is then no contradiction, and none is printed)
 
-Why per engine, at its own size: a decode step cycles over MB/token bytes, and where those bytes come from
-depends on their size and the moment. One fixed 256 MB probe, taken before the engines ran, let bw share read
-170 % (issue 21): a step that fits the last-level cache (mini's exact bf16/MXFP4 mode, 162 MB, or its 4-bit
-modes, beside a 480 MB L3) is not read at the probe's speed, and the load had drifted since (docs/BENCHMARKS.md
-says what was and was not measured). The same size, the same threads and the moment right after the engine's
-run measure the limit its step can reach. The header line keeps the 256 MB probe: read (as above, --threads
-threads) and copy (np.copyto on one thread, bytes read + written).
+docs/BENCHMARKS.md ("Columns") says why the share once read 170 % and what was measured. The header line keeps
+a --bandwidth-mb probe (256 MB): read (as above) and copy (np.copyto on one thread, bytes read + written).
 
 The table keeps to 120 columns (engine, speeds, load and peak RSS, file MB, MB/token, bw share); `--json` has
 every field (base, anon/file and runtime RSS, the per-weights ratios, weights MB, each engine's read bandwidth).
@@ -68,9 +67,10 @@ from mxport.contract.progress import Progress, given, report
 from mxport.contract.folder import (CONFIG_FILE, GENAI_FILE, MANIFEST_FILE, MODEL_FILE, TOKENIZER_CONFIG_FILE,
                                    TOKENIZER_FILE, Manifest, is_checkpoint, manifest_file, read_manifest)
 from mxport.errors import MxportError
+from mxport.runtime.bench.llama import ENV_BENCH
 from mxport.runtime.bench.engines import (  # noqa: F401  (re-exported: bench's measurements, used by tests)
-    REPEATS, Bandwidth, _tensor_bytes, drop_page_cache, file_bytes, memory_bandwidth, onnx_traffic,
-    torch_traffic)
+    REPEATS, Bandwidth, _tensor_bytes, available_memory, drop_page_cache, file_bytes, last_level_cache,
+    memory_bandwidth, onnx_traffic, torch_traffic)
 
 # Each family's recommended modes (docs/LOWERING.md "Which mode to choose") are among the defaults: the exact fast
 # one and the compact one. Models with experts (gpt-oss, Qwen3-MoE): MXFP4 experts and bf16 matrices on mxport's
@@ -112,11 +112,18 @@ class Result:
     read_bandwidth: float = float("nan")  # bytes/s over an array of bytes_per_token (best of its measurements)
     error: str = ""
     notes: list[str] = field(default_factory=list)
+    exact: str = ""  # what the engine computes: "exact", "lossy", or what llama.cpp rounds (llama.exactness)
+    peer: str = ""  # an mxport engine: the name of the llama.cpp engine running the matching GGUF type
+    fits_cache: bool = False  # bytes_per_token <= the last-level cache: a step may be served from cache
+    profile: dict = field(default_factory=dict)  # --profile: runtime/bench/profile.py's node times
 
     def bandwidth_share(self) -> float:
-        """decode tok/s x bytes per token / the read bandwidth measured at that size (NaN when not measured)."""
+        """decode tok/s x bytes per token / the memory read bandwidth (NaN when not measured, or when a step fits
+        the last-level cache: then memory bandwidth does not bound it)."""
         bw = self.read_bandwidth
-        return self.decode_tok_s * self.bytes_per_token / bw if bw == bw and bw > 0 else float("nan")
+        if self.fits_cache or not (bw == bw and bw > 0):
+            return float("nan")
+        return self.decode_tok_s * self.bytes_per_token / bw
 
     def runtime_per_weights(self) -> float:
         """(runtime RSS - baseline) / weight bytes: what holding and running the model costs, interpreter excluded."""
@@ -132,11 +139,12 @@ MEMORY_FIELDS = ("baseline_rss", "load_rss", "load_anon_rss", "load_file_rss", "
 
 
 # ---- measurements (each engine runs in a child process: runtime/bench/engines.py) -------------------------------
-def _child(kind: str, path: str, threads: int, prompt_len: int, new_tokens: int, timeout: float) -> dict[str, Any]:
+def _child(kind: str, path: str, threads: int, prompt_len: int, new_tokens: int, timeout: float,
+           env: dict[str, str] | None = None) -> dict[str, Any]:
     drop_page_cache(path)
     cmd = [sys.executable, "-m", "mxport.commands.bench", "--child", kind, path, str(threads), str(prompt_len),
            str(new_tokens)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), **(env or {})}
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
@@ -261,20 +269,28 @@ def _check_positions(config_file: Path, prompt_len: int, new_tokens: int) -> Non
 def bench(path: str | os.PathLike, *, peers: bool = False, threads: int = 2, prompt_len: int = 128,
           new_tokens: int = 32, modes: list[str] | None = None, work: str | os.PathLike | None = None,
           timeout: float = 1800.0, bandwidth_mb: int = 256, rounds: int = 1, last_logits: bool = False,
-          log=lambda message: None, progress: Progress | None = None) -> tuple[list[Result], Bandwidth]:
+          llama_bench: str | os.PathLike | None = None, profile: bool = False, cache_bytes: int | None = None,
+          log=lambda message: None,
+          progress: Progress | None = None) -> tuple[list[Result], Bandwidth]:
     """Measure; returns (results, memory bandwidth). `modes`: mode labels (mxport.contract.modes.LABEL_SYNTAX,
     "+last" for last-position logits) to export from a checkpoint; `log(message)` hears what runs;
     `progress` (mxport.contract.progress) the exports' stages and "measure" (engine runs done, to do).
 
-    rounds > 1 runs the whole engine list that many times, in order, and keeps each engine's best speeds (and
-    the memory of its largest-peak run): on a shared machine, load drifts over minutes, and one pass would
-    favour whichever engine ran in a quiet moment. Without `work` the exports go to a temporary folder that is
+    rounds > 1 runs the whole engine list that many times, every second round in reverse order, and keeps each
+    engine's best speeds (and the memory of its largest-peak run): on a shared machine, load drifts over minutes,
+    and one pass would favour whichever engine ran in a quiet moment. With `peers`, llama.cpp joins when
+    `llama_bench` (or $LLAMA_CPP_DIR) names a build (runtime/bench/llama.py); a named build that is not usable is
+    an MxportError, no build at all is logged and skipped. `profile`: each mxport engine once more under ORT's
+    profiler after the timed runs (runtime/bench/profile.py), into Result.profile. `cache_bytes`: the last-level
+    cache a step must exceed to get a bw share (default: the largest cache /sys reports, which a VM may overstate). Without `work` the exports go to a temporary folder that is
     removed however bench ends (error or not)."""
     path = Path(path)
     if not path.is_dir():
         raise MxportError(f"bench: {path} is not a folder (expected a checkpoint or an export folder)")
     if min(prompt_len, new_tokens, threads, rounds) < 1:
         raise MxportError("bench: --prompt-len, --new-tokens, --threads and --rounds must be >= 1")
+    if cache_bytes is not None and cache_bytes < 0:
+        raise MxportError(f"bench: --cache-mb must be >= 0, got {cache_bytes / 1e6:g}")
     if manifest_file(path).is_file():
         meta = read_manifest(path)
         folders, ckpt = [(_label(meta), path)], Path(meta.checkpoint or "")
@@ -284,6 +300,7 @@ def bench(path: str | os.PathLike, *, peers: bool = False, threads: int = 2, pro
         raise MxportError(f"bench: {path} is neither a checkpoint (config.json + *.safetensors) nor an export "
                           "folder (mxport.json)")
     _check_positions(manifest_file(path) if folders else path / CONFIG_FILE, prompt_len, new_tokens)
+    llama = _find_llama(llama_bench, log) if peers else None
     work_dir = Path(work) if work else Path(tempfile.mkdtemp(prefix="mxport-bench-"))
     try:
         work_dir.mkdir(parents=True, exist_ok=True)
@@ -294,28 +311,44 @@ def bench(path: str | os.PathLike, *, peers: bool = False, threads: int = 2, pro
         log("measuring memory bandwidth")
         bandwidth = memory_bandwidth(bandwidth_mb, threads=threads)
         results, jobs = _jobs(folders, ckpt if peers else None, work_dir, timeout, log)
-        runs = [(round_, job) for round_ in range(rounds) for job in jobs]
+        results += _llama_jobs(llama, jobs, ckpt, work_dir, timeout, log) if llama and is_checkpoint(ckpt) else []
+        # interleaved: every engine once per round, every second round in reverse (no engine always first)
+        runs = [(round_, job) for round_ in range(rounds) for job in (jobs[::-1] if round_ % 2 else jobs)]
+        env = {ENV_BENCH: str(llama.bench)} if llama else {}
+        cache = last_level_cache() if cache_bytes is None else cache_bytes
         for done, (round_, (result, kind, where)) in enumerate(runs):
             log(f"running {result.name}" + (f" (round {round_ + 1}/{rounds})" if rounds > 1 else ""))
             report(progress, "measure", done, len(runs))
-            measured = _child(kind, where, threads, prompt_len, new_tokens, timeout)
+            measured = _child(kind, where, threads, prompt_len, new_tokens, timeout, env)
             _keep_best(result, measured, prompt_len, new_tokens)
-            if result.bytes_per_token and "error" not in measured:  # the limit at its size, at this moment
-                _measure_read_bandwidth(result, threads)
+            if result.bytes_per_token and "error" not in measured:  # memory bandwidth at this moment
+                _measure_read_bandwidth(result, threads, cache)
         report(progress, "measure", len(runs), len(runs))
+        for result, kind, where in jobs if profile else []:
+            if kind == "mxport" and not result.error:
+                log(f"profiling {result.name}")
+                measured = _child("profile", where, threads, prompt_len, new_tokens, timeout)
+                result.profile = measured if "error" not in measured else {}
+                result.notes += [f"profile: {measured['error']}"] if "error" in measured else []
         return results + [r for r, _, _ in jobs], bandwidth
     finally:
         if not work:
             shutil.rmtree(work_dir, ignore_errors=True)
 
 
-MAX_PROBE_BYTES = 4 << 30  # the per-engine bandwidth probe's largest array (beyond any cache: DRAM bandwidth)
+MAX_PROBE_BYTES = 4 << 30  # the per-engine bandwidth probe's largest array
+MIN_PROBE_BYTES = 256 << 20  # its smallest (a machine that reports no cache)
 
 
-def _measure_read_bandwidth(result: Result, threads: int) -> None:
-    """Read bandwidth over an array of the engine's bytes per token (at least 1 MiB, at most MAX_PROBE_BYTES),
-    `threads` threads; the best of the engine's rounds is kept."""
-    size = min(max(result.bytes_per_token, 1 << 20), MAX_PROBE_BYTES)
+def _measure_read_bandwidth(result: Result, threads: int, cache: int | None = None) -> None:
+    """Memory read bandwidth over max(the engine's bytes per token, 4 x the last-level cache `cache`, 256 MiB)
+    bytes (at most MAX_PROBE_BYTES and a quarter of the available memory), `threads` threads; the best of the
+    engine's rounds is kept. A result whose bytes per token fit that cache is marked fits_cache, not measured."""
+    cache = last_level_cache() if cache is None else cache
+    result.fits_cache = 0 < result.bytes_per_token <= cache
+    if result.fits_cache:
+        return  # no share of memory bandwidth to compute: nothing to measure
+    size = min(max(result.bytes_per_token, 4 * cache, MIN_PROBE_BYTES), MAX_PROBE_BYTES, available_memory() // 4)
     read = memory_bandwidth(size / (1 << 20), threads=threads).read
     result.read_bandwidth = read if result.read_bandwidth != result.read_bandwidth else max(result.read_bandwidth,
                                                                                              read)
@@ -328,21 +361,64 @@ def _jobs(folders: list[tuple[str, Path]], peers_of: Path | None, work_dir: Path
     failed, jobs = [], []
     for mode, folder in folders:
         total, per_token = onnx_traffic(folder / MODEL_FILE)
-        result = Result(f"mxport {mode}", str(folder), file_bytes(folder), total, per_token)
+        meta = read_manifest(folder)
+        exact = modes_table.exact(experts=meta.experts, dense=meta.dense, dtype=meta.dtype)
+        result = Result(f"mxport {mode}", str(folder), file_bytes(folder), total, per_token,
+                        exact="exact" if exact else "lossy")
         jobs.append((result, "mxport", str(folder)))
     if peers_of is None:
         return failed, jobs
     if not is_checkpoint(peers_of):
         log(f"peers skipped: checkpoint {peers_of} not found")
         return failed, jobs
-    jobs.append((Result("transformers fp32", str(peers_of), file_bytes(peers_of)), "transformers", str(peers_of)))
+    jobs.append((Result("transformers fp32", str(peers_of), file_bytes(peers_of), exact="exact"), "transformers",
+                 str(peers_of)))
     for name, folder, why in _genai_exports(peers_of, work_dir, timeout):
         if folder is None:
             failed.append(Result(name, "", error=why))
             continue
         total, per_token = onnx_traffic(folder / MODEL_FILE)
-        jobs.append((Result(name, str(folder), file_bytes(folder), total, per_token), "genai", str(folder)))
+        jobs.append((Result(name, str(folder), file_bytes(folder), total, per_token,
+                            exact="exact" if name.endswith("fp32") else "lossy"), "genai", str(folder)))
     return failed, jobs
+
+
+def _find_llama(path, log):
+    """The llama.cpp build to measure (llama.find_llama): None, logged, when none is named at all."""
+    from mxport.runtime.bench.llama import ENV_DIR, find_llama
+
+    if path is None and not os.environ.get(ENV_DIR):
+        log(f"llama.cpp skipped: give --llama-bench PATH or set {ENV_DIR} to a llama.cpp build")
+        return None
+    return find_llama(path)
+
+
+def _llama_jobs(llama, jobs: list[tuple[Result, str, str]], ckpt: Path, work_dir: Path, timeout: float,
+                log) -> list[Result]:
+    """Append to `jobs` one llama.cpp engine per GGUF type the mxport engines need (llama.gguf_type), converted
+    from `ckpt` into work/llama.cpp (kept between runs with --work); each mxport result names its peer. Returns
+    the engines whose conversion failed."""
+    from mxport.runtime.bench.llama import convert, exactness, gguf_traffic, gguf_type
+
+    failed, made = [], {}
+    for result, kind, where in list(jobs):
+        if kind != "mxport":
+            continue
+        meta = read_manifest(where)
+        wanted = gguf_type(meta)
+        name = f"llama.cpp {wanted}"
+        if wanted not in made:
+            log(f"converting {ckpt} to a {wanted} GGUF with llama.cpp's tools")
+            try:
+                made[wanted] = gguf = convert(llama, ckpt, wanted, work_dir / "llama.cpp", timeout)
+                total, per_token = gguf_traffic(gguf)
+                jobs.append((Result(name, str(gguf), gguf.stat().st_size, total, per_token,
+                                    exact=exactness(wanted, meta.experts != "none")), "llama.cpp", str(gguf)))
+            except MxportError as exc:
+                made[wanted] = None
+                failed.append(Result(name, "", error=str(exc)))
+        result.peer = name if made[wanted] else ""
+    return failed
 
 
 COLUMNS = ("engine", "prefill tok/s", "decode tok/s", "load RSS MB", "peak RSS MB", "file MB", "MB/token",
@@ -354,7 +430,8 @@ def _row(r: Result) -> tuple[str, ...]:
     mb = lambda n: f"{n / 1e6:.0f}" if n else "-"  # noqa: E731
     share = r.bandwidth_share()
     return (r.name, f"{r.prefill_tok_s:.1f}", f"{r.decode_tok_s:.2f}", mb(r.load_rss), mb(r.peak_rss),
-            f"{r.file_bytes / 1e6:.0f}", f"{r.bytes_per_token / 1e6:.1f}", f"{share:.0%}" if share == share else "-")
+            f"{r.file_bytes / 1e6:.0f}", f"{r.bytes_per_token / 1e6:.1f}",
+            "cache" if r.fits_cache else f"{share:.0%}" if share == share else "-")
 
 
 def format_results(results: list[Result], bandwidth: Bandwidth) -> str:
@@ -365,11 +442,34 @@ def format_results(results: list[Result], bandwidth: Bandwidth) -> str:
                                    for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
     threads = f"{bandwidth.threads} thread{'s' if bandwidth.threads > 1 else ''}"
     out = [f"memory bandwidth, {bandwidth.size / (1 << 20):.0f} MiB: read {bandwidth.read / 1e9:.1f} GB/s ({threads}), "
-           f"copy {bandwidth.copy / 1e9:.1f} GB/s (1 thread); bw share: per engine, at its MB/token",
+           f"copy {bandwidth.copy / 1e9:.1f} GB/s (1 thread); bw share: of memory, per engine",
            line(COLUMNS), line(tuple("-" * w for w in widths))]
     out += [line(row) for row in rows]
     out += [f"{r.name}: error: {r.error}" for r in results if r.error]
-    return "\n".join(out)
+    from mxport.runtime.bench.profile import format_profile
+
+    profiled = [(r.name, r.bytes_per_token, r.profile) for r in results if r.profile]
+    return "\n".join(out + _peer_table(results) + format_profile(profiled))
+
+
+PEER_COLUMNS = ("mxport engine", "llama.cpp", "prefill ×", "decode ×", "exact? (mxport; llama.cpp)")
+
+
+def _peer_table(results: list[Result]) -> list[str]:
+    """mxport / llama.cpp speed ratios of each mxport engine and the llama.cpp engine of its GGUF type (same run),
+    and what each side computes; nothing when llama.cpp was not measured."""
+    by_name = {r.name: r for r in results if not r.error}
+    pairs = [(r, by_name[r.peer]) for r in results if r.peer in by_name and not r.error]
+    if not pairs:
+        return []
+    ratio = lambda a, b: f"{a / b:.2f}×" if a == a and b == b and b > 0 else "-"  # noqa: E731
+    rows = [(m.name.removeprefix("mxport "), p.name.removeprefix("llama.cpp "), ratio(m.prefill_tok_s, p.prefill_tok_s),
+             ratio(m.decode_tok_s, p.decode_tok_s), f"{m.exact}; {p.exact}") for m, p in pairs]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(PEER_COLUMNS)]
+    line = lambda cells: "  ".join(c.rjust(w) if i in (2, 3) else c.ljust(w)  # noqa: E731
+                                   for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    return ["", "against llama.cpp (mxport / llama.cpp, this run)", line(PEER_COLUMNS),
+            line(tuple("-" * w for w in widths))] + [line(row) for row in rows]
 
 
 def to_json(results: list[Result], bandwidth: Bandwidth, **settings: Any) -> dict[str, Any]:

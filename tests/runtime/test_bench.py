@@ -62,10 +62,12 @@ def test_bench_an_export_folder(tiny_export, tmp_path):
     assert r.load_anon_rss + r.load_file_rss <= r.load_rss  # VmRSS = RssAnon + RssFile + RssShmem
     assert r.runtime_per_weights() == pytest.approx((r.runtime_rss - r.baseline_rss) / r.weight_bytes)
     assert r.peak_per_weights() == pytest.approx(r.peak_rss / r.weight_bytes)
-    # bw share against this engine's own read bandwidth, measured over an array of its bytes per token: a tiny
-    # model's step is mostly overhead, far below what reading its weights allows
-    assert r.read_bandwidth > 0 and 0 < r.bandwidth_share() < 1
-    assert r.bandwidth_share() == pytest.approx(r.decode_tok_s * r.bytes_per_token / r.read_bandwidth)
+    # a tiny model's step fits any last-level cache: no share of memory bandwidth, no probe ("cache" in the table)
+    assert r.fits_cache == (r.bytes_per_token <= bench.last_level_cache())
+    if r.fits_cache:
+        assert np.isnan(r.read_bandwidth) and np.isnan(r.bandwidth_share())
+    else:  # a machine reporting no cache: the share against memory bandwidth
+        assert r.bandwidth_share() == pytest.approx(r.decode_tok_s * r.bytes_per_token / r.read_bandwidth)
     table = bench.format_results(results, bandwidth)
     header, columns, _, row = table.splitlines()
     assert "read" in header and "copy" in header and "GB/s" in header and "16 MiB" in header
@@ -112,7 +114,9 @@ def test_memory_bandwidth_reports_read_and_copy():
 def test_cli_writes_json(tiny_export, tmp_path, capsys):
     _, out = tiny_export
     path = tmp_path / "bench.json"
-    code = main(["bench", str(out), "--threads", "1", "--prompt-len", "3", "--new-tokens", "1", "--json", str(path)])
+    # --cache-mb 0: no cache to fit, so the tiny step gets a share of memory bandwidth (and its probe) in the JSON
+    code = main(["bench", str(out), "--threads", "1", "--prompt-len", "3", "--new-tokens", "1", "--cache-mb", "0",
+                 "--json", str(path)])
     assert code == 0
     data = json.loads(path.read_text())
     (r,) = data["results"]
@@ -228,10 +232,11 @@ def test_table_fits_120_columns_with_every_default_engine():
     assert len(lines) == 3 + len(results) and lines[-1].startswith("genai int4: error: builder failed")
 
 
-def test_bw_share_is_measured_against_the_engines_own_working_set(tiny_export, monkeypatch):
-    """The fix of issue 21's 170 %: bw share divides by a read bandwidth measured over an array of the engine's
-    own bytes per token (the size a decode step cycles over, so the same cache level serves both), with the
-    bench's threads, after each of its runs (best kept), not by one fixed 256 MB probe taken before."""
+def test_bw_share_is_of_memory_bandwidth_measured_beyond_the_cache(tiny_export, monkeypatch):
+    """bw share divides a step's bytes per second by a read bandwidth measured over an array no cache holds
+    (4 x the last-level cache, or the step's own bytes if larger), with the bench's threads, after each of the
+    engine's runs (best kept); a step that fits the cache gets no share ("cache"): from cache it may read faster
+    than memory, which let the share read 170 % when it was measured against one fixed 256 MB probe."""
     _, out = tiny_export
     calls = []
 
@@ -241,20 +246,31 @@ def test_bw_share_is_measured_against_the_engines_own_working_set(tiny_export, m
         return bench.Bandwidth(read=read, copy=read, threads=threads, size=int(megabytes * (1 << 20)))
 
     monkeypatch.setattr(bench, "memory_bandwidth", fake)
+    monkeypatch.setattr(bench, "last_level_cache", lambda: 100)  # 100 bytes: the tiny step goes beyond it
     heard = []
     (r,), header = bench.bench(out, threads=2, prompt_len=3, new_tokens=2, bandwidth_mb=16, rounds=2,
                                 log=lambda _: None, progress=lambda *call: heard.append(call))
     assert heard == [("measure", 0, 2, "it"), ("measure", 1, 2, "it"), ("measure", 2, 2, "it")]  # engine runs
     assert not r.error, r.error
-    own = max(r.bytes_per_token, 1 << 20) / (1 << 20)  # tiny: under the 1 MiB floor
-    assert calls == [(16, 2), (pytest.approx(own), 2), (pytest.approx(own), 2)]
-    assert header.read == 1e9 and r.read_bandwidth == 3e9
+    assert calls == [(16, 2), (256, 2), (256, 2)]  # at least 256 MiB, whatever the step's size
+    assert header.read == 1e9 and r.read_bandwidth == 3e9 and not r.fits_cache
     assert r.bandwidth_share() == pytest.approx(r.decode_tok_s * r.bytes_per_token / 3e9)
+    monkeypatch.setattr(bench, "last_level_cache", lambda: 100 << 20)  # now the step fits the cache
+    (r,), header = bench.bench(out, threads=2, prompt_len=3, new_tokens=2, bandwidth_mb=16, log=lambda _: None)
+    assert len(calls) == 4  # the header's probe only: a step in cache is not compared with memory
+    assert r.fits_cache and np.isnan(r.bandwidth_share())
+    assert bench.format_results([r], header).splitlines()[-1].endswith("cache")
+    # --cache-mb: the cache the machine really gives (a VM may report more): here none, so the step gets a share
+    (r,), _ = bench.bench(out, threads=2, prompt_len=3, new_tokens=2, bandwidth_mb=16, cache_bytes=0)
+    assert not r.fits_cache and calls[-1] == (256, 2) and r.bandwidth_share() > 0
+    with pytest.raises(MxportError, match="--cache-mb must be >= 0"):
+        bench.bench(out, cache_bytes=-1)
     assert np.isnan(bench.Result("x", "p", bytes_per_token=10, decode_tok_s=5.0).bandwidth_share())  # unmeasured
 
 
-def test_probe_size_is_bounded(monkeypatch):
-    """An engine under 1 MiB per token is probed over 1 MiB, one over MAX_PROBE_BYTES over that (DRAM either way)."""
+def test_probe_size_is_beyond_the_cache_and_bounded(monkeypatch):
+    """A step beyond the cache is probed over 4 x the cache (at least 256 MiB) or its own bytes if more, at most
+    MAX_PROBE_BYTES and a quarter of the available memory; one that fits the cache is not probed."""
     sizes = []
 
     def fake(megabytes, repeats=10, threads=1):
@@ -262,6 +278,24 @@ def test_probe_size_is_bounded(monkeypatch):
         return bench.Bandwidth(read=1e9, copy=1e9, threads=threads)
 
     monkeypatch.setattr(bench, "memory_bandwidth", fake)
-    bench._measure_read_bandwidth(bench.Result("small", "p", bytes_per_token=1000), 2)
-    bench._measure_read_bandwidth(bench.Result("big", "p", bytes_per_token=1 << 40), 2)
-    assert sizes == [1 << 20, bench.MAX_PROBE_BYTES]
+    small, mid, big = (bench.Result(n, "p", bytes_per_token=b) for n, b in
+                       (("small", 1000), ("mid", 3 << 30), ("big", 1 << 40)))
+    for r in (small, mid, big):
+        bench._measure_read_bandwidth(r, 2, cache=48 << 20)
+    bench._measure_read_bandwidth(bench.Result("no cache", "p", bytes_per_token=1000), 2, cache=0)
+    bench._measure_read_bandwidth(bench.Result("beside", "p", bytes_per_token=100 << 20), 2, cache=96 << 20)
+    assert sizes == [3 << 30, bench.MAX_PROBE_BYTES, 256 << 20, 384 << 20]  # small fits: not probed
+    assert [r.fits_cache for r in (small, mid, big)] == [True, False, False]
+    monkeypatch.setattr(bench, "available_memory", lambda: 1 << 30)
+    bench._measure_read_bandwidth(big, 2, cache=48 << 20)
+    assert sizes[-1] == 256 << 20
+
+
+def test_last_level_cache_reads_the_largest_reported_cache(tmp_path):
+    from mxport.runtime.bench.engines import last_level_cache
+
+    for name, size in (("index0", "48K"), ("index2", "2048K"), ("index3", "491520K")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "size").write_text(size + "\n")
+    assert last_level_cache(str(tmp_path)) == 480 << 20
+    assert last_level_cache(str(tmp_path / "none")) == 0
