@@ -29,6 +29,14 @@
 #define AVX512 __attribute__((target(TARGET)))
 #define AVX512_INLINE __attribute__((target(TARGET), always_inline)) static inline
 
+/* Decode reads each weight once, front to back, row after row. The hardware prefetchers stop at every 4 KB page,
+ * and a one-row product stalled on its weight loads (perf: most samples on the instruction after the load), so the
+ * decode loops ask for the bytes 8 KB ahead into L2 (past a row's end: the next row follows it in memory; a
+ * prefetch never faults). Measured on mini's exact mode, 2 threads: decode 96-99 -> 108-124 tok/s; 1 KB and 2 KB
+ * ahead into L1 gave 107-122, 16 KB into L2 118-125 (docs/BENCHMARKS.md, Kernels). */
+#define PF_BYTES 8192
+#define PREFETCH(p) _mm_prefetch((const char *)(p) + PF_BYTES, _MM_HINT_T1)
+
 static inline float bf16_value(uint16_t v) {
     const uint32_t bits = (uint32_t)v << 16;
     float f;
@@ -58,11 +66,13 @@ AVX512_INLINE void mxfp4_direct(const float *ap, const int m, int64_t k, const u
     const __m512 table = code_table();
     for (int64_t n = n0; n < n1; n++) {
         const uint8_t *b = blocks + n * nb * MX_BLOCK_BYTES, *s = scales + n * nb;
+        PREFETCH(s);
         __m512 acc[8][4];
         for (int r = 0; r < m; r++) acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = _mm512_setzero_ps();
         int64_t j = j0;
         for (; m <= 4 && j + 1 < j1; j += 2) {
             __m512 w[2], v[2];
+            PREFETCH(b + j * MX_BLOCK_BYTES);
             decode_block(table, b + j * MX_BLOCK_BYTES, s[j], w);
             decode_block(table, b + (j + 1) * MX_BLOCK_BYTES, s[j + 1], v);
             for (int r = 0; r < m; r++) {
@@ -75,6 +85,7 @@ AVX512_INLINE void mxfp4_direct(const float *ap, const int m, int64_t k, const u
         }
         for (; j < j1; j++) {
             __m512 w[2];
+            if (!(j & 3)) PREFETCH(b + j * MX_BLOCK_BYTES);
             decode_block(table, b + j * MX_BLOCK_BYTES, s[j], w);
             for (int r = 0; r < m; r++) {
                 const float *a = ap + r * k + j * MX_BLOCK;
@@ -256,6 +267,8 @@ AVX512_INLINE void bf16_rows(const float *ap, const float *a, int64_t k, const u
         __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
         int64_t i = 0;
         for (; i + 64 <= k32; i += 64) {
+            PREFETCH(wc + i);
+            PREFETCH(wc + i + 32);
             const __m512i x0 = _mm512_loadu_si512(wc + i), x1 = _mm512_loadu_si512(wc + i + 32);
             s0 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(x0, 16)), _mm512_loadu_ps(ap + i), s0);
             s1 = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(x0, high)), _mm512_loadu_ps(ap + i + 16), s1);
@@ -314,6 +327,7 @@ AVX512_INLINE void q4_rows(const uint8_t *w, const float *d, const int8_t *qa, c
     for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
     for (int64_t b = 0; b < s; b++) {
         const uint8_t *p = w + b * MX_Q4_BYTES;
+        for (int l = 0; l < MX_Q4_BYTES; l += 64) PREFETCH(p + l);
         const __m256i sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); /* int32: (sc, 0) words */
         const __m512i sc16 = _mm512_castsi256_si512(sc);
         __m512i sum[8];
