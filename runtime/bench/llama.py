@@ -292,6 +292,13 @@ def read_llama_bench(text: str, prompt_len: int, new_tokens: int) -> tuple[float
     return best(prompt_len, 0, 0), best(0, new_tokens, prompt_len)
 
 
+# llama.cpp's -march=native build compiles its AMX kernels (q8_0, q4_0, Q4_K ...) where the CPU lists AMX; a VM
+# that lists it without enabling its register state traps them (SIGILL; seen here, where f32 and bf16 ran)
+SIGILL_HINT = ("; SIGILL: the build uses instructions this CPU does not run, such as AMX on a VM that lists it "
+               "without enabling it: rebuild llama.cpp with -DCMAKE_C_FLAGS and -DCMAKE_CXX_FLAGS set to "
+               "'-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' (docs/BENCHMARKS.md)")
+
+
 def measure_llama(gguf: str, threads: int, prompt_len: int, new_tokens: int, repeats: int = 3) -> dict[str, Any]:
     """Run llama-bench ($MXPORT_LLAMA_BENCH) on `gguf` and report as the other engines do: prefill and decode
     seconds, the peak RSS of llama-bench (getrusage of this process's one child), the GGUF's sizes."""
@@ -302,7 +309,7 @@ def measure_llama(gguf: str, threads: int, prompt_len: int, new_tokens: int, rep
                           capture_output=True, text=True)
     if done.returncode != 0:
         tail = " | ".join(done.stderr.strip().splitlines()[-3:])
-        raise MxportError(f"llama-bench exit {done.returncode}: {tail[:400]}")
+        raise MxportError(f"llama-bench exit {done.returncode}: {tail[:400]}" + SIGILL_HINT * (done.returncode == -4))
     prefill, decode = read_llama_bench(done.stdout, prompt_len, new_tokens)
     total, per_token = gguf_traffic(gguf)
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024

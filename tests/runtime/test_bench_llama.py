@@ -167,6 +167,16 @@ def test_llama_bench_json_gives_prefill_at_depth_0_and_decode_at_the_prompts_dep
         llama.read_llama_bench("[]", 16, 8)
 
 
+def test_a_llama_bench_killed_by_sigill_names_the_cause(tmp_path, monkeypatch):
+    """A -march=native build whose AMX kernels trap on a VM (q8_0/q4_0/Q4_K_M here): the error says how to rebuild."""
+    binary = tmp_path / "llama-bench"
+    binary.write_text("#!/bin/sh\nkill -ILL $$\n")
+    binary.chmod(0o755)
+    monkeypatch.setenv(llama.ENV_BENCH, str(binary))
+    with pytest.raises(MxportError, match="llama-bench exit -4.*SIGILL.*-mno-amx-tile"):
+        llama.measure_llama(str(tmp_path / "m.gguf"), 2, 16, 8)
+
+
 def test_bench_runs_llama_cpp_beside_mxport_interleaved(fake_build, tiny_config, make_checkpoint, tmp_path,
                                                          monkeypatch):
     """bench(peers=True) with the fake build: the llama.cpp engine of the mode's GGUF type, round 2 in reverse, the
