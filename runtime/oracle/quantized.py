@@ -292,15 +292,20 @@ def _fit_row(row, want: np.ndarray, err: float, tol: float):
 
 def int8_blocks(x: np.ndarray, rounding=np.rint) -> np.ndarray:
     """x [..., K] quantized to int8 per block of 32 along K and back (scale max|x|/127, round half to even, in
-    float32): what a CompInt8 GEMM multiplies. K not a multiple of 32: the last block is shorter."""
+    float32): what a CompInt8 GEMM multiplies. K not a multiple of 32: the last block is shorter.
+
+    As MLAS's QuantizeARow_CompInt8 (AVX2 and AVX-512) computes it: x · (127 / max|x|), one float32 division,
+    not x · (1 / scale). The two differ in the last bit, which moves an activation at x.5 steps to the other
+    integer (measured: one token row in ~150 of a 1024-wide QMoE prefill)."""
     x32 = np.asarray(x, np.float32)
     k = x32.shape[-1]
     pad = -k % BLOCK
     padded = np.pad(x32, [(0, 0)] * (x32.ndim - 1) + [(0, pad)]) if pad else x32
     blocks = padded.reshape(padded.shape[:-1] + (-1, BLOCK))
     with np.errstate(invalid="ignore", divide="ignore"):
-        scale = (np.abs(blocks).max(axis=-1, keepdims=True) / np.float32(127)).astype(np.float32)
-        inv = np.where(scale > 0, np.float32(1) / np.where(scale > 0, scale, 1), 0).astype(np.float32)
+        amax = np.abs(blocks).max(axis=-1, keepdims=True)
+        scale = (amax / np.float32(127)).astype(np.float32)
+        inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
         q = rounding(blocks * inv)  # non-finite inputs stay non-finite: never hidden by quantization
     out = (q * scale).reshape(padded.shape)[..., :k]
     return out.astype(x.dtype if np.issubdtype(np.asarray(x).dtype, np.floating) else np.float32, copy=False)
