@@ -13,6 +13,7 @@ typedef struct {
     int8_t *qa; /* A quantized: written by quantize_task, read by linear_q4_task */
     float *da;
     int16_t *bs;
+    void *packed; /* qa in the product's order (mx_q4_pack) where the ISA in use wants it, else NULL */
     int64_t m, s, n, chunk;
     const uint8_t *w;
     const float *d;
@@ -22,17 +23,18 @@ typedef struct {
 static void linear_q4_task(void *p, size_t i) {
     const Q4Product *q = p;
     const int64_t n0 = (int64_t)i * q->chunk, n1 = n0 + q->chunk < q->n ? n0 + q->chunk : q->n;
-    mx_linear_q4(q->qa, q->da, q->bs, q->m, q->s, q->w, q->d, n0, n1, q->y, q->n);
+    mx_linear_q4(q->qa, q->da, q->bs, q->packed, q->m, q->s, q->w, q->d, n0, n1, q->y, q->n);
 }
 
 #define QUANTIZE_ROWS 8 /* rows of A per quantize task */
 
-/* rows [8i, 8i + 8) of A to int8 */
+/* rows [8i, 8i + 8) of A to int8 (and packed) */
 static void quantize_task(void *p, size_t i) {
     const Q4Product *q = p;
     const int64_t r0 = (int64_t)i * QUANTIZE_ROWS, r1 = r0 + QUANTIZE_ROWS < q->m ? r0 + QUANTIZE_ROWS : q->m;
     mx_q4_activations(q->a + r0 * q->k, r1 - r0, q->k, q->s, q->qa + r0 * q->s * MX_Q4_SUPER, q->da + r0 * q->s,
                       q->bs + r0 * q->s * MX_Q4_SUBS);
+    if (q->packed) mx_q4_pack(q->qa, q->bs, q->s, r0, r1, q->packed);
 }
 
 /* "[d0, d1, ...]" of a tensor's shape, for error messages */
@@ -63,15 +65,17 @@ OrtStatus *linear_q4_compute(void *kernel, OrtKernelContext *ctx) {
     int8_t *qa = malloc((size_t)(m * s * MX_Q4_SUPER));
     float *da = malloc(sizeof(float) * (size_t)(m * s));
     int16_t *bs = malloc(sizeof(int16_t) * (size_t)(m * s * MX_Q4_SUBS));
-    if (qa && da && bs) {
+    const int64_t packed_bytes = mx_q4_packed_bytes(m, s); /* a multiple of 64 */
+    void *packed = packed_bytes ? aligned_alloc(64, (size_t)packed_bytes) : NULL;
+    if (qa && da && bs && (packed || !packed_bytes)) {
         /* ~16 tasks of 16-row multiples: each a sequential read of its weight rows */
-        Q4Product q = {a.data, k, qa, da, bs, m, s, n, clamp64(round_up((n + 15) / 16, 16), 16, 1 << 20), w.data,
-                       d.data, y};
+        Q4Product q = {a.data, k, qa, da, bs, packed, m, s, n, clamp64(round_up((n + 15) / 16, 16), 16, 1 << 20),
+                       w.data, d.data, y};
         parallel_for(c, quantize_task, (size_t)((m + QUANTIZE_ROWS - 1) / QUANTIZE_ROWS), &q);
         parallel_for(c, linear_q4_task, (size_t)((n + q.chunk - 1) / q.chunk), &q);
     } else {
         st = fail(c.api, "ai.mxport.LinearQ4: out of memory");
     }
-    free(qa); free(da); free(bs);
+    free(qa); free(da); free(bs); free(packed);
     return st;
 }

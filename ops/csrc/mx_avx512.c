@@ -7,11 +7,11 @@
  * bf16: 32 weights are one 64-byte load whose 32-bit lanes each hold a pair: the even weight is the lane shifted
  *   left by 16, the odd one the lane with its low half cleared (no shuffle); A is read in the same even-then-odd
  *   order per 32 values (mx_permute_rows' order), permuted once per call.
- * LinearQ4: a chunk's 32 bytes broadcast to both halves of a register, the upper half shifted by 4 (vpsrlvw),
- *   masked: the 64 codes of sub-blocks 2c and 2c + 1 in the activations' order; vpdpbusd sums four u8 x s8
- *   products per int32 lane and vpmaddwd multiplies each lane by its sub-scale (a lane sum fits int16). Per
- *   super-block every lane stays below 2^24, so the int32 -> float32 conversion is exact (the same integers as
- *   mx_q4.c and the NumPy kernel).
+ * LinearQ4: a super-block's 128 code bytes are regrouped by vpermt2b into four registers in which int32 lane i
+ *   always holds codes of sub-block i % 8; A is packed once per call into the same order (mx_q4_pack), so four
+ *   vpdpbusd (u8 x s8, four products per lane) sum a row against 256 weights, starting from the zero point's lanes,
+ *   and each lane is multiplied by its sub-scale in float32 once per super-block. Lane sums stay below 2^16, so
+ *   the conversion to float32 is exact: the integers of mx_q4.c and the NumPy kernel, summed in float32.
  * Prompt rows: MXFP4 and bf16 with M > 4 pack A^T in 16-row groups (mx_pack_t), decode 8 weight rows to float32
  *   once and run 8 x 32 outer-product tiles (16 accumulators, weights broadcast from L1) over K panels that stay in
  *   L1; LinearQ4 unpacks each weight super-block once for 8 (then 4) rows of A.
@@ -317,45 +317,55 @@ AVX512 void mx_linear_bf16_avx512(const float *a, const float *at, int64_t m, in
 }
 
 /* ---- LinearQ4 ---------------------------------------------------------------------------------------------------- */
-/* R rows of A (quantized: row stride s super-blocks) against one weight row: out[r] = its product. */
-AVX512_INLINE void q4_rows(const uint8_t *w, const float *d, const int8_t *qa, const float *da, const int16_t *bs,
-                           int64_t s, const int R, float *out) {
-    const __m512i m4 = _mm512_set1_epi8(0x0F), zero = _mm512_setzero_si512();
-    const __m512i shift = _mm512_inserti64x4(zero, _mm256_set1_epi16(4), 1); /* words 16-31 (bytes 32-63): 4 */
-    const __m512i pick0 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0), two = _mm512_set1_epi32(2);
+/* The 128 code bytes of a super-block are two registers; vpermt2b (VBMI) gathers register k's bytes from them: lane i
+ * of register k takes bytes 16 (i / 8) + 4k .. + 3 of chunk (i % 8) / 2, whose low nibbles are sub-block i % 8 when
+ * that is even and whose high nibbles are when it is odd (a per-word shift by 0 or 4, then the mask). */
+AVX512_INLINE __m512i q4_index(int k) {
+    int8_t idx[64];
+    for (int i = 0; i < 16; i++)
+        for (int t = 0; t < 4; t++) idx[4 * i + t] = (int8_t)(32 * ((i % 8) / 2) + 16 * (i / 8) + 4 * k + t);
+    return _mm512_loadu_si512(idx);
+}
+
+/* R rows of packed A (row stride s packed super-blocks) against one weight row: out[r] = its product. Per
+ * super-block and row: the zero-point lanes, four vpdpbusd (every lane one sub-block), one conversion to float and
+ * one FMA by sub-scale x D x the row's scale; the weights' unpacking is shared by the R rows. */
+AVX512_INLINE void q4_rows(const uint8_t *w, const float *d, const uint8_t *xp, const float *da, int64_t s,
+                           const int R, const __m512i *idx, float *out) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i shift = _mm512_set_epi32(0x40004, 0, 0x40004, 0, 0x40004, 0, 0x40004, 0,
+                                           0x40004, 0, 0x40004, 0, 0x40004, 0, 0x40004, 0); /* odd lanes: 4 */
+    const int64_t stride = s * MX_Q4P_BYTES;
     __m512 acc[8];
     for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
     for (int64_t b = 0; b < s; b++) {
         const uint8_t *p = w + b * MX_Q4_BYTES;
-        for (int l = 0; l < MX_Q4_BYTES; l += 64) PREFETCH(p + l);
-        const __m256i sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); /* int32: (sc, 0) words */
-        const __m512i sc16 = _mm512_castsi256_si512(sc);
-        __m512i sum[8];
-        for (int r = 0; r < R; r++) sum[r] = zero;
-        __m512i pick = pick0;
-        for (int c = 0; c < 4; c++) {
-            const __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(p + MX_Q4_SUBS + 32 * c)));
-            const __m512i q = _mm512_and_si512(_mm512_srlv_epi16(v, shift), m4);
-            const __m512i scale = _mm512_permutexvar_epi32(pick, sc16); /* lanes 0-7: sc[2c], 8-15: sc[2c + 1] */
-            pick = _mm512_add_epi32(pick, two);
-            for (int r = 0; r < R; r++) {
-                const __m512i x = _mm512_loadu_si512(qa + (r * s + b) * MX_Q4_SUPER + 64 * c);
-                sum[r] = _mm512_add_epi32(sum[r], _mm512_madd_epi16(_mm512_dpbusd_epi32(zero, q, x), scale));
-            }
-        }
-        for (int r = 0; r < R; r++) { /* zero point 8 x sc[j] x (sum of sub-block j's activations), j in 8 lanes */
-            const int16_t *block_sums = bs + (r * s + b) * MX_Q4_SUBS;
-            const __m256i sums = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)block_sums));
-            const __m256i zp = _mm256_slli_epi32(_mm256_madd_epi16(sc, sums), 3);
-            const __m512i total = _mm512_sub_epi32(sum[r], _mm512_zextsi256_si512(zp));
-            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(total), _mm512_set1_ps(d[b] * da[r * s + b]), acc[r]);
+        if (R == 1) { PREFETCH(p); PREFETCH(p + 64); PREFETCH(p + 128); }
+        const __m512i t0 = _mm512_loadu_si512(p + MX_Q4_SUBS), t1 = _mm512_loadu_si512(p + MX_Q4_SUBS + 64);
+        __m512i q[4];
+        for (int k = 0; k < 4; k++)
+            q[k] = _mm512_and_si512(_mm512_srlv_epi16(_mm512_permutex2var_epi8(t0, idx[k], t1), shift), m4);
+        /* lanes i and i + 8: sub-scale i % 8, times D */
+        const __m512 sc = _mm512_mul_ps(
+            _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)p),
+                                                                        _mm_loadl_epi64((const __m128i *)p)))),
+            _mm512_set1_ps(d[b]));
+        for (int r = 0; r < R; r++) {
+            const uint8_t *x = xp + r * stride + b * MX_Q4P_BYTES;
+            __m512i sum = _mm512_load_si512(x + MX_Q4_SUPER); /* -8 x the sub-block sums: the zero point */
+            sum = _mm512_dpbusd_epi32(sum, q[0], _mm512_load_si512(x));
+            sum = _mm512_dpbusd_epi32(sum, q[1], _mm512_load_si512(x + 64));
+            sum = _mm512_dpbusd_epi32(sum, q[2], _mm512_load_si512(x + 128));
+            sum = _mm512_dpbusd_epi32(sum, q[3], _mm512_load_si512(x + 192));
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(sc, _mm512_set1_ps(da[r * s + b])), acc[r]);
         }
     }
     for (int r = 0; r < R; r++) out[r] = _mm512_reduce_add_ps(acc[r]);
 }
 
-AVX512 void mx_linear_q4_avx512(const int8_t *qa, const float *da, const int16_t *bs, int64_t m, int64_t s,
-                                const uint8_t *w, const float *d, int64_t n0, int64_t n1, float *y, int64_t ldy) {
+AVX512 void mx_linear_q4_avx512(const uint8_t *packed, const float *da, int64_t m, int64_t s, const uint8_t *w,
+                                const float *d, int64_t n0, int64_t n1, float *y, int64_t ldy) {
+    const __m512i idx[4] = {q4_index(0), q4_index(1), q4_index(2), q4_index(3)};
     const int64_t row_bytes = s * MX_Q4_BYTES;
     /* more than one row of A: a block of weight rows (~256 KB) is read from memory once and from L2 for the rest */
     const int64_t block = m == 1 ? n1 - n0 : (256 << 10) / row_bytes + 1;
@@ -363,15 +373,14 @@ AVX512 void mx_linear_q4_avx512(const int8_t *qa, const float *da, const int16_t
         const int64_t c1 = c0 + block < n1 ? c0 + block : n1;
         for (int64_t r = 0; r < m;) {
             const int R = m - r >= 8 ? 8 : m - r >= 4 ? 4 : 1;
-            const int8_t *x = qa + r * s * MX_Q4_SUPER;
+            const uint8_t *x = packed + r * s * MX_Q4P_BYTES;
             const float *dx = da + r * s;
-            const int16_t *sx = bs + r * s * MX_Q4_SUBS;
             for (int64_t n = c0; n < c1; n++) {
                 float out[8];
                 const uint8_t *wn = w + n * row_bytes;
-                if (R == 8) q4_rows(wn, d + n * s, x, dx, sx, s, 8, out);
-                else if (R == 4) q4_rows(wn, d + n * s, x, dx, sx, s, 4, out);
-                else q4_rows(wn, d + n * s, x, dx, sx, s, 1, out);
+                if (R == 8) q4_rows(wn, d + n * s, x, dx, s, 8, idx, out);
+                else if (R == 4) q4_rows(wn, d + n * s, x, dx, s, 4, idx, out);
+                else q4_rows(wn, d + n * s, x, dx, s, 1, idx, out);
                 for (int i = 0; i < R; i++) y[(r + i) * ldy + n] = out[i];
             }
             r += R;

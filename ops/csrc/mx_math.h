@@ -11,8 +11,11 @@
  *   mx_pack_t         At = A^T in groups of 16 rows ([K, 16] each, zero-padded), groups [g0, g1) of ceil(M/16)
  *   mx_pack_alloc     memory for At (aligned for the kernels' loads; free() it), NULL when out of memory
  *   mx_q4_activations A [M, K] -> int8 qa [M, S, 256] (zero-padded), scales da [M, S], sub-block sums bs [M, S, 8]
+ *   mx_q4_packed_bytes bytes of qa packed for the ISA in use (AVX-512: mx_q4_pack's layout), 0 when it needs none
+ *   mx_q4_pack        rows [r0, r1) of qa and bs into that layout (packed: 64-byte aligned, mx_q4_packed_bytes)
  *   mx_linear_q4      Y[m, n] = sum_k qa[m, k] W[n, k] for n in [n0, n1); W LinearQ4 super-blocks [N, S, 136]
- *                     with D [N, S] (mx_q4.c; int8 activations, exact integer sums per super-block)
+ *                     with D [N, S] (mx_q4.c; int8 activations, exact integer sums per sub-block); `packed` is
+ *                     mx_q4_pack's copy of qa where mx_q4_packed_bytes > 0, else NULL (then qa is read)
  *
  * Every product is float32 arithmetic on exactly decoded weights (E2M1 x 2^(s-127) and bf16 are exact in
  * float32): results differ from a float32 reference only by summation order. Three builds of each kernel, chosen
@@ -48,7 +51,9 @@ void mx_pack_t(const float *a, int64_t m, int64_t k, int64_t g0, int64_t g1, flo
 void mx_linear_bf16(const float *a, const float *at, int64_t m, int64_t k, const uint16_t *w, int64_t n0, int64_t n1,
                     float *y, int64_t ldy);
 void mx_q4_activations(const float *a, int64_t m, int64_t k, int64_t s, int8_t *qa, float *da, int16_t *bs);
-void mx_linear_q4(const int8_t *qa, const float *da, const int16_t *bs, int64_t m, int64_t s, const uint8_t *w,
-                  const float *d, int64_t n0, int64_t n1, float *y, int64_t ldy);
+int64_t mx_q4_packed_bytes(int64_t m, int64_t s);
+void mx_q4_pack(const int8_t *qa, const int16_t *bs, int64_t s, int64_t r0, int64_t r1, void *packed);
+void mx_linear_q4(const int8_t *qa, const float *da, const int16_t *bs, const void *packed, int64_t m, int64_t s,
+                  const uint8_t *w, const float *d, int64_t n0, int64_t n1, float *y, int64_t ldy);
 
 #endif

@@ -14,6 +14,7 @@
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "mx_internal.h"
 #include "mx_math.h"
@@ -154,14 +155,33 @@ __attribute__((target("avx2,fma"))) static void dot4_avx2(const uint8_t *w, cons
     out[3] = hsum8(acc3);
 }
 
-void mx_linear_q4(const int8_t *qa, const float *da, const int16_t *bs, int64_t m, int64_t s, const uint8_t *w,
-                  const float *d, int64_t n0, int64_t n1, float *y, int64_t ldy) {
+int64_t mx_q4_packed_bytes(int64_t m, int64_t s) { return mx_isa() == MX_ISA_AVX512 ? m * s * MX_Q4P_BYTES : 0; }
+
+/* Register k (0-3) of a super-block's weights holds, in int32 lane i (0-15), four codes of sub-block j = i % 8:
+ * elements 16 (i / 8) + 4k + t, t = 0..3 (mx_avx512.c builds it from the stored chunks). A row of A is copied into
+ * the same order, so one vpdpbusd per register sums a row against 64 weights with every lane in one sub-block. */
+void mx_q4_pack(const int8_t *qa, const int16_t *bs, int64_t s, int64_t r0, int64_t r1, void *packed) {
+    for (int64_t r = r0; r < r1; r++)
+        for (int64_t b = 0; b < s; b++) {
+            const int8_t *x = qa + (r * s + b) * Q4_SUPER;
+            uint8_t *out = (uint8_t *)packed + (r * s + b) * MX_Q4P_BYTES;
+            for (int k = 0; k < 4; k++)
+                for (int i = 0; i < 16; i++)
+                    memcpy(out + 64 * k + 4 * i, x + 32 * (i % 8) + 16 * (i / 8) + 4 * k, 4);
+            int32_t zp[16] = {0};
+            for (int j = 0; j < Q4_SUBS; j++) zp[j] = -8 * bs[(r * s + b) * Q4_SUBS + j];
+            memcpy(out + Q4_SUPER, zp, sizeof zp);
+        }
+}
+
+void mx_linear_q4(const int8_t *qa, const float *da, const int16_t *bs, const void *packed, int64_t m, int64_t s,
+                  const uint8_t *w, const float *d, int64_t n0, int64_t n1, float *y, int64_t ldy) {
     const int isa = mx_isa();
-    if (isa == MX_ISA_AVX512) {
-        mx_linear_q4_avx512(qa, da, bs, m, s, w, d, n0, n1, y, ldy);
+    if (isa == MX_ISA_AVX512 && packed) {
+        mx_linear_q4_avx512(packed, da, m, s, w, d, n0, n1, y, ldy);
         return;
     }
-    const int avx2 = isa == MX_ISA_AVX2;
+    const int avx2 = isa >= MX_ISA_AVX2; /* AVX-512 without a packed copy: the AVX2 kernels read qa as it is */
     const int64_t row_bytes = s * MX_Q4_BYTES;
     /* more than one row of A: a block of weight rows (~256 KB) is read from memory once and from L2 for the rest */
     const int64_t block = m == 1 ? n1 - n0 : (256 << 10) / row_bytes + 1;

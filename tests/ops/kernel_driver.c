@@ -168,9 +168,16 @@ static void check_q4(int isa, int64_t m, int64_t k, int64_t n, int64_t n0, int64
             want[r * ldy + c] = total;
             mag[r * ldy + c] = g;
         }
-    mx_linear_q4(qa, da, bs, m, s, w, d, n0, n1, y, ldy);
+    const int64_t packed_bytes = mx_q4_packed_bytes(m, s);
+    void *packed = packed_bytes ? aligned_alloc(64, (size_t)packed_bytes) : NULL;
+    if (packed) mx_q4_pack(qa, bs, s, 0, m, packed);
+    mx_linear_q4(qa, da, bs, packed, m, s, w, d, n0, n1, y, ldy);
     judge("q4", isa, m, k, n0, n1, y, want, mag, ldy, 1e-6);
-    free(a); free(da); free(qa); free(bs); free(w); free(d); free(y); free(want); free(mag);
+    if (packed) { /* and without the packed copy (the AVX2 kernels on qa) */
+        mx_linear_q4(qa, da, bs, NULL, m, s, w, d, n0, n1, y, ldy);
+        judge("q4 unpacked", isa, m, k, n0, n1, y, want, mag, ldy, 1e-6);
+    }
+    free(a); free(da); free(qa); free(bs); free(w); free(d); free(y); free(want); free(mag); free(packed);
 }
 
 static int check(void) {
@@ -237,6 +244,7 @@ typedef struct {
     uint16_t *w16;
     int8_t *qa;
     int16_t *bs;
+    void *q4p; /* qa packed (mx_q4_pack) */
 } Ctx;
 
 static void run_mxfp4(void *p) {
@@ -251,7 +259,10 @@ static void run_bf16(void *p) {
 static void run_q4(void *p) {
     Ctx *c = p;
     const int64_t s = (c->sh->k + 255) / 256;
-    mx_linear_q4(c->qa, c->da, c->bs, c->sh->m, s, c->b8, c->a + c->sh->m * c->sh->k, 0, c->sh->n, c->y, c->sh->n);
+    void *packed = mx_q4_packed_bytes(c->sh->m, s) ? c->q4p : NULL;
+    if (packed) mx_q4_pack(c->qa, c->bs, s, 0, c->sh->m, packed);
+    mx_linear_q4(c->qa, c->da, c->bs, packed, c->sh->m, s, c->b8, c->a + c->sh->m * c->sh->k, 0, c->sh->n, c->y,
+                 c->sh->n);
 }
 
 static int bench(void) {
@@ -270,7 +281,7 @@ static int bench(void) {
         Ctx c = {sh, take(sizeof(float) * (size_t)(m * k + n * s)), mx_pack_alloc(m, k), take(sizeof(float) * (size_t)(m * n)),
                  take(sizeof(float) * (size_t)(m * s)), take((size_t)(n * (s * MX_Q4_BYTES > k / 2 + k / 32 ? s * MX_Q4_BYTES : k))),
                  take((size_t)(n * k / 32)), take(sizeof(uint16_t) * (size_t)(n * k)), take((size_t)(m * s * 256)),
-                 take(sizeof(int16_t) * (size_t)(m * s * 8))};
+                 take(sizeof(int16_t) * (size_t)(m * s * 8)), aligned_alloc(64, (size_t)(m * s * 320))};
         for (int64_t i = 0; i < m * k + n * s; i++) c.a[i] = 0.01f * next_normal() + (i >= m * k ? 0.02f : 0.0f);
         for (int64_t i = 0; i < n * s * MX_Q4_BYTES || i < n * k / 2; i++) c.b8[i] = (uint8_t)next_u32();
         for (int64_t i = 0; i < n * k / 32; i++) c.s8[i] = (uint8_t)(120 + next_u32() % 8);
@@ -282,7 +293,7 @@ static int bench(void) {
             bench_one("bf16", sh, isa, (double)n * k * 2, run_bf16, &c);
             bench_one("q4", sh, isa, (double)n * s * (MX_Q4_BYTES + 4), run_q4, &c);
         }
-        free(c.a); free(c.at); free(c.y); free(c.da); free(c.b8); free(c.s8); free(c.w16); free(c.qa); free(c.bs);
+        free(c.a); free(c.at); free(c.y); free(c.da); free(c.b8); free(c.s8); free(c.w16); free(c.qa); free(c.bs); free(c.q4p);
     }
     return 0;
 }
