@@ -363,6 +363,43 @@ AVX512_INLINE void q4_rows(const uint8_t *w, const float *d, const uint8_t *xp, 
     for (int r = 0; r < R; r++) out[r] = _mm512_reduce_add_ps(acc[r]);
 }
 
+/* mx_q4_activations on AVX-512: the same numbers as mx_q4.c's loop (x · (1 / d) rounded half to even by the default
+ * MXCSR mode, non-finite values to 0, d NaN when the super-block holds a NaN), 16 values per instruction. */
+AVX512 void mx_q4_activations_avx512(const float *a, int64_t m, int64_t k, int64_t s, int8_t *qa, float *da,
+                                     int16_t *bs) {
+    const __m512 zero = _mm512_setzero_ps();
+    for (int64_t r = 0; r < m; r++) {
+        const float *x = a + r * k;
+        for (int64_t b = 0; b < s; b++) {
+            const int64_t c0 = b * MX_Q4_SUPER, n = k - c0 < MX_Q4_SUPER ? k - c0 : MX_Q4_SUPER;
+            __m512 v[16];
+            __m512 amax = zero;
+            __mmask16 nan = 0;
+            for (int j = 0; j < 16; j++) {
+                const int64_t left = n - 16 * j;
+                const __mmask16 in = left >= 16 ? 0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
+                v[j] = _mm512_maskz_loadu_ps(in, x + c0 + 16 * j);
+                amax = _mm512_max_ps(amax, _mm512_abs_ps(v[j])); /* NaN: d is NaN whatever amax is */
+                const __mmask16 fin = _mm512_cmp_ps_mask(_mm512_sub_ps(v[j], v[j]), zero, _CMP_EQ_OQ);
+                nan |= _mm512_cmp_ps_mask(v[j], v[j], _CMP_UNORD_Q);
+                v[j] = _mm512_maskz_mov_ps(fin, v[j]);
+            }
+            const float mx = _mm512_reduce_max_ps(amax);
+            const float d = nan ? __builtin_nanf("") : mx / 127.0f, inv = d > 0.0f && d <= 3.4028235e38f ? 1.0f / d : 0.0f;
+            const __m512 vinv = _mm512_set1_ps(inv);
+            int8_t *q = qa + (r * s + b) * MX_Q4_SUPER;
+            for (int j = 0; j < 16; j += 2) { /* sub-block j / 2: two registers of 16 */
+                const __m512i i0 = _mm512_cvtps_epi32(_mm512_mul_ps(v[j], vinv));
+                const __m512i i1 = _mm512_cvtps_epi32(_mm512_mul_ps(v[j + 1], vinv));
+                _mm_storeu_si128((__m128i *)(q + 16 * j), _mm512_cvtepi32_epi8(i0));
+                _mm_storeu_si128((__m128i *)(q + 16 * j + 16), _mm512_cvtepi32_epi8(i1));
+                bs[(r * s + b) * MX_Q4_SUBS + j / 2] = (int16_t)_mm512_reduce_add_epi32(_mm512_add_epi32(i0, i1));
+            }
+            da[r * s + b] = d;
+        }
+    }
+}
+
 AVX512 void mx_linear_q4_avx512(const uint8_t *packed, const float *da, int64_t m, int64_t s, const uint8_t *w,
                                 const float *d, int64_t n0, int64_t n1, float *y, int64_t ldy) {
     const __m512i idx[4] = {q4_index(0), q4_index(1), q4_index(2), q4_index(3)};

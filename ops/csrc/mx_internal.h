@@ -27,6 +27,7 @@ void mx_linear_bf16_avx512(const float *a, const float *at, int64_t m, int64_t k
 /* LinearQ4 on AVX-512: a packed super-block of a row of A is its 256 int8 values in the weights' register order
  * (mx_q4_pack) and 16 int32 lanes holding -8 x the 8 sub-block sums (the zero point), then 8 zero lanes */
 #define MX_Q4P_BYTES 320
+void mx_q4_activations_avx512(const float *a, int64_t m, int64_t k, int64_t s, int8_t *qa, float *da, int16_t *bs);
 void mx_linear_q4_avx512(const uint8_t *packed, const float *da, int64_t m, int64_t s, const uint8_t *w,
                          const float *d, int64_t n0, int64_t n1, float *y, int64_t ldy);
 

@@ -23,6 +23,10 @@
 #define Q4_SUBS MX_Q4_SUBS
 
 void mx_q4_activations(const float *a, int64_t m, int64_t k, int64_t s, int8_t *qa, float *da, int16_t *bs) {
+    if (mx_isa() == MX_ISA_AVX512) { /* the same numbers, 16 at a time */
+        mx_q4_activations_avx512(a, m, k, s, qa, da, bs);
+        return;
+    }
     for (int64_t r = 0; r < m; r++) {
         const float *x = a + r * k;
         for (int64_t b = 0; b < s; b++) {

@@ -50,7 +50,8 @@ class Rounding:
     def __init__(self) -> None:
         self.flip: set[int] = set()
         self.ties: list[tuple[float, int]] = []  # (distance to the tie in steps, number) met since start()
-        self.targets: dict[int, np.ndarray] = {}  # layer -> the export's residual after it, [B,S,H] (fit_rows)
+        self.targets: dict[int, np.ndarray] = {}  # layer -> the export's residual after it, [B,S,H] (fit_rows,
+        # and the input of layer + 1: ReferenceModel._forced)
         self.fitted: list[tuple[int, int, float]] = []  # (layer, ties rounded the other way, farthest) per fitted row
 
     def start(self, flip: set[int] | None = None) -> None:
@@ -139,6 +140,9 @@ class Quantization:
         if self.half:
             parts.append("every stored float (weights, biases, norms, embeddings, scales) rounded to float16 as the "
                          "export holds it; its float16 math is not reproduced")
+        if self.quantizes_activations:
+            parts.append("each layer judged on the export's own input to it (int8 roundings amplify any difference "
+                         "from layer to layer)")
         return "; ".join(parts)
 
     def stored(self, w: np.ndarray) -> np.ndarray:

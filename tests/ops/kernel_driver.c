@@ -143,6 +143,21 @@ static void check_q4(int isa, int64_t m, int64_t k, int64_t n, int64_t n0, int64
     for (int64_t i = 0; i < n * s * MX_Q4_BYTES; i++) w[i] = (uint8_t)next_u32(); /* sub-scales up to 255 */
     for (int64_t i = 0; i < n * s; i++) d[i] = 1e-3f * (1.0f + (float)(next_u32() % 100));
     mx_q4_activations(a, m, k, s, qa, da, bs);
+    if (isa != MX_ISA_C) { /* every path quantizes to the plain C loop's numbers */
+        int8_t *qc = take((size_t)(m * s * MX_Q4_SUPER));
+        float *dc = take(sizeof(float) * (size_t)(m * s));
+        int16_t *bc = take(sizeof(int16_t) * (size_t)(m * s * MX_Q4_SUBS));
+        mx_set_isa(MX_ISA_C);
+        mx_q4_activations(a, m, k, s, qc, dc, bc);
+        mx_set_isa(isa);
+        if (memcmp(qc, qa, (size_t)(m * s * MX_Q4_SUPER)) || memcmp(dc, da, sizeof(float) * (size_t)(m * s)) ||
+            memcmp(bc, bs, sizeof(int16_t) * (size_t)(m * s * MX_Q4_SUBS))) {
+            failures++;
+            printf("FAIL q4 activations isa=%s m=%lld k=%lld: not the C loop's numbers\n", mx_isa_name(isa),
+                   (long long)m, (long long)k);
+        }
+        free(qc); free(dc); free(bc);
+    }
     for (int64_t i = 0; i < m * s * MX_Q4_SUBS; i++) { /* the block sums are the sums of the int8 values */
         int sum = 0;
         for (int j = 0; j < 32; j++) sum += qa[i * 32 + j];
@@ -180,6 +195,29 @@ static void check_q4(int isa, int64_t m, int64_t k, int64_t n, int64_t n0, int64
     free(a); free(da); free(qa); free(bs); free(w); free(d); free(y); free(want); free(mag); free(packed);
 }
 
+/* non-finite activations: a NaN makes its super-block's scale NaN, an inf makes it inf; both quantize to 0 */
+static void check_q4_nonfinite(int isa) {
+    const int64_t m = 3, k = 300, s = 2;
+    float a[3 * 300];
+    for (int64_t i = 0; i < m * k; i++) a[i] = next_normal();
+    a[5] = NAN;
+    a[k + 260] = INFINITY;
+    a[2 * k + 7] = -INFINITY;
+    a[2 * k + 290] = NAN;
+    int8_t q[2][3 * 2 * 256];
+    float d[2][3 * 2];
+    int16_t b[2][3 * 2 * 8];
+    for (int pass = 0; pass < 2; pass++) {
+        mx_set_isa(pass ? isa : MX_ISA_C);
+        mx_q4_activations(a, m, k, s, q[pass], d[pass], b[pass]);
+    }
+    mx_set_isa(isa);
+    if (memcmp(q[0], q[1], sizeof q[0]) || memcmp(d[0], d[1], sizeof d[0]) || memcmp(b[0], b[1], sizeof b[0])) {
+        failures++;
+        printf("FAIL q4 activations isa=%s: non-finite values quantize differently from the C loop\n", mx_isa_name(isa));
+    }
+}
+
 static int check(void) {
     static const int64_t rows[] = {1, 2, 3, 4, 5, 8, 15, 16, 17, 33, 40};
     static const int64_t mx_k[] = {32, 64, 96, 288, 1056};
@@ -200,6 +238,7 @@ static int check(void) {
                 for (size_t ki = 0; ki < sizeof bf_k / sizeof bf_k[0]; ki++) check_bf16(isa, m, bf_k[ki], n, n0, n1);
                 for (size_t ki = 0; ki < sizeof q4_k / sizeof q4_k[0]; ki++) check_q4(isa, m, q4_k[ki], n, n0, n1);
             }
+        check_q4_nonfinite(isa);
         printf("isa=%s checked\n", mx_isa_name(isa));
         ran++;
     }
