@@ -48,7 +48,8 @@ def _identity_matmulnbits(bits: int) -> tuple[ort.InferenceSession, np.ndarray]:
         [node], "identity", [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["m", K])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", K])],
         [numpy_helper.from_array(packed.reshape(K, K // BLOCK, -1), "b"), numpy_helper.from_array(scales, "s")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
+    opsets = [helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return session, quant.dequantize(packed, scales, bits)
 
