@@ -16,6 +16,7 @@
  *   once and run 8 x 32 outer-product tiles (16 accumulators, weights broadcast from L1) over K panels that stay in
  *   L1; LinearQ4 unpacks each weight super-block once for 8 (then 4) rows of A.
  */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -346,10 +347,9 @@ AVX512_INLINE void q4_rows(const uint8_t *w, const float *d, const uint8_t *xp, 
         for (int k = 0; k < 4; k++)
             q[k] = _mm512_and_si512(_mm512_srlv_epi16(_mm512_permutex2var_epi8(t0, idx[k], t1), shift), m4);
         /* lanes i and i + 8: sub-scale i % 8, times D */
-        const __m512 sc = _mm512_mul_ps(
-            _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)p),
-                                                                        _mm_loadl_epi64((const __m128i *)p)))),
-            _mm512_set1_ps(d[b]));
+        const __m128i sub = _mm_loadl_epi64((const __m128i *)p); /* the 8 sub-scales, twice: 16 lanes */
+        const __m512 sc = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi64(sub, sub))),
+                                        _mm512_set1_ps(d[b]));
         for (int r = 0; r < R; r++) {
             const uint8_t *x = xp + r * stride + b * MX_Q4P_BYTES;
             __m512i sum = _mm512_load_si512(x + MX_Q4_SUPER); /* -8 x the sub-block sums: the zero point */
@@ -385,7 +385,7 @@ AVX512 void mx_q4_activations_avx512(const float *a, int64_t m, int64_t k, int64
                 v[j] = _mm512_maskz_mov_ps(fin, v[j]);
             }
             const float mx = _mm512_reduce_max_ps(amax);
-            const float d = nan ? __builtin_nanf("") : mx / 127.0f, inv = d > 0.0f && d <= 3.4028235e38f ? 1.0f / d : 0.0f;
+            const float d = nan ? NAN : mx / 127.0f, inv = d > 0.0f && isfinite(d) ? 1.0f / d : 0.0f; /* as mx_q4.c */
             const __m512 vinv = _mm512_set1_ps(inv);
             int8_t *q = qa + (r * s + b) * MX_Q4_SUPER;
             for (int j = 0; j < 16; j += 2) { /* sub-block j / 2: two registers of 16 */
