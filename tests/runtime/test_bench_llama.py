@@ -234,3 +234,26 @@ def test_real_llama_cpp_measures_the_tiny_preset(tiny_config, make_checkpoint, t
     measured = speed._child("llama.cpp", str(gguf), 1, 8, 4, timeout=600, env={llama.ENV_BENCH: str(found.bench)})
     assert "error" not in measured, measured
     assert measured["prefill_s"] > 0 and measured["decode_s"] > 0 and measured["bytes_per_token"] > 0
+
+
+def test_bench_pair_example_runs_the_export_beside_the_gguf(fake_build, tiny_config, make_checkpoint, tmp_path,
+                                                           capsys):
+    """examples/bench_pair.py (docs/BENCHMARKS.md's gpt-oss-20b table) with the fake llama-bench: both engines in
+    their bench children, round 2 reversed, the best speeds printed."""
+    import runpy
+
+    from mxport.exporter.export import export
+
+    out = export(make_checkpoint(tiny_config), tmp_path / "cpu", target="cpu", progress=False)
+    gguf = tmp_path / "m.gguf"
+    write_gguf(gguf, {"general.architecture": "gpt-oss", "gpt-oss.expert_count": 4,
+                      "gpt-oss.expert_used_count": 2}, [("output.weight", [16, 10], 640)])
+    example = runpy.run_path(str(Path(__file__).parents[2] / "examples" / "bench_pair.py"))
+    runs = example["main"]([str(out), str(gguf), "--llama-bench", str(fake_build / "build"), "--prompt-len", "8",
+                            "--new-tokens", "4", "--json", str(tmp_path / "pair.json")])
+    assert [len(runs["mxport"]), len(runs["llama.cpp"])] == [2, 2]
+    assert all("error" not in m for ms in runs.values() for m in ms), runs
+    printed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in printed[:4]] == ["mxport", "llama.cpp", "llama.cpp", "mxport"]
+    assert any(line.startswith("llama.cpp: prefill 1000.00 tok/s, decode 98.000 tok/s") for line in printed)
+    assert json.loads((tmp_path / "pair.json").read_text())["mxport"][0]["prefill_s"] > 0
