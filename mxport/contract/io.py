@@ -7,10 +7,15 @@
     residual the value `layers.{i}/residual` of every family's graph: the residual stream after layer i
              (the Add that ends the layer; lowering keeps the name when it fuses the Add), which verify exposes
              as hidden_states.{i}
+    inputs of a layer's products  the values `layers.{i}/input_norm` (q/k/v), `layers.{i}/attn/attention:0` (o_proj),
+             `layers.{i}/post_attn_norm` (MLP, router, experts), `layers.{i}/mlp/gated` or `/mlp/act` (down_proj)
+             and `final/norm` (the head) of every family's graph, which verify exposes as tap/{value} when the
+             export quantizes activations (each product is then judged on the export's own input to it)
 
     past_names(i), present_names(i)     -> (key, value) names of layer i (i may be "%d": genai's patterns)
     present_to_past(name), past_to_present(name), cache_layer(name)   -> renames, (i, "key" | "value") or None
     hidden_name(i), hidden_layer(name), layer_scope(i), residual_name(i)
+    tap_value(i, role), tap_name(value), tapped(name), tap_layer(name)  -> product inputs (None: the head's)
     position_ids(mask, new_tokens)      -> positions of the last new_tokens slots: cumsum(mask) - 1, clipped at 0
     empty_cache(B, kv_heads, head_dim)  -> one [B, kv_heads, 0, head_dim] float32 array (a first step's past)
     make_feeds(ids, mask, past, cfg=)   -> the feeds of a first (or any) call
@@ -34,6 +39,13 @@ KV = ("key", "value")
 RESIDUAL = "residual"  # the role (Builder: value `layers.{i}/residual`) of the Add that ends layer i
 # The names exports made before the one residual role still carry (read by verify, never written).
 OLDER_RESIDUALS = ("moe_residual", "mlp_residual")
+
+# Values inside a layer that feed its matrix products (Builder roles, `layers.{i}/ROLE`), and the head's input.
+INPUT_NORM, ATTENTION_OUT, POST_ATTN_NORM = "input_norm", "attn/attention:0", "post_attn_norm"
+MLP_GATED, MLP_ACT = "mlp/gated", "mlp/act"  # the down projection's input: SwiGLU (Qwen3) / activation (GPT-2)
+LAYER_TAPS = (INPUT_NORM, ATTENTION_OUT, POST_ATTN_NORM, MLP_GATED, MLP_ACT)
+FINAL_NORM = "final/norm"
+TAP = "tap/"  # output name prefix of such a value exposed by verify: tap/layers.0/input_norm
 
 _CACHE = re.compile(rf"^(?:{re.escape(PAST)}|{re.escape(PRESENT)})(\d+)\.(key|value)$")
 _HIDDEN = re.compile(rf"(?:^|[./]){re.escape(HIDDEN)}(\d+)$")
@@ -80,6 +92,26 @@ def layer_scope(i: int) -> str:
 
 def residual_name(i: int, role: str = RESIDUAL) -> str:
     return f"{layer_scope(i)}/{role}"
+
+
+def tap_value(i: int | None, role: str) -> str:
+    """The value `layers.{i}/{role}`; i None: the head's input (FINAL_NORM)."""
+    return FINAL_NORM if i is None else f"{layer_scope(i)}/{role}"
+
+
+def tap_name(value: str) -> str:
+    return TAP + value
+
+
+def tapped(name: str) -> str | None:
+    """The value a `tap/{value}` output exposes, else None."""
+    return name[len(TAP):] if name.startswith(TAP) else None
+
+
+def tap_layer(name: str) -> int | None:
+    """Layer i of a `tap/layers.{i}/...` output, else None."""
+    m = re.match(rf"^{re.escape(TAP)}layers\.(\d+)/", name)
+    return int(m.group(1)) if m else None
 
 
 # ---- feeds -----------------------------------------------------------------------------------------------------

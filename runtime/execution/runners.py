@@ -147,8 +147,11 @@ class ReferenceModelRunner:
 
 
 # ---- per-layer outputs for exports without them -------------------------------------------------------------
-def expose_hidden_states(model: str | os.PathLike, out_dir: str | os.PathLike, num_layers: int) -> Path:
-    """A copy of `model` (an .onnx path) in `out_dir` with outputs `hidden_states.{i}` added, i < num_layers.
+def expose_hidden_states(model: str | os.PathLike, out_dir: str | os.PathLike, num_layers: int,
+                         taps: bool = False) -> Path:
+    """A copy of `model` (an .onnx path) in `out_dir` with outputs `hidden_states.{i}` added, i < num_layers,
+    and with `taps`, tap/{value} for each input of a matrix product the graph names as the contract does
+    (io.LAYER_TAPS per layer, io.FINAL_NORM; those a family's graph lacks are left out).
 
     The residual stream after layer i is the value the exporter names `layers.{i}/residual` (io.residual_name;
     older exports: io.OLDER_RESIDUALS; lowering keeps
@@ -195,9 +198,18 @@ def expose_hidden_states(model: str | os.PathLike, out_dir: str | os.PathLike, n
                     f"value of the nodes 'layers.{i}/...' used by later nodes is not an Add)"
                 )
             value = max(candidates)[1]
-        out = io.hidden_name(i)
-        # A Cast, not an Identity: half-precision exports carry a float16 residual, and the comparison is in float32.
-        new_nodes.append(onnx.helper.make_node("Cast", [value], [out], name=f"verify/{out}", to=onnx.TensorProto.FLOAT))
+        exposed = [(value, io.hidden_name(i))]
+        if taps:
+            exposed += [(v, io.tap_name(v)) for v in (io.tap_value(i, role) for role in io.LAYER_TAPS) if v in produced]
+        for value, out in exposed:
+            # A Cast, not an Identity: half-precision exports carry float16 values; the comparison is in float32.
+            new_nodes.append(onnx.helper.make_node("Cast", [value], [out], name=f"verify/{out}",
+                                                   to=onnx.TensorProto.FLOAT))
+            new_outputs.append(onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None))
+    if taps and io.FINAL_NORM in produced:
+        out = io.tap_name(io.FINAL_NORM)
+        new_nodes.append(onnx.helper.make_node("Cast", [io.FINAL_NORM], [out], name=f"verify/{out}",
+                                               to=onnx.TensorProto.FLOAT))
         new_outputs.append(onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None))
     graph.node.extend(new_nodes)
     graph.output.extend(new_outputs)

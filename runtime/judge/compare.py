@@ -282,13 +282,15 @@ def _json_float(v):
 
 # ---- per-layer ------------------------------------------------------------------------------------------------
 def first_failing_layer(reports: Report | Iterable[Report]) -> int | None:
-    """The smallest i whose `hidden_states.{i}` fails its tolerance in any of the reports; None if none fails.
+    """The smallest i whose `hidden_states.{i}` (or an input of its products, `tap/layers.{i}/...`) fails its
+    tolerance in any of the reports; None if none fails.
 
     The residual stream after layer i carries every error made up to layer i, so the first failing one is
     where the numbers first go wrong."""
     if isinstance(reports, Report):
         reports = [reports]
-    failing = [io.hidden_layer(s.name) for r in reports for s in r.outputs if not s.passed]
+    failing = [io.hidden_layer(s.name) if io.tap_layer(s.name) is None else io.tap_layer(s.name)
+               for r in reports for s in r.outputs if not s.passed]
     failing = [i for i in failing if i is not None]
     return min(failing) if failing else None
 

@@ -171,19 +171,23 @@ class VerifyReport:
         return min((i for i in layers if i is not None), default=None)
 
     def layers(self) -> list[dict[str, Any]]:
-        """Per layer i: worst rel of hidden_states.{i} and of present.{i}.key/value, and whether it failed."""
+        """Per layer i: worst rel of hidden_states.{i}, of present.{i}.key/value and of the inputs of its matrix
+        products (tap/layers.{i}/..., exposed when the export quantizes activations), and whether any failed."""
         table: dict[int, dict[str, Any]] = {}
         for row in self.worst():
             name = row["name"]
-            i = io.hidden_layer(name)
-            kind = "hidden"
+            i, kind = io.hidden_layer(name), "hidden"
+            if i is None and io.tap_layer(name) is not None:
+                i, kind = io.tap_layer(name), "inputs"
             if i is None:
                 at = io.cache_layer(name) if name.startswith(io.PRESENT) else None
                 if at is None:
                     continue
                 i, kind = at
-            t = table.setdefault(i, {"layer": i, "hidden_rel": None, "key_rel": None, "value_rel": None, "passed": True})
-            t[f"{kind}_rel"] = row["rel"]
+            t = table.setdefault(i, {"layer": i, "hidden_rel": None, "key_rel": None, "value_rel": None,
+                                     "inputs_rel": None, "passed": True})
+            key = f"{kind}_rel"
+            t[key] = row["rel"] if t[key] is None or row["rel"] is None else max(t[key], row["rel"])
             t["passed"] &= not row["failed_in"]
         return [table[i] for i in sorted(table)]
 
@@ -222,7 +226,8 @@ class VerifyReport:
             *([f"checked    {self.checked}"] if self.checked else []),
             "",
             "worst over all calls, per output:",
-            _worst_table([r for r in self.worst() if io.hidden_layer(r["name"]) is None and not r["name"].startswith(io.PRESENT)]),
+            _worst_table([r for r in self.worst() if io.hidden_layer(r["name"]) is None and io.tap_layer(r["name"]) is None
+                          and not r["name"].startswith(io.PRESENT)]),
         ]
         layer_rows = self.layers()
         if layer_rows:
@@ -281,9 +286,11 @@ def _verdict(failed_in: list[str]) -> str:
 
 
 def _layer_table(rows: list[dict[str, Any]]) -> str:
-    head = ("layer", "hidden_rel", "key_rel", "value_rel", "result")
+    inputs = any(r.get("inputs_rel") is not None for r in rows)  # the column only where products' inputs were read
+    head = ("layer", "hidden_rel", "key_rel", "value_rel", *(("inputs_rel",) if inputs else ()), "result")
     body = [
-        (str(r["layer"]), _fmt(r["hidden_rel"]), _fmt(r["key_rel"]), _fmt(r["value_rel"]), "ok" if r["passed"] else "FAIL")
+        (str(r["layer"]), _fmt(r["hidden_rel"]), _fmt(r["key_rel"]), _fmt(r["value_rel"]),
+         *((_fmt(r.get("inputs_rel")),) if inputs else ()), "ok" if r["passed"] else "FAIL")
         for r in rows
     ]
     return grid(head, body)

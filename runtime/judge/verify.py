@@ -264,7 +264,8 @@ def verify(
         if any(n.startswith(io.HIDDEN) for n in ort_runner.output_names):
             report.hidden_states_source = "export"
         elif per_layer:
-            tmp, exposed = _exposed_copy(export_dir, cfg.num_hidden_layers, report.notes)
+            taps = quantization is not None and quantization.quantizes_activations
+            tmp, exposed = _exposed_copy(export_dir, cfg.num_hidden_layers, report.notes, taps)
             if exposed is not None:
                 try:
                     ort_runner = OrtRunner(exposed, provider=provider, threads=threads)
@@ -324,8 +325,9 @@ def _what_was_checked(manifest: Manifest, quantization: Quantization | None, ref
             f"({why})")
 
 
-def _exposed_copy(export_dir: Path, num_layers: int, notes: list[str]):
-    """(TemporaryDirectory, model path) of a copy with hidden_states.{i} outputs, or (None, None) with a note.
+def _exposed_copy(export_dir: Path, num_layers: int, notes: list[str], taps: bool = False):
+    """(TemporaryDirectory, model path) of a copy with hidden_states.{i} outputs (and tap/{value} outputs: the
+    inputs of the matrix products, with `taps`), or (None, None) with a note.
     The copy hard-links the weights, so it must live on the export's file system: the system temp folder
     first, else a temporary sibling of the export folder; removed when verify ends."""
     errors = []
@@ -336,7 +338,7 @@ def _exposed_copy(export_dir: Path, num_layers: int, notes: list[str]):
             errors.append(str(exc))
             continue
         try:
-            return tmp, expose_hidden_states(model_path(export_dir), Path(tmp.name), num_layers)
+            return tmp, expose_hidden_states(model_path(export_dir), Path(tmp.name), num_layers, taps)
         except MxportError as exc:
             tmp.cleanup()
             errors.append(str(exc))
@@ -399,15 +401,17 @@ def _run_case(ort_runner, reference, cfg, ids, mask, decode_steps, tols, stored=
             rounding.start()
             rounding.targets = {i: got[io.hidden_name(i)] for i in range(cfg.num_hidden_layers)
                                 if io.hidden_name(i) in got}
+            rounding.taps = {io.tapped(n): v for n, v in got.items() if io.tapped(n) is not None}
             rounding.fitted = []
         want = reference.infer(ref_feeds)
         if rounding is not None and rounding.fitted and notes is not None:
             flips = sum(n for _, n, _ in rounding.fitted)
+            alone = sum(1 for _, n, _ in rounding.fitted if n == 0)
             notes.append(f"{case}/{'prefill' if step == 0 else f'decode{step}'}: {len(rounding.fitted)} token row(s) "
-                         f"of the experts met {flips} int8 activation(s) at most "
-                         f"{max(d for _, _, d in rounding.fitted):.1e} steps from a rounding tie that the export "
-                         "rounded the other way; the reference rounded them so too (fitted to the export's "
-                         "hidden states)")
+                         f"of the experts fitted to the export's hidden states: {alone} agree computed alone (a "
+                         f"one-row product's float32 sums round their near-ties as the export's did), the others met "
+                         f"{flips} int8 activation(s) at most {max(d for _, _, d in rounding.fitted):.1e} steps from "
+                         "a rounding tie that the export rounded the other way; the reference rounded them so too")
         masks = _masks(got, ref_feeds[io.ATTENTION_MASK], ids.shape[1] if step == 0 else 1)
         result = compare(got, want, tols, masks=masks)
         if not result and rounding is not None and rounding.ties:
@@ -440,7 +444,7 @@ def _masks(outputs: Mapping[str, np.ndarray], mask: np.ndarray, new: int) -> dic
     real = mask.astype(bool)  # [B, P+S]
     masks = {}
     for name, value in outputs.items():
-        if name == io.LOGITS or io.hidden_layer(name) is not None:
+        if name == io.LOGITS or io.hidden_layer(name) is not None or io.tapped(name) is not None:
             masks[name] = real[:, -new:]
         elif name.startswith(io.PRESENT):
             masks[name] = np.broadcast_to(real[:, None, real.shape[1] - value.shape[2] :], value.shape[:3])

@@ -180,20 +180,23 @@ def moe(
     limit: float,
     alpha: float,
     act=None,
+    act_mid=None,
 ) -> np.ndarray:
     """Mixture of experts over tokens x [T,H].
 
     `expert_weights(e) -> (w1 [2I,H], b1 [2I], w2 [H,I], b2 [H])` (out-major) is called once per chosen
     expert, so only the experts some token chose are read and dequantized, each once per call. `act(a)` is the
-    input of an expert GEMM as the kernel sees it (int8-quantized activations of a lossy export; default as is).
+    input of an expert GEMM as the kernel sees it (int8-quantized activations of a lossy export; default as is);
+    `act_mid` that of the second GEMM (the SwiGLU output) where it differs (default `act`).
     """
     act = act or (lambda a: a)
+    act_mid = act_mid or act
     ids, weights = route(router_logits, k)  # [T,k], [T,k]
     out = np.zeros_like(x)
     for e in np.unique(ids):
         rows, slot = np.nonzero(ids == e)
         w1, b1, w2, b2 = expert_weights(int(e))
-        y = linear(act(swiglu(linear(act(x[rows]), w1, b1), limit, alpha)), w2, b2)  # [n,H]
+        y = linear(act_mid(swiglu(linear(act(x[rows]), w1, b1), limit, alpha)), w2, b2)  # [n,H]
         out[rows] += weights[rows, slot, None] * y  # a token picks an expert at most once: rows are unique
     return out
 
@@ -213,13 +216,14 @@ def route_softmax_topk(router_logits: np.ndarray, k: int, normalize: bool) -> tu
 
 
 def moe_plain_swiglu(x: np.ndarray, router_logits: np.ndarray, k: int, normalize: bool, expert_weights,
-                     act=None) -> np.ndarray:
+                     act=None, act_mid=None) -> np.ndarray:
     """Sparse MoE over tokens x [T,H] with bias-free SwiGLU experts (Qwen3-MoE).
 
     `expert_weights(e) -> (w1 [2I,H] (gate rows, then up rows), w2 [H,I])` is called once per chosen expert, so
     only the experts some token chose are read: y[t] = Σ_e w[t,e] · w2_e (silu(gate_e x) * up_e x).
-    `act` as in moe."""
+    `act`, `act_mid` as in moe."""
     act = act or (lambda a: a)
+    act_mid = act_mid or act
     ids, weights = route_softmax_topk(router_logits, k, normalize)  # [T,k], [T,k]
     out = np.zeros_like(x)
     for e in np.unique(ids):
@@ -227,6 +231,6 @@ def moe_plain_swiglu(x: np.ndarray, router_logits: np.ndarray, k: int, normalize
         w1, w2 = expert_weights(int(e))
         h = act(x[rows]) @ w1.T  # [n,2I]
         half = h.shape[-1] // 2
-        y = act(silu(h[:, :half]) * h[:, half:]) @ w2.T  # [n,H]
+        y = act_mid(silu(h[:, :half]) * h[:, half:]) @ w2.T  # [n,H]
         out[rows] += weights[rows, slot, None] * y  # a token picks an expert at most once: rows are unique
     return out

@@ -29,7 +29,7 @@ from mxport.files import write_file
 
 from mxport.exporter.families.base import DecoderConfig
 from mxport.runtime.oracle import families, layers as L
-from mxport.runtime.oracle.quantized import Quantization
+from mxport.runtime.oracle.quantized import Quantization, Rounding
 
 CACHE_LIMIT_BYTES = 4 << 30  # cache_weights=None caches every weight only below this (gpt-oss-20b streams)
 KVCache = list[tuple[np.ndarray, np.ndarray]]  # per layer (key [B,Hkv,T,D] after RoPE, value [B,Hkv,T,D])
@@ -92,6 +92,9 @@ class ReferenceModel:
         self.wiring = families.wiring(self.family)  # positions, embed, layer, final_norm
         self.output_hidden_states = output_hidden_states
         self._cache: dict[str, np.ndarray] = {}
+        self._tapped: dict[str, np.ndarray] = {}  # value -> the reference's own, where the export's replaced it
+        self._real: np.ndarray | None = None  # [B,S] real positions of the call in progress
+        self._given: set[str] = set()  # values replaced by the export's in the call in progress
         names = set(self.ckpt.names())
         # The checkpoint decides tied vs stored (Checkpoint.output_name); an in-memory stand-in by its names.
         self._head = getattr(self.ckpt, "output_name", None) or (
@@ -220,6 +223,7 @@ class ReferenceModel:
                 keep_masks[key] = L.attention_keep_mask(mask[:, P - p_i :], p_i, S, w)
             return keep_masks[key]
 
+        self._tapped, self._given, self._real = {}, set(), mask[:, P:].astype(bool)
         x = self.wiring.embed(self, ids, pos)  # [B,S,H]
         present: KVCache = []
         hidden: list[np.ndarray] = []
@@ -232,7 +236,7 @@ class ReferenceModel:
                 hidden.append(x)
             x = self._forced(i, x, mask[:, P:])
             report(self.progress, "layers", i + 1, cfg.num_hidden_layers)
-        x = self.wiring.final_norm(self, x)
+        x = self.tap(None, io.FINAL_NORM, self.wiring.final_norm(self, x))
         logits = self.linear(x, self._head)
         return ModelOutput(logits, present, hidden if return_hidden_states else None)
 
@@ -250,6 +254,52 @@ class ReferenceModel:
         if target is None or target.shape != x.shape:
             return x
         return np.where(real.astype(bool)[..., None], target.astype(x.dtype, copy=False), x)
+
+    def tapped(self, i: int | None, role: str) -> bool:
+        """Whether the call in progress runs on the export's own value `layers.{i}/{role}` (tap)."""
+        return io.tap_value(i, role) in self._given
+
+    def fit_experts(self, i: int, out: np.ndarray, base: np.ndarray, row) -> np.ndarray:
+        """out [T,H], layer i's MoE output, with the rows the export's residual shows to round a near-tie the
+        other way fitted (Quantization.fit_rows); row(t, act, act_mid) -> [1,H] runs token t's experts with the
+        given activations of the two GEMMs. On the export's own MoE input (tapped) the first GEMM's int8 input is
+        the export's exactly, so only the SwiGLU output's near-ties are candidates."""
+        q = self.quantization
+        if q is None:
+            return out
+        tapped = self.tapped(i, io.POST_ATTN_NORM)
+
+        def run(t: int, rounding) -> np.ndarray:
+            def act(a, r=rounding):
+                return q.expert_activations(a, r).astype(self.dtype, copy=False)
+            return row(t, (lambda a: act(a, Rounding())) if tapped else act, act)
+
+        return q.fit_rows(i, out, base, run, self.real_rows)
+
+    @property
+    def real_rows(self) -> np.ndarray | None:
+        """[B*S] real positions of the call in progress, row by row as a layer's tokens are flattened."""
+        return None if self._real is None else self._real.reshape(-1)
+
+    def tap(self, i: int | None, role: str, x: np.ndarray) -> np.ndarray:
+        """x [B,S,*], the reference's value `layers.{i}/{role}` (io.tap_value: an input of layer i's matrix
+        products; i None: the head's), or the export's own value of that name where verify gave it (an export that
+        quantizes activations: Quantization.rounding.taps) on the real positions.
+
+        Each product of such an export is so judged on the export's own input: a last-bit difference in a norm or
+        an attention output (float32 summation order) would otherwise round an int8 activation at x.5 steps the
+        other way. The reference's own value is kept (self._tapped) and returned by infer as tap/{value}, which
+        verify compares with the export's to the same tolerance: a wrong norm or attention still fails there."""
+        q = self.quantization
+        value = io.tap_value(i, role)
+        given = q.rounding.taps.get(value) if q is not None and q.quantizes_activations else None
+        if given is None or self._real is None:
+            return x
+        self._tapped[value] = x
+        if given.shape != x.shape:  # compared (and named) by verify as a shape mismatch
+            return x
+        self._given.add(value)
+        return np.where(self._real[..., None], given.astype(x.dtype, copy=False), x)
 
     def _check_inputs(self, input_ids, attention_mask, position_ids, past):
         cfg = self.cfg
@@ -326,6 +376,8 @@ class ReferenceModel:
             result.update({name: t.astype(np.float32) for name, t in zip(io.present_names(i), kv)})
         for i, h in enumerate(out.hidden_states or ()):
             result[io.hidden_name(i)] = h.astype(np.float32)
+        for value, x in self._tapped.items():
+            result[io.tap_name(value)] = x.astype(np.float32)
         return result
 
     # ---- decoding ---------------------------------------------------------------------------------------------

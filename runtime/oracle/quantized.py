@@ -52,6 +52,7 @@ class Rounding:
         self.ties: list[tuple[float, int]] = []  # (distance to the tie in steps, number) met since start()
         self.targets: dict[int, np.ndarray] = {}  # layer -> the export's residual after it, [B,S,H] (fit_rows,
         # and the input of layer + 1: ReferenceModel._forced)
+        self.taps: dict[str, np.ndarray] = {}  # value (io.tap_value) -> the export's own (ReferenceModel.tap)
         self.fitted: list[tuple[int, int, float]] = []  # (layer, ties rounded the other way, farthest) per fitted row
 
     def start(self, flip: set[int] | None = None) -> None:
@@ -233,7 +234,7 @@ class Quantization:
         return int8_blocks(x, rounding or self.rounding) if self.int8_activations_experts else x
 
     # ---- near-ties, fitted row by row ---------------------------------------------------------------------------
-    def fit_rows(self, layer: int, out: np.ndarray, base: np.ndarray, row) -> np.ndarray:
+    def fit_rows(self, layer: int, out: np.ndarray, base: np.ndarray, row, real: np.ndarray | None = None) -> np.ndarray:
         """out [T,H]: the MoE output of layer `layer` with every int8 activation rounded to nearest; base [T,H]: the
         residual it is added to. Where the export's residual after this layer is known (rounding.targets, set by
         verify from the export's hidden_states) and a token's row is off it by more than FIT_REL of its largest
@@ -241,22 +242,26 @@ class Quantization:
         TIE_MARGIN of x.5 steps) rounded the other way, greedily: per round the FIT_CANDIDATES closest are tried and
         the one that lowers the row's error most is kept, at most FIT_FLIPS rounds. Only such near-ties move, each
         by one int8 step: an export whose weights differ stays off, and when more rows are off than a few near-ties
-        explain (FIT_MAX_ROWS, FIT_MAX_SHARE) none is fitted. Fitted rows are counted in rounding.fitted."""
+        explain (FIT_MAX_ROWS, FIT_MAX_SHARE) none is fitted. `real` [T] marks the rows of real positions: a left
+        pad's row is garbage on both sides, neither fitted nor counted. Fitted rows are counted in rounding.fitted."""
         target = self.rounding.targets.get(layer) if self.int8_activations_experts else None
         if target is None or target.size != out.size:
             return out
         want = target.reshape(out.shape).astype(np.float64) - base
         tol = FIT_REL * float(np.nanmax(np.abs(target), initial=0.0))
         err = np.abs(out - want).max(axis=1)
+        if real is not None:
+            err = np.where(real.reshape(-1), err, 0.0)
         off = np.flatnonzero(err > tol)
-        if len(off) > max(FIT_MAX_ROWS, FIT_MAX_SHARE * len(err)):  # not a few near-ties: something else differs
+        rows = len(err) if real is None else int(real.sum())
+        if len(off) > max(FIT_MAX_ROWS, FIT_MAX_SHARE * rows):  # not a few near-ties: something else differs
             return out
         out = out.copy()
         for t in off:
             fitted = _fit_row(lambda r, t=t: row(t, r), want[t], float(err[t]), tol)
             if fitted is not None:
                 out[t], flips = fitted
-                self.rounding.fitted.append((layer, len(flips), max(flips.values())))
+                self.rounding.fitted.append((layer, len(flips), max(flips.values(), default=0.0)))
         return out
 
     def dense_activations(self, x: np.ndarray) -> np.ndarray:
@@ -272,12 +277,16 @@ FIT_MAX_ROWS, FIT_MAX_SHARE = 4, 0.25  # more rows off than this (and this share
 
 def _fit_row(row, want: np.ndarray, err: float, tol: float):
     """(output [H], {tie: distance}) of the run of `row(rounding)` whose near-ties, rounded the other way, bring it
-    closest to `want` (better than `err`), or None."""
+    closest to `want` (better than `err`), or None. The row alone, before any flip, counts as a run: its float32
+    sums (NumPy's one-row product) may already round its near-ties as the export did where the batch's did not."""
     rounding = Rounding()
     rounding.start()
-    row(rounding)
+    y = row(rounding)[0]
     ties = {t: d for d, t in rounding.ties}
-    best, flipped = None, {}
+    e = float(np.abs(y - want).max())
+    best, flipped = ((e, y, {}) if e < err else None), {}
+    if best is not None and e <= tol:
+        return y, {}
     for _ in range(FIT_FLIPS):
         tried = None
         for tie in sorted((t for t in ties if t not in flipped), key=ties.get)[:FIT_CANDIDATES]:

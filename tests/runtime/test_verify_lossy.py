@@ -18,6 +18,7 @@ import onnx
 import pytest
 
 from mxport.cli import main
+from mxport.contract import io
 from mxport.exporter.export import export
 from mxport.exporter.synth import PRESETS
 from mxport.runtime.oracle.model import ReferenceModel
@@ -119,6 +120,47 @@ def test_verify_fails_a_flipped_byte_in_a_lossy_export(exports, family, options,
     assert main(["verify", str(bad), *QUICK]) == 1, name
     text = capsys.readouterr().out
     assert OWN_NUMBERS in text and "first failing layer: " in text and text.rstrip().endswith("FAIL"), text
+
+
+# The inputs of the matrix products each family's graph names as the contract does (io.LAYER_TAPS): verify reads
+# them from an export that quantizes activations and judges each product on them.
+TAPS = {
+    "gpt_oss": (io.INPUT_NORM, io.ATTENTION_OUT, io.POST_ATTN_NORM),
+    "qwen3": (io.INPUT_NORM, io.ATTENTION_OUT, io.POST_ATTN_NORM, io.MLP_GATED),
+    "gpt2": (io.INPUT_NORM, io.ATTENTION_OUT, io.POST_ATTN_NORM, io.MLP_ACT),
+}
+TAPPED = [("gpt_oss", {"target": "cpu", "experts": "int4"}), ("qwen3", {"target": "cpu", "dense": "q4"}),
+          ("gpt2", {"target": "cpu", "dense": "int4"})]
+
+
+@pytest.mark.parametrize("family,options", TAPPED, ids=[f for f, _ in TAPPED])
+def test_int8_activations_judge_each_product_on_the_exports_own_input(checkpoints, exports, family, options,
+                                                                      tmp_path, capsys):
+    out = exports(family, **options)
+    assert main(["verify", str(out), *QUICK, "--json", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    names = {r["name"]: r for r in report["summary"]}
+    layers = ReferenceModel(checkpoints[family]).cfg.num_hidden_layers
+    want = [io.tap_name(io.tap_value(i, role)) for i in range(layers) for role in TAPS[family]]
+    want.append(io.tap_name(io.FINAL_NORM))
+    assert set(want) <= set(names), sorted(set(want) - set(names))
+    assert all(names[n]["rel"] < 1e-5 for n in want), {n: names[n]["rel"] for n in want}
+    assert all(row["inputs_rel"] is not None for row in report["layers"]), report["layers"]
+    assert "inputs_rel" in capsys.readouterr().out
+
+
+def test_a_wrong_norm_fails_at_its_tap_although_the_products_run_on_the_exports_input(exports, tmp_path, capsys):
+    # The reference's q/k/v products take the export's own norm output; only comparing that output with the
+    # reference's own catches a wrong norm weight (the products after it agree on the wrong input).
+    good = exports("qwen3", target="cpu", dense="q4")
+    bad = tmp_path / "bad"
+    shutil.copytree(good, bad)
+    _flip_byte(bad, "layers.0.input_layernorm.weight", 11)  # the second weight's exponent byte
+    assert main(["verify", str(bad), *QUICK, "--json", str(tmp_path / "r.json")]) == 1
+    report = json.loads((tmp_path / "r.json").read_text())
+    failed = {r["name"] for r in report["summary"] if r["failed_in"]}
+    assert io.tap_name(io.tap_value(0, io.INPUT_NORM)) in failed, failed
+    assert report["first_failing_layer"] == 0
 
 
 def test_float16_export_is_judged_on_its_float16_numbers(exports, tmp_path, capsys):

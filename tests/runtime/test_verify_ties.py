@@ -62,3 +62,23 @@ def test_reference_int4_experts_are_the_exports_at_mini_shape(mini_int4):
             differ_before += not np.array_equal(quant.int4_dequantize(*quant.int4_quantize(decoded)),
                                                 export_experts[e])
     assert differ_before  # the shape shows it: int4_quantize of the decoded experts is not what the export holds
+
+
+@pytest.fixture(scope="module")
+def mini_wide(make_checkpoint):
+    """mini's width (hidden and intermediate 1024) in two layers, 8 experts top-4, a small vocabulary: wide enough
+    that int8 activations meet near-ties in a 144-token prefill (the two-layer model FAILed verify before the
+    products were judged on the export's own inputs)."""
+    mini = PRESETS["mini"]
+    return make_checkpoint(mini.replace(num_hidden_layers=2, layer_types=mini.layer_types[:2], num_experts=8,
+                                        experts_per_token=4, vocab_size=512))
+
+
+@pytest.mark.parametrize("options", [{"experts": "int4"}, {"dense": "q4"}], ids=["experts-int4", "dense-q4"])
+def test_verify_passes_a_mini_wide_export_with_int8_activations(mini_wide, options, tmp_path, capsys):
+    from mxport.cli import main
+
+    out = export(mini_wide, tmp_path / "out", target="cpu", progress=False, **options)
+    assert main(["verify", str(out), "--prompts", "2", "--decode-steps", "1"]) == 0, capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "inputs_rel" in text and "tap/final/norm" in text, text

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mxport.contract import io
 from mxport.errors import MxportError
 from mxport.exporter.families.gpt2.config import PREFIX
 from mxport.runtime.oracle import layers as L
@@ -43,7 +44,7 @@ def layer(m, i: int, x: np.ndarray, tables, keep: np.ndarray, past_kv) -> tuple[
     eps = cfg.layer_norm_epsilon
     B, S, H = x.shape
     heads, D = cfg.num_attention_heads, cfg.head_dim
-    h = L.layer_norm(x, m.w(p + "ln_1.weight"), m.w(p + "ln_1.bias"), eps)
+    h = m.tap(i, io.INPUT_NORM, L.layer_norm(x, m.w(p + "ln_1.weight"), m.w(p + "ln_1.bias"), eps))
     qkv = conv1d(m, h, p + "attn.c_attn")  # [B,S,3H]: q | k | v
 
     def heads_first(t: np.ndarray) -> np.ndarray:  # [B,S,H] -> [B,heads,S,D]
@@ -54,10 +55,11 @@ def layer(m, i: int, x: np.ndarray, tables, keep: np.ndarray, past_kv) -> tuple[
         k = np.concatenate([past_kv[0].astype(m.dtype, copy=False), k], axis=2)
         v = np.concatenate([past_kv[1].astype(m.dtype, copy=False), v], axis=2)
     no_sinks = np.full(heads, -np.inf, m.dtype)
-    out = L.attention(q, k, v, keep, no_sinks, cfg.attention_scale(i))  # [B,S,H]
+    out = m.tap(i, io.ATTENTION_OUT, L.attention(q, k, v, keep, no_sinks, cfg.attention_scale(i)))  # [B,S,H]
     x = x + conv1d(m, out, p + "attn.c_proj")
-    h = L.layer_norm(x, m.w(p + "ln_2.weight"), m.w(p + "ln_2.bias"), eps)
-    x = x + conv1d(m, L.activation(conv1d(m, h, p + "mlp.c_fc"), cfg.activation_function), p + "mlp.c_proj")
+    h = m.tap(i, io.POST_ATTN_NORM, L.layer_norm(x, m.w(p + "ln_2.weight"), m.w(p + "ln_2.bias"), eps))
+    act = m.tap(i, io.MLP_ACT, L.activation(conv1d(m, h, p + "mlp.c_fc"), cfg.activation_function))
+    x = x + conv1d(m, act, p + "mlp.c_proj")
     return x, (k, v)
 
 

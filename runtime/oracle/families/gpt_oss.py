@@ -10,6 +10,7 @@ import functools
 
 import numpy as np
 
+from mxport.contract import io
 from mxport.ops import mxfp4
 from mxport.runtime.oracle import layers as L
 
@@ -26,10 +27,10 @@ def embed(m, ids: np.ndarray, position_ids: np.ndarray) -> np.ndarray:
 def layer(m, i: int, x: np.ndarray, rope, keep: np.ndarray, past_kv) -> tuple[np.ndarray, tuple]:
     cfg, p = m.cfg, f"model.layers.{i}."
     B, S, _ = x.shape
-    h = L.rms_norm(x, m.w(p + "input_layernorm.weight"), cfg.rms_norm_eps)
+    h = m.tap(i, io.INPUT_NORM, L.rms_norm(x, m.w(p + "input_layernorm.weight"), cfg.rms_norm_eps))
     attn, kv = attention(m, i, h, rope, keep, past_kv)
     x = x + attn
-    h = L.rms_norm(x, m.w(p + "post_attention_layernorm.weight"), cfg.rms_norm_eps)
+    h = m.tap(i, io.POST_ATTN_NORM, L.rms_norm(x, m.w(p + "post_attention_layernorm.weight"), cfg.rms_norm_eps))
     return x + moe(m, i, h.reshape(B * S, -1), x.reshape(B * S, -1)).reshape(B, S, -1), kv
 
 
@@ -53,7 +54,7 @@ def attention(m, i: int, h: np.ndarray, rope, keep: np.ndarray, past_kv) -> tupl
     if past_kv is not None:
         k = np.concatenate([past_kv[0].astype(m.dtype, copy=False), k], axis=2)
         v = np.concatenate([past_kv[1].astype(m.dtype, copy=False), v], axis=2)
-    out = L.attention(q, k, v, keep, m.w(p + "sinks"), D**-0.5)  # [B,S,Hq*D]
+    out = m.tap(i, io.ATTENTION_OUT, L.attention(q, k, v, keep, m.w(p + "sinks"), D**-0.5))  # [B,S,Hq*D]
     o_bias = m.w(p + "o_proj.bias") if cfg.attention_bias else None
     return m.linear(out, p + "o_proj.weight", o_bias), (k, v)
 
@@ -92,6 +93,6 @@ def moe(m, i: int, h: np.ndarray, base: np.ndarray | None = None) -> np.ndarray:
         if q is None or base is None:
             return out
         chosen = functools.lru_cache(maxsize=2 * cfg.experts_per_token)(loader)  # a fitted row is run many times
-        return q.fit_rows(i, out, base, lambda t, rounding: L.moe(
+        return m.fit_experts(i, out, base, lambda t, act, act_mid: L.moe(
             h[t : t + 1], router_logits[t : t + 1], cfg.experts_per_token, chosen, cfg.swiglu_limit, cfg.swiglu_alpha,
-            act=lambda a: q.expert_activations(a, rounding).astype(m.dtype, copy=False)))
+            act=act, act_mid=act_mid))

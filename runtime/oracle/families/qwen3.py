@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mxport.contract import io
 from mxport.runtime.oracle import layers as L
 
 
@@ -39,23 +40,24 @@ def attention(m, i: int, h: np.ndarray, rope, keep: np.ndarray, past_kv) -> tupl
         k = np.concatenate([past_kv[0].astype(m.dtype, copy=False), k], axis=2)
         v = np.concatenate([past_kv[1].astype(m.dtype, copy=False), v], axis=2)
     no_sinks = np.full(cfg.num_attention_heads, -np.inf, m.dtype)
-    out = L.attention(q, k, v, keep, no_sinks, D**-0.5)  # [B,S,Hq*D]
+    out = m.tap(i, io.ATTENTION_OUT, L.attention(q, k, v, keep, no_sinks, D**-0.5))  # [B,S,Hq*D]
     o_bias = m.w(p + "o_proj.bias") if cfg.attention_bias else None
     return m.linear(out, p + "o_proj.weight", o_bias), (k, v)
 
 
 def layer(m, i: int, x: np.ndarray, rope, keep: np.ndarray, past_kv, mlp=None) -> tuple[np.ndarray, tuple]:
-    """x [B,S,H] through layer i; `mlp(h)` replaces the dense SwiGLU MLP on the normed residual (Qwen3-MoE)."""
+    """x [B,S,H] through layer i; `mlp(h, x)` replaces the dense SwiGLU MLP on the normed residual h, x the
+    residual its output is added to (Qwen3-MoE)."""
     cfg, p = m.cfg, f"model.layers.{i}."
-    h = L.rms_norm(x, m.w(p + "input_layernorm.weight"), cfg.rms_norm_eps)
+    h = m.tap(i, io.INPUT_NORM, L.rms_norm(x, m.w(p + "input_layernorm.weight"), cfg.rms_norm_eps))
     attn, kv = attention(m, i, h, rope, keep, past_kv)
     x = x + attn
-    h = L.rms_norm(x, m.w(p + "post_attention_layernorm.weight"), cfg.rms_norm_eps)
+    h = m.tap(i, io.POST_ATTN_NORM, L.rms_norm(x, m.w(p + "post_attention_layernorm.weight"), cfg.rms_norm_eps))
     if mlp is None:
         gate, up = m.linear(h, p + "mlp.gate_proj.weight"), m.linear(h, p + "mlp.up_proj.weight")
-        y = m.linear(L.silu(gate) * up, p + "mlp.down_proj.weight")  # L.swiglu_mlp, through the export's matrices
+        y = m.linear(m.tap(i, io.MLP_GATED, L.silu(gate) * up), p + "mlp.down_proj.weight")  # L.swiglu_mlp, through the export's matrices
     else:
-        y = mlp(h)
+        y = mlp(h, x)
     return x + y, kv
 
 

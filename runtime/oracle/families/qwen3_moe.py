@@ -12,6 +12,8 @@ chosen expert MXFP4-encoded and decoded, or int8/int4-quantized, as the export h
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from mxport.runtime.oracle import layers as L
@@ -40,16 +42,25 @@ def expert_loader(m, layer: int):
     return load
 
 
-def moe(m, i: int, h: np.ndarray) -> np.ndarray:
-    """h [T,H] through layer i's sparse block."""
+def moe(m, i: int, h: np.ndarray, base: np.ndarray | None = None) -> np.ndarray:
+    """h [T,H] through layer i's sparse block; `base` [T,H], the residual it is added to, lets a lossy export's
+    reference round its int8 near-ties as the export did (ReferenceModel.fit_experts)."""
     cfg = m.cfg
     router_logits = L.linear(h, m.w(f"model.layers.{i}.mlp.gate.weight"), None)  # [T,E]
-    return L.moe_plain_swiglu(h, router_logits, cfg.num_experts_per_tok, cfg.norm_topk_prob, expert_loader(m, i),
-                              act=m.expert_input)
+    loader = expert_loader(m, i)
+    out = L.moe_plain_swiglu(h, router_logits, cfg.num_experts_per_tok, cfg.norm_topk_prob, loader,
+                             act=m.expert_input)
+    if m.quantization is None or base is None:
+        return out
+    chosen = functools.lru_cache(maxsize=2 * cfg.num_experts_per_tok)(loader)  # a fitted row is run many times
+    return m.fit_experts(i, out, base, lambda t, act, act_mid: L.moe_plain_swiglu(
+        h[t : t + 1], router_logits[t : t + 1], cfg.num_experts_per_tok, cfg.norm_topk_prob, chosen, act=act,
+        act_mid=act_mid))
 
 
 def layer(m, i: int, x: np.ndarray, rope, keep: np.ndarray, past_kv) -> tuple[np.ndarray, tuple]:
     """Qwen3's layer (runtime/oracle/families/qwen3.py), the sparse block on cfg.sparse(i) layers."""
     B, S, _ = x.shape
-    sparse = (lambda h: moe(m, i, h.reshape(B * S, -1)).reshape(B, S, -1)) if m.cfg.sparse(i) else None
+    sparse = (lambda h, x: moe(m, i, h.reshape(B * S, -1), x.reshape(B * S, -1)).reshape(B, S, -1)) \
+        if m.cfg.sparse(i) else None
     return qwen3.layer(m, i, x, rope, keep, past_kv, mlp=sparse)
