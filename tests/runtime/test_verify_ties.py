@@ -6,6 +6,10 @@ the reference quantized the decoded experts with int4_quantize (squared errors s
 scale with the least error, but their float32 sums round differently, so a block whose two best scales are
 nearly tied may get the other one: 20 of 393216 blocks of one mini-shaped layer (hidden and intermediate 1024),
 none of tiny's few blocks. The reference now quantizes with the export's function.
+
+At mini's width (a two-layer model here) int8 activations meet near-ties that a last-bit difference in a norm,
+an attention output or a one-row product rounds the other way: verify judges each product on the export's own
+input and fits the expert rows (docs/VERIFY.md "Layer by layer, product by product"); a flipped byte still FAILs.
 """
 
 from __future__ import annotations
@@ -82,3 +86,20 @@ def test_verify_passes_a_mini_wide_export_with_int8_activations(mini_wide, optio
     assert main(["verify", str(out), "--prompts", "2", "--decode-steps", "1"]) == 0, capsys.readouterr().out
     text = capsys.readouterr().out
     assert "inputs_rel" in text and "tap/final/norm" in text, text
+
+
+def test_verify_fails_a_flipped_expert_byte_at_mini_width(mini_wide, tmp_path, capsys):
+    # the row fit moves near-ties only: a wrong weight stays off in every row that chose the expert
+    from mxport.cli import main
+
+    out = export(mini_wide, tmp_path / "out", target="cpu", experts="int4", progress=False)
+    model = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    init = next(i for i in model.graph.initializer if i.name.endswith(".fc1_q4"))
+    info = {e.key: e.value for e in init.external_data}
+    with open(out / info["location"], "r+b") as f:
+        f.seek(int(info["offset"]) + 8)
+        byte = f.read(1)[0]
+        f.seek(int(info["offset"]) + 8)
+        f.write(bytes([byte ^ 0x5A]))
+    assert main(["verify", str(out), "--prompts", "2", "--decode-steps", "1"]) == 1
+    assert "first failing layer: 0" in capsys.readouterr().out
