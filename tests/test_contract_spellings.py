@@ -18,7 +18,7 @@ PACKAGE_FOLDERS = ("mxport", "exporter", "runtime", "ops")
 HOME = REPO / "mxport" / "contract"
 FILE_NAMES = {folder.MODEL_FILE, folder.DATA_FILE, folder.MANIFEST_FILE, folder.GENAI_FILE, folder.TOKENIZER_FILE,
               folder.TOKENIZER_CONFIG_FILE, folder.CHAT_TEMPLATE_FILE, folder.GENERATION_CONFIG_FILE}
-NAME_PREFIXES = (io.PAST, io.PRESENT, io.HIDDEN)
+NAME_PREFIXES = (io.PAST, io.PRESENT, io.HIDDEN, io.TAP)
 
 
 def _docstrings(tree: ast.AST) -> set[int]:
