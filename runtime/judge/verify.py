@@ -387,7 +387,7 @@ def _run_case(ort_runner, reference, cfg, ids, mask, decode_steps, tols, stored=
     `stored`: the reference on the checkpoint as stored, fed the same tokens; its logits against the reference's
     are the quantization error of a lossy export (no tolerance: judged later against the user's budget).
 
-    With int8 activations (`quantization.quantizes_activations`) an activation within a thousandth of an int8
+    With int8 activations (`quantization.quantizes_activations`) an activation within TIE_MARGIN (2e-3) of an int8
     step of a rounding tie may round the other way in the export (its float32 sums differ in the last bit): a
     call that fails is run again with such near-ties rounded the other way (_retry_ties: the closest first, one
     more per round where it helps most, at most MAX_TIE_FLIPS); a run that passes is kept and named in the notes.
