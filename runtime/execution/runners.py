@@ -184,6 +184,7 @@ def expose_hidden_states(model: str | os.PathLike, out_dir: str | os.PathLike, n
         for name in node.output:
             produced[name] = (idx, li, node.op_type)
     new_outputs, new_nodes = [], []
+    exposed: list[tuple[str, str]] = []  # (value, output name), in order: each layer's residual and taps, the head's
     for i in range(num_layers):
         value = next((v for v in (io.residual_name(i, role) for role in (io.RESIDUAL, *io.OLDER_RESIDUALS))
                       if v in produced), io.residual_name(i))
@@ -198,18 +199,14 @@ def expose_hidden_states(model: str | os.PathLike, out_dir: str | os.PathLike, n
                     f"value of the nodes 'layers.{i}/...' used by later nodes is not an Add)"
                 )
             value = max(candidates)[1]
-        exposed = [(value, io.hidden_name(i))]
+        exposed.append((value, io.hidden_name(i)))
         if taps:
             exposed += [(v, io.tap_name(v)) for v in (io.tap_value(i, role) for role in io.LAYER_TAPS) if v in produced]
-        for value, out in exposed:
-            # A Cast, not an Identity: half-precision exports carry float16 values; the comparison is in float32.
-            new_nodes.append(onnx.helper.make_node("Cast", [value], [out], name=f"verify/{out}",
-                                                   to=onnx.TensorProto.FLOAT))
-            new_outputs.append(onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None))
     if taps and io.FINAL_NORM in produced:
-        out = io.tap_name(io.FINAL_NORM)
-        new_nodes.append(onnx.helper.make_node("Cast", [io.FINAL_NORM], [out], name=f"verify/{out}",
-                                               to=onnx.TensorProto.FLOAT))
+        exposed.append((io.FINAL_NORM, io.tap_name(io.FINAL_NORM)))
+    for value, out in exposed:
+        # A Cast, not an Identity: half-precision exports carry float16 values; the comparison is in float32.
+        new_nodes.append(onnx.helper.make_node("Cast", [value], [out], name=f"verify/{out}", to=onnx.TensorProto.FLOAT))
         new_outputs.append(onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None))
     graph.node.extend(new_nodes)
     graph.output.extend(new_outputs)
