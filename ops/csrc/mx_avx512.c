@@ -12,9 +12,9 @@
  *   vpdpbusd (u8 x s8, four products per lane) sum a row against 256 weights, starting from the zero point's lanes,
  *   and each lane is multiplied by its sub-scale in float32 once per super-block. Lane sums stay below 2^16, so
  *   the conversion to float32 is exact: the integers of mx_q4.c and the NumPy kernel, summed in float32.
- * Prompt rows: MXFP4 and bf16 with M > 4 pack A^T in 16-row groups (mx_pack_t), decode 8 weight rows to float32
- *   once and run 8 x 32 outer-product tiles (16 accumulators, weights broadcast from L1) over K panels that stay in
- *   L1; LinearQ4 unpacks each weight super-block once for 8 (then 4) rows of A.
+ * Prompt rows: MXFP4 with M > 15 (full groups; a remainder of up to 8 rows goes to the direct chunks) and bf16 with
+ *   M > 4 pack A^T in 16-row groups (mx_pack_t), decode 8 weight rows to float32 once and run 8 x 32 outer-product
+ *   tiles (16 accumulators, weights broadcast from L1) over K panels that stay in L1; LinearQ4 unpacks each weight super-block once for 8 (then 4) rows of A.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -58,11 +58,13 @@ AVX512_INLINE void decode_block(__m512 table, const uint8_t *b, uint8_t s, __m51
     w[1] = _mm512_permutexvar_ps(_mm512_srli_epi32(c, 4), t);
 }
 
-/* Rows of A (m <= 8) against weight rows [n0, n1), blocks [j0, j1) of each (add: y += the product, else y = it):
+/* Rows of A (m <= 8; block j of row r at ap + r * rs + j * bs) against weight rows [n0, n1), blocks [j0, j1) of each
+ * (add: y += the product, else y = it):
  * each weight block decoded once in registers and used by every row. Up to 4 rows two blocks per step (four
  * accumulator chains per row), 5-8 rows one (10-16 chains): enough to hide the FMA latency either way. */
-AVX512_INLINE void mxfp4_direct(const float *ap, const int m, int64_t k, const uint8_t *blocks, const uint8_t *scales,
-                                int64_t j0, int64_t j1, const int add, int64_t n0, int64_t n1, float *y, int64_t ldy) {
+AVX512_INLINE void mxfp4_direct(const float *ap, const int m, int64_t k, int64_t rs, int64_t bs, const uint8_t *blocks,
+                                const uint8_t *scales, int64_t j0, int64_t j1, const int add, int64_t n0, int64_t n1,
+                                float *y, int64_t ldy) {
     const int64_t nb = k / MX_BLOCK;
     const __m512 table = code_table();
     for (int64_t n = n0; n < n1; n++) {
@@ -77,19 +79,20 @@ AVX512_INLINE void mxfp4_direct(const float *ap, const int m, int64_t k, const u
             decode_block(table, b + j * MX_BLOCK_BYTES, s[j], w);
             decode_block(table, b + (j + 1) * MX_BLOCK_BYTES, s[j + 1], v);
             for (int r = 0; r < m; r++) {
-                const float *a = ap + r * k + j * MX_BLOCK;
+                const float *a = ap + r * rs + j * bs;
                 acc[r][0] = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(a), acc[r][0]);
                 acc[r][1] = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(a + 16), acc[r][1]);
-                acc[r][2] = _mm512_fmadd_ps(v[0], _mm512_loadu_ps(a + 32), acc[r][2]);
-                acc[r][3] = _mm512_fmadd_ps(v[1], _mm512_loadu_ps(a + 48), acc[r][3]);
+                acc[r][2] = _mm512_fmadd_ps(v[0], _mm512_loadu_ps(a + bs), acc[r][2]);
+                acc[r][3] = _mm512_fmadd_ps(v[1], _mm512_loadu_ps(a + bs + 16), acc[r][3]);
             }
         }
         for (; j < j1; j++) {
             __m512 w[2];
-            if (!(j & 3)) PREFETCH(b + j * MX_BLOCK_BYTES);
+            if (!(j & 3)) /* the same bytes 4 weight rows on: a chunk reads a panel of each row, not whole rows */
+                _mm_prefetch((const char *)(b + (4 * nb + j) * MX_BLOCK_BYTES), _MM_HINT_T1);
             decode_block(table, b + j * MX_BLOCK_BYTES, s[j], w);
             for (int r = 0; r < m; r++) {
-                const float *a = ap + r * k + j * MX_BLOCK;
+                const float *a = ap + r * rs + j * bs;
                 acc[r][0] = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(a), acc[r][0]);
                 acc[r][1] = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(a + 16), acc[r][1]);
             }
@@ -102,38 +105,57 @@ AVX512_INLINE void mxfp4_direct(const float *ap, const int m, int64_t k, const u
     }
 }
 
-#define DIRECT_ROWS 24  /* MXFP4 rows of A up to which the direct chunks run (mxfp4_chunks) */
+#define DIRECT_ROWS 15  /* MXFP4 rows of A up to which the direct chunks run (mxfp4_chunks) */
 #define DIRECT_PANEL 32 /* blocks of K per pass of the direct chunks */
+#define DIRECT_TILE 64  /* weight rows per pass: their panel (32 KB) is re-read from L2 by the next chunk */
 
 /* Rows of A in near-equal chunks of at most 8 (4-8 rows each once m > 4), each chunk a direct product: a weight
- * block is decoded once per chunk, in registers. Up to DIRECT_ROWS rows this beats the packed product, whose
- * 16-row groups run partly empty (an MoE expert's share of a prompt: ~16 rows at gpt-oss's 4 of 32). K goes in
- * panels of DIRECT_PANEL blocks, so a chunk's rows of A stay in L1 (8 x 1024 floats = 32 KB). */
+ * block is decoded once per chunk, in registers. Up to DIRECT_ROWS rows (and for a remainder of up to 8 rows after
+ * full 16-row groups) this beats the packed product, whose 16-row groups would run partly empty. A chunk's rows are
+ * copied block-interleaved (block j of its R rows side by side), so they read as one stream: R rows k floats apart
+ * fall in one L1 set when k is a power of two. Weight rows go in tiles of DIRECT_TILE, so a tile's panel is re-read
+ * from L2 by the next chunk, and K in panels of DIRECT_PANEL blocks (L1). One thread, Zen 4, cycles per 32 weights
+ * x row, weights from memory (kernel_driver bench shapes): m = 8 3.1 -> 2.1, k = 2880 m = 8-16 4.2-5.0 -> 2.2-2.6. */
 AVX512_INLINE void mxfp4_chunks(const float *ap, int64_t m, int64_t k, const uint8_t *blocks, const uint8_t *scales,
                                 int64_t n0, int64_t n1, float *y, int64_t ldy) {
     const int64_t chunks = (m + 7) / 8, nb = k / MX_BLOCK;
+    float *il = mx_alloc64(sizeof(float) * (size_t)(m * k));
+    if (il)
+        for (int64_t c = 0, r0 = 0; c < chunks; c++) {
+            const int64_t rows = m / chunks + (c < m % chunks);
+            for (int64_t j = 0; j < nb; j++)
+                for (int64_t r = 0; r < rows; r++)
+                    memcpy(il + r0 * k + (j * rows + r) * MX_BLOCK, ap + (r0 + r) * k + j * MX_BLOCK,
+                           sizeof(float) * MX_BLOCK);
+            r0 += rows;
+        }
     for (int64_t j0 = 0; j0 < nb; j0 += DIRECT_PANEL) {
         const int64_t j1 = j0 + DIRECT_PANEL < nb ? j0 + DIRECT_PANEL : nb;
         const int add = j0 > 0;
-        for (int64_t c = 0, r0 = 0; c < chunks; c++) {
-            const int rows = (int)(m / chunks + (c < m % chunks));
-            const float *a = ap + r0 * k;
-            float *yc = y + r0 * ldy;
-#define DIRECT(R) mxfp4_direct(a, R, k, blocks, scales, j0, j1, add, n0, n1, yc, ldy); break;
-            switch (rows) {
-                case 1: DIRECT(1)
-                case 2: DIRECT(2)
-                case 3: DIRECT(3)
-                case 4: DIRECT(4)
-                case 5: DIRECT(5)
-                case 6: DIRECT(6)
-                case 7: DIRECT(7)
-                default: DIRECT(8)
-            }
+        for (int64_t t0 = n0; t0 < n1; t0 += DIRECT_TILE) {
+            const int64_t t1 = t0 + DIRECT_TILE < n1 ? t0 + DIRECT_TILE : n1;
+            for (int64_t c = 0, r0 = 0; c < chunks; c++) {
+                const int rows = (int)(m / chunks + (c < m % chunks));
+                const float *a = (il ? il : ap) + r0 * k;
+                const int64_t rs = il ? MX_BLOCK : k, bs = il ? MX_BLOCK * rows : MX_BLOCK;
+                float *yc = y + r0 * ldy;
+#define DIRECT(R) mxfp4_direct(a, R, k, rs, bs, blocks, scales, j0, j1, add, t0, t1, yc, ldy); break;
+                switch (rows) {
+                    case 1: DIRECT(1)
+                    case 2: DIRECT(2)
+                    case 3: DIRECT(3)
+                    case 4: DIRECT(4)
+                    case 5: DIRECT(5)
+                    case 6: DIRECT(6)
+                    case 7: DIRECT(7)
+                    default: DIRECT(8)
+                }
 #undef DIRECT
-            r0 += rows;
+                r0 += rows;
+            }
         }
     }
+    free(il);
 }
 
 /* ---- the blocked product of prompt rows ------------------------------------------------------------------------- */
@@ -238,22 +260,25 @@ AVX512 void mx_mxfp4_rows_avx512(const float *ap, int64_t m, int64_t k, const ui
                                  int64_t n0, int64_t n1, float *y, int64_t ldy) {
     const int64_t nb = k / MX_BLOCK;
     switch (m) { /* decode: each weight row one sequential read, the whole of K at once */
-        case 1: mxfp4_direct(ap, 1, k, blocks, scales, 0, nb, 0, n0, n1, y, ldy); return;
-        case 2: mxfp4_direct(ap, 2, k, blocks, scales, 0, nb, 0, n0, n1, y, ldy); return;
-        case 3: mxfp4_direct(ap, 3, k, blocks, scales, 0, nb, 0, n0, n1, y, ldy); return;
-        case 4: mxfp4_direct(ap, 4, k, blocks, scales, 0, nb, 0, n0, n1, y, ldy); return;
+        case 1: mxfp4_direct(ap, 1, k, k, MX_BLOCK, blocks, scales, 0, nb, 0, n0, n1, y, ldy); return;
+        case 2: mxfp4_direct(ap, 2, k, k, MX_BLOCK, blocks, scales, 0, nb, 0, n0, n1, y, ldy); return;
+        case 3: mxfp4_direct(ap, 3, k, k, MX_BLOCK, blocks, scales, 0, nb, 0, n0, n1, y, ldy); return;
+        case 4: mxfp4_direct(ap, 4, k, k, MX_BLOCK, blocks, scales, 0, nb, 0, n0, n1, y, ldy); return;
         default: break;
     }
     if (m <= DIRECT_ROWS) {
         mxfp4_chunks(ap, m, k, blocks, scales, n0, n1, y, ldy);
         return;
     }
+    /* full 16-row groups packed; a remainder of up to 8 rows as direct chunks, more as one partial group */
+    const int64_t rem = m % 16, mp = rem && rem <= 8 ? m - rem : m;
     const Mxfp4Weights w = {blocks, scales};
-    float *at = mx_pack_alloc(m, k);
-    const int done = at && (mx_pack_t(ap, m, k, 0, (m + 15) / 16, at),
-                            packed_outer(at, m, k, mxfp4_decode_row, &w, n0, n1, y, ldy));
+    float *at = mx_pack_alloc(mp, k);
+    const int done = at && (mx_pack_t(ap, mp, k, 0, (mp + 15) / 16, at),
+                            packed_outer(at, mp, k, mxfp4_decode_row, &w, n0, n1, y, ldy));
     free(at);
-    if (!done) mx_mxfp4_rows_c(ap, m, k, blocks, scales, n0, n1, y, ldy);
+    if (!done) mx_mxfp4_rows_c(ap, mp, k, blocks, scales, n0, n1, y, ldy);
+    if (mp < m) mxfp4_chunks(ap + mp * k, m - mp, k, blocks, scales, n0, n1, y + mp * ldy, ldy);
 }
 
 /* ---- LinearBF16 -------------------------------------------------------------------------------------------------- */

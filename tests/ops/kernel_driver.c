@@ -219,7 +219,7 @@ static void check_q4_nonfinite(int isa) {
 }
 
 static int check(void) {
-    static const int64_t rows[] = {1, 2, 3, 4, 5, 8, 15, 16, 17, 33, 40};
+    static const int64_t rows[] = {1, 2, 3, 4, 5, 8, 12, 15, 16, 17, 20, 24, 26, 33, 40};
     static const int64_t mx_k[] = {32, 64, 96, 288, 1056};
     static const int64_t bf_k[] = {1, 7, 16, 31, 32, 33, 64, 65, 100, 300, 1030};
     static const int64_t q4_k[] = {5, 256, 300, 700};

@@ -1,12 +1,12 @@
 """Each instruction-set path of mxport's native kernels (MXPORT_KERNELS_ISA=avx512|avx2|c) on every shape class.
 
-test_native.py samples shapes at random; here a fixed grid gives every path each class at least once: one row
-and 2-4 rows (the decode kernels), 5 to 40 rows (MXFP4's direct row chunks up to 24 rows; the prompt tiles: one
-and two 16-row groups, partial groups), K = one block, K not a multiple of 32 (bf16) or of 256 (LinearQ4), N below,
-at and above a tile, and MoE with 1 to ~32 tokens per expert. Each against the NumPy kernel, ≤ 1e-5 relative as in
-test_native.py. Then builds with AddressSanitizer and UndefinedBehaviorSanitizer: the kernel math alone
-(tests/ops/kernel_driver.c: every path against a float64 product, exact-size buffers) and the whole library in
-ONNX Runtime running the grid.
+test_native.py samples shapes at random; here a fixed grid gives every path each class at least once: one row and 2-4
+rows (the decode kernels), 5 to 40 rows (MXFP4's direct row chunks up to 15 rows and for a remainder of 1-8 rows after
+full 16-row groups; the prompt tiles: one and two 16-row groups, partial groups), K = one block, K not a multiple of
+32 (bf16) or of 256 (LinearQ4), N below, at and above a tile, and MoE with 1 to ~32 tokens per expert. Each against
+the NumPy kernel, ≤ 1e-5 relative as in test_native.py. Then builds with AddressSanitizer and
+UndefinedBehaviorSanitizer: the kernel math alone (tests/ops/kernel_driver.c: every path against a float64 product,
+exact-size buffers) and the whole library in ONNX Runtime running the grid.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from mxport.ops import linear_bf16, linear_q4, matmul_mxfp4, moe, native
 from .test_native import ISAS, LIB, _moe_case, _mxfp4, _rel, _session, build_model, needs_lib
 
 MXFP4_SHAPES = [((), 1, 1, 1), ((), 1, 3, 17), ((2,), 2, 5, 9), ((), 4, 2, 33), ((), 5, 1, 8), ((), 17, 9, 40),
-                ((), 40, 3, 70)]  # (lead, m, K / 32, n)
+                ((), 20, 3, 64), ((), 26, 2, 17), ((), 40, 3, 70)]  # (lead, m, K / 32, n)
 BF16_SHAPES = [(1, 1, 1), (1, 31, 17), (3, 33, 9), (4, 100, 65), (5, 7, 8), (17, 300, 40), (40, 65, 70),
                (1, 1030, 20)]  # (m, k, n)
 Q4_SHAPES = [(1, 5, 3), (1, 256, 17), (3, 300, 9), (4, 700, 33), (5, 257, 8), (9, 512, 40), (17, 300, 20)]
