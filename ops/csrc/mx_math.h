@@ -4,6 +4,8 @@
  *                     ones (the order of an MXFP4 block's low and high nibbles), so weights decode without shuffles
  *   mx_mxfp4_rows     Y[m, n] = sum_k Ap[m, k] W[n, k] for n in [n0, n1); W MXFP4 out-major (blocks [N, K/32, 16],
  *                     scales [N, K/32]); M <= 4: decoded in registers, else a decoded tile and a blocked product
+ *                     (AVX-512: up to 15 rows, and a remainder of up to 8 after full 16-row groups, in direct
+ *                     chunks of up to 8 rows decoded in registers)
  *   mx_linear_bf16    Y[m, n] = sum_k A[m, k] W[n, k] for n in [n0, n1); W bfloat16 [N, K] (out-major, a Linear
  *                     layer's layout); M <= 4: weight rows streamed front to back, one row of A at a time (rows 2-4
  *                     re-read from L2), else decoded rows and the blocked product of the MXFP4 kernel on At,
