@@ -396,3 +396,22 @@ void mx_linear_bf16(const float *a, const float *at, int64_t m, int64_t k, const
         default: mx_linear_bf16_c(a, m, k, w, n0, n1, y, ldy);
     }
 }
+
+void mx_swiglu(const float *h, const float *bias, int64_t n, int interleaved, float limit, float alpha, float beta,
+               float *out) {
+#if defined(__x86_64__)
+    if (mx_isa() == MX_ISA_AVX512) {
+        mx_swiglu_avx512(h, bias, n, interleaved, limit, alpha, beta, out);
+        return;
+    }
+#endif
+    for (int64_t j = 0; j < n; j++) {
+        const int64_t gi = interleaved ? 2 * j : j, ui = interleaved ? 2 * j + 1 : n + j;
+        float gate = bias ? h[gi] + bias[gi] : h[gi], up = bias ? h[ui] + bias[ui] : h[ui];
+        if (limit > 0.0f) {
+            gate = fminf(gate, limit);
+            up = fmaxf(fminf(up, limit), -limit);
+        }
+        out[j] = gate * (1.0f / (1.0f + expf(-alpha * gate))) * (up + beta);
+    }
+}

@@ -15,6 +15,10 @@
  *   mx_q4_activations A [M, K] -> int8 qa [M, S, 256] (zero-padded), scales da [M, S], sub-block sums bs [M, S, 8]
  *   mx_q4_packed_bytes bytes of qa packed for the ISA in use (AVX-512: mx_q4_pack's layout), 0 when it needs none
  *   mx_q4_pack        rows [r0, r1) of qa and bs into that layout (packed: 64-byte aligned, mx_q4_packed_bytes)
+ *   mx_swiglu         out[j] = g * sigmoid(alpha * g) * (u + beta) for j < n, gate and up of h (+ bias, may be NULL)
+ *                     at 2j and 2j + 1 (interleaved) or j and n + j; with limit > 0, g = min(g, limit) and
+ *                     u = clamp(u, -limit, limit) first (a NaN gate becomes the limit, as fminf does). AVX-512: a
+ *                     polynomial exp (outputs within 1e-6 relative of float64, the expf loop's NaN and inf), else expf
  *   mx_linear_q4      Y[m, n] = sum_k qa[m, k] W[n, k] for n in [n0, n1); W LinearQ4 super-blocks [N, S, 136]
  *                     with D [N, S] (mx_q4.c; int8 activations, exact integer sums per sub-block); `packed` is
  *                     mx_q4_pack's copy of qa where mx_q4_packed_bytes > 0, else NULL (then qa is read)
@@ -52,6 +56,8 @@ float *mx_pack_alloc(int64_t m, int64_t k);
 void mx_pack_t(const float *a, int64_t m, int64_t k, int64_t g0, int64_t g1, float *at);
 void mx_linear_bf16(const float *a, const float *at, int64_t m, int64_t k, const uint16_t *w, int64_t n0, int64_t n1,
                     float *y, int64_t ldy);
+void mx_swiglu(const float *h, const float *bias, int64_t n, int interleaved, float limit, float alpha, float beta,
+               float *out);
 void mx_q4_activations(const float *a, int64_t m, int64_t k, int64_t s, int8_t *qa, float *da, int16_t *bs);
 int64_t mx_q4_packed_bytes(int64_t m, int64_t s);
 void mx_q4_pack(const int8_t *qa, const int16_t *bs, int64_t s, int64_t r0, int64_t r1, void *packed);

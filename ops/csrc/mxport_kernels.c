@@ -157,15 +157,7 @@ static void moe_act_task(void *p, size_t i) {
     for (int64_t r = r0; r < r1; r++) {
         while (r >= w->start[u] + w->count[u]) u++;
         const float *h = w->h1 + r * 2 * w->I, *bias = w->b1 ? w->b1 + w->expert[u] * 2 * w->I : NULL;
-        for (int64_t j = 0; j < w->I; j++) {
-            const int64_t gi = kn->interleaved ? 2 * j : j, ui = kn->interleaved ? 2 * j + 1 : w->I + j;
-            float gate = bias ? h[gi] + bias[gi] : h[gi], up = bias ? h[ui] + bias[ui] : h[ui];
-            if (kn->limit > 0.0f) {
-                gate = fminf(gate, kn->limit);
-                up = fmaxf(fminf(up, kn->limit), -kn->limit);
-            }
-            tmp[j] = gate * (1.0f / (1.0f + expf(-kn->alpha * gate))) * (up + kn->beta);
-        }
+        mx_swiglu(h, bias, w->I, (int)kn->interleaved, kn->limit, kn->alpha, kn->beta, tmp);
         mx_permute_rows(tmp, 1, w->I, w->act + r * w->I);
     }
     free(tmp);

@@ -218,6 +218,51 @@ static void check_q4_nonfinite(int isa) {
     }
 }
 
+/* SwiGLU (mx_swiglu): n = 1, 15, 16, 17, 100 (vector steps and the scalar tail), both layouts, with and without
+ * bias and limit, gates over [-110, 110] plus NaN and +-inf: within 1e-6 relative of a float64 evaluation of the
+ * same clamped inputs and float32-rounded exp argument, the same NaN and inf outputs as the C loop (exact-size buffers) */
+static void check_swiglu(int isa) {
+    static const int64_t ns[] = {1, 15, 16, 17, 100};
+    for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++)
+        for (int variant = 0; variant < 8; variant++) {
+            const int64_t n = ns[ni];
+            const int il = variant & 1, has_bias = variant & 2;
+            const float limit = variant & 4 ? 7.0f : 0.0f, alpha = 1.702f, beta = 1.0f;
+            float *h = take(sizeof(float) * (size_t)(2 * n)), *bias = has_bias ? take(sizeof(float) * (size_t)(2 * n)) : NULL;
+            float *got = take(sizeof(float) * (size_t)n), *ref = take(sizeof(float) * (size_t)n);
+            for (int64_t i = 0; i < 2 * n; i++) {
+                h[i] = -110.0f + 220.0f * (float)(next_u32() % 100000) / 100000.0f;
+                if (bias) bias[i] = 0.1f * next_normal();
+            }
+            if (n > 8) { h[1] = NAN; h[2] = INFINITY; h[5] = -INFINITY; h[6] = NAN; }
+            mx_set_isa(MX_ISA_C);
+            mx_swiglu(h, bias, n, il, limit, alpha, beta, ref);
+            mx_set_isa(isa);
+            mx_swiglu(h, bias, n, il, limit, alpha, beta, got);
+            for (int64_t j = 0; j < n; j++) {
+                const int64_t gi = il ? 2 * j : j, ui = il ? 2 * j + 1 : n + j;
+                double g = (double)h[gi] + (bias ? bias[gi] : 0.0f), u = (double)h[ui] + (bias ? bias[ui] : 0.0f);
+                g = (float)g, u = (float)u; /* the kernels add in float32 */
+                if (limit > 0.0f) {
+                    g = isnan(g) ? limit : fmin(g, limit);
+                    u = fmax(fmin(u, limit), -limit);
+                }
+                const float x = (float)(-(double)alpha * g); /* the argument as the kernels round it */
+                const double want = g / (1.0 + exp((double)x)) * (u + beta);
+                const int special = isnan(ref[j]) || isinf(ref[j]) || isnan(got[j]) || isinf(got[j]);
+                const int ok = special ? (isnan(ref[j]) && isnan(got[j])) || ref[j] == got[j]
+                                       : fabs(got[j] - want) <= 1e-6 * fabs(want) + 1e-30;
+                if (!ok) {
+                    failures++;
+                    printf("FAIL swiglu isa=%s n=%lld variant=%d j=%lld: %g, C loop %g, float64 %g\n", mx_isa_name(isa),
+                           (long long)n, variant, (long long)j, got[j], ref[j], want);
+                    break;
+                }
+            }
+            free(h); free(bias); free(got); free(ref);
+        }
+}
+
 static int check(void) {
     static const int64_t rows[] = {1, 2, 3, 4, 5, 8, 12, 15, 16, 17, 20, 24, 26, 33, 40};
     static const int64_t mx_k[] = {32, 64, 96, 288, 1056};
@@ -239,6 +284,7 @@ static int check(void) {
                 for (size_t ki = 0; ki < sizeof q4_k / sizeof q4_k[0]; ki++) check_q4(isa, m, q4_k[ki], n, n0, n1);
             }
         check_q4_nonfinite(isa);
+        check_swiglu(isa);
         printf("isa=%s checked\n", mx_isa_name(isa));
         ran++;
     }
