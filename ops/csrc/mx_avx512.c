@@ -302,9 +302,10 @@ AVX512_INLINE __m512 exp_ps(__m512 x) {
 }
 
 /* mx_swiglu on AVX-512: 16 outputs a step (interleaved: two loads split into gates and ups by vpermt2ps), the same
- * operations in the same order as the C loop but e^x above; the last n % 16 as the C loop does them. */
-AVX512 void mx_swiglu_avx512(const float *h, const float *bias, int64_t n, int interleaved, float limit, float alpha,
-                             float beta, float *out) {
+ * operations in the same order as the C loop but e^x above. Returns the outputs done (n - n % 16): mx_swiglu's C loop
+ * does the rest. */
+AVX512 int64_t mx_swiglu_avx512(const float *h, const float *bias, int64_t n, int interleaved, float limit,
+                                float alpha, float beta, float *out) {
     const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
     const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
     const __m512 lim = _mm512_set1_ps(limit), nlim = _mm512_set1_ps(-limit), na = _mm512_set1_ps(-alpha);
@@ -335,15 +336,7 @@ AVX512 void mx_swiglu_avx512(const float *h, const float *bias, int64_t n, int i
         const __m512 sig = _mm512_div_ps(one, _mm512_add_ps(one, exp_ps(_mm512_mul_ps(na, g))));
         _mm512_storeu_ps(out + j, _mm512_mul_ps(_mm512_mul_ps(g, sig), _mm512_add_ps(u, b)));
     }
-    for (; j < n; j++) {
-        const int64_t gi = interleaved ? 2 * j : j, ui = interleaved ? 2 * j + 1 : n + j;
-        float gate = bias ? h[gi] + bias[gi] : h[gi], up = bias ? h[ui] + bias[ui] : h[ui];
-        if (limit > 0.0f) {
-            gate = fminf(gate, limit);
-            up = fmaxf(fminf(up, limit), -limit);
-        }
-        out[j] = gate * (1.0f / (1.0f + expf(-alpha * gate))) * (up + beta);
-    }
+    return j;
 }
 
 /* ---- LinearBF16 -------------------------------------------------------------------------------------------------- */

@@ -22,8 +22,8 @@ void mx_linear_bf16_c(const float *a, int64_t m, int64_t k, const uint16_t *w, i
  * MX_ISA_AVX512 */
 void mx_mxfp4_rows_avx512(const float *ap, int64_t m, int64_t k, const uint8_t *blocks, const uint8_t *scales,
                           int64_t n0, int64_t n1, float *y, int64_t ldy);
-void mx_swiglu_avx512(const float *h, const float *bias, int64_t n, int interleaved, float limit, float alpha,
-                      float beta, float *out);
+int64_t mx_swiglu_avx512(const float *h, const float *bias, int64_t n, int interleaved, float limit, float alpha,
+                         float beta, float *out); /* returns the outputs done, n - n % 16 */
 void mx_linear_bf16_avx512(const float *a, const float *at, int64_t m, int64_t k, const uint16_t *w, int64_t n0,
                            int64_t n1, float *y, int64_t ldy);
 /* LinearQ4 on AVX-512: a packed super-block of a row of A is its 256 int8 values in the weights' register order

@@ -399,13 +399,11 @@ void mx_linear_bf16(const float *a, const float *at, int64_t m, int64_t k, const
 
 void mx_swiglu(const float *h, const float *bias, int64_t n, int interleaved, float limit, float alpha, float beta,
                float *out) {
+    int64_t j = 0;
 #if defined(__x86_64__)
-    if (mx_isa() == MX_ISA_AVX512) {
-        mx_swiglu_avx512(h, bias, n, interleaved, limit, alpha, beta, out);
-        return;
-    }
+    if (mx_isa() == MX_ISA_AVX512) j = mx_swiglu_avx512(h, bias, n, interleaved, limit, alpha, beta, out);
 #endif
-    for (int64_t j = 0; j < n; j++) {
+    for (; j < n; j++) {
         const int64_t gi = interleaved ? 2 * j : j, ui = interleaved ? 2 * j + 1 : n + j;
         float gate = bias ? h[gi] + bias[gi] : h[gi], up = bias ? h[ui] + bias[ui] : h[ui];
         if (limit > 0.0f) {
