@@ -14,7 +14,8 @@
  *   the conversion to float32 is exact: the integers of mx_q4.c and the NumPy kernel, summed in float32.
  * Prompt rows: MXFP4 with M > 15 (full groups; a remainder of up to 8 rows goes to the direct chunks) and bf16 with
  *   M > 4 pack A^T in 16-row groups (mx_pack_t), decode 8 weight rows to float32 once and run 8 x 32 outer-product
- *   tiles (16 accumulators, weights broadcast from L1) over K panels that stay in L1; LinearQ4 unpacks each weight super-block once for 8 (then 4) rows of A.
+ *   tiles (16 accumulators, weights broadcast from L1) over K panels that stay in L1; LinearQ4 unpacks each weight
+ *   super-block once for 8 (then 4) rows of A.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -115,14 +116,16 @@ AVX512_INLINE void mxfp4_direct(const float *ap, const int m, int64_t k, int64_t
  * copied block-interleaved (block j of its R rows side by side), so they read as one stream: R rows k floats apart
  * fall in one L1 set when k is a power of two. Weight rows go in tiles of DIRECT_TILE, so a tile's panel is re-read
  * from L2 by the next chunk, and K in panels of DIRECT_PANEL blocks (L1). One thread, Zen 4, cycles per 32 weights
- * x row, weights from memory (kernel_driver bench shapes): m = 8 3.1 -> 2.1, k = 2880 m = 8-16 4.2-5.0 -> 2.2-2.6. */
+ * x row, weights from memory (docs/BENCHMARKS.md, Kernels): 8 x 1024 3.2 -> 2.0-2.3, 8-20 x 2880 3.8-5.0 -> 1.9-2.8. */
+AVX512_INLINE int64_t chunk_rows(int64_t m, int64_t chunks, int64_t c) { return m / chunks + (c < m % chunks); }
+
 AVX512_INLINE void mxfp4_chunks(const float *ap, int64_t m, int64_t k, const uint8_t *blocks, const uint8_t *scales,
                                 int64_t n0, int64_t n1, float *y, int64_t ldy) {
     const int64_t chunks = (m + 7) / 8, nb = k / MX_BLOCK;
     float *il = mx_alloc64(sizeof(float) * (size_t)(m * k));
     if (il)
         for (int64_t c = 0, r0 = 0; c < chunks; c++) {
-            const int64_t rows = m / chunks + (c < m % chunks);
+            const int64_t rows = chunk_rows(m, chunks, c);
             for (int64_t j = 0; j < nb; j++)
                 for (int64_t r = 0; r < rows; r++)
                     memcpy(il + r0 * k + (j * rows + r) * MX_BLOCK, ap + (r0 + r) * k + j * MX_BLOCK,
@@ -135,7 +138,7 @@ AVX512_INLINE void mxfp4_chunks(const float *ap, int64_t m, int64_t k, const uin
         for (int64_t t0 = n0; t0 < n1; t0 += DIRECT_TILE) {
             const int64_t t1 = t0 + DIRECT_TILE < n1 ? t0 + DIRECT_TILE : n1;
             for (int64_t c = 0, r0 = 0; c < chunks; c++) {
-                const int rows = (int)(m / chunks + (c < m % chunks));
+                const int rows = (int)chunk_rows(m, chunks, c);
                 const float *a = (il ? il : ap) + r0 * k;
                 const int64_t rs = il ? MX_BLOCK : k, bs = il ? MX_BLOCK * rows : MX_BLOCK;
                 float *yc = y + r0 * ldy;

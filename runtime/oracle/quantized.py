@@ -240,10 +240,10 @@ class Quantization:
         verify from the export's hidden_states) and a token's row is off it by more than FIT_REL of its largest
         value, the row is computed again (row(t, rounding) -> [1,H]) alone, then with its near-ties (activations
         within TIE_MARGIN of x.5 steps) rounded the other way, at most FIT_FLIPS of them (_fit_row). Only such
-        near-ties move, each
-        by one int8 step: an export whose weights differ stays off, and when more rows are off than a few near-ties
-        explain (FIT_MAX_ROWS, FIT_MAX_SHARE) none is fitted. `real` [T] marks the rows of real positions: a left
-        pad's row is garbage on both sides, neither fitted nor counted. Fitted rows are counted in rounding.fitted."""
+        near-ties move, each by one int8 step: an export whose weights differ stays off, and when more rows are off
+        than a few near-ties explain (FIT_MAX_ROWS, FIT_MAX_SHARE) none is fitted. `real` [T] marks the rows of real
+        positions: a left pad's row is garbage on both sides, neither fitted nor counted. Fitted rows are counted in
+        rounding.fitted."""
         target = self.rounding.targets.get(layer) if self.int8_activations_experts else None
         if target is None or target.size != out.size:
             return out

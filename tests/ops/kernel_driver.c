@@ -220,7 +220,8 @@ static void check_q4_nonfinite(int isa) {
 
 /* SwiGLU (mx_swiglu): n = 1, 15, 16, 17, 100 (vector steps and the scalar tail), both layouts, with and without
  * bias and limit, gates over [-110, 110] plus NaN and +-inf: within 1e-6 relative of a float64 evaluation of the
- * same clamped inputs and float32-rounded exp argument, the same NaN and inf outputs as the C loop (exact-size buffers) */
+ * same clamped inputs and float32-rounded exp argument, the same NaN and inf outputs as the C loop (exact-size
+ * buffers) */
 static void check_swiglu(int isa) {
     static const int64_t ns[] = {1, 15, 16, 17, 100};
     for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++)
@@ -228,7 +229,8 @@ static void check_swiglu(int isa) {
             const int64_t n = ns[ni];
             const int il = variant & 1, has_bias = variant & 2;
             const float limit = variant & 4 ? 7.0f : 0.0f, alpha = 1.702f, beta = 1.0f;
-            float *h = take(sizeof(float) * (size_t)(2 * n)), *bias = has_bias ? take(sizeof(float) * (size_t)(2 * n)) : NULL;
+            float *h = take(sizeof(float) * (size_t)(2 * n));
+            float *bias = has_bias ? take(sizeof(float) * (size_t)(2 * n)) : NULL;
             float *got = take(sizeof(float) * (size_t)n), *ref = take(sizeof(float) * (size_t)n);
             for (int64_t i = 0; i < 2 * n; i++) {
                 h[i] = -110.0f + 220.0f * (float)(next_u32() % 100000) / 100000.0f;
