@@ -13,9 +13,9 @@ import difflib
 import importlib
 import signal
 import sys
-import threading
 
 from mxport import __version__
+from mxport.commands.stop import Terminated, stops
 from mxport.errors import MxportError
 
 # subcommand -> (module, one-line help)
@@ -73,10 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     module = importlib.import_module(args._module)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminate)  # SIGTERM cleans up as Ctrl-C does (serve: uvicorn's own)
     try:
-        return int(module.run(args) or 0)
+        with stops():  # SIGTERM cleans up as Ctrl-C does (serve: uvicorn's own handlers while it serves)
+            return int(module.run(args) or 0)
     except MxportError as exc:
         print(f"mxport {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -86,15 +85,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the program is, so every `except BaseException` clean-up (temporary folders and files)
-    runs exactly as for Ctrl-C."""
-
-
-def _terminate(signum, frame) -> None:
-    raise Terminated()
 
 
 if __name__ == "__main__":

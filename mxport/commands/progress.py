@@ -18,6 +18,8 @@ from typing import IO
 
 from tqdm import tqdm
 
+from mxport.commands.stop import raise_if_stopped
+
 
 def add_quiet_option(parser: argparse.ArgumentParser, *aliases: str) -> None:
     parser.add_argument("-q", "--quiet", *aliases, dest="quiet", action="store_true",
@@ -54,6 +56,7 @@ class Bars:
         self.stage: str | None = None
 
     def __call__(self, stage: str, done: int, total: int, unit: str = "it") -> None:
+        raise_if_stopped()  # a stop whose first raise a library swallowed (mxport/commands/stop.py)
         if not self.enabled:
             return
         if self.bar is None or stage != self.stage or done < self.bar.n:
