@@ -259,11 +259,36 @@ AVX512 static int packed_outer(const float *at, int64_t m, int64_t k, RowDecoder
     return 1;
 }
 
+/* One row of A (decode): in integers (mx_mxfp4_int.c) over whole groups of 4 blocks, the last K % 128 values and
+ * the rows with a scale byte 0 or 255 in float32; all in float32 when A has a block the pieces cannot hold. */
+AVX512 void mx_mxfp4_row_avx512(const float *ap, const void *pieces, int64_t k, const uint8_t *blocks,
+                                const uint8_t *scales, int64_t n0, int64_t n1, float *y) {
+    const int64_t nb = k / MX_BLOCK, whole = nb / 4 * 4;
+    _Alignas(64) uint8_t local[16384];
+    void *own = NULL;
+    if (!pieces && whole) {
+        own = MX_PIECES_BYTES(k) <= sizeof local ? local : mx_alloc64(MX_PIECES_BYTES(k));
+        pieces = own && mx_mxfp4_pieces_avx512(ap, k, own) ? own : NULL;
+    }
+    if (!pieces) {
+        mxfp4_direct(ap, 1, k, k, MX_BLOCK, blocks, scales, 0, nb, 0, n0, n1, y, 0);
+    } else {
+        for (int64_t n = n0; n < n1;) {
+            const int64_t stop = mx_mxfp4_int_rows_avx512(pieces, k, blocks, scales, n, n1, y);
+            if (whole < nb && stop > n)
+                mxfp4_direct(ap, 1, k, k, MX_BLOCK, blocks, scales, whole, nb, 1, n, stop, y, 0);
+            if (stop < n1) mxfp4_direct(ap, 1, k, k, MX_BLOCK, blocks, scales, 0, nb, 0, stop, stop + 1, y, 0);
+            n = stop + 1;
+        }
+    }
+    if (own != local) free(own);
+}
+
 AVX512 void mx_mxfp4_rows_avx512(const float *ap, int64_t m, int64_t k, const uint8_t *blocks, const uint8_t *scales,
                                  int64_t n0, int64_t n1, float *y, int64_t ldy) {
     const int64_t nb = k / MX_BLOCK;
     switch (m) { /* decode: each weight row one sequential read, the whole of K at once */
-        case 1: mxfp4_direct(ap, 1, k, k, MX_BLOCK, blocks, scales, 0, nb, 0, n0, n1, y, ldy); return;
+        case 1: mx_mxfp4_row_avx512(ap, NULL, k, blocks, scales, n0, n1, y); return;
         case 2: mxfp4_direct(ap, 2, k, k, MX_BLOCK, blocks, scales, 0, nb, 0, n0, n1, y, ldy); return;
         case 3: mxfp4_direct(ap, 3, k, k, MX_BLOCK, blocks, scales, 0, nb, 0, n0, n1, y, ldy); return;
         case 4: mxfp4_direct(ap, 4, k, k, MX_BLOCK, blocks, scales, 0, nb, 0, n0, n1, y, ldy); return;

@@ -26,6 +26,16 @@ int64_t mx_swiglu_avx512(const float *h, const float *bias, int64_t n, int inter
                          float beta, float *out); /* returns the outputs done, n - n % 16 */
 void mx_linear_bf16_avx512(const float *a, const float *at, int64_t m, int64_t k, const uint16_t *w, int64_t n0,
                            int64_t n1, float *y, int64_t ldy);
+/* One row of A against MXFP4 weights in integers (mx_mxfp4_int.c): the pieces of mx_mxfp4_pieces (per group of 4
+ * blocks), weight rows [n0, returned) done over the first 4 floor(K / 128) blocks (y[n] = the product over them); a
+ * returned row below n1 holds a scale byte 0 or 255 (the float32 product's). mx_mxfp4_row_avx512: the whole row
+ * (tail and those rows in float32; pieces NULL: computed there, or all float32 when A cannot be split). */
+#define MX_PIECES_BYTES(k) ((size_t)((k) / 128) * 512)
+int mx_mxfp4_pieces_avx512(const float *ap, int64_t k, void *out);
+int64_t mx_mxfp4_int_rows_avx512(const void *pieces, int64_t k, const uint8_t *blocks, const uint8_t *scales,
+                                 int64_t n0, int64_t n1, float *y);
+void mx_mxfp4_row_avx512(const float *ap, const void *pieces, int64_t k, const uint8_t *blocks,
+                         const uint8_t *scales, int64_t n0, int64_t n1, float *y);
 /* LinearQ4 on AVX-512: a packed super-block of a row of A is its 256 int8 values in the weights' register order
  * (mx_q4_pack) and 16 int32 lanes holding -8 x the 8 sub-block sums (the zero point), then 8 zero lanes */
 #define MX_Q4P_BYTES 320

@@ -386,6 +386,34 @@ void mx_mxfp4_rows(const float *ap, int64_t m, int64_t k, const uint8_t *blocks,
     }
 }
 
+size_t mx_mxfp4_pieces_bytes(int64_t k) {
+#if MX_X86
+    if (mx_isa() == MX_ISA_AVX512) return MX_PIECES_BYTES(k);
+#endif
+    (void)k;
+    return 0;
+}
+
+int mx_mxfp4_pieces(const float *ap, int64_t k, void *pieces) {
+#if MX_X86
+    if (mx_isa() == MX_ISA_AVX512 && k >= 128) return mx_mxfp4_pieces_avx512(ap, k, pieces);
+#endif
+    (void)ap, (void)k, (void)pieces;
+    return 0;
+}
+
+void mx_mxfp4_row(const float *ap, const void *pieces, int64_t k, const uint8_t *blocks, const uint8_t *scales,
+                  int64_t n0, int64_t n1, float *y) {
+#if MX_X86
+    if (mx_isa() == MX_ISA_AVX512) {
+        mx_mxfp4_row_avx512(ap, pieces, k, blocks, scales, n0, n1, y);
+        return;
+    }
+#endif
+    (void)pieces;
+    mx_mxfp4_rows(ap, 1, k, blocks, scales, n0, n1, y, 0);
+}
+
 void mx_linear_bf16(const float *a, const float *at, int64_t m, int64_t k, const uint16_t *w, int64_t n0, int64_t n1,
                     float *y, int64_t ldy) {
     switch (mx_isa()) {

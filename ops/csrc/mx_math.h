@@ -6,6 +6,11 @@
  *                     scales [N, K/32]); M <= 4: decoded in registers, else a decoded tile and a blocked product
  *                     (AVX-512: up to 15 rows, and a remainder of up to 8 after full 16-row groups, in direct
  *                     chunks of up to 8 rows decoded in registers)
+ *   mx_mxfp4_pieces_bytes  bytes of one row of Ap split for the integer MXFP4 product (AVX-512 with K >= 128),
+ *                     0 when the ISA in use has none
+ *   mx_mxfp4_pieces   one row of Ap -> its pieces (three int8 per value, mx_mxfp4_int.c); 0 when a block of it
+ *                     cannot be split (a NaN or inf, |x| outside 2^-90..2^90): then pass NULL below
+ *   mx_mxfp4_row      mx_mxfp4_rows with M = 1 from the row's pieces (computed here when NULL)
  *   mx_linear_bf16    Y[m, n] = sum_k A[m, k] W[n, k] for n in [n0, n1); W bfloat16 [N, K] (out-major, a Linear
  *                     layer's layout); M <= 4: weight rows streamed front to back, one row of A at a time (rows 2-4
  *                     re-read from L2), else decoded rows and the blocked product of the MXFP4 kernel on At,
@@ -24,13 +29,16 @@
  *                     mx_q4_pack's copy of qa where mx_q4_packed_bytes > 0, else NULL (then qa is read)
  *
  * Every product is float32 arithmetic on exactly decoded weights (E2M1 x 2^(s-127) and bf16 are exact in
- * float32): results differ from a float32 reference only by summation order. Three builds of each kernel, chosen
+ * float32): results differ from a float32 reference only by summation order; except one row of A against MXFP4 on
+ * AVX-512, summed in integers from A's pieces, whose residual is at most 2^-21 of each 32-value block's largest
+ * |x| (mx_mxfp4_int.c). Three builds of each kernel, chosen
  * at run time by the CPU's features (mx_set_isa): AVX-512 (F, BW, VL, VNNI, VBMI: mx_avx512.c), AVX2+FMA and
  * plain C. The vector builds are compiled with per-function target attributes, so the library loads on any x86-64.
  */
 #ifndef MXPORT_MX_MATH_H
 #define MXPORT_MX_MATH_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #define MX_BLOCK 32
@@ -52,6 +60,10 @@ int mx_isa_parse(const char *name); /* the inverse of mx_isa_name; -1 for anothe
 void mx_permute_rows(const float *a, int64_t m, int64_t k, float *ap);
 void mx_mxfp4_rows(const float *ap, int64_t m, int64_t k, const uint8_t *blocks, const uint8_t *scales,
                    int64_t n0, int64_t n1, float *y, int64_t ldy);
+size_t mx_mxfp4_pieces_bytes(int64_t k);
+int mx_mxfp4_pieces(const float *ap, int64_t k, void *pieces);
+void mx_mxfp4_row(const float *ap, const void *pieces, int64_t k, const uint8_t *blocks, const uint8_t *scales,
+                  int64_t n0, int64_t n1, float *y);
 float *mx_pack_alloc(int64_t m, int64_t k);
 void mx_pack_t(const float *a, int64_t m, int64_t k, int64_t g0, int64_t g1, float *at);
 void mx_linear_bf16(const float *a, const float *at, int64_t m, int64_t k, const uint16_t *w, int64_t n0, int64_t n1,

@@ -126,23 +126,39 @@ typedef struct {
     float *h1;  /* [R, 2I] */
     float *act; /* [R, I] permuted */
     float *out; /* [R, H] */
+    /* an expert with one row (decode): its row of xp and of act split once for the integer MXFP4 product
+     * (mx_mxfp4_pieces; NULL where the ISA has none), at pcs + u * (pb1 + pb2) and + pb1, ok1/ok2[u]: usable */
+    uint8_t *pcs;
+    size_t pb1, pb2;
+    signed char *ok1, *ok2;
 } MoEWork;
+
+/* fc1 or fc2 of used expert u: from its pieces when it has one row and they are there */
+static void moe_product(const MoEWork *w, int64_t u, int second, const float *a, int64_t k, const uint8_t *blocks,
+                        const uint8_t *scales, int64_t n0, int64_t n1, float *y, int64_t ldy) {
+    if (w->pcs && w->count[u] == 1) {
+        const uint8_t *pc = w->pcs + (size_t)u * (w->pb1 + w->pb2) + (second ? w->pb1 : 0);
+        mx_mxfp4_row(a, (second ? w->ok2 : w->ok1)[u] ? pc : NULL, k, blocks, scales, n0, n1, y);
+    } else {
+        mx_mxfp4_rows(a, w->count[u], k, blocks, scales, n0, n1, y, ldy);
+    }
+}
 
 static void moe_fc1_task(void *p, size_t i) {
     const MoEWork *w = p;
     const Piece pc = w->pieces[i];
     const int64_t e = w->expert[pc.u], r0 = w->start[pc.u];
     const int64_t rows = 2 * w->I;
-    mx_mxfp4_rows(w->xp + r0 * w->H, w->count[pc.u], w->H, w->w1b + e * rows * w->nb1 * MX_BLOCK_BYTES,
-                  w->w1s + e * rows * w->nb1, pc.n0, pc.n1, w->h1 + r0 * rows, rows);
+    moe_product(w, pc.u, 0, w->xp + r0 * w->H, w->H, w->w1b + e * rows * w->nb1 * MX_BLOCK_BYTES,
+                w->w1s + e * rows * w->nb1, pc.n0, pc.n1, w->h1 + r0 * rows, rows);
 }
 
 static void moe_fc2_task(void *p, size_t i) {
     const MoEWork *w = p;
     const Piece pc = w->pieces[i];
     const int64_t e = w->expert[pc.u], r0 = w->start[pc.u];
-    mx_mxfp4_rows(w->act + r0 * w->I, w->count[pc.u], w->I, w->w2b + e * w->H * w->nb2 * MX_BLOCK_BYTES,
-                  w->w2s + e * w->H * w->nb2, pc.n0, pc.n1, w->out + r0 * w->H, w->H);
+    moe_product(w, pc.u, 1, w->act + r0 * w->I, w->I, w->w2b + e * w->H * w->nb2 * MX_BLOCK_BYTES,
+                w->w2s + e * w->H * w->nb2, pc.n0, pc.n1, w->out + r0 * w->H, w->H);
 }
 
 /* SwiGLU of gathered rows [16 i, 16 i + 16): bias, clamp, gate * sigmoid(alpha * gate) * (up + beta), permuted. */
@@ -159,6 +175,9 @@ static void moe_act_task(void *p, size_t i) {
         const float *h = w->h1 + r * 2 * w->I, *bias = w->b1 ? w->b1 + w->expert[u] * 2 * w->I : NULL;
         mx_swiglu(h, bias, w->I, (int)kn->interleaved, kn->limit, kn->alpha, kn->beta, tmp);
         mx_permute_rows(tmp, 1, w->I, w->act + r * w->I);
+        if (w->pcs && w->count[u] == 1)
+            w->ok2[u] = (signed char)mx_mxfp4_pieces(w->act + r * w->I, w->I,
+                                                     w->pcs + (size_t)u * (w->pb1 + w->pb2) + w->pb1);
     }
     free(tmp);
 }
@@ -229,6 +248,7 @@ static OrtStatus *moe_compute(void *kernel, OrtKernelContext *ctx) {
     float *xp = malloc(sizeof(float) * (size_t)(R * H)), *h1 = malloc(sizeof(float) * (size_t)(R * 2 * I));
     float *act = malloc(sizeof(float) * (size_t)(R * I)), *out = malloc(sizeof(float) * (size_t)(R * H));
     Piece *pieces = malloc(sizeof(Piece) * (size_t)(E * (2 * I + H) / 16 + 2 * E + 2));
+    uint8_t *w_pcs = NULL; /* w.pcs, freed at the end */
     if (!idx || !cnt || !wt || !order || !expert || !start || !count || !xp || !h1 || !act || !out || !pieces) {
         st = fail(c.api, "%s: out of memory", op);
         goto done;
@@ -257,7 +277,18 @@ static OrtStatus *moe_compute(void *kernel, OrtKernelContext *ctx) {
     for (int64_t q = 0; q < R; q++) mx_permute_rows((const float *)x.data + (order[q] / K) * H, 1, H, xp + q * H);
 
     MoEWork w = {H, I, H / MX_BLOCK, I / MX_BLOCK, T, w1b.data, w1s.data, w2b.data, w2s.data, b1.data, b2.data,
-                 kn, expert, start, count, pieces, xp, h1, act, out};
+                 kn, expert, start, count, pieces, xp, h1, act, out, NULL, mx_mxfp4_pieces_bytes(H),
+                 mx_mxfp4_pieces_bytes(I), NULL, NULL};
+    if (w.pb1 && w.pb2) { /* else (no ISA support, K < 128, out of memory) mx_mxfp4_rows splits its own */
+        w.pcs = w_pcs = malloc((size_t)U * (w.pb1 + w.pb2) + 2 * (size_t)U);
+        if (w.pcs) {
+            w.ok1 = (signed char *)(w.pcs + (size_t)U * (w.pb1 + w.pb2));
+            w.ok2 = w.ok1 + U;
+            for (int64_t u = 0; u < U; u++)
+                w.ok1[u] = count[u] == 1 && (signed char)mx_mxfp4_pieces(xp + start[u] * H, H,
+                                                                         w.pcs + (size_t)u * (w.pb1 + w.pb2));
+        }
+    }
     size_t np = 0;
     const int64_t c1 = mxfp4_chunk(2 * I * U), c2 = mxfp4_chunk(H * U);
     for (int64_t u = 0; u < U; u++)
@@ -284,7 +315,7 @@ static OrtStatus *moe_compute(void *kernel, OrtKernelContext *ctx) {
     }
 done:
     free(idx); free(cnt); free(wt); free(order); free(expert); free(start); free(count);
-    free(xp); free(h1); free(act); free(out); free(pieces);
+    free(xp); free(h1); free(act); free(out); free(pieces); free(w_pcs);
     return st;
 }
 

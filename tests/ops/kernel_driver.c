@@ -1,4 +1,5 @@
-/* A C driver for mxport's kernel math (ops/csrc/mx_math.c, mx_q4.c, mx_avx512.c) without ONNX Runtime.
+/* A C driver for mxport's kernel math (ops/csrc/mx_math.c, mx_q4.c, mx_avx512.c, mx_mxfp4_int.c) without ONNX
+ * Runtime.
  *
  *   kernel_driver check   every ISA this CPU runs (c, avx2, avx512) on every shape class (rows 1-4 and prompt
  *                         rows, K tails, N tails, output sub-ranges) against a float64 product on the decoded
@@ -218,6 +219,73 @@ static void check_q4_nonfinite(int isa) {
     }
 }
 
+/* MXFP4 at the edges of the integer decode (mx_mxfp4_int.c), one and two rows of A, K = 1056 (8 groups of 4 blocks
+ * and a 1-block tail): scale bytes over 0..160 (0: 2^-127) and one 255 (NaN) in the last weight row, activation
+ * blocks scaled by 2^-60..2^40 with a zero block (weight row 1 all scale 0) and lone large values; then a NaN, an inf and a 2^100 in A, and
+ * blocks below 2^-90. Finite results within the integer decode's bound of the float64 product: 1e-6 of
+ * sum |products| (float32 rounding) plus, per value, |weight| x 2^-21 of its block's largest |x| (the pieces'
+ * residual); NaN and inf where the C loop has them. */
+static void check_mxfp4_edges(int isa) {
+    const int64_t k = 1056, nb = k / MX_BLOCK, n = 9;
+    for (int variant = 0; variant < 8; variant++) {
+        const int64_t m = 1 + (variant & 1);
+        float *a = take(sizeof(float) * (size_t)(m * k)), *ap = take(sizeof(float) * (size_t)(m * k));
+        uint8_t *blocks = take((size_t)(n * nb * MX_BLOCK_BYTES)), *scales = take((size_t)(n * nb));
+        float *y = take(sizeof(float) * (size_t)(m * n)), *ref = take(sizeof(float) * (size_t)(m * n));
+        double *want = take(sizeof(double) * (size_t)(m * n)), *mag = take(sizeof(double) * (size_t)(m * n));
+        for (int64_t i = 0; i < n * nb * MX_BLOCK_BYTES; i++) blocks[i] = (uint8_t)next_u32();
+        for (int64_t i = 0; i < n * nb; i++) scales[i] = (uint8_t)(next_u32() % 161);
+        scales[(n - 1) * nb + 5] = 255;
+        memset(scales + nb, 0, (size_t)nb); /* weight row 1 all 2^-127: tiny products, not zero */
+        for (int64_t r = 0; r < m; r++)
+            for (int64_t j = 0; j < nb; j++) {
+                const float e = ldexpf(1.0f, (int)(next_u32() % 101) - 60);
+                for (int64_t i = 0; i < MX_BLOCK; i++)
+                    a[r * k + j * MX_BLOCK + i] = j == 3 ? 0.0f : next_normal() * e * (i == 7 ? 1000.0f : 1.0f);
+            }
+        switch (variant >> 1) {
+            case 1: a[40] = NAN; break;
+            case 2: a[k - 1] = INFINITY; a[70] = 0x1p100f; break;
+            case 3: for (int64_t i = 64; i < 128; i++) a[i] = ldexpf(next_normal(), -100); break;
+            default: break;
+        }
+        for (int64_t r = 0; r < m; r++)
+            for (int64_t c = 0; c < n; c++) {
+                double sum = 0.0, g = 0.0, piece = 0.0, top = 0.0;
+                for (int64_t i = 0; i < k; i++) {
+                    const uint8_t byte = blocks[(c * nb + i / 32) * MX_BLOCK_BYTES + (i % 32) / 2];
+                    const uint8_t sc = scales[c * nb + i / 32];
+                    const double v = E2M1[i % 2 ? byte >> 4 : byte & 15] * (sc == 255 ? NAN : ldexp(1.0, sc - 127));
+                    if (i % 32 == 0)
+                        for (int64_t t = top = 0.0; t < 32; t++) top = fmax(top, fabs(a[r * k + i + t]));
+                    sum += v * a[r * k + i];
+                    g += fabs(v * a[r * k + i]);
+                    piece += fabs(v) * top * 0x1p-21;
+                }
+                want[r * n + c] = sum;
+                mag[r * n + c] = 1e-6 * g + piece; /* the tolerance */
+            }
+        mx_permute_rows(a, m, k, ap);
+        mx_set_isa(MX_ISA_C);
+        mx_mxfp4_rows(ap, m, k, blocks, scales, 0, n, ref, n);
+        mx_set_isa(isa);
+        mx_mxfp4_rows(ap, m, k, blocks, scales, 0, n, y, n);
+        for (int64_t i = 0; i < m * n; i++) {
+            const int special = !isfinite(ref[i]) || !isfinite(y[i]) || !isfinite(want[i]);
+            const int ok = special ? (isnan(ref[i]) && isnan(y[i])) || ref[i] == y[i]
+                                   : fabs(y[i] - want[i]) <= mag[i];
+            if (!ok) {
+                failures++;
+                printf("FAIL mxfp4 edges isa=%s variant=%d row %lld col %lld: %g, C loop %g, float64 %g (bound %g)\n",
+                       mx_isa_name(isa), variant, (long long)(i / n), (long long)(i % n), y[i], ref[i], want[i],
+                       mag[i]);
+                break;
+            }
+        }
+        free(a); free(ap); free(blocks); free(scales); free(y); free(ref); free(want); free(mag);
+    }
+}
+
 /* SwiGLU (mx_swiglu): n = 1, 15, 16, 17, 100 (vector steps and the scalar tail), both layouts, with and without
  * bias and limit, gates over [-110, 110] plus NaN and +-inf: within 1e-6 relative of a float64 evaluation of the
  * same clamped inputs and float32-rounded exp argument, the same NaN and inf outputs as the C loop (exact-size
@@ -267,7 +335,7 @@ static void check_swiglu(int isa) {
 
 static int check(void) {
     static const int64_t rows[] = {1, 2, 3, 4, 5, 8, 12, 15, 16, 17, 20, 24, 26, 33, 40};
-    static const int64_t mx_k[] = {32, 64, 96, 288, 1056};
+    static const int64_t mx_k[] = {32, 64, 96, 128, 160, 288, 1056};
     static const int64_t bf_k[] = {1, 7, 16, 31, 32, 33, 64, 65, 100, 300, 1030};
     static const int64_t q4_k[] = {5, 256, 300, 700};
     static const int64_t cols[][3] = {{1, 0, 1}, {5, 0, 5}, {9, 0, 9}, {17, 0, 17}, {70, 3, 61}};
@@ -286,6 +354,7 @@ static int check(void) {
                 for (size_t ki = 0; ki < sizeof q4_k / sizeof q4_k[0]; ki++) check_q4(isa, m, q4_k[ki], n, n0, n1);
             }
         check_q4_nonfinite(isa);
+        check_mxfp4_edges(isa);
         check_swiglu(isa);
         printf("isa=%s checked\n", mx_isa_name(isa));
         ran++;
