@@ -260,7 +260,7 @@ AVX512 static int packed_outer(const float *at, int64_t m, int64_t k, RowDecoder
 }
 
 /* One row of A (decode): in integers (mx_mxfp4_int.c) over whole groups of 4 blocks, the last K % 128 values and
- * the rows with a scale byte 0 or 255 in float32; all in float32 when A has a block the pieces cannot hold. */
+ * the rows with a scale byte 0 or >= 253 in float32; all in float32 when A has a block the pieces cannot hold. */
 AVX512 void mx_mxfp4_row_avx512(const float *ap, const void *pieces, int64_t k, const uint8_t *blocks,
                                 const uint8_t *scales, int64_t n0, int64_t n1, float *y) {
     const int64_t nb = k / MX_BLOCK, whole = nb / 4 * 4;

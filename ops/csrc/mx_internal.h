@@ -28,7 +28,7 @@ void mx_linear_bf16_avx512(const float *a, const float *at, int64_t m, int64_t k
                            int64_t n1, float *y, int64_t ldy);
 /* One row of A against MXFP4 weights in integers (mx_mxfp4_int.c): the pieces of mx_mxfp4_pieces (per group of 4
  * blocks), weight rows [n0, returned) done over the first 4 floor(K / 128) blocks (y[n] = the product over them); a
- * returned row below n1 holds a scale byte 0 or 255 (the float32 product's). mx_mxfp4_row_avx512: the whole row
+ * returned row below n1 holds a scale byte 0 or >= 253 (the float32 product's). mx_mxfp4_row_avx512: the whole row
  * (tail and those rows in float32; pieces NULL: computed there, or all float32 when A cannot be split). */
 #define MX_PIECES_BYTES(k) ((size_t)((k) / 128) * 512)
 int mx_mxfp4_pieces_avx512(const float *ap, int64_t k, void *out);

@@ -17,7 +17,8 @@
  * (4 low-nibble, 4 high-nibble) of one block; the lane's integer T = d1 2^15 + d2 2^8 + d3 - 12 sum(q) stays
  * below 2^31, converts to float32 once (rounding once, as a float32 product would) and is scaled by the block's
  * 2^(s-127) (the scale byte shifted into an exponent) times the pieces' 2^(e-16) (/ 2: the table is 2 x E2M1).
- * A weight row holding a scale byte 0 (2^-127, not a normal float) or 255 (NaN) is done by the float32 product.
+ * A weight row holding a scale byte 0 (2^-127, not a normal float), 253 or 254 (values past float32's range: the
+ * float32 decode's inf) or 255 (NaN) is done by the float32 product.
  *
  * Layout of the pieces: per group of 4 blocks (128 values of A, 512 bytes): q1 for the low nibbles (block i's 16
  * even values at bytes 16i..16i+15, A being in mx_permute_rows' even-then-odd order), q1 for the high nibbles, the
@@ -95,12 +96,12 @@ AVX512 int mx_mxfp4_pieces_avx512(const float *ap, int64_t k, void *out) {
     return 1;
 }
 
-/* whether any of the first n scale bytes is 0 or 255 */
+/* whether any of the first n scale bytes is 0 or at least 253 */
 AVX512_INLINE int odd_scales(const uint8_t *s, int64_t n) {
     for (int64_t j = 0; j < n; j += 64) {
         const __mmask64 in = n - j >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (n - j)) - 1);
-        const __m512i v = _mm512_add_epi8(_mm512_maskz_loadu_epi8(in, s + j), _mm512_set1_epi8(1)); /* 255 -> 0 */
-        if (_mm512_mask_cmple_epu8_mask(in, v, _mm512_set1_epi8(1))) return 1;
+        const __m512i v = _mm512_sub_epi8(_mm512_maskz_loadu_epi8(in, s + j), _mm512_set1_epi8(1)); /* 0 -> 255 */
+        if (_mm512_mask_cmpge_epu8_mask(in, v, _mm512_set1_epi8((char)252))) return 1;
     }
     return 0;
 }

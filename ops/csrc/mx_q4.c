@@ -64,13 +64,17 @@ static float dot_c(const uint8_t *w, const float *d, const int8_t *qa, const flo
         const int8_t *x = qa + b * Q4_SUPER;
         int32_t sum = 0;
         for (int c = 0; c < 4; c++) {
-            int32_t lo = 0, hi = 0;
+            /* sum (q - 8) x as sum q x - 8 sum x: GCC 12.2 with -mavx512vnni (-march=native here) miscompiled the
+             * (q - 8) x form (kernel_driver check: wrong sums for every shape) */
+            int32_t lo = 0, hi = 0, xlo = 0, xhi = 0;
             for (int i = 0; i < 32; i++) {
                 const uint8_t v = p[Q4_SUBS + 32 * c + i];
-                lo += ((v & 15) - 8) * x[64 * c + i];
-                hi += ((v >> 4) - 8) * x[64 * c + 32 + i];
+                lo += (v & 15) * x[64 * c + i];
+                hi += (v >> 4) * x[64 * c + 32 + i];
+                xlo += x[64 * c + i];
+                xhi += x[64 * c + 32 + i];
             }
-            sum += p[2 * c] * lo + p[2 * c + 1] * hi;
+            sum += p[2 * c] * (lo - 8 * xlo) + p[2 * c + 1] * (hi - 8 * xhi);
         }
         acc += (d[b] * da[b]) * (float)sum;
     }
