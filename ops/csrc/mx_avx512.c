@@ -1,6 +1,9 @@
 /* AVX-512 builds of mxport's kernels (F, BW, VL, VNNI, VBMI; the contract is mx_math.h, mx_isa() chooses them).
  * Compiled with per-function target attributes: the library still loads on AVX2-only and plain x86-64 CPUs.
  *
+ * One row of A against MXFP4 (decode) runs in integers (mx_mxfp4_int.c), SwiGLU in mx_swiglu.c; the target
+ * attributes are mx_avx512.h's.
+ *
  * MXFP4: a block's 16 bytes widened to 16 int32 lanes (vpmovzxbd); vpermps looks each lane's low nibble (and,
  *   shifted by 4, its high nibble) up in a 16-entry table of the block's decoded values (2 x E2M1 x 2^(s-128): one
  *   multiply per block, exact), so 32 weights cost three shuffles, and two 16-lane FMAs per row of A.
@@ -25,19 +28,7 @@
 #include "mx_math.h"
 
 #if defined(__x86_64__)
-#include <immintrin.h>
-
-#define TARGET "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma"
-#define AVX512 __attribute__((target(TARGET)))
-#define AVX512_INLINE __attribute__((target(TARGET), always_inline)) static inline
-
-/* Decode reads each weight once, front to back, row after row. The hardware prefetchers stop at every 4 KB page,
- * and a one-row product stalled on its weight loads (perf: most samples on the instruction after the load), so the
- * decode loops ask for the bytes 8 KB ahead into L2 (past a row's end: the next row follows it in memory; a
- * prefetch never faults). Measured on mini's exact mode, 2 threads: decode 96-99 -> 108-124 tok/s; 1 KB and 2 KB
- * ahead into L1 gave 107-122, 16 KB into L2 118-125 (docs/BENCHMARKS.md, Kernels). */
-#define PF_BYTES 8192
-#define PREFETCH(p) _mm_prefetch((const char *)(p) + PF_BYTES, _MM_HINT_T1)
+#include "mx_avx512.h"
 
 static inline float bf16_value(uint16_t v) {
     const uint32_t bits = (uint32_t)v << 16;
@@ -307,64 +298,6 @@ AVX512 void mx_mxfp4_rows_avx512(const float *ap, int64_t m, int64_t k, const ui
     free(at);
     if (!done) mx_mxfp4_rows_c(ap, mp, k, blocks, scales, n0, n1, y, ldy);
     if (mp < m) mxfp4_chunks(ap + mp * k, m - mp, k, blocks, scales, n0, n1, y + mp * ldy, ldy);
-}
-
-/* ---- SwiGLU ----------------------------------------------------------------------------------------------------- */
-/* e^x: x = n ln2 + r (ln2 in two parts, |r| <= ln2 / 2), e^r by Cephes' degree-7 expf polynomial, then scalef
- * (x 2^n: overflow to inf, underflow through the subnormals to 0 as expf). x is clamped to [-104, 89] first (beyond,
- * expf is 0 or inf anyway) with the bound as the first operand of min/max, so a NaN passes through. */
-AVX512_INLINE __m512 exp_ps(__m512 x) {
-    x = _mm512_max_ps(_mm512_set1_ps(-104.0f), _mm512_min_ps(_mm512_set1_ps(89.0f), x));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_scalef_ps(p, n);
-}
-
-/* mx_swiglu on AVX-512: 16 outputs a step (interleaved: two loads split into gates and ups by vpermt2ps), the same
- * operations in the same order as the C loop but e^x above. Returns the outputs done (n - n % 16): mx_swiglu's C loop
- * does the rest. */
-AVX512 int64_t mx_swiglu_avx512(const float *h, const float *bias, int64_t n, int interleaved, float limit,
-                                float alpha, float beta, float *out) {
-    const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-    const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-    const __m512 lim = _mm512_set1_ps(limit), nlim = _mm512_set1_ps(-limit), na = _mm512_set1_ps(-alpha);
-    const __m512 b = _mm512_set1_ps(beta), one = _mm512_set1_ps(1.0f);
-    int64_t j = 0;
-    for (; j + 16 <= n; j += 16) {
-        __m512 g, u;
-        if (interleaved) {
-            __m512 v0 = _mm512_loadu_ps(h + 2 * j), v1 = _mm512_loadu_ps(h + 2 * j + 16);
-            if (bias) {
-                v0 = _mm512_add_ps(v0, _mm512_loadu_ps(bias + 2 * j));
-                v1 = _mm512_add_ps(v1, _mm512_loadu_ps(bias + 2 * j + 16));
-            }
-            g = _mm512_permutex2var_ps(v0, even, v1);
-            u = _mm512_permutex2var_ps(v0, odd, v1);
-        } else {
-            g = _mm512_loadu_ps(h + j);
-            u = _mm512_loadu_ps(h + n + j);
-            if (bias) {
-                g = _mm512_add_ps(g, _mm512_loadu_ps(bias + j));
-                u = _mm512_add_ps(u, _mm512_loadu_ps(bias + n + j));
-            }
-        }
-        if (limit > 0.0f) {
-            g = _mm512_min_ps(g, lim); /* fminf(g, limit): a NaN gate gives the limit (vminps' second operand) */
-            u = _mm512_max_ps(_mm512_min_ps(u, lim), nlim);
-        }
-        const __m512 sig = _mm512_div_ps(one, _mm512_add_ps(one, exp_ps(_mm512_mul_ps(na, g))));
-        _mm512_storeu_ps(out + j, _mm512_mul_ps(_mm512_mul_ps(g, sig), _mm512_add_ps(u, b)));
-    }
-    return j;
 }
 
 /* ---- LinearBF16 -------------------------------------------------------------------------------------------------- */

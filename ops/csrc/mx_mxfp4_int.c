@@ -32,14 +32,9 @@
 #include "mx_math.h"
 
 #if defined(__x86_64__)
-#include <immintrin.h>
-
-#define TARGET "avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx2,fma"
-#define AVX512 __attribute__((target(TARGET)))
-#define AVX512_INLINE __attribute__((target(TARGET), always_inline)) static inline
+#include "mx_avx512.h"
 
 #define GROUP_BYTES 512
-#define PF_BYTES 8192 /* as mx_avx512.c's decode loops: 8 KB ahead into L2 */
 
 /* 2 x E2M1 + 12 for each code (bit 3 = sign): MX_LUT2 + 12 */
 static const uint8_t CODE_U8[16] = {12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0};

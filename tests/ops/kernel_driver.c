@@ -1,5 +1,5 @@
-/* A C driver for mxport's kernel math (ops/csrc/mx_math.c, mx_q4.c, mx_avx512.c, mx_mxfp4_int.c) without ONNX
- * Runtime.
+/* A C driver for mxport's kernel math (ops/csrc/mx_*.c) without ONNX Runtime:
+ * gcc -O3 -std=gnu11 -Iops/csrc tests/ops/kernel_driver.c ops/csrc/mx_*.c -lm -o kernel_driver
  *
  *   kernel_driver check   every ISA this CPU runs (c, avx2, avx512) on every shape class (rows 1-4 and prompt
  *                         rows, K tails, N tails, output sub-ranges) against a float64 product on the decoded
