@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import json
+from decimal import Decimal
 
 import pytest
 
@@ -67,6 +68,14 @@ SCHEMAS = [
           "coords": _obj({"lat": {"type": "number", "minimum": -90, "maximum": 90, "multipleOf": 0.01},
                           "lon": {"type": "number", "minimum": -180, "maximum": 180, "multipleOf": 0.01}})}),
 ]
+
+
+def _validate(text: str, schema: dict) -> None:
+    """json.loads then jsonschema, numbers as decimals: JSON Schema's multipleOf is decimal (13.79 is a multiple of
+    0.01), while jsonschema divides floats (13.79 / 0.01 = 1378.9999999999998: "not a multiple")."""
+    jsonschema.validate(json.loads(text, parse_float=Decimal), json.loads(json.dumps(schema), parse_float=Decimal))
+
+
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": _obj(
     {"city": _s(8), "unit": {"enum": ["c", "f"]}})}}
 TIME = {"type": "function", "function": {"name": "get_time", "parameters": _obj({"zone": {"enum": ["utc", "cet"]}})}}
@@ -121,7 +130,7 @@ def test_twenty_schemas_parse_and_validate(servers, model):
     for schema, reply in zip(SCHEMAS, replies):
         choice = choice0 = reply.choices[0]
         assert choice.finish_reason == "stop", choice0
-        jsonschema.validate(json.loads(choice.message.content), schema)
+        _validate(choice.message.content, schema)
         reasoned += bool(choice.message.model_extra.get("reasoning"))
     assert reasoned > 0  # the model did reason first (free text) in some of them
     assert SERVED[model].engine.max_rows_seen >= 8  # constrained and free rows did share decode steps
@@ -133,7 +142,7 @@ def test_streamed_json_object(servers, model):
         model=model, messages=USER, max_tokens=MAX_TOKENS, stream=True, response_format={"type": "json_schema",
         "json_schema": {"name": "x", "schema": SCHEMAS[-1]}}, temperature=0.7, seed=3))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    jsonschema.validate(json.loads(text), SCHEMAS[-1])
+    _validate(text, SCHEMAS[-1])
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
@@ -150,7 +159,7 @@ def test_tool_choice_required_and_named(servers, model):
         assert r.choices[0].finish_reason == "tool_calls" and len(calls) == 1, r
         if isinstance(choice, dict):
             assert calls[0].function.name == "get_time"
-        jsonschema.validate(json.loads(calls[0].function.arguments), schemas[calls[0].function.name])
+        _validate(calls[0].function.arguments, schemas[calls[0].function.name])
 
 
 @pytest.mark.parametrize("body, param, words", [
