@@ -198,7 +198,7 @@ ATTRS = st.fixed_dictionaries({
 
 @needs_lib
 @PROPERTY
-@given(t=st.integers(1, 40), e=st.integers(1, 9), k=st.integers(1, 4), h=st.sampled_from([32, 64, 96]),
+@given(t=st.integers(1, 40), e=st.integers(1, 9), k=st.integers(1, 4), h=st.sampled_from([32, 64, 96, 160]),
        i=st.sampled_from([32, 64, 160]), attrs=ATTRS, isa=st.sampled_from(ISAS), threads=st.sampled_from([1, 2]),
        seed=st.integers(0, 2**16))
 def test_moe_mxfp4_equals_numpy(t, e, k, h, i, attrs, isa, threads, seed, monkeypatch_session):
@@ -228,6 +228,23 @@ def test_moe_mxfp4_routing_ties_take_the_lower_expert(t):
     want = _moe_numpy(inputs, 4, **attrs)
     got = _session(build_model("MoEMXFP4", inputs, 1, k=4, **attrs), register=True).run(None, inputs)[0]
     assert _rel(got, want) <= 1e-5
+
+
+@needs_lib
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("h,i", [(128, 128), (160, 288), (1056, 160)])
+@pytest.mark.parametrize("t,threads", [(1, 1), (1, 2), (3, 2)])
+def test_moe_mxfp4_one_row_experts_equal_numpy(t, h, i, threads, isa, monkeypatch_session):
+    """Experts holding one row (every expert of a decode step; t = 3: some share one): on AVX-512 their products run
+    in integers over whole groups of 128 values (mx_mxfp4_int.c; h, i: one group, groups plus a tail of 1 to 4
+    blocks), the tail in float32; within the float32 tolerance of the NumPy kernel on every ISA."""
+    attrs = dict(normalize_routing_weights=1, swiglu_interleaved=1, swiglu_limit=7.0, activation_alpha=1.702,
+                 activation_beta=1.0)
+    inputs = _moe_case(np.random.default_rng(h + i + t), t, 16, h, i)
+    want = _moe_numpy(inputs, 4, **attrs)
+    sess = _session(build_model("MoEMXFP4", inputs, 1, k=4, **attrs), register=True, isa=isa, threads=threads,
+                    monkeypatch=monkeypatch_session)
+    assert _rel(sess.run(None, inputs)[0], want) <= 1e-5
 
 
 @needs_lib
