@@ -31,6 +31,8 @@ class Mxport:
 
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+        # the other engines run in this process too: this pool's threads must not spin on the cores after a step
+        so.add_session_config_entry("session.force_spinning_stop", "1")
         self.model = OrtStepModel(folder, "cpu", session_options=so)
         self.vocab = int(read_manifest(folder).config["vocab_size"])
 

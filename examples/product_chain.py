@@ -101,6 +101,8 @@ def measure(layers: int, rows: int, threads: int, rounds: int, layer_shapes,
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.log_severity_level = 3
+        # the other chain's session stays alive: its pool's threads must not spin on the cores after its run
+        so.add_session_config_entry("session.force_spinning_stop", "1")
         if kind in ("bf16", "q4") and not native.register_kernels(so):
             raise SystemExit(f"mxport's native kernels are not built: {KINDS[kind][0]} would run its function body")
         return ort.InferenceSession(chain(kind, layers, rows, layer_shapes).SerializeToString(), so,
