@@ -18,8 +18,8 @@ void mx_mxfp4_rows_c(const float *ap, int64_t m, int64_t k, const uint8_t *block
 void mx_linear_bf16_c(const float *a, int64_t m, int64_t k, const uint16_t *w, int64_t n0, int64_t n1, float *y,
                       int64_t ldy);
 
-/* AVX-512 builds (mx_avx512.c, mx_swiglu.c): the mx_math.h contract of the same-named kernel; only called when mx_isa() is
- * MX_ISA_AVX512 */
+/* AVX-512 builds (mx_avx512.c, mx_swiglu.c): the mx_math.h contract of the same-named kernel; only called when
+ * mx_isa() is MX_ISA_AVX512 */
 void mx_mxfp4_rows_avx512(const float *ap, int64_t m, int64_t k, const uint8_t *blocks, const uint8_t *scales,
                           int64_t n0, int64_t n1, float *y, int64_t ldy);
 int64_t mx_swiglu_avx512(const float *h, const float *bias, int64_t n, int interleaved, float limit, float alpha,

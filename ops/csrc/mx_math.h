@@ -28,12 +28,12 @@
  *                     with D [N, S] (mx_q4.c; int8 activations, exact integer sums per sub-block); `packed` is
  *                     mx_q4_pack's copy of qa where mx_q4_packed_bytes > 0, else NULL (then qa is read)
  *
- * Every product is float32 arithmetic on exactly decoded weights (E2M1 x 2^(s-127) and bf16 are exact in
- * float32): results differ from a float32 reference only by summation order; except one row of A against MXFP4 on
- * AVX-512, summed in integers from A's pieces, whose residual is at most 2^-21 of each 32-value block's largest
- * |x| (mx_mxfp4_int.c). Three builds of each kernel, chosen
- * at run time by the CPU's features (mx_set_isa): AVX-512 (F, BW, VL, VNNI, VBMI: mx_avx512.c), AVX2+FMA and
- * plain C. The vector builds are compiled with per-function target attributes, so the library loads on any x86-64.
+ * Every product is float32 arithmetic on exactly decoded weights (E2M1 x 2^(s-127) and bf16 are exact in float32):
+ * results differ from a float32 reference only by summation order; except one row of A against MXFP4 on AVX-512, summed
+ * in integers from A's pieces, whose residual is at most 2^-21 of each 32-value block's largest |x| (mx_mxfp4_int.c).
+ * Three builds of each kernel, chosen at run time by the CPU's features (mx_set_isa): AVX-512 (F, BW, VL, VNNI, VBMI:
+ * mx_avx512.c, mx_mxfp4_int.c, mx_swiglu.c), AVX2+FMA and plain C. The vector builds are compiled with per-function
+ * target attributes, so the library loads on any x86-64.
  */
 #ifndef MXPORT_MX_MATH_H
 #define MXPORT_MX_MATH_H

@@ -133,12 +133,17 @@ typedef struct {
     signed char *ok1, *ok2;
 } MoEWork;
 
+/* where used expert u's pieces for fc1 (second = 0) or fc2 go */
+static uint8_t *expert_pieces(const MoEWork *w, int64_t u, int second) {
+    return w->pcs + (size_t)u * (w->pb1 + w->pb2) + (second ? w->pb1 : 0);
+}
+
 /* fc1 or fc2 of used expert u: from its pieces when it has one row and they are there */
 static void moe_product(const MoEWork *w, int64_t u, int second, const float *a, int64_t k, const uint8_t *blocks,
                         const uint8_t *scales, int64_t n0, int64_t n1, float *y, int64_t ldy) {
     if (w->pcs && w->count[u] == 1) {
-        const uint8_t *pc = w->pcs + (size_t)u * (w->pb1 + w->pb2) + (second ? w->pb1 : 0);
-        mx_mxfp4_row(a, (second ? w->ok2 : w->ok1)[u] ? pc : NULL, k, blocks, scales, n0, n1, y);
+        mx_mxfp4_row(a, (second ? w->ok2 : w->ok1)[u] ? expert_pieces(w, u, second) : NULL, k, blocks, scales, n0, n1,
+                     y);
     } else {
         mx_mxfp4_rows(a, w->count[u], k, blocks, scales, n0, n1, y, ldy);
     }
@@ -176,8 +181,7 @@ static void moe_act_task(void *p, size_t i) {
         mx_swiglu(h, bias, w->I, (int)kn->interleaved, kn->limit, kn->alpha, kn->beta, tmp);
         mx_permute_rows(tmp, 1, w->I, w->act + r * w->I);
         if (w->pcs && w->count[u] == 1)
-            w->ok2[u] = (signed char)mx_mxfp4_pieces(w->act + r * w->I, w->I,
-                                                     w->pcs + (size_t)u * (w->pb1 + w->pb2) + w->pb1);
+            w->ok2[u] = (signed char)mx_mxfp4_pieces(w->act + r * w->I, w->I, expert_pieces(w, u, 1));
     }
     free(tmp);
 }
@@ -285,8 +289,7 @@ static OrtStatus *moe_compute(void *kernel, OrtKernelContext *ctx) {
             w.ok1 = (signed char *)(w.pcs + (size_t)U * (w.pb1 + w.pb2));
             w.ok2 = w.ok1 + U;
             for (int64_t u = 0; u < U; u++)
-                w.ok1[u] = count[u] == 1 && (signed char)mx_mxfp4_pieces(xp + start[u] * H, H,
-                                                                         w.pcs + (size_t)u * (w.pb1 + w.pb2));
+                w.ok1[u] = count[u] == 1 && (signed char)mx_mxfp4_pieces(xp + start[u] * H, H, expert_pieces(&w, u, 0));
         }
     }
     size_t np = 0;

@@ -220,12 +220,13 @@ static void check_q4_nonfinite(int isa) {
     }
 }
 
-/* MXFP4 at the edges of the integer decode (mx_mxfp4_int.c), one and two rows of A, K = 1056 (8 groups of 4 blocks
- * and a 1-block tail): scale bytes over 0..160 (0: 2^-127), one 253 or 254 and one 255 (NaN), activation
- * blocks scaled by 2^-60..2^40 with a zero block (weight row 1 all scale 0) and lone large values; then a NaN, an inf and a 2^100 in A, and
- * blocks below 2^-90. Finite results within the integer decode's bound of the float64 product: 1e-6 of
- * sum |products| (float32 rounding) plus, per value, |weight| x 2^-21 of its block's largest |x| (the pieces'
- * residual); NaN and inf where the C loop has them. */
+/* MXFP4 at the edges of the integer decode (mx_mxfp4_int.c), one and two rows of A, K = 1056 (8 groups of 4 blocks and
+ * a 1-block tail): scale bytes over 0..160 (0: 2^-127), one 253 or 254 and one 255 (NaN), activation blocks scaled by
+ * 2^-60..2^40 with a zero block (weight row 1 all scale 0) and lone large values; then a NaN, an inf and a 2^100 in A,
+ * and blocks below 2^-90. Finite results within the integer decode's bound of the float64 product: 1e-6 of sum
+ * |products| (float32 rounding) plus, per value, |weight| x 2^-21 of its block's largest |x| (the pieces' residual);
+ * NaN and inf where the C loop has them.
+ */
 static void check_mxfp4_edges(int isa) {
     const int64_t k = 1056, nb = k / MX_BLOCK, n = 9;
     for (int variant = 0; variant < 8; variant++) {
