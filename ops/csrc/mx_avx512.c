@@ -362,49 +362,76 @@ AVX512 void mx_linear_bf16_avx512(const float *a, const float *at, int64_t m, in
 }
 
 /* ---- LinearQ4 ---------------------------------------------------------------------------------------------------- */
-/* The 128 code bytes of a super-block are two registers; vpermt2b (VBMI) gathers register k's bytes from them: lane i
- * of register k takes bytes 16 (i / 8) + 4k .. + 3 of chunk (i % 8) / 2, whose low nibbles are sub-block i % 8 when
- * that is even and whose high nibbles are when it is odd (a per-word shift by 0 or 4, then the mask). */
-AVX512_INLINE __m512i q4_index(int k) {
-    int8_t idx[64];
-    for (int i = 0; i < 16; i++)
-        for (int t = 0; t < 4; t++) idx[4 * i + t] = (int8_t)(32 * ((i % 8) / 2) + 16 * (i / 8) + 4 * k + t);
-    return _mm512_loadu_si512(idx);
+/* The 128 code bytes of a super-block are four 32-byte chunks; chunk c holds sub-block 2c in its low nibbles and
+ * 2c + 1 in its high ones. Two vshufi32x4 fill 16-byte quarter j of x0 with chunk j's first half and of x1 with its
+ * second half; a 32-bit rotation of each qword swaps neighbouring lanes. One mask (0x0F in even lanes, 0xF0 in odd
+ * ones) then leaves lane i = 4j + l of all four registers with codes of sub-block 2j + (l & 1): the low nibble, or
+ * the high one as 16 x the code (the 1/16 is in the lanes' scale and the zero point). No byte permutes: vpermt2b
+ * costs two cycles of the shuffle port here, and this layout took one row from 2.06 to 1.36 TSC cycles per 32
+ * weights on the Xeon of docs/BENCHMARKS.md. mx_q4_pack copies a row of A into the same order. */
+AVX512_INLINE void q4_codes(const uint8_t *codes, __m512i q[4]) {
+    const __m512i mask = _mm512_set1_epi64((long long)0xF0F0F0F00F0F0F0Full);
+    const __m512i t0 = _mm512_loadu_si512(codes), t1 = _mm512_loadu_si512(codes + 64);
+    const __m512i x0 = _mm512_shuffle_i32x4(t0, t1, 0x88), x1 = _mm512_shuffle_i32x4(t0, t1, 0xDD);
+    q[0] = _mm512_and_si512(x0, mask);
+    q[1] = _mm512_and_si512(x1, mask);
+    q[2] = _mm512_and_si512(_mm512_rol_epi64(x0, 32), mask);
+    q[3] = _mm512_and_si512(_mm512_rol_epi64(x1, 32), mask);
 }
 
-/* R rows of packed A (row stride s packed super-blocks) against one weight row: out[r] = its product. Per
- * super-block and row: the zero-point lanes, four vpdpbusd (every lane one sub-block), one conversion to float and
- * one FMA by sub-scale x D x the row's scale; the weights' unpacking is shared by the R rows. */
+/* the 8 sub-scales in lane order (lane i: sub-block 2 (i / 4) + i % 2) as floats times f */
+AVX512_INLINE __m512 q4_scales(const uint8_t *sub, float f) {
+    const __m128i spread = _mm_setr_epi8(0, 1, 0, 1, 2, 3, 2, 3, 4, 5, 4, 5, 6, 7, 6, 7);
+    const __m128i b = _mm_shuffle_epi8(_mm_loadl_epi64((const __m128i *)sub), spread);
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b)), _mm512_set1_ps(f));
+}
+
+/* the sum of an accumulator's lanes, the odd ones (16 x the codes) divided by 16 */
+AVX512_INLINE float q4_total(__m512 acc) {
+    return _mm512_reduce_add_ps(_mm512_mul_ps(acc, _mm512_castsi512_ps(_mm512_set1_epi64(0x3D8000003F800000ll))));
+}
+
+/* a super-block of one packed row of A against codes q: the zero point, then four vpdpbusd */
+AVX512_INLINE __m512i q4_sum(const uint8_t *x, const __m512i q[4]) {
+    __m512i sum = _mm512_load_si512(x + MX_Q4_SUPER); /* -8 (odd lanes -128) x the sub-block sums */
+    sum = _mm512_dpbusd_epi32(sum, q[0], _mm512_load_si512(x));
+    sum = _mm512_dpbusd_epi32(sum, q[1], _mm512_load_si512(x + 64));
+    sum = _mm512_dpbusd_epi32(sum, q[2], _mm512_load_si512(x + 128));
+    return _mm512_dpbusd_epi32(sum, q[3], _mm512_load_si512(x + 192));
+}
+
+/* one row of packed A against one weight row (decode), its weights prefetched ahead: the product */
+AVX512_INLINE float q4_row(const uint8_t *w, const float *d, const uint8_t *x, const float *da, int64_t s) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t b = 0; b < s; b++) {
+        const uint8_t *p = w + b * MX_Q4_BYTES;
+        PREFETCH(p); PREFETCH(p + 64); PREFETCH(p + 128);
+        __m512i q[4];
+        q4_codes(p + MX_Q4_SUBS, q);
+        const __m512i sum = q4_sum(x + b * MX_Q4P_BYTES, q);
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), q4_scales(p, d[b] * da[b]), acc);
+    }
+    return q4_total(acc);
+}
+
+/* R rows of packed A (row stride s packed super-blocks) against one weight row: out[r] = its product. The weights'
+ * unpacking is shared by the R rows; per row and super-block: four vpdpbusd, one conversion, one FMA. */
 AVX512_INLINE void q4_rows(const uint8_t *w, const float *d, const uint8_t *xp, const float *da, int64_t s,
-                           const int R, const __m512i *idx, float *out) {
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
-    const __m512i shift = _mm512_set_epi32(0x40004, 0, 0x40004, 0, 0x40004, 0, 0x40004, 0,
-                                           0x40004, 0, 0x40004, 0, 0x40004, 0, 0x40004, 0); /* odd lanes: 4 */
+                           const int R, float *out) {
     const int64_t stride = s * MX_Q4P_BYTES;
     __m512 acc[8];
     for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
     for (int64_t b = 0; b < s; b++) {
         const uint8_t *p = w + b * MX_Q4_BYTES;
-        if (R == 1) { PREFETCH(p); PREFETCH(p + 64); PREFETCH(p + 128); }
-        const __m512i t0 = _mm512_loadu_si512(p + MX_Q4_SUBS), t1 = _mm512_loadu_si512(p + MX_Q4_SUBS + 64);
         __m512i q[4];
-        for (int k = 0; k < 4; k++)
-            q[k] = _mm512_and_si512(_mm512_srlv_epi16(_mm512_permutex2var_epi8(t0, idx[k], t1), shift), m4);
-        /* lanes i and i + 8: sub-scale i % 8, times D */
-        const __m128i sub = _mm_loadl_epi64((const __m128i *)p); /* the 8 sub-scales, twice: 16 lanes */
-        const __m512 sc = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi64(sub, sub))),
-                                        _mm512_set1_ps(d[b]));
+        q4_codes(p + MX_Q4_SUBS, q);
+        const __m512 sc = q4_scales(p, d[b]);
         for (int r = 0; r < R; r++) {
-            const uint8_t *x = xp + r * stride + b * MX_Q4P_BYTES;
-            __m512i sum = _mm512_load_si512(x + MX_Q4_SUPER); /* -8 x the sub-block sums: the zero point */
-            sum = _mm512_dpbusd_epi32(sum, q[0], _mm512_load_si512(x));
-            sum = _mm512_dpbusd_epi32(sum, q[1], _mm512_load_si512(x + 64));
-            sum = _mm512_dpbusd_epi32(sum, q[2], _mm512_load_si512(x + 128));
-            sum = _mm512_dpbusd_epi32(sum, q[3], _mm512_load_si512(x + 192));
+            const __m512i sum = q4_sum(xp + r * stride + b * MX_Q4P_BYTES, q);
             acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(sc, _mm512_set1_ps(da[r * s + b])), acc[r]);
         }
     }
-    for (int r = 0; r < R; r++) out[r] = _mm512_reduce_add_ps(acc[r]);
+    for (int r = 0; r < R; r++) out[r] = q4_total(acc[r]);
 }
 
 /* mx_q4_activations on AVX-512: the same numbers as mx_q4.c's loop (x · (1 / d) rounded half to even by the default
@@ -446,7 +473,6 @@ AVX512 void mx_q4_activations_avx512(const float *a, int64_t m, int64_t k, int64
 
 AVX512 void mx_linear_q4_avx512(const uint8_t *packed, const float *da, int64_t m, int64_t s, const uint8_t *w,
                                 const float *d, int64_t n0, int64_t n1, float *y, int64_t ldy) {
-    const __m512i idx[4] = {q4_index(0), q4_index(1), q4_index(2), q4_index(3)};
     const int64_t row_bytes = s * MX_Q4_BYTES;
     /* more than one row of A: a block of weight rows (~256 KB) is read from memory once and from L2 for the rest */
     const int64_t block = m == 1 ? n1 - n0 : (256 << 10) / row_bytes + 1;
@@ -457,11 +483,14 @@ AVX512 void mx_linear_q4_avx512(const uint8_t *packed, const float *da, int64_t 
             const uint8_t *x = packed + r * s * MX_Q4P_BYTES;
             const float *dx = da + r * s;
             for (int64_t n = c0; n < c1; n++) {
-                float out[8];
                 const uint8_t *wn = w + n * row_bytes;
-                if (R == 8) q4_rows(wn, d + n * s, x, dx, s, 8, idx, out);
-                else if (R == 4) q4_rows(wn, d + n * s, x, dx, s, 4, idx, out);
-                else q4_rows(wn, d + n * s, x, dx, s, 1, idx, out);
+                if (R == 1) {
+                    y[r * ldy + n] = q4_row(wn, d + n * s, x, dx, s);
+                    continue;
+                }
+                float out[8];
+                if (R == 8) q4_rows(wn, d + n * s, x, dx, s, 8, out);
+                else q4_rows(wn, d + n * s, x, dx, s, 4, out);
                 for (int i = 0; i < R; i++) y[(r + i) * ldy + n] = out[i];
             }
             r += R;

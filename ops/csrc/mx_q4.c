@@ -165,19 +165,23 @@ __attribute__((target("avx2,fma"))) static void dot4_avx2(const uint8_t *w, cons
 
 int64_t mx_q4_packed_bytes(int64_t m, int64_t s) { return mx_isa() == MX_ISA_AVX512 ? m * s * MX_Q4P_BYTES : 0; }
 
-/* Register k (0-3) of a super-block's weights holds, in int32 lane i (0-15), four codes of sub-block j = i % 8:
- * elements 16 (i / 8) + 4k + t, t = 0..3 (mx_avx512.c builds it from the stored chunks). A row of A is copied into
- * the same order, so one vpdpbusd per register sums a row against 64 weights with every lane in one sub-block. */
+/* Register k (0-3) of a super-block's weights holds, in int32 lane i = 4j + l (j, l = 0..3), four codes of sub-block
+ * 2j + (l & 1): elements 32 (2j + (l & 1)) + 16 (k & 1) + 4 (l ^ (k >> 1)) + t, t = 0..3 (mx_avx512.c builds it from
+ * the stored chunks; odd lanes carry 16 x the code). A row of A is copied into the same order, so one vpdpbusd per
+ * register sums a row against 64 weights with every lane in one sub-block; the zero point, -8 x the sub-block's
+ * sum (-128 x in odd lanes), sits in the first lane of each sub-block. */
 void mx_q4_pack(const int8_t *qa, const int16_t *bs, int64_t s, int64_t r0, int64_t r1, void *packed) {
     for (int64_t r = r0; r < r1; r++)
         for (int64_t b = 0; b < s; b++) {
             const int8_t *x = qa + (r * s + b) * Q4_SUPER;
             uint8_t *out = (uint8_t *)packed + (r * s + b) * MX_Q4P_BYTES;
             for (int k = 0; k < 4; k++)
-                for (int i = 0; i < 16; i++)
-                    memcpy(out + 64 * k + 4 * i, x + 32 * (i % 8) + 16 * (i / 8) + 4 * k, 4);
+                for (int i = 0; i < 16; i++) {
+                    const int j = i / 4, l = i % 4;
+                    memcpy(out + 64 * k + 4 * i, x + 32 * (2 * j + (l & 1)) + 16 * (k & 1) + 4 * (l ^ (k >> 1)), 4);
+                }
             int32_t zp[16] = {0};
-            for (int j = 0; j < Q4_SUBS; j++) zp[j] = -8 * bs[(r * s + b) * Q4_SUBS + j];
+            for (int j = 0; j < Q4_SUBS; j++) zp[4 * (j / 2) + j % 2] = (j % 2 ? -128 : -8) * bs[(r * s + b) * Q4_SUBS + j];
             memcpy(out + Q4_SUPER, zp, sizeof zp);
         }
 }
