@@ -10,11 +10,13 @@
  * bf16: 32 weights are one 64-byte load whose 32-bit lanes each hold a pair: the even weight is the lane shifted
  *   left by 16, the odd one the lane with its low half cleared (no shuffle); A is read in the same even-then-odd
  *   order per 32 values (mx_permute_rows' order), permuted once per call.
- * LinearQ4: a super-block's 128 code bytes are regrouped by vpermt2b into four registers in which int32 lane i
- *   always holds codes of sub-block i % 8; A is packed once per call into the same order (mx_q4_pack), so four
+ * LinearQ4: two vshufi32x4 and two 32-bit qword rotations place a super-block's 128 code bytes in four registers
+ *   whose int32 lane 4j + l always holds codes of sub-block 2j + (l & 1), and one 0x0F/0xF0 mask keeps the lane's
+ *   nibble (odd lanes: 16 x the code); A is packed once per call into the same order (mx_q4_pack), so four
  *   vpdpbusd (u8 x s8, four products per lane) sum a row against 256 weights, starting from the zero point's lanes,
- *   and each lane is multiplied by its sub-scale in float32 once per super-block. Lane sums stay below 2^16, so
- *   the conversion to float32 is exact: the integers of mx_q4.c and the NumPy kernel, summed in float32.
+ *   and each lane is multiplied by its sub-scale in float32 once per super-block (odd lanes' 1/16 once per row).
+ *   Lane sums stay below 2^20, so the conversion to float32 is exact: the integers of mx_q4.c and the NumPy
+ *   kernel (times 16 in odd lanes, a power of two), summed in float32.
  * Prompt rows: MXFP4 with M > 15 (full groups; a remainder of up to 8 rows goes to the direct chunks) and bf16 with
  *   M > 4 pack A^T in 16-row groups (mx_pack_t), decode 8 weight rows to float32 once and run 8 x 32 outer-product
  *   tiles (16 accumulators, weights broadcast from L1) over K panels that stay in L1; LinearQ4 unpacks each weight
