@@ -402,22 +402,9 @@ AVX512_INLINE __m512i q4_sum(const uint8_t *x, const __m512i q[4]) {
     return _mm512_dpbusd_epi32(sum, q[3], _mm512_load_si512(x + 192));
 }
 
-/* one row of packed A against one weight row (decode), its weights prefetched ahead: the product */
-AVX512_INLINE float q4_row(const uint8_t *w, const float *d, const uint8_t *x, const float *da, int64_t s) {
-    __m512 acc = _mm512_setzero_ps();
-    for (int64_t b = 0; b < s; b++) {
-        const uint8_t *p = w + b * MX_Q4_BYTES;
-        PREFETCH(p); PREFETCH(p + 64); PREFETCH(p + 128);
-        __m512i q[4];
-        q4_codes(p + MX_Q4_SUBS, q);
-        const __m512i sum = q4_sum(x + b * MX_Q4P_BYTES, q);
-        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), q4_scales(p, d[b] * da[b]), acc);
-    }
-    return q4_total(acc);
-}
-
 /* R rows of packed A (row stride s packed super-blocks) against one weight row: out[r] = its product. The weights'
- * unpacking is shared by the R rows; per row and super-block: four vpdpbusd, one conversion, one FMA. */
+ * unpacking is shared by the R rows; per row and super-block: four vpdpbusd, one conversion, one FMA. One row
+ * (decode) prefetches the weights ahead. */
 AVX512_INLINE void q4_rows(const uint8_t *w, const float *d, const uint8_t *xp, const float *da, int64_t s,
                            const int R, float *out) {
     const int64_t stride = s * MX_Q4P_BYTES;
@@ -425,6 +412,7 @@ AVX512_INLINE void q4_rows(const uint8_t *w, const float *d, const uint8_t *xp, 
     for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
     for (int64_t b = 0; b < s; b++) {
         const uint8_t *p = w + b * MX_Q4_BYTES;
+        if (R == 1) { PREFETCH(p); PREFETCH(p + 64); PREFETCH(p + 128); }
         __m512i q[4];
         q4_codes(p + MX_Q4_SUBS, q);
         const __m512 sc = q4_scales(p, d[b]);
@@ -486,13 +474,10 @@ AVX512 void mx_linear_q4_avx512(const uint8_t *packed, const float *da, int64_t 
             const float *dx = da + r * s;
             for (int64_t n = c0; n < c1; n++) {
                 const uint8_t *wn = w + n * row_bytes;
-                if (R == 1) {
-                    y[r * ldy + n] = q4_row(wn, d + n * s, x, dx, s);
-                    continue;
-                }
                 float out[8];
                 if (R == 8) q4_rows(wn, d + n * s, x, dx, s, 8, out);
-                else q4_rows(wn, d + n * s, x, dx, s, 4, out);
+                else if (R == 4) q4_rows(wn, d + n * s, x, dx, s, 4, out);
+                else q4_rows(wn, d + n * s, x, dx, s, 1, out);
                 for (int i = 0; i < R; i++) y[(r + i) * ldy + n] = out[i];
             }
             r += R;

@@ -181,7 +181,8 @@ void mx_q4_pack(const int8_t *qa, const int16_t *bs, int64_t s, int64_t r0, int6
                     memcpy(out + 64 * k + 4 * i, x + 32 * (2 * j + (l & 1)) + 16 * (k & 1) + 4 * (l ^ (k >> 1)), 4);
                 }
             int32_t zp[16] = {0};
-            for (int j = 0; j < Q4_SUBS; j++) zp[4 * (j / 2) + j % 2] = (j % 2 ? -128 : -8) * bs[(r * s + b) * Q4_SUBS + j];
+            for (int j = 0; j < Q4_SUBS; j++)
+                zp[4 * (j / 2) + j % 2] = (j % 2 ? -128 : -8) * bs[(r * s + b) * Q4_SUBS + j];
             memcpy(out + Q4_SUPER, zp, sizeof zp);
         }
 }
