@@ -29,9 +29,10 @@ def packages() -> tuple[dict[str, str], list[str]]:
 NATIVE = Extension(
     "mxport.ops.libmxport_kernels",
     sources=["ops/csrc/mxport_kernels.c", "ops/csrc/ort_kernel.c", "ops/csrc/linear_q4_op.c", "ops/csrc/mx_math.c",
-             "ops/csrc/mx_q4.c", "ops/csrc/mx_avx512.c", "ops/csrc/mx_mxfp4_int.c", "ops/csrc/mx_swiglu.c"],
+             "ops/csrc/mx_q4.c", "ops/csrc/mx_avx512.c", "ops/csrc/mx_mxfp4_int.c", "ops/csrc/mx_swiglu.c",
+             "ops/csrc/gqa_op.c", "ops/csrc/mx_attention.c"],
     depends=["ops/csrc/mx_math.h", "ops/csrc/mx_internal.h", "ops/csrc/mx_avx512.h", "ops/csrc/ort_abi.h",
-             "ops/csrc/ort_kernel.h"],
+             "ops/csrc/ort_kernel.h", "ops/csrc/mx_attention.h"],
     extra_compile_args=["-O3", "-std=gnu11", "-fvisibility=hidden", "-Wall"],
     libraries=["m"],
 )

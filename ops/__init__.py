@@ -26,10 +26,11 @@ STANDARD_OPSET = 23  # the ONNX opset the function bodies are written in (ORT 1.
 # Op modules, in order. Each defines FUNCTIONS (its ops' onnxscript bodies), HELPERS (functions those bodies call)
 # and one OpRun kernel class per op, named like the op. They load on first use (ALL_OPS, OPSET, functions(),
 # reference_kernels()): importing onnxscript takes seconds, and `from mxport.ops import mxfp4` (the codec) must stay light.
-_OP_MODULES = ("dequantize_mxfp4", "matmul_mxfp4", "linear_bf16", "linear_q4", "moe", "moe_2", "attention")
+_OP_MODULES = ("dequantize_mxfp4", "matmul_mxfp4", "linear_bf16", "linear_q4", "moe", "moe_2", "attention",
+               "group_query_attention")
 # Modules whose bodies a model carries only when it uses one of their ops (functions(used=...)); the others are
 # attached to every export, as they were before these existed (gpt-oss exports stay byte-identical).
-_WHEN_USED = ("moe_2", "linear_bf16", "linear_q4")
+_WHEN_USED = ("moe_2", "linear_bf16", "linear_q4", "group_query_attention")
 
 
 def __getattr__(name: str) -> Any:
@@ -138,7 +139,14 @@ def make_node(op_type: str, inputs: list[str], outputs: list[str], name: str | N
 
 
 def make_model(graph: onnx.GraphProto, **kwargs) -> onnx.ModelProto:
-    """A ModelProto for `graph` with the ai.mxport functions and opset imports attached."""
+    """A ModelProto for `graph` with the ai.mxport functions and opset imports attached (and the domains the bodies
+    use: GroupQueryAttention's is com.microsoft). Bodies of _WHEN_USED modules come only where the graph uses them."""
     import onnx
 
-    return onnx.helper.make_model(graph, opset_imports=opset_imports(), functions=functions(), **kwargs)
+    # the _WHEN_USED bodies only where used: GroupQueryAttention's is a contrib op, which onnx.reference cannot run
+    bodies = functions(used={node.op_type for node in graph.node if node.domain == DOMAIN})
+    imports = {i.domain: i for i in opset_imports()}
+    for body in bodies:
+        for used in body.opset_import:
+            imports.setdefault(used.domain, used)
+    return onnx.helper.make_model(graph, opset_imports=list(imports.values()), functions=bodies, **kwargs)

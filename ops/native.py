@@ -5,8 +5,8 @@
     info()                  {"path", "domain", "ops", "isa", "best", "ort_api"} read from the library itself
     install_into(folder)    copy it into an export folder, named in genai_config.json (onnxruntime-genai)
 
-The library is a standard ORT custom-op library (RegisterCustomOps): ai.mxport MoEMXFP4, MatMulMXFP4, LinearBF16
-and LinearQ4 (and MoEMXFP4_2) on the CPU provider. ORT runs a registered kernel in preference to the model-local function of the same name, so
+The library is a standard ORT custom-op library (RegisterCustomOps): ai.mxport MoEMXFP4, MatMulMXFP4, LinearBF16,
+LinearQ4 and GroupQueryAttention (and MoEMXFP4_2) on the CPU provider. ORT runs a registered kernel in preference to the model-local function of the same name, so
 one exported file runs everywhere through the function bodies and fast where the library is registered (tested
 with ORT's profiler: tests/ops/test_native.py). Other hosts register it by path (`mxport kernels` prints it,
 mxport/commands/kernels.py):

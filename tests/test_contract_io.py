@@ -37,5 +37,7 @@ def test_shared_buffer_layers():
     ]
     pasts = [n for i in range(2) for n in io.past_names(i)]
     assert io.shared_buffer_layers(nodes, pasts, [io.past_to_present(n) for n in pasts]) == [True, True, True, False]
+    mxport_gqa = [("ai.mxport", "GroupQueryAttention", *node[2:]) for node in nodes[:1]]  # the same contract
+    assert io.shared_buffer_layers(mxport_gqa, pasts[:2], ["present.0.key", "present.0.value"]) == [True, True]
     attention = [("ai.mxport", "Attention", *node[2:]) for node in nodes[:1]]
     assert io.shared_buffer_layers(attention, pasts[:2], ["present.0.key", "present.0.value"]) == [False, False]

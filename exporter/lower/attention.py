@@ -1,4 +1,9 @@
-"""Lower ai.mxport Attention to com.microsoft GroupQueryAttention (on cpu, with the rotary folded in: rotary.py).
+"""Lower ai.mxport Attention to GroupQueryAttention (on cpu, with the rotary folded in: rotary.py).
+
+On --target cpu in float32 the node is ai.mxport.GroupQueryAttention (ops/group_query_attention.py): ORT's
+contract less its quantized-cache and Q/K-norm inputs, run by mxport's native kernel (one read of each KV head's
+cache per step) where the library is registered, and by its function body, the com.microsoft node, elsewhere.
+Otherwise (cuda, float16 / bfloat16) it is com.microsoft.GroupQueryAttention itself.
 
     ai.mxport.Attention(q, k, v, past_k, past_v, attention_mask [B,T] int64, sinks [Hq]) {num_heads, kv_num_heads,
                         scale, window}
@@ -33,7 +38,7 @@ import numpy as np
 import onnx_ir as ir
 
 from .rotary import foldable, rotary_inputs
-from .rules import MS_DOMAIN, Context, adopt_tape, attr, const, replace
+from .rules import MS_DOMAIN, Context, adopt_tape, attach_function, attr, const, replace
 
 INT32 = ir.DataType.INT32
 # The bias of a masked slot per compute dtype: very negative, finite after the cast to that dtype
@@ -92,13 +97,27 @@ class LowerAttention:
             attrs["scale"] = float(scale)
         # GQA inputs: query key value past_key past_value seqlens_k total_sequence_length cos_cache sin_cache
         #             position_ids attention_bias head_sink k_scale v_scale q_norm_weight k_norm_weight query_seqlens
-        inputs = [q, k, v, past_k, past_v, seqlens_k, total, *rotary, bias, sinks,
-                  None, None, None, None, query_seqlens]
+        inputs = [q, k, v, past_k, past_v, seqlens_k, total, *rotary, bias, sinks]
         prefix = node.name or "attention"
-        gqa = ir.node("GroupQueryAttention", inputs, attrs, domain=MS_DOMAIN, num_outputs=3, name=f"{prefix}/gqa")
+        if native_attention(ctx):  # ai.mxport's: the same inputs less the four quantized-cache / norm ones
+            from mxport.ops import DOMAIN
+
+            attach_function(ctx.model, "GroupQueryAttention")
+            gqa = ir.node("GroupQueryAttention", [*inputs, query_seqlens], attrs, domain=DOMAIN, num_outputs=3,
+                          name=f"{prefix}/gqa")
+        else:
+            gqa = ir.node("GroupQueryAttention", [*inputs, None, None, None, None, query_seqlens], attrs,
+                          domain=MS_DOMAIN, num_outputs=3, name=f"{prefix}/gqa")
         replace(ctx, node, [*nodes, gqa], gqa.outputs)
         if ropes is not None:
             ctx.graph.remove(list(ropes), safe=True)
+
+
+def native_attention(ctx: Context) -> bool:
+    """On --target cpu in float32, ai.mxport.GroupQueryAttention (ops/group_query_attention.py: ORT's contract, a
+    native kernel that reads each KV head's cache once per step; its function body is ORT's node) instead of
+    com.microsoft.GroupQueryAttention."""
+    return ctx.target == "cpu" and ctx.dtype == "float32"
 
 
 def _head_size(node: ir.Node) -> int | None:

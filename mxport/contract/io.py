@@ -184,10 +184,15 @@ def step_feeds(
 
 
 # ---- one buffer for a past and its present ----------------------------------------------------------------------
+# The attention ops whose past_key / past_value (inputs 3, 4) may share one buffer with present_key / present_value
+# (outputs 1, 2): ORT's GroupQueryAttention and mxport's op of the same contract (ops/group_query_attention.py).
+SHARED_BUFFER_ATTENTION = frozenset({("com.microsoft", "GroupQueryAttention"), ("ai.mxport", "GroupQueryAttention")})
+
+
 def shared_buffer_layers(nodes: Iterable[tuple[str, str, Sequence[str], Sequence[str]]],
                          pasts: Sequence[str], presents: Sequence[str]) -> list[bool]:
-    """Per past input: True when one com.microsoft.GroupQueryAttention alone reads it (as past_key or past_value)
-    and writes the matching present (output 1 or 2), so one buffer can be both (GQA's shared-buffer mode).
+    """Per past input: True when one GroupQueryAttention (SHARED_BUFFER_ATTENTION) alone reads it (as past_key or
+    past_value) and writes the matching present (output 1 or 2), so one buffer can be both (GQA's shared-buffer mode).
     `nodes`: (domain, op_type, input names, output names) of every graph node, "" for an absent optional input."""
     nodes = list(nodes)
     readers: dict[str, list[tuple[int, int]]] = {}
@@ -201,7 +206,7 @@ def shared_buffer_layers(nodes: Iterable[tuple[str, str, Sequence[str], Sequence
         if ok:
             domain, op_type, _, outputs = nodes[users[0][0]]
             index = users[0][1]
-            ok = (op_type == "GroupQueryAttention" and domain == "com.microsoft"
+            ok = ((domain, op_type) in SHARED_BUFFER_ATTENTION
                   and len(outputs) > index - 2 and outputs[index - 2] == present
                   and present not in readers)  # nothing else in the graph reads the present
         out.append(ok)

@@ -8,25 +8,6 @@
 #if defined(__x86_64__)
 #include "mx_avx512.h"
 
-/* e^x: x = n ln2 + r (ln2 in two parts, |r| <= ln2 / 2), e^r by Cephes' degree-7 expf polynomial, then scalef
- * (x 2^n: overflow to inf, underflow through the subnormals to 0 as expf). x is clamped to [-104, 89] first (beyond,
- * expf is 0 or inf anyway) with the bound as the first operand of min/max, so a NaN passes through. */
-AVX512_INLINE __m512 exp_ps(__m512 x) {
-    x = _mm512_max_ps(_mm512_set1_ps(-104.0f), _mm512_min_ps(_mm512_set1_ps(89.0f), x));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_scalef_ps(p, n);
-}
-
 /* mx_swiglu on AVX-512: 16 outputs a step (interleaved: two loads split into gates and ups by vpermt2ps), the same
  * operations in the same order as the C loop but e^x above. Returns the outputs done (n - n % 16): mx_swiglu's C loop
  * does the rest. */

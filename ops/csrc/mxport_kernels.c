@@ -1,10 +1,12 @@
-/* libmxport_kernels: ONNX Runtime CPU kernels for the ai.mxport ops MoEMXFP4, MatMulMXFP4, LinearBF16, LinearQ4.
+/* libmxport_kernels: ONNX Runtime CPU kernels for the ai.mxport ops MoEMXFP4, MatMulMXFP4, LinearBF16, LinearQ4 and
+ * GroupQueryAttention.
  *
  * A standard ORT custom-op library: RegisterCustomOps(OrtSessionOptions*, const OrtApiBase*) adds the domain
  * ai.mxport (version 1) to a session's options (Python: SessionOptions.register_custom_ops_library(path)).
  * The semantics are those of the NumPy kernels in ops/moe.py, ops/moe_2.py, ops/matmul_mxfp4.py, ops/linear_bf16.py,
- * ops/linear_q4.py; the math is in mx_math.c and mx_q4.c, LinearQ4's op in linear_q4_op.c, the C API helpers in
- * ort_kernel.c. Work is split over ORT's intra-op thread pool (KernelContext_ParallelFor).
+ * ops/linear_q4.py, ops/group_query_attention.py; the math is in mx_math.c, mx_q4.c and mx_attention.c, LinearQ4's
+ * op in linear_q4_op.c, GroupQueryAttention's in gqa_op.c, the C API helpers in ort_kernel.c. Work is split over
+ * ORT's intra-op thread pool (KernelContext_ParallelFor).
  *
  * Environment: MXPORT_KERNELS_ISA=avx512|avx2|c at registration time caps the kernels' instruction set (tests,
  * comparisons); unset, the best one this CPU runs. Another value fails the registration, naming the variable.
@@ -328,6 +330,8 @@ typedef struct {
     const char *name;
     size_t n_in;
     const int *in_types;
+    size_t n_out;
+    size_t n_required; /* inputs [0, n_required) are required, the rest optional */
 } OpDef;
 
 static const int MOE_IN[] = {ELEM_FLOAT, ELEM_FLOAT, ELEM_UINT8, ELEM_UINT8, ELEM_FLOAT, ELEM_UINT8, ELEM_UINT8, ELEM_FLOAT};
@@ -335,13 +339,18 @@ static const int MOE2_IN[] = {ELEM_FLOAT, ELEM_FLOAT, ELEM_UINT8, ELEM_UINT8, EL
 static const int MM_MXFP4_IN[] = {ELEM_FLOAT, ELEM_UINT8, ELEM_UINT8};
 static const int LINEAR_BF16_IN[] = {ELEM_FLOAT, ELEM_BFLOAT16};
 static const int LINEAR_Q4_IN[] = {ELEM_FLOAT, ELEM_UINT8, ELEM_FLOAT};
+static const int GQA_IN[] = {ELEM_FLOAT, ELEM_FLOAT, ELEM_FLOAT, ELEM_FLOAT, ELEM_FLOAT, ELEM_INT32, ELEM_INT32,
+                             ELEM_FLOAT, ELEM_FLOAT, ELEM_INT64, ELEM_FLOAT, ELEM_FLOAT, ELEM_INT32};
 
 static const char *op_name(const OrtCustomOp *op) { return ((const OpDef *)op)->name; }
 static const char *op_ep(const OrtCustomOp *op) { (void)op; return "CPUExecutionProvider"; }
 static int op_in_type(const OrtCustomOp *op, size_t i) { return ((const OpDef *)op)->in_types[i]; }
 static size_t op_in_count(const OrtCustomOp *op) { return ((const OpDef *)op)->n_in; }
 static int op_out_type(const OrtCustomOp *op, size_t i) { (void)op; (void)i; return ELEM_FLOAT; }
-static size_t op_out_count(const OrtCustomOp *op) { (void)op; return 1; }
+static size_t op_out_count(const OrtCustomOp *op) { return ((const OpDef *)op)->n_out; }
+static int op_in_required(const OrtCustomOp *op, size_t i) {
+    return i < ((const OpDef *)op)->n_required ? IO_REQUIRED : IO_OPTIONAL;
+}
 static int op_required(const OrtCustomOp *op, size_t i) { (void)op; (void)i; return IO_REQUIRED; }
 static int op_mem_default(const OrtCustomOp *op, size_t i) { (void)op; (void)i; return 0; }
 static int op_zero(const OrtCustomOp *op) { (void)op; return 0; }
@@ -373,11 +382,17 @@ static OrtStatus *moe_create(const OrtCustomOp *op, const OrtApi *api, const Ort
     return NULL;
 }
 
-#define OP(NAME, INS, CREATE, COMPUTE)                                                                              \
+static OrtStatus *gqa_create_op(const OrtCustomOp *op, const OrtApi *api, const OrtKernelInfo *info, void **out) {
+    (void)op;
+    return gqa_create(api, info, out);
+}
+
+#define OP_IO(NAME, INS, N_OUT, N_REQUIRED, CREATE, COMPUTE)                                                        \
     {{MXPORT_ORT_API_VERSION, NULL, op_name, op_ep, op_in_type, op_in_count, op_out_type, op_out_count, NULL,       \
-      kernel_destroy, op_required, op_required, op_mem_default, op_zero, op_zero, op_zero, op_zero, CREATE, COMPUTE, \
-      NULL, op_start_version, op_end_version, NULL, NULL, NULL, NULL},                                             \
-     NAME, sizeof(INS) / sizeof(INS[0]), INS}
+      kernel_destroy, op_in_required, op_required, op_mem_default, op_zero, op_zero, op_zero, op_zero, CREATE,      \
+      COMPUTE, NULL, op_start_version, op_end_version, NULL, NULL, NULL, NULL},                                     \
+     NAME, sizeof(INS) / sizeof(INS[0]), INS, N_OUT, N_REQUIRED}
+#define OP(NAME, INS, CREATE, COMPUTE) OP_IO(NAME, INS, 1, sizeof(INS) / sizeof(INS[0]), CREATE, COMPUTE)
 
 static OpDef OPS[] = {
     OP("MoEMXFP4", MOE_IN, moe_create, moe_compute),
@@ -385,6 +400,7 @@ static OpDef OPS[] = {
     OP("MatMulMXFP4", MM_MXFP4_IN, plain_create, matmul_mxfp4_compute),
     OP("LinearBF16", LINEAR_BF16_IN, plain_create, linear_bf16_compute),
     OP("LinearQ4", LINEAR_Q4_IN, plain_create, linear_q4_compute),
+    OP_IO("GroupQueryAttention", GQA_IN, 3, 3, gqa_create_op, gqa_compute),
 };
 
 static const char *const ISA_ENV = "MXPORT_KERNELS_ISA";
@@ -417,7 +433,7 @@ EXPORT OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase
 EXPORT const char *mxport_kernels_info(void) {
     static char info[200];
     const int isa = requested_isa();
-    snprintf(info, sizeof info, "domain=%s;ops=MoEMXFP4,MoEMXFP4_2,MatMulMXFP4,LinearBF16,LinearQ4;isa=%s;best=%s;ort_api=%d",
+    snprintf(info, sizeof info, "domain=%s;ops=MoEMXFP4,MoEMXFP4_2,MatMulMXFP4,LinearBF16,LinearQ4,GroupQueryAttention;isa=%s;best=%s;ort_api=%d",
              DOMAIN, isa < 0 ? "invalid" : mx_isa_name(mx_best_isa(isa)), mx_isa_name(mx_best_isa(MX_ISA_AVX512)),
              MXPORT_ORT_API_VERSION);
     return info;

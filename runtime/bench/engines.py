@@ -19,7 +19,8 @@ from mxport.runtime.bench.profile import profile_mxport
 
 import numpy as np
 
-ROTARY_TABLES = {("com.microsoft", "GroupQueryAttention"): (7, 8), ("com.microsoft", "RotaryEmbedding"): (2, 3)}
+ROTARY_TABLES = {("com.microsoft", "GroupQueryAttention"): (7, 8), ("ai.mxport", "GroupQueryAttention"): (7, 8),
+                 ("com.microsoft", "RotaryEmbedding"): (2, 3)}
 
 
 # ---- machine -------------------------------------------------------------------------------------------------

@@ -121,8 +121,8 @@ def test_kernel_math_is_sanitizer_clean_on_every_path(tmp_path):
 def test_the_library_is_sanitizer_clean_under_onnxruntime(tmp_path):
     """The whole library (the ops' glue too: MoE routing and gathering, LinearQ4's quantization) built with
     -fsanitize=address,undefined and loaded into ONNX Runtime (the sanitizer runtimes preloaded), running the shape
-    grid above on every path: a read or write outside a buffer the library allocates, or undefined behaviour,
-    aborts the run."""
+    grid above and test_group_query_attention.py on every path: a read or write outside a buffer the library
+    allocates, or undefined behaviour, aborts the run."""
     so = _sanitized_build(tmp_path, "libmxport_kernels_sanitized.so", sorted(str(p) for p in CSRC.glob("*.c")),
                           "-shared", "-fPIC", "-fvisibility=hidden")
     cc = shutil.which("cc") or shutil.which("gcc")
@@ -132,11 +132,12 @@ def test_the_library_is_sanitizer_clean_under_onnxruntime(tmp_path):
         pytest.skip(f"sanitizer runtimes not found as files: {runtimes}")
     env = {**os.environ, "LD_PRELOAD": ":".join(runtimes), "ASAN_OPTIONS": "detect_leaks=0",
            "UBSAN_OPTIONS": "print_stacktrace=1", "MXPORT_TEST_KERNELS": str(so)}
+    gqa = Path(__file__).with_name("test_group_query_attention.py")  # attention: decode, prompts, shared buffers
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
-                           f"{__file__}::test_every_path_on_every_shape_class"], capture_output=True, text=True,
-                          timeout=600, env=env, cwd=Path(__file__).parents[2])
+                           f"{__file__}::test_every_path_on_every_shape_class", str(gqa)], capture_output=True,
+                          text=True, timeout=900, env=env, cwd=Path(__file__).parents[2])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "3 passed" in done.stdout and "AddressSanitizer" not in done.stderr
+    assert "10 passed" in done.stdout and "AddressSanitizer" not in done.stderr
 
 
 @needs_lib

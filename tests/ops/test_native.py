@@ -55,7 +55,8 @@ def test_library_is_built_where_a_compiler_exists():
     if shutil.which("cc") or shutil.which("gcc"):
         assert LIB is not None, "a C compiler is present but libmxport_kernels was not built"
         info = native.info()
-        assert info["ops"] == ["MoEMXFP4", "MoEMXFP4_2", "MatMulMXFP4", "LinearBF16", "LinearQ4"] and info["domain"] == "ai.mxport"
+        assert info["ops"] == ["MoEMXFP4", "MoEMXFP4_2", "MatMulMXFP4", "LinearBF16", "LinearQ4",
+                               "GroupQueryAttention"] and info["domain"] == "ai.mxport"
 
 
 def _session(model, *, register: bool, isa: str | None = None, threads: int = 2, profile: str | None = None,

@@ -9,7 +9,8 @@ from onnx import helper
 
 from mxport import ops
 
-CONTRACT_OPS = ["DequantizeMXFP4", "MatMulMXFP4", "LinearBF16", "LinearQ4", "MoE", "MoEMXFP4", "MoE_2", "MoEMXFP4_2", "Attention"]  # docs/ARCHITECTURE.md
+CONTRACT_OPS = ["DequantizeMXFP4", "MatMulMXFP4", "LinearBF16", "LinearQ4", "MoE", "MoEMXFP4", "MoE_2", "MoEMXFP4_2",
+                "Attention", "GroupQueryAttention"]  # docs/ARCHITECTURE.md
 
 
 def test_domain_and_op_list():

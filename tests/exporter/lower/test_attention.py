@@ -17,6 +17,7 @@ from onnx import TensorProto, helper
 from mxport import ops
 from mxport.exporter.lower import attention as attention_rule
 from mxport.exporter.lower import rules
+from mxport.runtime.execution.step_model import mxport_options
 
 B, HQ, HKV, D = 2, 4, 2, 16
 
@@ -94,19 +95,22 @@ CASES = [  # (past P, new S, left pad of row 1): prefill, chunk after a past, de
 @pytest.mark.parametrize("window", [0, 3])
 @pytest.mark.parametrize("P,S,pad", CASES)
 def test_gqa_is_exact_against_the_contract(P, S, pad, window):
+    """On cpu in float32 the node is ai.mxport.GroupQueryAttention: its function body (ORT's com.microsoft op, a
+    session without mxport's library) and its native kernel (mxport's options) both meet the contract."""
     after, report = _lower(_portable(window))
-    assert [(n.domain, n.op_type) for n in after.graph.node][-1] == ("com.microsoft", "GroupQueryAttention")
+    assert [(n.domain, n.op_type) for n in after.graph.node][-1] == ("ai.mxport", "GroupQueryAttention")
     assert report.applied["attention"] == 1
     feeds = _feeds(P, S, pad, seed=P * 10 + S + pad + window)
-    sess = ort.InferenceSession(after.SerializeToString(), providers=["CPUExecutionProvider"])
-    out, present_k, present_v = sess.run(None, feeds)
     want, keys, values = reference(*(feeds[n] for n in ("query", "key", "value", "past_key", "past_value",
                                                         "attention_mask", "sinks")), window)
     valid = _valid_rows(P, S, pad)
-    np.testing.assert_allclose(out[valid], want[valid], rtol=1e-5, atol=1e-5)
-    assert np.isfinite(out).all()  # pad rows: unspecified, but never NaN
-    np.testing.assert_array_equal(present_k, keys.astype(np.float32))
-    np.testing.assert_array_equal(present_v, values.astype(np.float32))
+    for options in (None, mxport_options()):
+        sess = ort.InferenceSession(after.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        out, present_k, present_v = sess.run(None, feeds)
+        np.testing.assert_allclose(out[valid], want[valid], rtol=1e-5, atol=1e-5)
+        assert np.isfinite(out).all()  # pad rows: unspecified, but never NaN
+        np.testing.assert_array_equal(present_k, keys.astype(np.float32))
+        np.testing.assert_array_equal(present_v, values.astype(np.float32))
 
 
 @pytest.mark.skipif("Attention" not in ops.op_types(), reason="ai.mxport Attention not in ops/ yet")
@@ -155,19 +159,20 @@ def _portable_without_sinks(window: int) -> onnx.ModelProto:
 def test_minus_inf_sinks_lower_to_gqa_without_head_sink(P, S, pad, window):
     after, report = _lower(_portable_without_sinks(window))
     gqa = after.graph.node[-1]
-    assert (gqa.domain, gqa.op_type) == ("com.microsoft", "GroupQueryAttention") and report.applied["attention"] == 1
+    assert (gqa.domain, gqa.op_type) == ("ai.mxport", "GroupQueryAttention") and report.applied["attention"] == 1
     assert len(gqa.input) < 12 or gqa.input[11] == ""  # no head_sink
     feeds = _feeds(P, S, pad, seed=P + S + pad + window)
     sinks = feeds.pop("sinks")
-    out, present_k, _ = ort.InferenceSession(after.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-        None, feeds)
     with np.errstate(invalid="ignore"):  # pad rows see nothing: NaN in the reference, excluded below
         want, keys, _ = reference(*(feeds[n] for n in ("query", "key", "value", "past_key", "past_value",
                                                        "attention_mask")), np.full_like(sinks, -np.inf), window)
     valid = _valid_rows(P, S, pad)
-    np.testing.assert_allclose(out[valid], want[valid], rtol=1e-5, atol=1e-5)
-    assert np.isfinite(out).all()
-    np.testing.assert_array_equal(present_k, keys.astype(np.float32))
+    for options in (None, mxport_options()):  # the function body, the native kernel
+        out, present_k, _ = ort.InferenceSession(after.SerializeToString(), options,
+                                                 providers=["CPUExecutionProvider"]).run(None, feeds)
+        np.testing.assert_allclose(out[valid], want[valid], rtol=1e-5, atol=1e-5)
+        assert np.isfinite(out).all()
+        np.testing.assert_array_equal(present_k, keys.astype(np.float32))
 
 
 def test_finite_sink_constants_stay_head_sink():
