@@ -140,3 +140,18 @@ def test_native_kernel_names_the_bad_input(field, value, message):
         session.run(None, feed)
     with pytest.raises(ValueError):
         group_query_attention(*[feed.get(NAMES[i]) for i in INPUTS], **attrs)
+
+
+@needs_lib
+def test_attention_chain_example_agrees_with_onnxruntime(capsys):
+    """examples/attention_chain.py (the attention numbers of docs/BENCHMARKS.md) on small shapes: mxport's chain
+    of decode nodes gives ORT's chain's output up to float32 summation order."""
+    import runpy
+    from pathlib import Path
+
+    example = runpy.run_path(str(Path(__file__).parents[2] / "examples" / "attention_chain.py"))
+    assert example["main"](["--layers", "3", "--context", "20", "--capacity", "24", "--heads", "4", "--kv-heads", "2",
+                            "--head-dim", "32", "--rounds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "onnxruntime com.microsoft.GroupQueryAttention" in out and "mxport ai.mxport.GroupQueryAttention" in out
+    assert float(out.strip().splitlines()[-1].rsplit(":", 1)[1]) <= 1e-5
