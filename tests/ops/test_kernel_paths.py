@@ -137,7 +137,7 @@ def test_the_library_is_sanitizer_clean_under_onnxruntime(tmp_path):
                            f"{__file__}::test_every_path_on_every_shape_class", str(gqa)], capture_output=True,
                           text=True, timeout=900, env=env, cwd=Path(__file__).parents[2])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "10 passed" in done.stdout and "AddressSanitizer" not in done.stderr
+    assert " passed" in done.stdout and "skipped" not in done.stdout and "AddressSanitizer" not in done.stderr
 
 
 @needs_lib
