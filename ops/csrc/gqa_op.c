@@ -19,7 +19,7 @@
 #define NAME "ai.mxport.GroupQueryAttention"
 
 typedef struct {
-    int64_t b, s, t, p, present, d, hq, hkv, g, half, window, cos_rows, bias_b, bias_h, blocks;
+    int64_t b, s, t, p, present, d, hq, hkv, g, half, window, bias_b, bias_h, blocks;
     float scale;
     int shared;
     const float *q, *k, *v, *past_k, *past_v, *cos, *sin, *bias, *sink;
@@ -41,7 +41,8 @@ static void rotate(const Gqa *a, const float *x, int64_t pos, float *y) {
     }
 }
 
-static int64_t position(const Gqa *a, int64_t b, int64_t s) { return a->pos ? a->pos[b * a->s + s] : a->t - a->s + s; }
+/* the table row of token s of batch row b (0 without rotary: rotate() then copies) */
+static int64_t position(const Gqa *a, int64_t b, int64_t s) { return a->pos ? a->pos[b * a->s + s] : 0; }
 
 /* present rows of (batch row, KV head) u: the past's P rows when not shared (present has max(P, T) rows, and
  * P >= T - S), then the new rows written over slots [T - S, T) */
@@ -208,7 +209,7 @@ OrtStatus *gqa_compute(void *kernel, OrtKernelContext *ctx) {
     if (!shared && (pko == pk->data || pvo == pv->data))
         return fail(c.api, NAME ": past_key and past_value must both share their present buffer, or neither");
     if (B == 0 || S == 0) return NULL;
-    Gqa a = {B, S, T, P, present, D, hq, hkv, hq / hkv, half, kn->window, rows,
+    Gqa a = {B, S, T, P, present, D, hq, hkv, hq / hkv, half, kn->window,
              bias->data ? bias->dims[0] : 1, bias->data ? bias->dims[1] : 1, (S + ROW_BLOCK - 1) / ROW_BLOCK,
              kn->scale != 0.0f ? kn->scale : 1.0f / sqrtf((float)D), shared,
              q->data, k->data, v->data, pk->data, pv->data, kn->rotary ? cos->data : NULL,
