@@ -2,9 +2,10 @@
 com.microsoft.GroupQueryAttention (the op's function body, which a session without mxport's library runs).
 
 Cases cover decode (S = 1) and prompts (S up to 40, several row blocks), batch 1-2, grouped heads (1-4 query heads
-per KV head), head sizes 16-128, sliding windows, sinks, padding biases (fully masked rows included), rotary, and
-the cache both ways: a growing past (present = past + new) and one buffer bound as past and present (written in
-place, the tail past T untouched). Every ISA path of the library runs each case.
+per KV head), head sizes 8-128 (multiples of 8 that are not of 16 run the plain C loops), sliding windows, sinks,
+padding biases (fully masked rows included), rotary, and the cache both ways: a growing past (present = past +
+new) and one buffer bound as past and present (written in place, the tail past T untouched). Every ISA path of
+the library runs each case.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from mxport import ops
@@ -93,7 +94,8 @@ def _sees_a_key(feed: dict[str, np.ndarray], t: int, s: int, window: int) -> np.
 
 
 CASES = dict(b=st.integers(1, 2), hkv=st.sampled_from([1, 2, 4]), g=st.sampled_from([1, 2, 4]),
-             d=st.sampled_from([16, 32, 64, 128]), s=st.sampled_from([1, 1, 3, 17, 40]), past=st.integers(0, 30),
+             d=st.sampled_from([8, 16, 24, 32, 40, 64, 128]), s=st.sampled_from([1, 1, 3, 17, 40]),
+             past=st.integers(0, 30),
              shared=st.booleans(), window=st.sampled_from([-1, 4, 16]), rotary=st.booleans(), sink=st.booleans(),
              bias=st.booleans())
 
@@ -103,6 +105,7 @@ CASES = dict(b=st.integers(1, 2), hkv=st.sampled_from([1, 2, 4]), g=st.sampled_f
 @given(seed=st.integers(0, 2**16), isa=st.sampled_from(ISAS), **CASES)
 def test_native_and_numpy_equal_onnxruntimes_op(seed, isa, b, hkv, g, d, s, past, shared, window, rotary, sink, bias,
                                                 monkeypatch_session):
+    assume(not rotary or d % 16 == 0)  # ORT's rotary needs it (the lowering folds rotary only then)
     feed, attrs, cap = _case(seed, b, hkv, g, d, s, past, shared, window, rotary, sink, bias)
     model = _model(feed, **attrs)
     want = _run(_session(model, register=False), feed, shared)
