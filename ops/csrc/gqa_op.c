@@ -112,7 +112,8 @@ typedef struct {
     float scale;
 } GqaKernel;
 
-OrtStatus *gqa_create(const OrtApi *api, const OrtKernelInfo *info, void **out) {
+OrtStatus *gqa_create(const OrtCustomOp *op, const OrtApi *api, const OrtKernelInfo *info, void **out) {
+    (void)op;
     int found = 0;
     GqaKernel kn = {api, attr_int(api, info, "num_heads", 0, &found), attr_int(api, info, "kv_num_heads", 0, NULL),
                     attr_int(api, info, "local_window_size", -1, NULL), attr_int(api, info, "do_rotary", 0, NULL),
@@ -179,7 +180,7 @@ OrtStatus *gqa_compute(void *kernel, OrtKernelContext *ctx) {
             return fail(c.api, NAME ": query_seqlens must be given, S = %lld for each row (without it ORT's kernel "
                                "reads a first prompt otherwise)", (long long)S);
     }
-    const int64_t half = D / 2, rows = cos->data ? cos->dims[0] : 0;
+    const int64_t half = D / 2, rows = given[7] && cos->rank == 2 ? cos->dims[0] : 0;
     if (kn->rotary && (!given[7] || !given[8] || !given[9] || cos->rank != 2 || cos->dims[1] != half ||
                        sin->rank != 2 || sin->dims[0] != rows || sin->dims[1] != half || pos->size != B * S))
         return fail(c.api, NAME ": do_rotary=1 needs cos_cache and sin_cache [rows, D/2 = %lld] and position_ids "

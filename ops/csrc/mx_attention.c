@@ -48,7 +48,7 @@ AVX512 static void softmax_avx512(float *s, int64_t n, float scale, const float 
     __m512 m = _mm512_set1_ps(-INFINITY);
     int64_t j = 0;
     for (; j < n; j += 16) {
-        const __mmask16 k = n - j >= 16 ? 0xFFFF : (__mmask16)((1u << (n - j)) - 1);
+        const __mmask16 k = tail_mask(n - j);
         __m512 x = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, s + j), sc);
         if (bias) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(k, bias + j));
         _mm512_mask_storeu_ps(s + j, k, x);
@@ -59,7 +59,7 @@ AVX512 static void softmax_avx512(float *s, int64_t n, float scale, const float 
     const __m512 t = _mm512_set1_ps(top);
     __m512 sum = _mm512_setzero_ps();
     for (j = 0; j < n; j += 16) {
-        const __mmask16 k = n - j >= 16 ? 0xFFFF : (__mmask16)((1u << (n - j)) - 1);
+        const __mmask16 k = tail_mask(n - j);
         const __m512 e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + j), t));
         _mm512_mask_storeu_ps(s + j, k, e);
         sum = _mm512_mask_add_ps(sum, k, sum, e);
@@ -68,7 +68,7 @@ AVX512 static void softmax_avx512(float *s, int64_t n, float scale, const float 
     if (sink) total += expf(*sink - top);
     const __m512 inv = _mm512_set1_ps(1.0f / total);
     for (j = 0; j < n; j += 16) {
-        const __mmask16 k = n - j >= 16 ? 0xFFFF : (__mmask16)((1u << (n - j)) - 1);
+        const __mmask16 k = tail_mask(n - j);
         _mm512_mask_storeu_ps(s + j, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, s + j), inv));
     }
 }

@@ -438,7 +438,7 @@ AVX512 void mx_q4_activations_avx512(const float *a, int64_t m, int64_t k, int64
             __mmask16 nan = 0;
             for (int j = 0; j < 16; j++) {
                 const int64_t left = n - 16 * j;
-                const __mmask16 in = left >= 16 ? 0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
+                const __mmask16 in = tail_mask(left);
                 v[j] = _mm512_maskz_loadu_ps(in, x + c0 + 16 * j);
                 amax = _mm512_max_ps(amax, _mm512_abs_ps(v[j])); /* NaN: d is NaN whatever amax is */
                 const __mmask16 fin = _mm512_cmp_ps_mask(_mm512_sub_ps(v[j], v[j]), zero, _CMP_EQ_OQ);

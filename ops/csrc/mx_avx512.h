@@ -1,6 +1,6 @@
 /* What mxport's AVX-512 kernel files share (mx_avx512.c, mx_mxfp4_int.c, mx_swiglu.c, mx_attention.c): the target
  * attributes, so each function is compiled for AVX-512 while the library still loads on AVX2-only and plain x86-64
- * CPUs, the decode loops' prefetch distance, and a polynomial e^x. x86-64 only. */
+ * CPUs, the decode loops' prefetch distance, a loop tail's mask and a polynomial e^x. x86-64 only. */
 #ifndef MXPORT_MX_AVX512_H
 #define MXPORT_MX_AVX512_H
 
@@ -17,6 +17,11 @@
  * ahead into L1 gave 107-122, 16 KB into L2 118-125 (docs/BENCHMARKS.md, Kernels). */
 #define PF_BYTES 8192
 #define PREFETCH(p) _mm_prefetch((const char *)(p) + PF_BYTES, _MM_HINT_T1)
+
+/* lanes [0, left) of 16: all for left >= 16, none for left <= 0 (a loop's tail) */
+AVX512_INLINE __mmask16 tail_mask(int64_t left) {
+    return left >= 16 ? 0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
+}
 
 /* e^x: x = n ln2 + r (ln2 in two parts, |r| <= ln2 / 2), e^r by Cephes' degree-7 expf polynomial, then scalef
  * (x 2^n: overflow to inf, underflow through the subnormals to 0 as expf). x is clamped to [-104, 89] first (beyond,

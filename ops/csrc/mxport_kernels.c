@@ -382,11 +382,6 @@ static OrtStatus *moe_create(const OrtCustomOp *op, const OrtApi *api, const Ort
     return NULL;
 }
 
-static OrtStatus *gqa_create_op(const OrtCustomOp *op, const OrtApi *api, const OrtKernelInfo *info, void **out) {
-    (void)op;
-    return gqa_create(api, info, out);
-}
-
 #define OP_IO(NAME, INS, N_OUT, N_REQUIRED, CREATE, COMPUTE)                                                        \
     {{MXPORT_ORT_API_VERSION, NULL, op_name, op_ep, op_in_type, op_in_count, op_out_type, op_out_count, NULL,       \
       kernel_destroy, op_in_required, op_required, op_mem_default, op_zero, op_zero, op_zero, op_zero, CREATE,      \
@@ -400,7 +395,7 @@ static OpDef OPS[] = {
     OP("MatMulMXFP4", MM_MXFP4_IN, plain_create, matmul_mxfp4_compute),
     OP("LinearBF16", LINEAR_BF16_IN, plain_create, linear_bf16_compute),
     OP("LinearQ4", LINEAR_Q4_IN, plain_create, linear_q4_compute),
-    OP_IO("GroupQueryAttention", GQA_IN, 3, 3, gqa_create_op, gqa_compute),
+    OP_IO("GroupQueryAttention", GQA_IN, 3, 3, gqa_create, gqa_compute),
 };
 
 static const char *const ISA_ENV = "MXPORT_KERNELS_ISA";
@@ -431,10 +426,15 @@ EXPORT OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase
 /* For `mxport kernels` and tests (ctypes): the ops this library provides and the ISA a registration now would use
  * (the best this CPU runs under MXPORT_KERNELS_ISA's cap; "invalid" for a bad value). Changes nothing. */
 EXPORT const char *mxport_kernels_info(void) {
-    static char info[200];
+    static char info[256];
+    char ops[128] = "";
+    for (size_t i = 0; i < sizeof OPS / sizeof OPS[0]; i++) {
+        if (i) strncat(ops, ",", sizeof ops - strlen(ops) - 1);
+        strncat(ops, OPS[i].name, sizeof ops - strlen(ops) - 1);
+    }
     const int isa = requested_isa();
-    snprintf(info, sizeof info, "domain=%s;ops=MoEMXFP4,MoEMXFP4_2,MatMulMXFP4,LinearBF16,LinearQ4,GroupQueryAttention;isa=%s;best=%s;ort_api=%d",
-             DOMAIN, isa < 0 ? "invalid" : mx_isa_name(mx_best_isa(isa)), mx_isa_name(mx_best_isa(MX_ISA_AVX512)),
+    snprintf(info, sizeof info, "domain=%s;ops=%s;isa=%s;best=%s;ort_api=%d", DOMAIN, ops,
+             isa < 0 ? "invalid" : mx_isa_name(mx_best_isa(isa)), mx_isa_name(mx_best_isa(MX_ISA_AVX512)),
              MXPORT_ORT_API_VERSION);
     return info;
 }

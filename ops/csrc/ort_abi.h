@@ -32,7 +32,8 @@ typedef struct OrtApiBase {
 } OrtApiBase;
 
 enum { ORT_OK = 0, ORT_FAIL = 1, ORT_INVALID_ARGUMENT = 2 };           /* OrtErrorCode */
-enum { ELEM_FLOAT = 1, ELEM_UINT8 = 2, ELEM_INT32 = 6, ELEM_INT64 = 7, ELEM_BFLOAT16 = 16 };           /* ONNXTensorElementDataType */
+/* ONNXTensorElementDataType */
+enum { ELEM_FLOAT = 1, ELEM_UINT8 = 2, ELEM_INT32 = 6, ELEM_INT64 = 7, ELEM_BFLOAT16 = 16 };
 enum { IO_REQUIRED = 0, IO_OPTIONAL = 1 };                               /* OrtCustomOpInputOutputCharacteristic */
 
 typedef struct OrtCustomOp {

@@ -40,7 +40,7 @@ OrtStatus *product_output(Call c, const Tensor *a, int64_t m, int64_t k, int64_t
 /* ai.mxport.LinearQ4 (linear_q4_op.c) */
 OrtStatus *linear_q4_compute(void *kernel, OrtKernelContext *ctx);
 /* ai.mxport.GroupQueryAttention (gqa_op.c) */
-OrtStatus *gqa_create(const OrtApi *api, const OrtKernelInfo *info, void **out);
+OrtStatus *gqa_create(const OrtCustomOp *op, const OrtApi *api, const OrtKernelInfo *info, void **out);
 OrtStatus *gqa_compute(void *kernel, OrtKernelContext *ctx);
 
 typedef struct {
